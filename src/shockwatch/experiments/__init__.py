@@ -1,0 +1,9 @@
+"""Reproductions of the papers' experiments: one module each, ``run(Config) -> Result``, ``plot``."""
+
+from types import ModuleType
+
+from . import burgers_shock
+
+EXPERIMENTS: dict[str, ModuleType] = {burgers_shock.NAME: burgers_shock}
+
+__all__ = ["EXPERIMENTS", "burgers_shock"]

@@ -1,0 +1,38 @@
+"""Numerics of Miyagawa 2026 §3-§4 on grids and manifolds; knows nothing of models.
+
+Heat semigroups and local entropy in the log domain, Hopf-Cole and Hopf-Lax solutions,
+Hamilton-Jacobi residuals, conservative Burgers solvers and shock geometry. NumPy arrays or
+torch tensors in, the same kind out.
+"""
+
+from .burgers import WENO5, Boundary, Godunov, Scheme, godunov_flux, solve_burgers, solve_burgers_at
+from .differences import fd_weights, finite_difference
+from .hamilton_jacobi import hj_residual
+from .heat import Domain, burgers_slope, burgers_velocity, hopf_lax, hopf_lax_velocity, local_entropy
+from .shocks import Crossing, Shock, characteristics, first_crossing, rankine_hugoniot_speed, shock_time, shocks_at
+
+__all__ = [
+    "WENO5",
+    "Crossing",
+    "Shock",
+    "characteristics",
+    "first_crossing",
+    "hj_residual",
+    "rankine_hugoniot_speed",
+    "shock_time",
+    "shocks_at",
+    "Boundary",
+    "Godunov",
+    "Scheme",
+    "godunov_flux",
+    "solve_burgers",
+    "solve_burgers_at",
+    "Domain",
+    "burgers_slope",
+    "burgers_velocity",
+    "fd_weights",
+    "finite_difference",
+    "hopf_lax",
+    "hopf_lax_velocity",
+    "local_entropy",
+]
