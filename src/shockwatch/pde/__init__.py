@@ -8,7 +8,7 @@ torch tensors in, the same kind out.
 from .burgers import WENO5, Boundary, Godunov, Scheme, godunov_flux, solve_burgers, solve_burgers_at
 from .differences import fd_weights, finite_difference
 from .hamilton_jacobi import hj_residual
-from .heat import Domain, burgers_slope, burgers_velocity, hopf_lax, hopf_lax_velocity, local_entropy
+from .heat import Domain, HopfCole, burgers_slope, burgers_velocity, hopf_cole, hopf_lax, hopf_lax_velocity, local_entropy
 from .shocks import Crossing, Shock, characteristics, first_crossing, rankine_hugoniot_speed, shock_time, shocks_at
 
 __all__ = [
@@ -32,6 +32,8 @@ __all__ = [
     "burgers_velocity",
     "fd_weights",
     "finite_difference",
+    "HopfCole",
+    "hopf_cole",
     "hopf_lax",
     "hopf_lax_velocity",
     "local_entropy",

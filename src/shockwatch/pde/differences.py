@@ -38,9 +38,9 @@ def finite_difference(f, grid, derivative: int = 1, accuracy: int = 6, periodic:
     r"""The ``derivative``-th derivative of samples ``f`` on a uniform ``grid``, along the last axis.
 
     Equation: f^(m)(x_i) ~ h^-m sum_k c_k f(x_{i+k}), c from ``fd_weights``.
-    Scheme: centred stencils of ``accuracy`` (even) points' worth of order in the interior; near the
-        ends of a non-periodic grid the same number of points, shifted inwards (one-sided), so the
-        formal order is ``accuracy`` everywhere (the one-sided error constants are larger).
+    Scheme: centred stencils of order ``accuracy`` (even) in the interior; near the ends of a
+        non-periodic grid one-sided stencils of accuracy + derivative points, so the formal order
+        is ``accuracy`` everywhere (the one-sided error constants are larger).
         Periodic grids exclude the endpoint: x_N = x_0 + N h is the same point as x_0.
     Order: ``accuracy`` in h for smooth f (measured in tests/pde/test_differences.py).
     Raises: ValueError for a non-uniform grid, NaN in f, derivative not in {1, 2, 3, 4}, odd or
@@ -71,9 +71,13 @@ def finite_difference(f, grid, derivative: int = 1, accuracy: int = 6, periodic:
         return kind.back(out / h**derivative)
     for k, c in zip(offsets, weights):
         out[..., half:n - half] += c * f_t[..., half + k:n - half + k]
+    # one-sided stencils need accuracy + derivative points for the same order as the centred one
+    end_width = accuracy + derivative
+    if n < end_width:
+        raise ValueError(f"need at least {end_width} grid points for this stencil, got {n}")
     for i in list(range(half)) + list(range(n - half, n)):
-        start = min(max(i - half, 0), n - width)  # shift the stencil inside the grid
-        shifted = tuple(j - i for j in range(start, start + width))
+        start = min(max(i - end_width // 2, 0), n - end_width)  # shift the stencil inside the grid
+        shifted = tuple(j - i for j in range(start, start + end_width))
         for k, c in zip(shifted, fd_weights(shifted, derivative)):
             out[..., i] += c * f_t[..., i + k]
     return kind.back(out / h**derivative)

@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import enum
 import math
+from typing import NamedTuple
+
+import numpy as np
 
 import torch
 from torch import Tensor
@@ -35,6 +38,8 @@ from .differences import finite_difference
 
 __all__ = [
     "Domain",
+    "HopfCole",
+    "hopf_cole",
     "local_entropy",
     "burgers_velocity",
     "burgers_slope",
@@ -93,6 +98,22 @@ def burgers_slope(U, grid, nu: float, tau: float, domain: str = "line", *, max_n
     Scheme, order, raises, shapes: as ``burgers_velocity``; tau = 0 gives U'' by finite differences.
     """
     return _coarse_grain(U, grid, nu, tau, domain, max_nodes, want="slope")
+
+
+class HopfCole(NamedTuple):
+    """The three Hopf-Cole fields at one (nu, tau): local entropy, its velocity and slope."""
+
+    u: Tensor | np.ndarray  # -nu log P_{nu tau} e^{-U/nu}
+    v: Tensor | np.ndarray  # u_s
+    slope: Tensor | np.ndarray  # u_ss = v_s
+
+
+def hopf_cole(U, grid, nu: float, tau: float, domain: str = "line", *, max_nodes: int = 1 << 17) -> HopfCole:
+    """``local_entropy``, ``burgers_velocity`` and ``burgers_slope`` from one pass (a third of the cost)."""
+    U_t, grid_t, kind, domain, tau, h = _checked(U, grid, tau, domain)
+    nu = check_positive(nu, "nu")
+    fields = _fields(U_t, grid_t, nu, tau, domain, h, max_nodes, ("u", "v", "slope"))
+    return HopfCole(*(kind.back(fields[w]) for w in ("u", "v", "slope")))
 
 
 def hopf_lax(U, grid, tau: float, domain: str = "line"):
@@ -191,45 +212,59 @@ def _nodes(U: Tensor, grid: Tensor, h: float, sigma: float, tau: float, domain: 
 def _coarse_grain(U, grid, nu, tau, domain, max_nodes, want: str):
     U_t, grid_t, kind, domain, tau, h = _checked(U, grid, tau, domain)
     nu = check_positive(nu, "nu")
+    fields = _fields(U_t, grid_t, nu, tau, domain, h, max_nodes, (want,))
+    return kind.back(fields[want])
+
+
+def _fields(U_t: Tensor, grid_t: Tensor, nu: float, tau: float, domain: Domain, h: float, max_nodes: int,
+            wants: tuple[str, ...]) -> dict[str, Tensor]:
+    """u, v and/or v_s (as asked in ``wants``) from one pass of softmax weights over the nodes."""
     if tau == 0:
-        if want == "u":
-            return kind.back(U_t.clone())
-        order = 1 if want == "v" else 2
-        return kind.back(finite_difference(U_t, grid_t.to(U_t.dtype), derivative=order,
-                                           periodic=domain is Domain.CIRCLE))
+        periodic = domain is Domain.CIRCLE
+        grid_u = grid_t.to(U_t.dtype)
+        exact = {"u": lambda: U_t.clone(),
+                 "v": lambda: finite_difference(U_t, grid_u, derivative=1, periodic=periodic),
+                 "slope": lambda: finite_difference(U_t, grid_u, derivative=2, periodic=periodic)}
+        return {w: exact[w]() for w in wants}
     out_dtype = U_t.dtype
     U64 = U_t.to(torch.float64)
     sigma = math.sqrt(nu * tau)
     period = grid_t.numel() * h
     if domain is Domain.CIRCLE and sigma > 2 * period:
-        return kind.back(_uniform_kernel(U64, nu, period, want).to(out_dtype))
+        return {w: _uniform_kernel(U64, nu, period, w).to(out_dtype) for w in wants}
     y, Uy, h_q = _nodes(U64, grid_t, h, sigma, tau, domain, max_nodes)
     batch_shape = U64.shape[:-1]
     Uy = Uy.reshape(-1, Uy.shape[-1])
     log_norm = math.log(h_q) - 0.5 * math.log(2 * math.pi * sigma**2)
-    rows = max(1, _CHUNK_ENTRIES // y.numel())
-    results = []
+    # Nodes farther than `reach` from s weigh < e^{-50} of the node at s itself:
+    # z_y - z_s <= (max U - min U)/nu - d^2/(2 sigma^2) + 1/8 (h_q <= sigma/2).
+    reach = math.sqrt(2 * tau * float(U64.max() - U64.min()) + 101 * sigma**2)
+    rows = max(16, _CHUNK_ENTRIES // y.numel())
+    results = {w: [] for w in wants}
     for b in range(Uy.shape[0]):
-        pieces = []
+        pieces = {w: [] for w in wants}
         for start in range(0, grid_t.numel(), rows):
-            s = grid_t[start:start + rows].unsqueeze(1)
-            d = s - y.unsqueeze(0)  # (rows, nodes)
-            z = -Uy[b] / nu - d * d / (2 * sigma**2)
+            s = grid_t[start:start + rows]
+            lo, hi = torch.searchsorted(y, torch.stack([s[0] - reach, s[-1] + reach])).tolist()
+            lo, hi = max(lo - 1, 0), min(hi + 1, y.numel())
+            d = s.unsqueeze(1) - y[lo:hi].unsqueeze(0)  # (rows, nodes in reach)
+            z = -Uy[b, lo:hi] / nu - d * d / (2 * sigma**2)
             lse = torch.logsumexp(z, dim=1)
-            if want == "u":
-                pieces.append(-nu * (lse + log_norm))
+            if "u" in wants:
+                pieces["u"].append(-nu * (lse + log_norm))
+            if "v" not in wants and "slope" not in wants:
                 continue
             p = torch.exp(z - lse.unsqueeze(1))
             mean_d = (p * d).sum(1)
-            if want == "v":
-                pieces.append(mean_d / tau)
-            else:
+            if "v" in wants:
+                pieces["v"].append(mean_d / tau)
+            if "slope" in wants:
                 centred = d - mean_d.unsqueeze(1)
                 var_d = (p * centred * centred).sum(1)
-                pieces.append((1.0 - var_d / sigma**2) / tau)
-        results.append(torch.cat(pieces))
-    out = torch.stack(results).reshape(*batch_shape, grid_t.numel())
-    return kind.back(out.to(out_dtype))
+                pieces["slope"].append((1.0 - var_d / sigma**2) / tau)
+        for w in wants:
+            results[w].append(torch.cat(pieces[w]))
+    return {w: torch.stack(results[w]).reshape(*batch_shape, grid_t.numel()).to(out_dtype) for w in wants}
 
 
 def _uniform_kernel(U64: Tensor, nu: float, period: float, want: str) -> Tensor:
