@@ -90,26 +90,35 @@ class WENO5:
             raise ValueError(f"WENO5: eps must be > 0, got {self.eps}")
 
     def faces(self, padded: Tensor) -> tuple[Tensor, Tensor]:
-        n = padded.shape[-1] - 2 * _GHOST
-        s = [padded[..., k:k + n + 1] for k in range(6)]  # s[k] at face j is cell j - 3 + k
-        # left state at face j from cells j-3..j+1; right state from j+2..j-2 (the mirror image);
-        # both in one pass over a stacked leading axis.
-        stacked = [torch.stack(pair) for pair in ((s[0], s[5]), (s[1], s[4]), (s[2], s[3]), (s[3], s[2]), (s[4], s[1]))]
-        states = self._reconstruct(*stacked)
-        return states[0], states[1]
+        """Left and right states at the N+1 faces (Jiang & Shu 1996), sharing every difference.
 
-    def _reconstruct(self, a: Tensor, b: Tensor, c: Tensor, d: Tensor, e: Tensor) -> Tensor:
-        """The value at the right face of cell c from averages a..e (Jiang & Shu 1996)."""
-        q0 = (2 * a - 7 * b + 11 * c) / 6
-        q1 = (-b + 5 * c + 2 * d) / 6
-        q2 = (2 * c + 5 * d - e) / 6
-        beta0 = 13 / 12 * (a - 2 * b + c) ** 2 + 0.25 * (a - 4 * b + 3 * c) ** 2
-        beta1 = 13 / 12 * (b - 2 * c + d) ** 2 + 0.25 * (b - d) ** 2
-        beta2 = 13 / 12 * (c - 2 * d + e) ** 2 + 0.25 * (3 * c - 4 * d + e) ** 2
-        alpha0 = 0.1 / (self.eps + beta0) ** 2
-        alpha1 = 0.6 / (self.eps + beta1) ** 2
-        alpha2 = 0.3 / (self.eps + beta2) ** 2
-        return (alpha0 * q0 + alpha1 * q1 + alpha2 * q2) / (alpha0 + alpha1 + alpha2)
+        The left state at face j reads cells j-3..j+1 and the right state the mirror stencil
+        j+2..j-2, so their candidate values and smoothness indicators are the same three-point
+        combinations of the padded array at shifted offsets: each is formed once, over 3-cell
+        windows k..k+2 of the padded array, and read at offsets.
+        """
+        n = padded.shape[-1] - 2 * _GHOST
+        p0, p1, p2 = padded[..., :-2], padded[..., 1:-1], padded[..., 2:]
+        curvature = (13 / 12) * (p0 - 2 * p1 + p2) ** 2
+        weight_rising = self._weight(curvature + 0.25 * (p0 - 4 * p1 + 3 * p2) ** 2)
+        weight_centre = self._weight(curvature + 0.25 * (p0 - p2) ** 2)
+        weight_falling = self._weight(curvature + 0.25 * (3 * p0 - 4 * p1 + p2) ** 2)
+        last_right = (2 * p0 - 7 * p1 + 11 * p2) / 6  # right face of the window's last cell
+        first_left = (11 * p0 - 7 * p1 + 2 * p2) / 6  # left face of its first cell
+        middle_right = (-p0 + 5 * p1 + 2 * p2) / 6  # right face of its middle cell
+        middle_left = (2 * p0 + 5 * p1 - p2) / 6  # left face of its middle cell
+
+        def at(x: Tensor, k: int) -> Tensor:  # the window starting k cells right of face j's first
+            return x[..., k:k + n + 1]
+
+        a0, a1, a2 = 0.1 * at(weight_rising, 0), 0.6 * at(weight_centre, 1), 0.3 * at(weight_falling, 2)
+        left = (a0 * at(last_right, 0) + a1 * at(middle_right, 1) + a2 * at(middle_left, 2)) / (a0 + a1 + a2)
+        b0, b1, b2 = 0.1 * at(weight_falling, 3), 0.6 * at(weight_centre, 2), 0.3 * at(weight_rising, 1)
+        right = (b0 * at(first_left, 3) + b1 * at(middle_left, 2) + b2 * at(middle_right, 1)) / (b0 + b1 + b2)
+        return left, right
+
+    def _weight(self, beta: Tensor) -> Tensor:
+        return (self.eps + beta) ** -2
 
     def face_derivative(self, padded: Tensor, h: float) -> Tensor:
         n = padded.shape[-1] - 2 * _GHOST
