@@ -229,3 +229,32 @@ def test_errors_are_raised_not_swallowed():
         sw.pde.solve_burgers(np.stack([v0, v0]), x, 0.1, nu=np.array([0.1, 0.2, 0.3]))
     with pytest.raises(ValueError, match="cfl must be in"):
         Godunov(cfl=1.5)
+
+
+@pytest.mark.parametrize("stepper,order", [("euler", 1), ("ssprk3", 3), ("ssprk104", 4)])
+def test_ssp_steppers_have_their_order(stepper, order):
+    """Truth: dv/dt = A v with A = [[0, 1], [-1, -0.1]] (a damped rotation): v(1) = expm(A) v(0);
+    the error after 1 time unit falls as dt^order."""
+    from scipy.linalg import expm
+    A = torch.tensor([[0.0, 1.0], [-1.0, -0.1]], dtype=torch.float64)
+    v0 = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    exact = torch.tensor(expm(A.numpy()) @ v0.numpy())
+    errors = []
+    for steps in (20, 40):
+        v = v0
+        for _ in range(steps):
+            v = sw.pde.ssp_step(sw.pde.Stepper(stepper), v, 1 / steps, lambda x: A @ x)
+        errors.append(float((v - exact).abs().max()))
+    measured = math.log2(errors[0] / errors[1])
+    assert abs(measured - order) < 0.3, (errors, measured)
+
+
+@pytest.mark.slow
+def test_compiled_steps_agree_with_eager():
+    """Truth: the eager computation (same arithmetic, fused by inductor); agreement to round-off."""
+    faces = np.linspace(0, 1, 129)
+    centres = 0.5 * (faces[1:] + faces[:-1])
+    v0 = np.diff(sine_potential(faces)) * 128
+    eager = sw.pde.solve_burgers(v0, centres, 0.3)
+    fused = sw.pde.solve_burgers(v0, centres, 0.3, compile=True)
+    assert np.abs(eager - fused).max() < 1e-12

@@ -5,7 +5,17 @@ Hamilton-Jacobi residuals, conservative Burgers solvers and shock geometry. NumP
 torch tensors in, the same kind out.
 """
 
-from .burgers import WENO5, Boundary, Godunov, Scheme, godunov_flux, solve_burgers, solve_burgers_at
+from .burgers import (
+    WENO5,
+    Boundary,
+    Godunov,
+    Scheme,
+    Stepper,
+    godunov_flux,
+    solve_burgers,
+    solve_burgers_at,
+    ssp_step,
+)
 from .differences import fd_weights, finite_difference
 from .hamilton_jacobi import hj_residual
 from .heat import Domain, HopfCole, burgers_slope, burgers_velocity, hopf_cole, hopf_lax, hopf_lax_velocity, local_entropy
@@ -24,6 +34,8 @@ __all__ = [
     "Boundary",
     "Godunov",
     "Scheme",
+    "Stepper",
+    "ssp_step",
     "godunov_flux",
     "solve_burgers",
     "solve_burgers_at",
