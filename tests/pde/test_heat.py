@@ -180,3 +180,15 @@ def test_bad_input_raises_one_clear_line(kwargs, match):
     with pytest.raises(ValueError, match=match) as info:
         sw.pde.local_entropy(**args)
     assert "\n" not in str(info.value)
+
+
+def test_circle_agrees_with_the_sphere_s1_implementation():
+    """Truth: two independent implementations of P_t on S^1 (grid images here, the wrapped kernel
+    over unit vectors in sphere.py) give the same local entropy."""
+    theta = np.linspace(0, 2 * np.pi, 200, endpoint=False)
+    U = np.sin(theta) + 0.3 * np.cos(2 * theta)
+    points = np.stack([np.cos(theta), np.sin(theta)], axis=1)
+    for nu, tau in [(0.05, 0.5), (0.5, 3.0)]:
+        on_circle = sw.pde.local_entropy(U, theta, nu, tau, domain="circle")
+        on_sphere = sw.pde.sphere_local_entropy(U, points, nu, tau)
+        assert np.abs(on_circle - np.asarray(on_sphere)).max() < 1e-10
