@@ -94,3 +94,16 @@ def test_bad_input():
         sw.pde.shock_time(s[:5], s[:5])
     with pytest.raises(ValueError, match="tau must be finite and > 0"):
         sw.pde.shocks_at(s, s, 0.0)
+
+
+def test_shock_path_follows_rankine_hugoniot():
+    """Truth: Galilean boost of the symmetric bump: position = c tau after tau* = 1, NaN before,
+    and the finite-difference slope of the path equals the reported (v_L + v_R)/2."""
+    c = -0.25
+    s = np.linspace(-10, 8, 1801)
+    taus = np.array([0.5, 0.9, 1.2, 1.6, 2.0, 2.4])
+    path = sw.pde.shock_path(np.exp(-s**2 / 2) + c * s, s, taus)
+    assert np.isnan(path.position[:2]).all()
+    assert np.abs(path.position[2:] - c * taus[2:]).max() < 1e-8
+    slopes = np.diff(path.position[2:]) / np.diff(taus[2:])
+    assert np.abs(slopes - path.speed[3:]).max() < 1e-6

@@ -20,12 +20,14 @@ from .differences import fd_weights, finite_difference
 from .hamilton_jacobi import hj_residual
 from .heat import Domain, HopfCole, burgers_slope, burgers_velocity, hopf_cole, hopf_lax, hopf_lax_velocity, local_entropy
 from .sphere import log_heat_kernel_sphere, sphere_grid, sphere_local_entropy
-from .shocks import Crossing, Shock, characteristics, first_crossing, rankine_hugoniot_speed, shock_time, shocks_at
+from .shocks import Crossing, Shock, ShockPath, characteristics, first_crossing, rankine_hugoniot_speed, shock_path, shock_time, shocks_at
 
 __all__ = [
     "WENO5",
     "Crossing",
     "Shock",
+    "ShockPath",
+    "shock_path",
     "characteristics",
     "first_crossing",
     "hj_residual",

@@ -22,9 +22,11 @@ from .heat import Domain, hopf_lax_velocity
 __all__ = [
     "Crossing",
     "Shock",
+    "ShockPath",
     "characteristics",
     "first_crossing",
     "rankine_hugoniot_speed",
+    "shock_path",
     "shock_time",
     "shocks_at",
 ]
@@ -179,6 +181,35 @@ def shocks_at(U, grid, tau: float, *, min_jump: float = 1e-3) -> list[Shock]:
         x = float(x)
         shocks.append(Shock(tau, x, (x - y_left) / tau, (x - y_right) / tau, float(y_left), float(y_right)))
     return shocks
+
+
+@dataclass(frozen=True)
+class ShockPath:
+    """The strongest shock at each time: arrays over ``taus`` (NaN where no shock exists yet)."""
+
+    taus: np.ndarray
+    position: np.ndarray
+    left: np.ndarray
+    right: np.ndarray
+    speed: np.ndarray  # Rankine-Hugoniot (v_L + v_R)/2; d position / d tau where the path is smooth
+
+
+def shock_path(U, grid, taus, *, min_jump: float = 1e-3) -> ShockPath:
+    r"""Position, one-sided values and speed of the strongest shock (largest v_L - v_R) over ``taus``.
+
+    ``shocks_at`` at each tau; before the first crossing (and where the grid cannot yet resolve the
+    newborn shock) the entries are NaN. Checks: position' = speed (Rankine-Hugoniot) between samples.
+    """
+    taus_np = np.asarray(as_tensor(taus, "taus", dtype=torch.float64)[0], dtype=np.float64).reshape(-1)
+    rows = np.full((taus_np.size, 4), np.nan)
+    for i, tau in enumerate(taus_np):
+        if tau <= 0:
+            continue
+        found = shocks_at(U, grid, float(tau), min_jump=min_jump)
+        if found:
+            strongest = max(found, key=lambda shock: shock.left - shock.right)
+            rows[i] = (strongest.position, strongest.left, strongest.right, strongest.speed)
+    return ShockPath(taus_np, *rows.T)
 
 
 def _polish_foot(spline: CubicSpline, y: float, x: float, tau: float, lo: float, hi: float) -> float:
