@@ -67,7 +67,7 @@ class Godunov:
         n = padded.shape[-1] - 2 * _GHOST
         return padded[..., _GHOST - 1:_GHOST + n], padded[..., _GHOST:_GHOST + n + 1]
 
-    def face_derivative(self, padded: Tensor, h: float) -> Tensor:
+    def face_derivative(self, padded: Tensor, h: Tensor | float) -> Tensor:
         n = padded.shape[-1] - 2 * _GHOST
         return (padded[..., _GHOST:_GHOST + n + 1] - padded[..., _GHOST - 1:_GHOST + n]) / h
 
@@ -173,7 +173,7 @@ class WENO5:
     def _weight(self, beta: Tensor) -> Tensor:
         return (self.eps + beta) ** -2
 
-    def face_derivative(self, padded: Tensor, h: float) -> Tensor:
+    def face_derivative(self, padded: Tensor, h: Tensor | float) -> Tensor:
         n = padded.shape[-1] - 2 * _GHOST
         s = [padded[..., k:k + n + 1] for k in range(1, 5)]  # cells j-2, j-1, j, j+1
         return (s[0] - 15 * s[1] + 15 * s[2] - s[3]) / (12 * h)
@@ -207,9 +207,10 @@ def solve_burgers(v0, grid, t_final: float, nu=0.0, kappa=None, scheme="weno5",
     kappa: None, a callable s -> kappa(s) (called once with the faces as a float64 NumPy array), or values at the cell centres
         (interpolated to faces to 4th order).
     nu: a float, or one value per batch row (shape v0.shape[:-1]) to run many viscosities at once.
-    compile: fuse each time step with ``torch.compile`` (inductor): ~15x fewer microseconds per
-        step on a CPU at N = 1e3 (benchmarks/RESULTS.md), after a one-off compilation of tens of
-        seconds per (shape, dtype, scheme) that torch caches on disk. Worth it for long runs only.
+    compile: fuse each time step with ``torch.compile`` (inductor, static shapes): 10-19x faster
+        per step on a CPU (benchmarks/RESULTS.md), after a one-off compilation of 5-40 s per
+        (size, dtype, scheme, boundary) that torch caches on disk; dynamo falls back to eager after
+        8 different sizes in one process. Worth it for long or repeated runs on one grid.
     Raises: ValueError for bad input (negative nu or t_final, non-uniform grid, NaN, shapes);
         RuntimeError if the solution turns non-finite or more than ``max_steps`` steps are needed
         (never a silent early stop).
@@ -250,6 +251,7 @@ def solve_burgers_at(v0, grid, times: Sequence[float], nu=0.0, kappa=None, schem
     if not nu_max > 0:
         nu_t = kappa_faces = None
     advance = _compiled_step() if compile else _step
+    h_t = torch.tensor(h, dtype=v.dtype, device=v.device)
 
     def stable_dt(state: Tensor) -> float:
         speed = float(state.abs().max())
@@ -270,7 +272,7 @@ def solve_burgers_at(v0, grid, times: Sequence[float], nu=0.0, kappa=None, schem
                 if not step > 0:
                     raise RuntimeError(f"solve_burgers: time step collapsed to {step} at t={t:.6g}")
                 v = advance(v, torch.tensor(step, dtype=v.dtype, device=v.device), scheme_obj, ghost_index,
-                            h, nu_t, kappa_faces)
+                            h_t, nu_t, kappa_faces)
                 t = target if step == target - t else t + step
                 steps += 1
                 if steps > max_steps:
@@ -284,10 +286,11 @@ def solve_burgers_at(v0, grid, times: Sequence[float], nu=0.0, kappa=None, schem
     return kind.back(torch.stack(outputs))
 
 
-def _rhs(state: Tensor, scheme: Godunov | WENO5, ghost_index: Tensor, h: float,
+def _rhs(state: Tensor, scheme: Godunov | WENO5, ghost_index: Tensor, h: Tensor | float,
          nu: Tensor | None, kappa_faces: Tensor | None) -> Tensor:
     """-(F_{j+1/2} - F_{j-1/2}) / h with F = Riemann flux - (nu/2)(v_s + kappa v) at every face."""
-    padded = state[..., ghost_index]
+    # index_select, not fancy indexing: the latter is multithreaded and stalls on a busy CPU
+    padded = state.index_select(-1, ghost_index)
     left, right = scheme.faces(padded)
     flux = godunov_flux(left, right)
     if nu is not None:
@@ -298,9 +301,10 @@ def _rhs(state: Tensor, scheme: Godunov | WENO5, ghost_index: Tensor, h: float,
     return -(flux[..., 1:] - flux[..., :-1]) / h
 
 
-def _step(v: Tensor, dt: Tensor, scheme: Godunov | WENO5, ghost_index: Tensor, h: float,
+def _step(v: Tensor, dt: Tensor, scheme: Godunov | WENO5, ghost_index: Tensor, h: Tensor,
           nu: Tensor | None, kappa_faces: Tensor | None) -> Tensor:
-    # module level, with every tensor an argument, so torch.compile traces it once per shape
+    # module level, with every number a tensor argument (dt, h), so torch.compile traces it once
+    # per size: static-shape kernels run ~3x faster at N = 1e4 than the dynamic-shape ones
     return scheme.advance(v, dt, lambda state: _rhs(state, scheme, ghost_index, h, nu, kappa_faces))
 
 
