@@ -1,4 +1,4 @@
-"""Data flows one way: pde <- symmetry <- quotient <- mechanics/meanfield <- monitor <- experiments/report/cli."""
+"""Data flows one way: pde, models <- symmetry <- quotient <- mechanics/meanfield <- monitor <- experiments/report/cli."""
 
 import ast
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import shockwatch
 
 LAYERS = ["pde", "symmetry", "quotient", "mechanics", "meanfield", "monitor", "experiments", "report", "cli"]
-RANK = {name: 0 for name in ["pde"]} | {"symmetry": 1, "quotient": 2, "mechanics": 3, "meanfield": 3,
+RANK = {"pde": 0, "models": 0} | {"symmetry": 1, "quotient": 2, "mechanics": 3, "meanfield": 3,
                                           "monitor": 4, "experiments": 5, "report": 5, "cli": 6}
 
 

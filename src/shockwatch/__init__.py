@@ -1,11 +1,14 @@
 """shockwatch: symmetry-reduced SGD, local entropy, Burgers shocks and conservation laws.
 
 Layers, data flowing one way (see DESIGN.md): pde <- symmetry <- quotient <- mechanics/entropy
-<- monitor <- cli/report. Only ``pde`` exists so far.
+<- monitor <- cli/report. So far: ``pde``, ``models`` and ``symmetry`` (translation, scale and
+rescale groups of MLPs and CNNs).
 """
 
-from . import pde
+from . import models, pde, symmetry
+from .symmetry import Kind, Symmetry, SymmetrySet, find_symmetries, verify_symmetries
 
 __version__ = "0.1.0"
 
-__all__ = ["pde", "__version__"]
+__all__ = ["Kind", "Symmetry", "SymmetrySet", "__version__", "find_symmetries", "models", "pde", "symmetry",
+           "verify_symmetries"]

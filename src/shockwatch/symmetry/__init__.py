@@ -1,0 +1,12 @@
+"""Groups acting on a model's parameters: one ``Symmetry`` type, detection, verification.
+
+Only this layer turns ``named_parameters()`` into parameter groups; every later layer reads them
+from a ``SymmetrySet``.
+"""
+
+from .detect import find_symmetries
+from .group import Kind, Slot, Symmetry, SymmetrySet, act, generator
+from .verify import Verification, VerificationRow, verify_symmetries
+
+__all__ = ["Kind", "Slot", "Symmetry", "SymmetrySet", "Verification", "VerificationRow", "act",
+           "find_symmetries", "generator", "verify_symmetries"]

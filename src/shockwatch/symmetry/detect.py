@@ -1,0 +1,191 @@
+r"""Find the continuous symmetries of a real ``nn.Module`` by tracing its graph (torch.fx).
+
+Rules (Kunin et al. 2021, §3; Miyagawa 2026, §5):
+- translation: a Linear whose output is the model's output (logits fed to softmax /
+  cross-entropy), or feeds an explicit (log-)softmax: each input column W[:, j] and the bias
+  vector, since adding c to all logits changes nothing.
+- scale: a Linear/Conv followed directly by BatchNorm (each output unit: row j and bias j, under
+  batch statistics, i.e. in training mode) or by LayerNorm / RMSNorm over its features (the whole
+  layer at once: normalisation is per sample, across units).
+- rescale: a unit j whose pre-activation parameters (the Linear/Conv row j and bias j, or the
+  affine weight/bias j of a norm right after it) pass through positively homogeneous maps only
+  (ReLU, LeakyReLU, identity, dropout, max/avg pooling, flatten) into exactly one Linear/Conv,
+  whose input columns for unit j are the outgoing slots (a block of columns after a flatten).
+- GELU, SiLU, tanh, sigmoid are not positively homogeneous: no rescale is reported through them.
+Every branch (a unit read by two consumers, e.g. a residual add) stops the search: nothing is
+guessed. Modules with parameters that no rule covers are listed in ``SymmetrySet.unanalysed``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from .group import Kind, Slot, Symmetry, SymmetrySet
+
+__all__ = ["find_symmetries"]
+
+_AFFINE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_BATCH_NORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_LAYER_NORM = (nn.LayerNorm, nn.RMSNorm)
+_HOMOGENEOUS_MODULES = (nn.ReLU, nn.LeakyReLU, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
+_POOL_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+                 nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+                 nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)
+_HOMOGENEOUS_FUNCTIONS = (F.relu, torch.relu, F.leaky_relu, F.dropout, F.max_pool1d, F.max_pool2d,
+                          F.avg_pool1d, F.avg_pool2d, F.adaptive_avg_pool2d)
+_SOFTMAX_FUNCTIONS = (F.softmax, F.log_softmax, torch.softmax, torch.log_softmax)
+_KNOWN_PARAMETRISED = _AFFINE + _BATCH_NORM + _LAYER_NORM
+
+
+def find_symmetries(model: nn.Module, example_input: torch.Tensor, *, logits: bool = True) -> SymmetrySet:
+    """The translation, scale and rescale symmetries of ``model`` (see the module docstring).
+
+    ``example_input``: one batch the model accepts (used to trace shapes; the model itself is not
+    run and its buffers are not touched: a copy is traced). ``logits``: the model's output feeds a
+    softmax / cross-entropy (classifiers); set False for regression outputs (no translation).
+    Raises: ValueError for a model without parameters, a model torch.fx cannot trace (its message
+        is kept), or an example input the model does not accept.
+    """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
+    parameters = dict(model.named_parameters())
+    if not parameters:
+        raise ValueError(f"{type(model).__name__} has no parameters: there is nothing to analyse")
+    device = next(iter(parameters.values())).device
+    shadow = copy.deepcopy(model)
+    try:
+        graph_module = fx.symbolic_trace(shadow)
+    except Exception as error:  # torch.fx raises many types; keep its words
+        raise ValueError(f"{type(model).__name__} cannot be traced by torch.fx ({type(error).__name__}: {error}); "
+                         "models with data-dependent control flow are not analysed yet") from None
+    try:
+        with torch.no_grad():
+            ShapeProp(graph_module).propagate(example_input)
+    except Exception as error:
+        raise ValueError(f"{type(model).__name__} does not accept the example input "
+                         f"(shape {tuple(getattr(example_input, 'shape', ()))}): {type(error).__name__}: {error}") from None
+    modules = dict(graph_module.named_modules())
+    found: list[Symmetry] = []
+    for node in graph_module.graph.nodes:
+        if node.op == "call_module" and isinstance(modules[node.target], _AFFINE):
+            found.extend(_symmetries_of_producer(node, modules, parameters, logits))
+    unanalysed = tuple(
+        name for name, module in model.named_modules()
+        if any(True for _ in module.parameters(recurse=False)) and not isinstance(module, _KNOWN_PARAMETRISED)
+    )
+    return SymmetrySet(tuple(found), device, unanalysed)
+
+
+def _module(node: fx.Node, modules: dict[str, nn.Module]) -> nn.Module | None:
+    return modules.get(node.target) if node.op == "call_module" else None
+
+
+def _sole_user(node: fx.Node) -> fx.Node | None:
+    users = list(node.users)
+    return users[0] if len(users) == 1 else None
+
+
+def _is(node: fx.Node, modules, module_types: tuple, functions: tuple = ()) -> bool:
+    module = _module(node, modules)
+    if module is not None:
+        return isinstance(module, module_types)
+    return node.op == "call_function" and node.target in functions
+
+
+def _is_flatten(node: fx.Node, modules) -> bool:
+    module = _module(node, modules)
+    if isinstance(module, nn.Flatten):
+        return module.start_dim == 1 and module.end_dim == -1
+    if node.op == "call_function" and node.target is torch.flatten:
+        start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+        return start == 1
+    return False
+
+
+def _units(module: nn.Module) -> int:
+    return module.out_features if isinstance(module, nn.Linear) else module.out_channels
+
+
+def _unit_slots(name: str, module: nn.Module, j: int) -> tuple[Slot, ...]:
+    slots = [Slot(f"{name}.weight", 0, j, j + 1)]
+    if getattr(module, "bias", None) is not None:
+        slots.append(Slot(f"{name}.bias", 0, j, j + 1))
+    return tuple(slots)
+
+
+def _symmetries_of_producer(node: fx.Node, modules, parameters, logits: bool) -> list[Symmetry]:
+    name = node.target
+    producer = modules[name]
+    units = _units(producer)
+    out: list[Symmetry] = []
+    user = _sole_user(node)
+    if user is None:
+        return out
+    # translation: logits straight out, or through an explicit softmax
+    if isinstance(producer, nn.Linear) and (
+        (logits and user.op == "output") or (_is(user, modules, (nn.Softmax, nn.LogSoftmax), _SOFTMAX_FUNCTIONS))
+    ):
+        out.extend(Symmetry(Kind.TRANSLATION, f"translation/{name}/column{j}", (Slot(f"{name}.weight", 1, j, j + 1),))
+                   for j in range(producer.in_features))
+        if producer.bias is not None:
+            out.append(Symmetry(Kind.TRANSLATION, f"translation/{name}/bias", (Slot(f"{name}.bias", 0, 0, units),)))
+        return out
+    # scale: a normalisation right after the producer
+    unit_params: Callable[[int], tuple[Slot, ...]] = lambda j: _unit_slots(name, producer, j)  # noqa: E731
+    chain_start = user
+    norm = _module(user, modules)
+    if isinstance(norm, _BATCH_NORM):
+        out.extend(Symmetry(Kind.SCALE, f"scale/{name}/unit{j}", _unit_slots(name, producer, j)) for j in range(units))
+    elif isinstance(norm, _LAYER_NORM) and isinstance(producer, nn.Linear) and tuple(norm.normalized_shape) == (units,):
+        whole = [Slot(f"{name}.weight", 0, 0, units)]
+        if producer.bias is not None:
+            whole.append(Slot(f"{name}.bias", 0, 0, units))
+        out.append(Symmetry(Kind.SCALE, f"scale/{name}", tuple(whole)))
+    if isinstance(norm, _BATCH_NORM + _LAYER_NORM):
+        affine_weight = getattr(norm, "weight", None)
+        if affine_weight is None:
+            return out  # the unit's scale is fixed by the norm: no rescale freedom left
+        norm_name = user.target
+        has_bias = getattr(norm, "bias", None) is not None
+        unit_params = lambda j: tuple(  # noqa: E731
+            [Slot(f"{norm_name}.weight", 0, j, j + 1)] + ([Slot(f"{norm_name}.bias", 0, j, j + 1)] if has_bias else []))
+        chain_start = _sole_user(user)
+        if chain_start is None:
+            return out
+    # rescale: through positively homogeneous maps into exactly one consumer
+    consumer, block = _homogeneous_consumer(chain_start, modules)
+    if consumer is not None:
+        consumer_name = consumer.target
+        out.extend(
+            Symmetry(Kind.RESCALE, f"rescale/{name}/unit{j}", unit_params(j),
+                     (Slot(f"{consumer_name}.weight", 1, j * block, (j + 1) * block),))
+            for j in range(units)
+        )
+    return out
+
+
+def _homogeneous_consumer(node: fx.Node | None, modules) -> tuple[fx.Node | None, int]:
+    """The Linear/Conv reached from ``node`` through positively homogeneous per-unit maps, and how
+    many of its input columns each unit feeds (1, or the spatial size after a flatten)."""
+    block = 1
+    while node is not None:
+        consumer = _module(node, modules)
+        if isinstance(consumer, _AFFINE):
+            if isinstance(consumer, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and consumer.groups != 1:
+                return None, 1
+            return node, block
+        if _is(node, modules, _HOMOGENEOUS_MODULES + _POOL_MODULES, _HOMOGENEOUS_FUNCTIONS):
+            pass  # ReLU, max(x, slope x), pooling and dropout commute with a positive per-unit scale
+        elif _is_flatten(node, modules) and block == 1:
+            shape = node.args[0].meta["tensor_meta"].shape
+            block = int(torch.tensor(shape[2:]).prod()) if len(shape) > 2 else 1
+        else:
+            return None, 1
+        node = _sole_user(node)
+    return None, 1

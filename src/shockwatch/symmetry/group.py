@@ -1,0 +1,203 @@
+r"""One representation of a continuous parameter symmetry, used by every later layer.
+
+Kunin et al. 2021 (§3, Appendix A): a symmetry is a group action on a subset A of the parameters
+that leaves the loss unchanged; its generator xi(theta) gives <grad L, xi> = 0 and a Noether charge:
+
+    translation  theta_A -> theta_A + c 1            charge  <theta_A, 1>
+    scale        theta_A -> a theta_A                charge  |theta_A|^2
+    rescale      (theta_A1, theta_A2) -> (a theta_A1, theta_A2 / a)
+                                                     charge  |theta_A1|^2 - |theta_A2|^2
+
+A ``Slot`` names the sub-tensor params[param].narrow(dim, start, stop - start); a ``Symmetry``
+is its kind plus the slots it acts on ("incoming" for every kind, "outgoing" for rescale). A
+``SymmetrySet`` builds, once, the index plan that evaluates the charges of all symmetries of a
+kind in one index_select + index_add_ per (parameter, dim, sign), however many units there are.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["Kind", "Slot", "Symmetry", "SymmetrySet", "act", "generator"]
+
+
+class Kind(enum.StrEnum):
+    """A str, so that ``sym.kind == "scale"`` holds for callers."""
+
+    TRANSLATION = "translation"  # theta_A -> theta_A + c 1 (parameters feeding a softmax)
+    SCALE = "scale"  # theta_A -> a theta_A (parameters feeding a normalisation)
+    RESCALE = "rescale"  # (in, out) -> (a in, out / a) (a positively homogeneous unit)
+
+
+@dataclass(frozen=True)
+class Slot:
+    """params[param].narrow(dim, start, stop - start): a contiguous block along one dimension."""
+
+    param: str
+    dim: int
+    start: int
+    stop: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.start < self.stop:
+            raise ValueError(f"Slot {self.param}[dim {self.dim}]: need 0 <= start < stop, got {self.start}, {self.stop}")
+
+    def view(self, params: Mapping[str, Tensor]) -> Tensor:
+        return params[self.param].narrow(self.dim, self.start, self.stop - self.start)
+
+
+@dataclass(frozen=True)
+class Symmetry:
+    """One symmetry group acting on ``incoming`` (and, for rescale, inversely on ``outgoing``)."""
+
+    kind: Kind
+    label: str  # the key in every sink and plot, e.g. "features.0:unit17"
+    incoming: tuple[Slot, ...]
+    outgoing: tuple[Slot, ...] = ()
+    defect: float = 0.0  # measured relative loss change under the action (0 for an exact symmetry)
+
+    def __post_init__(self) -> None:
+        if not self.incoming:
+            raise ValueError(f"{self.label}: a symmetry must act on some parameters")
+        if bool(self.outgoing) != (self.kind is Kind.RESCALE):
+            raise ValueError(f"{self.label}: only RESCALE symmetries have outgoing slots (kind {self.kind})")
+
+    @property
+    def slots(self) -> tuple[Slot, ...]:
+        return self.incoming + self.outgoing
+
+    def charge(self, model: nn.Module) -> Tensor:
+        """This symmetry's Noether charge (float64, shape (1,)); SymmetrySet.charges does many at once."""
+        params = dict(model.named_parameters())
+        device = next(iter(params.values())).device
+        return SymmetrySet((self,), device).charges(self.kind, params)
+
+
+def _form(kind: Kind, block: Tensor) -> Tensor:
+    """The charge density of one slot element: theta for translation, theta^2 otherwise."""
+    return block if kind is Kind.TRANSLATION else block.square()
+
+
+@dataclass(frozen=True)
+class _Gather:
+    """All slot elements of one (param, dim, sign): which indices along dim, and whose charge."""
+
+    param: str
+    dim: int
+    sign: float
+    index: Tensor  # (m,) indices along dim
+    row: Tensor  # (m,) the symmetry (row of the charge vector) each index belongs to
+
+
+@dataclass(frozen=True)
+class _Plan:
+    size: int
+    gathers: tuple[_Gather, ...]
+
+
+def _plan(symmetries: tuple[Symmetry, ...], device: torch.device) -> _Plan:
+    buckets: dict[tuple[str, int, float], tuple[list[int], list[int]]] = {}
+    for row, sym in enumerate(symmetries):
+        for sign, slots in ((1.0, sym.incoming), (-1.0, sym.outgoing)):
+            for slot in slots:
+                indices, rows = buckets.setdefault((slot.param, slot.dim, sign), ([], []))
+                indices.extend(range(slot.start, slot.stop))
+                rows.extend([row] * (slot.stop - slot.start))
+    gathers = tuple(
+        _Gather(param, dim, sign, torch.tensor(indices, device=device), torch.tensor(rows, device=device))
+        for (param, dim, sign), (indices, rows) in buckets.items()
+    )
+    return _Plan(len(symmetries), gathers)
+
+
+@dataclass(frozen=True, eq=False)
+class SymmetrySet:
+    """The symmetries found on one model, with a precomputed charge plan per kind."""
+
+    symmetries: tuple[Symmetry, ...]
+    device: torch.device = torch.device("cpu")
+    unanalysed: tuple[str, ...] = ()  # modules detection could not analyse, by qualified name
+    _plans: dict = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        labels = [s.label for s in self.symmetries]
+        if len(labels) != len(set(labels)):
+            duplicates = sorted({label for label in labels if labels.count(label) > 1})
+            raise ValueError(f"SymmetrySet: duplicate labels {duplicates[:5]}")
+        plans = {kind: _plan(self.of_kind(kind), torch.device(self.device)) for kind in Kind}
+        object.__setattr__(self, "_plans", plans)
+
+    def __iter__(self) -> Iterator[Symmetry]:
+        return iter(self.symmetries)
+
+    def __len__(self) -> int:
+        return len(self.symmetries)
+
+    def of_kind(self, kind: Kind | str) -> tuple[Symmetry, ...]:
+        kind = Kind(kind)
+        return tuple(s for s in self.symmetries if s.kind is kind)
+
+    def counts(self) -> dict[str, int]:
+        return {kind.value: len(self.of_kind(kind)) for kind in Kind}
+
+    def to(self, device: torch.device | str) -> SymmetrySet:
+        return SymmetrySet(self.symmetries, torch.device(device), self.unanalysed)
+
+    def charges(self, kind: Kind | str, params: Mapping[str, Tensor]) -> Tensor:
+        """Charges of every symmetry of ``kind``, float64, in ``of_kind`` order.
+
+        One index_select and one index_add_ per (parameter, dim, sign), whatever the number of
+        units: translation <theta_A, 1>, scale |theta_A|^2, rescale |theta_A1|^2 - |theta_A2|^2.
+        """
+        kind = Kind(kind)
+        plan = self._plans[kind]
+        out = torch.zeros(plan.size, dtype=torch.float64, device=self.device)
+        for g in plan.gathers:
+            block = params[g.param].detach().index_select(g.dim, g.index).movedim(g.dim, 0)
+            per_index = _form(kind, block.reshape(block.shape[0], -1).double()).sum(1)
+            out.index_add_(0, g.row, g.sign * per_index)
+        return out
+
+
+def generator(sym: Symmetry, params: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The Lie-algebra generator xi(theta) of ``sym`` as one dense tensor per touched parameter.
+
+    d/dc (action at c)|_{c=0}: 1 on the slots (translation), theta_A (scale), (theta_A1, -theta_A2)
+    (rescale). <grad L, xi> = 0 is the infinitesimal statement of the symmetry.
+    """
+    out: dict[str, Tensor] = {}
+    for sign, slots in ((1.0, sym.incoming), (-1.0, sym.outgoing)):
+        for slot in slots:
+            dense = out.setdefault(slot.param, torch.zeros_like(params[slot.param]))
+            target = dense.narrow(slot.dim, slot.start, slot.stop - slot.start)
+            values = slot.view(params).detach()
+            target.add_(torch.ones_like(values) if sym.kind is Kind.TRANSLATION else sign * values)
+    return out
+
+
+def act(sym: Symmetry, params: Mapping[str, Tensor], amount: float) -> dict[str, Tensor]:
+    """Parameters moved by the finite group element exp(amount * generator), as new tensors.
+
+    translation: + amount on the slots; scale: x e^amount; rescale: incoming x e^amount and
+    outgoing x e^-amount. Untouched parameters are returned as they are (not copied).
+    """
+    moved = dict(params)
+    factor = math.exp(amount)
+    for sign, slots in ((1.0, sym.incoming), (-1.0, sym.outgoing)):
+        for slot in slots:
+            tensor = moved[slot.param]
+            if tensor is params[slot.param]:
+                tensor = tensor.detach().clone()
+                moved[slot.param] = tensor
+            block = tensor.narrow(slot.dim, slot.start, slot.stop - slot.start)
+            if sym.kind is Kind.TRANSLATION:
+                block.add_(amount)
+            else:
+                block.mul_(factor if sign > 0 else 1.0 / factor)
+    return moved

@@ -1,0 +1,168 @@
+r"""Check every reported symmetry numerically on a model and a batch (Kunin et al. 2021, §3).
+
+For each symmetry: the relative change of the loss under finite group elements (scale and
+rescale factors e^{+-4.6} = 1e2..1e-2 and e^{+-1}; translations c = +-0.5, +-3), and the
+infinitesimal statement |<grad L, xi>| / (|grad L| |xi|) with xi the generator at theta, and its
+derivative, the Hessian identity of Kunin et al.'s Tables 2-3: differentiating <grad L, xi(theta)> = 0
+
+    H xi + (D xi)^T grad L = 0:   H 1_A = 0 (translation),  H theta_A = -grad_A L (scale),
+                                  H (theta_A1 - theta_A2) = -(grad_A1 L - grad_A2 L) (rescale),
+
+through Hessian-vector products (double backward, float64 where the model is). Exact
+symmetries give round-off (1e-15 in float64); an architecture that breaks one slightly (BatchNorm's
+eps, weight decay inside the loss, a norm in eval mode) gives the size of the breaking instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from .group import Kind, Symmetry, SymmetrySet, act, generator
+
+__all__ = ["Verification", "VerificationRow", "verify_symmetries"]
+
+_AMOUNTS = {Kind.SCALE: (-4.6, -1.0, 1.0, 4.6), Kind.RESCALE: (-4.6, -1.0, 1.0, 4.6),
+            Kind.TRANSLATION: (-3.0, -0.5, 0.5, 3.0)}
+
+
+@dataclass(frozen=True)
+class VerificationRow:
+    label: str
+    kind: Kind
+    loss_change: float  # max over the group elements of |L(g theta) - L(theta)| / max(|L|, tiny)
+    gradient_alignment: float  # |<grad L, xi>| / (|grad L| |xi|)
+    hessian_residual: float | None = None  # |H xi + (D xi)^T g| / (|H xi| + |(D xi)^T g| + |H|~ |xi|)
+
+
+@dataclass(frozen=True)
+class Verification:
+    rows: tuple[VerificationRow, ...]
+    loss: float
+
+    def max_loss_change(self, kind: Kind | str | None = None) -> float:
+        values = [r.loss_change for r in self.rows if kind is None or r.kind == kind]
+        return max(values, default=0.0)
+
+    def max_gradient_alignment(self, kind: Kind | str | None = None) -> float:
+        values = [r.gradient_alignment for r in self.rows if kind is None or r.kind == kind]
+        return max(values, default=0.0)
+
+    def max_hessian_residual(self, kind: Kind | str | None = None) -> float:
+        values = [r.hessian_residual for r in self.rows
+                  if r.hessian_residual is not None and (kind is None or r.kind == kind)]
+        return max(values, default=0.0)
+
+    def worst(self, count: int = 5) -> list[VerificationRow]:
+        return sorted(self.rows, key=lambda r: -max(r.loss_change, r.gradient_alignment))[:count]
+
+
+def verify_symmetries(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], batch: Sequence[Tensor],
+                      symmetries: SymmetrySet | Sequence[Symmetry], *, train_mode: bool = True,
+                      seed: int = 0, hessian_samples: int = 16) -> Verification:
+    """Loss invariance and gradient orthogonality of each symmetry, measured on ``batch``.
+
+    ``batch`` = (inputs, targets); ``loss_fn(model(inputs), targets)`` is the loss. The model runs
+    in training mode by default (BatchNorm's scale symmetry holds for batch statistics only) and
+    with the same random seed for every evaluation (dropout masks then agree); its parameters and
+    buffers are left as they were. The Hessian identity costs one Hessian-vector product per
+    symmetry, so it is checked on ``hessian_samples`` symmetries per kind, spread evenly over the
+    model (all of them if there are fewer; 0 skips it).
+    """
+    inputs, targets = batch
+    params = {name: p.detach() for name, p in model.named_parameters()}
+    buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
+    was_training = model.training
+    model.train(train_mode)
+
+    def loss_at(values: Mapping[str, Tensor]) -> Tensor:
+        torch.manual_seed(seed)
+        # a fresh copy of the buffers each time: BatchNorm's running statistics must not drift
+        state = {**values, **{name: b.clone() for name, b in buffers.items()}}
+        return loss_fn(functional_call(model, state, (inputs,)), targets)
+
+    try:
+        leaves = {name: p.clone().requires_grad_(True) for name, p in params.items()}
+        base = loss_at(leaves)
+        names = list(leaves)
+        grad_list = torch.autograd.grad(base, list(leaves.values()), create_graph=hessian_samples > 0,
+                                        allow_unused=True)
+        grads = {name: (g if g is not None else torch.zeros_like(leaves[name])) for name, g in zip(names, grad_list)}
+        differentiable = [name for name, g in zip(names, grad_list) if g is not None and g.requires_grad]
+        base_value = float(base.detach())
+        scale = max(abs(base_value), torch.finfo(base.dtype).tiny)
+        grad_norm = sum(float(g.detach().square().sum()) for g in grads.values()) ** 0.5
+        checked = _spread(symmetries, hessian_samples)
+        curvature = _curvature_scale(grads, leaves, differentiable, seed) if checked and differentiable else 0.0
+        rows = []
+        for sym in symmetries:
+            with torch.no_grad():
+                change = max(abs(float(loss_at(act(sym, params, amount))) - base_value) / scale
+                             for amount in _AMOUNTS[sym.kind])
+            xi = generator(sym, params)
+            inner = sum(float((grads[name].detach() * direction).sum()) for name, direction in xi.items())
+            xi_norm = sum(float(d.square().sum()) for d in xi.values()) ** 0.5
+            alignment = abs(inner) / (grad_norm * xi_norm) if grad_norm > 0 and xi_norm > 0 else 0.0
+            residual = None
+            if sym.label in checked and differentiable:
+                residual = _hessian_residual(sym, xi, grads, leaves, differentiable, curvature)
+            rows.append(VerificationRow(sym.label, sym.kind, change, alignment, residual))
+    finally:
+        model.train(was_training)
+    return Verification(tuple(rows), base_value)
+
+
+def _spread(symmetries, per_kind: int) -> set[str]:
+    """Labels of up to ``per_kind`` symmetries of each kind, evenly spaced in model order."""
+    chosen: set[str] = set()
+    for kind in Kind:
+        members = [s for s in symmetries if s.kind is kind]
+        if per_kind <= 0 or not members:
+            continue
+        step = max(1, len(members) // per_kind)
+        chosen.update(s.label for s in members[::step][:per_kind])
+    return chosen
+
+
+def _hvp(grads: dict[str, Tensor], leaves: dict[str, Tensor], differentiable: list[str],
+         direction: dict[str, Tensor]) -> dict[str, Tensor]:
+    """H v by double backward (works through BatchNorm's batch statistics)."""
+    vectors = [direction.get(name, torch.zeros_like(leaves[name])) for name in differentiable]
+    hvp = torch.autograd.grad([grads[name] for name in differentiable], [leaves[name] for name in differentiable],
+                              grad_outputs=vectors, retain_graph=True, allow_unused=True)
+    return {name: (h if h is not None else torch.zeros_like(leaves[name])).detach()
+            for name, h in zip(differentiable, hvp)}
+
+
+def _curvature_scale(grads, leaves, differentiable, seed: int) -> float:
+    """|H u| / |u| for one seeded Gaussian u: the Hessian's size, against which H xi ~ 0 is judged
+    (a translation's identity H 1_A = 0 has no other term to compare with)."""
+    generator_ = torch.Generator(device=leaves[differentiable[0]].device).manual_seed(seed)
+    u = {name: torch.randn(leaves[name].shape, generator=generator_, dtype=leaves[name].dtype,
+                           device=leaves[name].device) for name in differentiable}
+    hu = _hvp(grads, leaves, differentiable, u)
+    norm_u = sum(float(v.square().sum()) for v in u.values()) ** 0.5
+    return sum(float(v.square().sum()) for v in hu.values()) ** 0.5 / norm_u
+
+
+def _hessian_residual(sym: Symmetry, xi: dict[str, Tensor], grads: dict[str, Tensor], leaves: dict[str, Tensor],
+                      differentiable: list[str], curvature: float) -> float:
+    """|H xi + (D xi)^T g| / (|H xi| + |(D xi)^T g| + curvature |xi|): D xi is 0 (translation),
+    the slot mask (scale), +mask on incoming and -mask on outgoing (rescale)."""
+    hessian_xi = _hvp(grads, leaves, differentiable, xi)
+    correction = {name: torch.zeros_like(h) for name, h in hessian_xi.items()}
+    if sym.kind is not Kind.TRANSLATION:
+        for sign, slots in ((1.0, sym.incoming), (-1.0, sym.outgoing)):
+            for slot in slots:
+                if slot.param in correction:
+                    target = correction[slot.param].narrow(slot.dim, slot.start, slot.stop - slot.start)
+                    target.add_(sign * slot.view(grads).detach())
+    total = sum(float((hessian_xi[n] + correction[n]).square().sum()) for n in hessian_xi) ** 0.5
+    size = (sum(float(h.square().sum()) for h in hessian_xi.values()) ** 0.5
+            + sum(float(c.square().sum()) for c in correction.values()) ** 0.5
+            + curvature * sum(float(d.square().sum()) for d in xi.values()) ** 0.5)
+    return total / size if size > 0 else 0.0

@@ -1,0 +1,176 @@
+"""find_symmetries + verify_symmetries on real MLPs and CNNs: counts derived by hand, invariances."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import shockwatch as sw
+from shockwatch.symmetry import Kind, act
+
+HOMOGENEOUS = {"relu", "leaky_relu", "identity"}
+
+
+def exact_norms(model: nn.Module) -> nn.Module:
+    """eps -> 1e-30 in every norm, so that scale symmetries become exact (the eps breaking is its own test)."""
+    for module in model.modules():
+        if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm)):
+            module.eps = 1e-30
+    return model
+
+
+def expected_mlp_counts(widths, activation, bias, norm):
+    """Truth: Kunin et al. 2021 §3 applied by hand to Linear -> [norm] -> act stacks."""
+    hidden = widths[1:-1]
+    translation = widths[-2] + (1 if bias else 0)
+    scale = {"none": 0, "batch": sum(hidden), "layer": len(hidden), "rms": len(hidden)}[norm]
+    rescale = sum(hidden) if activation in HOMOGENEOUS else 0
+    return {"translation": translation, "scale": scale, "rescale": rescale}
+
+
+def data(in_features, classes, n=24, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, in_features, generator=g, dtype=torch.float64), torch.randint(0, classes, (n,), generator=g)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    widths=st.lists(st.integers(1, 6), min_size=3, max_size=5),
+    activation=st.sampled_from(["relu", "leaky_relu", "identity", "gelu", "tanh"]),
+    bias=st.booleans(),
+    norm=st.sampled_from(["none", "batch", "layer", "rms"]),
+)
+def test_random_mlps_counts_and_invariance(widths, activation, bias, norm):
+    """Truth: hand-derived counts; the definition of a symmetry (loss unchanged under finite group
+    elements a in 1e-2..1e2, c in +-3) and <grad L, xi> = 0, in float64."""
+    widths = [widths[0], *[max(w, 2) for w in widths[1:-1]], max(widths[-1], 2)]
+    torch.manual_seed(0)
+    model = exact_norms(sw.models.mlp(widths, activation, bias, norm).double())
+    x, y = data(widths[0], widths[-1])
+    syms = sw.find_symmetries(model, x)
+    assert syms.counts() == expected_mlp_counts(widths, activation, bias, norm)
+    report = sw.verify_symmetries(model, F.cross_entropy, (x, y), syms)
+    assert report.max_loss_change() < 1e-9, report.worst(3)
+    assert report.max_gradient_alignment() < 1e-9, report.worst(3)
+    assert report.max_hessian_residual() < 1e-9, report.worst(3)
+
+
+@pytest.mark.parametrize("batch_norm", [True, False])
+def test_vgg_counts_and_invariance(batch_norm):
+    """Truth: by hand for layout (4 ch, M, 8 ch, M) on 8x8 inputs, hidden 16, 10 classes:
+    rescale = 4 + 8 (conv channels) + 16 (hidden) units; scale = 4 + 8 with BatchNorm;
+    translation = 16 columns + 1 bias. The conv-8 -> flatten -> Linear units own 2x2 column blocks."""
+    torch.manual_seed(1)
+    model = exact_norms(sw.models.vgg("tiny", width_divisor=4, batch_norm=batch_norm, image_size=8, hidden=16).double())
+    x = torch.randn(6, 3, 8, 8, dtype=torch.float64)
+    y = torch.randint(0, 10, (6,))
+    syms = sw.find_symmetries(model, x)
+    assert syms.counts() == {"translation": 17, "scale": 12 if batch_norm else 0, "rescale": 28}
+    flatten_units = [s for s in syms.of_kind("rescale") if s.outgoing[0].param.startswith(f"{len(model) - 3}.")]
+    assert len(flatten_units) == 8 and all(s.outgoing[0].stop - s.outgoing[0].start == 4 for s in flatten_units)
+    report = sw.verify_symmetries(model, F.cross_entropy, (x, y), syms)
+    assert report.max_loss_change() < 1e-9 and report.max_gradient_alignment() < 1e-9, report.worst(3)
+    assert report.max_hessian_residual() < 1e-9, report.worst(3)
+
+
+def test_batchnorm_eps_breaking_is_reported_not_hidden():
+    """Truth: BN's eps breaks scale invariance by ~eps (a^-2 - 1) / (2 sigma^2): visible at a = 1e-2
+    with the default eps = 1e-5, gone when eps -> 0."""
+    torch.manual_seed(2)
+    model = sw.models.mlp((4, 8, 3), norm="batch").double()
+    x, y = data(4, 3)
+    syms = sw.find_symmetries(model, x)
+    broken = sw.verify_symmetries(model, F.cross_entropy, (x, y), syms)
+    exact = sw.verify_symmetries(exact_norms(model), F.cross_entropy, (x, y), syms)
+    assert 1e-6 < broken.max_loss_change("scale") < 0.5 and exact.max_loss_change("scale") < 1e-10
+    assert broken.max_hessian_residual("scale") > 1e-8 and exact.max_hessian_residual("scale") < 1e-12
+
+
+def test_a_false_symmetry_fails_every_check():
+    """Truth: a plain ReLU MLP's first layer is not scale invariant (no norm follows it): the loss
+    moves, the gradient has a component along theta_A, and H theta_A != -grad_A L."""
+    torch.manual_seed(5)
+    model = sw.models.mlp((4, 6, 3)).double()
+    x, y = data(4, 3)
+    fake = sw.Symmetry(Kind.SCALE, "fake", (sw.symmetry.Slot("0.weight", 0, 0, 6), sw.symmetry.Slot("0.bias", 0, 0, 6)))
+    row = sw.verify_symmetries(model, F.cross_entropy, (x, y), [fake]).rows[0]
+    assert row.loss_change > 1e-3 and row.gradient_alignment > 1e-3 and row.hessian_residual > 1e-3
+
+
+def test_vectorised_charges_match_a_slow_loop():
+    """Truth: each charge from its definition, slot by slot (sum, sum of squares, difference)."""
+    torch.manual_seed(3)
+    model = sw.models.vgg("tiny", width_divisor=4, image_size=8, hidden=16).double()
+    syms = sw.find_symmetries(model, torch.randn(2, 3, 8, 8, dtype=torch.float64))
+    params = {name: p.detach() for name, p in model.named_parameters()}
+    for kind in Kind:
+        fast = syms.charges(kind, params)
+        for value, sym in zip(fast, syms.of_kind(kind)):
+            inc = sum(float(s.view(params).sum() if kind is Kind.TRANSLATION else s.view(params).square().sum())
+                      for s in sym.incoming)
+            out = sum(float(s.view(params).square().sum()) for s in sym.outgoing)
+            assert math.isclose(float(value), inc - out, rel_tol=1e-12, abs_tol=1e-12)
+        assert torch.equal(fast[:1], syms.of_kind(kind)[0].charge(model)) if syms.of_kind(kind) else True
+
+
+def test_rescale_action_moves_the_charge_as_the_group_law_says():
+    """Truth: the rescale action with e^c multiplies |in|^2 by e^{2c} and |out|^2 by e^{-2c}."""
+    torch.manual_seed(4)
+    model = sw.models.mlp((3, 5, 2)).double()
+    syms = sw.find_symmetries(model, torch.randn(4, 3, dtype=torch.float64))
+    sym = syms.of_kind("rescale")[0]
+    params = {name: p.detach() for name, p in model.named_parameters()}
+    inc = sum(float(s.view(params).square().sum()) for s in sym.incoming)
+    out = sum(float(s.view(params).square().sum()) for s in sym.outgoing)
+    moved = act(sym, params, 0.7)
+    charge = float(sw.SymmetrySet((sym,)).charges("rescale", moved)[0])
+    assert math.isclose(charge, inc * math.exp(1.4) - out * math.exp(-1.4), rel_tol=1e-12)
+
+
+def test_no_rescale_through_non_homogeneous_activations():
+    for activation in ("gelu", "tanh"):
+        syms = sw.find_symmetries(sw.models.mlp((3, 4, 4, 2), activation), torch.randn(2, 3))
+        assert syms.counts()["rescale"] == 0
+
+
+def test_residual_branches_are_not_guessed():
+    """A unit read by two consumers (a skip connection) has no per-unit rescale: none is reported."""
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.head = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+
+        def forward(self, x):
+            h = torch.relu(self.a(x))
+            return self.head(h + self.b(h))
+
+    syms = sw.find_symmetries(Residual(), torch.randn(2, 4))
+    assert syms.counts() == {"translation": 5, "scale": 0, "rescale": 0}
+
+
+def test_unanalysed_modules_are_named():
+    model = nn.Sequential(nn.Embedding(10, 4), nn.Flatten(), nn.Linear(8, 3))
+    syms = sw.find_symmetries(model, torch.randint(0, 10, (2, 2)))
+    assert syms.unanalysed == ("0",)
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="no parameters"):
+        sw.find_symmetries(nn.ReLU(), torch.randn(2, 3))
+    with pytest.raises(ValueError, match="does not accept the example input"):
+        sw.find_symmetries(sw.models.mlp((3, 4, 2)), torch.randn(2, 5))
+
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.f = nn.Linear(2, 2)
+
+        def forward(self, x):
+            return self.f(x) if x.sum() > 0 else -self.f(x)
+
+    with pytest.raises(ValueError, match="cannot be traced"):
+        sw.find_symmetries(Branchy(), torch.randn(2, 2))
