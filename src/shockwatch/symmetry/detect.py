@@ -79,7 +79,8 @@ def find_symmetries(model: nn.Module, example_input: torch.Tensor, *, logits: bo
         name for name, module in model.named_modules()
         if any(True for _ in module.parameters(recurse=False)) and not isinstance(module, _KNOWN_PARAMETRISED)
     )
-    return SymmetrySet(tuple(found), device, unanalysed)
+    sizes = tuple(((name, dim), size) for name, p in parameters.items() for dim, size in enumerate(p.shape))
+    return SymmetrySet(tuple(found), device, unanalysed, sizes)
 
 
 def _module(node: fx.Node, modules: dict[str, nn.Module]) -> nn.Module | None:

@@ -93,6 +93,7 @@ class _Gather:
     sign: float
     index: Tensor  # (m,) indices along dim
     row: Tensor  # (m,) the symmetry (row of the charge vector) each index belongs to
+    whole: bool  # index == arange(size along dim): every index, in order
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ class _Plan:
     gathers: tuple[_Gather, ...]
 
 
-def _plan(symmetries: tuple[Symmetry, ...], device: torch.device) -> _Plan:
+def _plan(symmetries: tuple[Symmetry, ...], device: torch.device, sizes: Mapping[tuple[str, int], int]) -> _Plan:
     buckets: dict[tuple[str, int, float], tuple[list[int], list[int]]] = {}
     for row, sym in enumerate(symmetries):
         for sign, slots in ((1.0, sym.incoming), (-1.0, sym.outgoing)):
@@ -110,7 +111,8 @@ def _plan(symmetries: tuple[Symmetry, ...], device: torch.device) -> _Plan:
                 indices.extend(range(slot.start, slot.stop))
                 rows.extend([row] * (slot.stop - slot.start))
     gathers = tuple(
-        _Gather(param, dim, sign, torch.tensor(indices, device=device), torch.tensor(rows, device=device))
+        _Gather(param, dim, sign, torch.tensor(indices, device=device), torch.tensor(rows, device=device),
+                indices == list(range(sizes.get((param, dim), -1))))
         for (param, dim, sign), (indices, rows) in buckets.items()
     )
     return _Plan(len(symmetries), gathers)
@@ -123,6 +125,8 @@ class SymmetrySet:
     symmetries: tuple[Symmetry, ...]
     device: torch.device = torch.device("cpu")
     unanalysed: tuple[str, ...] = ()  # modules detection could not analyse, by qualified name
+    sizes: tuple[tuple[tuple[str, int], int], ...] = ()  # ((param, dim), size): lets whole-tensor
+    # gathers skip index_select; filled by find_symmetries, optional otherwise
     _plans: dict = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -130,7 +134,7 @@ class SymmetrySet:
         if len(labels) != len(set(labels)):
             duplicates = sorted({label for label in labels if labels.count(label) > 1})
             raise ValueError(f"SymmetrySet: duplicate labels {duplicates[:5]}")
-        plans = {kind: _plan(self.of_kind(kind), torch.device(self.device)) for kind in Kind}
+        plans = {kind: _plan(self.of_kind(kind), torch.device(self.device), dict(self.sizes)) for kind in Kind}
         object.__setattr__(self, "_plans", plans)
 
     def __iter__(self) -> Iterator[Symmetry]:
@@ -147,7 +151,7 @@ class SymmetrySet:
         return {kind.value: len(self.of_kind(kind)) for kind in Kind}
 
     def to(self, device: torch.device | str) -> SymmetrySet:
-        return SymmetrySet(self.symmetries, torch.device(device), self.unanalysed)
+        return SymmetrySet(self.symmetries, torch.device(device), self.unanalysed, self.sizes)
 
     def charges(self, kind: Kind | str, params: Mapping[str, Tensor]) -> Tensor:
         """Charges of every symmetry of ``kind``, float64, in ``of_kind`` order.
@@ -159,8 +163,16 @@ class SymmetrySet:
         plan = self._plans[kind]
         out = torch.zeros(plan.size, dtype=torch.float64, device=self.device)
         for g in plan.gathers:
-            block = params[g.param].detach().index_select(g.dim, g.index).movedim(g.dim, 0)
-            per_index = _form(kind, block.reshape(block.shape[0], -1).double()).sum(1)
+            tensor = params[g.param].detach()
+            # a gather over every index in order reads the tensor as it is (no copy)
+            block = tensor if g.whole else tensor.index_select(g.dim, g.index)
+            others = [d for d in range(block.ndim) if d != g.dim]
+            if kind is Kind.TRANSLATION:
+                per_index = block.sum(dim=others, dtype=torch.float64) if others else block.double()
+            else:
+                # float64 accumulation without a float64 copy of the block
+                per_index = torch.linalg.vector_norm(block, 2, dim=others, dtype=torch.float64).square() \
+                    if others else block.double().square()
             out.index_add_(0, g.row, g.sign * per_index)
         return out
 
@@ -181,18 +193,20 @@ def generator(sym: Symmetry, params: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def act(sym: Symmetry, params: Mapping[str, Tensor], amount: float) -> dict[str, Tensor]:
-    """Parameters moved by the finite group element exp(amount * generator), as new tensors.
+def act(sym: Symmetry, params: Mapping[str, Tensor], amount: float, *, copy: bool = True) -> dict[str, Tensor]:
+    """Parameters moved by the finite group element exp(amount * generator).
 
     translation: + amount on the slots; scale: x e^amount; rescale: incoming x e^amount and
-    outgoing x e^-amount. Untouched parameters are returned as they are (not copied).
+    outgoing x e^-amount. With ``copy`` the touched tensors are cloned first and the rest returned
+    as they are; without it the tensors of ``params`` are modified in place (for composing many
+    actions cheaply).
     """
     moved = dict(params)
     factor = math.exp(amount)
     for sign, slots in ((1.0, sym.incoming), (-1.0, sym.outgoing)):
         for slot in slots:
             tensor = moved[slot.param]
-            if tensor is params[slot.param]:
+            if copy and tensor is params[slot.param]:
                 tensor = tensor.detach().clone()
                 moved[slot.param] = tensor
             block = tensor.narrow(slot.dim, slot.start, slot.stop - slot.start)
