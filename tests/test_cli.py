@@ -12,7 +12,7 @@ from shockwatch.cli import app
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("command", [[], ["demo"], ["reproduce"]])
+@pytest.mark.parametrize("command", [[], ["demo"], ["reproduce"], ["symmetries"]])
 def test_every_command_has_help_with_an_example(command):
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0
@@ -34,3 +34,23 @@ def test_demo_end_to_end(tmp_path):
     data = json.loads((out / "burgers_shock.json").read_text())
     assert abs(data["tau_star"] - 1) < 1e-6
     assert (out / "burgers_shock.png").exists()
+
+
+def test_symmetries_of_a_built_in_model_as_json():
+    """Truth: hand counts for mlp (16, 64, 64, 10) with ReLU: 128 rescale units, 64 + 1 translations."""
+    result = runner.invoke(app, ["symmetries", "mlp", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["counts"] == {"translation": 65, "scale": 0, "rescale": 128}
+    assert data["verification"]["rescale"]["max_loss_change"] < 1e-5
+
+
+def test_symmetries_of_a_factory_path_and_errors():
+    result = runner.invoke(app, ["symmetries", "shockwatch.models:mlp", "--input-shape", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["counts"]["rescale"] == 64
+    for args, words in [(["symmetries", "no-such-model"], "unknown model"),
+                        (["symmetries", "shockwatch.models:mlp"], "--input-shape is needed"),
+                        (["symmetries", "torch.nn:ReLU", "--input-shape", "3"], "no parameters")]:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2 and words in result.output, result.output

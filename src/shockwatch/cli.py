@@ -1,4 +1,4 @@
-"""The ``shockwatch`` command: parses arguments and calls ``experiments``; nothing else."""
+"""The ``shockwatch`` command: parses arguments and calls the library; nothing else."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from .experiments import EXPERIMENTS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Shock-wave theory and conservation laws on real training runs.")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 
 def _run_experiment(name: str, out: Path, as_json: bool) -> None:
@@ -55,6 +55,80 @@ def reproduce(
         console.print(f"[red]error:[/red] unknown experiment {name!r}; choose one of: {', '.join(EXPERIMENTS)}")
         raise typer.Exit(code=2)
     _run_experiment(name, out, as_json)
+
+
+@app.command()
+def symmetries(
+    model: str = typer.Argument(..., help="A built-in model (mlp, mlp-gelu, mlp-batchnorm, mlp-layernorm, vgg11, "
+                                          "vgg11-bn, vgg16-bn) or module:factory returning an nn.Module."),
+    input_shape: str = typer.Option("", help="Shape of one example without the batch axis, e.g. 3,32,32 "
+                                             "(needed for module:factory)."),
+    batch: int = typer.Option(8, help="Random examples used to trace and verify."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON instead of tables."),
+) -> None:
+    """Find and verify the symmetries of a model: counts per kind and layer, errors, unanalysed modules.
+
+    Example: shockwatch symmetries vgg11-bn
+    Example: shockwatch symmetries mypackage.nets:make_net --input-shape 3,32,32
+    """
+    import importlib
+
+    import torch
+    import torch.nn.functional as F
+    from rich.table import Table
+
+    from . import models as zoo
+    from .symmetry import Kind, find_symmetries, verify_symmetries
+
+    try:
+        if ":" in model:
+            module_name, factory_name = model.split(":", 1)
+            network = getattr(importlib.import_module(module_name), factory_name)()
+            if not input_shape:
+                raise ValueError("--input-shape is needed for a module:factory model, e.g. --input-shape 3,32,32")
+        else:
+            network, shape = zoo.build(model)
+            input_shape = input_shape or ",".join(map(str, shape))
+        shape = tuple(int(part) for part in input_shape.split(","))
+        generator = torch.Generator().manual_seed(0)
+        inputs = torch.randn((batch, *shape), generator=generator)
+        found = find_symmetries(network, inputs)
+        with torch.no_grad():
+            classes = network.eval()(inputs).shape[-1]
+        targets = torch.randint(0, classes, (batch,), generator=generator)
+        report = verify_symmetries(network, F.cross_entropy, (inputs, targets), found)
+    except (ValueError, ImportError, AttributeError) as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(code=2) from None
+    per_layer: dict[str, dict[str, int]] = {}
+    for sym in found:
+        layer = sym.label.split("/")[1]
+        per_layer.setdefault(layer, dict.fromkeys((k.value for k in Kind), 0))[sym.kind.value] += 1
+    summary = {
+        "model": model, "counts": found.counts(), "per_layer": per_layer, "unanalysed": list(found.unanalysed),
+        "verification": {k.value: {"max_loss_change": report.max_loss_change(k),
+                                   "max_gradient_alignment": report.max_gradient_alignment(k),
+                                   "max_hessian_residual": report.max_hessian_residual(k)} for k in Kind},
+    }
+    if as_json:
+        typer.echo(json.dumps(summary))
+        return
+    table = Table(title=f"symmetries of {model}")
+    table.add_column("layer")
+    for kind in Kind:
+        table.add_column(kind.value, justify="right")
+    for layer, counts in per_layer.items():
+        table.add_row(layer, *(str(counts[k.value]) for k in Kind))
+    table.add_row("[bold]total", *(f"[bold]{found.counts()[k.value]}" for k in Kind))
+    errors = Table(title="verification (relative; float32 round-off ~1e-7)")
+    for column in ("kind", "max loss change", "max |<grad L, xi>|", "max Hessian residual"):
+        errors.add_column(column, justify="right")
+    for kind, row in summary["verification"].items():
+        errors.add_row(kind, *(f"{value:.1e}" for value in row.values()))
+    out = Console()
+    out.print(table)
+    out.print(errors)
+    out.print(f"unanalysed modules: {', '.join(found.unanalysed) or 'none'}")
 
 
 def main() -> None:  # pragma: no cover - console entry point

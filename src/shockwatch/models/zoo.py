@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-__all__ = ["Activation", "Norm", "mlp", "vgg", "VGG_LAYOUTS"]
+__all__ = ["Activation", "BUILT_IN", "Norm", "build", "mlp", "vgg", "VGG_LAYOUTS"]
 
 
 class Activation(enum.StrEnum):
@@ -95,3 +95,23 @@ def vgg(layout: str | Sequence = "vgg11", width_divisor: int = 8, batch_norm: bo
     side = image_size // 2**pools
     layers += [nn.Flatten(), nn.Linear(channels * side * side, hidden), nn.ReLU(), nn.Linear(hidden, num_classes)]
     return nn.Sequential(*layers)
+
+
+# name -> (model factory, example input shape without the batch axis); CPU-sized defaults
+BUILT_IN = {
+    "mlp": (lambda: mlp((16, 64, 64, 10)), (16,)),
+    "mlp-gelu": (lambda: mlp((16, 64, 64, 10), activation="gelu"), (16,)),
+    "mlp-batchnorm": (lambda: mlp((16, 64, 64, 10), norm="batch"), (16,)),
+    "mlp-layernorm": (lambda: mlp((16, 64, 64, 10), norm="layer"), (16,)),
+    "vgg11": (lambda: vgg("vgg11", batch_norm=False), (3, 32, 32)),
+    "vgg11-bn": (lambda: vgg("vgg11", batch_norm=True), (3, 32, 32)),
+    "vgg16-bn": (lambda: vgg("vgg16", batch_norm=True), (3, 32, 32)),
+}
+
+
+def build(name: str) -> tuple[nn.Module, tuple[int, ...]]:
+    """A built-in model by name and the shape of one example (no batch axis)."""
+    if name not in BUILT_IN:
+        raise ValueError(f"unknown model {name!r}; built-in models: {', '.join(BUILT_IN)}")
+    factory, shape = BUILT_IN[name]
+    return factory(), shape
