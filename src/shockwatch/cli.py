@@ -124,7 +124,8 @@ def symmetries(
     for column in ("kind", "max loss change", "max |<grad L, xi>|", "max Hessian residual"):
         errors.add_column(column, justify="right")
     for kind, row in summary["verification"].items():
-        errors.add_row(kind, *(f"{value:.1e}" for value in row.values()))
+        errors.add_row(kind, *("–" if kind == Kind.PERMUTATION and name != "max_loss_change" else f"{value:.1e}"
+                               for name, value in row.items()))
     out = Console()
     out.print(table)
     out.print(errors)

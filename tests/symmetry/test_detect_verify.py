@@ -29,7 +29,8 @@ def expected_mlp_counts(widths, activation, bias, norm):
     translation = widths[-2] + (1 if bias else 0)
     scale = {"none": 0, "batch": sum(hidden), "layer": len(hidden), "rms": len(hidden)}[norm]
     rescale = sum(hidden) if activation in HOMOGENEOUS else 0
-    return {"translation": translation, "scale": scale, "rescale": rescale}
+    permutation = sum(1 for width in hidden if width >= 2)  # any elementwise activation commutes
+    return {"translation": translation, "scale": scale, "rescale": rescale, "permutation": permutation}
 
 
 def data(in_features, classes, n=24, seed=0):
@@ -69,7 +70,7 @@ def test_vgg_counts_and_invariance(batch_norm):
     x = torch.randn(6, 3, 8, 8, dtype=torch.float64)
     y = torch.randint(0, 10, (6,))
     syms = sw.find_symmetries(model, x)
-    assert syms.counts() == {"translation": 17, "scale": 12 if batch_norm else 0, "rescale": 28}
+    assert syms.counts() == {"translation": 17, "scale": 12 if batch_norm else 0, "rescale": 28, "permutation": 3}
     flatten_units = [s for s in syms.of_kind("rescale") if s.outgoing[0].param.startswith(f"{len(model) - 3}.")]
     assert len(flatten_units) == 8 and all(s.outgoing[0].stop - s.outgoing[0].start == 4 for s in flatten_units)
     report = sw.verify_symmetries(model, F.cross_entropy, (x, y), syms)
@@ -109,9 +110,9 @@ def test_sampled_verification_and_the_joint_action():
     x, y = data(4, 3)
     syms = sw.find_symmetries(model, x)
     report = sw.verify_symmetries(model, F.cross_entropy, (x, y), syms, element_samples=2, hessian_samples=1)
-    assert sum(r.loss_change is not None for r in report.rows) == 6  # 2 per kind
+    assert sum(r.loss_change is not None for r in report.rows) == 8  # 2 per continuous kind + 2 permutations
     assert sum(r.hessian_residual is not None for r in report.rows) == 3
-    assert set(report.joint_loss_change) == {"translation", "scale", "rescale"}
+    assert set(report.joint_loss_change) == {"translation", "scale", "rescale"}  # permutations: per layer
     assert max(report.joint_loss_change.values()) < 1e-9
     assert report.max_gradient_alignment() < 1e-9
 
@@ -122,7 +123,7 @@ def test_vectorised_charges_match_a_slow_loop():
     model = sw.models.vgg("tiny", width_divisor=4, image_size=8, hidden=16).double()
     syms = sw.find_symmetries(model, torch.randn(2, 3, 8, 8, dtype=torch.float64))
     params = {name: p.detach() for name, p in model.named_parameters()}
-    for kind in Kind:
+    for kind in (k for k in Kind if k.continuous):
         fast = syms.charges(kind, params)
         for value, sym in zip(fast, syms.of_kind(kind)):
             inc = sum(float(s.view(params).sum() if kind is Kind.TRANSLATION else s.view(params).square().sum())
@@ -164,7 +165,7 @@ def test_residual_branches_are_not_guessed():
             return self.head(h + self.b(h))
 
     syms = sw.find_symmetries(Residual(), torch.randn(2, 4))
-    assert syms.counts() == {"translation": 5, "scale": 0, "rescale": 0}
+    assert syms.counts() == {"translation": 5, "scale": 0, "rescale": 0, "permutation": 0}
 
 
 def test_unanalysed_modules_are_named():
@@ -189,3 +190,24 @@ def test_bad_input():
 
     with pytest.raises(ValueError, match="cannot be traced"):
         sw.find_symmetries(Branchy(), torch.randn(2, 2))
+
+
+def test_permutations_reorder_units_and_a_partial_one_is_caught():
+    """Truth: permuting a hidden layer's units (rows, biases, norm parameters, the consumer's column
+    blocks) leaves the function unchanged; permuting the rows alone does not."""
+    torch.manual_seed(7)
+    model = exact_norms(sw.models.vgg("tiny", width_divisor=4, batch_norm=True, image_size=8, hidden=16).double())
+    x = torch.randn(5, 3, 8, 8, dtype=torch.float64)
+    params = {name: p.detach() for name, p in model.named_parameters()}
+    syms = sw.find_symmetries(model, x)
+    before = torch.func.functional_call(model.eval(), params, (x,))
+    for sym in syms.of_kind("permutation"):
+        order = torch.randperm(sym.units)
+        after = torch.func.functional_call(model, sw.symmetry.permute(sym, params, order), (x,))
+        assert torch.allclose(before, after, rtol=1e-12, atol=1e-12), sym.label
+    conv = syms.of_kind("permutation")[0]
+    rows_only = sw.Symmetry(Kind.PERMUTATION, "rows-only", conv.incoming[:1], conv.outgoing)
+    broken = torch.func.functional_call(model, sw.symmetry.permute(rows_only, params, torch.arange(4).flip(0)), (x,))
+    assert (before - broken).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="no Noether charge"):
+        syms.charges("permutation", params)

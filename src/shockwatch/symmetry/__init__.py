@@ -5,8 +5,8 @@ from a ``SymmetrySet``.
 """
 
 from .detect import find_symmetries
-from .group import Kind, Slot, Symmetry, SymmetrySet, act, generator
+from .group import Kind, Slot, Symmetry, SymmetrySet, act, generator, permute
 from .verify import Verification, VerificationRow, verify_symmetries
 
 __all__ = ["Kind", "Slot", "Symmetry", "SymmetrySet", "Verification", "VerificationRow", "act",
-           "find_symmetries", "generator", "verify_symmetries"]
+           "find_symmetries", "generator", "permute", "verify_symmetries"]

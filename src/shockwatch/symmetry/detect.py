@@ -12,6 +12,9 @@ Rules (Kunin et al. 2021, §3; Miyagawa 2026, §5):
   (ReLU, LeakyReLU, identity, dropout, max/avg pooling, flatten) into exactly one Linear/Conv,
   whose input columns for unit j are the outgoing slots (a block of columns after a flatten).
 - GELU, SiLU, tanh, sigmoid are not positively homogeneous: no rescale is reported through them.
+- permutation: the units of a layer (rows of its Linear/Conv with their biases and per-unit norm
+  parameters, and the matching columns of the one consumer) through elementwise maps of any kind;
+  one discrete symmetry per layer of >= 2 units.
 Every branch (a unit read by two consumers, e.g. a residual add) stops the search: nothing is
 guessed. Modules with parameters that no rule covers are listed in ``SymmetrySet.unanalysed``.
 """
@@ -40,6 +43,9 @@ _POOL_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgP
 _HOMOGENEOUS_FUNCTIONS = (F.relu, torch.relu, F.leaky_relu, F.dropout, F.max_pool1d, F.max_pool2d,
                           F.avg_pool1d, F.avg_pool2d, F.adaptive_avg_pool2d)
 _SOFTMAX_FUNCTIONS = (F.softmax, F.log_softmax, torch.softmax, torch.log_softmax)
+# elementwise but not positively homogeneous: they commute with permutations of units only
+_ELEMENTWISE_MODULES = (nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.ELU, nn.Softplus, nn.Mish, nn.Hardtanh)
+_ELEMENTWISE_FUNCTIONS = (F.gelu, F.silu, torch.tanh, torch.sigmoid, F.elu, F.softplus)
 _KNOWN_PARAMETRISED = _AFFINE + _BATCH_NORM + _LAYER_NORM
 
 
@@ -148,20 +154,36 @@ def _symmetries_of_producer(node: fx.Node, modules, parameters, logits: bool) ->
         if producer.bias is not None:
             whole.append(Slot(f"{name}.bias", 0, 0, units))
         out.append(Symmetry(Kind.SCALE, f"scale/{name}", tuple(whole)))
-    if isinstance(norm, _BATCH_NORM + _LAYER_NORM):
-        affine_weight = getattr(norm, "weight", None)
-        if affine_weight is None:
-            return out  # the unit's scale is fixed by the norm: no rescale freedom left
-        norm_name = user.target
-        has_bias = getattr(norm, "bias", None) is not None
-        unit_params = lambda j: tuple(  # noqa: E731
-            [Slot(f"{norm_name}.weight", 0, j, j + 1)] + ([Slot(f"{norm_name}.bias", 0, j, j + 1)] if has_bias else []))
+    per_unit_norm = isinstance(norm, _BATCH_NORM) or (
+        isinstance(norm, _LAYER_NORM) and isinstance(producer, nn.Linear) and tuple(norm.normalized_shape) == (units,))
+    if isinstance(norm, _BATCH_NORM + _LAYER_NORM) and not per_unit_norm:
+        return out  # a norm over other axes mixes the units: nothing more is claimed
+    rescalable = True
+    if per_unit_norm:
+        if getattr(norm, "weight", None) is None:
+            rescalable = False  # no affine weight: the norm fixes each unit's scale
+        else:
+            norm_name = user.target
+            has_bias = getattr(norm, "bias", None) is not None
+            unit_params = lambda j: tuple(  # noqa: E731
+                [Slot(f"{norm_name}.weight", 0, j, j + 1)] + ([Slot(f"{norm_name}.bias", 0, j, j + 1)] if has_bias else []))
         chain_start = _sole_user(user)
         if chain_start is None:
             return out
+    # permutation: through elementwise maps of any kind into exactly one consumer
+    consumer, block = _consumer(chain_start, modules, homogeneous_only=False)
+    if consumer is not None and units >= 2:
+        per_unit = [Slot(f"{name}.weight", 0, 0, units)]
+        if getattr(producer, "bias", None) is not None:
+            per_unit.append(Slot(f"{name}.bias", 0, 0, units))
+        if chain_start is not user:  # a norm with affine parameters sits between
+            per_unit += [Slot(f"{user.target}.{p}", 0, 0, units) for p in ("weight", "bias")
+                         if getattr(norm, p, None) is not None]
+        out.append(Symmetry(Kind.PERMUTATION, f"permutation/{name}", tuple(per_unit),
+                            (Slot(f"{consumer.target}.weight", 1, 0, units * block),)))
     # rescale: through positively homogeneous maps into exactly one consumer
-    consumer, block = _homogeneous_consumer(chain_start, modules)
-    if consumer is not None:
+    consumer, block = _consumer(chain_start, modules, homogeneous_only=True)
+    if consumer is not None and rescalable:
         consumer_name = consumer.target
         out.extend(
             Symmetry(Kind.RESCALE, f"rescale/{name}/unit{j}", unit_params(j),
@@ -171,9 +193,10 @@ def _symmetries_of_producer(node: fx.Node, modules, parameters, logits: bool) ->
     return out
 
 
-def _homogeneous_consumer(node: fx.Node | None, modules) -> tuple[fx.Node | None, int]:
-    """The Linear/Conv reached from ``node`` through positively homogeneous per-unit maps, and how
-    many of its input columns each unit feeds (1, or the spatial size after a flatten)."""
+def _consumer(node: fx.Node | None, modules, homogeneous_only: bool) -> tuple[fx.Node | None, int]:
+    """The Linear/Conv reached from ``node`` through per-unit maps (positively homogeneous ones
+    only, or any elementwise map), and how many of its input columns each unit feeds (1, or the
+    spatial size after a flatten)."""
     block = 1
     while node is not None:
         consumer = _module(node, modules)
@@ -183,6 +206,8 @@ def _homogeneous_consumer(node: fx.Node | None, modules) -> tuple[fx.Node | None
             return node, block
         if _is(node, modules, _HOMOGENEOUS_MODULES + _POOL_MODULES, _HOMOGENEOUS_FUNCTIONS):
             pass  # ReLU, max(x, slope x), pooling and dropout commute with a positive per-unit scale
+        elif not homogeneous_only and _is(node, modules, _ELEMENTWISE_MODULES, _ELEMENTWISE_FUNCTIONS):
+            pass
         elif _is_flatten(node, modules) and block == 1:
             shape = node.args[0].meta["tensor_meta"].shape
             block = int(torch.tensor(shape[2:]).prod()) if len(shape) > 2 else 1

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Kind", "Slot", "Symmetry", "SymmetrySet", "act", "generator"]
+__all__ = ["Kind", "Slot", "Symmetry", "SymmetrySet", "act", "generator", "permute"]
 
 
 class Kind(enum.StrEnum):
@@ -33,6 +33,11 @@ class Kind(enum.StrEnum):
     TRANSLATION = "translation"  # theta_A -> theta_A + c 1 (parameters feeding a softmax)
     SCALE = "scale"  # theta_A -> a theta_A (parameters feeding a normalisation)
     RESCALE = "rescale"  # (in, out) -> (a in, out / a) (a positively homogeneous unit)
+    PERMUTATION = "permutation"  # discrete: reorder a layer's units (rows in, columns out); no charge
+
+    @property
+    def continuous(self) -> bool:
+        return self is not Kind.PERMUTATION
 
 
 @dataclass(frozen=True)
@@ -65,8 +70,19 @@ class Symmetry:
     def __post_init__(self) -> None:
         if not self.incoming:
             raise ValueError(f"{self.label}: a symmetry must act on some parameters")
-        if bool(self.outgoing) != (self.kind is Kind.RESCALE):
-            raise ValueError(f"{self.label}: only RESCALE symmetries have outgoing slots (kind {self.kind})")
+        if bool(self.outgoing) != (self.kind in (Kind.RESCALE, Kind.PERMUTATION)):
+            raise ValueError(f"{self.label}: only RESCALE and PERMUTATION symmetries have outgoing slots "
+                             f"(kind {self.kind})")
+        if self.kind is Kind.PERMUTATION:
+            units = {slot.stop - slot.start for slot in self.incoming}
+            if len(units) != 1 or any((slot.stop - slot.start) % min(units) for slot in self.outgoing):
+                raise ValueError(f"{self.label}: a permutation's incoming slots must span the same units and "
+                                 "its outgoing slots a whole number of columns per unit")
+
+    @property
+    def units(self) -> int:
+        """How many units a PERMUTATION reorders (the length of its incoming slots)."""
+        return self.incoming[0].stop - self.incoming[0].start
 
     @property
     def slots(self) -> tuple[Slot, ...]:
@@ -134,7 +150,8 @@ class SymmetrySet:
         if len(labels) != len(set(labels)):
             duplicates = sorted({label for label in labels if labels.count(label) > 1})
             raise ValueError(f"SymmetrySet: duplicate labels {duplicates[:5]}")
-        plans = {kind: _plan(self.of_kind(kind), torch.device(self.device), dict(self.sizes)) for kind in Kind}
+        plans = {kind: _plan(self.of_kind(kind), torch.device(self.device), dict(self.sizes))
+                 for kind in Kind if kind.continuous}
         object.__setattr__(self, "_plans", plans)
 
     def __iter__(self) -> Iterator[Symmetry]:
@@ -160,6 +177,8 @@ class SymmetrySet:
         units: translation <theta_A, 1>, scale |theta_A|^2, rescale |theta_A1|^2 - |theta_A2|^2.
         """
         kind = Kind(kind)
+        if not kind.continuous:
+            raise ValueError("permutations are discrete symmetries: they have no Noether charge")
         plan = self._plans[kind]
         out = torch.zeros(plan.size, dtype=torch.float64, device=self.device)
         for g in plan.gathers:
@@ -183,6 +202,8 @@ def generator(sym: Symmetry, params: Mapping[str, Tensor]) -> dict[str, Tensor]:
     d/dc (action at c)|_{c=0}: 1 on the slots (translation), theta_A (scale), (theta_A1, -theta_A2)
     (rescale). <grad L, xi> = 0 is the infinitesimal statement of the symmetry.
     """
+    if not sym.kind.continuous:
+        raise ValueError(f"{sym.label}: a permutation is discrete and has no generator")
     out: dict[str, Tensor] = {}
     for sign, slots in ((1.0, sym.incoming), (-1.0, sym.outgoing)):
         for slot in slots:
@@ -201,6 +222,8 @@ def act(sym: Symmetry, params: Mapping[str, Tensor], amount: float, *, copy: boo
     as they are; without it the tensors of ``params`` are modified in place (for composing many
     actions cheaply).
     """
+    if not sym.kind.continuous:
+        raise ValueError(f"{sym.label}: a permutation is discrete; use permute(sym, params, order)")
     moved = dict(params)
     factor = math.exp(amount)
     for sign, slots in ((1.0, sym.incoming), (-1.0, sym.outgoing)):
@@ -214,4 +237,24 @@ def act(sym: Symmetry, params: Mapping[str, Tensor], amount: float, *, copy: boo
                 block.add_(amount)
             else:
                 block.mul_(factor if sign > 0 else 1.0 / factor)
+    return moved
+
+
+def permute(sym: Symmetry, params: Mapping[str, Tensor], order: Tensor) -> dict[str, Tensor]:
+    """Parameters with the units of a PERMUTATION symmetry reordered by ``order`` (new tensors):
+    unit order[i] moves to position i in every incoming slot, and its block of columns with it in
+    every outgoing slot (blocks of outgoing length / units columns, e.g. a channel's pixels)."""
+    if sym.kind is not Kind.PERMUTATION:
+        raise ValueError(f"{sym.label}: permute needs a PERMUTATION symmetry, got {sym.kind}")
+    order = torch.as_tensor(order, dtype=torch.long)
+    if sorted(order.tolist()) != list(range(sym.units)):
+        raise ValueError(f"{sym.label}: order must be a permutation of range({sym.units})")
+    moved = dict(params)
+    for slot in sym.slots:
+        block = (slot.stop - slot.start) // sym.units
+        index = (order.unsqueeze(1) * block + torch.arange(block)).reshape(-1) + slot.start
+        tensor = moved[slot.param].detach().clone() if moved[slot.param] is params[slot.param] else moved[slot.param]
+        source = tensor.index_select(slot.dim, index.to(tensor.device))
+        tensor.narrow(slot.dim, slot.start, slot.stop - slot.start).copy_(source)
+        moved[slot.param] = tensor
     return moved

@@ -1,7 +1,8 @@
 r"""Check every reported symmetry numerically on a model and a batch (Kunin et al. 2021, §3).
 
 For each symmetry: the relative change of the loss under finite group elements (scale and
-rescale factors e^{+-4.6} = 1e2..1e-2 and e^{+-1}; translations c = +-0.5, +-3), and the
+rescale factors e^{+-4.6} = 1e2..1e-2 and e^{+-1}; translations c = +-0.5, +-3; three random
+orders for a permutation, which has no generator and no charge), and the
 infinitesimal statement |<grad L, xi>| / (|grad L| |xi|) with xi the generator at theta, and its
 derivative, the Hessian identity of Kunin et al.'s Tables 2-3: differentiating <grad L, xi(theta)> = 0
 
@@ -22,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .group import Kind, Symmetry, SymmetrySet, act, generator
+from .group import Kind, Symmetry, SymmetrySet, act, generator, permute
 
 __all__ = ["Verification", "VerificationRow", "verify_symmetries"]
 
@@ -35,7 +36,7 @@ class VerificationRow:
     label: str
     kind: Kind
     loss_change: float | None  # max over the group elements of |L(g theta) - L(theta)| / max(|L|, tiny)
-    gradient_alignment: float  # |<grad L, xi>| / (|grad L| |xi|)
+    gradient_alignment: float | None  # |<grad L, xi>| / (|grad L| |xi|); None for a permutation
     hessian_residual: float | None = None  # |H xi + (D xi)^T g| / (|H xi| + |(D xi)^T g| + |H|~ |xi|)
 
 
@@ -53,7 +54,8 @@ class Verification:
         return max(values, default=0.0)
 
     def max_gradient_alignment(self, kind: Kind | str | None = None) -> float:
-        values = [r.gradient_alignment for r in self.rows if kind is None or r.kind == kind]
+        values = [r.gradient_alignment for r in self.rows
+                  if r.gradient_alignment is not None and (kind is None or r.kind == kind)]
         return max(values, default=0.0)
 
     def max_hessian_residual(self, kind: Kind | str | None = None) -> float:
@@ -62,7 +64,7 @@ class Verification:
         return max(values, default=0.0)
 
     def worst(self, count: int = 5) -> list[VerificationRow]:
-        return sorted(self.rows, key=lambda r: -max(r.loss_change or 0.0, r.gradient_alignment,
+        return sorted(self.rows, key=lambda r: -max(r.loss_change or 0.0, r.gradient_alignment or 0.0,
                                                     r.hessian_residual or 0.0))[:count]
 
 
@@ -109,7 +111,14 @@ def verify_symmetries(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tens
         sampled = _spread(symmetries, element_samples) if element_samples is not None else None
         curvature = _curvature_scale(grads, leaves, differentiable, seed) if checked and differentiable else 0.0
         rows = []
+        random = torch.Generator().manual_seed(seed)
         for sym in symmetries:
+            if not sym.kind.continuous:
+                with torch.no_grad():
+                    change = max(abs(float(loss_at(permute(sym, params, torch.randperm(sym.units, generator=random))))
+                                     - base_value) / scale for _ in range(3))
+                rows.append(VerificationRow(sym.label, sym.kind, change, None, None))
+                continue
             change = None
             if sampled is None or sym.label in sampled:
                 with torch.no_grad():
@@ -123,9 +132,8 @@ def verify_symmetries(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tens
                 residual = _hessian_residual(sym, xi, grads, leaves, differentiable, curvature)
             rows.append(VerificationRow(sym.label, sym.kind, change, alignment, residual))
         joint = {}
-        random = torch.Generator().manual_seed(seed)
         with torch.no_grad():
-            for kind in Kind:
+            for kind in (k for k in Kind if k.continuous):
                 members = [sym for sym in symmetries if sym.kind is kind]
                 if not members:
                     continue
