@@ -41,7 +41,7 @@ def test_symmetries_of_a_built_in_model_as_json():
     result = runner.invoke(app, ["symmetries", "mlp", "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert data["counts"] == {"translation": 65, "scale": 0, "rescale": 128, "permutation": 2}
+    assert data["counts"] == {"translation": 65, "scale": 0, "rescale": 128, "permutation": 2, "gl": 0}
     assert data["verification"]["rescale"]["max_loss_change"] < 1e-5
 
 

@@ -30,7 +30,7 @@ def expected_mlp_counts(widths, activation, bias, norm):
     scale = {"none": 0, "batch": sum(hidden), "layer": len(hidden), "rms": len(hidden)}[norm]
     rescale = sum(hidden) if activation in HOMOGENEOUS else 0
     permutation = sum(1 for width in hidden if width >= 2)  # any elementwise activation commutes
-    return {"translation": translation, "scale": scale, "rescale": rescale, "permutation": permutation}
+    return {"translation": translation, "scale": scale, "rescale": rescale, "permutation": permutation, "gl": 0}
 
 
 def data(in_features, classes, n=24, seed=0):
@@ -70,7 +70,7 @@ def test_vgg_counts_and_invariance(batch_norm):
     x = torch.randn(6, 3, 8, 8, dtype=torch.float64)
     y = torch.randint(0, 10, (6,))
     syms = sw.find_symmetries(model, x)
-    assert syms.counts() == {"translation": 17, "scale": 12 if batch_norm else 0, "rescale": 28, "permutation": 3}
+    assert syms.counts() == {"translation": 17, "scale": 12 if batch_norm else 0, "rescale": 28, "permutation": 3, "gl": 0}
     flatten_units = [s for s in syms.of_kind("rescale") if s.outgoing[0].param.startswith(f"{len(model) - 3}.")]
     assert len(flatten_units) == 8 and all(s.outgoing[0].stop - s.outgoing[0].start == 4 for s in flatten_units)
     report = sw.verify_symmetries(model, F.cross_entropy, (x, y), syms)
@@ -123,7 +123,7 @@ def test_vectorised_charges_match_a_slow_loop():
     model = sw.models.vgg("tiny", width_divisor=4, image_size=8, hidden=16).double()
     syms = sw.find_symmetries(model, torch.randn(2, 3, 8, 8, dtype=torch.float64))
     params = {name: p.detach() for name, p in model.named_parameters()}
-    for kind in (k for k in Kind if k.continuous):
+    for kind in (k for k in Kind if k.one_parameter):
         fast = syms.charges(kind, params)
         for value, sym in zip(fast, syms.of_kind(kind)):
             inc = sum(float(s.view(params).sum() if kind is Kind.TRANSLATION else s.view(params).square().sum())
@@ -165,7 +165,7 @@ def test_residual_branches_are_not_guessed():
             return self.head(h + self.b(h))
 
     syms = sw.find_symmetries(Residual(), torch.randn(2, 4))
-    assert syms.counts() == {"translation": 5, "scale": 0, "rescale": 0, "permutation": 0}
+    assert syms.counts() == {"translation": 5, "scale": 0, "rescale": 0, "permutation": 0, "gl": 0}
 
 
 def test_unanalysed_modules_are_named():
@@ -202,12 +202,12 @@ def test_permutations_reorder_units_and_a_partial_one_is_caught():
     syms = sw.find_symmetries(model, x)
     before = torch.func.functional_call(model.eval(), params, (x,))
     for sym in syms.of_kind("permutation"):
-        order = torch.randperm(sym.units)
+        order = torch.randperm(sym.unit_count)
         after = torch.func.functional_call(model, sw.symmetry.permute(sym, params, order), (x,))
         assert torch.allclose(before, after, rtol=1e-12, atol=1e-12), sym.label
     conv = syms.of_kind("permutation")[0]
     rows_only = sw.Symmetry(Kind.PERMUTATION, "rows-only", conv.incoming[:1], conv.outgoing)
     broken = torch.func.functional_call(model, sw.symmetry.permute(rows_only, params, torch.arange(4).flip(0)), (x,))
     assert (before - broken).abs().max() > 1e-3
-    with pytest.raises(ValueError, match="no Noether charge"):
+    with pytest.raises(ValueError, match="no scalar Noether charge"):
         syms.charges("permutation", params)

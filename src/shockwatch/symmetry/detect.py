@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from ..models.gpt import CausalSelfAttention
 from .group import Kind, Slot, Symmetry, SymmetrySet
 
 __all__ = ["find_symmetries"]
@@ -81,6 +82,9 @@ def find_symmetries(model: nn.Module, example_input: torch.Tensor, *, logits: bo
     for node in graph_module.graph.nodes:
         if node.op == "call_module" and isinstance(modules[node.target], _AFFINE):
             found.extend(_symmetries_of_producer(node, modules, parameters, logits))
+    for name, module in model.named_modules():
+        if isinstance(module, CausalSelfAttention):
+            found.extend(_attention_symmetries(name, module))
     unanalysed = tuple(
         name for name, module in model.named_modules()
         if any(True for _ in module.parameters(recurse=False)) and not isinstance(module, _KNOWN_PARAMETRISED)
@@ -215,3 +219,24 @@ def _consumer(node: fx.Node | None, modules, homogeneous_only: bool) -> tuple[fx
             return None, 1
         node = _sole_user(node)
     return None, 1
+
+
+def _attention_symmetries(name: str, attention: CausalSelfAttention) -> list[Symmetry]:
+    """Per head h (rows h*d..(h+1)*d of q, k, v and those columns of o): GL(d) on (W_Q, W_K) and on
+    (W_V, W_O^T); the key bias, irrelevant to a softmax over keys (q.(k + c) shifts every score of
+    a query equally), as d translations per head; and the permutation of the heads."""
+    d, heads = attention.d_head, attention.n_head
+    out: list[Symmetry] = []
+    for h in range(heads):
+        lo, hi = h * d, (h + 1) * d
+        rows = lambda p: (Slot(f"{name}.{p}.weight", 0, lo, hi), Slot(f"{name}.{p}.bias", 0, lo, hi))  # noqa: E731
+        out.append(Symmetry(Kind.GL, f"gl/{name}/head{h}/qk", rows("q"), rows("k"), units=d))
+        out.append(Symmetry(Kind.GL, f"gl/{name}/head{h}/vo", rows("v"), (Slot(f"{name}.o.weight", 1, lo, hi),), units=d))
+        out.extend(Symmetry(Kind.TRANSLATION, f"translation/{name}/head{h}/key_bias{i}",
+                            (Slot(f"{name}.k.bias", 0, lo + i, lo + i + 1),)) for i in range(d))
+    if heads >= 2:
+        width = heads * d
+        incoming = tuple(Slot(f"{name}.{p}.{t}", 0, 0, width) for p in ("q", "k", "v") for t in ("weight", "bias"))
+        out.append(Symmetry(Kind.PERMUTATION, f"permutation/{name}/heads", incoming,
+                            (Slot(f"{name}.o.weight", 1, 0, width),), units=heads))
+    return out

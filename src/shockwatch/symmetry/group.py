@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Kind", "Slot", "Symmetry", "SymmetrySet", "act", "generator", "permute"]
+__all__ = ["Kind", "Slot", "Symmetry", "SymmetrySet", "act", "act_gl", "generator", "gl_charges", "permute"]
 
 
 class Kind(enum.StrEnum):
@@ -34,10 +34,13 @@ class Kind(enum.StrEnum):
     SCALE = "scale"  # theta_A -> a theta_A (parameters feeding a normalisation)
     RESCALE = "rescale"  # (in, out) -> (a in, out / a) (a positively homogeneous unit)
     PERMUTATION = "permutation"  # discrete: reorder a layer's units (rows in, columns out); no charge
+    GL = "gl"  # (in, out) -> (M in, M^-T out) along the unit axis: one attention head's (W_Q, W_K)
+    # or (W_V, W_O^T); its charge is the matrix in in^T - out out^T
 
     @property
-    def continuous(self) -> bool:
-        return self is not Kind.PERMUTATION
+    def one_parameter(self) -> bool:
+        """theta -> exp(amount * generator) theta with a scalar Noether charge."""
+        return self in (Kind.TRANSLATION, Kind.SCALE, Kind.RESCALE)
 
 
 @dataclass(frozen=True)
@@ -66,23 +69,24 @@ class Symmetry:
     incoming: tuple[Slot, ...]
     outgoing: tuple[Slot, ...] = ()
     defect: float = 0.0  # measured relative loss change under the action (0 for an exact symmetry)
+    units: int = 0  # PERMUTATION and GL: units along each slot's dim (0: the incoming slots' length)
 
     def __post_init__(self) -> None:
         if not self.incoming:
             raise ValueError(f"{self.label}: a symmetry must act on some parameters")
-        if bool(self.outgoing) != (self.kind in (Kind.RESCALE, Kind.PERMUTATION)):
-            raise ValueError(f"{self.label}: only RESCALE and PERMUTATION symmetries have outgoing slots "
+        if bool(self.outgoing) != (self.kind in (Kind.RESCALE, Kind.PERMUTATION, Kind.GL)):
+            raise ValueError(f"{self.label}: only RESCALE, PERMUTATION and GL symmetries have outgoing slots "
                              f"(kind {self.kind})")
-        if self.kind is Kind.PERMUTATION:
-            units = {slot.stop - slot.start for slot in self.incoming}
-            if len(units) != 1 or any((slot.stop - slot.start) % min(units) for slot in self.outgoing):
-                raise ValueError(f"{self.label}: a permutation's incoming slots must span the same units and "
-                                 "its outgoing slots a whole number of columns per unit")
+        if self.kind in (Kind.PERMUTATION, Kind.GL):
+            count = self.unit_count
+            if count < 1 or any((slot.stop - slot.start) % count for slot in self.slots):
+                raise ValueError(f"{self.label}: every slot must span a whole number of entries per unit "
+                                 f"({count} units)")
 
     @property
-    def units(self) -> int:
-        """How many units a PERMUTATION reorders (the length of its incoming slots)."""
-        return self.incoming[0].stop - self.incoming[0].start
+    def unit_count(self) -> int:
+        """How many units a PERMUTATION reorders or a GL element mixes."""
+        return self.units or self.incoming[0].stop - self.incoming[0].start
 
     @property
     def slots(self) -> tuple[Slot, ...]:
@@ -151,7 +155,7 @@ class SymmetrySet:
             duplicates = sorted({label for label in labels if labels.count(label) > 1})
             raise ValueError(f"SymmetrySet: duplicate labels {duplicates[:5]}")
         plans = {kind: _plan(self.of_kind(kind), torch.device(self.device), dict(self.sizes))
-                 for kind in Kind if kind.continuous}
+                 for kind in Kind if kind.one_parameter}
         object.__setattr__(self, "_plans", plans)
 
     def __iter__(self) -> Iterator[Symmetry]:
@@ -177,8 +181,9 @@ class SymmetrySet:
         units: translation <theta_A, 1>, scale |theta_A|^2, rescale |theta_A1|^2 - |theta_A2|^2.
         """
         kind = Kind(kind)
-        if not kind.continuous:
-            raise ValueError("permutations are discrete symmetries: they have no Noether charge")
+        if not kind.one_parameter:
+            raise ValueError(f"{kind.value} symmetries have no scalar Noether charge "
+                             "(permutations none, GL a matrix: see gl_charges)")
         plan = self._plans[kind]
         out = torch.zeros(plan.size, dtype=torch.float64, device=self.device)
         for g in plan.gathers:
@@ -202,8 +207,8 @@ def generator(sym: Symmetry, params: Mapping[str, Tensor]) -> dict[str, Tensor]:
     d/dc (action at c)|_{c=0}: 1 on the slots (translation), theta_A (scale), (theta_A1, -theta_A2)
     (rescale). <grad L, xi> = 0 is the infinitesimal statement of the symmetry.
     """
-    if not sym.kind.continuous:
-        raise ValueError(f"{sym.label}: a permutation is discrete and has no generator")
+    if not sym.kind.one_parameter:
+        raise ValueError(f"{sym.label}: {sym.kind.value} is not a one-parameter group; see act_gl / permute")
     out: dict[str, Tensor] = {}
     for sign, slots in ((1.0, sym.incoming), (-1.0, sym.outgoing)):
         for slot in slots:
@@ -222,8 +227,8 @@ def act(sym: Symmetry, params: Mapping[str, Tensor], amount: float, *, copy: boo
     as they are; without it the tensors of ``params`` are modified in place (for composing many
     actions cheaply).
     """
-    if not sym.kind.continuous:
-        raise ValueError(f"{sym.label}: a permutation is discrete; use permute(sym, params, order)")
+    if not sym.kind.one_parameter:
+        raise ValueError(f"{sym.label}: {sym.kind.value} is not a one-parameter group; use permute or act_gl")
     moved = dict(params)
     factor = math.exp(amount)
     for sign, slots in ((1.0, sym.incoming), (-1.0, sym.outgoing)):
@@ -247,14 +252,56 @@ def permute(sym: Symmetry, params: Mapping[str, Tensor], order: Tensor) -> dict[
     if sym.kind is not Kind.PERMUTATION:
         raise ValueError(f"{sym.label}: permute needs a PERMUTATION symmetry, got {sym.kind}")
     order = torch.as_tensor(order, dtype=torch.long)
-    if sorted(order.tolist()) != list(range(sym.units)):
-        raise ValueError(f"{sym.label}: order must be a permutation of range({sym.units})")
+    if sorted(order.tolist()) != list(range(sym.unit_count)):
+        raise ValueError(f"{sym.label}: order must be a permutation of range({sym.unit_count})")
     moved = dict(params)
     for slot in sym.slots:
-        block = (slot.stop - slot.start) // sym.units
+        block = (slot.stop - slot.start) // sym.unit_count
         index = (order.unsqueeze(1) * block + torch.arange(block)).reshape(-1) + slot.start
         tensor = moved[slot.param].detach().clone() if moved[slot.param] is params[slot.param] else moved[slot.param]
         source = tensor.index_select(slot.dim, index.to(tensor.device))
         tensor.narrow(slot.dim, slot.start, slot.stop - slot.start).copy_(source)
         moved[slot.param] = tensor
+    return moved
+
+
+def _unit_blocks(sym: Symmetry, slots: tuple[Slot, ...], params: Mapping[str, Tensor]) -> Tensor:
+    """The slots as one (units, rest) matrix: unit axis first (a unit's entries are contiguous)."""
+    return torch.cat([slot.view(params).movedim(slot.dim, 0).reshape(sym.unit_count, -1) for slot in slots], dim=1)
+
+
+def gl_charges(sym: Symmetry, params: Mapping[str, Tensor]) -> Tensor:
+    """The matrix charge A_in A_in^T - A_out A_out^T (units x units, float64) of a GL symmetry.
+
+    Gradient flow conserves it: for every E in gl(d), <grad L, (E A_in, -E^T A_out)> = 0 (the
+    matrix version of the rescale charge |in|^2 - |out|^2, its trace).
+    """
+    if sym.kind is not Kind.GL:
+        raise ValueError(f"{sym.label}: gl_charges needs a GL symmetry, got {sym.kind}")
+    a_in = _unit_blocks(sym, sym.incoming, params).detach().double()
+    a_out = _unit_blocks(sym, sym.outgoing, params).detach().double()
+    return a_in @ a_in.T - a_out @ a_out.T
+
+
+def act_gl(sym: Symmetry, params: Mapping[str, Tensor], matrix: Tensor) -> dict[str, Tensor]:
+    """Parameters moved by M in GL(units): incoming -> M incoming, outgoing -> M^-T outgoing, along
+    the unit axis (so (W_Q, W_K) -> (M W_Q, M^-T W_K) keeps every score q.k, and (W_V, W_O) ->
+    (M W_V, W_O M^-1) keeps every head output). New tensors; the rest returned as they are."""
+    if sym.kind is not Kind.GL:
+        raise ValueError(f"{sym.label}: act_gl needs a GL symmetry, got {sym.kind}")
+    count = sym.unit_count
+    matrix = torch.as_tensor(matrix)
+    if tuple(matrix.shape) != (count, count):
+        raise ValueError(f"{sym.label}: M must be {count}x{count}, got {tuple(matrix.shape)}")
+    inverse_transpose = torch.linalg.inv(matrix).T
+    moved = dict(params)
+    for transform, slots in ((matrix, sym.incoming), (inverse_transpose, sym.outgoing)):
+        for slot in slots:
+            tensor = moved[slot.param]
+            if tensor is params[slot.param]:
+                tensor = tensor.detach().clone()
+                moved[slot.param] = tensor
+            target = tensor.narrow(slot.dim, slot.start, slot.stop - slot.start).movedim(slot.dim, 0)
+            flat = target.reshape(count, -1)
+            target.copy_((transform.to(flat.dtype) @ flat).reshape(target.shape))
     return moved

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .group import Kind, Symmetry, SymmetrySet, act, generator, permute
+from .group import Kind, Symmetry, SymmetrySet, _unit_blocks, act, act_gl, generator, permute
 
 __all__ = ["Verification", "VerificationRow", "verify_symmetries"]
 
@@ -113,9 +113,12 @@ def verify_symmetries(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tens
         rows = []
         random = torch.Generator().manual_seed(seed)
         for sym in symmetries:
-            if not sym.kind.continuous:
+            if sym.kind is Kind.GL:
+                rows.append(_verify_gl(sym, params, grads, grad_norm, base_value, scale, loss_at, random))
+                continue
+            if not sym.kind.one_parameter:
                 with torch.no_grad():
-                    change = max(abs(float(loss_at(permute(sym, params, torch.randperm(sym.units, generator=random))))
+                    change = max(abs(float(loss_at(permute(sym, params, torch.randperm(sym.unit_count, generator=random))))
                                      - base_value) / scale for _ in range(3))
                 rows.append(VerificationRow(sym.label, sym.kind, change, None, None))
                 continue
@@ -133,7 +136,7 @@ def verify_symmetries(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tens
             rows.append(VerificationRow(sym.label, sym.kind, change, alignment, residual))
         joint = {}
         with torch.no_grad():
-            for kind in (k for k in Kind if k.continuous):
+            for kind in (k for k in Kind if k.one_parameter):
                 members = [sym for sym in symmetries if sym.kind is kind]
                 if not members:
                     continue
@@ -145,6 +148,29 @@ def verify_symmetries(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tens
     finally:
         model.train(was_training)
     return Verification(tuple(rows), base_value, joint)
+
+
+def _verify_gl(sym: Symmetry, params, grads, grad_norm: float, base_value: float, scale: float, loss_at,
+               random: torch.Generator) -> VerificationRow:
+    """GL(d): the loss under three random M = expm(s R) (R Gaussian / sqrt(d), s = 0.3, 1, 1) and the
+    identity G = grad_in A_in^T - A_out grad_out^T = 0, i.e. <grad L, xi_E> = 0 for every E in gl(d);
+    reported as |G|_F / (|grad L| |A|)."""
+    count = sym.unit_count
+    dtype = next(iter(params.values())).dtype
+    change = 0.0
+    with torch.no_grad():
+        for strength in (0.3, 1.0, 1.0):
+            generator_ = torch.randn(count, count, generator=random, dtype=torch.float64) / count**0.5
+            matrix = torch.linalg.matrix_exp(strength * generator_).to(dtype)
+            change = max(change, abs(float(loss_at(act_gl(sym, params, matrix))) - base_value) / scale)
+    a_in = _unit_blocks(sym, sym.incoming, params).double()
+    a_out = _unit_blocks(sym, sym.outgoing, params).double()
+    g_in = _unit_blocks(sym, sym.incoming, {k: v.detach() for k, v in grads.items()}).double()
+    g_out = _unit_blocks(sym, sym.outgoing, {k: v.detach() for k, v in grads.items()}).double()
+    identity = g_in @ a_in.T - a_out @ g_out.T
+    size = grad_norm * float((a_in.square().sum() + a_out.square().sum()).sqrt())
+    alignment = float(identity.norm()) / size if size > 0 else 0.0
+    return VerificationRow(sym.label, sym.kind, change, alignment, None)
 
 
 def _inner_with_generator(sym: Symmetry, params: Mapping[str, Tensor], grads: Mapping[str, Tensor]) -> tuple[float, float]:
