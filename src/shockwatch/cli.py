@@ -59,7 +59,7 @@ def reproduce(
 
 @app.command()
 def symmetries(
-    model: str = typer.Argument(..., help="A built-in model (mlp, mlp-gelu, mlp-batchnorm, mlp-layernorm, vgg11, "
+    model: str = typer.Argument(..., help="A built-in model (mlp, mlp-gelu, mlp-batchnorm, mlp-layernorm, vgg11, resnet, "
                                           "vgg11-bn, vgg16-bn) or module:factory returning an nn.Module."),
     input_shape: str = typer.Option("", help="Shape of one example without the batch axis, e.g. 3,32,32 "
                                              "(needed for module:factory)."),

@@ -5,9 +5,10 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 
+import torch
 from torch import nn
 
-__all__ = ["Activation", "BUILT_IN", "Norm", "build", "mlp", "vgg", "VGG_LAYOUTS"]
+__all__ = ["Activation", "BUILT_IN", "Norm", "ResidualBlock", "build", "mlp", "resnet", "vgg", "VGG_LAYOUTS"]
 
 
 class Activation(enum.StrEnum):
@@ -97,6 +98,29 @@ def vgg(layout: str | Sequence = "vgg11", width_divisor: int = 8, batch_norm: bo
     return nn.Sequential(*layers)
 
 
+class ResidualBlock(nn.Module):
+    """conv -> BatchNorm -> ReLU -> conv -> BatchNorm, added to the input, then ReLU."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+
+    def forward(self, x):
+        return torch.relu(x + self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))))
+
+
+def resnet(channels: int = 8, blocks: int = 2, num_classes: int = 10, in_channels: int = 3) -> nn.Sequential:
+    """A small residual CNN: stem conv -> BN -> ReLU, residual blocks, global average pool, Linear."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(),
+        *(ResidualBlock(channels) for _ in range(blocks)),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes),
+    )
+
+
 # name -> (model factory, example input shape without the batch axis); CPU-sized defaults
 BUILT_IN = {
     "mlp": (lambda: mlp((16, 64, 64, 10)), (16,)),
@@ -106,6 +130,7 @@ BUILT_IN = {
     "vgg11": (lambda: vgg("vgg11", batch_norm=False), (3, 32, 32)),
     "vgg11-bn": (lambda: vgg("vgg11", batch_norm=True), (3, 32, 32)),
     "vgg16-bn": (lambda: vgg("vgg16", batch_norm=True), (3, 32, 32)),
+    "resnet": (lambda: resnet(), (3, 16, 16)),
 }
 
 

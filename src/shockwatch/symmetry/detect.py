@@ -22,6 +22,7 @@ guessed. Modules with parameters that no rule covers are listed in ``SymmetrySet
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable
 
 import torch
@@ -51,13 +52,16 @@ _KNOWN_PARAMETRISED = _AFFINE + _BATCH_NORM + _LAYER_NORM
 
 
 def find_symmetries(model: nn.Module, example_input: torch.Tensor, *, logits: bool = True) -> SymmetrySet:
-    """The translation, scale and rescale symmetries of ``model`` (see the module docstring).
+    """The translation, scale, rescale, permutation and GL symmetries of ``model`` (module docstring).
 
-    ``example_input``: one batch the model accepts (used to trace shapes; the model itself is not
-    run and its buffers are not touched: a copy is traced). ``logits``: the model's output feeds a
-    softmax / cross-entropy (classifiers); set False for regression outputs (no translation).
-    Raises: ValueError for a model without parameters, a model torch.fx cannot trace (its message
-        is kept), or an example input the model does not accept.
+    ``example_input``: one batch the model accepts (used to trace shapes on a copy: the model's own
+    parameters and buffers are not touched). ``logits``: the model's output feeds a softmax /
+    cross-entropy (classifiers); set False for regression outputs (no translation).
+    A model torch.fx cannot trace as a whole (data-dependent control flow) is analysed child by
+    child, each with the input it receives in one forward pass: symmetries within a child are
+    found, none across children's boundaries is claimed; such modules are listed in
+    ``SymmetrySet.partial``, children that cannot be analysed at all in ``unanalysed``.
+    Raises: ValueError for a model without parameters or an example input the model does not accept.
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -65,32 +69,74 @@ def find_symmetries(model: nn.Module, example_input: torch.Tensor, *, logits: bo
     if not parameters:
         raise ValueError(f"{type(model).__name__} has no parameters: there is nothing to analyse")
     device = next(iter(parameters.values())).device
-    shadow = copy.deepcopy(model)
-    try:
-        graph_module = fx.symbolic_trace(shadow)
-    except Exception as error:  # torch.fx raises many types; keep its words
-        raise ValueError(f"{type(model).__name__} cannot be traced by torch.fx ({type(error).__name__}: {error}); "
-                         "models with data-dependent control flow are not analysed yet") from None
-    try:
-        with torch.no_grad():
-            ShapeProp(graph_module).propagate(example_input)
-    except Exception as error:
-        raise ValueError(f"{type(model).__name__} does not accept the example input "
-                         f"(shape {tuple(getattr(example_input, 'shape', ()))}): {type(error).__name__}: {error}") from None
-    modules = dict(graph_module.named_modules())
     found: list[Symmetry] = []
-    for node in graph_module.graph.nodes:
-        if node.op == "call_module" and isinstance(modules[node.target], _AFFINE):
-            found.extend(_symmetries_of_producer(node, modules, parameters, logits))
+    partial: list[str] = []
+    unanalysed: list[str] = []
+    _analyse(copy.deepcopy(model), example_input, logits, "", found, partial, unanalysed)
     for name, module in model.named_modules():
         if isinstance(module, CausalSelfAttention):
             found.extend(_attention_symmetries(name, module))
-    unanalysed = tuple(
+    unanalysed += [
         name for name, module in model.named_modules()
         if any(True for _ in module.parameters(recurse=False)) and not isinstance(module, _KNOWN_PARAMETRISED)
-    )
+        and name not in unanalysed
+    ]
     sizes = tuple(((name, dim), size) for name, p in parameters.items() for dim, size in enumerate(p.shape))
-    return SymmetrySet(tuple(found), device, unanalysed, sizes)
+    return SymmetrySet(tuple(found), device, tuple(unanalysed), sizes, tuple(partial))
+
+
+def _analyse(module: nn.Module, example_input, logits: bool, prefix: str, found: list[Symmetry],
+             partial: list[str], unanalysed: list[str]) -> None:
+    """Trace ``module`` and collect its symmetries (names prefixed); else recurse into children."""
+    try:
+        graph_module = fx.symbolic_trace(module)
+    except Exception:  # torch.fx raises many types; the fallback below handles them all
+        graph_module = None
+    if graph_module is not None:
+        try:
+            with torch.no_grad():
+                ShapeProp(graph_module).propagate(example_input)
+        except Exception as error:
+            raise ValueError(f"{prefix.rstrip('.') or type(module).__name__} does not accept the example input "
+                             f"(shape {tuple(getattr(example_input, 'shape', ()))}): "
+                             f"{type(error).__name__}: {error}") from None
+        modules = dict(graph_module.named_modules())
+        parameters = dict(module.named_parameters())
+        for node in graph_module.graph.nodes:
+            if node.op == "call_module" and isinstance(modules[node.target], _AFFINE):
+                found.extend(_prefixed(sym, prefix) for sym in _symmetries_of_producer(node, modules, parameters, logits))
+        return
+    partial.append(prefix.rstrip(".") or "<model>")
+    inputs: dict[str, object] = {}
+    hooks = [child.register_forward_pre_hook(
+        lambda _, args, name=name: inputs.setdefault(name, args[0] if len(args) == 1 else None))
+        for name, child in module.named_children()]
+    try:
+        with torch.no_grad():
+            module(example_input)
+    except Exception as error:
+        raise ValueError(f"{prefix.rstrip('.') or type(module).__name__} does not accept the example input "
+                         f"(shape {tuple(getattr(example_input, 'shape', ()))}): {type(error).__name__}: {error}") from None
+    finally:
+        for hook in hooks:
+            hook.remove()
+    for name, child in module.named_children():
+        if not any(True for _ in child.parameters()):
+            continue
+        if inputs.get(name) is None:  # never called, or called with several inputs
+            unanalysed.append(f"{prefix}{name}")
+            continue
+        _analyse(child, inputs[name], False, f"{prefix}{name}.", found, partial, unanalysed)
+
+
+def _prefixed(sym: Symmetry, prefix: str) -> Symmetry:
+    """The same symmetry with parameter names and the label's layer name under ``prefix``."""
+    if not prefix:
+        return sym
+    kind, _, rest = sym.label.partition("/")
+    slots = lambda slots: tuple(dataclasses.replace(s, param=prefix + s.param) for s in slots)  # noqa: E731
+    return dataclasses.replace(sym, label=f"{kind}/{prefix}{rest}", incoming=slots(sym.incoming),
+                               outgoing=slots(sym.outgoing))
 
 
 def _module(node: fx.Node, modules: dict[str, nn.Module]) -> nn.Module | None:

@@ -147,6 +147,7 @@ class SymmetrySet:
     unanalysed: tuple[str, ...] = ()  # modules detection could not analyse, by qualified name
     sizes: tuple[tuple[tuple[str, int], int], ...] = ()  # ((param, dim), size): lets whole-tensor
     # gathers skip index_select; filled by find_symmetries, optional otherwise
+    partial: tuple[str, ...] = ()  # modules torch.fx could not trace whole, analysed child by child
     _plans: dict = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -172,7 +173,7 @@ class SymmetrySet:
         return {kind.value: len(self.of_kind(kind)) for kind in Kind}
 
     def to(self, device: torch.device | str) -> SymmetrySet:
-        return SymmetrySet(self.symmetries, torch.device(device), self.unanalysed, self.sizes)
+        return SymmetrySet(self.symmetries, torch.device(device), self.unanalysed, self.sizes, self.partial)
 
     def charges(self, kind: Kind | str, params: Mapping[str, Tensor]) -> Tensor:
         """Charges of every symmetry of ``kind``, float64, in ``of_kind`` order.
