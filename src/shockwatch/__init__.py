@@ -5,10 +5,10 @@ Layers, data flowing one way (see DESIGN.md): pde <- symmetry <- quotient <- mec
 rescale groups of MLPs and CNNs).
 """
 
-from . import models, pde, symmetry
+from . import models, pde, quotient, symmetry
 from .symmetry import Kind, Symmetry, SymmetrySet, find_symmetries, verify_symmetries
 
 __version__ = "0.1.0"
 
-__all__ = ["Kind", "Symmetry", "SymmetrySet", "__version__", "find_symmetries", "models", "pde", "symmetry",
+__all__ = ["Kind", "Symmetry", "SymmetrySet", "__version__", "find_symmetries", "models", "pde", "quotient", "symmetry",
            "verify_symmetries"]

@@ -5,8 +5,8 @@ from a ``SymmetrySet``.
 """
 
 from .detect import find_symmetries
-from .group import Kind, Slot, Symmetry, SymmetrySet, act, act_gl, generator, gl_charges, permute
+from .group import Kind, Slot, Symmetry, SymmetrySet, act, act_gl, generator, gl_charges, permute, unit_matrix
 from .verify import Verification, VerificationRow, verify_symmetries
 
 __all__ = ["Kind", "Slot", "Symmetry", "SymmetrySet", "Verification", "VerificationRow", "act", "act_gl", "gl_charges",
-           "find_symmetries", "generator", "permute", "verify_symmetries"]
+           "find_symmetries", "generator", "permute", "unit_matrix", "verify_symmetries"]

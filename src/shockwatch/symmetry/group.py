@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Kind", "Slot", "Symmetry", "SymmetrySet", "act", "act_gl", "generator", "gl_charges", "permute"]
+__all__ = ["Kind", "Slot", "Symmetry", "SymmetrySet", "act", "act_gl", "generator", "gl_charges", "permute", "unit_matrix"]
 
 
 class Kind(enum.StrEnum):
@@ -202,6 +202,50 @@ class SymmetrySet:
         return out
 
 
+    def generator_inner(self, kind: Kind | str, params: Mapping[str, Tensor], vectors: Mapping[str, Tensor]) -> Tensor:
+        """<xi_k(theta), v> for every symmetry k of ``kind`` (float64, ``of_kind`` order): J v.
+
+        xi is 1_A (translation), theta_A (scale), (theta_A1, -theta_A2) (rescale); one gather per
+        (parameter, dim, sign) as in ``charges``.
+        """
+        kind = self._one_parameter(kind)
+        plan = self._plans[kind]
+        out = torch.zeros(plan.size, dtype=torch.float64, device=self.device)
+        for g in plan.gathers:
+            v = vectors[g.param].detach()
+            v = v if g.whole else v.index_select(g.dim, g.index)
+            if kind is not Kind.TRANSLATION:
+                theta = params[g.param].detach()
+                v = (theta if g.whole else theta.index_select(g.dim, g.index)).double() * v.double()
+            others = [d for d in range(v.ndim) if d != g.dim]
+            per_index = v.sum(dim=others, dtype=torch.float64) if others else v.double()
+            out.index_add_(0, g.row, g.sign * per_index)
+        return out
+
+    def generator_combination(self, kind: Kind | str, params: Mapping[str, Tensor],
+                              coefficients: Tensor) -> dict[str, Tensor]:
+        """sum_k c_k xi_k(theta) as one dense float64 tensor per touched parameter: J^T c."""
+        kind = self._one_parameter(kind)
+        plan = self._plans[kind]
+        out: dict[str, Tensor] = {}
+        for g in plan.gathers:
+            theta = params[g.param].detach()
+            dense = out.setdefault(g.param, torch.zeros(theta.shape, dtype=torch.float64, device=theta.device))
+            weight = (g.sign * coefficients.to(torch.float64)[g.row]).reshape(
+                [-1 if d == g.dim else 1 for d in range(theta.ndim)])
+            if kind is Kind.TRANSLATION:
+                block = weight.expand([len(g.index) if d == g.dim else n for d, n in enumerate(theta.shape)])
+            else:
+                block = weight * theta.index_select(g.dim, g.index).double()
+            dense.index_add_(g.dim, g.index, block)
+        return out
+
+    def _one_parameter(self, kind: Kind | str) -> Kind:
+        kind = Kind(kind)
+        if not kind.one_parameter:
+            raise ValueError(f"{kind.value} is not a one-parameter group: it has no single generator per symmetry")
+        return kind
+
 def generator(sym: Symmetry, params: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """The Lie-algebra generator xi(theta) of ``sym`` as one dense tensor per touched parameter.
 
@@ -266,7 +310,7 @@ def permute(sym: Symmetry, params: Mapping[str, Tensor], order: Tensor) -> dict[
     return moved
 
 
-def _unit_blocks(sym: Symmetry, slots: tuple[Slot, ...], params: Mapping[str, Tensor]) -> Tensor:
+def unit_matrix(sym: Symmetry, slots: tuple[Slot, ...], params: Mapping[str, Tensor]) -> Tensor:
     """The slots as one (units, rest) matrix: unit axis first (a unit's entries are contiguous)."""
     return torch.cat([slot.view(params).movedim(slot.dim, 0).reshape(sym.unit_count, -1) for slot in slots], dim=1)
 
@@ -279,8 +323,8 @@ def gl_charges(sym: Symmetry, params: Mapping[str, Tensor]) -> Tensor:
     """
     if sym.kind is not Kind.GL:
         raise ValueError(f"{sym.label}: gl_charges needs a GL symmetry, got {sym.kind}")
-    a_in = _unit_blocks(sym, sym.incoming, params).detach().double()
-    a_out = _unit_blocks(sym, sym.outgoing, params).detach().double()
+    a_in = unit_matrix(sym, sym.incoming, params).detach().double()
+    a_out = unit_matrix(sym, sym.outgoing, params).detach().double()
     return a_in @ a_in.T - a_out @ a_out.T
 
 

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .group import Kind, Symmetry, SymmetrySet, _unit_blocks, act, act_gl, generator, permute
+from .group import Kind, Symmetry, SymmetrySet, act, act_gl, generator, permute, unit_matrix
 
 __all__ = ["Verification", "VerificationRow", "verify_symmetries"]
 
@@ -163,10 +163,10 @@ def _verify_gl(sym: Symmetry, params, grads, grad_norm: float, base_value: float
             generator_ = torch.randn(count, count, generator=random, dtype=torch.float64) / count**0.5
             matrix = torch.linalg.matrix_exp(strength * generator_).to(dtype)
             change = max(change, abs(float(loss_at(act_gl(sym, params, matrix))) - base_value) / scale)
-    a_in = _unit_blocks(sym, sym.incoming, params).double()
-    a_out = _unit_blocks(sym, sym.outgoing, params).double()
-    g_in = _unit_blocks(sym, sym.incoming, {k: v.detach() for k, v in grads.items()}).double()
-    g_out = _unit_blocks(sym, sym.outgoing, {k: v.detach() for k, v in grads.items()}).double()
+    a_in = unit_matrix(sym, sym.incoming, params).double()
+    a_out = unit_matrix(sym, sym.outgoing, params).double()
+    g_in = unit_matrix(sym, sym.incoming, {k: v.detach() for k, v in grads.items()}).double()
+    g_out = unit_matrix(sym, sym.outgoing, {k: v.detach() for k, v in grads.items()}).double()
     identity = g_in @ a_in.T - a_out @ g_out.T
     size = grad_norm * float((a_in.square().sum() + a_out.square().sum()).sqrt())
     alignment = float(identity.norm()) / size if size > 0 else 0.0

@@ -1,0 +1,10 @@
+"""Quotient charts: the canonical representative of an orbit, horizontal projection, push-forward.
+
+Reads parameter groups only from a ``SymmetrySet`` (symmetry layer); knows nothing of training.
+"""
+
+from .chart import Canonical, canonical, gl_invariant, push_forward, relu_unit_coordinates
+from .projection import OrbitOperator, horizontal_projection
+
+__all__ = ["Canonical", "OrbitOperator", "canonical", "gl_invariant", "horizontal_projection", "push_forward",
+           "relu_unit_coordinates"]

@@ -1,0 +1,156 @@
+r"""The canonical representative of a parameter's orbit (a section of the quotient) and its differential.
+
+Phi(theta) is the point of theta's orbit where
+
+    rescale charges vanish   |theta_A1|^2 = |theta_A2|^2    (the balanced gauge, Miyagawa 2026 §3.1),
+    translation charges vanish  <theta_A, 1> = 0             (centred columns and biases),
+    scale groups have unit norm  |theta_A| = 1                (directions w/|w|),
+
+and the units of every permutation symmetry are sorted by decreasing norm. Phi is constant on
+orbits and leaves the realised function unchanged. These conditions are <theta, xi_k> = 0 (or
+|theta_A| = 1), whose tangent space is exactly the horizontal space {v: <xi_k, v> = 0}: so at a
+canonical point D Phi = P_H, and elsewhere D Phi(theta) v = P_H(Phi theta)[g_* v], with g the group
+element that carried theta there (an entrywise scaling and a permutation: g_* v = perm(a * v)).
+
+For a unit of a one-hidden-layer ReLU net the balanced gauge gives the paper's coordinates
+gamma_j = a_j |u_j| and s_j = u_j / |u_j| (``relu_unit_coordinates``). GL(d) groups of attention
+heads are not gauge-fixed yet: their invariant is the product A_in^T A_out (``gl_invariant``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..symmetry import Kind, Symmetry, SymmetrySet, permute, unit_matrix
+from .projection import horizontal_projection
+
+__all__ = ["Canonical", "canonical", "gl_invariant", "push_forward", "relu_unit_coordinates"]
+
+
+@dataclass(frozen=True)
+class Canonical:
+    params: dict[str, Tensor]  # Phi(theta), float64
+    factors: dict[str, Tensor]  # a, in theta's layout: Phi(theta) = perm(a * theta + shift), entrywise
+    orders: tuple[tuple[Symmetry, Tensor], ...]  # the permutations applied, in order
+    sweeps: int
+    imbalance: float  # max over the conditions of their relative violation at the end
+
+
+def canonical(symmetries: SymmetrySet, params: Mapping[str, Tensor], *, tol: float = 1e-13,
+              max_sweeps: int = 10_000) -> Canonical:
+    r"""Phi(theta): alternate the three conditions (each is the exact minimiser or normaliser of
+    its own group) until every one holds to ``tol`` relative; then sort permutable units.
+
+    Scheme: one sweep = normalise every scale group, centre every translation group, balance
+    every rescale unit (a = (|out|/|in|)^{1/2}) in model order. Each step solves its own condition
+    exactly; sweeps are needed only where groups share parameters (e.g. the last hidden layer's
+    rescale and the logits' translations both act on the classifier's columns).
+    Raises: RuntimeError if the conditions do not converge within ``max_sweeps``.
+    """
+    theta = {name: p.detach().to(torch.float64).clone() for name, p in params.items()}
+    factors = {name: torch.ones_like(p) for name, p in theta.items()}
+    scale_groups = symmetries.of_kind(Kind.SCALE)
+    translations = symmetries.of_kind(Kind.TRANSLATION)
+    rescales = symmetries.of_kind(Kind.RESCALE)
+    imbalance, sweeps = float("inf"), 0
+    while sweeps < max_sweeps:
+        sweeps += 1
+        for sym in scale_groups:
+            norm = sum(float(s.view(theta).square().sum()) for s in sym.incoming) ** 0.5
+            if norm > 0:
+                for slot in sym.incoming:
+                    slot.view(theta).div_(norm)
+                    slot.view(factors).div_(norm)
+        for sym in translations:
+            size = sum(s.view(theta).numel() for s in sym.incoming)
+            mean = sum(float(s.view(theta).sum()) for s in sym.incoming) / size
+            for slot in sym.incoming:
+                slot.view(theta).sub_(mean)
+        for sym in rescales:
+            inner = sum(float(s.view(theta).square().sum()) for s in sym.incoming)
+            outer = sum(float(s.view(theta).square().sum()) for s in sym.outgoing)
+            if inner > 0 and outer > 0:
+                a = (outer / inner) ** 0.25
+                for slot in sym.incoming:
+                    slot.view(theta).mul_(a)
+                    slot.view(factors).mul_(a)
+                for slot in sym.outgoing:
+                    slot.view(theta).div_(a)
+                    slot.view(factors).div_(a)
+        imbalance = _violation(symmetries, theta)
+        if imbalance <= tol:
+            break
+    else:
+        raise RuntimeError(f"canonical: the gauge conditions did not converge in {max_sweeps} sweeps "
+                           f"(violation {imbalance:.2e} > tol {tol:.0e})")
+    orders = []
+    for sym in symmetries.of_kind(Kind.PERMUTATION):
+        key = sum(unit_matrix(sym, (slot,), theta).square().sum(1) for slot in sym.slots)
+        order = torch.argsort(key, descending=True, stable=True)
+        theta = permute(sym, theta, order)
+        orders.append((sym, order))  # factors stay in theta's own layout: g_* v = perm(a * v)
+    return Canonical(theta, factors, tuple(orders), sweeps, imbalance)
+
+
+def _violation(symmetries: SymmetrySet, theta: Mapping[str, Tensor]) -> float:
+    worst = 0.0
+    for sym in symmetries.of_kind(Kind.RESCALE):
+        inner = sum(float(s.view(theta).square().sum()) for s in sym.incoming)
+        outer = sum(float(s.view(theta).square().sum()) for s in sym.outgoing)
+        if inner + outer > 0:
+            worst = max(worst, abs(inner - outer) / (inner + outer))
+    for sym in symmetries.of_kind(Kind.TRANSLATION):
+        total = sum(float(s.view(theta).sum()) for s in sym.incoming)
+        size = sum(float(s.view(theta).abs().sum()) for s in sym.incoming)
+        if size > 0:
+            worst = max(worst, abs(total) / size)
+    for sym in symmetries.of_kind(Kind.SCALE):
+        norm = sum(float(s.view(theta).square().sum()) for s in sym.incoming) ** 0.5
+        if norm > 0:
+            worst = max(worst, abs(norm - 1.0))
+    return worst
+
+
+def push_forward(symmetries: SymmetrySet, params: Mapping[str, Tensor], vectors: Mapping[str, Tensor],
+                 *, point: Canonical | None = None) -> dict[str, Tensor]:
+    r"""D Phi(theta) v = P_H(Phi theta)[perm(a * v)]: a tangent vector carried to the quotient chart.
+
+    The drift of Thm 2.2 is b = D Phi grad L. ``point``: a ``canonical(...)`` result for ``params``
+    to reuse. Returns float64 tensors for every key of ``vectors``.
+    """
+    point = point or canonical(symmetries, params)
+    moved = {name: point.factors[name] * (vectors[name].detach().to(torch.float64) if name in vectors
+                                          else torch.zeros_like(point.factors[name])) for name in point.factors}
+    for sym, order in point.orders:
+        moved = permute(sym, moved, order)
+    projected = horizontal_projection(symmetries, point.params, moved)
+    return {name: projected[name] for name in vectors}
+
+
+def relu_unit_coordinates(sym: Symmetry, params: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+    r"""(gamma, s) of a rescale unit with one outgoing weight: gamma = a |u|, s = u / |u| (§3.1).
+
+    u is the unit's incoming vector (weights and bias), a its outgoing weight; both are invariant
+    under the unit's rescaling, so they are coordinates on its quotient (gamma in R, s on a sphere).
+    """
+    if sym.kind is not Kind.RESCALE:
+        raise ValueError(f"{sym.label}: relu_unit_coordinates needs a RESCALE symmetry, got {sym.kind}")
+    u = torch.cat([s.view(params).detach().reshape(-1).double() for s in sym.incoming])
+    a = torch.cat([s.view(params).detach().reshape(-1).double() for s in sym.outgoing])
+    if a.numel() != 1:
+        raise ValueError(f"{sym.label}: gamma = a |u| needs a single outgoing weight, got {a.numel()}")
+    norm = u.norm()
+    return a[0] * norm, u / norm
+
+
+def gl_invariant(sym: Symmetry, params: Mapping[str, Tensor]) -> Tensor:
+    """A_in^T A_out: unchanged by (A_in, A_out) -> (M A_in, M^-T A_out) (e.g. W_Q^T W_K of a head)."""
+    if sym.kind is not Kind.GL:
+        raise ValueError(f"{sym.label}: gl_invariant needs a GL symmetry, got {sym.kind}")
+    a_in = unit_matrix(sym, sym.incoming, params).detach().double()
+    a_out = unit_matrix(sym, sym.outgoing, params).detach().double()
+    return a_in.T @ a_out

@@ -1,0 +1,107 @@
+r"""Horizontal projection: remove from a parameter-space vector its components along the orbits.
+
+At theta the orbit directions are the generators xi_k(theta) of every one-parameter symmetry
+(translation 1_A, scale theta_A, rescale (theta_A1, -theta_A2)). With J v = (<xi_k, v>)_k and the
+Euclidean metric,
+
+    P_H v = v - J^T c,    (J J^T) c = J v,
+
+solved by conjugate gradients on the Gram operator J J^T with a Jacobi preconditioner (|xi_k|^2),
+matrix-free: J and J^T are one gather / scatter per (parameter, dim, sign) of the SymmetrySet's
+plan. GL(d) generators of attention heads are not included yet (their directions are left in v).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..symmetry import Kind, SymmetrySet
+
+__all__ = ["OrbitOperator", "horizontal_projection"]
+
+_KINDS = (Kind.TRANSLATION, Kind.SCALE, Kind.RESCALE)
+
+
+@dataclass(frozen=True, eq=False)
+class OrbitOperator:
+    """J: parameter vectors -> R^K, v -> (<xi_k(theta), v>)_k over the one-parameter symmetries."""
+
+    symmetries: SymmetrySet
+    params: Mapping[str, Tensor]
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        return tuple(len(self.symmetries.of_kind(kind)) for kind in _KINDS)
+
+    def matvec(self, vectors: Mapping[str, Tensor]) -> Tensor:
+        parts = [self.symmetries.generator_inner(kind, self.params, vectors) for kind, n in zip(_KINDS, self.sizes) if n]
+        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
+
+    def rmatvec(self, coefficients: Tensor) -> dict[str, Tensor]:
+        out: dict[str, Tensor] = {}
+        for kind, part in zip(_KINDS, torch.split(coefficients, self.sizes)):
+            if part.numel():
+                for name, dense in self.symmetries.generator_combination(kind, self.params, part).items():
+                    out[name] = out[name] + dense if name in out else dense
+        return out
+
+    def diagonal(self) -> Tensor:
+        """|xi_k|^2 for every k: the Gram operator's diagonal (the preconditioner)."""
+        values = []
+        for kind in _KINDS:
+            for sym in self.symmetries.of_kind(kind):
+                if kind is Kind.TRANSLATION:
+                    values.append(float(sum(s.view(self.params).numel() for s in sym.incoming)))
+                else:
+                    values.append(float(sum(s.view(self.params).double().square().sum() for s in sym.slots)))
+        return torch.tensor(values, dtype=torch.float64)
+
+
+def horizontal_projection(symmetries: SymmetrySet, params: Mapping[str, Tensor], vectors: Mapping[str, Tensor],
+                          *, rtol: float = 1e-12, max_iterations: int = 10_000) -> dict[str, Tensor]:
+    r"""P_H v: ``vectors`` with every orbit direction at ``params`` removed (Euclidean metric).
+
+    Equation: P_H v = v - J^T c with (J J^T) c = J v (least squares if generators are dependent).
+    Scheme: preconditioned conjugate gradients, float64, to |J P_H v| <= rtol |J v|.
+    Returns float64 tensors for every key of ``vectors``.
+    Raises: RuntimeError if CG does not reach rtol within ``max_iterations``.
+    """
+    params = {name: p.detach() for name, p in params.items()}
+    operator = OrbitOperator(symmetries, params)
+    v = {name: t.detach().to(torch.float64) for name, t in vectors.items()}
+    # parameters the caller left out take part as zeros (J needs every slot's tensor)
+    full = {name: v[name] if name in v else torch.zeros_like(p, dtype=torch.float64) for name, p in params.items()}
+    rhs = operator.matvec(full)
+    if rhs.numel() == 0 or float(rhs.norm()) == 0.0:
+        return v
+    diagonal = operator.diagonal().clamp(min=torch.finfo(torch.float64).tiny)
+
+    def gram(c: Tensor) -> Tensor:
+        return operator.matvec(operator.rmatvec(c))
+
+    c = torch.zeros_like(rhs)
+    residual = rhs.clone()
+    z = residual / diagonal
+    direction = z.clone()
+    rz = float(residual @ z)
+    target = rtol * float(rhs.norm())
+    for _ in range(max_iterations):
+        if float(residual.norm()) <= target:
+            break
+        applied = gram(direction)
+        step = rz / float(direction @ applied)
+        c += step * direction
+        residual -= step * applied
+        z = residual / diagonal
+        rz_new = float(residual @ z)
+        direction = z + (rz_new / rz) * direction
+        rz = rz_new
+    else:
+        raise RuntimeError(f"horizontal_projection: CG did not reach rtol={rtol} in {max_iterations} iterations "
+                           f"(residual {float(residual.norm()) / float(rhs.norm()):.2e})")
+    removed = operator.rmatvec(c)
+    return {name: t - removed[name] if name in removed else t for name, t in v.items()}

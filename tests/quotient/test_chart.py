@@ -1,0 +1,159 @@
+"""Quotient charts: Phi constant on orbits, function kept, projections horizontal, D Phi exact."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import shockwatch as sw
+from shockwatch.quotient import OrbitOperator, canonical, gl_invariant, horizontal_projection, push_forward
+from shockwatch.symmetry import Kind, act, act_gl, permute, unit_matrix
+
+
+def exact_norms(model):
+    for module in model.modules():
+        if isinstance(getattr(module, "eps", None), float):
+            module.eps = 1e-30
+    return model
+
+
+CASES = {
+    "mlp-relu": lambda: (sw.models.mlp((4, 7, 5, 3)), torch.randn(16, 4)),
+    "mlp-layernorm": lambda: (sw.models.mlp((4, 7, 5, 3), norm="layer"), torch.randn(16, 4)),
+    "mlp-batchnorm-gelu": lambda: (sw.models.mlp((4, 6, 6, 3), activation="gelu", norm="batch"), torch.randn(16, 4)),
+    "vgg-bn": lambda: (sw.models.vgg("tiny", width_divisor=4, image_size=8, hidden=16), torch.randn(6, 3, 8, 8)),
+}
+
+
+def build(name, seed=0):
+    torch.manual_seed(seed)
+    model, x = CASES[name]()
+    model = exact_norms(model.double())
+    x = x.double()
+    syms = sw.find_symmetries(model, x)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    return model, x, syms, params
+
+
+def random_orbit_point(syms, params, seed):
+    """A far-away representative of the same orbit: every one-parameter symmetry with a random
+    element (log-factors and shifts in [-2, 2]) and every permutation with a random order."""
+    g = torch.Generator().manual_seed(seed)
+    moved = {k: v.clone() for k, v in params.items()}
+    for sym in syms:
+        if sym.kind.one_parameter:
+            act(sym, moved, float(4 * torch.rand((), generator=g, dtype=torch.float64) - 2), copy=False)
+    for sym in syms.of_kind(Kind.PERMUTATION):
+        moved = permute(sym, moved, torch.randperm(sym.unit_count, generator=g))
+    return moved
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_phi_is_constant_on_orbits_and_keeps_the_function(name):
+    """Truth: the definition of a section: Phi(g theta) = Phi(theta) for far-away group elements,
+    Phi(Phi(theta)) = Phi(theta), and the network's probabilities (log-softmax, training mode)
+    are those of theta."""
+    model, x, syms, params = build(name)
+    phi = canonical(syms, params)
+    other = canonical(syms, random_orbit_point(syms, params, seed=1))
+    for key in params:
+        assert torch.allclose(phi.params[key], other.params[key], rtol=1e-9, atol=1e-10), key
+    again = canonical(syms, phi.params)
+    assert max(float((again.params[k] - phi.params[k]).abs().max()) for k in params) < 1e-12
+    model.train()
+    before = F.log_softmax(torch.func.functional_call(model, params, (x,)), -1)
+    after = F.log_softmax(torch.func.functional_call(model, phi.params, (x,)), -1)
+    assert torch.allclose(before, after, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_gauge_conditions_hold_at_phi(name):
+    """Truth: the section's equations: rescale and translation charges 0, scale-group norms 1."""
+    _, _, syms, params = build(name, seed=2)
+    phi = canonical(syms, params).params
+    for kind in (Kind.RESCALE, Kind.TRANSLATION):
+        if syms.of_kind(kind):
+            assert float(syms.charges(kind, phi).abs().max()) < 1e-10
+    if syms.of_kind(Kind.SCALE):
+        assert float((syms.charges(Kind.SCALE, phi) - 1).abs().max()) < 1e-12
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_horizontal_projection(name):
+    """Truth: J P_H v = 0 (orthogonal to every generator), P_H P_H = P_H, |P_H v| <= |v|, and the
+    gradient is already horizontal (Kunin et al.: <grad L, xi> = 0), so P_H grad L = grad L."""
+    model, x, syms, params = build(name, seed=3)
+    g = torch.Generator().manual_seed(4)
+    v = {k: torch.randn(p.shape, generator=g, dtype=torch.float64) for k, p in params.items()}
+    projected = horizontal_projection(syms, params, v)
+    operator = OrbitOperator(syms, params)
+    scale = float(operator.matvec(v).abs().max())
+    assert float(operator.matvec(projected).abs().max()) < 1e-10 * scale
+    twice = horizontal_projection(syms, params, projected)
+    assert max(float((twice[k] - projected[k]).abs().max()) for k in params) < 1e-10
+    assert sum(float(t.square().sum()) for t in projected.values()) <= sum(float(t.square().sum()) for t in v.values())
+    y = torch.randint(0, 3, (x.shape[0],))
+    leaves = {k: p.clone().requires_grad_(True) for k, p in params.items()}
+    model.train()
+    loss = F.cross_entropy(torch.func.functional_call(model, leaves, (x,)), y % 3)
+    grads = dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values()))))
+    horizontal = horizontal_projection(syms, params, grads)
+    assert max(float((horizontal[k] - grads[k]).abs().max()) for k in params) < 1e-10
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_push_forward_is_the_derivative_of_phi(name):
+    """Truth: central finite differences of Phi itself, whose error falls as eps^2. The canonical
+    order of units jumps where two units' norms tie (the quotient by permutations is an orbifold),
+    so the steps stay well inside the smallest gap between sorted norms."""
+    _, _, syms, params = build(name, seed=5)
+    g = torch.Generator().manual_seed(6)
+    v = {k: torch.randn(p.shape, generator=g, dtype=torch.float64) for k, p in params.items()}
+    point = canonical(syms, params)
+    gap = 1.0
+    for sym in syms.of_kind(Kind.PERMUTATION):
+        key = sum(unit_matrix(sym, (slot,), point.params).square().sum(1) for slot in sym.slots)
+        gap = min(gap, float((key[:-1] - key[1:]).min()))
+    exact = push_forward(syms, params, v, point=point)
+    errors = []
+    first = min(1e-3, gap / 100)
+    for eps in (first, first / 10):
+        plus = canonical(syms, {k: params[k] + eps * v[k] for k in params}).params
+        minus = canonical(syms, {k: params[k] - eps * v[k] for k in params}).params
+        errors.append(max(float(((plus[k] - minus[k]) / (2 * eps) - exact[k]).abs().max()) for k in params))
+    size = max(float(t.abs().max()) for t in exact.values())
+    # second order until the differences reach float64 round-off (~1e-16 / eps)
+    assert min(errors) < 1e-7 * size, errors
+    assert errors[0] / errors[1] > 30 or errors[0] < 1e-8 * size, errors
+
+
+def test_paper_coordinates_of_a_relu_unit():
+    """Truth: gamma = a |u| and s = u/|u| are invariant under (u, a) -> (r u, a / r), and at the
+    balanced representative |a| = |u| (Miyagawa 2026 §3.1)."""
+    torch.manual_seed(7)
+    model = nn.Sequential(nn.Linear(1, 2), nn.ReLU(), nn.Linear(2, 1)).double()
+    syms = sw.find_symmetries(model, torch.randn(5, 1, dtype=torch.float64), logits=False)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    for sym in syms.of_kind(Kind.RESCALE):
+        gamma, s = sw.quotient.relu_unit_coordinates(sym, params)
+        gamma2, s2 = sw.quotient.relu_unit_coordinates(sym, act(sym, params, 1.3))
+        assert math.isclose(float(gamma), float(gamma2), rel_tol=1e-12) and torch.allclose(s, s2, atol=1e-12)
+        assert math.isclose(float(s.norm()), 1.0, rel_tol=1e-14)
+        balanced = canonical(syms, params).params
+        u = torch.cat([slot.view(balanced).reshape(-1) for slot in sym.incoming])
+        a = sym.outgoing[0].view(balanced).reshape(-1)
+        assert math.isclose(float(a.abs()), float(u.norm()), rel_tol=1e-10)
+
+
+def test_gl_invariant_of_attention_heads():
+    """Truth: W_Q^T W_K (with biases) is unchanged by (M W_Q, M^-T W_K) for any invertible M."""
+    torch.manual_seed(8)
+    model = sw.models.GPT(sw.models.GPTConfig(n_head=2, d_model=8)).double()
+    syms = sw.find_symmetries(model, torch.randint(0, 32, (2, 6)))
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    for sym in syms.of_kind(Kind.GL):
+        matrix = torch.linalg.matrix_exp(torch.randn(4, 4, dtype=torch.float64))
+        assert torch.allclose(gl_invariant(sym, params), gl_invariant(sym, act_gl(sym, params, matrix)),
+                              rtol=1e-9, atol=1e-10)
