@@ -73,60 +73,91 @@ def find_symmetries(model: nn.Module, example_input: torch.Tensor, *, logits: bo
     partial: list[str] = []
     unanalysed: list[str] = []
     _analyse(copy.deepcopy(model), example_input, logits, "", found, partial, unanalysed)
+    covered: set[str] = set()  # parametrised modules that a structural rule below analyses
     for name, module in model.named_modules():
         if isinstance(module, CausalSelfAttention):
             found.extend(_attention_symmetries(name, module))
+        elif _is_hf_gpt2_attention(module):
+            found.extend(_hf_gpt2_attention_symmetries(name, module))
+            covered.update({f"{name}.c_attn", f"{name}.c_proj"})
+        elif _is_hf_gpt2_mlp(module):
+            found.extend(_hf_gpt2_mlp_symmetries(name, module))
+            covered.update({f"{name}.c_fc", f"{name}.c_proj"})
     unanalysed += [
         name for name, module in model.named_modules()
         if any(True for _ in module.parameters(recurse=False)) and not isinstance(module, _KNOWN_PARAMETRISED)
-        and name not in unanalysed
+        and name not in unanalysed and name not in covered
     ]
+    unanalysed = [name for name in unanalysed if name not in covered]
     sizes = tuple(((name, dim), size) for name, p in parameters.items() for dim, size in enumerate(p.shape))
     return SymmetrySet(tuple(found), device, tuple(unanalysed), sizes, tuple(partial))
 
 
 def _analyse(module: nn.Module, example_input, logits: bool, prefix: str, found: list[Symmetry],
-             partial: list[str], unanalysed: list[str]) -> None:
-    """Trace ``module`` and collect its symmetries (names prefixed); else recurse into children."""
-    try:
-        graph_module = fx.symbolic_trace(module)
-    except Exception:  # torch.fx raises many types; the fallback below handles them all
-        graph_module = None
+             partial: list[str], unanalysed: list[str], inputs: dict[str, object] | None = None) -> None:
+    """Trace ``module`` and collect its symmetries (names prefixed); else recurse into children.
+
+    ``inputs``: every descendant's input in one forward pass of the root (qualified name ->
+    its single positional tensor, or None), recorded on the first fallback.
+    """
+    graph_module = _traced(module, example_input)
     if graph_module is not None:
-        try:
-            with torch.no_grad():
-                ShapeProp(graph_module).propagate(example_input)
-        except Exception as error:
-            raise ValueError(f"{prefix.rstrip('.') or type(module).__name__} does not accept the example input "
-                             f"(shape {tuple(getattr(example_input, 'shape', ()))}): "
-                             f"{type(error).__name__}: {error}") from None
         modules = dict(graph_module.named_modules())
         parameters = dict(module.named_parameters())
         for node in graph_module.graph.nodes:
             if node.op == "call_module" and isinstance(modules[node.target], _AFFINE):
                 found.extend(_prefixed(sym, prefix) for sym in _symmetries_of_producer(node, modules, parameters, logits))
         return
+    if inputs is None:  # the root: its own input must work
+        inputs = _descendant_inputs(module, example_input)
     partial.append(prefix.rstrip(".") or "<model>")
+    for name, child in module.named_children():
+        if not any(True for _ in child.parameters()):
+            continue
+        qualified = f"{prefix}{name}"
+        child_input = inputs.get(qualified)
+        if child_input is None and not any(True for _ in child.children()):
+            unanalysed.append(qualified)  # a leaf never called, or called with several inputs
+            continue
+        _analyse(child, child_input, False, qualified + ".", found, partial, unanalysed, inputs)
+
+
+def _traced(module: nn.Module, example_input) -> fx.GraphModule | None:
+    """The module traced by torch.fx with shapes propagated, or None where either step fails."""
+    if example_input is None:
+        return None
+    try:
+        graph_module = fx.symbolic_trace(module)
+        with torch.no_grad():
+            ShapeProp(graph_module).propagate(example_input)
+    except Exception:  # torch.fx raises many types (control flow, unsupported calls, kwargs)
+        return None
+    return graph_module
+
+
+def _descendant_inputs(root: nn.Module, example_input) -> dict[str, object]:
+    """One forward pass of ``root`` recording each descendant's single positional tensor input."""
     inputs: dict[str, object] = {}
-    hooks = [child.register_forward_pre_hook(
-        lambda _, args, name=name: inputs.setdefault(name, args[0] if len(args) == 1 else None))
-        for name, child in module.named_children()]
+
+    def record(name):
+        def hook(_module, args, kwargs):
+            single = len(args) == 1 and isinstance(args[0], torch.Tensor) and not any(
+                isinstance(v, torch.Tensor) for v in kwargs.values())
+            inputs.setdefault(name, args[0] if single else None)
+        return hook
+
+    hooks = [module.register_forward_pre_hook(record(name), with_kwargs=True)
+             for name, module in root.named_modules() if name]
     try:
         with torch.no_grad():
-            module(example_input)
+            root(example_input)
     except Exception as error:
-        raise ValueError(f"{prefix.rstrip('.') or type(module).__name__} does not accept the example input "
+        raise ValueError(f"{type(root).__name__} does not accept the example input "
                          f"(shape {tuple(getattr(example_input, 'shape', ()))}): {type(error).__name__}: {error}") from None
     finally:
         for hook in hooks:
             hook.remove()
-    for name, child in module.named_children():
-        if not any(True for _ in child.parameters()):
-            continue
-        if inputs.get(name) is None:  # never called, or called with several inputs
-            unanalysed.append(f"{prefix}{name}")
-            continue
-        _analyse(child, inputs[name], False, f"{prefix}{name}.", found, partial, unanalysed)
+    return inputs
 
 
 def _prefixed(sym: Symmetry, prefix: str) -> Symmetry:
@@ -286,3 +317,58 @@ def _attention_symmetries(name: str, attention: CausalSelfAttention) -> list[Sym
         out.append(Symmetry(Kind.PERMUTATION, f"permutation/{name}/heads", incoming,
                             (Slot(f"{name}.o.weight", 1, 0, width),), units=heads))
     return out
+
+
+# Hugging Face GPT-2 (optional: recognised by structure, so transformers is never imported here).
+# Its Conv1D computes y = x W + b with W of shape (in, out): output units run along dim 1.
+def _is_conv1d(module: nn.Module | None, shape: tuple[int, int] | None = None) -> bool:
+    weight = getattr(module, "weight", None)
+    return (type(module).__name__ == "Conv1D" and isinstance(weight, torch.Tensor) and weight.ndim == 2
+            and getattr(module, "bias", None) is not None and (shape is None or tuple(weight.shape) == shape))
+
+
+def _is_hf_gpt2_attention(module: nn.Module) -> bool:
+    heads, d_head = getattr(module, "num_heads", None), getattr(module, "head_dim", None)
+    if type(module).__name__ != "GPT2Attention" or not heads or not d_head or getattr(module, "is_cross_attention", False):
+        return False
+    width = heads * d_head
+    return (_is_conv1d(getattr(module, "c_attn", None), (width, 3 * width))
+            and _is_conv1d(getattr(module, "c_proj", None), (width, width)))
+
+
+def _is_hf_gpt2_mlp(module: nn.Module) -> bool:
+    c_fc, c_proj = getattr(module, "c_fc", None), getattr(module, "c_proj", None)
+    return (type(module).__name__ == "GPT2MLP" and _is_conv1d(c_fc) and _is_conv1d(c_proj)
+            and c_fc.weight.shape[1] == c_proj.weight.shape[0])
+
+
+def _hf_gpt2_attention_symmetries(name: str, attention: nn.Module) -> list[Symmetry]:
+    """As ``_attention_symmetries``, on the fused c_attn = [q | k | v] columns and c_proj rows."""
+    d, heads = attention.head_dim, attention.num_heads
+    width = d * heads
+    weight, bias, proj = f"{name}.c_attn.weight", f"{name}.c_attn.bias", f"{name}.c_proj.weight"
+    out: list[Symmetry] = []
+
+    def columns(part: int, lo: int, hi: int) -> tuple[Slot, ...]:
+        return Slot(weight, 1, part * width + lo, part * width + hi), Slot(bias, 0, part * width + lo, part * width + hi)
+
+    for h in range(heads):
+        lo, hi = h * d, (h + 1) * d
+        out.append(Symmetry(Kind.GL, f"gl/{name}/head{h}/qk", columns(0, lo, hi), columns(1, lo, hi), units=d))
+        out.append(Symmetry(Kind.GL, f"gl/{name}/head{h}/vo", columns(2, lo, hi), (Slot(proj, 0, lo, hi),), units=d))
+        out.extend(Symmetry(Kind.TRANSLATION, f"translation/{name}/head{h}/key_bias{i}",
+                            (Slot(bias, 0, width + lo + i, width + lo + i + 1),)) for i in range(d))
+    if heads >= 2:
+        incoming = tuple(slot for part in range(3) for slot in columns(part, 0, width))
+        out.append(Symmetry(Kind.PERMUTATION, f"permutation/{name}/heads", incoming, (Slot(proj, 0, 0, width),),
+                            units=heads))
+    return out
+
+
+def _hf_gpt2_mlp_symmetries(name: str, mlp: nn.Module) -> list[Symmetry]:
+    """The hidden units of c_fc -> elementwise activation -> c_proj can be permuted."""
+    units = mlp.c_fc.weight.shape[1]
+    if units < 2:
+        return []
+    incoming = (Slot(f"{name}.c_fc.weight", 1, 0, units), Slot(f"{name}.c_fc.bias", 0, 0, units))
+    return [Symmetry(Kind.PERMUTATION, f"permutation/{name}", incoming, (Slot(f"{name}.c_proj.weight", 0, 0, units),))]
