@@ -54,3 +54,13 @@ def test_symmetries_of_a_factory_path_and_errors():
                         (["symmetries", "torch.nn:ReLU", "--input-shape", "3"], "no parameters")]:
         result = runner.invoke(app, args)
         assert result.exit_code == 2 and words in result.output, result.output
+
+
+def test_symmetries_of_the_built_in_gpt():
+    """Truth: by hand for 2 layers, 4 heads, d_model 32, vocabulary 32: GL 2 x 4 x 2 = 16;
+    translations 32 + 1 (logits) + 2 x 32 (key biases); permutations 2 x (heads + MLP units)."""
+    result = runner.invoke(app, ["symmetries", "gpt", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["counts"] == {"translation": 97, "scale": 0, "rescale": 0, "permutation": 4, "gl": 16}
+    assert data["unanalysed"] == ["wte", "wpe"]

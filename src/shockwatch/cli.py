@@ -60,7 +60,7 @@ def reproduce(
 @app.command()
 def symmetries(
     model: str = typer.Argument(..., help="A built-in model (mlp, mlp-gelu, mlp-batchnorm, mlp-layernorm, vgg11, resnet, "
-                                          "vgg11-bn, vgg16-bn) or module:factory returning an nn.Module."),
+                                          "vgg11-bn, vgg16-bn, gpt) or module:factory returning an nn.Module."),
     input_shape: str = typer.Option("", help="Shape of one example without the batch axis, e.g. 3,32,32 "
                                              "(needed for module:factory)."),
     batch: int = typer.Option(8, help="Random examples used to trace and verify."),
@@ -84,19 +84,25 @@ def symmetries(
         if ":" in model:
             module_name, factory_name = model.split(":", 1)
             network = getattr(importlib.import_module(module_name), factory_name)()
+            vocabulary = None
             if not input_shape:
                 raise ValueError("--input-shape is needed for a module:factory model, e.g. --input-shape 3,32,32")
         else:
-            network, shape = zoo.build(model)
+            network, shape, vocabulary = zoo.build(model)
             input_shape = input_shape or ",".join(map(str, shape))
         shape = tuple(int(part) for part in input_shape.split(","))
         generator = torch.Generator().manual_seed(0)
-        inputs = torch.randn((batch, *shape), generator=generator)
+        inputs = (torch.randint(0, vocabulary, (batch, *shape), generator=generator) if vocabulary
+                  else torch.randn((batch, *shape), generator=generator))
         found = find_symmetries(network, inputs)
         with torch.no_grad():
-            classes = network.eval()(inputs).shape[-1]
-        targets = torch.randint(0, classes, (batch,), generator=generator)
-        report = verify_symmetries(network, F.cross_entropy, (inputs, targets), found)
+            output_shape = network.eval()(inputs).shape
+        targets = torch.randint(0, output_shape[-1], tuple(output_shape[:-1]), generator=generator)
+
+        def loss(outputs, labels):  # classifiers (batch, classes) and language models (batch, length, vocab)
+            return F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), labels.reshape(-1))
+
+        report = verify_symmetries(network, loss, (inputs, targets), found)
     except (ValueError, ImportError, AttributeError) as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(code=2) from None

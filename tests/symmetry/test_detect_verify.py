@@ -248,3 +248,34 @@ def test_untraceable_model_is_analysed_child_by_child():
     assert all(s.incoming[0].param.startswith("body.") for s in syms)
     report = sw.verify_symmetries(model, F.cross_entropy, (x, y), syms)
     assert report.max_loss_change() < 1e-10 and report.max_gradient_alignment() < 1e-10
+
+
+@settings(max_examples=15, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    channels=st.lists(st.integers(1, 5), min_size=1, max_size=3),
+    pools=st.lists(st.booleans(), min_size=3, max_size=3),
+    batch_norm=st.booleans(),
+    hidden=st.integers(1, 6),
+)
+def test_random_cnns_counts_and_invariance(channels, pools, batch_norm, hidden):
+    """Truth: hand counts for conv3x3 -> [BN] -> ReLU -> [maxpool] stacks, flatten, Linear-ReLU-Linear:
+    rescale = every conv channel + hidden unit; scale = every conv channel with BatchNorm;
+    permutation = every layer of >= 2 units; translation = hidden + 1; all verify in float64."""
+    layout = []
+    for width, pool in zip(channels, pools):
+        layout.append(width * 4)  # vgg() divides by width_divisor=4
+        if pool:
+            layout.append("M")
+    pooled = sum(1 for item in layout if item == "M")
+    torch.manual_seed(0)
+    model = exact_norms(sw.models.vgg(layout, width_divisor=4, batch_norm=batch_norm, image_size=4 * 2**pooled,
+                                      hidden=hidden, num_classes=3).double())
+    x = torch.randn(5, 3, 4 * 2**pooled, 4 * 2**pooled, dtype=torch.float64)
+    y = torch.randint(0, 3, (5,))
+    syms = sw.find_symmetries(model, x)
+    units = [*channels, hidden]
+    assert syms.counts() == {"translation": hidden + 1, "scale": sum(channels) if batch_norm else 0,
+                             "rescale": sum(units), "permutation": sum(1 for u in units if u >= 2), "gl": 0}
+    report = sw.verify_symmetries(model, F.cross_entropy, (x, y), syms, hessian_samples=4)
+    assert report.max_loss_change() < 1e-9 and report.max_gradient_alignment() < 1e-9, report.worst(3)
+    assert report.max_hessian_residual() < 1e-9, report.worst(3)

@@ -121,22 +121,30 @@ def resnet(channels: int = 8, blocks: int = 2, num_classes: int = 10, in_channel
     )
 
 
-# name -> (model factory, example input shape without the batch axis); CPU-sized defaults
+# name -> (model factory, example input shape without the batch axis, vocabulary size for token
+# inputs or None for real-valued ones); CPU-sized defaults
 BUILT_IN = {
-    "mlp": (lambda: mlp((16, 64, 64, 10)), (16,)),
-    "mlp-gelu": (lambda: mlp((16, 64, 64, 10), activation="gelu"), (16,)),
-    "mlp-batchnorm": (lambda: mlp((16, 64, 64, 10), norm="batch"), (16,)),
-    "mlp-layernorm": (lambda: mlp((16, 64, 64, 10), norm="layer"), (16,)),
-    "vgg11": (lambda: vgg("vgg11", batch_norm=False), (3, 32, 32)),
-    "vgg11-bn": (lambda: vgg("vgg11", batch_norm=True), (3, 32, 32)),
-    "vgg16-bn": (lambda: vgg("vgg16", batch_norm=True), (3, 32, 32)),
-    "resnet": (lambda: resnet(), (3, 16, 16)),
+    "mlp": (lambda: mlp((16, 64, 64, 10)), (16,), None),
+    "mlp-gelu": (lambda: mlp((16, 64, 64, 10), activation="gelu"), (16,), None),
+    "mlp-batchnorm": (lambda: mlp((16, 64, 64, 10), norm="batch"), (16,), None),
+    "mlp-layernorm": (lambda: mlp((16, 64, 64, 10), norm="layer"), (16,), None),
+    "vgg11": (lambda: vgg("vgg11", batch_norm=False), (3, 32, 32), None),
+    "vgg11-bn": (lambda: vgg("vgg11", batch_norm=True), (3, 32, 32), None),
+    "vgg16-bn": (lambda: vgg("vgg16", batch_norm=True), (3, 32, 32), None),
+    "resnet": (lambda: resnet(), (3, 16, 16), None),
+    "gpt": (lambda: _gpt(), (16,), 32),
 }
 
 
-def build(name: str) -> tuple[nn.Module, tuple[int, ...]]:
-    """A built-in model by name and the shape of one example (no batch axis)."""
+def _gpt() -> nn.Module:
+    from .gpt import GPT, GPTConfig  # a sibling module; imported here to keep zoo's import light
+
+    return GPT(GPTConfig(vocab_size=32, block_size=16, n_layer=2, n_head=4, d_model=32))
+
+
+def build(name: str) -> tuple[nn.Module, tuple[int, ...], int | None]:
+    """A built-in model by name, the shape of one example (no batch axis) and its vocabulary (tokens) or None."""
     if name not in BUILT_IN:
         raise ValueError(f"unknown model {name!r}; built-in models: {', '.join(BUILT_IN)}")
-    factory, shape = BUILT_IN[name]
-    return factory(), shape
+    factory, shape, vocabulary = BUILT_IN[name]
+    return factory(), shape, vocabulary
