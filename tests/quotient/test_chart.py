@@ -157,3 +157,66 @@ def test_gl_invariant_of_attention_heads():
         matrix = torch.linalg.matrix_exp(torch.randn(4, 4, dtype=torch.float64))
         assert torch.allclose(gl_invariant(sym, params), gl_invariant(sym, act_gl(sym, params, matrix)),
                               rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("source", ["ours", "huggingface"])
+def test_projection_removes_gl_directions_of_attention_heads(source):
+    """Truth: J P_H v = 0 with J including the d^2 generators (E A_in, -E^T A_out) of every head's
+    GL(d); the loss gradient is already horizontal; the canonical point keeps the probabilities."""
+    torch.manual_seed(9)
+    if source == "ours":
+        model = sw.models.GPT(sw.models.GPTConfig(n_head=2, d_model=8, vocab_size=20)).double()
+        tokens = torch.randint(0, 20, (3, 8))
+
+        def logits_of(out):
+            return out
+    else:
+        transformers = pytest.importorskip("transformers")
+        config = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=8, vocab_size=20, n_positions=16,
+                                         bos_token_id=0, eos_token_id=0)
+        config._attn_implementation = "eager"
+        model = transformers.GPT2LMHeadModel(config).double().eval()
+        tokens = torch.randint(0, 20, (3, 8))
+
+        def logits_of(out):
+            return out.logits
+    syms = sw.find_symmetries(model, tokens)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    g = torch.Generator().manual_seed(10)
+    v = {k: torch.randn(p.shape, generator=g, dtype=torch.float64) for k, p in params.items()}
+    projected = horizontal_projection(syms, params, v)
+    operator = OrbitOperator(syms, params)
+    assert sum(operator.sizes[3:]) == 4 * 4 * len(syms.of_kind(Kind.GL))
+    assert float(operator.matvec(projected).abs().max()) < 1e-10 * float(operator.matvec(v).abs().max())
+    targets = torch.randint(0, 20, (3, 8))
+    leaves = {k: p.clone().requires_grad_(True) for k, p in params.items()}
+    logits = logits_of(torch.func.functional_call(model, leaves, (tokens,)))
+    loss = F.cross_entropy(logits.reshape(-1, 20), targets.reshape(-1))
+    grads = dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values()))))
+    horizontal = horizontal_projection(syms, params, grads)
+    assert max(float((horizontal[k] - grads[k]).abs().max()) for k in params) < 1e-10
+    phi = canonical(syms, params).params
+    before = F.log_softmax(logits_of(torch.func.functional_call(model, params, (tokens,))), -1)
+    after = F.log_softmax(logits_of(torch.func.functional_call(model, phi, (tokens,))), -1)
+    assert torch.allclose(before, after, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["vgg-bn", "gpt"])
+def test_orbit_operator_adjoint(name):
+    """Truth: the definition of the adjoint, <J v, c> = <v, J^T c>, for random v and c, over every
+    block (translation, scale, rescale, GL)."""
+    if name == "gpt":
+        torch.manual_seed(11)
+        model = sw.models.GPT(sw.models.GPTConfig(n_head=2, d_model=8, vocab_size=20)).double()
+        syms = sw.find_symmetries(model, torch.randint(0, 20, (2, 6)))
+        params = {k: v.detach() for k, v in model.named_parameters()}
+    else:
+        _, _, syms, params = build(name, seed=11)
+    operator = OrbitOperator(syms, params)
+    g = torch.Generator().manual_seed(12)
+    v = {k: torch.randn(p.shape, generator=g, dtype=torch.float64) for k, p in params.items()}
+    c = torch.randn(sum(operator.sizes), generator=g, dtype=torch.float64)
+    left = float(operator.matvec(v) @ c)
+    back = operator.rmatvec(c)
+    right = sum(float((v[k] * back[k]).sum()) for k in back)
+    assert math.isclose(left, right, rel_tol=1e-12)

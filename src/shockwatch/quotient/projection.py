@@ -1,14 +1,16 @@
 r"""Horizontal projection: remove from a parameter-space vector its components along the orbits.
 
 At theta the orbit directions are the generators xi_k(theta) of every one-parameter symmetry
-(translation 1_A, scale theta_A, rescale (theta_A1, -theta_A2)). With J v = (<xi_k, v>)_k and the
+(translation 1_A, scale theta_A, rescale (theta_A1, -theta_A2)) and, for each GL(d) group of an
+attention head, the d^2 generators xi_E = (E A_in, -E^T A_out). With J v = (<xi_k, v>)_k and the
 Euclidean metric,
 
     P_H v = v - J^T c,    (J J^T) c = J v,
 
 solved by conjugate gradients on the Gram operator J J^T with a Jacobi preconditioner (|xi_k|^2),
 matrix-free: J and J^T are one gather / scatter per (parameter, dim, sign) of the SymmetrySet's
-plan. GL(d) generators of attention heads are not included yet (their directions are left in v).
+plan, and one d x d product per GL group. The G-invariant metrics for GL groups (Da Silva et al.
+2025) are not offered yet: the metric is Euclidean.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..symmetry import Kind, SymmetrySet
+from ..symmetry import Kind, SymmetrySet, gl_generator_combination, gl_generator_inner, unit_matrix
 
 __all__ = ["OrbitOperator", "horizontal_projection"]
 
@@ -35,18 +37,25 @@ class OrbitOperator:
 
     @property
     def sizes(self) -> tuple[int, ...]:
-        return tuple(len(self.symmetries.of_kind(kind)) for kind in _KINDS)
+        """Rows per block: one per one-parameter kind, then d^2 per GL group."""
+        return (tuple(len(self.symmetries.of_kind(kind)) for kind in _KINDS)
+                + tuple(sym.unit_count**2 for sym in self.symmetries.of_kind(Kind.GL)))
 
     def matvec(self, vectors: Mapping[str, Tensor]) -> Tensor:
         parts = [self.symmetries.generator_inner(kind, self.params, vectors) for kind, n in zip(_KINDS, self.sizes) if n]
+        parts += [gl_generator_inner(sym, self.params, vectors).reshape(-1) for sym in self.symmetries.of_kind(Kind.GL)]
         return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
 
     def rmatvec(self, coefficients: Tensor) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {}
-        for kind, part in zip(_KINDS, torch.split(coefficients, self.sizes)):
-            if part.numel():
-                for name, dense in self.symmetries.generator_combination(kind, self.params, part).items():
-                    out[name] = out[name] + dense if name in out else dense
+        blocks = torch.split(coefficients, self.sizes)
+        pieces = [self.symmetries.generator_combination(kind, self.params, part)
+                  for kind, part in zip(_KINDS, blocks) if part.numel()]
+        pieces += [gl_generator_combination(sym, self.params, part)
+                   for sym, part in zip(self.symmetries.of_kind(Kind.GL), blocks[len(_KINDS):])]
+        for piece in pieces:
+            for name, dense in piece.items():
+                out[name] = out[name] + dense if name in out else dense
         return out
 
     def diagonal(self) -> Tensor:
@@ -58,7 +67,12 @@ class OrbitOperator:
                     values.append(float(sum(s.view(self.params).numel() for s in sym.incoming)))
                 else:
                     values.append(float(sum(s.view(self.params).double().square().sum() for s in sym.slots)))
-        return torch.tensor(values, dtype=torch.float64)
+        diagonal = [torch.tensor(values, dtype=torch.float64)]
+        for sym in self.symmetries.of_kind(Kind.GL):  # |xi_{E_ab}|^2 = |A_in row b|^2 + |A_out row a|^2
+            rows_in = unit_matrix(sym, sym.incoming, self.params).double().square().sum(1)
+            rows_out = unit_matrix(sym, sym.outgoing, self.params).double().square().sum(1)
+            diagonal.append((rows_out.unsqueeze(1) + rows_in.unsqueeze(0)).reshape(-1))
+        return torch.cat(diagonal)
 
 
 def horizontal_projection(symmetries: SymmetrySet, params: Mapping[str, Tensor], vectors: Mapping[str, Tensor],

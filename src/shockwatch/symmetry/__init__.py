@@ -5,8 +5,21 @@ from a ``SymmetrySet``.
 """
 
 from .detect import find_symmetries
-from .group import Kind, Slot, Symmetry, SymmetrySet, act, act_gl, generator, gl_charges, permute, unit_matrix
+from .group import (
+    Kind,
+    Slot,
+    Symmetry,
+    SymmetrySet,
+    act,
+    act_gl,
+    generator,
+    gl_charges,
+    gl_generator_combination,
+    gl_generator_inner,
+    permute,
+    unit_matrix,
+)
 from .verify import Verification, VerificationRow, verify_symmetries
 
-__all__ = ["Kind", "Slot", "Symmetry", "SymmetrySet", "Verification", "VerificationRow", "act", "act_gl", "gl_charges",
+__all__ = ["Kind", "Slot", "Symmetry", "SymmetrySet", "Verification", "VerificationRow", "act", "act_gl", "gl_charges", "gl_generator_combination", "gl_generator_inner",
            "find_symmetries", "generator", "permute", "unit_matrix", "verify_symmetries"]

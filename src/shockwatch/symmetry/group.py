@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Kind", "Slot", "Symmetry", "SymmetrySet", "act", "act_gl", "generator", "gl_charges", "permute", "unit_matrix"]
+__all__ = ["Kind", "Slot", "Symmetry", "SymmetrySet", "act", "act_gl", "generator", "gl_charges", "gl_generator_combination",
+           "gl_generator_inner", "permute", "unit_matrix"]
 
 
 class Kind(enum.StrEnum):
@@ -326,6 +327,31 @@ def gl_charges(sym: Symmetry, params: Mapping[str, Tensor]) -> Tensor:
     a_in = unit_matrix(sym, sym.incoming, params).detach().double()
     a_out = unit_matrix(sym, sym.outgoing, params).detach().double()
     return a_in @ a_in.T - a_out @ a_out.T
+
+
+def gl_generator_inner(sym: Symmetry, params: Mapping[str, Tensor], vectors: Mapping[str, Tensor]) -> Tensor:
+    """(<xi_E(theta), v>)_E for the basis E = e_a e_b^T of gl(d), as a d x d matrix (float64).
+
+    xi_E = (E A_in, -E^T A_out) along the unit axis, so <xi_E, v> = (V_in A_in^T - A_out V_out^T)_ab.
+    """
+    a_in, a_out = (unit_matrix(sym, slots, params).detach().double() for slots in (sym.incoming, sym.outgoing))
+    v_in, v_out = (unit_matrix(sym, slots, vectors).detach().double() for slots in (sym.incoming, sym.outgoing))
+    return v_in @ a_in.T - a_out @ v_out.T
+
+
+def gl_generator_combination(sym: Symmetry, params: Mapping[str, Tensor], coefficients: Tensor) -> dict[str, Tensor]:
+    """sum_ab C_ab xi_{E_ab} = (C A_in, -C^T A_out) scattered back into dense float64 tensors."""
+    out: dict[str, Tensor] = {}
+    count = sym.unit_count
+    c = coefficients.to(torch.float64).reshape(count, count)
+    for transform, slots in ((c, sym.incoming), (-c.T, sym.outgoing)):
+        for slot in slots:
+            theta = params[slot.param].detach()
+            dense = out.setdefault(slot.param, torch.zeros(theta.shape, dtype=torch.float64, device=theta.device))
+            block = theta.narrow(slot.dim, slot.start, slot.stop - slot.start).movedim(slot.dim, 0)
+            moved = (transform @ block.reshape(count, -1).double()).reshape(block.shape)
+            dense.narrow(slot.dim, slot.start, slot.stop - slot.start).add_(moved.movedim(0, slot.dim))
+    return out
 
 
 def act_gl(sym: Symmetry, params: Mapping[str, Tensor], matrix: Tensor) -> dict[str, Tensor]:
