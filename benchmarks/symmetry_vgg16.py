@@ -45,7 +45,7 @@ def main() -> None:
     report = sw.verify_symmetries(model, F.cross_entropy, (x, y), syms, element_samples=16, hessian_samples=4)
     verify_s = time.perf_counter() - start
     params = dict(model.named_parameters())
-    charges_s = best_of(lambda: [syms.charges(kind, params) for kind in sw.Kind if kind.continuous])
+    charges_s = best_of(lambda: [syms.charges(kind, params) for kind in sw.Kind if kind.one_parameter])
     x_large = torch.randn(128, 3, 32, 32)
     with torch.no_grad():
         forward_s = best_of(lambda: model(x))
@@ -57,8 +57,8 @@ def main() -> None:
         "forward_batch128_s": forward_large_s,
         "max_loss_change": {k.value: report.max_loss_change(k) for k in sw.Kind},
         "joint_loss_change": report.joint_loss_change,
-        "max_gradient_alignment": {k.value: report.max_gradient_alignment(k) for k in sw.Kind if k.continuous},
-        "max_hessian_residual": {k.value: report.max_hessian_residual(k) for k in sw.Kind if k.continuous},
+        "max_gradient_alignment": {k.value: report.max_gradient_alignment(k) for k in sw.Kind if k.one_parameter},
+        "max_hessian_residual": {k.value: report.max_hessian_residual(k) for k in sw.Kind if k.one_parameter},
         "torch": torch.__version__, "threads": torch.get_num_threads(),
     }
     print(json.dumps(record, indent=1))

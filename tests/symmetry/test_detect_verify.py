@@ -279,3 +279,30 @@ def test_random_cnns_counts_and_invariance(channels, pools, batch_norm, hidden):
     report = sw.verify_symmetries(model, F.cross_entropy, (x, y), syms, hessian_samples=4)
     assert report.max_loss_change() < 1e-9 and report.max_gradient_alignment() < 1e-9, report.worst(3)
     assert report.max_hessian_residual() < 1e-9, report.worst(3)
+
+
+def test_a_structural_candidate_that_fails_the_check_is_rejected():
+    """A module that looks like Hugging Face's GPT2MLP but adds a fixed per-unit offset after its
+    activation: permuting its units changes the output, so the proposed permutation is refuted."""
+    class Conv1D(nn.Module):  # the name and layout of transformers' Conv1D: y = x W + b, W (in, out)
+        def __init__(self, n_in, n_out):
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(n_in, n_out))
+            self.bias = nn.Parameter(torch.randn(n_out))
+
+        def forward(self, x):
+            return x @ self.weight + self.bias
+
+    class GPT2MLP(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c_fc, self.c_proj = Conv1D(4, 6), Conv1D(6, 4)
+            self.register_buffer("offset", torch.arange(6.0))
+
+        def forward(self, x):
+            return self.c_proj(torch.tanh(self.c_fc(x)) + self.offset)
+
+    torch.manual_seed(10)
+    syms = sw.find_symmetries(nn.Sequential(GPT2MLP(), nn.Linear(4, 3)), torch.randn(5, 4))
+    assert syms.rejected == ("permutation/0",)
+    assert syms.counts()["permutation"] == 0 and syms.counts()["translation"] == 5

@@ -31,7 +31,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from ..models.gpt import CausalSelfAttention
-from .group import Kind, Slot, Symmetry, SymmetrySet
+from .group import Kind, Slot, Symmetry, SymmetrySet, act, act_gl, permute
 
 __all__ = ["find_symmetries"]
 
@@ -51,7 +51,8 @@ _ELEMENTWISE_FUNCTIONS = (F.gelu, F.silu, torch.tanh, torch.sigmoid, F.elu, F.so
 _KNOWN_PARAMETRISED = _AFFINE + _BATCH_NORM + _LAYER_NORM
 
 
-def find_symmetries(model: nn.Module, example_input: torch.Tensor, *, logits: bool = True) -> SymmetrySet:
+def find_symmetries(model: nn.Module, example_input: torch.Tensor, *, logits: bool = True,
+                    check_samples: int = 16) -> SymmetrySet:
     """The translation, scale, rescale, permutation and GL symmetries of ``model`` (module docstring).
 
     ``example_input``: one batch the model accepts (used to trace shapes on a copy: the model's own
@@ -61,6 +62,12 @@ def find_symmetries(model: nn.Module, example_input: torch.Tensor, *, logits: bo
     child, each with the input it receives in one forward pass: symmetries within a child are
     found, none across children's boundaries is claimed; such modules are listed in
     ``SymmetrySet.partial``, children that cannot be analysed at all in ``unanalysed``.
+    Every candidate is checked on ``example_input`` before it is reported: the model's output
+    (log-probabilities when ``logits``) under a finite group element, for all candidates of a kind
+    at once and for ``check_samples`` of them one by one; a kind whose joint check fails is
+    checked candidate by candidate. A candidate whose output moves by more than 1e-2 (relative) is
+    rejected and named in ``SymmetrySet.rejected``; the others carry the measured change as
+    ``Symmetry.defect`` where they were checked alone (BatchNorm's eps shows there, ~1e-6).
     Raises: ValueError for a model without parameters or an example input the model does not accept.
     """
     if not isinstance(model, nn.Module):
@@ -89,8 +96,9 @@ def find_symmetries(model: nn.Module, example_input: torch.Tensor, *, logits: bo
         and name not in unanalysed and name not in covered
     ]
     unanalysed = [name for name in unanalysed if name not in covered]
+    kept, rejected = _checked_candidates(model, example_input, found, logits, check_samples)
     sizes = tuple(((name, dim), size) for name, p in parameters.items() for dim, size in enumerate(p.shape))
-    return SymmetrySet(tuple(found), device, tuple(unanalysed), sizes, tuple(partial))
+    return SymmetrySet(tuple(kept), device, tuple(unanalysed), sizes, tuple(partial), tuple(rejected))
 
 
 def _analyse(module: nn.Module, example_input, logits: bool, prefix: str, found: list[Symmetry],
@@ -372,3 +380,71 @@ def _hf_gpt2_mlp_symmetries(name: str, mlp: nn.Module) -> list[Symmetry]:
         return []
     incoming = (Slot(f"{name}.c_fc.weight", 1, 0, units), Slot(f"{name}.c_fc.bias", 0, 0, units))
     return [Symmetry(Kind.PERMUTATION, f"permutation/{name}", incoming, (Slot(f"{name}.c_proj.weight", 0, 0, units),))]
+
+
+_REJECT = 1e-2  # relative output change that marks a candidate as no symmetry at all
+_CHECK_AMOUNT = {Kind.TRANSLATION: 0.5, Kind.SCALE: 0.5, Kind.RESCALE: 0.5}
+
+
+def _checked_candidates(model: nn.Module, example_input, candidates: list[Symmetry], logits: bool,
+                        samples: int) -> tuple[list[Symmetry], list[str]]:
+    """The candidates that keep the model's output on ``example_input``, with measured defects."""
+    if not candidates:
+        return [], []
+    shadow = copy.deepcopy(model)
+    has_batch_norm = any(isinstance(m, _BATCH_NORM) for m in shadow.modules())
+    shadow.train(has_batch_norm)  # BatchNorm's scale symmetry needs batch statistics
+    for module in shadow.modules():
+        if isinstance(module, (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)):
+            module.eval()  # a dropout mask is not equivariant under permutations of heads
+    params = {name: p.detach() for name, p in shadow.named_parameters()}
+    buffers = {name: b.detach().clone() for name, b in shadow.named_buffers()}
+    random = torch.Generator().manual_seed(0)
+
+    def output(values) -> torch.Tensor:
+        with torch.no_grad():
+            out = torch.func.functional_call(shadow, {**values, **{k: b.clone() for k, b in buffers.items()}},
+                                             (example_input,))
+        out = getattr(out, "logits", out)
+        return torch.log_softmax(out, dim=-1) if logits else out
+
+    reference = output(params)
+    size = float(reference.abs().max()) or 1.0
+
+    def change(sym: Symmetry, values) -> dict:
+        return _moved(sym, values, random)
+
+    def defect(moved) -> float:
+        return float((output(moved) - reference).abs().max()) / size
+
+    by_kind: dict[Kind, list[Symmetry]] = {}
+    for sym in candidates:
+        by_kind.setdefault(sym.kind, []).append(sym)
+    kept: list[Symmetry] = []
+    rejected: list[str] = []
+    for kind, members in by_kind.items():
+        joint = {k: v.clone() for k, v in params.items()}
+        for sym in members:
+            joint = change(sym, joint)
+        individually = members if defect(joint) > _REJECT else members[:: max(1, len(members) // max(samples, 1))][:samples]
+        measured = {sym.label: defect(change(sym, params)) for sym in individually}
+        for sym in members:
+            value = measured.get(sym.label)
+            if value is not None and value > _REJECT:
+                rejected.append(sym.label)
+            else:
+                kept.append(dataclasses.replace(sym, defect=value) if value is not None else sym)
+    order = {sym.label: i for i, sym in enumerate(candidates)}
+    kept.sort(key=lambda sym: order[sym.label])
+    return kept, rejected
+
+
+def _moved(sym: Symmetry, values: dict, random: torch.Generator) -> dict:
+    """``values`` moved by one finite element of ``sym``'s group (new tensors where touched)."""
+    if sym.kind.one_parameter:
+        return act(sym, values, _CHECK_AMOUNT[sym.kind])
+    if sym.kind is Kind.PERMUTATION:
+        return permute(sym, values, torch.randperm(sym.unit_count, generator=random))
+    count = sym.unit_count
+    generator_ = torch.randn(count, count, generator=random, dtype=torch.float64) / count**0.5
+    return act_gl(sym, values, torch.linalg.matrix_exp(0.3 * generator_))

@@ -69,7 +69,7 @@ class Symmetry:
     label: str  # the key in every sink and plot, e.g. "features.0:unit17"
     incoming: tuple[Slot, ...]
     outgoing: tuple[Slot, ...] = ()
-    defect: float = 0.0  # measured relative loss change under the action (0 for an exact symmetry)
+    defect: float | None = None  # relative output change under a finite element, where it was measured
     units: int = 0  # PERMUTATION and GL: units along each slot's dim (0: the incoming slots' length)
 
     def __post_init__(self) -> None:
@@ -149,6 +149,7 @@ class SymmetrySet:
     sizes: tuple[tuple[tuple[str, int], int], ...] = ()  # ((param, dim), size): lets whole-tensor
     # gathers skip index_select; filled by find_symmetries, optional otherwise
     partial: tuple[str, ...] = ()  # modules torch.fx could not trace whole, analysed child by child
+    rejected: tuple[str, ...] = ()  # candidates detection proposed but the numerical check refuted
     _plans: dict = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -174,7 +175,8 @@ class SymmetrySet:
         return {kind.value: len(self.of_kind(kind)) for kind in Kind}
 
     def to(self, device: torch.device | str) -> SymmetrySet:
-        return SymmetrySet(self.symmetries, torch.device(device), self.unanalysed, self.sizes, self.partial)
+        return SymmetrySet(self.symmetries, torch.device(device), self.unanalysed, self.sizes, self.partial,
+                           self.rejected)
 
     def charges(self, kind: Kind | str, params: Mapping[str, Tensor]) -> Tensor:
         """Charges of every symmetry of ``kind``, float64, in ``of_kind`` order.
