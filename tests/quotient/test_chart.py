@@ -220,3 +220,35 @@ def test_orbit_operator_adjoint(name):
     back = operator.rmatvec(c)
     right = sum(float((v[k] * back[k]).sum()) for k in back)
     assert math.isclose(left, right, rel_tol=1e-12)
+
+
+@pytest.mark.parametrize("source", ["ours", "huggingface"])
+def test_phi_is_constant_on_gl_orbits_of_attention_heads(source):
+    """Truth: the definition of a section, now with random GL(d) elements on every head, key-bias
+    shifts and head permutations; the probabilities are kept and GL invariants are untouched."""
+    torch.manual_seed(12)
+    if source == "ours":
+        model = sw.models.GPT(sw.models.GPTConfig(n_head=2, d_model=8, vocab_size=20)).double()
+        logits_of = lambda out: out  # noqa: E731
+    else:
+        transformers = pytest.importorskip("transformers")
+        config = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=8, vocab_size=20, n_positions=16,
+                                         bos_token_id=0, eos_token_id=0)
+        model = transformers.GPT2LMHeadModel(config).double().eval()
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.3 * torch.randn_like(p))  # GPT-2's zero biases would hide the key-bias gauge
+        logits_of = lambda out: out.logits  # noqa: E731
+    tokens = torch.randint(0, 20, (3, 8))
+    syms = sw.find_symmetries(model, tokens)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    g = torch.Generator().manual_seed(13)
+    moved = random_orbit_point(syms, params, seed=14)
+    for sym in syms.of_kind(Kind.GL):
+        moved = act_gl(sym, moved, torch.linalg.matrix_exp(0.5 * torch.randn(4, 4, generator=g, dtype=torch.float64)))
+    phi, other = canonical(syms, params), canonical(syms, moved)
+    for key in params:
+        assert torch.allclose(phi.params[key], other.params[key], rtol=1e-8, atol=1e-9), key
+    before = F.log_softmax(logits_of(torch.func.functional_call(model, params, (tokens,))), -1)
+    after = F.log_softmax(logits_of(torch.func.functional_call(model, phi.params, (tokens,))), -1)
+    assert torch.allclose(before, after, atol=1e-9)

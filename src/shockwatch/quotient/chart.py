@@ -12,9 +12,15 @@ orbits and leaves the realised function unchanged. These conditions are <theta, 
 canonical point D Phi = P_H, and elsewhere D Phi(theta) v = P_H(Phi theta)[g_* v], with g the group
 element that carried theta there (an entrywise scaling and a permutation: g_* v = perm(a * v)).
 
+GL(d) groups of attention heads (A_in, A_out) -> (M A_in, M^-T A_out) are fixed by the balanced
+SVD form: with the invariant A_in^T A_out = U S V^T (thin, rank d), A_in = S^{1/2} U^T and
+A_out = S^{1/2} V^T, each singular pair's sign fixed by its largest entry; then heads are sorted
+too. That section is not Euclidean-orthogonal to the GL orbits, so for models with GL groups
+``push_forward`` returns the horizontal lift at Phi(theta) of the quotient tangent vector (the
+same quotient vector, represented horizontally), not the derivative of this particular Phi.
+
 For a unit of a one-hidden-layer ReLU net the balanced gauge gives the paper's coordinates
-gamma_j = a_j |u_j| and s_j = u_j / |u_j| (``relu_unit_coordinates``). GL(d) groups of attention
-heads are not gauge-fixed yet: their invariant is the product A_in^T A_out (``gl_invariant``).
+gamma_j = a_j |u_j| and s_j = u_j / |u_j| (``relu_unit_coordinates``).
 """
 
 from __future__ import annotations
@@ -87,6 +93,8 @@ def canonical(symmetries: SymmetrySet, params: Mapping[str, Tensor], *, tol: flo
     else:
         raise RuntimeError(f"canonical: the gauge conditions did not converge in {max_sweeps} sweeps "
                            f"(violation {imbalance:.2e} > tol {tol:.0e})")
+    for sym in symmetries.of_kind(Kind.GL):
+        theta = _gl_balanced(sym, theta)
     orders = []
     for sym in symmetries.of_kind(Kind.PERMUTATION):
         key = sum(unit_matrix(sym, (slot,), theta).square().sum(1) for slot in sym.slots)
@@ -94,6 +102,26 @@ def canonical(symmetries: SymmetrySet, params: Mapping[str, Tensor], *, tol: flo
         theta = permute(sym, theta, order)
         orders.append((sym, order))  # factors stay in theta's own layout: g_* v = perm(a * v)
     return Canonical(theta, factors, tuple(orders), sweeps, imbalance)
+
+
+def _gl_balanced(sym: Symmetry, theta: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The balanced SVD representative of a GL orbit (module docstring), written into ``theta``."""
+    count = sym.unit_count
+    a_in, a_out = unit_matrix(sym, sym.incoming, theta), unit_matrix(sym, sym.outgoing, theta)
+    u, singular, vh = torch.linalg.svd(a_in.T @ a_out, full_matrices=False)
+    u, singular, vh = u[:, :count], singular[:count], vh[:count]
+    flip = torch.sign(u.gather(0, u.abs().argmax(0, keepdim=True)).squeeze(0))
+    flip[flip == 0] = 1.0
+    root = (singular.sqrt() * flip).unsqueeze(1)  # flipping u_i and v_i together keeps U S V^T
+    new_in, new_out = root * u.T, root * vh
+    for slots, matrix in ((sym.incoming, new_in), (sym.outgoing, new_out)):
+        column = 0
+        for slot in slots:
+            target = slot.view(theta).movedim(slot.dim, 0)
+            width = target[0].numel()
+            target.copy_(matrix[:, column:column + width].reshape(target.shape))
+            column += width
+    return theta
 
 
 def _violation(symmetries: SymmetrySet, theta: Mapping[str, Tensor]) -> float:
@@ -117,7 +145,8 @@ def _violation(symmetries: SymmetrySet, theta: Mapping[str, Tensor]) -> float:
 
 def push_forward(symmetries: SymmetrySet, params: Mapping[str, Tensor], vectors: Mapping[str, Tensor],
                  *, point: Canonical | None = None) -> dict[str, Tensor]:
-    r"""D Phi(theta) v = P_H(Phi theta)[perm(a * v)]: a tangent vector carried to the quotient chart.
+    r"""D Phi(theta) v = P_H(Phi theta)[perm(a * v)]: a tangent vector carried to the quotient chart
+    (for models with GL groups: the horizontal lift at Phi(theta), see the module docstring).
 
     The drift of Thm 2.2 is b = D Phi grad L. ``point``: a ``canonical(...)`` result for ``params``
     to reuse. Returns float64 tensors for every key of ``vectors``.
