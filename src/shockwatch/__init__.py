@@ -1,8 +1,9 @@
 """shockwatch: symmetry-reduced SGD, local entropy, Burgers shocks and conservation laws.
 
 Layers, data flowing one way (see DESIGN.md): pde <- symmetry <- quotient <- mechanics/entropy
-<- monitor <- cli/report. So far: ``pde``, ``models`` and ``symmetry`` (translation, scale and
-rescale groups of MLPs and CNNs).
+<- monitor <- cli/report. So far: ``pde``, ``models``, ``symmetry`` (translation, scale, rescale,
+permutation and attention GL groups, detected and verified) and ``quotient`` (canonical gauge,
+horizontal projection, push-forward).
 """
 
 from . import models, pde, quotient, symmetry
