@@ -252,3 +252,30 @@ def test_phi_is_constant_on_gl_orbits_of_attention_heads(source):
     before = F.log_softmax(logits_of(torch.func.functional_call(model, params, (tokens,))), -1)
     after = F.log_softmax(logits_of(torch.func.functional_call(model, phi.params, (tokens,))), -1)
     assert torch.allclose(before, after, atol=1e-9)
+
+
+def test_gl_invariant_metric_makes_the_projection_equivariant():
+    """Truth: equivariance, the defining property of a G-invariant metric: moving theta by a GL
+    element g and v by its differential g_*, P_H(g theta)(g_* v) = g_* P_H(theta) v. The Euclidean
+    metric is not GL-invariant and fails the same identity."""
+    torch.manual_seed(15)
+    model = sw.models.GPT(sw.models.GPTConfig(n_head=2, d_model=8, vocab_size=20, n_layer=1)).double()
+    syms = sw.find_symmetries(model, torch.randint(0, 20, (2, 6)))
+    gl_groups = syms.of_kind(Kind.GL)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    g = torch.Generator().manual_seed(16)
+    v = {k: torch.randn(p.shape, generator=g, dtype=torch.float64) for k, p in params.items()}
+    matrices = [torch.linalg.matrix_exp(0.7 * torch.randn(4, 4, generator=g, dtype=torch.float64)) for _ in gl_groups]
+
+    def transport(values):
+        for sym, matrix in zip(gl_groups, matrices):
+            values = act_gl(sym, values, matrix)
+        return values
+
+    errors = {}
+    for metric in ("gl-invariant", "euclidean"):
+        there = horizontal_projection(syms, transport(params), transport(v), metric=metric)
+        moved_back = transport(horizontal_projection(syms, params, v, metric=metric))
+        errors[metric] = max(float((there[k] - moved_back[k]).abs().max()) for k in params)
+    assert errors["gl-invariant"] < 1e-8, errors
+    assert errors["euclidean"] > 1e-3, errors

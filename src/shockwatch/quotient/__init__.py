@@ -4,7 +4,7 @@ Reads parameter groups only from a ``SymmetrySet`` (symmetry layer); knows nothi
 """
 
 from .chart import Canonical, canonical, gl_invariant, push_forward, relu_unit_coordinates
-from .projection import OrbitOperator, horizontal_projection
+from .projection import Metric, OrbitOperator, horizontal_projection
 
-__all__ = ["Canonical", "OrbitOperator", "canonical", "gl_invariant", "horizontal_projection", "push_forward",
+__all__ = ["Canonical", "Metric", "OrbitOperator", "canonical", "gl_invariant", "horizontal_projection", "push_forward",
            "relu_unit_coordinates"]

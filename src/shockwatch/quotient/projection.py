@@ -9,13 +9,23 @@ Euclidean metric,
 
 solved by conjugate gradients on the Gram operator J J^T with a Jacobi preconditioner (|xi_k|^2),
 matrix-free: J and J^T are one gather / scatter per (parameter, dim, sign) of the SymmetrySet's
-plan, and one d x d product per GL group. The G-invariant metrics for GL groups (Da Silva et al.
-2025) are not offered yet: the metric is Euclidean.
+plan, and one d x d product per GL group.
+
+Metrics (``Metric``): Euclidean, or GL-invariant on the attention heads' parameters,
+
+    <V, W>_theta = tr(V_in^T (A_in A_in^T)^-1 W_in) + tr(V_out^T (A_out A_out^T)^-1 W_out)
+
+per GL group (unit axis first) and Euclidean elsewhere: the metric of the quotient of pairs of
+full-rank factors by GL(d) used in Riemannian low-rank optimisation (Mishra et al. 2014), which
+makes the projection equivariant, P_H(g theta)(g_* v) = g_* P_H(theta) v. (The G-invariant metrics
+of Da Silva et al. 2025 named in DESIGN.md could not be consulted here; this is the standard one.)
+With a metric G the projection solves (J G J^T) c = J G v and returns v - J^T c.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+import enum
 from dataclasses import dataclass
 
 import torch
@@ -23,9 +33,32 @@ from torch import Tensor
 
 from ..symmetry import Kind, SymmetrySet, gl_generator_combination, gl_generator_inner, unit_matrix
 
-__all__ = ["OrbitOperator", "horizontal_projection"]
+__all__ = ["Metric", "OrbitOperator", "horizontal_projection"]
 
 _KINDS = (Kind.TRANSLATION, Kind.SCALE, Kind.RESCALE)
+
+
+class Metric(enum.StrEnum):
+    EUCLIDEAN = "euclidean"
+    GL_INVARIANT = "gl-invariant"  # (A A^T)^-1-weighted on every GL group's slots (module docstring)
+
+
+def _apply_metric(metric: Metric, symmetries: SymmetrySet, params: Mapping[str, Tensor],
+                  vectors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """G v: the identity for the Euclidean metric; (A A^T)^-1 V on each side of every GL group."""
+    if metric is Metric.EUCLIDEAN:
+        return vectors
+    out = {name: t.clone() for name, t in vectors.items()}
+    for sym in symmetries.of_kind(Kind.GL):
+        count = sym.unit_count
+        for slots in (sym.incoming, sym.outgoing):
+            a = unit_matrix(sym, slots, params).double()
+            weight = torch.linalg.inv(a @ a.T)
+            for slot in slots:
+                block = vectors[slot.param].narrow(slot.dim, slot.start, slot.stop - slot.start).movedim(slot.dim, 0)
+                moved = (weight @ block.reshape(count, -1)).reshape(block.shape).movedim(0, slot.dim)
+                out[slot.param].narrow(slot.dim, slot.start, slot.stop - slot.start).copy_(moved)
+    return out
 
 
 @dataclass(frozen=True, eq=False)
@@ -76,26 +109,31 @@ class OrbitOperator:
 
 
 def horizontal_projection(symmetries: SymmetrySet, params: Mapping[str, Tensor], vectors: Mapping[str, Tensor],
-                          *, rtol: float = 1e-12, max_iterations: int = 10_000) -> dict[str, Tensor]:
-    r"""P_H v: ``vectors`` with every orbit direction at ``params`` removed (Euclidean metric).
+                          *, metric: str = "euclidean", rtol: float = 1e-12,
+                          max_iterations: int = 10_000) -> dict[str, Tensor]:
+    r"""P_H v: ``vectors`` with every orbit direction at ``params`` removed, orthogonally in ``metric``.
 
-    Equation: P_H v = v - J^T c with (J J^T) c = J v (least squares if generators are dependent).
+    Equation: P_H v = v - J^T c with (J G J^T) c = J G v (least squares if generators are
+        dependent); G the identity ("euclidean") or the GL-invariant metric ("gl-invariant").
     Scheme: preconditioned conjugate gradients, float64, to |J P_H v| <= rtol |J v|.
     Returns float64 tensors for every key of ``vectors``.
     Raises: RuntimeError if CG does not reach rtol within ``max_iterations``.
     """
+    metric = Metric(metric)
     params = {name: p.detach() for name, p in params.items()}
     operator = OrbitOperator(symmetries, params)
     v = {name: t.detach().to(torch.float64) for name, t in vectors.items()}
     # parameters the caller left out take part as zeros (J needs every slot's tensor)
     full = {name: v[name] if name in v else torch.zeros_like(p, dtype=torch.float64) for name, p in params.items()}
-    rhs = operator.matvec(full)
+    rhs = operator.matvec(_apply_metric(metric, symmetries, params, full))
     if rhs.numel() == 0 or float(rhs.norm()) == 0.0:
         return v
     diagonal = operator.diagonal().clamp(min=torch.finfo(torch.float64).tiny)
 
     def gram(c: Tensor) -> Tensor:
-        return operator.matvec(operator.rmatvec(c))
+        combination = operator.rmatvec(c)
+        dense = {name: combination.get(name, torch.zeros_like(p, dtype=torch.float64)) for name, p in params.items()}
+        return operator.matvec(_apply_metric(metric, symmetries, params, dense))
 
     c = torch.zeros_like(rhs)
     residual = rhs.clone()
