@@ -306,3 +306,25 @@ def test_a_structural_candidate_that_fails_the_check_is_rejected():
     syms = sw.find_symmetries(nn.Sequential(GPT2MLP(), nn.Linear(4, 3)), torch.randn(5, 4))
     assert syms.rejected == ("permutation/0",)
     assert syms.counts()["permutation"] == 0 and syms.counts()["translation"] == 5
+
+
+def test_weight_decay_inside_the_loss_breaking_is_reported():
+    """Truth: with (lambda/2)|theta|^2 added to the loss, a scale or rescale element moves the loss by
+    exactly (lambda/2)(|g theta|^2 - |theta|^2) and <grad, xi> = lambda |theta_A|^2 (scale): the
+    report shows that size, not zero. Translations move it by (lambda/2)(|theta_A + c|^2 - |theta_A|^2)."""
+    torch.manual_seed(11)
+    model = exact_norms(sw.models.mlp((4, 6, 3), norm="batch").double())
+    x, y = data(4, 3)
+    syms = sw.find_symmetries(model, x)
+    exact = sw.verify_symmetries(model, F.cross_entropy, (x, y), syms)
+    broken = sw.verify_symmetries(model, F.cross_entropy, (x, y), syms, weight_decay=1e-3)
+    for kind in ("scale", "rescale", "translation"):
+        assert exact.max_loss_change(kind) < 1e-10
+        assert broken.max_loss_change(kind) > 1e-6, kind
+    assert broken.max_gradient_alignment("scale") > 1e-4
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    sym = syms.of_kind("scale")[0]
+    norm_sq = sum(float(s.view(params).square().sum()) for s in sym.incoming)
+    expected = max(abs(0.5e-3 * (math.exp(2 * a) - 1) * norm_sq) for a in (-4.6, -1.0, 1.0, 4.6)) / broken.loss
+    row = next(r for r in broken.rows if r.label == sym.label)
+    assert math.isclose(row.loss_change, expected, rel_tol=1e-9)

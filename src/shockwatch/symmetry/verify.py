@@ -70,13 +70,16 @@ class Verification:
 
 def verify_symmetries(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], batch: Sequence[Tensor],
                       symmetries: SymmetrySet | Sequence[Symmetry], *, train_mode: bool = True,
-                      seed: int = 0, hessian_samples: int = 16, element_samples: int | None = 256) -> Verification:
+                      seed: int = 0, hessian_samples: int = 16, element_samples: int | None = 256,
+                      weight_decay: float = 0.0) -> Verification:
     """Loss invariance and gradient orthogonality of each symmetry, measured on ``batch``.
 
     ``batch`` = (inputs, targets); ``loss_fn(model(inputs), targets)`` is the loss. The model runs
     in training mode by default (BatchNorm's scale symmetry holds for batch statistics only) and
     with the same random seed for every evaluation (dropout masks then agree); its parameters and
-    buffers are left as they were. The Hessian identity costs one Hessian-vector product per
+    buffers are left as they were. ``weight_decay`` adds (lambda/2)|theta|^2 to the loss (the
+    functional parameters are used, so the breaking it causes is measured, not hidden). The
+    Hessian identity costs one Hessian-vector product per
     symmetry, so it is checked on ``hessian_samples`` symmetries per kind, spread evenly over the
     model (all of them if there are fewer; 0 skips it). Finite group elements cost 4 loss
     evaluations per symmetry, so they run on ``element_samples`` symmetries per kind (None: all);
@@ -94,7 +97,10 @@ def verify_symmetries(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tens
         torch.manual_seed(seed)
         # a fresh copy of the buffers each time: BatchNorm's running statistics must not drift
         state = {**values, **{name: b.clone() for name, b in buffers.items()}}
-        return loss_fn(functional_call(model, state, (inputs,)), targets)
+        loss = loss_fn(functional_call(model, state, (inputs,)), targets)
+        if weight_decay:
+            loss = loss + 0.5 * weight_decay * sum(p.square().sum() for p in values.values())
+        return loss
 
     try:
         leaves = {name: p.clone().requires_grad_(True) for name, p in params.items()}
