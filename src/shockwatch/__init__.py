@@ -6,10 +6,11 @@ permutation and attention GL groups, detected and verified) and ``quotient`` (ca
 horizontal projection, push-forward).
 """
 
-from . import models, pde, quotient, symmetry
+from . import mechanics, models, pde, quotient, symmetry
+from .mechanics import ConservationTracker
 from .symmetry import Kind, Symmetry, SymmetrySet, find_symmetries, verify_symmetries
 
 __version__ = "0.1.0"
 
-__all__ = ["Kind", "Symmetry", "SymmetrySet", "__version__", "find_symmetries", "models", "pde", "quotient", "symmetry",
+__all__ = ["ConservationTracker", "Kind", "Symmetry", "SymmetrySet", "__version__", "find_symmetries", "mechanics", "models", "pde", "quotient", "symmetry",
            "verify_symmetries"]

@@ -1,0 +1,207 @@
+r"""Noether charges during training next to the laws that predict them (Kunin et al. 2021, §4).
+
+For each one-parameter symmetry group A, with Q its charge (translation <theta_A, 1>, scale
+|theta_A|^2, rescale |theta_A1|^2 - |theta_A2|^2), learning rate eta_k and weight decay lambda:
+
+continuous (the paper's eqs. 4-6, gradient flow of the modified loss, t = sum_k eta_k):
+    translation  Q(t) = e^{-lambda t} Q(0)
+    scale/rescale Q(t) = e^{-2 lambda t} Q(0) + eta int_0^t e^{-2 lambda (t - s)} G(s) ds,
+    G = |g_A|^2 (scale) or |g_A1|^2 - |g_A2|^2 (rescale), the integral carried as the recursion
+    I <- e^{-2 lambda eta_k} (I + eta_k^2 G_k) (left-point rule; never a raw e^{+2 lambda t}).
+discrete (exact for torch.optim.SGD without momentum, theta' = (1 - eta lambda) theta - eta g,
+using <g_A, xi_A> = 0):
+    translation  Q' = (1 - eta lambda) Q
+    scale/rescale Q' = (1 - eta lambda)^2 Q + eta^2 G
+Both are propagated open-loop from the initial charge with the gradients the run produced; the
+discrete law then agrees with the run to float64 round-off (for a float64 model), the continuous
+one to O(eta lambda) relative over a training run. Momentum (Appendix B) and other optimizers are
+not modelled yet: for them the tracker reports the charges and their drift only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..symmetry import Kind, SymmetrySet
+
+__all__ = ["ConservationReport", "ConservationTracker"]
+
+_KINDS = (Kind.TRANSLATION, Kind.SCALE, Kind.RESCALE)
+
+
+@dataclass(frozen=True)
+class ConservationReport:
+    """Charges per kind over the recorded steps: (steps, groups) float64 tensors, SymmetrySet order."""
+
+    steps: list[int]
+    empirical: dict[str, Tensor]
+    discrete: dict[str, Tensor | None]  # None where no law applies (an optimizer not modelled)
+    continuous: dict[str, Tensor | None]
+    size: dict[str, Tensor]  # each group's own size at each step (the relative error's denominator)
+    law: str  # "sgd" or "none (drift only: <optimizer>)"
+
+    def max_rel_error(self, kind: Kind | str, law: str = "discrete") -> float:
+        """max over groups and recorded steps of |predicted - empirical| / the group's size:
+        |theta_A|^2 (scale), |theta_A1|^2 + |theta_A2|^2 (rescale), sum |theta_A| (translation)."""
+        if law not in ("discrete", "continuous"):
+            raise ValueError(f"law must be 'discrete' or 'continuous', got {law!r}")
+        kind = Kind(kind).value
+        predicted = (self.discrete if law == "discrete" else self.continuous).get(kind)
+        if predicted is None:
+            raise ValueError(f"no {law} law for this run ({self.law})")
+        if predicted.numel() == 0:
+            return 0.0
+        error = (predicted - self.empirical[kind]).abs() / self.size[kind].clamp(min=torch.finfo(torch.float64).tiny)
+        return float(error.max())
+
+    def drift(self, kind: Kind | str) -> Tensor:
+        """|Q(t) - Q(0)| / size(0) per group at the last recorded step: how far the run moved each charge."""
+        kind = Kind(kind).value
+        values = self.empirical[kind]
+        return (values[-1] - values[0]).abs() / self.size[kind][0].clamp(min=torch.finfo(torch.float64).tiny)
+
+
+class ConservationTracker:
+    """Call ``update()`` after every ``optimizer.step()`` (before ``zero_grad``: it reads the
+    gradients the step used). Predictions are carried in float64, one value per group."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, symmetries: SymmetrySet,
+                 *, record_every: int = 1) -> None:
+        names = {id(p): name for name, p in model.named_parameters()}
+        for sym in symmetries:
+            for slot in sym.slots:
+                if slot.param not in dict(model.named_parameters()):
+                    raise ValueError(f"symmetry {sym.label} names parameter {slot.param!r}, which {type(model).__name__} "
+                                     "does not have: were the symmetries found on another model?")
+        if record_every < 1:
+            raise ValueError(f"record_every must be >= 1, got {record_every}")
+        self.model, self.optimizer, self.symmetries, self.record_every = model, optimizer, symmetries, record_every
+        hyper = {}  # param name -> its optimizer param group (read live: schedulers change lr)
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if id(p) in names:
+                    hyper[names[id(p)]] = group
+        self._groups = {kind: [self._group_of(sym, hyper) for sym in symmetries.of_kind(kind)] for kind in _KINDS}
+        self.law = self._law()
+        params = self._params()
+        self._initial = {kind.value: symmetries.charges(kind, params) for kind in _KINDS}
+        self._discrete = {k: v.clone() for k, v in self._initial.items()}
+        self._integral = {k: torch.zeros_like(v) for k, v in self._initial.items()}
+        self._decay_time = {k: torch.zeros_like(v) for k, v in self._initial.items()}  # sum of lambda eta per group
+        self._step = 0
+        self._history: list[tuple[int, dict, dict, dict, dict]] = []
+        self._record(params)
+
+    # ---------------------------------------------------------------------------------------
+    def _law(self) -> str:
+        if type(self.optimizer) is not torch.optim.SGD:
+            return f"none (drift only: {type(self.optimizer).__name__} is not modelled)"
+        if any(group.get("momentum", 0) for group in self.optimizer.param_groups):
+            return "none (drift only: SGD with momentum is not modelled yet)"
+        if any(group.get("maximize", False) for group in self.optimizer.param_groups):
+            return "none (drift only: maximize=True)"
+        return "sgd"
+
+    def _params(self) -> dict[str, Tensor]:
+        return {name: p.detach() for name, p in self.model.named_parameters()}
+
+    @staticmethod
+    def _group_of(sym, hyper: Mapping[str, dict]) -> dict:
+        groups = {id(hyper[s.param]): hyper[s.param] for s in sym.slots if s.param in hyper}
+        if len(groups) != 1:
+            raise ValueError(f"{sym.label}: its parameters must all be in one optimizer param group "
+                             f"(found {len(groups)}): no single law applies")
+        return next(iter(groups.values()))
+
+    def _hyperparameters(self, kind: Kind) -> tuple[Tensor, Tensor]:
+        """Per group of ``kind``: (learning rate, weight decay) as the optimizer holds them now."""
+        groups = self._groups[kind]
+        rates = torch.tensor([float(g["lr"]) for g in groups], dtype=torch.float64)
+        decays = torch.tensor([float(g.get("weight_decay", 0.0)) for g in groups], dtype=torch.float64)
+        return rates, decays
+
+    def update(self) -> None:
+        """Advance the predictions by the step just taken and record the charges (every record_every)."""
+        if self.law == "sgd" and all(p.grad is None for p in self.model.parameters()):
+            raise RuntimeError("update() found no gradients: call it after optimizer.step() and before zero_grad()")
+        params = self._params()
+        grads = {name: (p.grad.detach() if p.grad is not None else torch.zeros_like(p))
+                 for name, p in self.model.named_parameters()}
+        self._step += 1
+        if self.law == "sgd":
+            for kind in _KINDS:
+                if not self.symmetries.of_kind(kind):
+                    continue
+                rate, decay = self._hyperparameters(kind)
+                key = kind.value
+                if kind is Kind.TRANSLATION:
+                    self._discrete[key] = (1 - rate * decay) * self._discrete[key]
+                else:
+                    signed_gradient = self.symmetries.generator_inner(kind, grads, grads)  # |g_A|^2 (signed)
+                    self._discrete[key] = (1 - rate * decay) ** 2 * self._discrete[key] + rate**2 * signed_gradient
+                    self._integral[key] = torch.exp(-2 * decay * rate) * (self._integral[key] + rate**2 * signed_gradient)
+                self._decay_time[key] = self._decay_time[key] + decay * rate
+        if self._step % self.record_every == 0:
+            self._record(params)
+
+    def _record(self, params: Mapping[str, Tensor]) -> None:
+        empirical, discrete, continuous, size = {}, {}, {}, {}
+        for kind in _KINDS:
+            key = kind.value
+            empirical[key] = self.symmetries.charges(kind, params).cpu()
+            size[key] = self._size(kind, params).cpu()
+            if self.law == "sgd":
+                discrete[key] = self._discrete[key].cpu().clone()
+                exponent = 1.0 if kind is Kind.TRANSLATION else 2.0
+                continuous[key] = (torch.exp(-exponent * self._decay_time[key]) * self._initial[key]
+                                   + (0.0 if kind is Kind.TRANSLATION else self._integral[key])).cpu()
+        self._history.append((self._step, empirical, discrete, continuous, size))
+
+    def _size(self, kind: Kind, params: Mapping[str, Tensor]) -> Tensor:
+        if kind is Kind.TRANSLATION:
+            absolute = {name: p.abs() for name, p in params.items()}
+            return self.symmetries.charges(kind, absolute)
+        if kind is Kind.SCALE:
+            return self.symmetries.charges(kind, params)
+        # |in|^2 + |out|^2 = <theta, theta> over incoming + outgoing: charge + 2 |out|^2
+        return self.symmetries.charges(kind, params) + 2 * self._outgoing_norms(params)
+
+    def _outgoing_norms(self, params: Mapping[str, Tensor]) -> Tensor:
+        values = [sum(float(s.view(params).double().square().sum()) for s in sym.outgoing)
+                  for sym in self.symmetries.of_kind(Kind.RESCALE)]
+        return torch.tensor(values, dtype=torch.float64)
+
+    def report(self) -> ConservationReport:
+        steps = [h[0] for h in self._history]
+
+        def stack(index: int) -> dict:
+            if self.law != "sgd" and index in (2, 3):
+                return {kind.value: None for kind in _KINDS}
+            return {kind.value: torch.stack([h[index][kind.value] for h in self._history]) for kind in _KINDS}
+
+        return ConservationReport(steps, stack(1), stack(2), stack(3), stack(4), self.law)
+
+    def state_dict(self) -> dict:
+        """Everything a resumed run needs to continue its predictions (and its recorded history)."""
+        return {"step": self._step, "initial": self._initial, "discrete": self._discrete, "integral": self._integral,
+                "decay_time": self._decay_time, "history": self._history, "law": self.law}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        if state["law"] != self.law:
+            raise ValueError(f"state was recorded under law {state['law']!r}, this tracker has {self.law!r}")
+        for key in ("initial", "discrete", "integral", "decay_time"):
+            shapes = {k: tuple(v.shape) for k, v in state[key].items()}
+            mine = {k: tuple(v.shape) for k, v in getattr(self, f"_{key}").items()}
+            if shapes != mine:
+                raise ValueError(f"state has groups {shapes}, this tracker {mine}: a different model or symmetry set")
+        self._step = int(state["step"])
+        self._initial = {k: v.clone() for k, v in state["initial"].items()}
+        self._discrete = {k: v.clone() for k, v in state["discrete"].items()}
+        self._integral = {k: v.clone() for k, v in state["integral"].items()}
+        self._decay_time = {k: v.clone() for k, v in state["decay_time"].items()}
+        self._history = list(state["history"])
+

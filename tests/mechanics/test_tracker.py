@@ -1,0 +1,122 @@
+"""ConservationTracker: Kunin et al.'s laws against real SGD runs (float64), resumption, bad input."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import shockwatch as sw
+
+
+def exact_norms(model):
+    for module in model.modules():
+        if isinstance(getattr(module, "eps", None), float):
+            module.eps = 1e-30
+    return model
+
+
+def run(norm="batch", lr=0.05, weight_decay=5e-4, steps=200, seed=0, schedule=None, optimizer="sgd",
+        tracker_state=None, stop_at=None):
+    torch.manual_seed(seed)
+    model = exact_norms(sw.models.mlp((4, 12, 12, 3), norm=norm).double())
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 4, generator=g, dtype=torch.float64)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+    syms = sw.find_symmetries(model, x)
+    opt = (torch.optim.SGD(model.parameters(), lr=lr, weight_decay=weight_decay) if optimizer == "sgd"
+           else torch.optim.Adam(model.parameters(), lr=1e-3))
+    tracker = sw.ConservationTracker(model, opt, syms)
+    for step in range(steps):
+        if schedule is not None:
+            for group in opt.param_groups:
+                group["lr"] = schedule(step)
+        idx = torch.randint(0, 64, (16,), generator=g)
+        opt.zero_grad()
+        F.cross_entropy(model(x[idx]), y[idx]).backward()
+        opt.step()
+        tracker.update()
+        if stop_at is not None and step + 1 == stop_at:
+            return model, opt, tracker, syms
+    return model, opt, tracker, syms
+
+
+@pytest.mark.parametrize("norm", ["batch", "none"])
+def test_discrete_law_is_exact_and_continuous_law_is_close(norm):
+    """Truth: the run itself. The exact discrete law (1 - eta lambda)^2 Q + eta^2 |g_A|^2 follows the
+    empirical charges to float64 round-off; eqs. 4-6 to O(eta lambda) (here eta lambda = 2.5e-5)."""
+    *_, tracker, syms = run(norm=norm)
+    report = tracker.report()
+    kinds = [k for k in ("translation", "scale", "rescale") if syms.of_kind(k)]
+    assert ("scale" in kinds) == (norm == "batch")
+    for kind in kinds:
+        assert report.max_rel_error(kind, "discrete") < 1e-9, kind
+        assert report.max_rel_error(kind, "continuous") < 1e-3, kind
+
+
+def test_translation_charges_decay_exactly_geometrically():
+    """Truth: <theta_A, 1>_k = (1 - eta lambda)^k <theta_A, 1>_0, read off the run (not the tracker's
+    prediction): the gradient has no component along 1_A."""
+    lr, wd = 0.05, 1e-2
+    *_, tracker, _ = run(lr=lr, weight_decay=wd, steps=150)
+    empirical = tracker.report().empirical["translation"]
+    expected = empirical[0] * (1 - lr * wd) ** torch.arange(len(empirical), dtype=torch.float64).unsqueeze(1)
+    assert float(((empirical - expected).abs() / empirical[0].abs().clamp(min=1e-12)).max()) < 1e-10
+
+
+def test_learning_rate_schedule():
+    """Truth: the run; eta_k changes every step (cosine) and the discrete law still holds exactly."""
+    import math
+    *_, tracker, _ = run(schedule=lambda k: 0.01 + 0.04 * (1 + math.cos(math.pi * k / 200)) / 2)
+    report = tracker.report()
+    for kind in ("translation", "scale", "rescale"):
+        assert report.max_rel_error(kind) < 1e-9
+        assert report.max_rel_error(kind, "continuous") < 1e-3
+
+
+def test_resume_from_state_dict_continues_the_predictions():
+    """Truth: an uninterrupted run. Stop at step 80, rebuild the tracker, load its state, continue."""
+    model, opt, tracker, syms = run(steps=160, stop_at=80)
+    state = tracker.state_dict()
+    fresh = sw.ConservationTracker(model, opt, syms)
+    fresh.load_state_dict(state)
+    *_, whole, _ = run(steps=160)
+    # continue the interrupted run with the same data stream as the uninterrupted one
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 4, generator=g, dtype=torch.float64)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+    for _ in range(80):
+        torch.randint(0, 64, (16,), generator=g)
+    for _ in range(80):
+        idx = torch.randint(0, 64, (16,), generator=g)
+        opt.zero_grad()
+        F.cross_entropy(model(x[idx]), y[idx]).backward()
+        opt.step()
+        fresh.update()
+    resumed, uninterrupted = fresh.report(), whole.report()
+    assert resumed.steps == uninterrupted.steps
+    for kind in ("translation", "scale", "rescale"):
+        assert torch.allclose(resumed.discrete[kind], uninterrupted.discrete[kind], rtol=1e-12, atol=1e-14)
+        assert torch.allclose(resumed.continuous[kind], uninterrupted.continuous[kind], rtol=1e-12, atol=1e-14)
+
+
+def test_optimizers_without_a_law_report_drift_only():
+    """Adam has no conservation law here: the tracker says so, refuses a law, reports drift."""
+    *_, tracker, _ = run(optimizer="adam", steps=50)
+    report = tracker.report()
+    assert report.law.startswith("none") and "Adam" in report.law
+    with pytest.raises(ValueError, match="no discrete law"):
+        report.max_rel_error("scale")
+    assert float(report.drift("scale").max()) > 1e-4  # Adam moves the scale charges
+
+
+def test_bad_input():
+    model = sw.models.mlp((3, 5, 2)).double()
+    other = sw.models.vgg("tiny", width_divisor=4, image_size=8, hidden=8)
+    syms_other = sw.find_symmetries(other, torch.randn(2, 3, 8, 8))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="another model"):
+        sw.ConservationTracker(model, opt, syms_other)
+    tracker = sw.ConservationTracker(model, opt, sw.find_symmetries(model, torch.randn(4, 3, dtype=torch.float64)))
+    with pytest.raises(RuntimeError, match="after optimizer.step"):
+        tracker.update()
+    with pytest.raises(ValueError, match="law must be"):
+        tracker.report().max_rel_error("scale", law="exact")
