@@ -120,3 +120,32 @@ def test_bad_input():
         tracker.update()
     with pytest.raises(ValueError, match="law must be"):
         tracker.report().max_rel_error("scale", law="exact")
+
+
+@pytest.mark.parametrize("momentum,dampening,nesterov", [(0.9, 0.0, False), (0.9, 0.3, False), (0.9, 0.0, True),
+                                                         (0.5, 0.0, False)])
+def test_exact_discrete_law_with_momentum(momentum, dampening, nesterov):
+    """Truth: the run. torch.optim.SGD with momentum, dampening, Nesterov and weight decay: the scalar
+    recursions for (Q, <theta_A, b_A>, |b_A|^2), fed only |g_A|^2 and <b_A, g_A>, follow the empirical
+    charges to float64 round-off; translation charges follow a gradient-free damped recursion."""
+    torch.manual_seed(0)
+    model = exact_norms(sw.models.mlp((4, 12, 12, 3), norm="batch").double())
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 4, generator=g, dtype=torch.float64)
+    y = (x[:, 0] > 0).long()
+    syms = sw.find_symmetries(model, x)
+    opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=momentum, dampening=dampening, nesterov=nesterov,
+                          weight_decay=1e-3)
+    tracker = sw.ConservationTracker(model, opt, syms)
+    for _ in range(150):
+        idx = torch.randint(0, 64, (16,), generator=g)
+        opt.zero_grad()
+        F.cross_entropy(model(x[idx]), y[idx]).backward()
+        opt.step()
+        tracker.update()
+    report = tracker.report()
+    assert report.law == "sgd-momentum"
+    for kind in ("translation", "scale", "rescale"):
+        assert report.max_rel_error(kind) < 1e-9, kind
+    with pytest.raises(ValueError, match="no continuous law"):
+        report.max_rel_error("scale", "continuous")

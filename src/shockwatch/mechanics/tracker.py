@@ -14,8 +14,9 @@ using <g_A, xi_A> = 0):
     scale/rescale Q' = (1 - eta lambda)^2 Q + eta^2 G
 Both are propagated open-loop from the initial charge with the gradients the run produced; the
 discrete law then agrees with the run to float64 round-off (for a float64 model), the continuous
-one to O(eta lambda) relative over a training run. Momentum (Appendix B) and other optimizers are
-not modelled yet: for them the tracker reports the charges and their drift only.
+one to O(eta lambda) relative over a training run. With momentum the exact discrete law is carried
+by scalar recursions (``_momentum_step``); the continuous damped-oscillator law of Appendix B is not
+implemented yet. Other optimizers (Adam, ...): the charges and their drift only.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class ConservationReport:
     discrete: dict[str, Tensor | None]  # None where no law applies (an optimizer not modelled)
     continuous: dict[str, Tensor | None]
     size: dict[str, Tensor]  # each group's own size at each step (the relative error's denominator)
-    law: str  # "sgd" or "none (drift only: <optimizer>)"
+    law: str  # "sgd", "sgd-momentum" (no continuous law yet) or "none (drift only: <optimizer>)"
 
     def max_rel_error(self, kind: Kind | str, law: str = "discrete") -> float:
         """max over groups and recorded steps of |predicted - empirical| / the group's size:
@@ -92,6 +93,10 @@ class ConservationTracker:
         self._discrete = {k: v.clone() for k, v in self._initial.items()}
         self._integral = {k: torch.zeros_like(v) for k, v in self._initial.items()}
         self._decay_time = {k: torch.zeros_like(v) for k, v in self._initial.items()}  # sum of lambda eta per group
+        # momentum: signed <theta_A, b_A> and |b_A|^2 (translation: <b_A, 1>), b the momentum buffer
+        self._theta_buffer = {k: torch.zeros_like(v) for k, v in self._initial.items()}
+        self._buffer_sq = {k: torch.zeros_like(v) for k, v in self._initial.items()}
+        self._buffers_started = False
         self._step = 0
         self._history: list[tuple[int, dict, dict, dict, dict]] = []
         self._record(params)
@@ -100,10 +105,10 @@ class ConservationTracker:
     def _law(self) -> str:
         if type(self.optimizer) is not torch.optim.SGD:
             return f"none (drift only: {type(self.optimizer).__name__} is not modelled)"
-        if any(group.get("momentum", 0) for group in self.optimizer.param_groups):
-            return "none (drift only: SGD with momentum is not modelled yet)"
         if any(group.get("maximize", False) for group in self.optimizer.param_groups):
             return "none (drift only: maximize=True)"
+        if any(group.get("momentum", 0) for group in self.optimizer.param_groups):
+            return "sgd-momentum"
         return "sgd"
 
     def _params(self) -> dict[str, Tensor]:
@@ -117,26 +122,26 @@ class ConservationTracker:
                              f"(found {len(groups)}): no single law applies")
         return next(iter(groups.values()))
 
-    def _hyperparameters(self, kind: Kind) -> tuple[Tensor, Tensor]:
-        """Per group of ``kind``: (learning rate, weight decay) as the optimizer holds them now."""
+    def _hyperparameters(self, kind: Kind, *names: str) -> tuple[Tensor, ...]:
+        """Per group of ``kind``: each named optimizer setting as the optimizer holds it now."""
         groups = self._groups[kind]
-        rates = torch.tensor([float(g["lr"]) for g in groups], dtype=torch.float64)
-        decays = torch.tensor([float(g.get("weight_decay", 0.0)) for g in groups], dtype=torch.float64)
-        return rates, decays
+        return tuple(torch.tensor([float(g.get(name) or 0.0) for g in groups], dtype=torch.float64) for name in names)
 
     def update(self) -> None:
         """Advance the predictions by the step just taken and record the charges (every record_every)."""
-        if self.law == "sgd" and all(p.grad is None for p in self.model.parameters()):
+        if self.law.startswith("sgd") and all(p.grad is None for p in self.model.parameters()):
             raise RuntimeError("update() found no gradients: call it after optimizer.step() and before zero_grad()")
         params = self._params()
         grads = {name: (p.grad.detach() if p.grad is not None else torch.zeros_like(p))
                  for name, p in self.model.named_parameters()}
         self._step += 1
+        if self.law == "sgd-momentum":
+            self._momentum_step(params, grads)
         if self.law == "sgd":
             for kind in _KINDS:
                 if not self.symmetries.of_kind(kind):
                     continue
-                rate, decay = self._hyperparameters(kind)
+                rate, decay = self._hyperparameters(kind, "lr", "weight_decay")
                 key = kind.value
                 if kind is Kind.TRANSLATION:
                     self._discrete[key] = (1 - rate * decay) * self._discrete[key]
@@ -148,12 +153,60 @@ class ConservationTracker:
         if self._step % self.record_every == 0:
             self._record(params)
 
+    def _momentum_step(self, params: Mapping[str, Tensor], grads: Mapping[str, Tensor]) -> None:
+        r"""The exact discrete law of torch.optim.SGD with momentum mu, dampening tau, Nesterov.
+
+        d = g + lambda theta, b' = mu b + (1 - tau) d (b' = d at the first step), u = b' or
+        d + mu b' (Nesterov), theta' = theta - eta u. With <theta_A, g_A> = 0 (signed for rescale)
+        the charge Q, P = <theta_A, b_A> and B = |b_A|^2 close under recursions whose only inputs
+        from the run are G = |g_A|^2 and <b'_A, g_A> (translation: none, <g_A, 1> = 0).
+        """
+        first = not self._buffers_started
+        self._buffers_started = True
+        names = {id(p): name for name, p in self.model.named_parameters()}
+        buffers = {names[id(p)]: self.optimizer.state[p].get("momentum_buffer") for p in self.model.parameters()
+                   if id(p) in names and p in self.optimizer.state}
+        buffers = {name: (b if b is not None else torch.zeros_like(params[name])) for name, b in buffers.items()}
+        buffers.update({name: torch.zeros_like(p) for name, p in params.items() if name not in buffers})
+        for kind in _KINDS:
+            if not self.symmetries.of_kind(kind):
+                continue
+            key = kind.value
+            eta, lam, mu, tau, nesterov = self._hyperparameters(kind, "lr", "weight_decay", "momentum", "dampening",
+                                                                "nesterov")
+            q, p, b = self._discrete[key], self._theta_buffer[key], self._buffer_sq[key]
+            if kind is Kind.TRANSLATION:  # linear: <theta, 1> = q, <b, 1> = p, <d, 1> = lambda q
+                d_sum = lam * q
+                b_sum = d_sum if first else mu * p + (1 - tau) * d_sum
+                u_sum = torch.where(nesterov > 0, d_sum + mu * b_sum, b_sum)
+                self._discrete[key], self._theta_buffer[key] = q - eta * u_sum, b_sum
+                continue
+            g_sq = self.symmetries.generator_inner(kind, grads, grads)
+            d_sq = g_sq + lam**2 * q  # |d|^2, the cross term 2 lambda <theta, g> vanishing by symmetry
+            if first:
+                theta_b, b_sq, d_b = lam * q, d_sq, d_sq
+            else:
+                b_new_g = self.symmetries.generator_inner(kind, buffers, grads)  # <b', g>
+                old_b_g = (b_new_g - (1 - tau) * g_sq) / mu  # <b, g>, since <d, g> = |g|^2
+                d_old_b = old_b_g + lam * p
+                theta_b = mu * p + (1 - tau) * lam * q
+                b_sq = mu**2 * b + 2 * mu * (1 - tau) * d_old_b + (1 - tau) ** 2 * d_sq
+                d_b = mu * d_old_b + (1 - tau) * d_sq
+            theta_u = torch.where(nesterov > 0, lam * q + mu * theta_b, theta_b)
+            u_sq = torch.where(nesterov > 0, d_sq + 2 * mu * d_b + mu**2 * b_sq, b_sq)
+            u_b = torch.where(nesterov > 0, d_b + mu * b_sq, b_sq)
+            self._discrete[key] = q - 2 * eta * theta_u + eta**2 * u_sq
+            self._theta_buffer[key] = theta_b - eta * u_b
+            self._buffer_sq[key] = b_sq
+
     def _record(self, params: Mapping[str, Tensor]) -> None:
         empirical, discrete, continuous, size = {}, {}, {}, {}
         for kind in _KINDS:
             key = kind.value
             empirical[key] = self.symmetries.charges(kind, params).cpu()
             size[key] = self._size(kind, params).cpu()
+            if self.law == "sgd-momentum":
+                discrete[key] = self._discrete[key].cpu().clone()
             if self.law == "sgd":
                 discrete[key] = self._discrete[key].cpu().clone()
                 exponent = 1.0 if kind is Kind.TRANSLATION else 2.0
@@ -179,7 +232,7 @@ class ConservationTracker:
         steps = [h[0] for h in self._history]
 
         def stack(index: int) -> dict:
-            if self.law != "sgd" and index in (2, 3):
+            if (self.law != "sgd" and index == 3) or (not self.law.startswith("sgd") and index == 2):
                 return {kind.value: None for kind in _KINDS}
             return {kind.value: torch.stack([h[index][kind.value] for h in self._history]) for kind in _KINDS}
 
@@ -188,12 +241,13 @@ class ConservationTracker:
     def state_dict(self) -> dict:
         """Everything a resumed run needs to continue its predictions (and its recorded history)."""
         return {"step": self._step, "initial": self._initial, "discrete": self._discrete, "integral": self._integral,
-                "decay_time": self._decay_time, "history": self._history, "law": self.law}
+                "decay_time": self._decay_time, "theta_buffer": self._theta_buffer, "buffer_sq": self._buffer_sq,
+                "buffers_started": self._buffers_started, "history": self._history, "law": self.law}
 
     def load_state_dict(self, state: Mapping) -> None:
         if state["law"] != self.law:
             raise ValueError(f"state was recorded under law {state['law']!r}, this tracker has {self.law!r}")
-        for key in ("initial", "discrete", "integral", "decay_time"):
+        for key in ("initial", "discrete", "integral", "decay_time", "theta_buffer", "buffer_sq"):
             shapes = {k: tuple(v.shape) for k, v in state[key].items()}
             mine = {k: tuple(v.shape) for k, v in getattr(self, f"_{key}").items()}
             if shapes != mine:
@@ -203,5 +257,8 @@ class ConservationTracker:
         self._discrete = {k: v.clone() for k, v in state["discrete"].items()}
         self._integral = {k: v.clone() for k, v in state["integral"].items()}
         self._decay_time = {k: v.clone() for k, v in state["decay_time"].items()}
+        self._theta_buffer = {k: v.clone() for k, v in state["theta_buffer"].items()}
+        self._buffer_sq = {k: v.clone() for k, v in state["buffer_sq"].items()}
+        self._buffers_started = bool(state["buffers_started"])
         self._history = list(state["history"])
 
