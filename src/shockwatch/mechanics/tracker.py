@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..symmetry import Kind, SymmetrySet
+from ..symmetry import Kind, Symmetry, SymmetrySet
 
 __all__ = ["ConservationReport", "ConservationTracker"]
 
@@ -86,7 +86,14 @@ class ConservationTracker:
             for p in group["params"]:
                 if id(p) in names:
                     hyper[names[id(p)]] = group
-        self._groups = {kind: [self._group_of(sym, hyper) for sym in symmetries.of_kind(kind)] for kind in _KINDS}
+        position = {id(group): i for i, group in enumerate(optimizer.param_groups)}
+        self._group_index = {kind: torch.tensor([position[id(self._group_of(sym, hyper))] for sym in symmetries.of_kind(kind)],
+                                                dtype=torch.long) for kind in _KINDS}
+        # |theta_A2|^2 of every rescale group in one vectorised pass (the relative error's denominator)
+        self._outgoing = SymmetrySet(tuple(Symmetry(Kind.SCALE, sym.label, sym.outgoing)
+                                           for sym in symmetries.of_kind(Kind.RESCALE)), symmetries.device)
+        self._translation_params = sorted({slot.param for sym in symmetries.of_kind(Kind.TRANSLATION)
+                                           for slot in sym.slots})
         self.law = self._law()
         params = self._params()
         self._initial = {kind.value: symmetries.charges(kind, params) for kind in _KINDS}
@@ -124,8 +131,9 @@ class ConservationTracker:
 
     def _hyperparameters(self, kind: Kind, *names: str) -> tuple[Tensor, ...]:
         """Per group of ``kind``: each named optimizer setting as the optimizer holds it now."""
-        groups = self._groups[kind]
-        return tuple(torch.tensor([float(g.get(name) or 0.0) for g in groups], dtype=torch.float64) for name in names)
+        groups = self.optimizer.param_groups
+        return tuple(torch.tensor([float(g.get(name) or 0.0) for g in groups], dtype=torch.float64)[self._group_index[kind]]
+                     for name in names)
 
     def update(self) -> None:
         """Advance the predictions by the step just taken and record the charges (every record_every)."""
@@ -146,7 +154,7 @@ class ConservationTracker:
                 if kind is Kind.TRANSLATION:
                     self._discrete[key] = (1 - rate * decay) * self._discrete[key]
                 else:
-                    signed_gradient = self.symmetries.generator_inner(kind, grads, grads)  # |g_A|^2 (signed)
+                    signed_gradient = self.symmetries.charges(kind, grads)  # |g_A|^2 (signed)
                     self._discrete[key] = (1 - rate * decay) ** 2 * self._discrete[key] + rate**2 * signed_gradient
                     self._integral[key] = torch.exp(-2 * decay * rate) * (self._integral[key] + rate**2 * signed_gradient)
                 self._decay_time[key] = self._decay_time[key] + decay * rate
@@ -181,7 +189,7 @@ class ConservationTracker:
                 u_sum = torch.where(nesterov > 0, d_sum + mu * b_sum, b_sum)
                 self._discrete[key], self._theta_buffer[key] = q - eta * u_sum, b_sum
                 continue
-            g_sq = self.symmetries.generator_inner(kind, grads, grads)
+            g_sq = self.symmetries.charges(kind, grads)  # signed |g_A|^2
             d_sq = g_sq + lam**2 * q  # |d|^2, the cross term 2 lambda <theta, g> vanishing by symmetry
             if first:
                 theta_b, b_sq, d_b = lam * q, d_sq, d_sq
@@ -203,8 +211,9 @@ class ConservationTracker:
         empirical, discrete, continuous, size = {}, {}, {}, {}
         for kind in _KINDS:
             key = kind.value
-            empirical[key] = self.symmetries.charges(kind, params).cpu()
-            size[key] = self._size(kind, params).cpu()
+            charge = self.symmetries.charges(kind, params)
+            empirical[key] = charge.cpu()
+            size[key] = self._size(kind, params, charge).cpu()
             if self.law == "sgd-momentum":
                 discrete[key] = self._discrete[key].cpu().clone()
             if self.law == "sgd":
@@ -214,19 +223,13 @@ class ConservationTracker:
                                    + (0.0 if kind is Kind.TRANSLATION else self._integral[key])).cpu()
         self._history.append((self._step, empirical, discrete, continuous, size))
 
-    def _size(self, kind: Kind, params: Mapping[str, Tensor]) -> Tensor:
+    def _size(self, kind: Kind, params: Mapping[str, Tensor], charge: Tensor) -> Tensor:
         if kind is Kind.TRANSLATION:
-            absolute = {name: p.abs() for name, p in params.items()}
+            absolute = {name: params[name].abs() for name in self._translation_params}
             return self.symmetries.charges(kind, absolute)
         if kind is Kind.SCALE:
-            return self.symmetries.charges(kind, params)
-        # |in|^2 + |out|^2 = <theta, theta> over incoming + outgoing: charge + 2 |out|^2
-        return self.symmetries.charges(kind, params) + 2 * self._outgoing_norms(params)
-
-    def _outgoing_norms(self, params: Mapping[str, Tensor]) -> Tensor:
-        values = [sum(float(s.view(params).double().square().sum()) for s in sym.outgoing)
-                  for sym in self.symmetries.of_kind(Kind.RESCALE)]
-        return torch.tensor(values, dtype=torch.float64)
+            return charge
+        return charge + 2 * self._outgoing.charges(Kind.SCALE, params)  # |in|^2 + |out|^2
 
     def report(self) -> ConservationReport:
         steps = [h[0] for h in self._history]

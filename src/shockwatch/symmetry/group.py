@@ -151,13 +151,16 @@ class SymmetrySet:
     partial: tuple[str, ...] = ()  # modules torch.fx could not trace whole, analysed child by child
     rejected: tuple[str, ...] = ()  # candidates detection proposed but the numerical check refuted
     _plans: dict = field(init=False, repr=False)
+    _by_kind: dict = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         labels = [s.label for s in self.symmetries]
         if len(labels) != len(set(labels)):
             duplicates = sorted({label for label in labels if labels.count(label) > 1})
             raise ValueError(f"SymmetrySet: duplicate labels {duplicates[:5]}")
-        plans = {kind: _plan(self.of_kind(kind), torch.device(self.device), dict(self.sizes))
+        by_kind = {kind: tuple(s for s in self.symmetries if s.kind is kind) for kind in Kind}
+        object.__setattr__(self, "_by_kind", by_kind)  # of_kind is called every training step
+        plans = {kind: _plan(by_kind[kind], torch.device(self.device), dict(self.sizes))
                  for kind in Kind if kind.one_parameter}
         object.__setattr__(self, "_plans", plans)
 
@@ -168,8 +171,7 @@ class SymmetrySet:
         return len(self.symmetries)
 
     def of_kind(self, kind: Kind | str) -> tuple[Symmetry, ...]:
-        kind = Kind(kind)
-        return tuple(s for s in self.symmetries if s.kind is kind)
+        return self._by_kind[Kind(kind)]
 
     def counts(self) -> dict[str, int]:
         return {kind.value: len(self.of_kind(kind)) for kind in Kind}
