@@ -15,10 +15,14 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 console = Console(stderr=True, soft_wrap=True)
 
 
-def _run_experiment(name: str, out: Path, as_json: bool) -> None:
+def _run_experiment(name: str, out: Path, as_json: bool, full: bool = False) -> None:
     module = EXPERIMENTS[name]
+    if full and not hasattr(module.Config, "full"):
+        console.print(f"[red]error:[/red] {name} has no --full size; run it without --full")
+        raise typer.Exit(code=2)
+    config = module.Config.full() if full else module.Config()
     with console.status(f"running {name} ..."):
-        result = module.run(module.Config())
+        result = module.run(config)
     paths = result.save(out)
     if as_json:
         typer.echo(json.dumps(result.to_json()))
@@ -46,15 +50,17 @@ def reproduce(
     name: str = typer.Argument(..., help=f"One of: {', '.join(EXPERIMENTS)}."),
     out: Path = typer.Option(Path("runs"), "--out", help="Directory for the JSON and PNG."),
     as_json: bool = typer.Option(False, "--json", help="Also print the result as JSON on stdout."),
+    full: bool = typer.Option(False, "--full", help="The paper-sized run (for a GPU) where the experiment has one."),
 ) -> None:
     """Reproduce one of the papers' experiments and save its data (JSON) and figure (PNG).
 
     Example: shockwatch reproduce burgers-shock --out runs/fig3
+    Example: shockwatch reproduce neural-mechanics --out runs/kunin-fig1
     """
     if name not in EXPERIMENTS:
         console.print(f"[red]error:[/red] unknown experiment {name!r}; choose one of: {', '.join(EXPERIMENTS)}")
         raise typer.Exit(code=2)
-    _run_experiment(name, out, as_json)
+    _run_experiment(name, out, as_json, full)
 
 
 @app.command()

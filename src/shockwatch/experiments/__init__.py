@@ -2,8 +2,8 @@
 
 from types import ModuleType
 
-from . import burgers_shock
+from . import burgers_shock, neural_mechanics
 
-EXPERIMENTS: dict[str, ModuleType] = {burgers_shock.NAME: burgers_shock}
+EXPERIMENTS: dict[str, ModuleType] = {burgers_shock.NAME: burgers_shock, neural_mechanics.NAME: neural_mechanics}
 
-__all__ = ["EXPERIMENTS", "burgers_shock"]
+__all__ = ["EXPERIMENTS", "burgers_shock", "neural_mechanics"]
