@@ -27,6 +27,7 @@ def test_continuous_law_is_close_and_exact_without_weight_decay(result):
     for setting, kinds in result.errors.items():
         for kind, laws in kinds.items():
             assert laws.get("continuous", 0.0) < 1e-2, (setting, kind)
+            assert laws.get("continuous_median_final", 0.0) <= laws.get("continuous", 0.0)
 
 
 def test_panels_and_files(result, tmp_path):

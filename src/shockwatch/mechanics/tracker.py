@@ -46,19 +46,22 @@ class ConservationReport:
     size: dict[str, Tensor]  # each group's own size at each step (the relative error's denominator)
     law: str  # "sgd", "sgd-momentum" (continuous: App. B oscillator, not for Nesterov) or "none (...)"
 
-    def max_rel_error(self, kind: Kind | str, law: str = "discrete") -> float:
-        """max over groups and recorded steps of |predicted - empirical| / the group's size:
-        |theta_A|^2 (scale), |theta_A1|^2 + |theta_A2|^2 (rescale), sum |theta_A| (translation)."""
+    def rel_errors(self, kind: Kind | str, law: str = "discrete") -> Tensor:
+        """|predicted - empirical| / the group's size, per recorded step and group (steps, groups):
+        size = |theta_A|^2 (scale), |theta_A1|^2 + |theta_A2|^2 (rescale), sum |theta_A| (translation)."""
         if law not in ("discrete", "continuous"):
             raise ValueError(f"law must be 'discrete' or 'continuous', got {law!r}")
         kind = Kind(kind).value
         predicted = (self.discrete if law == "discrete" else self.continuous).get(kind)
         if predicted is None:
             raise ValueError(f"no {law} law for this run ({self.law})")
-        if predicted.numel() == 0:
-            return 0.0
-        error = (predicted - self.empirical[kind]).abs() / self.size[kind].clamp(min=torch.finfo(torch.float64).tiny)
-        return float(error.max())
+        return (predicted - self.empirical[kind]).abs() / self.size[kind].clamp(min=torch.finfo(torch.float64).tiny)
+
+    def max_rel_error(self, kind: Kind | str, law: str = "discrete") -> float:
+        """max over groups and recorded steps of ``rel_errors``. A group whose size collapses (a unit
+        killed by weight decay) makes this ill-conditioned: see ``rel_errors`` for the distribution."""
+        errors = self.rel_errors(kind, law)
+        return float(errors.max()) if errors.numel() else 0.0
 
     def drift(self, kind: Kind | str) -> Tensor:
         """|Q(t) - Q(0)| / size(0) per group at the last recorded step: how far the run moved each charge."""
