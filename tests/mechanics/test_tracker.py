@@ -205,3 +205,26 @@ def test_momentum_continuous_law_is_first_order_in_eta():
     gaps = [momentum_run(lr, 1e-2, steps=int(round(2.0 / lr))).max_rel_error("translation", "continuous")
             for lr in (0.02, 0.01)]
     assert gaps[0] < 2e-3 and 1.6 < gaps[0] / gaps[1] < 2.4, gaps
+
+
+def test_vgg_with_batchnorm_small_eta_lambda():
+    """Truth: the run of a VGG-style CNN (float64, BatchNorm eps -> 0), SGD with eta lambda = 5e-5:
+    discrete law to round-off, continuous law (eqs. 4-6) within 1e-3 for every group."""
+    torch.manual_seed(3)
+    model = exact_norms(sw.models.vgg("tiny", width_divisor=4, batch_norm=True, image_size=8, hidden=16).double())
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(128, 3, 8, 8, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 10, (128,), generator=g)
+    syms = sw.find_symmetries(model, x[:16])
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, weight_decay=1e-3)
+    tracker = sw.ConservationTracker(model, opt, syms)
+    for _ in range(100):
+        idx = torch.randint(0, 128, (32,), generator=g)
+        opt.zero_grad()
+        F.cross_entropy(model(x[idx]), y[idx]).backward()
+        opt.step()
+        tracker.update()
+    report = tracker.report()
+    for kind in ("translation", "scale", "rescale"):
+        assert report.max_rel_error(kind) < 1e-9, kind
+        assert report.max_rel_error(kind, "continuous") < 1e-3, kind
