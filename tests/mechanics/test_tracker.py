@@ -14,6 +14,17 @@ def exact_norms(model):
     return model
 
 
+def train(model, opt, tracker, x, y, generator, steps, batch=16):
+    """Minibatch SGD steps with the tracker updated after each (the loop every test shares)."""
+    for _ in range(steps):
+        idx = torch.randint(0, x.shape[0], (batch,), generator=generator)
+        opt.zero_grad()
+        F.cross_entropy(model(x[idx]), y[idx]).backward()
+        opt.step()
+        tracker.update()
+    return tracker.report()
+
+
 def run(norm="batch", lr=0.05, weight_decay=5e-4, steps=200, seed=0, schedule=None, optimizer="sgd",
         tracker_state=None, stop_at=None):
     torch.manual_seed(seed)
@@ -85,13 +96,7 @@ def test_resume_from_state_dict_continues_the_predictions():
     y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
     for _ in range(80):
         torch.randint(0, 64, (16,), generator=g)
-    for _ in range(80):
-        idx = torch.randint(0, 64, (16,), generator=g)
-        opt.zero_grad()
-        F.cross_entropy(model(x[idx]), y[idx]).backward()
-        opt.step()
-        fresh.update()
-    resumed, uninterrupted = fresh.report(), whole.report()
+    resumed, uninterrupted = train(model, opt, fresh, x, y, g, 80), whole.report()
     assert resumed.steps == uninterrupted.steps
     for kind in ("translation", "scale", "rescale"):
         assert torch.allclose(resumed.discrete[kind], uninterrupted.discrete[kind], rtol=1e-12, atol=1e-14)
@@ -122,28 +127,26 @@ def test_bad_input():
         tracker.report().max_rel_error("scale", law="exact")
 
 
-@pytest.mark.parametrize("momentum,dampening,nesterov", [(0.9, 0.0, False), (0.9, 0.3, False), (0.9, 0.0, True),
-                                                         (0.5, 0.0, False)])
-def test_exact_discrete_law_with_momentum(momentum, dampening, nesterov):
-    """Truth: the run. torch.optim.SGD with momentum, dampening, Nesterov and weight decay: the scalar
-    recursions for (Q, <theta_A, b_A>, |b_A|^2), fed only |g_A|^2 and <b_A, g_A>, follow the empirical
-    charges to float64 round-off; translation charges follow a gradient-free damped recursion."""
+def momentum_run(lr, weight_decay, momentum=0.9, steps=200, dampening=0.0, nesterov=False):
     torch.manual_seed(0)
     model = exact_norms(sw.models.mlp((4, 12, 12, 3), norm="batch").double())
     g = torch.Generator().manual_seed(1)
     x = torch.randn(64, 4, generator=g, dtype=torch.float64)
     y = (x[:, 0] > 0).long()
     syms = sw.find_symmetries(model, x)
-    opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=momentum, dampening=dampening, nesterov=nesterov,
-                          weight_decay=1e-3)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
+                          weight_decay=weight_decay)
     tracker = sw.ConservationTracker(model, opt, syms)
-    for _ in range(150):
-        idx = torch.randint(0, 64, (16,), generator=g)
-        opt.zero_grad()
-        F.cross_entropy(model(x[idx]), y[idx]).backward()
-        opt.step()
-        tracker.update()
-    report = tracker.report()
+    return train(model, opt, tracker, x, y, g, steps)
+
+
+@pytest.mark.parametrize("momentum,dampening,nesterov", [(0.9, 0.0, False), (0.9, 0.3, False), (0.9, 0.0, True),
+                                                         (0.5, 0.0, False)])
+def test_exact_discrete_law_with_momentum(momentum, dampening, nesterov):
+    """Truth: the run. torch.optim.SGD with momentum, dampening, Nesterov and weight decay: the scalar
+    recursions for (Q, <theta_A, b_A>, |b_A|^2), fed only |g_A|^2 and <b_A, g_A>, follow the empirical
+    charges to float64 round-off; translation charges follow a gradient-free damped recursion."""
+    report = momentum_run(0.02, 1e-3, momentum, steps=150, dampening=dampening, nesterov=nesterov)
     assert report.law == "sgd-momentum"
     for kind in ("translation", "scale", "rescale"):
         assert report.max_rel_error(kind) < 1e-9, kind
@@ -152,24 +155,6 @@ def test_exact_discrete_law_with_momentum(momentum, dampening, nesterov):
             report.max_rel_error("scale", "continuous")
     else:
         assert report.max_rel_error("translation", "continuous") < 5e-2
-
-
-def momentum_run(lr, weight_decay, momentum=0.9, steps=200):
-    torch.manual_seed(0)
-    model = exact_norms(sw.models.mlp((4, 12, 12, 3), norm="batch").double())
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(64, 4, generator=g, dtype=torch.float64)
-    y = (x[:, 0] > 0).long()
-    syms = sw.find_symmetries(model, x)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    tracker = sw.ConservationTracker(model, opt, syms)
-    for _ in range(steps):
-        idx = torch.randint(0, 64, (16,), generator=g)
-        opt.zero_grad()
-        F.cross_entropy(model(x[idx]), y[idx]).backward()
-        opt.step()
-        tracker.update()
-    return tracker.report()
 
 
 @pytest.mark.parametrize("regime", ["overdamped", "critical", "underdamped"])
@@ -218,13 +203,7 @@ def test_vgg_with_batchnorm_small_eta_lambda():
     syms = sw.find_symmetries(model, x[:16])
     opt = torch.optim.SGD(model.parameters(), lr=0.05, weight_decay=1e-3)
     tracker = sw.ConservationTracker(model, opt, syms)
-    for _ in range(100):
-        idx = torch.randint(0, 128, (32,), generator=g)
-        opt.zero_grad()
-        F.cross_entropy(model(x[idx]), y[idx]).backward()
-        opt.step()
-        tracker.update()
-    report = tracker.report()
+    report = train(model, opt, tracker, x, y, g, 100, batch=32)
     for kind in ("translation", "scale", "rescale"):
         assert report.max_rel_error(kind) < 1e-9, kind
         assert report.max_rel_error(kind, "continuous") < 1e-3, kind

@@ -24,7 +24,6 @@ What the paper leaves open, and the reading taken here:
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import pde
+from ._files import write_result
 
 NAME = "burgers-shock"
 
@@ -80,17 +80,7 @@ class Result:
         return asdict(self)
 
     def save(self, out: Path) -> list[Path]:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        path_json = out / "burgers_shock.json"
-        path_json.write_text(json.dumps(self.to_json(), indent=1))
-        fig = plot(self)
-        path_png = out / "burgers_shock.png"
-        fig.savefig(path_png, dpi=130)
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)
-        return [path_json, path_png]
+        return write_result(out, "burgers_shock", self.to_json(), plot(self))
 
 
 def run(config: Config = Config(), progress: bool = False) -> Result:

@@ -23,7 +23,6 @@ version (10 classes): learnable, deterministic, no download. Time t = eta * step
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -33,6 +32,7 @@ import torch.nn.functional as F
 from .. import models
 from ..mechanics import ConservationTracker
 from ..symmetry import find_symmetries
+from ._files import write_result
 
 NAME = "neural-mechanics"
 
@@ -74,17 +74,7 @@ class Result:
         return asdict(self)
 
     def save(self, out: Path) -> list[Path]:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        path_json = out / "neural_mechanics.json"
-        path_json.write_text(json.dumps(self.to_json(), indent=1))
-        import matplotlib.pyplot as plt
-
-        fig = plot(self)
-        path_png = out / "neural_mechanics.png"
-        fig.savefig(path_png, dpi=130)
-        plt.close(fig)
-        return [path_json, path_png]
+        return write_result(out, "neural_mechanics", self.to_json(), plot(self))
 
 
 def _data(config: Config) -> tuple[torch.Tensor, torch.Tensor]:
