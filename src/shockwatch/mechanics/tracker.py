@@ -237,14 +237,24 @@ class ConservationTracker:
         """
         dt = eta * (1 - tau)
         mass = 0.5 * dt * (1 + mu)
-        system = torch.zeros(*mass.shape, 3, 3, dtype=torch.float64)
-        system[..., 0, 1] = 1.0
-        system[..., 1, 0] = -spring / mass
-        system[..., 1, 1] = -(1 - mu) / mass
-        system[..., 1, 2] = drive / mass
-        state = torch.cat([self._oscillator[key], torch.ones_like(mass).unsqueeze(-1)], dim=-1)
-        moved = torch.linalg.matrix_exp(system * dt.reshape(*dt.shape, 1, 1)) @ state.unsqueeze(-1)
-        self._oscillator[key] = moved.squeeze(-1)[..., :2]
+        # The propagator depends on (dt, m, k, friction) only, i.e. on the optimizer param group:
+        # exponentiate once per param group with a unit drive and apply it linearly: x' = E x + (F/m) r.
+        kind = Kind(key)
+        groups = self.optimizer.param_groups
+        g_eta, g_lam, g_mu, g_tau = (torch.tensor([float(g.get(n) or 0.0) for g in groups], dtype=torch.float64)
+                                     for n in ("lr", "weight_decay", "momentum", "dampening"))
+        g_dt = g_eta * (1 - g_tau)
+        g_mass = 0.5 * g_dt * (1 + g_mu)
+        g_spring = g_lam if kind is Kind.TRANSLATION else 2 * g_lam
+        system = torch.zeros(len(groups), 3, 3, dtype=torch.float64)
+        system[:, 0, 1] = 1.0
+        system[:, 1, 0] = -g_spring / g_mass
+        system[:, 1, 1] = -(1 - g_mu) / g_mass
+        system[:, 1, 2] = 1.0
+        propagator = torch.linalg.matrix_exp(system * g_dt.reshape(-1, 1, 1))[self._group_index[kind]]
+        state = self._oscillator[key]
+        self._oscillator[key] = (torch.einsum("gij,gj->gi", propagator[:, :2, :2], state)
+                                 + (drive / mass).unsqueeze(-1) * propagator[:, :2, 2])
 
     def _record(self, params: Mapping[str, Tensor]) -> None:
         empirical, discrete, continuous, size = {}, {}, {}, {}
