@@ -25,7 +25,7 @@ def hopf_lax_truth(potential, x, t):
     for i, xi in enumerate(x):
         objective = potential(ys) + (xi - ys) ** 2 / (2 * t)
         j = int(np.argmin(objective))
-        res = optimize.minimize_scalar(lambda y: potential(y) + (xi - y) ** 2 / (2 * t),
+        res = optimize.minimize_scalar(lambda y, xi=xi: potential(y) + (xi - y) ** 2 / (2 * t),
                                        bracket=(ys[j - 1], ys[j], ys[j + 1]), tol=1e-14)
         out[i] = min(res.fun, objective[j])
     return out

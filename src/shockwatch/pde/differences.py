@@ -10,7 +10,6 @@ import functools
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from ._interop import as_tensor, check_finite, uniform_step
 

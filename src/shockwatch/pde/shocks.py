@@ -150,7 +150,7 @@ def shocks_at(U, grid, tau: float, *, min_jump: float = 1e-3) -> list[Shock]:
     tau = check_positive(tau, "tau")
     U_t, _ = as_tensor(U, "U", dtype=torch.float64)
     grid_t, _ = as_tensor(grid, "grid", dtype=torch.float64)
-    h = uniform_step(grid_t, min_points=7)
+    uniform_step(grid_t, min_points=7)
     if U_t.ndim != 1 or U_t.numel() != grid_t.numel():
         raise ValueError(f"U must be 1-D with one value per grid point ({grid_t.numel()}), got shape {tuple(U_t.shape)}")
     check_finite(U_t, "U")

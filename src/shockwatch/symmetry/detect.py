@@ -312,11 +312,15 @@ def _attention_symmetries(name: str, attention: CausalSelfAttention) -> list[Sym
     a query equally), as d translations per head; and the permutation of the heads."""
     d, heads = attention.d_head, attention.n_head
     out: list[Symmetry] = []
+
+    def rows(projection: str, lo: int, hi: int) -> tuple[Slot, Slot]:
+        return Slot(f"{name}.{projection}.weight", 0, lo, hi), Slot(f"{name}.{projection}.bias", 0, lo, hi)
+
     for h in range(heads):
         lo, hi = h * d, (h + 1) * d
-        rows = lambda p: (Slot(f"{name}.{p}.weight", 0, lo, hi), Slot(f"{name}.{p}.bias", 0, lo, hi))  # noqa: E731
-        out.append(Symmetry(Kind.GL, f"gl/{name}/head{h}/qk", rows("q"), rows("k"), units=d))
-        out.append(Symmetry(Kind.GL, f"gl/{name}/head{h}/vo", rows("v"), (Slot(f"{name}.o.weight", 1, lo, hi),), units=d))
+        out.append(Symmetry(Kind.GL, f"gl/{name}/head{h}/qk", rows("q", lo, hi), rows("k", lo, hi), units=d))
+        out.append(Symmetry(Kind.GL, f"gl/{name}/head{h}/vo", rows("v", lo, hi),
+                            (Slot(f"{name}.o.weight", 1, lo, hi),), units=d))
         out.extend(Symmetry(Kind.TRANSLATION, f"translation/{name}/head{h}/key_bias{i}",
                             (Slot(f"{name}.k.bias", 0, lo + i, lo + i + 1),)) for i in range(d))
     if heads >= 2:
@@ -422,7 +426,7 @@ def _checked_candidates(model: nn.Module, example_input, candidates: list[Symmet
         by_kind.setdefault(sym.kind, []).append(sym)
     kept: list[Symmetry] = []
     rejected: list[str] = []
-    for kind, members in by_kind.items():
+    for members in by_kind.values():
         joint = {k: v.clone() for k, v in params.items()}
         for sym in members:
             joint = change(sym, joint)
