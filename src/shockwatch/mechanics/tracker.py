@@ -77,14 +77,16 @@ class ConservationTracker:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, symmetries: SymmetrySet,
                  *, record_every: int = 1) -> None:
         names = {id(p): name for name, p in model.named_parameters()}
+        known = set(names.values())
         for sym in symmetries:
             for slot in sym.slots:
-                if slot.param not in dict(model.named_parameters()):
+                if slot.param not in known:
                     raise ValueError(f"symmetry {sym.label} names parameter {slot.param!r}, which {type(model).__name__} "
                                      "does not have: were the symmetries found on another model?")
         if record_every < 1:
             raise ValueError(f"record_every must be >= 1, got {record_every}")
         self.model, self.optimizer, self.symmetries, self.record_every = model, optimizer, symmetries, record_every
+        self._names = names  # id(parameter) -> its name, read every step for the momentum buffers
         hyper = {}  # param name -> its optimizer param group (read live: schedulers change lr)
         for group in optimizer.param_groups:
             for p in group["params"]:
@@ -137,11 +139,14 @@ class ConservationTracker:
                              f"(found {len(groups)}): no single law applies")
         return next(iter(groups.values()))
 
-    def _hyperparameters(self, kind: Kind, *names: str) -> tuple[Tensor, ...]:
-        """Per group of ``kind``: each named optimizer setting as the optimizer holds it now."""
+    def _group_settings(self, *names: str) -> tuple[Tensor, ...]:
+        """Per optimizer param group: each named setting as the optimizer holds it now (float64)."""
         groups = self.optimizer.param_groups
-        return tuple(torch.tensor([float(g.get(name) or 0.0) for g in groups], dtype=torch.float64)[self._group_index[kind]]
-                     for name in names)
+        return tuple(torch.tensor([float(g.get(name) or 0.0) for g in groups], dtype=torch.float64) for name in names)
+
+    def _hyperparameters(self, kind: Kind, *names: str) -> tuple[Tensor, ...]:
+        """Per symmetry group of ``kind``: each named optimizer setting of its param group."""
+        return tuple(values[self._group_index[kind]] for values in self._group_settings(*names))
 
     def update(self) -> None:
         """Advance the predictions by the step just taken and record the charges (every record_every)."""
@@ -179,9 +184,8 @@ class ConservationTracker:
         """
         first = not self._buffers_started
         self._buffers_started = True
-        names = {id(p): name for name, p in self.model.named_parameters()}
-        buffers = {names[id(p)]: self.optimizer.state[p].get("momentum_buffer") for p in self.model.parameters()
-                   if id(p) in names and p in self.optimizer.state}
+        buffers = {self._names[id(p)]: self.optimizer.state[p].get("momentum_buffer") for p in self.model.parameters()
+                   if id(p) in self._names and p in self.optimizer.state}
         buffers = {name: (b if b is not None else torch.zeros_like(params[name])) for name, b in buffers.items()}
         buffers.update({name: torch.zeros_like(p) for name, p in params.items() if name not in buffers})
         for kind in _KINDS:
@@ -196,7 +200,7 @@ class ConservationTracker:
                 b_sum = d_sum if first else mu * p + (1 - tau) * d_sum
                 u_sum = torch.where(nesterov > 0, d_sum + mu * b_sum, b_sum)
                 self._discrete[key], self._theta_buffer[key] = q - eta * u_sum, b_sum
-                self._advance_oscillator(key, eta, lam, mu, tau, spring=lam, drive=torch.zeros_like(q))
+                self._advance_oscillator(kind, torch.zeros_like(q))
                 continue
             g_sq = self.symmetries.charges(kind, grads)  # signed |g_A|^2
             d_sq = g_sq + lam**2 * q  # |d|^2, the cross term 2 lambda <theta, g> vanishing by symmetry
@@ -215,13 +219,10 @@ class ConservationTracker:
             self._discrete[key] = q - 2 * eta * theta_u + eta**2 * u_sq
             self._theta_buffer[key] = theta_b - eta * u_b
             self._buffer_sq[key] = b_sq
-            # drive 2 m |dtheta_A/dt|^2 with the run's velocity dtheta/dt = -u / (1 - tau) (signed)
-            mass = 0.5 * eta * (1 - tau) * (1 + mu)
-            self._advance_oscillator(key, eta, lam, mu, tau, spring=2 * lam,
-                                     drive=2 * mass * u_sq / (1 - tau) ** 2)
+            # drive F = 2 m |dtheta_A/dt|^2 with the run's velocity dtheta/dt = -u / (1 - tau) (signed)
+            self._advance_oscillator(kind, 2 * u_sq / (1 - tau) ** 2)
 
-    def _advance_oscillator(self, key: str, eta: Tensor, lam: Tensor, mu: Tensor, tau: Tensor, *, spring: Tensor,
-                            drive: Tensor) -> None:
+    def _advance_oscillator(self, kind: Kind, drive_per_mass: Tensor) -> None:
         r"""One step of m Q'' + (1 - mu) Q' + k Q = F over dt = eta (1 - tau), F held constant, exactly.
 
         The modified equation of heavy-ball momentum, (1 - mu) dtheta/dt + (h/2)(1 + mu) d2theta/dt2 =
@@ -235,26 +236,21 @@ class ConservationTracker:
         at eta lambda = 0.026 the oscillator's phase drifts from the discrete map's and the gap
         reaches O(1) of the (decaying) charge after 200 steps: trust the exact discrete law there.
         """
-        dt = eta * (1 - tau)
-        mass = 0.5 * dt * (1 + mu)
         # The propagator depends on (dt, m, k, friction) only, i.e. on the optimizer param group:
         # exponentiate once per param group with a unit drive and apply it linearly: x' = E x + (F/m) r.
-        kind = Kind(key)
-        groups = self.optimizer.param_groups
-        g_eta, g_lam, g_mu, g_tau = (torch.tensor([float(g.get(n) or 0.0) for g in groups], dtype=torch.float64)
-                                     for n in ("lr", "weight_decay", "momentum", "dampening"))
+        g_eta, g_lam, g_mu, g_tau = self._group_settings("lr", "weight_decay", "momentum", "dampening")
         g_dt = g_eta * (1 - g_tau)
         g_mass = 0.5 * g_dt * (1 + g_mu)
         g_spring = g_lam if kind is Kind.TRANSLATION else 2 * g_lam
-        system = torch.zeros(len(groups), 3, 3, dtype=torch.float64)
+        system = torch.zeros(len(g_eta), 3, 3, dtype=torch.float64)
         system[:, 0, 1] = 1.0
         system[:, 1, 0] = -g_spring / g_mass
         system[:, 1, 1] = -(1 - g_mu) / g_mass
         system[:, 1, 2] = 1.0
         propagator = torch.linalg.matrix_exp(system * g_dt.reshape(-1, 1, 1))[self._group_index[kind]]
-        state = self._oscillator[key]
-        self._oscillator[key] = (torch.einsum("gij,gj->gi", propagator[:, :2, :2], state)
-                                 + (drive / mass).unsqueeze(-1) * propagator[:, :2, 2])
+        key = kind.value
+        self._oscillator[key] = (torch.einsum("gij,gj->gi", propagator[:, :2, :2], self._oscillator[key])
+                                 + drive_per_mass.unsqueeze(-1) * propagator[:, :2, 2])
 
     def _record(self, params: Mapping[str, Tensor]) -> None:
         empirical, discrete, continuous, size = {}, {}, {}, {}
@@ -263,11 +259,11 @@ class ConservationTracker:
             charge = self.symmetries.charges(kind, params)
             empirical[key] = charge.cpu()
             size[key] = self._size(kind, params, charge).cpu()
-            if self.law == "sgd-momentum":
+            if self.law.startswith("sgd"):
                 discrete[key] = self._discrete[key].cpu().clone()
+            if self.law == "sgd-momentum":
                 continuous[key] = self._oscillator[key][..., 0].cpu().clone() if not self._nesterov else None
             if self.law == "sgd":
-                discrete[key] = self._discrete[key].cpu().clone()
                 exponent = 1.0 if kind is Kind.TRANSLATION else 2.0
                 continuous[key] = (torch.exp(-exponent * self._decay_time[key]) * self._initial[key]
                                    + (0.0 if kind is Kind.TRANSLATION else self._integral[key])).cpu()

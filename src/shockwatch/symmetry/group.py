@@ -283,16 +283,20 @@ def act(sym: Symmetry, params: Mapping[str, Tensor], amount: float, *, copy: boo
     factor = math.exp(amount)
     for sign, slots in ((1.0, sym.incoming), (-1.0, sym.outgoing)):
         for slot in slots:
-            tensor = moved[slot.param]
-            if copy and tensor is params[slot.param]:
-                tensor = tensor.detach().clone()
-                moved[slot.param] = tensor
+            tensor = _writable(moved, params, slot.param) if copy else moved[slot.param]
             block = tensor.narrow(slot.dim, slot.start, slot.stop - slot.start)
             if sym.kind is Kind.TRANSLATION:
                 block.add_(amount)
             else:
                 block.mul_(factor if sign > 0 else 1.0 / factor)
     return moved
+
+
+def _writable(moved: dict[str, Tensor], params: Mapping[str, Tensor], name: str) -> Tensor:
+    """``moved[name]``, cloned first if it is still the caller's tensor (copy on first write)."""
+    if moved[name] is params[name]:
+        moved[name] = params[name].detach().clone()
+    return moved[name]
 
 
 def permute(sym: Symmetry, params: Mapping[str, Tensor], order: Tensor) -> dict[str, Tensor]:
@@ -308,10 +312,9 @@ def permute(sym: Symmetry, params: Mapping[str, Tensor], order: Tensor) -> dict[
     for slot in sym.slots:
         block = (slot.stop - slot.start) // sym.unit_count
         index = (order.unsqueeze(1) * block + torch.arange(block)).reshape(-1) + slot.start
-        tensor = moved[slot.param].detach().clone() if moved[slot.param] is params[slot.param] else moved[slot.param]
+        tensor = _writable(moved, params, slot.param)
         source = tensor.index_select(slot.dim, index.to(tensor.device))
         tensor.narrow(slot.dim, slot.start, slot.stop - slot.start).copy_(source)
-        moved[slot.param] = tensor
     return moved
 
 
@@ -372,10 +375,7 @@ def act_gl(sym: Symmetry, params: Mapping[str, Tensor], matrix: Tensor) -> dict[
     moved = dict(params)
     for transform, slots in ((matrix, sym.incoming), (inverse_transpose, sym.outgoing)):
         for slot in slots:
-            tensor = moved[slot.param]
-            if tensor is params[slot.param]:
-                tensor = tensor.detach().clone()
-                moved[slot.param] = tensor
+            tensor = _writable(moved, params, slot.param)
             target = tensor.narrow(slot.dim, slot.start, slot.stop - slot.start).movedim(slot.dim, 0)
             flat = target.reshape(count, -1)
             target.copy_((transform.to(flat.dtype) @ flat).reshape(target.shape))
