@@ -31,7 +31,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from ..models.gpt import CausalSelfAttention
-from .group import Kind, Slot, Symmetry, SymmetrySet, act, act_gl, permute
+from .group import Kind, Slot, Symmetry, SymmetrySet, act, act_gl, permute, random_gl_element
 
 __all__ = ["find_symmetries"]
 
@@ -449,6 +449,4 @@ def _moved(sym: Symmetry, values: dict, random: torch.Generator) -> dict:
         return act(sym, values, _CHECK_AMOUNT[sym.kind])
     if sym.kind is Kind.PERMUTATION:
         return permute(sym, values, torch.randperm(sym.unit_count, generator=random))
-    count = sym.unit_count
-    generator_ = torch.randn(count, count, generator=random, dtype=torch.float64) / count**0.5
-    return act_gl(sym, values, torch.linalg.matrix_exp(0.3 * generator_))
+    return act_gl(sym, values, random_gl_element(sym.unit_count, 0.3, random))

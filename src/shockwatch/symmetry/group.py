@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = ["Kind", "Slot", "Symmetry", "SymmetrySet", "act", "act_gl", "generator", "gl_charges", "gl_generator_combination",
-           "gl_generator_inner", "permute", "unit_matrix"]
+           "gl_generator_inner", "permute", "random_gl_element", "unit_matrix"]
 
 
 class Kind(enum.StrEnum):
@@ -290,6 +290,12 @@ def act(sym: Symmetry, params: Mapping[str, Tensor], amount: float, *, copy: boo
             else:
                 block.mul_(factor if sign > 0 else 1.0 / factor)
     return moved
+
+
+def random_gl_element(count: int, strength: float, generator: torch.Generator) -> Tensor:
+    """expm(strength R), R Gaussian / sqrt(count): a well-conditioned random element of GL(count), float64."""
+    generator_matrix = torch.randn(count, count, generator=generator, dtype=torch.float64) / count**0.5
+    return torch.linalg.matrix_exp(strength * generator_matrix)
 
 
 def _writable(moved: dict[str, Tensor], params: Mapping[str, Tensor], name: str) -> Tensor:

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .group import Kind, Symmetry, SymmetrySet, act, act_gl, generator, permute, unit_matrix
+from .group import Kind, Symmetry, SymmetrySet, act, act_gl, generator, permute, random_gl_element, unit_matrix
 
 __all__ = ["Verification", "VerificationRow", "verify_symmetries"]
 
@@ -169,8 +169,7 @@ def _verify_gl(sym: Symmetry, params, grads, grad_norm: float, base_value: float
     change = 0.0
     with torch.no_grad():
         for strength in (0.3, 1.0, 1.0):
-            generator_ = torch.randn(count, count, generator=random, dtype=torch.float64) / count**0.5
-            matrix = torch.linalg.matrix_exp(strength * generator_).to(dtype)
+            matrix = random_gl_element(count, strength, random).to(dtype)
             change = max(change, abs(float(loss_at(act_gl(sym, params, matrix))) - base_value) / scale)
     a_in = unit_matrix(sym, sym.incoming, params).double()
     a_out = unit_matrix(sym, sym.outgoing, params).double()
