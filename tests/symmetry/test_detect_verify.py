@@ -133,6 +133,34 @@ def test_vectorised_charges_match_a_slow_loop():
         assert torch.allclose(fast[:1], syms.of_kind(kind)[0].charge(model), rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("model_name", ["vgg-bn", "mlp"])
+def test_quadratic_sums_match_the_slot_by_slot_definition(model_name):
+    """Truth: sum over slots of sign <x_A, y_A>, slot by slot in float64, for x != y; and the float32
+    path (products and sums in float32) agrees to float32 round-off."""
+    torch.manual_seed(5)
+    if model_name == "vgg-bn":
+        model = sw.models.vgg("tiny", width_divisor=4, batch_norm=True, image_size=8, hidden=16).double()
+        syms = sw.find_symmetries(model, torch.randn(2, 3, 8, 8, dtype=torch.float64))
+    else:
+        model = sw.models.mlp((4, 6, 5, 3)).double()
+        syms = sw.find_symmetries(model, torch.randn(5, 4, dtype=torch.float64))
+    x = {name: torch.randn_like(p) for name, p in model.named_parameters()}
+    y = {name: torch.randn_like(p) for name, p in model.named_parameters()}
+    signed, unsigned = syms.quadratic_sums([(x, y), (y, y)], unsigned=True)
+    syms_in_order = syms.of_kind(Kind.SCALE) + syms.of_kind(Kind.RESCALE)
+    assert signed.shape == (2, len(syms_in_order)) and len(syms_in_order) > 0
+    for column, sym in enumerate(syms_in_order):
+        inc = sum(float((s.view(x) * s.view(y)).sum()) for s in sym.incoming)
+        out = sum(float((s.view(x) * s.view(y)).sum()) for s in sym.outgoing)
+        assert math.isclose(float(signed[0, column]), inc - out, rel_tol=1e-12, abs_tol=1e-12)
+        assert math.isclose(float(unsigned[0, column]), inc + out, rel_tol=1e-12, abs_tol=1e-12)
+    reference = torch.cat([syms.charges(kind, y) for kind in (Kind.SCALE, Kind.RESCALE)])
+    assert torch.allclose(signed[1], reference, rtol=1e-12, atol=1e-12)
+    single = {name: t.float() for name, t in y.items()}
+    low = syms.quadratic_sums([(single, single)])[0]
+    assert torch.allclose(low, reference, rtol=1e-5, atol=1e-5)
+
+
 def test_rescale_action_moves_the_charge_as_the_group_law_says():
     """Truth: the rescale action with e^c multiplies |in|^2 by e^{2c} and |out|^2 by e^{-2c}."""
     torch.manual_seed(4)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..symmetry import Kind, Symmetry, SymmetrySet
+from ..symmetry import Kind, SymmetrySet
 
 __all__ = ["ConservationReport", "ConservationTracker"]
 
@@ -70,13 +70,24 @@ class ConservationReport:
         return (values[-1] - values[0]).abs() / self.size[kind][0].clamp(min=torch.finfo(torch.float64).tiny)
 
 
+_BLOCKS = ("translation", "quadratic")  # internal state: translation groups; scale then rescale groups
+
+
 class ConservationTracker:
     """Call ``update()`` after every ``optimizer.step()`` (before ``zero_grad``: it reads the
-    gradients the step used). Predictions are carried in float64, one value per group."""
+    gradients the step used). Predictions are carried in float64, one value per group.
+
+    Scale and rescale groups obey the same recursions, so they are carried as one "quadratic"
+    block (scale groups, then rescale groups) and split by kind only in ``report()``; their
+    per-step inputs come from one ``SymmetrySet.quadratic_sums`` pass over gradients and buffers.
+    ``compile=True`` fuses that pass with torch.compile (a few seconds at the first update; the
+    tracker's own cost then falls 3-5x on a CPU: benchmarks/RESULTS.md).
+    """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, symmetries: SymmetrySet,
-                 *, record_every: int = 1) -> None:
-        names = {id(p): name for name, p in model.named_parameters()}
+                 *, record_every: int = 1, compile: bool = False) -> None:
+        self._named = list(model.named_parameters())  # read every step: named_parameters() is slow
+        names = {id(p): name for name, p in self._named}
         known = set(names.values())
         for sym in symmetries:
             for slot in sym.slots:
@@ -86,25 +97,36 @@ class ConservationTracker:
         if record_every < 1:
             raise ValueError(f"record_every must be >= 1, got {record_every}")
         self.model, self.optimizer, self.symmetries, self.record_every = model, optimizer, symmetries, record_every
-        self._names = names  # id(parameter) -> its name, read every step for the momentum buffers
+        self._compile = compile
         hyper = {}  # param name -> its optimizer param group (read live: schedulers change lr)
         for group in optimizer.param_groups:
             for p in group["params"]:
                 if id(p) in names:
                     hyper[names[id(p)]] = group
         position = {id(group): i for i, group in enumerate(optimizer.param_groups)}
-        self._group_index = {kind: torch.tensor([position[id(self._group_of(sym, hyper))] for sym in symmetries.of_kind(kind)],
-                                                dtype=torch.long) for kind in _KINDS}
-        # |theta_A2|^2 of every rescale group in one vectorised pass (the relative error's denominator)
-        self._outgoing = SymmetrySet(tuple(Symmetry(Kind.SCALE, sym.label, sym.outgoing)
-                                           for sym in symmetries.of_kind(Kind.RESCALE)), symmetries.device)
+
+        def group_index(*kinds: Kind) -> Tensor:
+            return torch.tensor([position[id(self._group_of(sym, hyper))] for kind in kinds
+                                 for sym in symmetries.of_kind(kind)], dtype=torch.long)
+
+        self._group_index = {"translation": group_index(Kind.TRANSLATION),
+                             "quadratic": group_index(Kind.SCALE, Kind.RESCALE)}
+        self._scale_count = len(symmetries.of_kind(Kind.SCALE))
         self._translation_params = sorted({slot.param for sym in symmetries.of_kind(Kind.TRANSLATION)
                                            for slot in sym.slots})
+        # only the parameters some charge reads are gathered each step
+        parameters = dict(self._named)
+        self._quadratic = [(name, parameters[name]) for name in symmetries.quadratic_params]
+        self._charged = [(name, parameters[name]) for name in dict.fromkeys(
+            [*symmetries.quadratic_params, *self._translation_params])]
         self.law = self._law()
         # Nesterov's modified equation differs from heavy ball's: no continuous law is claimed for it
         self._nesterov = any(group.get("nesterov", False) for group in optimizer.param_groups)
+        self._settings_key: tuple | None = None  # the optimizer settings _settings last converted
+        self._per_group: dict = {}  # (block, setting names) -> per symmetry group values, for that key
+        self._propagators: dict = {}  # (block, settings) -> oscillator propagator per symmetry group
         params = self._params()
-        self._initial = {kind.value: symmetries.charges(kind, params) for kind in _KINDS}
+        self._initial = self._charges_and_sizes(params)[0]
         self._discrete = {k: v.clone() for k, v in self._initial.items()}
         self._integral = {k: torch.zeros_like(v) for k, v in self._initial.items()}
         self._decay_time = {k: torch.zeros_like(v) for k, v in self._initial.items()}  # sum of lambda eta per group
@@ -115,7 +137,7 @@ class ConservationTracker:
         # Appendix B's damped oscillator, per group: (Q, dQ/dt) of the continuous model with momentum
         self._oscillator = {k: torch.stack([v.clone(), torch.zeros_like(v)], dim=-1) for k, v in self._initial.items()}
         self._step = 0
-        self._history: list[tuple[int, dict, dict, dict, dict]] = []
+        self._history: list[tuple[int, Tensor]] = []
         self._record(params)
 
     # ---------------------------------------------------------------------------------------
@@ -129,7 +151,11 @@ class ConservationTracker:
         return "sgd"
 
     def _params(self) -> dict[str, Tensor]:
-        return {name: p.detach() for name, p in self.model.named_parameters()}
+        """The parameters that carry a charge, detached."""
+        return {name: p.detach() for name, p in self._charged}
+
+    def _gradients(self) -> dict[str, Tensor]:
+        return {name: (p.grad if p.grad is not None else torch.zeros_like(p)) for name, p in self._quadratic}
 
     @staticmethod
     def _group_of(sym, hyper: Mapping[str, dict]) -> dict:
@@ -139,42 +165,49 @@ class ConservationTracker:
                              f"(found {len(groups)}): no single law applies")
         return next(iter(groups.values()))
 
-    def _group_settings(self, *names: str) -> tuple[Tensor, ...]:
-        """Per optimizer param group: each named setting as the optimizer holds it now (float64)."""
-        groups = self.optimizer.param_groups
-        return tuple(torch.tensor([float(g.get(name) or 0.0) for g in groups], dtype=torch.float64) for name in names)
+    _SETTINGS = ("lr", "weight_decay", "momentum", "dampening", "nesterov")
 
-    def _hyperparameters(self, kind: Kind, *names: str) -> tuple[Tensor, ...]:
-        """Per symmetry group of ``kind``: each named optimizer setting of its param group."""
-        return tuple(values[self._group_index[kind]] for values in self._group_settings(*names))
+    def _settings(self) -> dict[str, Tensor]:
+        """Per optimizer param group: each SGD setting as the optimizer holds it now (float64).
+        Converted to tensors only when a scheduler has changed one."""
+        key = tuple(float(g.get(name) or 0.0) for g in self.optimizer.param_groups for name in self._SETTINGS)
+        if key != self._settings_key:
+            values = torch.tensor(key, dtype=torch.float64).reshape(-1, len(self._SETTINGS)).T
+            self._settings_key, self._settings_values = key, dict(zip(self._SETTINGS, values))
+            self._per_group = {}
+        return self._settings_values
 
+    def _hyperparameters(self, block: str, *names: str) -> tuple[Tensor, ...]:
+        """Per symmetry group of ``block``: each named optimizer setting of its param group."""
+        settings = self._settings()
+        cached = self._per_group.get((block, names))
+        if cached is None:
+            cached = self._per_group[(block, names)] = tuple(settings[name][self._group_index[block]] for name in names)
+        return cached
+
+    @torch.no_grad()
     def update(self) -> None:
         """Advance the predictions by the step just taken and record the charges (every record_every)."""
-        if self.law.startswith("sgd") and all(p.grad is None for p in self.model.parameters()):
+        if self.law.startswith("sgd") and all(p.grad is None for _, p in self._named):
             raise RuntimeError("update() found no gradients: call it after optimizer.step() and before zero_grad()")
-        params = self._params()
-        grads = {name: (p.grad.detach() if p.grad is not None else torch.zeros_like(p))
-                 for name, p in self.model.named_parameters()}
         self._step += 1
         if self.law == "sgd-momentum":
-            self._momentum_step(params, grads)
+            self._momentum_step()
         if self.law == "sgd":
-            for kind in _KINDS:
-                if not self.symmetries.of_kind(kind):
-                    continue
-                rate, decay = self._hyperparameters(kind, "lr", "weight_decay")
-                key = kind.value
-                if kind is Kind.TRANSLATION:
-                    self._discrete[key] = (1 - rate * decay) * self._discrete[key]
+            grads = self._gradients()
+            gradient_sq = self.symmetries.quadratic_sums([(grads, grads)], compile=self._compile)[0]  # signed |g_A|^2
+            for block in _BLOCKS:
+                rate, decay = self._hyperparameters(block, "lr", "weight_decay")
+                if block == "translation":
+                    self._discrete[block] = (1 - rate * decay) * self._discrete[block]
                 else:
-                    signed_gradient = self.symmetries.charges(kind, grads)  # |g_A|^2 (signed)
-                    self._discrete[key] = (1 - rate * decay) ** 2 * self._discrete[key] + rate**2 * signed_gradient
-                    self._integral[key] = torch.exp(-2 * decay * rate) * (self._integral[key] + rate**2 * signed_gradient)
-                self._decay_time[key] = self._decay_time[key] + decay * rate
+                    self._discrete[block] = (1 - rate * decay) ** 2 * self._discrete[block] + rate**2 * gradient_sq
+                    self._integral[block] = torch.exp(-2 * decay * rate) * (self._integral[block] + rate**2 * gradient_sq)
+                self._decay_time[block] = self._decay_time[block] + decay * rate
         if self._step % self.record_every == 0:
-            self._record(params)
+            self._record(self._params())
 
-    def _momentum_step(self, params: Mapping[str, Tensor], grads: Mapping[str, Tensor]) -> None:
+    def _momentum_step(self) -> None:
         r"""The exact discrete law of torch.optim.SGD with momentum mu, dampening tau, Nesterov.
 
         d = g + lambda theta, b' = mu b + (1 - tau) d (b' = d at the first step), u = b' or
@@ -184,45 +217,46 @@ class ConservationTracker:
         """
         first = not self._buffers_started
         self._buffers_started = True
-        buffers = {self._names[id(p)]: self.optimizer.state[p].get("momentum_buffer") for p in self.model.parameters()
-                   if id(p) in self._names and p in self.optimizer.state}
-        buffers = {name: (b if b is not None else torch.zeros_like(params[name])) for name, b in buffers.items()}
-        buffers.update({name: torch.zeros_like(p) for name, p in params.items() if name not in buffers})
-        for kind in _KINDS:
-            if not self.symmetries.of_kind(kind):
-                continue
-            key = kind.value
-            eta, lam, mu, tau, nesterov = self._hyperparameters(kind, "lr", "weight_decay", "momentum", "dampening",
-                                                                "nesterov")
-            q, p, b = self._discrete[key], self._theta_buffer[key], self._buffer_sq[key]
-            if kind is Kind.TRANSLATION:  # linear: <theta, 1> = q, <b, 1> = p, <d, 1> = lambda q
-                d_sum = lam * q
-                b_sum = d_sum if first else mu * p + (1 - tau) * d_sum
-                u_sum = torch.where(nesterov > 0, d_sum + mu * b_sum, b_sum)
-                self._discrete[key], self._theta_buffer[key] = q - eta * u_sum, b_sum
-                self._advance_oscillator(kind, torch.zeros_like(q))
-                continue
-            g_sq = self.symmetries.charges(kind, grads)  # signed |g_A|^2
-            d_sq = g_sq + lam**2 * q  # |d|^2, the cross term 2 lambda <theta, g> vanishing by symmetry
-            if first:
-                theta_b, b_sq, d_b = lam * q, d_sq, d_sq
-            else:
-                b_new_g = self.symmetries.generator_inner(kind, buffers, grads)  # <b', g>
-                old_b_g = (b_new_g - (1 - tau) * g_sq) / mu  # <b, g>, since <d, g> = |g|^2
-                d_old_b = old_b_g + lam * p
-                theta_b = mu * p + (1 - tau) * lam * q
-                b_sq = mu**2 * b + 2 * mu * (1 - tau) * d_old_b + (1 - tau) ** 2 * d_sq
-                d_b = mu * d_old_b + (1 - tau) * d_sq
+        # translation: linear, <theta, 1> = q, <b, 1> = p, <d, 1> = lambda q
+        eta, lam, mu, tau, nesterov = self._hyperparameters("translation", *self._SETTINGS)
+        q, p = self._discrete["translation"], self._theta_buffer["translation"]
+        d_sum = lam * q
+        b_sum = d_sum if first else mu * p + (1 - tau) * d_sum
+        u_sum = torch.where(nesterov > 0, d_sum + mu * b_sum, b_sum)
+        self._discrete["translation"], self._theta_buffer["translation"] = q - eta * u_sum, b_sum
+        self._advance_oscillator("translation", torch.zeros_like(q))
+        # scale and rescale: one pass over gradients and buffers gives |g_A|^2 and <b'_A, g_A>
+        grads = self._gradients()
+        state = self.optimizer.state
+        buffers = {name: (state[p].get("momentum_buffer") if p in state else None) for name, p in self._quadratic}
+        buffers = {name: (b if b is not None else torch.zeros_like(grads[name])) for name, b in buffers.items()}
+        sums = self.symmetries.quadratic_sums([(grads, grads)] if first else [(grads, grads), (buffers, grads)],
+                                              compile=self._compile)
+        eta, lam, mu, tau, nesterov = self._hyperparameters("quadratic", *self._SETTINGS)
+        q, p, b = self._discrete["quadratic"], self._theta_buffer["quadratic"], self._buffer_sq["quadratic"]
+        g_sq = sums[0]  # signed |g_A|^2
+        d_sq = g_sq + lam**2 * q  # |d|^2, the cross term 2 lambda <theta, g> vanishing by symmetry
+        if first:
+            theta_b, b_sq, d_b = lam * q, d_sq, d_sq
+        else:
+            old_b_g = (sums[1] - (1 - tau) * g_sq) / mu  # <b, g> from <b', g>, since <d, g> = |g|^2
+            d_old_b = old_b_g + lam * p
+            theta_b = mu * p + (1 - tau) * lam * q
+            b_sq = mu**2 * b + 2 * mu * (1 - tau) * d_old_b + (1 - tau) ** 2 * d_sq
+            d_b = mu * d_old_b + (1 - tau) * d_sq
+        if self._nesterov:
             theta_u = torch.where(nesterov > 0, lam * q + mu * theta_b, theta_b)
             u_sq = torch.where(nesterov > 0, d_sq + 2 * mu * d_b + mu**2 * b_sq, b_sq)
             u_b = torch.where(nesterov > 0, d_b + mu * b_sq, b_sq)
-            self._discrete[key] = q - 2 * eta * theta_u + eta**2 * u_sq
-            self._theta_buffer[key] = theta_b - eta * u_b
-            self._buffer_sq[key] = b_sq
-            # drive F = 2 m |dtheta_A/dt|^2 with the run's velocity dtheta/dt = -u / (1 - tau) (signed)
-            self._advance_oscillator(kind, 2 * u_sq / (1 - tau) ** 2)
+        else:
+            theta_u, u_sq, u_b = theta_b, b_sq, b_sq
+        self._discrete["quadratic"] = q - 2 * eta * theta_u + eta**2 * u_sq
+        self._theta_buffer["quadratic"] = theta_b - eta * u_b
+        self._buffer_sq["quadratic"] = b_sq
+        # drive F = 2 m |dtheta_A/dt|^2 with the run's velocity dtheta/dt = -u / (1 - tau) (signed)
+        self._advance_oscillator("quadratic", 2 * u_sq / (1 - tau) ** 2)
 
-    def _advance_oscillator(self, kind: Kind, drive_per_mass: Tensor) -> None:
+    def _advance_oscillator(self, block: str, drive_per_mass: Tensor) -> None:
         r"""One step of m Q'' + (1 - mu) Q' + k Q = F over dt = eta (1 - tau), F held constant, exactly.
 
         The modified equation of heavy-ball momentum, (1 - mu) dtheta/dt + (h/2)(1 + mu) d2theta/dt2 =
@@ -236,58 +270,65 @@ class ConservationTracker:
         at eta lambda = 0.026 the oscillator's phase drifts from the discrete map's and the gap
         reaches O(1) of the (decaying) charge after 200 steps: trust the exact discrete law there.
         """
-        # The propagator depends on (dt, m, k, friction) only, i.e. on the optimizer param group:
-        # exponentiate once per param group with a unit drive and apply it linearly: x' = E x + (F/m) r.
-        g_eta, g_lam, g_mu, g_tau = self._group_settings("lr", "weight_decay", "momentum", "dampening")
-        g_dt = g_eta * (1 - g_tau)
-        g_mass = 0.5 * g_dt * (1 + g_mu)
-        g_spring = g_lam if kind is Kind.TRANSLATION else 2 * g_lam
-        system = torch.zeros(len(g_eta), 3, 3, dtype=torch.float64)
-        system[:, 0, 1] = 1.0
-        system[:, 1, 0] = -g_spring / g_mass
-        system[:, 1, 1] = -(1 - g_mu) / g_mass
-        system[:, 1, 2] = 1.0
-        propagator = torch.linalg.matrix_exp(system * g_dt.reshape(-1, 1, 1))[self._group_index[kind]]
-        key = kind.value
-        self._oscillator[key] = (torch.einsum("gij,gj->gi", propagator[:, :2, :2], self._oscillator[key])
-                                 + drive_per_mass.unsqueeze(-1) * propagator[:, :2, 2])
+        # The propagator depends on (dt, m, k, friction) only, i.e. on the optimizer's settings:
+        # exponentiated once per param group and setting, applied linearly: x' = E x + (F/m) r.
+        settings = self._settings()
+        propagator = self._propagators.get((block, self._settings_key))
+        if propagator is None:
+            g_eta, g_lam, g_mu = settings["lr"], settings["weight_decay"], settings["momentum"]
+            g_dt = g_eta * (1 - settings["dampening"])
+            g_mass = 0.5 * g_dt * (1 + g_mu)
+            g_spring = g_lam if block == "translation" else 2 * g_lam
+            system = torch.zeros(len(g_eta), 3, 3, dtype=torch.float64)
+            system[:, 0, 1] = 1.0
+            system[:, 1, 0] = -g_spring / g_mass
+            system[:, 1, 1] = -(1 - g_mu) / g_mass
+            system[:, 1, 2] = 1.0
+            exponential = torch.linalg.matrix_exp(system * g_dt.reshape(-1, 1, 1))[self._group_index[block]]
+            propagator = (exponential[:, :2, :2], exponential[:, :2, 2])
+            if len(self._propagators) > 64:  # a schedule changing lr every step: keep the cache small
+                self._propagators.clear()
+            self._propagators[(block, self._settings_key)] = propagator
+        matrix, drive = propagator
+        state = self._oscillator[block]
+        self._oscillator[block] = torch.stack([matrix[:, 0, 0] * state[:, 0] + matrix[:, 0, 1] * state[:, 1],
+                                               matrix[:, 1, 0] * state[:, 0] + matrix[:, 1, 1] * state[:, 1]], dim=-1) \
+            + drive_per_mass.unsqueeze(-1) * drive
+
+    def _charges_and_sizes(self, params: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Per block, each group's charge and size (|theta_A|^2, |theta_A1|^2 + |theta_A2|^2, sum |theta_A|)."""
+        signed, unsigned = self.symmetries.quadratic_sums([(params, params)], unsigned=True,
+                                                                compile=self._compile)[:, 0]
+        absolute = {name: params[name].abs() for name in self._translation_params}
+        return ({"translation": self.symmetries.charges(Kind.TRANSLATION, params), "quadratic": signed},
+                {"translation": self.symmetries.charges(Kind.TRANSLATION, absolute), "quadratic": unsigned})
 
     def _record(self, params: Mapping[str, Tensor]) -> None:
-        empirical, discrete, continuous, size = {}, {}, {}, {}
-        for kind in _KINDS:
-            key = kind.value
-            charge = self.symmetries.charges(kind, params)
-            empirical[key] = charge.cpu()
-            size[key] = self._size(kind, params, charge).cpu()
-            if self.law.startswith("sgd"):
-                discrete[key] = self._discrete[key].cpu().clone()
-            if self.law == "sgd-momentum":
-                continuous[key] = self._oscillator[key][..., 0].cpu().clone() if not self._nesterov else None
-            if self.law == "sgd":
-                exponent = 1.0 if kind is Kind.TRANSLATION else 2.0
-                continuous[key] = (torch.exp(-exponent * self._decay_time[key]) * self._initial[key]
-                                   + (0.0 if kind is Kind.TRANSLATION else self._integral[key])).cpu()
-        self._history.append((self._step, empirical, discrete, continuous, size))
-
-    def _size(self, kind: Kind, params: Mapping[str, Tensor], charge: Tensor) -> Tensor:
-        if kind is Kind.TRANSLATION:
-            absolute = {name: params[name].abs() for name in self._translation_params}
-            return self.symmetries.charges(kind, absolute)
-        if kind is Kind.SCALE:
-            return charge
-        return charge + 2 * self._outgoing.charges(Kind.SCALE, params)  # |in|^2 + |out|^2
+        """Append (step, rows) with rows = charge, size[, discrete[, continuous]] over all groups
+        (translation, scale, rescale): one small tensor per recorded step, split in report()."""
+        charges, sizes = self._charges_and_sizes(params)
+        rows = [charges, sizes]
+        if self.law.startswith("sgd"):
+            rows.append(self._discrete)
+        if self.law == "sgd-momentum" and not self._nesterov:
+            rows.append({k: v[..., 0] for k, v in self._oscillator.items()})
+        if self.law == "sgd":
+            rows.append({"translation": torch.exp(-self._decay_time["translation"]) * self._initial["translation"],
+                         "quadratic": torch.exp(-2 * self._decay_time["quadratic"]) * self._initial["quadratic"]
+                         + self._integral["quadratic"]})
+        self._history.append((self._step, torch.stack([torch.cat([row[block] for block in _BLOCKS]) for row in rows]).cpu()))
 
     def report(self) -> ConservationReport:
-        steps = [h[0] for h in self._history]
+        steps = [step for step, _ in self._history]
+        history = torch.stack([rows for _, rows in self._history])  # (steps, rows, groups)
+        counts = [len(self.symmetries.of_kind(kind)) for kind in _KINDS]
 
-        def stack(index: int) -> dict:
-            no_continuous = self.law == "sgd-momentum" and self._nesterov
-            if (not self.law.startswith("sgd")) or (index == 3 and no_continuous):
-                if index in (2, 3):
-                    return {kind.value: None for kind in _KINDS}
-            return {kind.value: torch.stack([h[index][kind.value] for h in self._history]) for kind in _KINDS}
+        def by_kind(row: int) -> dict:
+            if row >= history.shape[1]:  # no law of this type for this run
+                return {kind.value: None for kind in _KINDS}
+            return {kind.value: part for kind, part in zip(_KINDS, history[:, row].split(counts, dim=1))}
 
-        return ConservationReport(steps, stack(1), stack(2), stack(3), stack(4), self.law)
+        return ConservationReport(steps, by_kind(0), by_kind(2), by_kind(3), by_kind(1), self.law)
 
     def state_dict(self) -> dict:
         """Everything a resumed run needs to continue its predictions (and its recorded history)."""
@@ -305,13 +346,7 @@ class ConservationTracker:
             if shapes != mine:
                 raise ValueError(f"state has groups {shapes}, this tracker {mine}: a different model or symmetry set")
         self._step = int(state["step"])
-        self._initial = {k: v.clone() for k, v in state["initial"].items()}
-        self._discrete = {k: v.clone() for k, v in state["discrete"].items()}
-        self._integral = {k: v.clone() for k, v in state["integral"].items()}
-        self._decay_time = {k: v.clone() for k, v in state["decay_time"].items()}
-        self._theta_buffer = {k: v.clone() for k, v in state["theta_buffer"].items()}
-        self._buffer_sq = {k: v.clone() for k, v in state["buffer_sq"].items()}
-        self._oscillator = {k: v.clone() for k, v in state["oscillator"].items()}
+        for key in ("initial", "discrete", "integral", "decay_time", "theta_buffer", "buffer_sq", "oscillator"):
+            setattr(self, f"_{key}", {k: v.clone() for k, v in state[key].items()})
         self._buffers_started = bool(state["buffers_started"])
         self._history = list(state["history"])
-

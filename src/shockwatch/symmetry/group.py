@@ -17,6 +17,7 @@ kind in one index_select + index_add_ per (parameter, dim, sign), however many u
 from __future__ import annotations
 
 import enum
+import functools
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -139,6 +140,67 @@ def _plan(symmetries: tuple[Symmetry, ...], device: torch.device, sizes: Mapping
     return _Plan(len(symmetries), gathers)
 
 
+@dataclass(frozen=True)
+class _UnitPlan:
+    """Every (param, dim) that a scale or rescale slot reads, laid out as one vector of units.
+
+    ``vectors`` (1-D parameters) are concatenated and multiplied in one pass; every other parameter
+    is reduced once per indexed dim. ``position`` / ``row`` / ``sign`` then carry each unit into its
+    symmetry's row (scale symmetries first, then rescale).
+    """
+
+    vectors: tuple[str, ...]
+    tensors: tuple[tuple[str, tuple[int, ...]], ...]  # (param, dims a slot indexes, ascending)
+    position: Tensor
+    row: Tensor
+    sign: Tensor
+
+
+def _unit_plan(plans: Mapping[Kind, _Plan], shapes: Mapping[str, tuple[int, ...]], device: torch.device) -> _UnitPlan:
+    gathers = [(g, 0) for g in plans[Kind.SCALE].gathers] + [(g, plans[Kind.SCALE].size) for g in plans[Kind.RESCALE].gathers]
+    dims: dict[str, set[int]] = {}
+    for g, _ in gathers:
+        dims.setdefault(g.param, set()).add(g.dim)
+    vectors = tuple(name for name in dims if len(shapes[name]) == 1)
+    tensors = tuple((name, tuple(sorted(dims[name]))) for name in dims if len(shapes[name]) != 1)
+    offset, start = {}, 0
+    for name in vectors:
+        offset[(name, 0)], start = start, start + shapes[name][0]
+    for name, used in tensors:
+        for d in used:
+            offset[(name, d)], start = start, start + shapes[name][d]
+    empty = torch.zeros(0, dtype=torch.long, device=device)
+    position = torch.cat([empty] + [g.index + offset[(g.param, g.dim)] for g, _ in gathers])
+    row = torch.cat([empty] + [g.row + row_offset for g, row_offset in gathers])
+    sign = torch.cat([empty.double()] + [torch.full((len(g.index),), g.sign, dtype=torch.float64, device=device)
+                                         for g, _ in gathers])
+    return _UnitPlan(vectors, tensors, position, row, sign)
+
+
+def _units(dims: tuple[tuple[int, ...], ...], vectors: list[tuple[Tensor, Tensor]],
+           tensors: list[tuple[list[Tensor], list[Tensor]]]) -> Tensor:
+    """The per-unit sums of x * y that ``quadratic_sums`` scatters into symmetries, one row per
+    pair (float64): the 1-D parameters (concatenated), then one vector per other parameter and dim.
+    All pairs in one call, so that a compiled kernel reads a tensor shared by pairs once."""
+    rows = []
+    for pair, (xs, ys) in enumerate(tensors):
+        pieces = [vectors[pair][0] * vectors[pair][1]] if vectors else []
+        for used, x, y in zip(dims, xs, ys):
+            product = x * y
+            for d in used:
+                # leading dims summed first, trailing ones as rows: both contiguous reductions,
+                # several times faster (eager) than one sum over scattered dims
+                lead = product.sum(dim=tuple(range(d))) if d > 0 else product
+                pieces.append(lead.reshape(lead.shape[0], -1).sum(1) if lead.ndim > 1 else lead)
+        rows.append(torch.cat(pieces))
+    return torch.stack(rows).double()
+
+
+@functools.cache
+def _compiled_units():
+    return torch.compile(_units, dynamic=False, fullgraph=True)
+
+
 @dataclass(frozen=True, eq=False)
 class SymmetrySet:
     """The symmetries found on one model, with a precomputed charge plan per kind."""
@@ -152,6 +214,8 @@ class SymmetrySet:
     rejected: tuple[str, ...] = ()  # candidates detection proposed but the numerical check refuted
     _plans: dict = field(init=False, repr=False)
     _by_kind: dict = field(init=False, repr=False)
+    _unit_plans: dict = field(init=False, repr=False)  # parameter shapes -> _UnitPlan, built on first use
+    _quadratic_params: tuple = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         labels = [s.label for s in self.symmetries]
@@ -163,6 +227,9 @@ class SymmetrySet:
         plans = {kind: _plan(by_kind[kind], torch.device(self.device), dict(self.sizes))
                  for kind in Kind if kind.one_parameter}
         object.__setattr__(self, "_plans", plans)
+        object.__setattr__(self, "_unit_plans", {})
+        object.__setattr__(self, "_quadratic_params", tuple(dict.fromkeys(
+            g.param for kind in (Kind.SCALE, Kind.RESCALE) for g in plans[kind].gathers)))
 
     def __iter__(self) -> Iterator[Symmetry]:
         return iter(self.symmetries)
@@ -244,6 +311,58 @@ class SymmetrySet:
                 block = weight * theta.index_select(g.dim, g.index).double()
             dense.index_add_(g.dim, g.index, block)
         return out
+
+    @property
+    def quadratic_params(self) -> tuple[str, ...]:
+        """The parameters some scale or rescale slot reads: all that ``quadratic_sums`` touches."""
+        return self._quadratic_params
+
+    @torch.no_grad()
+    def quadratic_sums(self, pairs: list[tuple[Mapping[str, Tensor], Mapping[str, Tensor]]], *,
+                       unsigned: bool = False, compile: bool = False) -> Tensor:
+        r"""sum_slots sign <x_A, y_A> for every scale and rescale symmetry and every pair (x, y).
+
+        Returns (len(pairs), n_scale + n_rescale) float64: the scale symmetries in ``of_kind``
+        order, then the rescale ones; sign is -1 on rescale outgoing slots. (theta, theta) gives
+        the charges, (g, g) the signed |g_A|^2, (b, g) ``generator_inner`` with b for theta.
+        ``unsigned=True`` returns (2, len(pairs), groups): the signed sums and the sums with +1
+        everywhere (|theta_A1|^2 + |theta_A2|^2), from the same pass.
+
+        One product and one reduction per parameter and pair serve both kinds: this is the
+        per-step kernel of the conservation tracker. Products and sums are taken in the tensors'
+        own dtype (torch's pairwise summation: relative error ~ eps log n; float64 for a float64
+        model), then accumulated per symmetry in float64. ``compile=True`` fuses each product with
+        its reductions (torch.compile, one compile of a few seconds per model): 3-5x faster, as
+        the eager kernel is bound by writing and re-reading the products (benchmarks/RESULTS.md).
+        """
+        if not pairs:
+            raise ValueError("quadratic_sums needs at least one (x, y) pair")
+        first = pairs[0][0]
+        key = tuple(first[name].shape for name in self.quadratic_params)
+        plan = self._unit_plans.get(key)
+        if plan is None:
+            shapes = dict(zip(self.quadratic_params, key))
+            plan = self._unit_plans.setdefault(key, _unit_plan(self._plans, shapes, torch.device(self.device)))
+        size = self._plans[Kind.SCALE].size + self._plans[Kind.RESCALE].size
+        if size == 0:
+            return torch.zeros((2, len(pairs), 0) if unsigned else (len(pairs), 0), dtype=torch.float64,
+                               device=self.device)
+        kernel = _compiled_units() if compile else _units
+        dims = tuple(used for _, used in plan.tensors)
+        flat: dict[int, Tensor | None] = {}  # id(mapping) -> its 1-D parameters concatenated, once
+
+        def vectors(mapping: Mapping[str, Tensor]) -> Tensor | None:
+            if id(mapping) not in flat:
+                flat[id(mapping)] = torch.cat([mapping[name] for name in plan.vectors]) if plan.vectors else None
+            return flat[id(mapping)]
+
+        units = kernel(dims, [(vectors(x), vectors(y)) for x, y in pairs] if plan.vectors else [],
+                       [([x[name] for name, _ in plan.tensors], [y[name] for name, _ in plan.tensors]) for x, y in pairs])
+        units = units[:, plan.position]
+        signed = units.new_zeros(len(pairs), size).index_add_(1, plan.row, units * plan.sign)
+        if not unsigned:
+            return signed
+        return torch.stack([signed, units.new_zeros(len(pairs), size).index_add_(1, plan.row, units)])
 
     def _one_parameter(self, kind: Kind | str) -> Kind:
         kind = Kind(kind)
