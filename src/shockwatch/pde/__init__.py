@@ -17,7 +17,7 @@ from .burgers import (
     ssp_step,
 )
 from .differences import fd_weights, finite_difference
-from .hamilton_jacobi import hj_residual
+from .hamilton_jacobi import hj_residual, hj_residual_2d
 from .heat import Domain, HopfCole, burgers_slope, burgers_velocity, hopf_cole, hopf_lax, hopf_lax_velocity, local_entropy
 from .sphere import log_heat_kernel_sphere, sphere_grid, sphere_local_entropy
 from .shocks import Crossing, Shock, ShockPath, characteristics, first_crossing, rankine_hugoniot_speed, shock_path, shock_time, shocks_at
@@ -31,6 +31,7 @@ __all__ = [
     "characteristics",
     "first_crossing",
     "hj_residual",
+    "hj_residual_2d",
     "rankine_hugoniot_speed",
     "shock_time",
     "shocks_at",

@@ -4,7 +4,20 @@ Reads parameter groups only from a ``SymmetrySet`` (symmetry layer); knows nothi
 """
 
 from .chart import Canonical, canonical, gl_invariant, push_forward, relu_unit_coordinates
+from .entropy import (
+    Direction,
+    LangevinGradient,
+    MonteCarloEntropy,
+    QuotientChart,
+    SliceEntropy,
+    batched_loss,
+    langevin_gradient,
+    monte_carlo_entropy,
+    slice_entropy,
+    sphere_walk,
+)
 from .projection import Metric, OrbitOperator, horizontal_projection
 
-__all__ = ["Canonical", "Metric", "OrbitOperator", "canonical", "gl_invariant", "horizontal_projection", "push_forward",
-           "relu_unit_coordinates"]
+__all__ = ["Canonical", "Direction", "LangevinGradient", "Metric", "MonteCarloEntropy", "OrbitOperator", "QuotientChart",
+           "SliceEntropy", "batched_loss", "canonical", "gl_invariant", "horizontal_projection", "langevin_gradient",
+           "monte_carlo_entropy", "push_forward", "relu_unit_coordinates", "slice_entropy", "sphere_walk"]
