@@ -21,8 +21,8 @@ def _run_experiment(name: str, out: Path, as_json: bool, full: bool = False) -> 
         console.print(f"[red]error:[/red] {name} has no --full size; run it without --full")
         raise typer.Exit(code=2)
     config = module.Config.full() if full else module.Config()
-    with console.status(f"running {name} ..."):
-        result = module.run(config)
+    console.print(f"running {name} ...")
+    result = module.run(config, progress=True)
     paths = result.save(out)
     if as_json:
         typer.echo(json.dumps(result.to_json()))
@@ -56,6 +56,7 @@ def reproduce(
 
     Example: shockwatch reproduce burgers-shock --out runs/fig3
     Example: shockwatch reproduce neural-mechanics --out runs/kunin-fig1
+    Example: shockwatch reproduce closure --out runs/closure
     """
     if name not in EXPERIMENTS:
         console.print(f"[red]error:[/red] unknown experiment {name!r}; choose one of: {', '.join(EXPERIMENTS)}")

@@ -2,8 +2,8 @@
 
 from types import ModuleType
 
-from . import burgers_shock, neural_mechanics
+from . import burgers_shock, closure, neural_mechanics
 
-EXPERIMENTS: dict[str, ModuleType] = {burgers_shock.NAME: burgers_shock, neural_mechanics.NAME: neural_mechanics}
+EXPERIMENTS: dict[str, ModuleType] = {module.NAME: module for module in (burgers_shock, neural_mechanics, closure)}
 
-__all__ = ["EXPERIMENTS", "burgers_shock", "neural_mechanics"]
+__all__ = ["EXPERIMENTS", "burgers_shock", "closure", "neural_mechanics"]

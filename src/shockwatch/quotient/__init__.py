@@ -4,6 +4,7 @@ Reads parameter groups only from a ``SymmetrySet`` (symmetry layer); knows nothi
 """
 
 from .chart import Canonical, canonical, gl_invariant, push_forward, relu_unit_coordinates
+from .closure import ClosureReport, closure_test
 from .entropy import (
     Direction,
     LangevinGradient,
@@ -18,6 +19,6 @@ from .entropy import (
 )
 from .projection import Metric, OrbitOperator, horizontal_projection
 
-__all__ = ["Canonical", "Direction", "LangevinGradient", "Metric", "MonteCarloEntropy", "OrbitOperator", "QuotientChart",
+__all__ = ["Canonical", "ClosureReport", "closure_test", "Direction", "LangevinGradient", "Metric", "MonteCarloEntropy", "OrbitOperator", "QuotientChart",
            "SliceEntropy", "batched_loss", "canonical", "gl_invariant", "horizontal_projection", "langevin_gradient",
            "monte_carlo_entropy", "push_forward", "relu_unit_coordinates", "slice_entropy", "sphere_walk"]

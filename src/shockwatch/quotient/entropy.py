@@ -157,6 +157,19 @@ class QuotientChart:
         """(number of units J, sphere ambient dimension d, outgoing size k)."""
         return self.s.shape[0], self.s.shape[1], self.gamma.shape[1]
 
+    def flat_coordinates(self) -> Tensor:
+        """(gamma (J*k), angle of each s_j (J), free (F)): flat coordinates when every s_j is on a circle."""
+        if self.dims[1] != 2:
+            raise ValueError(f"flat coordinates need circles (d = 2), this chart's spheres live in R^{self.dims[1]}")
+        return torch.cat([self.gamma.reshape(-1), torch.atan2(self.s[:, 1], self.s[:, 0]), self.free])
+
+    def from_flat(self, flat: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Stacked flat coordinates (S, J*k + J + F) -> (gamma (S, J, k), s (S, J, 2), free (S, F))."""
+        J, _, k = self.dims
+        gamma = flat[:, :J * k].reshape(-1, J, k)
+        angle = flat[:, J * k:J * k + J]
+        return gamma, torch.stack([torch.cos(angle), torch.sin(angle)], dim=-1), flat[:, J * k + J:]
+
     def parameters(self, gamma: Tensor, s: Tensor, free: Tensor) -> dict[str, Tensor]:
         """Balanced parameters at stacked coordinates: |u_j| = sqrt|gamma_j|, u_j = |u_j| s_j, a_j = gamma_j / |u_j|."""
         count = gamma.shape[0]
@@ -173,6 +186,18 @@ class QuotientChart:
         return out
 
 
+def _line_tangent(chart: QuotientChart, direction: Direction, metric: str) -> Tensor:
+    J, d, k = chart.dims
+    if metric != "product" or d != 2:
+        raise ValueError("a 'line' direction needs metric='product' and circles (units with one input and a bias, "
+                         f"d = 2); got metric={metric!r}, d = {d}")
+    tangent = torch.tensor(direction.tangent, dtype=torch.float64)
+    size = J * k + J + chart.free.numel()
+    if tangent.shape != (size,) or float(tangent.norm()) == 0:
+        raise ValueError(f"a 'line' tangent needs {size} entries (gamma, angles, free), not all zero; got {tuple(tangent.shape)}")
+    return tangent / tangent.norm()
+
+
 # --------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Direction:
@@ -182,6 +207,8 @@ class Direction:
         orthogonal to s (default: the basis vector least aligned with s); a circle.
     kind "radial": |gamma_unit| changes, its direction and s fixed; a half-line (|gamma| > 0).
     kind "free": free entry number ``entry`` (of ``QuotientChart.free``) changes; a line.
+    kind "line": a straight line along ``tangent`` in the flat coordinates (gamma (J*k), angle of each
+        s_j (J), free (F)) of a chart whose spheres are circles (d = 2): product metric only.
     """
 
     kind: str
@@ -190,8 +217,10 @@ class Direction:
     tangent: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in ("rotate", "radial", "free"):
-            raise ValueError(f"Direction kind must be 'rotate', 'radial' or 'free', got {self.kind!r}")
+        if self.kind not in ("rotate", "radial", "free", "line"):
+            raise ValueError(f"Direction kind must be 'rotate', 'radial', 'free' or 'line', got {self.kind!r}")
+        if self.kind == "line" and self.tangent is None:
+            raise ValueError("a 'line' direction needs its tangent in the chart's flat coordinates")
 
 
 def _tangent(direction: Direction, s: Tensor) -> Tensor:
@@ -215,6 +244,16 @@ def _axis(chart: QuotientChart, direction: Direction, metric: str, points: int, 
         raise ValueError(f"unit must be in [0, {J}), got {direction.unit}")
     if direction.kind == "free" and not 0 <= direction.entry < chart.free.numel():
         raise ValueError(f"entry must be in [0, {chart.free.numel()}), got {direction.entry}")
+    if direction.kind == "line":
+        tangent = _line_tangent(chart, direction, metric)
+        width = half_width if half_width is not None else 1.0
+        grid = torch.linspace(-width, width, points, dtype=torch.float64)
+        base = chart.flat_coordinates()
+
+        def coordinates(x: Tensor):
+            return chart.from_flat(base + x[:, None] * tangent)
+
+        return grid, "line", coordinates
     scale = float(chart.gamma[direction.unit].norm().sqrt()) if metric == "quotient" else 1.0
     if direction.kind == "rotate":
         # arc length sqrt|gamma| theta (quotient) or theta (product); one period, endpoint excluded
@@ -295,7 +334,13 @@ def slice_entropy(loss: BatchedLoss, chart: QuotientChart, directions: Sequence[
         raise ValueError(f"a slice has 1 or 2 directions, got {len(directions)}")
     if len(directions) == 2:
         first, second = directions
-        same_unit = first.kind != "free" and second.kind != "free" and first.unit == second.unit
+        if "line" in (first.kind, second.kind):
+            if first.kind != second.kind:
+                raise ValueError("a 'line' direction pairs only with another 'line' direction")
+            dot = float(_line_tangent(chart, first, metric) @ _line_tangent(chart, second, metric))
+            if abs(dot) > 1e-9:
+                raise ValueError(f"the two 'line' tangents must be orthogonal (a flat product), their cosine is {dot:.3g}")
+        same_unit = first.kind in ("rotate", "radial") and second.kind in ("rotate", "radial") and first.unit == second.unit
         if same_unit or (first.kind == second.kind == "free" and first.entry == second.entry):
             raise ValueError("the two directions of a 2-D slice must move different units or entries "
                              "(a rotation and a radial change of one unit span a cone, not a flat product)")
@@ -318,17 +363,24 @@ def slice_entropy(loss: BatchedLoss, chart: QuotientChart, directions: Sequence[
         n1, n2 = len(grids[0]), len(grids[1])
         g2, s2, f2 = axes[1][2](grids[1])
         second = directions[1]
-        gamma = g1[:, None].expand(n1, n2, *g1.shape[1:]).clone()
-        s = s1[:, None].expand(n1, n2, *s1.shape[1:]).clone()
-        free = f1[:, None].expand(n1, n2, f1.shape[1]).clone()
-        if second.kind == "rotate":
-            s[:, :, second.unit] = s2[None, :, second.unit]
-        elif second.kind == "radial":
-            gamma[:, :, second.unit] = g2[None, :, second.unit]
+        if second.kind == "line":
+            base = chart.flat_coordinates()
+            t1, t2 = _line_tangent(chart, directions[0], metric), _line_tangent(chart, second, metric)
+            flat = base + grids[0][:, None, None] * t1 + grids[1][None, :, None] * t2
+            gamma, s, free = chart.from_flat(flat.reshape(n1 * n2, -1))
+            potential = loss(chart.parameters(gamma, s, free)).double().reshape(n1, n2)
         else:
-            free[:, :, second.entry] = f2[None, :, second.entry]
-        potential = loss(chart.parameters(gamma.reshape(n1 * n2, *gamma.shape[2:]), s.reshape(n1 * n2, *s.shape[2:]),
-                                          free.reshape(n1 * n2, -1))).double().reshape(n1, n2)
+            gamma = g1[:, None].expand(n1, n2, *g1.shape[1:]).clone()
+            s = s1[:, None].expand(n1, n2, *s1.shape[1:]).clone()
+            free = f1[:, None].expand(n1, n2, f1.shape[1]).clone()
+            if second.kind == "rotate":
+                s[:, :, second.unit] = s2[None, :, second.unit]
+            elif second.kind == "radial":
+                gamma[:, :, second.unit] = g2[None, :, second.unit]
+            else:
+                free[:, :, second.entry] = f2[None, :, second.entry]
+            potential = loss(chart.parameters(gamma.reshape(n1 * n2, *gamma.shape[2:]), s.reshape(n1 * n2, *s.shape[2:]),
+                                              free.reshape(n1 * n2, -1))).double().reshape(n1, n2)
     if not bool(torch.isfinite(potential).all()):
         raise ValueError("the loss is not finite on the slice: shrink half_width")
     fields = []
