@@ -57,6 +57,7 @@ def reproduce(
     Example: shockwatch reproduce burgers-shock --out runs/fig3
     Example: shockwatch reproduce neural-mechanics --out runs/kunin-fig1
     Example: shockwatch reproduce closure --out runs/closure
+    Example: shockwatch reproduce mean-field --out runs/mean-field
     """
     if name not in EXPERIMENTS:
         console.print(f"[red]error:[/red] unknown experiment {name!r}; choose one of: {', '.join(EXPERIMENTS)}")
