@@ -57,6 +57,7 @@ def reproduce(
     Example: shockwatch reproduce burgers-shock --out runs/fig3
     Example: shockwatch reproduce neural-mechanics --out runs/kunin-fig1
     Example: shockwatch reproduce hopf-cole-relu --out runs/table1
+    Example: shockwatch reproduce quotient-sde --out runs/quotient-sde
     Example: shockwatch reproduce closure --out runs/closure
     Example: shockwatch reproduce mean-field --out runs/mean-field
     """

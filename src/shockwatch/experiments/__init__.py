@@ -2,8 +2,8 @@
 
 from types import ModuleType
 
-from . import burgers_shock, closure, hopf_cole_relu, mean_field, neural_mechanics
+from . import burgers_shock, closure, hopf_cole_relu, mean_field, neural_mechanics, quotient_sde
 
-EXPERIMENTS: dict[str, ModuleType] = {module.NAME: module for module in (burgers_shock, neural_mechanics, hopf_cole_relu, closure, mean_field)}
+EXPERIMENTS: dict[str, ModuleType] = {module.NAME: module for module in (burgers_shock, neural_mechanics, hopf_cole_relu, quotient_sde, closure, mean_field)}
 
-__all__ = ["EXPERIMENTS", "burgers_shock", "closure", "hopf_cole_relu", "mean_field", "neural_mechanics"]
+__all__ = ["EXPERIMENTS", "burgers_shock", "closure", "hopf_cole_relu", "mean_field", "neural_mechanics", "quotient_sde"]
