@@ -279,3 +279,31 @@ def test_gl_invariant_metric_makes_the_projection_equivariant():
         errors[metric] = max(float((there[k] - moved_back[k]).abs().max()) for k in params)
     assert errors["gl-invariant"] < 1e-8, errors
     assert errors["euclidean"] > 1e-3, errors
+
+
+def test_push_forward_carries_vectors_through_unbalanced_attention_heads():
+    """Truth: Phi is constant on orbits, so (Phi(theta + eps v) - Phi(theta - eps v)) / 2 eps is D Phi v;
+    at a representative with random GL(d) elements on every head (far from balanced) push_forward
+    must match it to O(eps^2), GL blocks included (it once ignored the heads' balancing matrices)."""
+    torch.manual_seed(21)
+    model = sw.models.GPT(sw.models.GPTConfig(n_head=2, d_model=8, vocab_size=20)).double()
+    syms = sw.find_symmetries(model, torch.randint(0, 20, (3, 8)))
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    g = torch.Generator().manual_seed(22)
+    for sym in syms.of_kind(Kind.GL):
+        params = act_gl(sym, params, torch.linalg.matrix_exp(0.5 * torch.randn(4, 4, generator=g, dtype=torch.float64)))
+    v = {k: torch.randn(p.shape, generator=g, dtype=torch.float64) for k, p in params.items()}
+    eps = 1e-5
+    plus = canonical(syms, {k: params[k] + eps * v[k] for k in params}).params
+    minus = canonical(syms, {k: params[k] - eps * v[k] for k in params}).params
+    pushed = push_forward(syms, params, v)
+    # the section's own tangent differs from the horizontal lift by a vertical vector, which the GL
+    # invariants A_in^T A_out do not see: compare what the quotient sees, d(A_in^T A_out)
+    point = canonical(syms, params).params
+    for sym in syms.of_kind(Kind.GL):
+        a_in, a_out = unit_matrix(sym, sym.incoming, point), unit_matrix(sym, sym.outgoing, point)
+        d_in = unit_matrix(sym, sym.incoming, pushed)
+        d_out = unit_matrix(sym, sym.outgoing, pushed)
+        from_push = d_in.T @ a_out + a_in.T @ d_out
+        finite = (gl_invariant(sym, plus) - gl_invariant(sym, minus)) / (2 * eps)
+        assert float((from_push - finite).abs().max()) < 1e-6 * float(finite.abs().max()) + 1e-8, sym.label

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..symmetry import Kind, Symmetry, SymmetrySet, permute, unit_matrix
+from ..symmetry import Kind, Symmetry, SymmetrySet, act_gl, permute, unit_matrix
 from .projection import horizontal_projection
 
 __all__ = ["Canonical", "canonical", "gl_invariant", "push_forward", "relu_unit_coordinates"]
@@ -44,6 +44,7 @@ class Canonical:
     orders: tuple[tuple[Symmetry, Tensor], ...]  # the permutations applied, in order
     sweeps: int
     imbalance: float  # max over the conditions of their relative violation at the end
+    gl_matrices: tuple[tuple[Symmetry, Tensor], ...] = ()  # M carrying each head to its balanced form
 
 
 def canonical(symmetries: SymmetrySet, params: Mapping[str, Tensor], *, tol: float = 1e-13,
@@ -93,15 +94,19 @@ def canonical(symmetries: SymmetrySet, params: Mapping[str, Tensor], *, tol: flo
     else:
         raise RuntimeError(f"canonical: the gauge conditions did not converge in {max_sweeps} sweeps "
                            f"(violation {imbalance:.2e} > tol {tol:.0e})")
+    gl_matrices = []
     for sym in symmetries.of_kind(Kind.GL):
+        before = unit_matrix(sym, sym.incoming, theta)
         theta = _gl_balanced(sym, theta)
+        after = unit_matrix(sym, sym.incoming, theta)  # after = M before: M by least squares (exact, full rank)
+        gl_matrices.append((sym, torch.linalg.lstsq(before.T, after.T).solution.T))
     orders = []
     for sym in symmetries.of_kind(Kind.PERMUTATION):
         key = sum(unit_matrix(sym, (slot,), theta).square().sum(1) for slot in sym.slots)
         order = torch.argsort(key, descending=True, stable=True)
         theta = permute(sym, theta, order)
         orders.append((sym, order))  # factors stay in theta's own layout: g_* v = perm(a * v)
-    return Canonical(theta, factors, tuple(orders), sweeps, imbalance)
+    return Canonical(theta, factors, tuple(orders), sweeps, imbalance, tuple(gl_matrices))
 
 
 def _gl_balanced(sym: Symmetry, theta: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -145,8 +150,9 @@ def _violation(symmetries: SymmetrySet, theta: Mapping[str, Tensor]) -> float:
 
 def push_forward(symmetries: SymmetrySet, params: Mapping[str, Tensor], vectors: Mapping[str, Tensor],
                  *, point: Canonical | None = None) -> dict[str, Tensor]:
-    r"""D Phi(theta) v = P_H(Phi theta)[perm(a * v)]: a tangent vector carried to the quotient chart
-    (for models with GL groups: the horizontal lift at Phi(theta), see the module docstring).
+    r"""D Phi(theta) v = P_H(Phi theta)[perm(M (a * v))]: a tangent vector carried to the quotient chart
+    (a the entrywise factors, M the GL matrices of the heads' balancing; for models with GL groups
+    the result is the horizontal lift at Phi(theta), see the module docstring).
 
     The drift of Thm 2.2 is b = D Phi grad L. ``point``: a ``canonical(...)`` result for ``params``
     to reuse. Returns float64 tensors for every key of ``vectors``.
@@ -154,6 +160,8 @@ def push_forward(symmetries: SymmetrySet, params: Mapping[str, Tensor], vectors:
     point = point or canonical(symmetries, params)
     moved = {name: point.factors[name] * (vectors[name].detach().to(torch.float64) if name in vectors
                                           else torch.zeros_like(point.factors[name])) for name in point.factors}
+    for sym, matrix in point.gl_matrices:  # the GL action is linear: its tangent map is itself
+        moved = act_gl(sym, moved, matrix)
     for sym, order in point.orders:
         moved = permute(sym, moved, order)
     projected = horizontal_projection(symmetries, point.params, moved)
