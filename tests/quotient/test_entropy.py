@@ -174,3 +174,20 @@ def test_bad_input():
         slice_entropy(loss, chart, [Direction("rotate", 0)], 0.1, [-1.0])
     with pytest.raises(ValueError, match="nu and tau"):
         monte_carlo_entropy(loss, chart, 0.0, 0.1)
+
+
+def test_chart_and_slices_on_a_cnn_with_batchnorm():
+    """Truth: the model's own loss at the chart's base; the chart takes the first layer of rescale units
+    (BatchNorm's affine pair against the next conv's input channel: d = 2, k = out channels x 3 x 3)."""
+    torch.manual_seed(0)
+    model = sw.models.vgg("tiny", width_divisor=4, batch_norm=True, image_size=8, hidden=16).double().eval()
+    x, y = torch.randn(16, 3, 8, 8, dtype=torch.float64), torch.randint(0, 10, (16,))
+    syms = sw.find_symmetries(model, x)
+    chart = QuotientChart.at(dict(model.named_parameters()), syms)
+    J, d, k = chart.dims
+    assert d == 2 and k % 9 == 0 and J >= 2
+    loss = batched_loss(model, F.cross_entropy, (x, y))
+    base = {key: value[None] for key, value in chart.base.items()}
+    assert abs(float(loss(base)[0]) - float(F.cross_entropy(model(x), y).detach())) < 1e-12
+    s = slice_entropy(loss, chart, [Direction("rotate", 0), Direction("radial", 1)], 0.1, [0.0, 0.1], points=(32, 17))
+    assert bool(torch.isfinite(s.entropy).all()) and torch.allclose(s.entropy[0], s.potential)

@@ -14,7 +14,10 @@ balanced representative is used: |u_j| = sqrt|gamma_j|, u_j = |u_j| s_j, a_j = g
 Units are chosen greedily in the SymmetrySet's order among rescale symmetries whose slots overlap
 no unit already chosen and whose (d, k) matches the first: for an MLP this is its first hidden
 layer (the second layer's units share the weight matrix between the layers with the first's).
-Deeper units stay as free entries: the chart quotients one layer's rescalings.
+Deeper units stay as free entries: the chart quotients one layer's rescalings. In a CNN with
+BatchNorm the first units are BatchNorm's (weight, bias) pairs against the next conv's input
+channel (d = 2). A model with no ReLU rescale units (e.g. a GELU transformer, whose quotient comes
+from GL heads and scale groups) has no (gamma, s) chart: QuotientChart.at says so.
 
 Two metrics:
 - "quotient" (default for slices): the metric of the balanced section, which is horizontal (each
