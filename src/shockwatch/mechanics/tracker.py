@@ -318,6 +318,20 @@ class ConservationTracker:
                          + self._integral["quadratic"]})
         self._history.append((self._step, torch.stack([torch.cat([row[block] for block in _BLOCKS]) for row in rows]).cpu()))
 
+    def latest(self) -> tuple[int, dict[str, dict[str, Tensor]]]:
+        """The last recorded step and, per kind, its "empirical", "size" and (where a law applies)
+        "discrete"/"continuous" charges: what a monitor logs without building the whole report."""
+        step, rows = self._history[-1]
+        counts = [len(self.symmetries.of_kind(kind)) for kind in _KINDS]
+        labels = ["empirical", "size", "discrete", "continuous"][: rows.shape[0]]
+        if rows.shape[0] == 3 and self.law == "sgd-momentum":  # Nesterov: discrete only
+            labels = ["empirical", "size", "discrete"]
+        out = {kind.value: {} for kind in _KINDS}
+        for label, row in zip(labels, rows):
+            for kind, part in zip(_KINDS, row.split(counts)):
+                out[kind.value][label] = part
+        return step, out
+
     def report(self) -> ConservationReport:
         steps = [step for step, _ in self._history]
         history = torch.stack([rows for _, rows in self._history])  # (steps, rows, groups)

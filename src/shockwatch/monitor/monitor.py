@@ -1,0 +1,133 @@
+r"""The training-loop monitor: cheap symmetry-aware observables every step, written to a run store.
+
+Every step (one pass over parameters and gradients, plus the conservation tracker's own pass):
+    loss, grad_norm = |g|,
+    gradient_breaking/<kind> = max_k |<xi_k, g>| / (|xi_k| |g|) over scale/rescale groups, at the
+        parameters the gradient was taken at (an optimizer pre-step hook): 0 for an exact symmetry
+        (Kunin et al. 2021: <grad L, xi> = 0), so it measures how broken each kind is,
+    charge_drift/<kind> = max_k |Q_k(t) - Q_k(0)| / size_k(0) and, under SGD,
+    charge_law_error/<kind> = max_k |Q_k - Q_k^discrete| / size_k (the exact update-rule law: any
+        value above round-off is symmetry breaking the law does not model).
+A non-finite loss or gradient is recorded as an event and the step is skipped for the laws; with
+``raise_on_nonfinite=True`` it raises FloatingPointError instead. This is the first step of the
+monitor (issue 6): the scheduled observables, sinks other than SQLite, and the report come next.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ..mechanics import ConservationTracker
+from ..symmetry import Kind, SymmetrySet, find_symmetries
+from .store import RunStore
+
+__all__ = ["Monitor"]
+
+_QUADRATIC = (Kind.SCALE, Kind.RESCALE)
+
+
+class Monitor:
+    """``mon.step(loss)`` after each ``optimizer.step()`` (before ``zero_grad``).
+
+    ``log_dir`` gets ``run.sqlite``; an existing run is refused unless ``resume=True``.
+    ``symmetries`` or ``example_input`` (to find them) are optional: without either the monitor
+    logs the raw observables only and records why.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, log_dir: str | Path, *,
+                 symmetries: SymmetrySet | None = None, example_input: Tensor | None = None,
+                 charges_every: int = 1, raise_on_nonfinite: bool = False, resume: bool = False) -> None:
+        if charges_every < 1:
+            raise ValueError(f"charges_every must be >= 1, got {charges_every}")
+        self.model, self.optimizer = model, optimizer
+        self.log_dir = Path(log_dir)
+        self.store = RunStore(self.log_dir / "run.sqlite", resume=resume)
+        self.raise_on_nonfinite = raise_on_nonfinite
+        self._step = (self.store.last_step() or 0) if resume else 0
+        self._named = list(model.named_parameters())
+        if symmetries is None and example_input is not None:
+            symmetries = find_symmetries(model, example_input)
+        self.symmetries = symmetries
+        self.tracker = None
+        if symmetries is None or len(symmetries) == 0:
+            why = "no symmetries given (pass symmetries= or example_input=)" if symmetries is None \
+                else "find_symmetries found none in this model"
+            self.store.event(self._step, "no-symmetries", f"raw observables only: {why}")
+        else:
+            self.tracker = ConservationTracker(model, optimizer, symmetries, record_every=charges_every)
+        # <xi_k, g> needs the parameters the gradient was taken at: read them just before the step
+        self._pending: dict[str, float] = {}
+        self._hook = optimizer.register_step_pre_hook(self._before_step)
+        self.store.set_meta({"model": type(model).__name__, "optimizer": type(optimizer).__name__,
+                             "law": self.tracker.law if self.tracker else "none",
+                             "symmetries": str(symmetries.counts()) if symmetries is not None else "{}"})
+
+    @torch.no_grad()
+    def step(self, loss: Tensor | float) -> dict[str, float]:
+        """Observe the step just taken; returns what was logged."""
+        self._step += 1
+        value = float(loss.detach()) if isinstance(loss, Tensor) else float(loss)
+        grads = {name: p.grad for name, p in self._named if p.grad is not None}
+        grad_sq = sum(float(g.double().square().sum()) for g in grads.values())
+        if not (math.isfinite(value) and math.isfinite(grad_sq)):
+            message = f"loss {value}, |g|^2 {grad_sq}"
+            self.store.event(self._step, "nonfinite", message)
+            if self.raise_on_nonfinite:
+                raise FloatingPointError(f"step {self._step}: non-finite {message}")
+            self.store.log(self._step, {"loss": value})
+            return {"loss": value}
+        values = {"loss": value, "grad_norm": math.sqrt(grad_sq)}
+        if self.tracker is not None:
+            values.update(self._symmetry_observables(grads, math.sqrt(grad_sq)))
+        self.store.log(self._step, values)
+        return values
+
+    @torch.no_grad()
+    def _before_step(self, optimizer, args, kwargs) -> None:
+        self._pending = {}
+        syms = self.symmetries
+        if syms is None or not any(syms.of_kind(kind) for kind in _QUADRATIC):
+            return
+        params = {name: p.detach() for name, p in self._named}
+        grads = {name: (p.grad if p.grad is not None else torch.zeros_like(p)) for name, p in self._named}
+        grad_norm = math.sqrt(sum(float(g.double().square().sum()) for g in grads.values()))
+        if not math.isfinite(grad_norm) or grad_norm == 0:
+            return
+        signed, unsigned = syms.quadratic_sums([(params, grads), (params, params)], unsigned=True)
+        breaking = signed[0].abs() / (unsigned[1].sqrt() * grad_norm).clamp(min=1e-300)
+        start = 0
+        for kind in _QUADRATIC:
+            count = len(syms.of_kind(kind))
+            if count:
+                self._pending[f"gradient_breaking/{kind.value}"] = float(breaking[start:start + count].max())
+            start += count
+
+    def _symmetry_observables(self, grads: dict[str, Tensor], grad_norm: float) -> dict[str, float]:
+        out, self._pending = dict(self._pending), {}
+        self.tracker.update()
+        step, latest = self.tracker.latest()
+        if step == self.tracker._step:  # recorded this step
+            initial = self._initial_sizes()
+            for kind, rows in latest.items():
+                if rows["empirical"].numel() == 0:
+                    continue
+                size = rows["size"].clamp(min=1e-300)
+                out[f"charge_drift/{kind}"] = float(((rows["empirical"] - self._initial[kind]).abs() / initial[kind]).max())
+                if "discrete" in rows:
+                    out[f"charge_law_error/{kind}"] = float(((rows["empirical"] - rows["discrete"]).abs() / size).max())
+        return out
+
+    def _initial_sizes(self) -> dict[str, Tensor]:
+        if not hasattr(self, "_initial"):
+            first = self.tracker.report()
+            self._initial = {kind: values[0] for kind, values in first.empirical.items()}
+            self._initial_size = {kind: values[0].clamp(min=1e-300) for kind, values in first.size.items()}
+        return self._initial_size
+
+    def close(self) -> None:
+        self._hook.remove()
+        self.store.close()

@@ -1,0 +1,118 @@
+"""Monitor and run store: observables against their definitions, events, resume, bad input."""
+
+import math
+import sqlite3
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import shockwatch as sw
+from shockwatch.monitor import RunStore
+
+
+def exact_norms(model):
+    for module in model.modules():
+        if isinstance(getattr(module, "eps", None), float):
+            module.eps = 1e-30
+    return model
+
+
+def train(monitor, model, opt, x, y, steps, poison_at=None):
+    logged = []
+    for step in range(steps):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        if step == poison_at:
+            loss = loss * float("nan")
+        loss.backward()
+        if step != poison_at:
+            opt.step()
+        logged.append(monitor.step(loss))
+    return logged
+
+
+def setup(tmp_path, norm="batch", **kwargs):
+    torch.manual_seed(0)
+    model = exact_norms(sw.models.mlp((4, 12, 12, 3), norm=norm).double())
+    x = torch.randn(32, 4, dtype=torch.float64)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, weight_decay=1e-3)
+    monitor = sw.Monitor(model, opt, tmp_path / "run", example_input=x, **kwargs)
+    return model, opt, x, y, monitor
+
+
+def test_observables_match_their_definitions(tmp_path):
+    """Truth: |g| recomputed from the gradients; exact symmetries give gradient breaking ~ 0 and the
+    exact discrete law ~ round-off (float64, BatchNorm eps -> 0); the store holds what step() returned."""
+    model, opt, x, y, monitor = setup(tmp_path)
+    logged = train(monitor, model, opt, x, y, 20)
+    grad_norm = math.sqrt(sum(float(p.grad.square().sum()) for p in model.parameters()))
+    assert math.isclose(logged[-1]["grad_norm"], grad_norm, rel_tol=1e-12)
+    assert logged[-1]["gradient_breaking/scale"] < 1e-9 and logged[-1]["gradient_breaking/rescale"] < 1e-9
+    for kind in ("translation", "scale", "rescale"):
+        assert logged[-1][f"charge_law_error/{kind}"] < 1e-10
+    assert logged[-1]["charge_drift/scale"] > 1e-4  # weight decay moves the charges: not a vacuous zero
+    steps, values = monitor.store.scalars("loss")
+    assert steps == list(range(1, 21)) and values[-1] == logged[-1]["loss"]
+
+
+def test_broken_symmetry_shows_in_the_gradient(tmp_path):
+    """Truth: with BatchNorm's default eps the scale symmetry is broken; the monitor must see it."""
+    torch.manual_seed(0)
+    model = sw.models.mlp((4, 12, 3), norm="batch").double()
+    for module in model.modules():
+        if hasattr(module, "eps"):
+            module.eps = 1.0  # a large eps: strongly broken
+    x = torch.randn(32, 4, dtype=torch.float64)
+    y = (x[:, 0] > 0).long()
+    syms = sw.find_symmetries(exact_norms(sw.models.mlp((4, 12, 3), norm="batch").double()), x)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    monitor = sw.Monitor(model, opt, tmp_path / "run", symmetries=syms)
+    logged = train(monitor, model, opt, x, y, 3)
+    assert logged[-1]["gradient_breaking/scale"] > 1e-3
+
+
+def test_nonfinite_steps_are_events_not_crashes(tmp_path):
+    model, opt, x, y, monitor = setup(tmp_path)
+    train(monitor, model, opt, x, y, 6, poison_at=3)
+    events = monitor.store.events()
+    assert [e[:2] for e in events] == [(4, "nonfinite")]
+    model, opt, x, y, strict = setup(tmp_path / "strict", raise_on_nonfinite=True)
+    with pytest.raises(FloatingPointError, match="step 2"):
+        train(strict, model, opt, x, y, 3, poison_at=1)
+
+
+def test_store_survives_a_killed_writer_and_refuses_to_overwrite(tmp_path):
+    """Truth: SQLite's own reader in another connection sees every committed step while the writer is
+    still open (as after a kill: nothing is buffered outside the database)."""
+    model, opt, x, y, monitor = setup(tmp_path)
+    train(monitor, model, opt, x, y, 5)
+    reader = sqlite3.connect(tmp_path / "run" / "run.sqlite")
+    assert reader.execute("SELECT MAX(step) FROM scalars WHERE name = 'loss'").fetchone()[0] == 5
+    with pytest.raises(FileExistsError, match="resume=True"):
+        sw.Monitor(model, opt, tmp_path / "run")
+    monitor.close()
+    resumed = sw.Monitor(model, opt, tmp_path / "run", resume=True, example_input=x)
+    train(resumed, model, opt, x, y, 2)
+    assert resumed.store.scalars("loss")[0] == [1, 2, 3, 4, 5, 6, 7]
+
+
+def test_model_without_symmetries_logs_raw_observables_and_says_why(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)).double()
+    x = torch.randn(16, 4, dtype=torch.float64)
+    y = torch.randint(0, 3, (16,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor = sw.Monitor(model, opt, tmp_path / "run")
+    logged = train(monitor, model, opt, x, y, 2)
+    assert set(logged[-1]) == {"loss", "grad_norm"}
+    assert monitor.store.events()[0][1] == "no-symmetries"
+
+
+def test_bad_input(tmp_path):
+    model, opt, x, *_ = setup(tmp_path)
+    with pytest.raises(ValueError, match="charges_every"):
+        sw.Monitor(model, opt, tmp_path / "other", charges_every=0)
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        RunStore(tmp_path / "missing.sqlite", resume=True)
