@@ -68,6 +68,22 @@ def reproduce(
 
 
 @app.command()
+def report(run_dir: Path = typer.Argument(..., help="A Monitor's log_dir (holds run.sqlite).")) -> None:
+    """Write RUN_DIR/report.html: every observable plotted, raw beside symmetry-aware, events marked.
+
+    Example: shockwatch report runs/my-run
+    """
+    from .report import write_report
+
+    try:
+        path = write_report(run_dir)
+    except FileNotFoundError as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(code=2) from None
+    console.print(f"wrote {path}")
+
+
+@app.command()
 def symmetries(
     model: str = typer.Argument(..., help="A built-in model (mlp, mlp-gelu, mlp-batchnorm, mlp-layernorm, vgg11, resnet, "
                                           "vgg11-bn, vgg16-bn, gpt) or module:factory returning an nn.Module."),

@@ -116,3 +116,26 @@ def test_bad_input(tmp_path):
         sw.Monitor(model, opt, tmp_path / "other", charges_every=0)
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         RunStore(tmp_path / "missing.sqlite", resume=True)
+
+
+def test_report_embeds_every_observable_and_marks_events(tmp_path):
+    """Truth: the store's own names; each plot is a real PNG (its signature), events are listed."""
+    import base64
+    import re
+
+    from typer.testing import CliRunner
+
+    from shockwatch.cli import app
+
+    model, opt, x, y, monitor = setup(tmp_path)
+    train(monitor, model, opt, x, y, 6, poison_at=2)
+    monitor.close()
+    result = CliRunner().invoke(app, ["report", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "run" / "report.html").read_text()
+    images = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,([^"]+)"', page)
+    assert {name for name, _ in images} == set(RunStore(tmp_path / "run" / "run.sqlite", resume=True).names())
+    assert all(base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n" for _, data in images)
+    assert "<td>3</td><td>nonfinite</td>" in page
+    missing = CliRunner().invoke(app, ["report", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 2 and "run.sqlite" in missing.output
