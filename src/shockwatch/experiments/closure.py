@@ -29,7 +29,13 @@ import torch
 import torch.nn.functional as F
 
 from .. import models
-from ..quotient import ClosureReport, Direction, QuotientChart, batched_loss, closure_test
+from ..quotient import (
+    ClosureReport,
+    Direction,
+    QuotientChart,
+    batched_loss,
+    closure_test,
+)
 from ..symmetry import find_symmetries
 from ._files import write_result
 

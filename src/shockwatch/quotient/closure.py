@@ -66,7 +66,7 @@ def closure_test(loss: BatchedLoss, chart: QuotientChart, along: Direction, acro
     taus = [float(t) for t in taus]
     if not taus or min(taus) <= 0:
         raise ValueError(f"taus must be > 0, got {taus}")
-    n_along, n_across = points
+    n_across = points[1]
     if n_across % 2 == 0:
         raise ValueError(f"points across must be odd (a grid point on eta = 0), got {n_across}")
     widths = (half_width[0], half_width[1] if half_width[1] is not None else 2 * tube)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 from pathlib import Path
 
 from ..monitor import RunStore
@@ -56,7 +57,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
             if name == "loss":
                 for step in marked:
                     ax.axvline(step, color="red", lw=0.8, ls="--")
-            if name != "loss" and all(v > 0 for v in values if v == v):
+            if name != "loss" and all(v > 0 for v in values if not math.isnan(v)):
                 ax.set_yscale("log")
             ax.set_title(name, fontsize=9)
             ax.set_xlabel("step")
