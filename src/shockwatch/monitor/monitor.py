@@ -97,8 +97,12 @@ class Monitor:
         grad_norm = math.sqrt(sum(float(g.double().square().sum()) for g in grads.values()))
         if not math.isfinite(grad_norm) or grad_norm == 0:
             return
-        signed, unsigned = syms.quadratic_sums([(params, grads), (params, params)], unsigned=True)
-        breaking = signed[0].abs() / (unsigned[1].sqrt() * grad_norm).clamp(min=1e-300)
+        # |xi_k|^2 = the group's size (|theta_A|^2, |theta_A1|^2 + |theta_A2|^2) as the tracker last
+        # recorded it: one step old at most, which only rescales a ratio that is ~0 or O(1)
+        _, latest = self.tracker.latest()
+        sizes = torch.cat([latest[kind.value]["size"] for kind in _QUADRATIC]).to(params[self._named[0][0]].device)
+        inner = syms.quadratic_sums([(params, grads)])[0].abs()
+        breaking = inner / (sizes.sqrt() * grad_norm).clamp(min=1e-300)
         start = 0
         for kind in _QUADRATIC:
             count = len(syms.of_kind(kind))
