@@ -139,3 +139,30 @@ def test_report_embeds_every_observable_and_marks_events(tmp_path):
     assert "<td>3</td><td>nonfinite</td>" in page
     missing = CliRunner().invoke(app, ["report", str(tmp_path / "nowhere")])
     assert missing.exit_code == 2 and "run.sqlite" in missing.output
+
+
+def test_scheduled_curvature_is_logged_on_its_steps(tmp_path):
+    """Truth: the schedule (steps 2 and 4 of 5) and the curvature routine itself (tested against dense
+    Hessians in test_curvature.py); shock steps follow from the logged lambda_min and lr."""
+    torch.manual_seed(0)
+    model = sw.models.mlp((4, 6, 3)).double()
+    x = torch.randn(16, 4, dtype=torch.float64)
+    y = torch.randint(0, 3, (16,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor = sw.Monitor(model, opt, tmp_path / "run", example_input=x, loss_fn=F.cross_entropy, curvature_every=2)
+    for _ in range(5):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        monitor.step(loss, batch=(x, y))
+    steps, minima = monitor.store.scalars("curvature/quotient_min")
+    assert steps == [2, 4]
+    forecast = monitor.store.scalars("shock_steps/quotient")[1]
+    for lam, steps_ahead in zip(minima, forecast):
+        assert (math.isnan(steps_ahead) or steps_ahead == math.inf) if lam >= 0 else math.isclose(steps_ahead, -1 / (0.1 * lam))
+    maxima = monitor.store.scalars("curvature/quotient_max")[1]
+    raw = monitor.store.scalars("curvature/raw_max")[1]
+    assert all(q <= r * (1 + 1e-8) for q, r in zip(maxima, raw))  # a compression cannot exceed the raw top
+    with pytest.raises(ValueError, match="curvature_every"):
+        sw.Monitor(model, opt, tmp_path / "other", curvature_every=3)

@@ -8,9 +8,11 @@ Every step (one pass over parameters and gradients, plus the conservation tracke
     charge_drift/<kind> = max_k |Q_k(t) - Q_k(0)| / size_k(0) and, under SGD,
     charge_law_error/<kind> = max_k |Q_k - Q_k^discrete| / size_k (the exact update-rule law: any
         value above round-off is symmetry breaking the law does not model).
+On a schedule (``curvature_every``, with ``loss_fn`` and the step's batch): the extreme raw and
+quotient Hessian eigenvalues and the shock-step forecasts -1/(eta lambda_min) (``curvature``).
 A non-finite loss or gradient is recorded as an event and the step is skipped for the laws; with
 ``raise_on_nonfinite=True`` it raises FloatingPointError instead. This is the first step of the
-monitor (issue 6): the scheduled observables, sinks other than SQLite, and the report come next.
+monitor (issue 6): attention invariants, sinks other than SQLite and the warnings come next.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from torch import Tensor, nn
 
 from ..mechanics import ConservationTracker
 from ..symmetry import Kind, SymmetrySet, find_symmetries
+from .curvature import curvature
 from .store import RunStore
 
 __all__ = ["Monitor"]
@@ -40,9 +43,13 @@ class Monitor:
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, log_dir: str | Path, *,
                  symmetries: SymmetrySet | None = None, example_input: Tensor | None = None,
-                 charges_every: int = 1, raise_on_nonfinite: bool = False, resume: bool = False) -> None:
+                 charges_every: int = 1, raise_on_nonfinite: bool = False, resume: bool = False,
+                 loss_fn=None, curvature_every: int | None = None) -> None:
         if charges_every < 1:
             raise ValueError(f"charges_every must be >= 1, got {charges_every}")
+        if curvature_every is not None and (curvature_every < 1 or loss_fn is None):
+            raise ValueError(f"curvature_every must be >= 1 and needs loss_fn; got {curvature_every}, loss_fn={loss_fn}")
+        self.loss_fn, self.curvature_every = loss_fn, curvature_every
         self.model, self.optimizer = model, optimizer
         self.log_dir = Path(log_dir)
         self.store = RunStore(self.log_dir / "run.sqlite", resume=resume)
@@ -66,9 +73,23 @@ class Monitor:
                              "law": self.tracker.law if self.tracker else "none",
                              "symmetries": str(symmetries.counts()) if symmetries is not None else "{}"})
 
+    def step(self, loss: Tensor | float, batch=None) -> dict[str, float]:
+        """Observe the step just taken; returns what was logged. ``batch`` = (inputs, targets) feeds
+        the scheduled curvature (every ``curvature_every`` steps; ignored otherwise)."""
+        values = self._cheap(loss)
+        due = self.curvature_every is not None and self._step % self.curvature_every == 0
+        if due and batch is not None and self.symmetries is not None and "grad_norm" in values:
+            found = curvature(self.model, self.loss_fn, batch, self.symmetries)
+            lr = float(self.optimizer.param_groups[0]["lr"])
+            scheduled = {"curvature/raw_max": found.raw_max, "curvature/raw_min": found.raw_min,
+                         "curvature/quotient_max": found.quotient_max, "curvature/quotient_min": found.quotient_min,
+                         "shock_steps/quotient": found.shock_steps(lr), "shock_steps/raw": found.shock_steps(lr, quotient=False)}
+            self.store.log(self._step, scheduled)
+            values.update(scheduled)
+        return values
+
     @torch.no_grad()
-    def step(self, loss: Tensor | float) -> dict[str, float]:
-        """Observe the step just taken; returns what was logged."""
+    def _cheap(self, loss: Tensor | float) -> dict[str, float]:
         self._step += 1
         value = float(loss.detach()) if isinstance(loss, Tensor) else float(loss)
         grads = {name: p.grad for name, p in self._named if p.grad is not None}

@@ -1,0 +1,104 @@
+r"""Raw and quotient curvature of the loss, and the shock-time forecast (Miyagawa 2026 §4.1, §6).
+
+    raw:       extreme eigenvalues of the Hessian H of L at theta,
+    quotient:  extreme eigenvalues of P_H H P_H on the horizontal space (P_H the Euclidean
+               projection orthogonal to every orbit direction; ``quotient.horizontal_projection``).
+
+Along orbit directions an exact symmetry makes the loss flat, so H has zeros (and, away from a
+critical point, spurious curvature between orbit and horizontal directions) that say nothing about
+the quotient; P_H H P_H removes them. The forecast: Thm 4.3's reduced shock time tau* = -1/inf Ubar''
+with the most negative quotient curvature in place of inf Ubar'', converted to optimizer steps by
+t = eta n (the characteristic crossing time of gradient flow along that direction): steps = tau*/eta.
+
+Scheme: Lanczos (scipy.sparse.linalg.eigsh, implicitly restarted) on a LinearOperator whose
+matvec is one Hessian-vector product (torch.func: forward-over-reverse, float64) and, for the
+quotient, one projection before and after. Order: eigsh converges to ``tol`` relative.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.sparse.linalg import LinearOperator, eigsh
+from torch import Tensor, nn
+from torch.func import functional_call, grad, jvp
+
+from ..quotient import horizontal_projection
+from ..symmetry import SymmetrySet
+
+__all__ = ["Curvature", "curvature"]
+
+
+@dataclass(frozen=True)
+class Curvature:
+    """Extreme eigenvalues of the raw Hessian and of its quotient (horizontal) restriction."""
+
+    raw_max: float
+    raw_min: float
+    quotient_max: float
+    quotient_min: float
+    matvecs: int
+
+    def shock_steps(self, lr: float, *, quotient: bool = True) -> float:
+        """tau*/eta = -1/(eta lambda_min) when lambda_min < 0, else math.inf (no crossing forecast)."""
+        smallest = self.quotient_min if quotient else self.raw_min
+        return -1.0 / (lr * smallest) if smallest < 0 else math.inf
+
+
+def curvature(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], batch: Sequence[Tensor],
+              symmetries: SymmetrySet, *, tol: float = 1e-8, max_matvecs: int = 2000) -> Curvature:
+    """Raw and quotient extreme Hessian eigenvalues of loss_fn(model(inputs), targets) at the model's
+    parameters (float64 copies; buffers as they are; the model's train/eval mode is used)."""
+    inputs, targets = batch
+    model = copy.deepcopy(model).double()  # a float64 reference copy: the caller's model is not touched
+    names = [name for name, _ in model.named_parameters()]
+    params = {name: p.detach() for name, p in model.named_parameters()}
+    buffers = {name: b.detach() for name, b in model.named_buffers()}
+    shapes = [params[name].shape for name in names]
+    sizes = [math.prod(shape) for shape in shapes]
+    double = [t.double() if t.is_floating_point() else t for t in (inputs, targets)]
+
+    def loss_of(values: Mapping[str, Tensor]) -> Tensor:
+        return loss_fn(functional_call(model, {**values, **buffers}, (double[0],)), double[1])
+
+    gradient = grad(loss_of)
+    count = [0]
+
+    def unflat(vector: np.ndarray) -> dict[str, Tensor]:
+        pieces = torch.from_numpy(np.ascontiguousarray(vector, dtype=np.float64)).split(sizes)
+        return {name: piece.reshape(shape) for name, piece, shape in zip(names, pieces, shapes)}
+
+    def flat(tensors: Mapping[str, Tensor]) -> np.ndarray:
+        return torch.cat([tensors[name].reshape(-1) for name in names]).numpy()
+
+    def hvp(vector: np.ndarray) -> np.ndarray:
+        count[0] += 1
+        _, out = jvp(gradient, (params,), (unflat(vector),))
+        return flat(out)
+
+    def projected(vector: np.ndarray) -> np.ndarray:
+        inside = flat(horizontal_projection(symmetries, params, unflat(vector)))
+        return flat(horizontal_projection(symmetries, params, unflat(hvp(inside))))
+
+    dimension = sum(sizes)
+    raw = _extremes(LinearOperator((dimension, dimension), matvec=hvp, dtype=np.float64), tol, max_matvecs)
+    quotient = _extremes(LinearOperator((dimension, dimension), matvec=projected, dtype=np.float64), tol, max_matvecs)
+    return Curvature(raw[1], raw[0], quotient[1], quotient[0], count[0])
+
+
+def _extremes(operator: LinearOperator, tol: float, max_matvecs: int) -> tuple[float, float]:
+    """(smallest, largest) algebraic eigenvalue of a symmetric operator by Lanczos."""
+    n = operator.shape[0]
+    if n <= 3:
+        dense = np.stack([operator.matvec(e) for e in np.eye(n)], axis=1)
+        values = np.linalg.eigvalsh(0.5 * (dense + dense.T))
+        return float(values[0]), float(values[-1])
+    start = np.random.default_rng(0).standard_normal(n)
+    largest = eigsh(operator, k=1, which="LA", tol=tol, maxiter=max_matvecs, v0=start, return_eigenvectors=False)
+    smallest = eigsh(operator, k=1, which="SA", tol=tol, maxiter=max_matvecs, v0=start, return_eigenvectors=False)
+    return float(smallest[0]), float(largest[0])

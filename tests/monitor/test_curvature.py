@@ -1,0 +1,57 @@
+"""Raw and quotient curvature by Lanczos against dense float64 Hessians and projections."""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, hessian
+
+import shockwatch as sw
+from shockwatch.monitor.curvature import curvature
+from shockwatch.symmetry import generator
+
+
+def test_lanczos_matches_the_dense_hessian_and_its_horizontal_restriction():
+    """Truth: the dense Hessian (torch.func.hessian, float64) and the dense projector onto the
+    orthogonal complement of the orbit generators (QR); eigenvalues on that subspace to 1e-7."""
+    torch.manual_seed(0)
+    model = sw.models.mlp((2, 4, 3)).double()
+    x = torch.randn(24, 2, dtype=torch.float64)
+    y = torch.randint(0, 3, (24,))
+    for _ in range(30):  # away from the initial point, not at a minimum
+        model.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        with torch.no_grad():
+            for p in model.parameters():
+                p -= 0.5 * p.grad
+    syms = sw.find_symmetries(model, x)
+    names = [n for n, _ in model.named_parameters()]
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    flat = torch.cat([params[n].reshape(-1) for n in names])
+    sizes = [params[n].numel() for n in names]
+
+    def loss_flat(vector):
+        pieces = dict(zip(names, [piece.reshape(params[n].shape) for piece, n in zip(vector.split(sizes), names)]))
+        return F.cross_entropy(functional_call(model, pieces, (x,)), y)
+
+    dense = hessian(loss_flat)(flat)
+    raw = torch.linalg.eigvalsh(dense)
+    columns = []
+    for sym in syms:
+        if sym.kind.one_parameter:
+            g = generator(sym, params)
+            columns.append(torch.cat([g.get(n, torch.zeros_like(params[n])).reshape(-1) for n in names]))
+    q, r = torch.linalg.qr(torch.stack(columns, dim=1))
+    q = q[:, r.diagonal().abs() > 1e-10]
+    projector = torch.eye(len(flat), dtype=torch.float64) - q @ q.T
+    basis = torch.linalg.svd(projector)[0][:, : len(flat) - q.shape[1]]
+    restricted = torch.linalg.eigvalsh(basis.T @ dense @ basis)
+    result = curvature(model, F.cross_entropy, (x, y), syms)
+    assert math.isclose(result.raw_max, float(raw[-1]), rel_tol=1e-7)
+    assert math.isclose(result.raw_min, float(raw[0]), rel_tol=1e-6, abs_tol=1e-8)
+    assert math.isclose(result.quotient_max, float(restricted[-1]), rel_tol=1e-7)
+    # the quotient operator also has zeros on the orbit directions: its smallest eigenvalue is
+    # min(restricted, 0)
+    assert math.isclose(result.quotient_min, min(float(restricted[0]), 0.0), rel_tol=1e-6, abs_tol=1e-8)
+    steps = result.shock_steps(0.1)
+    assert steps == math.inf if result.quotient_min >= 0 else math.isclose(steps, -1 / (0.1 * result.quotient_min))
