@@ -166,3 +166,22 @@ def test_scheduled_curvature_is_logged_on_its_steps(tmp_path):
     assert all(q <= r * (1 + 1e-8) for q, r in zip(maxima, raw))  # a compression cannot exceed the raw top
     with pytest.raises(ValueError, match="curvature_every"):
         sw.Monitor(model, opt, tmp_path / "other", curvature_every=3)
+
+
+def test_attention_observables_on_their_schedule(tmp_path):
+    torch.manual_seed(0)
+    model = sw.models.GPT(sw.models.GPTConfig(n_head=2, d_model=8, vocab_size=20)).double()
+    tokens = torch.randint(0, 20, (3, 8))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    monitor = sw.Monitor(model, opt, tmp_path / "run", example_input=tokens, attention_every=2)
+    for _ in range(4):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(tokens[:, :-1]).reshape(-1, 20), tokens[:, 1:].reshape(-1))
+        loss.backward()
+        opt.step()
+        monitor.step(loss, batch=(tokens[:, :-1], None))
+    names = monitor.store.names()
+    logit = [n for n in names if n.startswith("logit_max/")]
+    assert logit and monitor.store.scalars(logit[0])[0] == [2, 4]
+    with pytest.raises(ValueError, match="attention_every"):
+        sw.Monitor(model, opt, tmp_path / "other", attention_every=0)

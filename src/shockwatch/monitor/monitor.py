@@ -10,9 +10,11 @@ Every step (one pass over parameters and gradients, plus the conservation tracke
         value above round-off is symmetry breaking the law does not model).
 On a schedule (``curvature_every``, with ``loss_fn`` and the step's batch): the extreme raw and
 quotient Hessian eigenvalues and the shock-step forecasts -1/(eta lambda_min) (``curvature``).
+Every ``attention_every`` steps (attention models): GL-invariant logit, entropy, head-energy and
+branch-balance observables beside the raw |W_Q||W_K| (``attention_observables``).
 A non-finite loss or gradient is recorded as an event and the step is skipped for the laws; with
 ``raise_on_nonfinite=True`` it raises FloatingPointError instead. This is the first step of the
-monitor (issue 6): attention invariants, sinks other than SQLite and the warnings come next.
+monitor (issue 6): sinks other than SQLite, Lightning/DDP and the warnings come next.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from torch import Tensor, nn
 
 from ..mechanics import ConservationTracker
 from ..symmetry import Kind, SymmetrySet, find_symmetries
+from .attention import attention_observables
 from .curvature import curvature
 from .store import RunStore
 
@@ -44,12 +47,14 @@ class Monitor:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, log_dir: str | Path, *,
                  symmetries: SymmetrySet | None = None, example_input: Tensor | None = None,
                  charges_every: int = 1, raise_on_nonfinite: bool = False, resume: bool = False,
-                 loss_fn=None, curvature_every: int | None = None) -> None:
+                 loss_fn=None, curvature_every: int | None = None, attention_every: int | None = None) -> None:
         if charges_every < 1:
             raise ValueError(f"charges_every must be >= 1, got {charges_every}")
         if curvature_every is not None and (curvature_every < 1 or loss_fn is None):
             raise ValueError(f"curvature_every must be >= 1 and needs loss_fn; got {curvature_every}, loss_fn={loss_fn}")
-        self.loss_fn, self.curvature_every = loss_fn, curvature_every
+        if attention_every is not None and attention_every < 1:
+            raise ValueError(f"attention_every must be >= 1, got {attention_every}")
+        self.loss_fn, self.curvature_every, self.attention_every = loss_fn, curvature_every, attention_every
         self.model, self.optimizer = model, optimizer
         self.log_dir = Path(log_dir)
         self.store = RunStore(self.log_dir / "run.sqlite", resume=resume)
@@ -86,6 +91,10 @@ class Monitor:
                          "shock_steps/quotient": found.shock_steps(lr), "shock_steps/raw": found.shock_steps(lr, quotient=False)}
             self.store.log(self._step, scheduled)
             values.update(scheduled)
+        if self.attention_every is not None and batch is not None and self._step % self.attention_every == 0:
+            observed = attention_observables(self.model, batch[0])
+            self.store.log(self._step, observed)
+            values.update(observed)
         return values
 
     @torch.no_grad()

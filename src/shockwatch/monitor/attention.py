@@ -1,0 +1,78 @@
+r"""Attention observables of the paper's §5.4 and §6, invariant under the heads' GL symmetries.
+
+For each ``models.CausalSelfAttention`` (recomputed from the input its forward hook sees):
+    logit_max/<layer>       max |q_i . k_j| / sqrt(d_head) over heads and causal pairs: unchanged
+                            by (W_Q, W_K) -> (M W_Q, M^-T W_K) per head (with the key bias shift)
+    entropy_min/<layer>, entropy_mean/<layer>
+                            softmax entropies of the causal attention rows (0 = one-hot, the
+                            collapse of §6; at most log(position + 1))
+    head_energy_max/<layer> max over heads of mean |W_O^h y_h|^2, a head's contribution to the output:
+                            unchanged by (W_V, W_O) -> (M W_V, W_O M^-1)
+and, for each ``models.gpt`` Block, branch_balance/<layer> = |attention branch| / (|attention branch|
++ |MLP branch|) (mean norms over tokens). Raw counterpart: qk_weight_norm/<layer> = |W_Q| |W_K|, which
+a GL element changes while leaving every logit as it was.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..models.gpt import Block, CausalSelfAttention
+
+__all__ = ["attention_observables"]
+
+
+@torch.no_grad()
+def attention_observables(model: nn.Module, inputs: Tensor) -> dict[str, float]:
+    """One forward pass of ``model(inputs)`` with hooks; {} for a model without our attention modules."""
+    names = {module: name or "model" for name, module in model.named_modules()}
+    seen: dict[str, float] = {}
+    branch: dict[str, dict[str, float]] = {}
+    handles = []
+
+    def attention_hook(module: CausalSelfAttention, args, output) -> None:
+        x = args[0]
+        batch, length, d = x.shape
+        heads = lambda t: t.view(batch, length, module.n_head, module.d_head).transpose(1, 2)  # noqa: E731
+        q, k, v = heads(module.q(x)), heads(module.k(x)), heads(module.v(x))
+        causal = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
+        scores = (q @ k.transpose(-2, -1)) * module.d_head**-0.5
+        probabilities = F.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1)
+        entropy = -(probabilities * torch.log(probabilities.clamp(min=1e-300))).sum(-1)
+        y = probabilities @ v  # (batch, heads, length, d_head)
+        w_o = module.o.weight.view(d, module.n_head, module.d_head)
+        contribution = torch.einsum("ohe,bhte->bhto", w_o, y)
+        energy = contribution.square().sum(-1).mean(dim=(0, 2))
+        name = names[module]
+        seen[f"logit_max/{name}"] = float(scores.masked_fill(~causal, 0.0).abs().max())
+        seen[f"entropy_min/{name}"] = float(entropy.min())
+        seen[f"entropy_mean/{name}"] = float(entropy.mean())
+        seen[f"head_energy_max/{name}"] = float(energy.max())
+        seen[f"qk_weight_norm/{name}"] = float(module.q.weight.norm() * module.k.weight.norm())
+
+    def branch_hook(kind: str, block: Block):
+        def hook(module, args, output) -> None:
+            branch.setdefault(names[block], {})[kind] = float(output.norm(dim=-1).mean())
+        return hook
+
+    for module in model.modules():
+        if isinstance(module, CausalSelfAttention):
+            handles.append(module.register_forward_hook(attention_hook))
+        if isinstance(module, Block):
+            handles.append(module.attn.register_forward_hook(branch_hook("attention", module)))
+            handles.append(module.mlp.register_forward_hook(branch_hook("mlp", module)))
+    if not handles:
+        return {}
+    try:
+        model(inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    for name, norms in branch.items():
+        total = norms.get("attention", 0.0) + norms.get("mlp", 0.0)
+        seen[f"branch_balance/{name}"] = norms.get("attention", 0.0) / total if total > 0 else math.nan
+    return seen

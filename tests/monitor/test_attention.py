@@ -1,0 +1,59 @@
+"""Attention observables: GL invariance, entropy bounds, uniform attention, branch balance."""
+
+import math
+
+import torch
+
+import shockwatch as sw
+from shockwatch.monitor.attention import attention_observables
+from shockwatch.symmetry import Kind, act_gl
+
+
+def gpt(seed=0):
+    torch.manual_seed(seed)
+    model = sw.models.GPT(sw.models.GPTConfig(n_head=2, d_model=8, vocab_size=20)).double().eval()
+    return model, torch.randint(0, 20, (3, 8))
+
+
+def test_invariant_observables_do_not_move_under_gl_while_the_raw_norm_does():
+    """Truth: the GL action keeps every score q.k and every head output (Kunin/§5.4); the raw product
+    of weight norms is not invariant."""
+    model, tokens = gpt()
+    before = attention_observables(model, tokens)
+    syms = sw.find_symmetries(model, tokens)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    g = torch.Generator().manual_seed(1)
+    for sym in syms.of_kind(Kind.GL):
+        params = act_gl(sym, params, torch.linalg.matrix_exp(0.4 * torch.randn(4, 4, generator=g, dtype=torch.float64)))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(params[name])
+    after = attention_observables(model, tokens)
+    assert set(before) == set(after) and any(k.startswith("branch_balance/") for k in before)
+    for key, value in before.items():
+        if key.startswith("qk_weight_norm/"):
+            assert abs(after[key] - value) > 1e-3 * value, key
+        else:
+            assert math.isclose(after[key], value, rel_tol=1e-9, abs_tol=1e-12), key
+
+
+def test_entropies_are_bounded_and_uniform_attention_attains_the_bound():
+    """Truth: a causal row at position t has entropy <= log(t + 1); with W_Q = 0 and b_Q = 0 every score
+    is 0, attention is uniform and the mean entropy is mean_t log(t + 1) exactly."""
+    model, tokens = gpt(2)
+    seen = attention_observables(model, tokens)
+    layer = next(k.split("/", 1)[1] for k in seen if k.startswith("entropy_mean/"))
+    assert 0 <= seen[f"entropy_min/{layer}"] <= seen[f"entropy_mean/{layer}"] <= math.log(8)
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attn.q.weight.zero_()
+            block.attn.q.bias.zero_()
+    uniform = attention_observables(model, tokens)
+    expected = sum(math.log(t + 1) for t in range(8)) / 8
+    assert math.isclose(uniform[f"entropy_mean/{layer}"], expected, rel_tol=1e-12)
+    assert uniform[f"logit_max/{layer}"] == 0.0
+    assert all(0 < v < 1 for k, v in uniform.items() if k.startswith("branch_balance/"))
+
+
+def test_models_without_our_attention_give_nothing():
+    assert attention_observables(sw.models.mlp((4, 5, 3)), torch.randn(2, 4)) == {}
