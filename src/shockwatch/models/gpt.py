@@ -43,8 +43,10 @@ class CausalSelfAttention(nn.Module):
         self.n_head, self.d_head = config.n_head, d // config.n_head
         self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
 
-    def forward(self, x: Tensor) -> Tensor:
-        batch, length, d = x.size(0), x.size(1), x.size(2)  # size(), not unpacking: torch.fx traces it
+    def attention(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Per head: the scaled scores q.k/sqrt(d_head) (before the causal mask), the causal softmax
+        weights (batch, heads, length, length), and the values (batch, heads, length, d_head)."""
+        batch, length = x.size(0), x.size(1)  # size(), not unpacking: torch.fx traces it
 
         def heads(t: Tensor) -> Tensor:
             return t.view(batch, length, self.n_head, self.d_head).transpose(1, 2)
@@ -53,8 +55,12 @@ class CausalSelfAttention(nn.Module):
         # which Hessian-vector products need; the mask is built here so that torch.fx traces it
         causal = x.new_ones((length, length), dtype=torch.bool).tril()
         scores = (q @ k.transpose(-2, -1)) * self.d_head**-0.5
-        y = F.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1) @ v
-        return self.o(y.transpose(1, 2).reshape(batch, length, d))
+        return scores, F.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1), v
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch, length, d = x.size(0), x.size(1), x.size(2)
+        _, weights, v = self.attention(x)
+        return self.o((weights @ v).transpose(1, 2).reshape(batch, length, d))
 
 
 class Block(nn.Module):

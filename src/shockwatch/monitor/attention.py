@@ -1,6 +1,6 @@
 r"""Attention observables of the paper's §5.4 and §6, invariant under the heads' GL symmetries.
 
-For each ``models.CausalSelfAttention`` (recomputed from the input its forward hook sees):
+For each ``models.CausalSelfAttention`` (recomputed by its own ``attention`` from the input its forward hook sees):
     logit_max/<layer>       max |q_i . k_j| / sqrt(d_head) over heads and causal pairs: unchanged
                             by (W_Q, W_K) -> (M W_Q, M^-T W_K) per head (with the key bias shift)
     entropy_min/<layer>, entropy_mean/<layer>
@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..models.gpt import Block, CausalSelfAttention
@@ -36,12 +35,9 @@ def attention_observables(model: nn.Module, inputs: Tensor) -> dict[str, float]:
 
     def attention_hook(module: CausalSelfAttention, args, output) -> None:
         x = args[0]
-        batch, length, d = x.shape
-        heads = lambda t: t.view(batch, length, module.n_head, module.d_head).transpose(1, 2)  # noqa: E731
-        q, k, v = heads(module.q(x)), heads(module.k(x)), heads(module.v(x))
+        length, d = x.shape[1], x.shape[2]
+        scores, probabilities, v = module.attention(x)
         causal = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
-        scores = (q @ k.transpose(-2, -1)) * module.d_head**-0.5
-        probabilities = F.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1)
         entropy = -(probabilities * torch.log(probabilities.clamp(min=1e-300))).sum(-1)
         y = probabilities @ v  # (batch, heads, length, d_head)
         w_o = module.o.weight.view(d, module.n_head, module.d_head)
