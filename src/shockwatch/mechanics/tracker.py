@@ -323,9 +323,8 @@ class ConservationTracker:
         "discrete"/"continuous" charges: what a monitor logs without building the whole report."""
         step, rows = self._history[-1]
         counts = [len(self.symmetries.of_kind(kind)) for kind in _KINDS]
+        # rows as _record stacks them: a run without a continuous law (Nesterov) stops at "discrete"
         labels = ["empirical", "size", "discrete", "continuous"][: rows.shape[0]]
-        if rows.shape[0] == 3 and self.law == "sgd-momentum":  # Nesterov: discrete only
-            labels = ["empirical", "size", "discrete"]
         out = {kind.value: {} for kind in _KINDS}
         for label, row in zip(labels, rows):
             for kind, part in zip(_KINDS, row.split(counts)):

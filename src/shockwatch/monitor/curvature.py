@@ -99,6 +99,6 @@ def _extremes(operator: LinearOperator, tol: float, max_matvecs: int) -> tuple[f
         values = np.linalg.eigvalsh(0.5 * (dense + dense.T))
         return float(values[0]), float(values[-1])
     start = np.random.default_rng(0).standard_normal(n)
-    largest = eigsh(operator, k=1, which="LA", tol=tol, maxiter=max_matvecs, v0=start, return_eigenvectors=False)
-    smallest = eigsh(operator, k=1, which="SA", tol=tol, maxiter=max_matvecs, v0=start, return_eigenvectors=False)
-    return float(smallest[0]), float(largest[0])
+    # both ends from one Krylov space ("BE"), not one Lanczos run per end
+    ends = eigsh(operator, k=2, which="BE", tol=tol, maxiter=max_matvecs, v0=start, return_eigenvectors=False)
+    return float(ends.min()), float(ends.max())

@@ -71,6 +71,8 @@ class Monitor:
             self.store.event(self._step, "no-symmetries", f"raw observables only: {why}")
         else:
             self.tracker = ConservationTracker(model, optimizer, symmetries, record_every=charges_every)
+            # the tracker records at construction: charges and sizes at the start, for the drift
+            self._start = self.tracker.latest()[1]
         # <xi_k, g> needs the parameters the gradient was taken at: read them just before the step
         self._pending: dict[str, float] = {}
         self._hook = optimizer.register_step_pre_hook(self._before_step)
@@ -112,7 +114,7 @@ class Monitor:
             return {"loss": value}
         values = {"loss": value, "grad_norm": math.sqrt(grad_sq)}
         if self.tracker is not None:
-            values.update(self._symmetry_observables(grads, math.sqrt(grad_sq)))
+            values.update(self._symmetry_observables())
         self.store.log(self._step, values)
         return values
 
@@ -140,27 +142,22 @@ class Monitor:
                 self._pending[f"gradient_breaking/{kind.value}"] = float(breaking[start:start + count].max())
             start += count
 
-    def _symmetry_observables(self, grads: dict[str, Tensor], grad_norm: float) -> dict[str, float]:
+    def _symmetry_observables(self) -> dict[str, float]:
         out, self._pending = dict(self._pending), {}
+        recorded_before = self.tracker.latest()[0]
         self.tracker.update()
         step, latest = self.tracker.latest()
-        if step == self.tracker._step:  # recorded this step
-            initial = self._initial_sizes()
+        if step != recorded_before:  # the tracker recorded this step
             for kind, rows in latest.items():
                 if rows["empirical"].numel() == 0:
                     continue
-                size = rows["size"].clamp(min=1e-300)
-                out[f"charge_drift/{kind}"] = float(((rows["empirical"] - self._initial[kind]).abs() / initial[kind]).max())
+                start = self._start[kind]
+                drift = (rows["empirical"] - start["empirical"]).abs() / start["size"].clamp(min=1e-300)
+                out[f"charge_drift/{kind}"] = float(drift.max())
                 if "discrete" in rows:
+                    size = rows["size"].clamp(min=1e-300)
                     out[f"charge_law_error/{kind}"] = float(((rows["empirical"] - rows["discrete"]).abs() / size).max())
         return out
-
-    def _initial_sizes(self) -> dict[str, Tensor]:
-        if not hasattr(self, "_initial"):
-            first = self.tracker.report()
-            self._initial = {kind: values[0] for kind, values in first.empirical.items()}
-            self._initial_size = {kind: values[0].clamp(min=1e-300) for kind, values in first.size.items()}
-        return self._initial_size
 
     def close(self) -> None:
         self._hook.remove()

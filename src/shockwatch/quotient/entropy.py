@@ -257,8 +257,8 @@ def _axis(chart: QuotientChart, direction: Direction, metric: str, points: int, 
             return chart.from_flat(base + x[:, None] * tangent)
 
         return grid, "line", coordinates
-    scale = float(chart.gamma[direction.unit].norm().sqrt()) if metric == "quotient" else 1.0
     if direction.kind == "rotate":
+        scale = float(chart.gamma[direction.unit].norm().sqrt()) if metric == "quotient" else 1.0
         # arc length sqrt|gamma| theta (quotient) or theta (product); one period, endpoint excluded
         period = 2 * math.pi * scale
         grid = torch.arange(points, dtype=torch.float64) * (period / points) - period / 2
