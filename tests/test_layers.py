@@ -5,9 +5,10 @@ from pathlib import Path
 
 import shockwatch
 
-LAYERS = ["pde", "symmetry", "quotient", "mechanics", "meanfield", "monitor", "experiments", "report", "cli"]
+LAYERS = ["pde", "symmetry", "quotient", "mechanics", "meanfield", "monitor", "experiments", "report", "integrations", "cli"]
 RANK = {"pde": 0, "models": 0} | {"symmetry": 1, "quotient": 2, "mechanics": 3, "meanfield": 3,
-                                          "monitor": 4, "experiments": 5, "report": 5, "cli": 6}
+                                          "monitor": 4, "experiments": 5, "report": 5, "integrations": 5,
+                                          "cli": 6}
 
 
 def test_no_layer_imports_from_a_later_one():

@@ -9,10 +9,10 @@ horizontal projection, push-forward, local entropy, projectability, closure), ``
 
 from . import meanfield, mechanics, models, monitor, pde, quotient, symmetry
 from .mechanics import ConservationTracker
-from .monitor import Monitor
+from .monitor import Monitor, Schedule
 from .symmetry import Kind, Symmetry, SymmetrySet, find_symmetries, verify_symmetries
 
 __version__ = "0.1.0"
 
-__all__ = ["ConservationTracker", "Kind", "Monitor", "Symmetry", "SymmetrySet", "__version__", "find_symmetries", "meanfield",
+__all__ = ["ConservationTracker", "Kind", "Monitor", "Schedule", "Symmetry", "SymmetrySet", "__version__", "find_symmetries", "meanfield",
            "mechanics", "models", "monitor", "pde", "quotient", "symmetry", "verify_symmetries"]

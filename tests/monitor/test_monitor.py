@@ -77,7 +77,8 @@ def test_nonfinite_steps_are_events_not_crashes(tmp_path):
     model, opt, x, y, monitor = setup(tmp_path)
     train(monitor, model, opt, x, y, 6, poison_at=3)
     events = monitor.store.events()
-    assert [e[:2] for e in events] == [(4, "nonfinite")]
+    assert [e[:2] for e in events] == [(0, "no-path-norm"), (4, "nonfinite")]  # BatchNorm: no path norm
+    assert "BatchNorm1d" in events[0][2]
     model, opt, x, y, strict = setup(tmp_path / "strict", raise_on_nonfinite=True)
     with pytest.raises(FloatingPointError, match="step 2"):
         train(strict, model, opt, x, y, 3, poison_at=1)
@@ -106,14 +107,17 @@ def test_model_without_symmetries_logs_raw_observables_and_says_why(tmp_path):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     monitor = sw.Monitor(model, opt, tmp_path / "run")
     logged = train(monitor, model, opt, x, y, 2)
-    assert set(logged[-1]) == {"loss", "grad_norm"}
+    assert set(logged[-1]) == {"loss", "grad_norm", "param_norm", "update_norm", "update_ratio"}
     assert monitor.store.events()[0][1] == "no-symmetries"
 
 
 def test_bad_input(tmp_path):
     model, opt, x, *_ = setup(tmp_path)
-    with pytest.raises(ValueError, match="charges_every"):
-        sw.Monitor(model, opt, tmp_path / "other", charges_every=0)
+    for bad in ({"charges": 0}, {"charges": None}, {"quotient": 2.5}, {"curvature": -1}, {"attention": True}):
+        with pytest.raises(ValueError, match=f"schedule.{next(iter(bad))} must be a positive int"):
+            sw.Schedule(**bad)
+    with pytest.raises(TypeError, match="Schedule"):
+        sw.Monitor(model, opt, tmp_path / "other", schedule={"charges": 1})
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         RunStore(tmp_path / "missing.sqlite", resume=True)
 
@@ -149,7 +153,8 @@ def test_scheduled_curvature_is_logged_on_its_steps(tmp_path):
     x = torch.randn(16, 4, dtype=torch.float64)
     y = torch.randint(0, 3, (16,))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    monitor = sw.Monitor(model, opt, tmp_path / "run", example_input=x, loss_fn=F.cross_entropy, curvature_every=2)
+    monitor = sw.Monitor(model, opt, tmp_path / "run", example_input=x, loss_fn=F.cross_entropy,
+                         schedule=sw.Schedule(curvature=2))
     for _ in range(5):
         opt.zero_grad()
         loss = F.cross_entropy(model(x), y)
@@ -164,8 +169,8 @@ def test_scheduled_curvature_is_logged_on_its_steps(tmp_path):
     maxima = monitor.store.scalars("curvature/quotient_max")[1]
     raw = monitor.store.scalars("curvature/raw_max")[1]
     assert all(q <= r * (1 + 1e-8) for q, r in zip(maxima, raw))  # a compression cannot exceed the raw top
-    with pytest.raises(ValueError, match="curvature_every"):
-        sw.Monitor(model, opt, tmp_path / "other", curvature_every=3)
+    with pytest.raises(ValueError, match="needs loss_fn"):
+        sw.Monitor(model, opt, tmp_path / "other", schedule=sw.Schedule(curvature=3))
 
 
 def test_attention_observables_on_their_schedule(tmp_path):
@@ -173,7 +178,7 @@ def test_attention_observables_on_their_schedule(tmp_path):
     model = sw.models.GPT(sw.models.GPTConfig(n_head=2, d_model=8, vocab_size=20)).double()
     tokens = torch.randint(0, 20, (3, 8))
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    monitor = sw.Monitor(model, opt, tmp_path / "run", example_input=tokens, attention_every=2)
+    monitor = sw.Monitor(model, opt, tmp_path / "run", example_input=tokens, schedule=sw.Schedule(attention=2))
     for _ in range(4):
         opt.zero_grad()
         loss = F.cross_entropy(model(tokens[:, :-1]).reshape(-1, 20), tokens[:, 1:].reshape(-1))
@@ -183,5 +188,5 @@ def test_attention_observables_on_their_schedule(tmp_path):
     names = monitor.store.names()
     logit = [n for n in names if n.startswith("logit_max/")]
     assert logit and monitor.store.scalars(logit[0])[0] == [2, 4]
-    with pytest.raises(ValueError, match="attention_every"):
-        sw.Monitor(model, opt, tmp_path / "other", attention_every=0)
+    with pytest.raises(ValueError, match="schedule.attention"):
+        sw.Schedule(attention=0)

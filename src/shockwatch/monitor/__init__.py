@@ -3,9 +3,12 @@ observables, and the warning rules and event detector the §6 prediction is scor
 
 from .attention import attention_observables
 from .curvature import Curvature, curvature
-from .monitor import Monitor
+from .monitor import Monitor, Schedule
+from .path_norm import path_norm, path_norm_unsupported
+from .sinks import MLflowSink, Sink, TensorBoardSink
 from .store import RunStore
 from .warnings import Score, abrupt_changes, score, threshold_warnings
 
-__all__ = ["Curvature", "Monitor", "RunStore", "Score", "abrupt_changes", "attention_observables", "curvature", "score",
+__all__ = ["Curvature", "MLflowSink", "Monitor", "RunStore", "Schedule", "Score", "Sink", "TensorBoardSink",
+           "abrupt_changes", "attention_observables", "curvature", "path_norm", "path_norm_unsupported", "score",
            "threshold_warnings"]

@@ -1,149 +1,253 @@
-r"""The training-loop monitor: cheap symmetry-aware observables every step, written to a run store.
+r"""The training-loop monitor: symmetry-aware observables beside their raw counterparts, per step.
 
-Every step (one pass over parameters and gradients, plus the conservation tracker's own pass):
-    loss, grad_norm = |g|,
-    gradient_breaking/<kind> = max_k |<xi_k, g>| / (|xi_k| |g|) over scale/rescale groups, at the
-        parameters the gradient was taken at (an optimizer pre-step hook): 0 for an exact symmetry
-        (Kunin et al. 2021: <grad L, xi> = 0), so it measures how broken each kind is,
-    charge_drift/<kind> = max_k |Q_k(t) - Q_k(0)| / size_k(0) and, under SGD,
-    charge_law_error/<kind> = max_k |Q_k - Q_k^discrete| / size_k (the exact update-rule law: any
-        value above round-off is symmetry breaking the law does not model).
-On a schedule (``curvature_every``, with ``loss_fn`` and the step's batch): the extreme raw and
-quotient Hessian eigenvalues and the shock-step forecasts -1/(eta lambda_min) (``curvature``).
-Every ``attention_every`` steps (attention models): GL-invariant logit, entropy, head-energy and
-branch-balance observables beside the raw |W_Q||W_K| (``attention_observables``).
+Every step, from one pass over parameters and gradients in an optimizer pre-step hook (so the
+gradient is paired with the parameters it was taken at) and one after the step:
+    loss, grad_norm = |g_t|, param_norm = |theta_t|,
+    update_norm = |theta_{t+1} - theta_t|, update_ratio = update_norm / param_norm,
+    gradient_breaking/<kind> = max_k |<xi_k, g>| / (|xi_k| |g|) over scale/rescale groups: 0 for an
+        exact symmetry (Kunin et al. 2021: <grad L, xi> = 0), so it measures how broken each kind is,
+and, when the tracker records (``Schedule.charges``), from the conservation tracker:
+    charge_drift/<kind> = max_k |Q_k(t) - Q_k(0)| / size_k(0),
+    charge_law_error/<kind> = max_k |Q_k - Q_k^discrete| / size_k (the exact update-rule law).
+Every ``Schedule.quotient`` steps, the quotient counterparts (P_H: the Euclidean projection
+orthogonal to every orbit direction at theta_t, ``quotient.horizontal_projection``):
+    grad_norm/quotient = |P_H g_t|, update_norm/quotient = |P_H (theta_{t+1} - theta_t)| (weight
+    decay's radial shrink of scale-invariant groups is vertical and drops out),
+    path_norm (ReLU networks: rescale-invariant; ``path_norm``) beside its raw counterpart param_norm.
+Every ``Schedule.curvature`` steps (with ``loss_fn`` and the step's batch): extreme raw and quotient
+Hessian eigenvalues and the shock-step forecasts -1/(eta lambda_min) (``curvature``). Every
+``Schedule.attention`` steps (attention models): GL-invariant attention observables
+(``attention_observables``) beside the raw |W_Q||W_K|.
+
 A non-finite loss or gradient is recorded as an event and the step is skipped for the laws; with
-``raise_on_nonfinite=True`` it raises FloatingPointError instead. This is the first step of the
-monitor (issue 6): sinks other than SQLite, Lightning/DDP and the warnings come next.
+``raise_on_nonfinite=True`` it raises FloatingPointError instead. Under torch.distributed the loss is
+averaged over ranks and everything else is computed once, on rank 0 (DDP has already averaged the
+gradients), which alone writes.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from ..mechanics import ConservationTracker
+from ..quotient import horizontal_projection
 from ..symmetry import Kind, SymmetrySet, find_symmetries
 from .attention import attention_observables
 from .curvature import curvature
+from .path_norm import path_norm, path_norm_unsupported
+from .sinks import Sink, TensorBoardSink
 from .store import RunStore
 
-__all__ = ["Monitor"]
+__all__ = ["Monitor", "Schedule"]
 
 _QUADRATIC = (Kind.SCALE, Kind.RESCALE)
 
 
-class Monitor:
-    """``mon.step(loss)`` after each ``optimizer.step()`` (before ``zero_grad``).
+@dataclass(frozen=True)
+class Schedule:
+    """How often each group of observables is computed, in optimizer steps (None: never).
 
-    ``log_dir`` gets ``run.sqlite``; an existing run is refused unless ``resume=True``.
-    ``symmetries`` or ``example_input`` (to find them) are optional: without either the monitor
-    logs the raw observables only and records why.
+    charges: the tracker's record (charge drift and law error); quotient: horizontal gradient and
+    update norms and the path norm; curvature: Lanczos on the raw and projected Hessian (needs the
+    monitor's ``loss_fn`` and the step's batch); attention: the attention observables (needs the batch).
+    """
+
+    charges: int = 1
+    quotient: int | None = 10
+    curvature: int | None = None
+    attention: int | None = None
+
+    def __post_init__(self) -> None:
+        for field in fields(self):
+            every = getattr(self, field.name)
+            if every is None and field.name != "charges":
+                continue
+            if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+                accepted = "a positive int" + ("" if field.name == "charges" else " or None")
+                raise ValueError(f"schedule.{field.name} must be {accepted}, got {every!r}")
+
+    def due(self, name: str, step: int) -> bool:
+        every = getattr(self, name)
+        return every is not None and step % every == 0
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+class Monitor:
+    """``mon.step(loss)`` after each ``optimizer.step()`` (before ``zero_grad``); ``close()`` at the end
+    (or use it as a context manager).
+
+    ``log_dir`` gets ``run.sqlite`` (the record; an existing run is refused unless ``resume=True``)
+    and, with ``tensorboard=True``, TensorBoard event files in ``log_dir/tensorboard``; ``sinks`` adds
+    others (``MLflowSink``). ``symmetries`` or ``example_input`` (to find them) are optional: without
+    either the monitor logs the raw observables only and records why. ``model`` may be wrapped in
+    DistributedDataParallel.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, log_dir: str | Path, *,
                  symmetries: SymmetrySet | None = None, example_input: Tensor | None = None,
-                 charges_every: int = 1, raise_on_nonfinite: bool = False, resume: bool = False,
-                 loss_fn=None, curvature_every: int | None = None, attention_every: int | None = None) -> None:
-        if charges_every < 1:
-            raise ValueError(f"charges_every must be >= 1, got {charges_every}")
-        if curvature_every is not None and (curvature_every < 1 or loss_fn is None):
-            raise ValueError(f"curvature_every must be >= 1 and needs loss_fn; got {curvature_every}, loss_fn={loss_fn}")
-        if attention_every is not None and attention_every < 1:
-            raise ValueError(f"attention_every must be >= 1, got {attention_every}")
-        self.loss_fn, self.curvature_every, self.attention_every = loss_fn, curvature_every, attention_every
-        self.model, self.optimizer = model, optimizer
-        self.log_dir = Path(log_dir)
+                 schedule: Schedule | None = None, loss_fn=None, raise_on_nonfinite: bool = False,
+                 resume: bool = False, tensorboard: bool = True, sinks: Sequence[Sink] = ()) -> None:
+        schedule = Schedule() if schedule is None else schedule
+        if not isinstance(schedule, Schedule):
+            raise TypeError(f"schedule must be a shockwatch.monitor.Schedule, got {type(schedule).__name__}")
+        if schedule.curvature is not None and loss_fn is None:
+            raise ValueError("schedule.curvature needs loss_fn=(outputs, targets) -> loss")
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module  # the same parameter tensors; DDP averages their gradients
+        self.model, self.optimizer, self.schedule, self.loss_fn = model, optimizer, schedule, loss_fn
+        self.raise_on_nonfinite, self.log_dir = raise_on_nonfinite, Path(log_dir)
+        self.rank = _rank()
+        self._named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+        self._pre: dict[str, float] | None = None
+        self._before: list[Tensor] | None = None
+        self.store, self.sinks, self.tracker, self.symmetries, self._hook = None, [], None, None, None
+        self._step = 0
+        if self.rank != 0:  # computed once, on rank 0: other ranks only take part in the loss average
+            return
         self.store = RunStore(self.log_dir / "run.sqlite", resume=resume)
-        self.raise_on_nonfinite = raise_on_nonfinite
         self._step = (self.store.last_step() or 0) if resume else 0
-        self._named = list(model.named_parameters())
+        self.sinks = [*([TensorBoardSink(self.log_dir / "tensorboard")] if tensorboard else []), *sinks]
         if symmetries is None and example_input is not None:
             symmetries = find_symmetries(model, example_input)
         self.symmetries = symmetries
-        self.tracker = None
         if symmetries is None or len(symmetries) == 0:
             why = "no symmetries given (pass symmetries= or example_input=)" if symmetries is None \
                 else "find_symmetries found none in this model"
-            self.store.event(self._step, "no-symmetries", f"raw observables only: {why}")
+            self._event(self._step, "no-symmetries", f"raw observables only: {why}")
         else:
-            self.tracker = ConservationTracker(model, optimizer, symmetries, record_every=charges_every)
+            self.tracker = ConservationTracker(model, optimizer, symmetries, record_every=schedule.charges)
             # the tracker records at construction: charges and sizes at the start, for the drift
             self._start = self.tracker.latest()[1]
-        # <xi_k, g> needs the parameters the gradient was taken at: read them just before the step
-        self._pending: dict[str, float] = {}
+        self._input_shape = tuple(example_input.shape[1:]) if example_input is not None else None
+        why_not = path_norm_unsupported(model) if self._input_shape is not None else "no example_input given"
+        self._path_norm = why_not is None and schedule.quotient is not None
+        if why_not is not None and schedule.quotient is not None:
+            self._event(self._step, "no-path-norm", why_not)
         self._hook = optimizer.register_step_pre_hook(self._before_step)
         self.store.set_meta({"model": type(model).__name__, "optimizer": type(optimizer).__name__,
                              "law": self.tracker.law if self.tracker else "none",
-                             "symmetries": str(symmetries.counts()) if symmetries is not None else "{}"})
+                             "symmetries": str(symmetries.counts()) if symmetries is not None else "{}",
+                             "schedule": str(schedule)})
 
     def step(self, loss: Tensor | float, batch=None) -> dict[str, float]:
         """Observe the step just taken; returns what was logged. ``batch`` = (inputs, targets) feeds
-        the scheduled curvature (every ``curvature_every`` steps; ignored otherwise)."""
-        values = self._cheap(loss)
-        due = self.curvature_every is not None and self._step % self.curvature_every == 0
-        if due and batch is not None and self.symmetries is not None and "grad_norm" in values:
-            found = curvature(self.model, self.loss_fn, batch, self.symmetries)
-            lr = float(self.optimizer.param_groups[0]["lr"])
-            scheduled = {"curvature/raw_max": found.raw_max, "curvature/raw_min": found.raw_min,
-                         "curvature/quotient_max": found.quotient_max, "curvature/quotient_min": found.quotient_min,
-                         "shock_steps/quotient": found.shock_steps(lr), "shock_steps/raw": found.shock_steps(lr, quotient=False)}
-            self.store.log(self._step, scheduled)
-            values.update(scheduled)
-        if self.attention_every is not None and batch is not None and self._step % self.attention_every == 0:
-            observed = attention_observables(self.model, batch[0])
-            self.store.log(self._step, observed)
-            values.update(observed)
-        return values
-
-    @torch.no_grad()
-    def _cheap(self, loss: Tensor | float) -> dict[str, float]:
+        the scheduled curvature and attention observables (ignored when none is due)."""
         self._step += 1
-        value = float(loss.detach()) if isinstance(loss, Tensor) else float(loss)
-        grads = {name: p.grad for name, p in self._named if p.grad is not None}
-        grad_sq = sum(float(g.double().square().sum()) for g in grads.values())
-        if not (math.isfinite(value) and math.isfinite(grad_sq)):
-            message = f"loss {value}, |g|^2 {grad_sq}"
-            self.store.event(self._step, "nonfinite", message)
+        value = self._mean_loss(loss)
+        if self.rank != 0:
+            if self.raise_on_nonfinite and not (math.isfinite(value) and self._grads_finite()):
+                raise FloatingPointError(f"step {self._step}: non-finite loss or gradient on rank {self.rank}")
+            return {"loss": value}
+        pre, self._pre = self._pre, None
+        stepped = pre is not None
+        if pre is None:  # the optimizer did not step (a GradScaler skipped it, or no step was taken)
+            grad_sq = sum(float(p.grad.double().square().sum()) for _, p in self._named if p.grad is not None)
+            pre = {"grad_norm": math.sqrt(grad_sq)}
+        if not (math.isfinite(value) and math.isfinite(pre["grad_norm"])):
+            message = f"loss {value}, |g| {pre['grad_norm']}"
+            self._event(self._step, "nonfinite", message)
             if self.raise_on_nonfinite:
                 raise FloatingPointError(f"step {self._step}: non-finite {message}")
-            self.store.log(self._step, {"loss": value})
+            self._write({"loss": value})
             return {"loss": value}
-        values = {"loss": value, "grad_norm": math.sqrt(grad_sq)}
+        values = {"loss": value, **pre}
+        if stepped:
+            values.update(self._update_observables(pre["param_norm"]))
         if self.tracker is not None:
             values.update(self._symmetry_observables())
-        self.store.log(self._step, values)
+        if self._path_norm and self.schedule.due("quotient", self._step):
+            values["path_norm"] = path_norm(self.model, self._input_shape)
+        if stepped and self.schedule.due("curvature", self._step) and batch is not None and self.symmetries is not None:
+            found = curvature(self.model, self.loss_fn, batch, self.symmetries)
+            lr = float(self.optimizer.param_groups[0]["lr"])
+            values.update({"curvature/raw_max": found.raw_max, "curvature/raw_min": found.raw_min,
+                           "curvature/quotient_max": found.quotient_max, "curvature/quotient_min": found.quotient_min,
+                           "shock_steps/quotient": found.shock_steps(lr), "shock_steps/raw": found.shock_steps(lr, quotient=False)})
+        if self.schedule.due("attention", self._step) and batch is not None:
+            values.update(attention_observables(self.model, batch[0]))
+        self._write(values)
         return values
+
+    def _mean_loss(self, loss: Tensor | float) -> float:
+        if not (dist.is_available() and dist.is_initialized()):
+            return float(loss.detach()) if isinstance(loss, Tensor) else float(loss)
+        # every rank must call this in the same step: it is the one collective of the monitor
+        total = loss.detach().clone().reshape(()) if isinstance(loss, Tensor) else torch.tensor(float(loss))
+        dist.all_reduce(total)
+        return float(total) / dist.get_world_size()
+
+    def _grads_finite(self) -> bool:
+        return all(bool(torch.isfinite(p.grad).all()) for _, p in self._named if p.grad is not None)
 
     @torch.no_grad()
     def _before_step(self, optimizer, args, kwargs) -> None:
-        self._pending = {}
+        """The per-step pass at (theta_t, g_t): norms, generator inner products, a copy of theta_t."""
+        params = [p.detach() for _, p in self._named]
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for _, p in self._named]
+        grad_norm = float(torch.stack(torch._foreach_norm(grads)).double().square().sum().sqrt())
+        param_norm = float(torch.stack(torch._foreach_norm(params)).double().square().sum().sqrt())
+        self._pre = pre = {"grad_norm": grad_norm, "param_norm": param_norm}
+        if not math.isfinite(grad_norm):
+            self._before = None
+            return
+        if self._before is None:
+            self._before = [p.clone() for p in params]
+        else:
+            torch._foreach_copy_(self._before, params)
         syms = self.symmetries
-        if syms is None or not any(syms.of_kind(kind) for kind in _QUADRATIC):
+        if syms is None or grad_norm == 0:
             return
-        params = {name: p.detach() for name, p in self._named}
-        grads = {name: (p.grad if p.grad is not None else torch.zeros_like(p)) for name, p in self._named}
-        grad_norm = math.sqrt(sum(float(g.double().square().sum()) for g in grads.values()))
-        if not math.isfinite(grad_norm) or grad_norm == 0:
-            return
-        # |xi_k|^2 = the group's size (|theta_A|^2, |theta_A1|^2 + |theta_A2|^2) as the tracker last
-        # recorded it: one step old at most, which only rescales a ratio that is ~0 or O(1)
-        _, latest = self.tracker.latest()
-        sizes = torch.cat([latest[kind.value]["size"] for kind in _QUADRATIC]).to(params[self._named[0][0]].device)
-        inner = syms.quadratic_sums([(params, grads)])[0].abs()
-        breaking = inner / (sizes.sqrt() * grad_norm).clamp(min=1e-300)
-        start = 0
-        for kind in _QUADRATIC:
-            count = len(syms.of_kind(kind))
-            if count:
-                self._pending[f"gradient_breaking/{kind.value}"] = float(breaking[start:start + count].max())
-            start += count
+        named_params = {name: p for (name, _), p in zip(self._named, params)}
+        named_grads = {name: g for (name, _), g in zip(self._named, grads)}
+        if any(syms.of_kind(kind) for kind in _QUADRATIC):
+            # |xi_k|^2 = the group's size as the tracker last recorded it: at most Schedule.charges
+            # steps old, which only rescales a ratio that is ~0 (exact symmetry) or O(1) (broken)
+            _, latest = self.tracker.latest()
+            sizes = torch.cat([latest[kind.value]["size"] for kind in _QUADRATIC]).to(params[0].device)
+            inner = syms.quadratic_sums([(named_params, named_grads)])[0].abs()
+            breaking = inner / (sizes.sqrt() * grad_norm).clamp(min=1e-300)
+            start = 0
+            for kind in _QUADRATIC:
+                count = len(syms.of_kind(kind))
+                if count:
+                    pre[f"gradient_breaking/{kind.value}"] = float(breaking[start:start + count].max())
+                start += count
+        if self.schedule.due("quotient", self._step + 1):
+            pre["grad_norm/quotient"] = self._horizontal_norm(named_params, named_grads)
+
+    def _horizontal_norm(self, params: dict[str, Tensor], vectors: dict[str, Tensor]) -> float:
+        try:
+            horizontal = horizontal_projection(self.symmetries, params, vectors, rtol=1e-8, max_iterations=500)
+        except RuntimeError as error:  # CG did not converge: say so rather than log a wrong norm
+            self._event(self._step, "quotient-projection", str(error))
+            return math.nan
+        return float(torch.stack([t.square().sum() for t in horizontal.values()]).sum().sqrt())
+
+    @torch.no_grad()
+    def _update_observables(self, param_norm: float) -> dict[str, float]:
+        if self._before is None:
+            return {}
+        params = [p.detach() for _, p in self._named]
+        update = torch._foreach_sub(params, self._before)
+        update_norm = float(torch.stack(torch._foreach_norm(update)).double().square().sum().sqrt())
+        out = {"update_norm": update_norm, "update_ratio": update_norm / max(param_norm, 1e-300)}
+        if self.symmetries is not None and len(self.symmetries) and self.schedule.due("quotient", self._step):
+            before = {name: p for (name, _), p in zip(self._named, self._before)}
+            out["update_norm/quotient"] = self._horizontal_norm(before, {name: u for (name, _), u in zip(self._named, update)})
+        return out
 
     def _symmetry_observables(self) -> dict[str, float]:
-        out, self._pending = dict(self._pending), {}
+        out = {}
         recorded_before = self.tracker.latest()[0]
         self.tracker.update()
         step, latest = self.tracker.latest()
@@ -159,6 +263,29 @@ class Monitor:
                     out[f"charge_law_error/{kind}"] = float(((rows["empirical"] - rows["discrete"]).abs() / size).max())
         return out
 
+    def _write(self, values: dict[str, float]) -> None:
+        self.store.log(self._step, values)
+        for sink in self.sinks:
+            sink.log(self._step, values)
+
+    def _event(self, step: int, kind: str, message: str) -> None:
+        self.store.event(step, kind, message)
+        for sink in self.sinks:
+            sink.event(step, kind, message)
+
     def close(self) -> None:
-        self._hook.remove()
-        self.store.close()
+        """Remove the hook and close the store and sinks (idempotent)."""
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+            for sink in self.sinks:
+                sink.close()
+
+    def __enter__(self) -> Monitor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,8 +1,11 @@
 """``shockwatch report RUN_DIR``: one self-contained HTML file (plots embedded as PNG data URIs).
 
-Raw observables (loss, |g|) on the left, the symmetry-aware ones (gradient breaking, charge drift,
-exact-law error, per kind) on the right; events (non-finite steps, warnings) are marked on the loss
-curve and listed. Reads the run store only: nothing is recomputed here.
+One plot per logged observable, in rows: a raw observable on the left beside its symmetry-aware
+counterpart on the right (|g| and |P_H g|, |theta| and the path norm, raw and quotient curvature and
+shock forecasts, |W_Q||W_K| and the attention logit maximum), then the observables with no raw
+counterpart (gradient breaking, charge drift, exact-law error, per kind) on the right and those with
+no quotient counterpart on the left. Events (non-finite steps, warnings) are marked on the loss curve
+and listed. Reads the run store only: nothing is recomputed here.
 """
 
 from __future__ import annotations
@@ -17,7 +20,12 @@ from ..monitor import RunStore
 
 __all__ = ["write_report"]
 
-_RAW = ("loss", "grad_norm")
+# (raw, symmetry-aware) pairs drawn side by side; a prefix pair ("qk_weight_norm/", "logit_max/") pairs per layer
+_PAIRS = (("grad_norm", "grad_norm/quotient"), ("update_norm", "update_norm/quotient"), ("param_norm", "path_norm"),
+          ("curvature/raw_min", "curvature/quotient_min"), ("curvature/raw_max", "curvature/quotient_max"),
+          ("shock_steps/raw", "shock_steps/quotient"))
+_PREFIX_PAIRS = (("qk_weight_norm/", "logit_max/"),)
+_RAW_ONLY = ("loss", "update_ratio")
 
 
 def _figure_uri(draw) -> str:
@@ -47,7 +55,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         series = {name: store.scalars(name) for name in names}
     finally:
         store.close()
-    marked = [step for step, kind, _ in events]
+    marked = [step for step, kind, _ in events if not kind.startswith("no-")]  # "no-..." only explains what is absent
 
     def plot(name: str):
         steps, values = series[name]
@@ -64,18 +72,25 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
 
         return f'<figure><img alt="{html.escape(name)}" src="{_figure_uri(draw)}"><figcaption>{html.escape(name)}</figcaption></figure>'
 
-    raw = [plot(n) for n in _RAW if n in series]
-    symmetric = [plot(n) for n in names if n not in _RAW]
+    pairs = [(raw, quotient) for raw, quotient in _PAIRS if raw in series or quotient in series]
+    for raw_prefix, quotient_prefix in _PREFIX_PAIRS:
+        layers = sorted({n.removeprefix(p) for n in names for p in (raw_prefix, quotient_prefix) if n.startswith(p)})
+        pairs += [(raw_prefix + layer, quotient_prefix + layer) for layer in layers]
+    paired = {n for pair in pairs for n in pair}
+    rows_of_plots = [(n, None) for n in _RAW_ONLY if n in series] + pairs
+    rows_of_plots += [(None, n) for n in names if n not in paired and n not in _RAW_ONLY]
+    grid = "".join(f"<tr><td>{plot(raw) if raw in series else ''}</td><td>{plot(aware) if aware in series else ''}</td></tr>"
+                   for raw, aware in rows_of_plots)
     rows = "".join(f"<tr><td>{s}</td><td>{html.escape(k)}</td><td>{html.escape(m)}</td></tr>" for s, k, m in events)
     meta_rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in sorted(meta.items()))
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>shockwatch report: {html.escape(run_dir.name)}</title>
 <style>body{{font-family:sans-serif;margin:1.5em}} .cols{{display:flex;gap:2em}} figure{{margin:0.5em 0}}
-table{{border-collapse:collapse}} td{{border:1px solid #ccc;padding:2px 6px;font-size:90%}}</style></head>
+table{{border-collapse:collapse}} td{{border:1px solid #ccc;padding:2px 6px;font-size:90%}}
+table.plots td{{border:none;vertical-align:top}}</style></head>
 <body><h1>shockwatch report: {html.escape(run_dir.name)}</h1>
 <table>{meta_rows}</table>
-<div class="cols"><section><h2>raw</h2>{''.join(raw)}</section>
-<section><h2>symmetry-aware</h2>{''.join(symmetric) or '<p>none logged (see events)</p>'}</section></div>
+<table class="plots"><tr><th>raw</th><th>symmetry-aware</th></tr>{grid}</table>
 <h2>events</h2><table><tr><td>step</td><td>kind</td><td>message</td></tr>{rows}</table>
 </body></html>
 """

@@ -1,0 +1,91 @@
+"""The monitor under torch.distributed: two gloo processes on the CPU, DDP-wrapped model.
+
+Truth: with equal shards and a mean loss, DDP's averaged gradient is the full-batch gradient, so the
+two-process run must log what one process logs on the full batch (loss = mean of the ranks' losses,
+the same charges, the same laws); and only rank 0 writes.
+"""
+
+import math
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+import shockwatch as sw
+from shockwatch.monitor import RunStore
+
+STEPS = 5
+
+
+def data():
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(32, 4, generator=generator, dtype=torch.float64)
+    y = (x[:, 0] + x[:, 1] > 0).long() + (x[:, 2] > 0.5).long()
+    return x, y
+
+
+def model_and_optimizer():
+    torch.manual_seed(0)
+    model = sw.models.mlp((4, 10, 3)).double()
+    return model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+
+
+def worker(rank, world, directory):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{directory}/rendezvous", rank=rank, world_size=world)
+    try:
+        model, opt = model_and_optimizer()
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        x, y = data()
+        shard = slice(rank * 16, (rank + 1) * 16)
+        monitor = sw.Monitor(ddp, opt, os.path.join(directory, "run"), example_input=x[shard],
+                             schedule=sw.Schedule(quotient=2))
+        local, returned = [], []
+        for _ in range(STEPS):
+            opt.zero_grad()
+            loss = F.cross_entropy(ddp(x[shard]), y[shard])
+            loss.backward()
+            opt.step()
+            local.append(float(loss))
+            returned.append(monitor.step(loss))
+        monitor.close()
+        torch.save({"local": local, "returned": returned}, os.path.join(directory, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_log_once_what_one_process_logs_on_the_full_batch(tmp_path):
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available in this torch build")
+    mp.spawn(worker, args=(2, str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    store = RunStore(tmp_path / "run" / "run.sqlite", resume=True)
+    steps, losses = store.scalars("loss")
+    assert steps == list(range(1, STEPS + 1))
+    for step in range(STEPS):
+        mean = (ranks[0]["local"][step] + ranks[1]["local"][step]) / 2
+        assert math.isclose(losses[step], mean, rel_tol=1e-12)
+        assert ranks[1]["returned"][step] == {"loss": ranks[0]["returned"][step]["loss"]}  # rank 1: the average only
+    # both ranks asked for TensorBoard files in the same log_dir: rank 0 alone wrote
+    assert len(list((tmp_path / "run" / "tensorboard").iterdir())) == 1
+
+    model, opt = model_and_optimizer()
+    x, y = data()
+    single = sw.Monitor(model, opt, tmp_path / "single", example_input=x[:16], schedule=sw.Schedule(quotient=2),
+                        tensorboard=False)
+    for _ in range(STEPS):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        single.step(loss)
+    assert set(single.store.names()) == set(store.names())
+    for name in store.names():
+        got, want = store.scalars(name)[1], single.store.scalars(name)[1]
+        assert all(math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-13) for a, b in zip(got, want)), name
+    assert max(store.scalars("charge_law_error/rescale")[1]) < 1e-10
+    single.close()
