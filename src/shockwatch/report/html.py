@@ -85,7 +85,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     meta_rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in sorted(meta.items()))
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>shockwatch report: {html.escape(run_dir.name)}</title>
-<style>body{{font-family:sans-serif;margin:1.5em}} .cols{{display:flex;gap:2em}} figure{{margin:0.5em 0}}
+<style>body{{font-family:sans-serif;margin:1.5em}} figure{{margin:0.5em 0}}
 table{{border-collapse:collapse}} td{{border:1px solid #ccc;padding:2px 6px;font-size:90%}}
 table.plots td{{border:none;vertical-align:top}}</style></head>
 <body><h1>shockwatch report: {html.escape(run_dir.name)}</h1>
