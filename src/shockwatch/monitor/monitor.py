@@ -14,6 +14,9 @@ orthogonal to every orbit direction at theta_t, ``quotient.horizontal_projection
     grad_norm/quotient = |P_H g_t|, update_norm/quotient = |P_H (theta_{t+1} - theta_t)| (weight
     decay's radial shrink of scale-invariant groups is vertical and drops out),
     path_norm (ReLU networks: rescale-invariant; ``path_norm``) beside its raw counterpart param_norm.
+    For an exact symmetry <xi_k, g> = 0, so |P_H g| = |g| identically: grad_norm/quotient departs from
+    grad_norm only where a symmetry is broken (what gradient_breaking shows per group every step), while
+    the update's vertical part (weight decay, momentum) shows in update_norm/quotient.
 Every ``Schedule.curvature`` steps (with ``loss_fn`` and the step's batch): extreme raw and quotient
 Hessian eigenvalues and the shock-step forecasts -1/(eta lambda_min) (``curvature``). Every
 ``Schedule.attention`` steps (attention models): GL-invariant attention observables
@@ -60,7 +63,9 @@ class Schedule:
     """
 
     charges: int = 1
-    quotient: int | None = 10
+    # the projection is a conjugate-gradient solve on the orbit Gram matrix (~10 passes over the
+    # parameters): a few plain steps' worth, so not every step by default
+    quotient: int | None = 50
     curvature: int | None = None
     attention: int | None = None
 
@@ -227,7 +232,7 @@ class Monitor:
 
     def _horizontal_norm(self, params: dict[str, Tensor], vectors: dict[str, Tensor]) -> float:
         try:
-            horizontal = horizontal_projection(self.symmetries, params, vectors, rtol=1e-8, max_iterations=500)
+            horizontal = horizontal_projection(self.symmetries, params, vectors, rtol=1e-7, max_iterations=500)
         except RuntimeError as error:  # CG did not converge: say so rather than log a wrong norm
             self._event(self._step, "quotient-projection", str(error))
             return math.nan
