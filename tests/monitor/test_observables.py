@@ -187,3 +187,26 @@ def test_mlflow_sink_batches_metrics_and_events(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "mlflow", None)
     with pytest.raises(ImportError, match="pip install mlflow"):
         MLflowSink()
+
+
+def test_a_closure_step_is_observed_after_its_closure_runs(tmp_path):
+    """Truth: the gradient the closure left (it runs inside step(), after torch's pre-hooks fire)."""
+    torch.manual_seed(0)
+    model = sw.models.mlp((4, 8, 3)).double()
+    x = torch.randn(16, 4, dtype=torch.float64)
+    y = torch.randint(0, 3, (16,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    with sw.Monitor(model, opt, tmp_path / "run", example_input=x, tensorboard=False) as monitor:
+        for _ in range(3):
+            loss = opt.step(closure)
+            logged = monitor.step(loss)
+            grad_norm = math.sqrt(sum(float(p.grad.square().sum()) for p in model.parameters()))
+            assert math.isclose(logged["grad_norm"], grad_norm, rel_tol=1e-12)
+            assert logged["charge_law_error/rescale"] < 1e-10

@@ -168,7 +168,7 @@ class Monitor:
         values = {"loss": value, **pre}
         if stepped:
             values.update(self._update_observables(pre["param_norm"]))
-        if self.tracker is not None:
+        if self.tracker is not None and stepped:  # a skipped step moves no charge: the laws must not advance
             values.update(self._symmetry_observables())
         if self._path_norm and self.schedule.due("quotient", self._step):
             values["path_norm"] = path_norm(self.model, self._input_shape)
@@ -194,9 +194,28 @@ class Monitor:
     def _grads_finite(self) -> bool:
         return all(bool(torch.isfinite(p.grad).all()) for _, p in self._named if p.grad is not None)
 
+    def _before_step(self, optimizer, args, kwargs):
+        """Optimizer step pre-hook: the per-step pass at (theta_t, g_t). Given a closure (Lightning,
+        LBFGS), the gradients exist only once it has run inside step(): the closure is wrapped so that
+        the pass follows it (the last call's, for optimizers that call it more than once)."""
+        # args = (optimizer, *positional arguments of step): the closure is args[1] when positional
+        closure = kwargs["closure"] if "closure" in kwargs else args[1] if len(args) > 1 else None
+        if closure is None:
+            self._pass()
+            return None
+
+        def closure_then_pass():
+            loss = closure()
+            self._pass()
+            return loss
+
+        if "closure" in kwargs:
+            return args, {**kwargs, "closure": closure_then_pass}
+        return (args[0], closure_then_pass, *args[2:]), kwargs
+
     @torch.no_grad()
-    def _before_step(self, optimizer, args, kwargs) -> None:
-        """The per-step pass at (theta_t, g_t): norms, generator inner products, a copy of theta_t."""
+    def _pass(self) -> None:
+        """Norms, generator inner products and a copy of theta_t, from (theta_t, g_t)."""
         params = [p.detach() for _, p in self._named]
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for _, p in self._named]
         grad_norm = float(torch.stack(torch._foreach_norm(grads)).double().square().sum().sqrt())
