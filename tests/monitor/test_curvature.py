@@ -55,3 +55,23 @@ def test_lanczos_matches_the_dense_hessian_and_its_horizontal_restriction():
     assert math.isclose(result.quotient_min, min(float(restricted[0]), 0.0), rel_tol=1e-6, abs_tol=1e-8)
     steps = result.shock_steps(0.1)
     assert steps == math.inf if result.quotient_min >= 0 else math.isclose(steps, -1 / (0.1 * result.quotient_min))
+
+
+def test_dense_vertical_basis_and_cg_projection_agree_with_gl_heads():
+    """Truth: the matrix-free CG projection (tested on its own in tests/quotient) in place of the dense
+    orthonormal basis of the generators, on a GPT whose heads carry GL(d_head) symmetries."""
+    torch.manual_seed(0)
+    model = sw.models.GPT(sw.models.GPTConfig(n_layer=1, n_head=2, d_model=8, vocab_size=11, block_size=6)).double()
+    tokens = torch.randint(0, 11, (4, 6))
+    syms = sw.find_symmetries(model, tokens)
+    assert syms.counts()["gl"] > 0
+
+    def loss_fn(logits, targets):
+        return F.cross_entropy(logits.reshape(-1, 11), targets.reshape(-1))
+
+    batch = (tokens[:, :-1], tokens[:, 1:])
+    dense = curvature(model, loss_fn, batch, syms, tol=1e-9)
+    matrix_free = curvature(model, loss_fn, batch, syms, tol=1e-9, max_dense_entries=0)
+    for name in ("quotient_max", "quotient_min", "raw_max", "raw_min"):
+        assert math.isclose(getattr(dense, name), getattr(matrix_free, name), rel_tol=1e-7, abs_tol=1e-9), name
+    assert dense.quotient_min >= dense.raw_min - 1e-9  # Cauchy interlacing: a compression's minimum (or 0)

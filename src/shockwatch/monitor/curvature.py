@@ -12,7 +12,9 @@ t = eta n (the characteristic crossing time of gradient flow along that directio
 
 Scheme: Lanczos (scipy.sparse.linalg.eigsh, implicitly restarted) on a LinearOperator whose
 matvec is one Hessian-vector product (torch.func: forward-over-reverse, float64) and, for the
-quotient, one projection before and after. Order: eigsh converges to ``tol`` relative.
+quotient, one projection before and after: by a dense orthonormal basis of the generators (an SVD,
+once per call) where the D x K generator matrix has at most ``max_dense_entries`` entries, else by
+the matrix-free CG of ``horizontal_projection``. Order: eigsh converges to ``tol`` relative.
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ from scipy.sparse.linalg import LinearOperator, eigsh
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp
 
-from ..quotient import horizontal_projection
-from ..symmetry import SymmetrySet
+from ..quotient import OrbitOperator, horizontal_projection
+from ..symmetry import Kind, SymmetrySet, generator, gl_generator_combination
 
 __all__ = ["Curvature", "curvature"]
 
@@ -51,7 +53,8 @@ class Curvature:
 
 
 def curvature(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], batch: Sequence[Tensor],
-              symmetries: SymmetrySet, *, tol: float = 1e-8, max_matvecs: int = 2000) -> Curvature:
+              symmetries: SymmetrySet, *, tol: float = 1e-8, max_matvecs: int = 2000,
+              max_dense_entries: int = 50_000_000) -> Curvature:
     """Raw and quotient extreme Hessian eigenvalues of loss_fn(model(inputs), targets) at the model's
     parameters (float64 copies; buffers as they are; the model's train/eval mode is used)."""
     inputs, targets = batch
@@ -81,14 +84,62 @@ def curvature(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], bat
         _, out = jvp(gradient, (params,), (unflat(vector),))
         return flat(out)
 
-    def projected(vector: np.ndarray) -> np.ndarray:
-        inside = flat(horizontal_projection(symmetries, params, unflat(vector)))
-        return flat(horizontal_projection(symmetries, params, unflat(hvp(inside))))
-
     dimension = sum(sizes)
+    basis = _vertical_basis(symmetries, params, names, dimension, max_dense_entries)
+    if basis is not None:
+        def project(vector: np.ndarray) -> np.ndarray:
+            return vector - basis @ (basis.T @ vector)
+    else:
+        # the projection's own CG tolerance: well below Lanczos' so it does not limit the eigenvalues
+        project_rtol = min(1e-8, 1e-3 * tol)
+
+        def project(vector: np.ndarray) -> np.ndarray:
+            return flat(horizontal_projection(symmetries, params, unflat(vector), rtol=project_rtol))
+
+    def projected(vector: np.ndarray) -> np.ndarray:
+        return project(hvp(project(vector)))
+
     raw = _extremes(LinearOperator((dimension, dimension), matvec=hvp, dtype=np.float64), tol, max_matvecs)
     quotient = _extremes(LinearOperator((dimension, dimension), matvec=projected, dtype=np.float64), tol, max_matvecs)
     return Curvature(raw[1], raw[0], quotient[1], quotient[0], count[0])
+
+
+def _vertical_basis(symmetries: SymmetrySet, params: Mapping[str, Tensor], names: list[str], dimension: int,
+                    max_entries: int = 50_000_000) -> np.ndarray | None:
+    """An orthonormal basis (D x r) of the span of every orbit generator at ``params``, or None when
+    the dense D x K generator matrix would exceed ``max_entries`` (then CG projects each vector).
+
+    The K columns J^T e_k come from the orbit operator; an SVD keeps the r directions above round-off
+    (generators may be dependent). Then P_H v = v - B (B^T v): two dense products per projection in
+    place of a CG solve, which is what makes the quotient Lanczos as cheap as the raw one.
+    """
+    operator = OrbitOperator(symmetries, params)
+    count = sum(operator.sizes)
+    if count == 0:
+        return np.zeros((dimension, 0))
+    if count * dimension > max_entries:
+        return None
+    offsets = dict(zip(names, np.cumsum([0] + [params[name].numel() for name in names[:-1]]).tolist()))
+    generators = np.zeros((dimension, count))
+
+    def put(column: int, dense: Mapping[str, Tensor]) -> None:
+        for name, values in dense.items():
+            generators[offsets[name]:offsets[name] + values.numel(), column] = values.reshape(-1).double().numpy()
+
+    column = 0
+    for kind in (Kind.TRANSLATION, Kind.SCALE, Kind.RESCALE):  # OrbitOperator's row order
+        for sym in symmetries.of_kind(kind):
+            put(column, generator(sym, params))
+            column += 1
+    for sym in symmetries.of_kind(Kind.GL):  # GL generators: one per (a, b) of each head's d x d
+        for k in range(sym.unit_count ** 2):
+            unit = torch.zeros(sym.unit_count ** 2, dtype=torch.float64)
+            unit[k] = 1.0
+            put(column, gl_generator_combination(sym, params, unit))
+            column += 1
+    left, singular, _ = np.linalg.svd(generators, full_matrices=False)
+    keep = singular > singular.max() * max(generators.shape) * np.finfo(np.float64).eps
+    return left[:, keep]
 
 
 def _extremes(operator: LinearOperator, tol: float, max_matvecs: int) -> tuple[float, float]:
