@@ -1,0 +1,447 @@
+r"""Built-in training testbeds with abrupt transitions whose outcomes are published, sized for a CPU.
+
+Each testbed is a model, an optimizer, a loss, a full batch of generated data (no downloads) and an
+``evaluate`` that gives the curves carrying the transition; ``train`` is the plain loop. Runs are
+deterministic given ``seed``: data from a ``torch.Generator``, weights drawn under a forked and
+seeded global RNG (the caller's RNG state is left as it was).
+
+1. ``grokking-mlp``: modular addition c = (a + b) mod p. The pair (a, b) is embedded by one shared
+   table E (p x e), the two rows concatenated, then logits = W_2 relu(W_1 [E_a; E_b] + b_1) + b_2.
+   Cross-entropy on a random fraction of the p^2 pairs, full batch, AdamW with decoupled weight decay
+   (theta <- theta - lr (m_hat / (sqrt(v_hat) + eps) + wd theta)). Published: train accuracy reaches
+   ~1 early, test accuracy jumps to ~1 much later ("grokking": Power et al. 2022; Liu et al. 2022,
+   "Towards understanding grokking" and "Omnigrok"; Gromov 2023). Weight decay is what drives the
+   memorising solution towards the generalising one, so it sets the delay.
+2. ``grokking-transformer``: the same task as the token sequence [a, b, '='] fed to the project's
+   GPT (``shockwatch.models.gpt``, one pre-LN block), the answer read from the logits at the last
+   position restricted to the p number tokens. Same published outcome (Power et al. 2022; Nanda et
+   al. 2023, "Progress measures for grokking via mechanistic interpretability"). After memorisation
+   the train loss spikes every 50-150 steps (LayerNorm + weight decay under full-batch AdamW, the
+   "slingshot" of Thilak et al. 2022; see ``LastTokenGPT``); test accuracy climbs through them.
+   Seeds 0-3 at "tiny": test acc first >= 0.9 at steps 825, 1500, 900, 1375 (seed 3 ends at 0.80,
+   inside a spike); the MLP is the cleaner of the two (seeds 0-3: 950, 725, 825, 825).
+3. ``catapult``: a wide two-layer ReLU network in NTK parametrisation,
+   f(x) = v^T relu(W x / sqrt(d)) / sqrt(n),  W_ij, v_j ~ N(0, 1),
+   MSE L = (1/2m) sum_i (f(x_i) - y_i)^2, full-batch gradient descent with eta = c / lambda0, where
+   lambda0 is the top eigenvalue of the loss Hessian at initialisation (Lanczos on Hessian-vector
+   products, float64). Linearised dynamics are stable for eta < 2/lambda0; for 2/lambda0 < eta <
+   eta_max (~4/lambda0 for this model) the loss first grows exponentially, the curvature then drops
+   until it is below 2/eta, and the loss falls ("catapult": Lewkowycz et al. 2020, "The large
+   learning rate phase of deep learning: the catapult mechanism"). Inputs have |x| = sqrt(d), labels
+   are the signs of a random linear teacher. ``eta_lambda0`` < 2 is the lazy control: no spike.
+4. ``edge-of-stability``: full-batch gradient descent with a fixed step eta on a tanh MLP, MSE
+   L = (1/2m) sum_i |f(x_i) - onehot(y_i)|^2, labels from a random tanh teacher. Gradient descent on
+   a quadratic is stable iff the sharpness (top Hessian eigenvalue) is below 2/eta. Published: the
+   sharpness rises during training (progressive sharpening) until it reaches ~2/eta and then hovers
+   there, while the loss keeps decreasing, non-monotonically (Cohen et al. 2021, "Gradient descent
+   on neural networks typically occurs at the edge of stability").
+
+Scales: "default" shows the transition in roughly 10-60 s of training on a small CPU; "tiny" is a
+few-second version for unit tests that still shows it. ``train`` evaluates at step 0 too, so the
+curves start from the initialisation. Measured on a shared 2-core CPU, one thread, seed 0 (wall time
+of make_testbed + train, which varies 2-3x with the machine's other load; "acc" = accuracy, s1/s2 =
+first evaluation with train acc >= 0.99 / test acc >= 0.9):
+
+    grokking-mlp          tiny     p=59, 50% train    ~6-8 s   s1 = 125 (test acc 0.000), s2 = 950
+                          default  p=97, 40% train   ~26 s     s1 = 150 (test acc 0.001), s2 = 1625
+    grokking-transformer  tiny     p=31, 50% train    ~8 s     s1 = 150 (test acc 0.012), s2 = 825
+                          default  p=59, 50% train   ~31-36 s  s1 = 325 (test acc 0.113), s2 = 875
+    catapult              tiny     n=512, m=32       ~0.3 s    loss 0.88 -> 25.7 at step 6 -> 7.5e-4;
+                                                               sharpness 0.215 (lambda0) -> 0.063 < 2/eta = 0.143
+                          default  n=4096, m=128     ~13-28 s  loss 0.74 -> 558 at step 10 -> 3.4e-4;
+                                                               sharpness 0.175 (lambda0) -> 0.042 < 2/eta = 0.117
+    edge-of-stability     tiny     m=500, 1600 steps ~3.5 s    sharpness 0.41 (2/eta) at step 0, 0.95 (2/eta) at
+                                                               step 425, then within [0.96, 1.11] (2/eta)
+                          default  m=1000, 4000 steps ~19 s    0.40 -> 0.95 at step 480, then [0.93, 1.07];
+                                                               loss 0.078 -> 0.017 after, up on 1/3 of the steps
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.sparse.linalg import LinearOperator, eigsh
+from torch import Tensor, nn
+
+from ..models.gpt import GPT, GPTConfig
+
+__all__ = ["SCALES", "TESTBEDS", "Testbed", "make_testbed", "sharpness", "top_hessian_eigenvalue", "train"]
+
+TESTBEDS: tuple[str, ...] = ("grokking-mlp", "grokking-transformer", "catapult", "edge-of-stability")
+SCALES: tuple[str, ...] = ("default", "tiny")
+
+Batch = tuple[Tensor, Tensor]
+
+
+@dataclass
+class Testbed:
+    __test__ = False  # not a pytest class, despite the name (a plain attribute, not a field)
+
+    name: str
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: Callable[[Tensor, Tensor], Tensor]  # loss_fn(model(inputs), targets) -> scalar
+    train_batch: Callable[[int], Batch]  # step -> (inputs, targets); the full batch every step
+    evaluate: Callable[[], dict[str, float]]  # no grad on the live model; restores its train/eval mode
+    steps: int
+    eval_every: int
+    transition: str  # the evaluate() key (or "loss") whose curve carries the published transition
+    published: str
+    lr: float
+    notes: dict[str, float] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------- curvature
+
+def top_hessian_eigenvalue(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], batch: Batch,
+                           *, tol: float = 1e-6) -> float:
+    """Largest algebraic eigenvalue of the Hessian of loss_fn(model(inputs), targets) in the
+    parameters, by Lanczos (scipy eigsh) on Hessian-vector products of a float64 copy; the caller's
+    model, its gradients and the global RNG are not touched."""
+    inputs, targets = batch
+    reference = copy.deepcopy(model).double()
+    params = [p for p in reference.parameters() if p.requires_grad]
+    x, y = (t.double() if t.is_floating_point() else t for t in (inputs, targets))
+    with torch.enable_grad():  # callers may sit inside no_grad (an evaluate)
+        # reverse-over-reverse: the gradient graph is built once and reused by every product, which
+        # on these small models is several times faster than a torch.func jvp-of-grad per product
+        gradient = torch.autograd.grad(loss_fn(reference(x), y), params, create_graph=True, allow_unused=True)
+    pieces = [(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, gradient)]
+    flat_gradient = torch.cat(pieces)
+    if not flat_gradient.requires_grad:
+        return 0.0  # a loss linear in every parameter has a zero Hessian
+
+    def hvp(vector: np.ndarray) -> np.ndarray:
+        direction = torch.from_numpy(np.ascontiguousarray(vector, dtype=np.float64).reshape(-1))
+        with torch.enable_grad():
+            product = torch.autograd.grad(flat_gradient @ direction, params, retain_graph=True, allow_unused=True)
+        pieces = [(torch.zeros_like(p) if h is None else h).reshape(-1) for p, h in zip(params, product)]
+        return torch.cat(pieces).numpy()
+
+    dimension = flat_gradient.numel()
+    # a fixed start vector: the same weights give the same number whenever they are asked
+    start = np.random.default_rng(0).standard_normal(dimension)
+    operator = LinearOperator((dimension, dimension), matvec=hvp, dtype=np.float64)
+    value = float(eigsh(operator, k=1, which="LA", tol=tol, v0=start, return_eigenvectors=False)[0])
+    if not math.isfinite(value):
+        raise FloatingPointError(f"top Hessian eigenvalue is {value}")
+    return value
+
+
+def sharpness(bed: Testbed, batch: Batch) -> float:
+    """The top Hessian eigenvalue of ``bed.loss_fn`` on ``batch`` at the testbed's current weights."""
+    return top_hessian_eigenvalue(bed.model, bed.loss_fn, batch)
+
+
+# ---------------------------------------------------------------------------------------- data
+
+def _modular_addition(p: int, train_fraction: float,
+                      generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """All p^2 pairs (a, b) as a (p^2, 2) long tensor, labels (a + b) mod p, and a random split
+    into train and test indices."""
+    pairs = torch.cartesian_prod(torch.arange(p), torch.arange(p))
+    labels = pairs.sum(dim=1) % p
+    order = torch.randperm(p * p, generator=generator)
+    n_train = round(train_fraction * p * p)
+    return pairs, labels, order[:n_train], order[n_train:]
+
+
+def _sphere_inputs(m: int, d: int, generator: torch.Generator) -> Tensor:
+    """m Gaussian inputs rescaled to |x| = sqrt(d), so that W x / sqrt(d) has O(1) entries."""
+    x = torch.randn(m, d, generator=generator)
+    return x / x.norm(dim=1, keepdim=True) * math.sqrt(d)
+
+
+# -------------------------------------------------------------------------------------- models
+
+class ModularMLP(nn.Module):
+    """(batch, 2) ids -> (batch, p) logits: a shared embedding of a and b, concatenated, one ReLU
+    hidden layer."""
+
+    def __init__(self, p: int, embed: int, width: int) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(p, embed)
+        self.hidden = nn.Linear(2 * embed, width)
+        self.out = nn.Linear(width, p)
+
+    def forward(self, pairs: Tensor) -> Tensor:
+        return self.out(F.relu(self.hidden(self.embed(pairs).flatten(1))))
+
+
+class LastTokenGPT(nn.Module):
+    """(batch, 3) token ids [a, b, '='] -> (batch, p) logits of the answer at the last position;
+    the '=' token (id p) is not a possible answer, so its logit is dropped.
+
+    The project's pre-LN GPT as it is. Its LayerNorms make everything upstream of ln_f jointly
+    scale invariant, and weight decay on scale-invariant weights raises their effective step size,
+    so full-batch AdamW training shows periodic loss spikes after memorisation (the "slingshot" of
+    Thilak et al. 2022; Li & Arora 2020); test accuracy still jumps through them.
+    ``layer_norm=False`` (identities instead, as in Nanda et al.'s model) trains without spikes but,
+    measured here at p = 31-59, generalised later or not at all within 3000 steps, depending on seed."""
+
+    def __init__(self, p: int, d_model: int, n_head: int, n_layer: int, layer_norm: bool = True) -> None:
+        super().__init__()
+        self.p = p
+        self.gpt = GPT(GPTConfig(vocab_size=p + 1, block_size=3, n_layer=n_layer, n_head=n_head, d_model=d_model))
+        if not layer_norm:
+            for block in self.gpt.blocks:
+                block.ln_1, block.ln_2 = nn.Identity(), nn.Identity()
+            self.gpt.ln_f = nn.Identity()
+
+    def forward(self, idx: Tensor) -> Tensor:
+        return self.gpt(idx)[:, -1, : self.p]
+
+
+class NTKTwoLayer(nn.Module):
+    """f(x) = v^T relu(W x / sqrt(d)) / sqrt(n) with W (n x d), v (n) standard normal."""
+
+    def __init__(self, d: int, n: int, generator: torch.Generator) -> None:
+        super().__init__()
+        self.W = nn.Parameter(torch.randn(n, d, generator=generator))
+        self.v = nn.Parameter(torch.randn(n, generator=generator))
+
+    def forward(self, x: Tensor) -> Tensor:
+        features = F.relu(x @ self.W.T / math.sqrt(self.W.shape[1]))
+        return features @ self.v / math.sqrt(self.W.shape[0])
+
+
+def _tanh_mlp(d: int, width: int, depth: int, outputs: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for fan_in in [d] + [width] * (depth - 1):
+        layers += [nn.Linear(fan_in, width), nn.Tanh()]
+    return nn.Sequential(*layers, nn.Linear(width, outputs))
+
+
+def _seeded_init(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
+    """Build with the global RNG seeded (nn.Module initialisers draw from it) and then restored."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+# -------------------------------------------------------------------------------------- losses
+
+def _half_mse(output: Tensor, target: Tensor) -> Tensor:
+    """(1/2m) sum_i |f(x_i) - y_i|^2: the scaling under which 2/eta is the GD stability threshold
+    of the Hessian as computed here."""
+    squared = (output - target) ** 2
+    return 0.5 * (squared.sum(dim=1) if squared.dim() > 1 else squared).mean()
+
+
+# ---------------------------------------------------------------------------------- evaluation
+
+def _classification_eval(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor],
+                         splits: Mapping[str, tuple[Tensor, Tensor, Tensor]]) -> Callable[[], dict[str, float]]:
+    """{split}_loss and {split}_accuracy for each split (inputs, loss targets, class labels)."""
+
+    def evaluate() -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        values: dict[str, float] = {}
+        with torch.no_grad():
+            for split, (inputs, targets, labels) in splits.items():
+                output = model(inputs)
+                values[f"{split}_loss"] = float(loss_fn(output, targets))
+                values[f"{split}_accuracy"] = float((output.argmax(dim=1) == labels).float().mean())
+        model.train(was_training)
+        return values
+
+    return evaluate
+
+
+def _with_sharpness(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], batch: Batch,
+                    base: Callable[[], dict[str, float]]) -> Callable[[], dict[str, float]]:
+    def evaluate() -> dict[str, float]:
+        values = base()
+        was_training = model.training
+        model.eval()
+        values["sharpness"] = top_hessian_eigenvalue(model, loss_fn, batch)  # on a float64 copy
+        model.train(was_training)
+        return values
+
+    return evaluate
+
+
+# ------------------------------------------------------------------------------------ testbeds
+
+# Sizes chosen by measurement on a shared 2-core CPU (seed 0; module docstring has the numbers)
+_GROKKING_MLP = {
+    "default": {"p": 97, "train_fraction": 0.4, "embed": 64, "width": 128,
+                "lr": 3e-3, "weight_decay": 1.0, "steps": 2500, "eval_every": 25},
+    "tiny": {"p": 59, "train_fraction": 0.5, "embed": 64, "width": 128,
+             "lr": 3e-3, "weight_decay": 2.0, "steps": 1500, "eval_every": 25},
+}
+_GROKKING_TRANSFORMER = {
+    "default": {"p": 59, "train_fraction": 0.5, "d_model": 32, "n_head": 4,
+                "n_layer": 1, "lr": 3e-3, "weight_decay": 1.0, "steps": 2000, "eval_every": 25},
+    "tiny": {"p": 31, "train_fraction": 0.5, "d_model": 32, "n_head": 4,
+             "n_layer": 1, "lr": 5e-3, "weight_decay": 1.0, "steps": 1500, "eval_every": 25},
+}
+_CATAPULT = {
+    # every evaluation runs Lanczos (~0.15-0.5 s here at this size): the per-step loss shows the spike
+    "default": {"width": 4096, "samples": 128, "d": 32, "steps": 300, "eval_every": 10},
+    "tiny": {"width": 512, "samples": 32, "d": 16, "steps": 60, "eval_every": 2},
+}
+_EDGE_OF_STABILITY = {
+    "default": {"samples": 1000, "d": 10, "classes": 4, "width": 64,
+                "depth": 2, "lr": 0.3, "steps": 4000, "eval_every": 20},
+    "tiny": {"samples": 500, "d": 10, "classes": 4, "width": 64,
+             "depth": 2, "lr": 0.3, "steps": 1600, "eval_every": 25},
+}
+
+
+def _grokking(name: str, seed: int, cfg: dict, lr: float | None, steps: int | None) -> Testbed:
+    generator = torch.Generator().manual_seed(seed)
+    p = cfg["p"]
+    pairs, labels, train_idx, test_idx = _modular_addition(p, cfg["train_fraction"], generator)
+    if name == "grokking-mlp":
+        inputs = pairs
+        model = _seeded_init(seed, lambda: ModularMLP(p, cfg["embed"], cfg["width"]))
+        published = ("Modular addition with an MLP and AdamW weight decay: train accuracy ~1 early, test accuracy "
+                     "jumps to ~1 much later (Power et al. 2022; Liu et al. 2022; Gromov 2023).")
+    else:
+        inputs = torch.cat([pairs, torch.full((p * p, 1), p)], dim=1)  # [a, b, '=']
+        model = _seeded_init(seed, lambda: LastTokenGPT(p, cfg["d_model"], cfg["n_head"], cfg["n_layer"]))
+        published = ("Modular addition with a small transformer and AdamW weight decay: train accuracy ~1 early, "
+                     "test accuracy jumps to ~1 much later (Power et al. 2022; Nanda et al. 2023).")
+    lr = cfg["lr"] if lr is None else lr
+    # beta2 = 0.98 as in Power et al. and Nanda et al.; decay on every parameter, embeddings included
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=cfg["weight_decay"])
+    train_set = (inputs[train_idx], labels[train_idx])
+    test_set = (inputs[test_idx], labels[test_idx])
+    evaluate = _classification_eval(model, F.cross_entropy, {"train": (*train_set, train_set[1]),
+                                                             "test": (*test_set, test_set[1])})
+    return Testbed(name=name, model=model, optimizer=optimizer, loss_fn=F.cross_entropy,
+                   train_batch=lambda step: train_set, evaluate=evaluate,
+                   steps=cfg["steps"] if steps is None else steps, eval_every=cfg["eval_every"],
+                   transition="test_accuracy", published=published, lr=lr,
+                   notes={"p": float(p), "train_fraction": cfg["train_fraction"], "weight_decay": cfg["weight_decay"],
+                          "train_size": float(len(train_idx)), "test_size": float(len(test_idx))})
+
+
+def _catapult(seed: int, cfg: dict, eta_lambda0: float, steps: int | None) -> Testbed:
+    generator = torch.Generator().manual_seed(seed)
+    x = _sphere_inputs(cfg["samples"], cfg["d"], generator)
+    teacher = torch.randn(cfg["d"], generator=generator)
+    y = torch.sign(x @ teacher)
+    model = NTKTwoLayer(cfg["d"], cfg["width"], generator)
+    batch = (x, y)
+    lambda0 = top_hessian_eigenvalue(model, _half_mse, batch)
+    lr = eta_lambda0 / lambda0
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)  # plain full-batch gradient descent
+
+    def losses() -> dict[str, float]:
+        with torch.no_grad():
+            return {"train_loss": float(_half_mse(model(x), y))}
+
+    published = ("A wide two-layer ReLU net in NTK parametrisation under full-batch GD with 2 < eta*lambda0 < 4: the "
+                 "loss first grows, then falls once the curvature has dropped below 2/eta (Lewkowycz et al. 2020).")
+    return Testbed(name="catapult", model=model, optimizer=optimizer, loss_fn=_half_mse,
+                   train_batch=lambda step: batch, evaluate=_with_sharpness(model, _half_mse, batch, losses),
+                   steps=cfg["steps"] if steps is None else steps, eval_every=cfg["eval_every"],
+                   transition="loss", published=published, lr=lr,
+                   notes={"lambda0": lambda0, "eta_lambda0": eta_lambda0, "two_over_eta": 2.0 / lr,
+                          "width": float(cfg["width"]), "samples": float(cfg["samples"])})
+
+
+def _edge_of_stability(seed: int, cfg: dict, lr: float | None, steps: int | None) -> Testbed:
+    generator = torch.Generator().manual_seed(seed)
+    d, classes = cfg["d"], cfg["classes"]
+    x = torch.randn(cfg["samples"], d, generator=generator)
+    teacher = _seeded_init(seed + 1, lambda: _tanh_mlp(d, 32, 1, classes))
+    with torch.no_grad():
+        labels = teacher(x).argmax(dim=1)
+    y = F.one_hot(labels, classes).float()
+    model = _seeded_init(seed, lambda: _tanh_mlp(d, cfg["width"], cfg["depth"], classes))
+    batch = (x, y)
+    lr = cfg["lr"] if lr is None else lr
+    lambda0 = top_hessian_eigenvalue(model, _half_mse, batch)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    accuracy = _classification_eval(model, _half_mse, {"train": (x, y, labels)})
+    evaluate = _with_sharpness(model, _half_mse, batch, accuracy)
+    published = ("Full-batch GD on a tanh network: the sharpness rises (progressive sharpening) to ~2/eta and hovers "
+                 "there while the loss keeps decreasing non-monotonically (Cohen et al. 2021).")
+    return Testbed(name="edge-of-stability", model=model, optimizer=optimizer, loss_fn=_half_mse,
+                   train_batch=lambda step: batch, evaluate=evaluate,
+                   steps=cfg["steps"] if steps is None else steps, eval_every=cfg["eval_every"],
+                   transition="sharpness", published=published, lr=lr,
+                   notes={"lambda0": lambda0, "eta_lambda0": lr * lambda0, "two_over_eta": 2.0 / lr})
+
+
+def make_testbed(name: str, *, seed: int = 0, scale: str = "default", lr: float | None = None,
+                 eta_lambda0: float | None = None, steps: int | None = None) -> Testbed:
+    """A fresh testbed. ``lr`` overrides the learning rate (not for catapult, whose rate is
+    ``eta_lambda0 / lambda0``; default eta_lambda0 = 3); ``steps`` overrides the run length."""
+    if name not in TESTBEDS:
+        raise ValueError(f"unknown testbed {name!r}; accepted: {', '.join(TESTBEDS)}")
+    if scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r}; accepted: {', '.join(SCALES)}")
+    if lr is not None and not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a positive number, got {lr}")
+    if steps is not None and steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if name == "catapult":
+        if lr is not None:
+            raise ValueError("catapult sets its learning rate as eta_lambda0 / lambda0: pass eta_lambda0, not lr")
+        c = 3.0 if eta_lambda0 is None else eta_lambda0
+        if not (math.isfinite(c) and c > 0):
+            raise ValueError(f"eta_lambda0 must be a positive number, got {c}")
+        return _catapult(seed, _CATAPULT[scale], c, steps)
+    if eta_lambda0 is not None:
+        raise ValueError(f"eta_lambda0 applies to catapult only, not {name!r}; pass lr")
+    if name == "edge-of-stability":
+        return _edge_of_stability(seed, _EDGE_OF_STABILITY[scale], lr, steps)
+    table = _GROKKING_MLP if name == "grokking-mlp" else _GROKKING_TRANSFORMER
+    return _grokking(name, seed, table[scale], lr, steps)
+
+
+# -------------------------------------------------------------------------------------- training
+
+def _check_finite(bed: Testbed, step: int, values: Mapping[str, float]) -> None:
+    bad = {key: value for key, value in values.items() if not math.isfinite(value)}
+    if bad:
+        raise FloatingPointError(f"{bed.name}: non-finite {bad} at step {step}")
+
+
+def train(bed: Testbed, *, on_step: Callable[[int, Tensor, Batch], None] | None = None,
+          progress: Callable[[int], None] | None = None) -> dict[str, list[float]]:
+    """Run ``bed.steps`` optimizer steps. ``on_step(step, loss, batch)`` runs after the optimizer
+    step and before the next zero_grad, so the step's gradients are still in ``.grad``. evaluate()
+    runs at step 0 and every ``eval_every`` steps (and at the last step). A non-finite loss or
+    evaluation raises FloatingPointError. Returns {"step", "loss", "eval_step", *evaluate keys}."""
+    model, optimizer = bed.model, bed.optimizer
+    curves: dict[str, list[float]] = {"step": [], "loss": [], "eval_step": []}
+
+    def record_eval(step: int) -> None:
+        values = bed.evaluate()
+        _check_finite(bed, step, values)
+        curves["eval_step"].append(step)
+        for key, value in values.items():
+            curves.setdefault(key, []).append(value)
+
+    model.train()
+    record_eval(0)
+    for step in range(1, bed.steps + 1):
+        batch = bed.train_batch(step)
+        inputs, targets = batch
+        optimizer.zero_grad(set_to_none=True)
+        loss = bed.loss_fn(model(inputs), targets)
+        value = float(loss.detach())
+        _check_finite(bed, step, {"loss": value})  # before stepping on a diverged loss
+        loss.backward()
+        optimizer.step()
+        curves["step"].append(step)
+        curves["loss"].append(value)
+        if on_step is not None:
+            on_step(step, loss.detach(), batch)
+        if step % bed.eval_every == 0 or step == bed.steps:
+            record_eval(step)
+        if progress is not None:
+            progress(step)
+    return curves
