@@ -356,3 +356,23 @@ def test_weight_decay_inside_the_loss_breaking_is_reported():
     expected = max(abs(0.5e-3 * (math.exp(2 * a) - 1) * norm_sq) for a in (-4.6, -1.0, 1.0, 4.6)) / broken.loss
     row = next(r for r in broken.rows if r.label == sym.label)
     assert math.isclose(row.loss_change, expected, rel_tol=1e-9)
+
+
+def test_rescale_is_found_through_constant_scalings_and_not_through_data_dependent_ones():
+    """Truth: relu(c x) = c relu(x) for a fixed c > 0 (the NTK parametrisation's 1/sqrt(width));
+    dividing by a norm of the activations is not a per-unit linear map, so nothing may be reported."""
+    class NTK(torch.nn.Module):
+        def __init__(self, data_dependent=False):
+            super().__init__()
+            self.hidden, self.readout = torch.nn.Linear(3, 6, bias=False), torch.nn.Linear(6, 1, bias=False)
+            self.data_dependent = data_dependent
+
+        def forward(self, x):
+            h = torch.relu(self.hidden(x) / math.sqrt(3))
+            h = h / h.norm() if self.data_dependent else 0.5 * h
+            return self.readout(h) / math.sqrt(6)
+
+    torch.manual_seed(0)
+    x = torch.randn(10, 3)
+    assert sw.find_symmetries(NTK(), x, logits=False).counts()["rescale"] == 6
+    assert sw.find_symmetries(NTK(data_dependent=True), x, logits=False).counts()["rescale"] == 0

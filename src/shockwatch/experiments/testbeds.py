@@ -199,16 +199,21 @@ class LastTokenGPT(nn.Module):
 
 
 class NTKTwoLayer(nn.Module):
-    """f(x) = v^T relu(W x / sqrt(d)) / sqrt(n) with W (n x d), v (n) standard normal."""
+    """f(x) = v^T relu(W x / sqrt(d)) / sqrt(n) with W (n x d), v (n) standard normal. Built from
+    nn.Linear layers so that find_symmetries sees its n ReLU rescale symmetries (the constant
+    factors commute with the rescaling)."""
 
     def __init__(self, d: int, n: int, generator: torch.Generator) -> None:
         super().__init__()
-        self.W = nn.Parameter(torch.randn(n, d, generator=generator))
-        self.v = nn.Parameter(torch.randn(n, generator=generator))
+        self.hidden = nn.Linear(d, n, bias=False)
+        self.readout = nn.Linear(n, 1, bias=False)
+        with torch.no_grad():
+            self.hidden.weight.copy_(torch.randn(n, d, generator=generator))
+            self.readout.weight.copy_(torch.randn(1, n, generator=generator))
 
     def forward(self, x: Tensor) -> Tensor:
-        features = F.relu(x @ self.W.T / math.sqrt(self.W.shape[1]))
-        return features @ self.v / math.sqrt(self.W.shape[0])
+        features = F.relu(self.hidden(x) / math.sqrt(self.hidden.in_features))
+        return self.readout(features).squeeze(-1) / math.sqrt(self.hidden.out_features)
 
 
 def _tanh_mlp(d: int, width: int, depth: int, outputs: int) -> nn.Sequential:

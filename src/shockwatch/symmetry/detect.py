@@ -9,7 +9,8 @@ Rules (Kunin et al. 2021, §3; Miyagawa 2026, §5):
   layer at once: normalisation is per sample, across units).
 - rescale: a unit j whose pre-activation parameters (the Linear/Conv row j and bias j, or the
   affine weight/bias j of a norm right after it) pass through positively homogeneous maps only
-  (ReLU, LeakyReLU, identity, dropout, max/avg pooling, flatten) into exactly one Linear/Conv,
+  (ReLU, LeakyReLU, identity, dropout, max/avg pooling, flatten, multiplication or division by a
+  fixed number) into exactly one Linear/Conv,
   whose input columns for unit j are the outgoing slots (a block of columns after a flatten).
 - GELU, SiLU, tanh, sigmoid are not positively homogeneous: no rescale is reported through them.
 - permutation: the units of a layer (rows of its Linear/Conv with their biases and per-unit norm
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import operator
 from collections.abc import Callable
 
 import torch
@@ -194,6 +196,17 @@ def _is(node: fx.Node, modules, module_types: tuple, functions: tuple = ()) -> b
     return node.op == "call_function" and node.target in functions
 
 
+def _is_constant_scaling(node: fx.Node) -> bool:
+    """x * c, c * x or x / c with c a Python number (not a tensor, not another node)."""
+    if node.op != "call_function" or node.target not in (operator.mul, operator.truediv, torch.mul, torch.div):
+        return False
+    numbers = [arg for arg in node.args if isinstance(arg, (int, float)) and not isinstance(arg, bool)]
+    nodes = [arg for arg in node.args if isinstance(arg, fx.Node)]
+    if node.target in (operator.truediv, torch.div):
+        return len(node.args) == 2 and isinstance(node.args[0], fx.Node) and node.args[1] in numbers and node.args[1] != 0
+    return len(numbers) == 1 and len(nodes) == 1
+
+
 def _is_flatten(node: fx.Node, modules) -> bool:
     module = _module(node, modules)
     if isinstance(module, nn.Flatten):
@@ -297,6 +310,8 @@ def _consumer(node: fx.Node | None, modules, homogeneous_only: bool) -> tuple[fx
             pass  # ReLU, max(x, slope x), pooling and dropout commute with a positive per-unit scale
         elif not homogeneous_only and _is(node, modules, _ELEMENTWISE_MODULES, _ELEMENTWISE_FUNCTIONS):
             pass
+        elif _is_constant_scaling(node):
+            pass  # x * c, x / c (a fixed number, e.g. NTK's 1/sqrt(width)): linear, so it commutes too
         elif _is_flatten(node, modules) and block == 1:
             shape = node.args[0].meta["tensor_meta"].shape
             block = int(torch.tensor(shape[2:]).prod()) if len(shape) > 2 else 1
