@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import typer
@@ -31,18 +32,62 @@ def _run_experiment(name: str, out: Path, as_json: bool, full: bool = False) -> 
             console.print(f"wrote {path}")
 
 
+def _free_directory(out: Path) -> Path:
+    """``out`` if it holds no run yet, else the first free ``out-2``, ``out-3``, ... (never overwrite a run)."""
+    candidate, number = out, 1
+    while (candidate / "run.sqlite").exists():
+        number += 1
+        candidate = out.with_name(f"{out.name}-{number}")
+    return candidate
+
+
 @app.command()
-def demo(out: Path = typer.Option(Path("runs/demo"), help="Directory for the JSON and PNG.")) -> None:
-    """Run the main job on a built-in example (for now: the paper's Figure 3, burgers-shock).
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), help="Run directory (a new one next to it if it holds a run)."),
+    testbed: str = typer.Option("grokking-mlp", help="Built-in testbed: grokking-mlp, grokking-transformer, "
+                                                     "catapult, edge-of-stability."),
+) -> None:
+    """The main job: train a built-in testbed under the monitor on the CPU, then write the run store,
+    TensorBoard files and report.html, and print a summary (symmetries, charges vs theory, warnings,
+    when the transition came).
 
     Example: shockwatch demo --out runs/demo
+    Example: tensorboard --logdir runs/demo/tensorboard
     """
-    _run_experiment("burgers-shock", out, as_json=False)
-    result = json.loads((out / "burgers_shock.json").read_text())
-    console.print(f"shock time tau* = {result['tau_star']:.6f} (theory: 1)")
-    for nu, slopes in result["max_slope"].items():
-        console.print(f"nu = {float(nu):<5g} max|v_s| over tau: {max(slopes):8.3f}; "
-                      f"WENO5 vs Hopf-Cole L1 gap <= {max(result['simulation_l1'][nu]):.1e}")
+    from rich.progress import Progress
+
+    from .experiments import falsifiable_prediction as fp
+    from .monitor import RunStore
+    from .report import write_report
+
+    try:
+        config = fp.Config(testbeds=(testbed,))
+    except ValueError as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(code=2) from None
+    target = _free_directory(out)
+    if target != out:
+        console.print(f"{out} holds a run already: writing {target}")
+    console.print(f"training {testbed} under the monitor ({config.curvature_samples} curvature samples) ...")
+    with Progress(console=console, transient=True) as bar:
+        outcome = fp.run_testbed(testbed, config, target, bar=bar, tensorboard=True)
+    report = write_report(target)
+    with RunStore(target / "run.sqlite", resume=True) as store:
+        meta, names = store.meta(), store.names()
+        law = {n.split("/")[1]: max(store.scalars(n)[1]) for n in names if n.startswith("charge_law_error/")}
+        drift = {n.split("/")[1]: store.scalars(n)[1][-1] for n in names if n.startswith("charge_drift/")}
+    console.print(f"[bold]{testbed}[/bold] ({outcome.steps} steps, lr {outcome.lr:g}, {outcome.runtime_s:.0f} s): "
+                  f"{outcome.published}")
+    console.print(f"symmetries found: {meta['symmetries']}; optimizer law: {meta['law']}")
+    for kind in law:
+        console.print(f"  {kind:<12} charge drift {drift[kind]:.2e} (start-relative); "
+                      f"exact-law error max {law[kind]:.1e} (theory: round-off)")
+    console.print(f"transition ({outcome.transition_curve}, abrupt changes): steps {outcome.events or 'none detected'}")
+    for key, found in outcome.warnings.items():
+        leads = ", ".join("-" if math.isnan(t) else f"{t:.0f}" for t in outcome.lead_times[key])
+        console.print(f"  warnings {key:<20} at {found[:8]}{' ...' if len(found) > 8 else ''}; "
+                      f"lead times per event [{leads}] (horizon {outcome.horizon})")
+    console.print(f"wrote {target / 'run.sqlite'}, {target / 'tensorboard'}, {report}")
 
 
 @app.command()

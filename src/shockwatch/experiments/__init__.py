@@ -2,8 +2,9 @@
 
 from types import ModuleType
 
-from . import burgers_shock, closure, hopf_cole_relu, mean_field, neural_mechanics, quotient_sde
+from . import burgers_shock, closure, falsifiable_prediction, hopf_cole_relu, mean_field, neural_mechanics, quotient_sde, testbeds
 
-EXPERIMENTS: dict[str, ModuleType] = {module.NAME: module for module in (burgers_shock, neural_mechanics, hopf_cole_relu, quotient_sde, closure, mean_field)}
+EXPERIMENTS: dict[str, ModuleType] = {module.NAME: module for module in (burgers_shock, neural_mechanics, hopf_cole_relu, quotient_sde, closure, mean_field, falsifiable_prediction)}
 
-__all__ = ["EXPERIMENTS", "burgers_shock", "closure", "hopf_cole_relu", "mean_field", "neural_mechanics", "quotient_sde"]
+__all__ = ["EXPERIMENTS", "burgers_shock", "closure", "falsifiable_prediction", "hopf_cole_relu", "mean_field", "neural_mechanics",
+           "quotient_sde", "testbeds"]

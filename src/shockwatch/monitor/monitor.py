@@ -101,7 +101,8 @@ class Monitor:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, log_dir: str | Path, *,
                  symmetries: SymmetrySet | None = None, example_input: Tensor | None = None,
                  schedule: Schedule | None = None, loss_fn=None, raise_on_nonfinite: bool = False,
-                 resume: bool = False, tensorboard: bool = True, sinks: Sequence[Sink] = ()) -> None:
+                 resume: bool = False, tensorboard: bool = True, sinks: Sequence[Sink] = (),
+                 curvature_tol: float = 1e-6) -> None:
         schedule = Schedule() if schedule is None else schedule
         if not isinstance(schedule, Schedule):
             raise TypeError(f"schedule must be a shockwatch.monitor.Schedule, got {type(schedule).__name__}")
@@ -109,7 +110,10 @@ class Monitor:
             raise ValueError("schedule.curvature needs loss_fn=(outputs, targets) -> loss")
         if isinstance(model, nn.parallel.DistributedDataParallel):
             model = model.module  # the same parameter tensors; DDP averages their gradients
+        if not 0 < curvature_tol < 1:
+            raise ValueError(f"curvature_tol must be in (0, 1) (Lanczos' relative tolerance), got {curvature_tol}")
         self.model, self.optimizer, self.schedule, self.loss_fn = model, optimizer, schedule, loss_fn
+        self.curvature_tol = curvature_tol
         self.raise_on_nonfinite, self.log_dir = raise_on_nonfinite, Path(log_dir)
         self.rank = _rank()
         self._named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
@@ -173,7 +177,7 @@ class Monitor:
         if self._path_norm and self.schedule.due("quotient", self._step):
             values["path_norm"] = path_norm(self.model, self._input_shape)
         if stepped and self.schedule.due("curvature", self._step) and batch is not None and self.symmetries is not None:
-            found = curvature(self.model, self.loss_fn, batch, self.symmetries)
+            found = curvature(self.model, self.loss_fn, batch, self.symmetries, tol=self.curvature_tol)
             lr = float(self.optimizer.param_groups[0]["lr"])
             values.update({"curvature/raw_max": found.raw_max, "curvature/raw_min": found.raw_min,
                            "curvature/quotient_max": found.quotient_max, "curvature/quotient_min": found.quotient_min,

@@ -1,0 +1,55 @@
+"""The §6 falsifiable-prediction experiment on the catapult testbed (tiny): the warnings, lead times,
+precision and recall recomputed independently from the logged curvature and the detected events."""
+
+import json
+import math
+
+import pytest
+
+from shockwatch.experiments import EXPERIMENTS
+from shockwatch.experiments import falsifiable_prediction as fp
+
+
+@pytest.fixture(scope="module")
+def result():
+    return fp.run(fp.Config(testbeds=("catapult",), scale="tiny", curvature_samples=30))
+
+
+def test_the_catapult_spike_is_an_event(result):
+    """Truth: the published catapult: the loss peaks within the first steps; an event must sit there."""
+    outcome = result.outcomes[0]
+    steps, loss = outcome.curves["transition_step"], outcome.curves["transition"]
+    peak = steps[max(range(len(loss)), key=loss.__getitem__)]
+    assert any(abs(event - peak) <= 5 for event in outcome.events), (outcome.events, peak)
+
+
+def test_warnings_lead_times_and_scores_follow_from_the_curves(result):
+    outcome = result.outcomes[0]
+    c = outcome.curves
+    for signal in fp.SIGNALS:
+        lams = c[f"curvature/{signal}_min"]
+        # first crossing of the shock rule, by hand: -1/(eta lambda) < horizon  <=>  lambda < -1/(eta horizon)
+        crossing = [s for s, lam in zip(c["curvature_step"], lams) if lam < -1.0 / (outcome.lr * outcome.horizon)]
+        found = outcome.warnings[f"shock/{signal}"]
+        assert (found[:1] == [int(crossing[0])]) if crossing else found == []
+        tops = c[f"curvature/{signal}_max"]
+        unstable = [s for s, lam in zip(c["curvature_step"], tops) if outcome.lr * lam > 2.0]
+        assert outcome.warnings[f"stability/{signal}"][:1] == ([int(unstable[0])] if unstable else [])
+    for key, found in outcome.warnings.items():
+        for event, lead in zip(outcome.events, outcome.lead_times[key]):
+            before = [w for w in found if 0 <= event - w <= outcome.horizon]
+            assert (math.isnan(lead) and not before) or lead == event - max(before)
+        useful = [w for w in found if any(0 <= e - w <= outcome.horizon for e in outcome.events)]
+        assert math.isnan(outcome.precision[key]) if not found else outcome.precision[key] == len(useful) / len(found)
+        caught = sum(not math.isnan(t) for t in outcome.lead_times[key])
+        assert outcome.recall[key] == (caught / len(outcome.events) if outcome.events else outcome.recall[key])
+
+
+def test_result_is_saved_and_registered(result, tmp_path):
+    assert EXPERIMENTS["falsifiable-prediction"] is fp
+    paths = result.save(tmp_path)
+    data = json.loads(paths[0].read_text())
+    assert data["outcomes"][0]["name"] == "catapult" and "verdict" in data
+    assert paths[1].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="testbeds must be"):
+        fp.Config(testbeds=("nope",))
