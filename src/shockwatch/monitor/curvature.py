@@ -35,7 +35,7 @@ from torch.func import functional_call
 from ..quotient import OrbitOperator, horizontal_projection
 from ..symmetry import Kind, SymmetrySet, generator, gl_generator_combination
 
-__all__ = ["Curvature", "curvature"]
+__all__ = ["Curvature", "curvature", "vertical_projector"]
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ def curvature(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], bat
         return flat({name: o if o is not None else torch.zeros_like(p) for name, o, p in zip(names, out, leaves)})
 
     dimension = sum(sizes)
-    vertical = _vertical_projector(symmetries, params, names, dimension, max_dense_entries)
+    vertical = vertical_projector(symmetries, params, names, dimension, max_dense_entries)
     if vertical is not None:
         def project(vector: np.ndarray) -> np.ndarray:
             return vector - vertical(vector)
@@ -114,7 +114,7 @@ def curvature(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], bat
     return Curvature(raw[1], raw[0], quotient[1], quotient[0], count[0])
 
 
-def _vertical_projector(symmetries: SymmetrySet, params: Mapping[str, Tensor], names: list[str], dimension: int,
+def vertical_projector(symmetries: SymmetrySet, params: Mapping[str, Tensor], names: list[str], dimension: int,
                         max_entries: int = 50_000_000) -> Callable[[np.ndarray], np.ndarray] | None:
     """v -> P_V v, the Euclidean projection onto the span of every orbit generator at ``params``, or
     None when the D x K generator matrix would exceed ``max_entries`` entries (then CG is used).

@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -43,7 +44,7 @@ from ..mechanics import ConservationTracker
 from ..quotient import horizontal_projection
 from ..symmetry import Kind, SymmetrySet, find_symmetries
 from .attention import attention_observables
-from .curvature import curvature
+from .curvature import curvature, vertical_projector
 from .path_norm import path_norm, path_norm_unsupported
 from .sinks import Sink, TensorBoardSink
 from .store import RunStore
@@ -118,6 +119,7 @@ class Monitor:
         self.rank = _rank()
         self._named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
         self._pre: dict[str, float] | None = None
+        self._vertical = None  # (theta_t, its vertical projector) on steps the quotient norms are due
         self._before: list[Tensor] | None = None
         self.store, self.sinks, self.tracker, self.symmetries, self._hook = None, [], None, None, None
         self._step = 0
@@ -220,6 +222,7 @@ class Monitor:
     @torch.no_grad()
     def _pass(self) -> None:
         """Norms, generator inner products and a copy of theta_t, from (theta_t, g_t)."""
+        self._vertical = None
         params = [p.detach() for _, p in self._named]
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for _, p in self._named]
         grad_norm = float(torch.stack(torch._foreach_norm(grads)).double().square().sum().sqrt())
@@ -251,11 +254,20 @@ class Monitor:
                     pre[f"gradient_breaking/{kind.value}"] = float(breaking[start:start + count].max())
                 start += count
         if self.schedule.due("quotient", self._step + 1):
-            pre["grad_norm/quotient"] = self._horizontal_norm(named_params, named_grads)
+            # one projector at theta_t serves the gradient now and the update after the step
+            names = [name for name, _ in self._named]
+            at = {name: named_params[name].double().cpu() for name in names}
+            self._vertical = (at, vertical_projector(syms, at, names, sum(p.numel() for p in params)))
+            pre["grad_norm/quotient"] = self._horizontal_norm(named_grads)
 
-    def _horizontal_norm(self, params: dict[str, Tensor], vectors: dict[str, Tensor]) -> float:
+    def _horizontal_norm(self, vectors: dict[str, Tensor]) -> float:
+        """|P_H v| at theta_t: by the sparse generator matrix where it fits, else by CG."""
+        at, vertical = self._vertical
+        if vertical is not None:
+            flat = torch.cat([vectors[name].reshape(-1).double().cpu() for name in at]).numpy()
+            return float(np.linalg.norm(flat - vertical(flat)))
         try:
-            horizontal = horizontal_projection(self.symmetries, params, vectors, rtol=1e-7, max_iterations=500)
+            horizontal = horizontal_projection(self.symmetries, at, vectors, rtol=1e-7, max_iterations=500)
         except RuntimeError as error:  # CG did not converge: say so rather than log a wrong norm
             self._event(self._step, "quotient-projection", str(error))
             return math.nan
@@ -269,9 +281,8 @@ class Monitor:
         update = torch._foreach_sub(params, self._before)
         update_norm = float(torch.stack(torch._foreach_norm(update)).double().square().sum().sqrt())
         out = {"update_norm": update_norm, "update_ratio": update_norm / max(param_norm, 1e-300)}
-        if self.symmetries is not None and len(self.symmetries) and self.schedule.due("quotient", self._step):
-            before = {name: p for (name, _), p in zip(self._named, self._before)}
-            out["update_norm/quotient"] = self._horizontal_norm(before, {name: u for (name, _), u in zip(self._named, update)})
+        if self._vertical is not None and self.schedule.due("quotient", self._step):
+            out["update_norm/quotient"] = self._horizontal_norm({name: u for (name, _), u in zip(self._named, update)})
         return out
 
     def _symmetry_observables(self) -> dict[str, float]:
