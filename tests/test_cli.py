@@ -28,12 +28,23 @@ def test_unknown_experiment_is_one_line_and_exit_2():
 
 @pytest.mark.slow
 def test_demo_end_to_end(tmp_path):
-    """The README's first command, as a subprocess: writes the figure and its JSON (tau* = 1)."""
+    """The README's first command, as a subprocess: the catapult testbed under the monitor. Truth: one
+    loss row per step, the width's 512 rescale units found, the exact SGD law to float32 round-off,
+    TensorBoard and report files written; a second run goes to a new directory, never over the first."""
+    import sqlite3
+
     out = tmp_path / "demo"
-    subprocess.run([sys.executable, "-m", "shockwatch", "demo", "--out", str(out)], check=True, timeout=600)
-    data = json.loads((out / "burgers_shock.json").read_text())
-    assert abs(data["tau_star"] - 1) < 1e-6
-    assert (out / "burgers_shock.png").exists()
+    done = subprocess.run([sys.executable, "-m", "shockwatch", "demo", "--out", str(out)], check=True, timeout=600,
+                          capture_output=True, text=True)
+    db = sqlite3.connect(out / "run.sqlite")
+    assert db.execute("SELECT COUNT(*), MAX(step) FROM scalars WHERE name = 'loss'").fetchone() == (60, 60)
+    assert "'rescale': 512" in db.execute("SELECT value FROM meta WHERE key = 'symmetries'").fetchone()[0]
+    assert db.execute("SELECT MAX(value) FROM scalars WHERE name = 'charge_law_error/rescale'").fetchone()[0] < 1e-5
+    assert any((out / "tensorboard").iterdir()) and (out / "report.html").stat().st_size > 10_000
+    assert "transition (loss" in done.stderr and "warnings shock/quotient" in done.stderr
+    again = subprocess.run([sys.executable, "-m", "shockwatch", "demo", "--out", str(out)], check=True, timeout=600,
+                           capture_output=True, text=True)
+    assert (tmp_path / "demo-2" / "run.sqlite").exists() and "holds a run already" in again.stderr
 
 
 def test_symmetries_of_a_built_in_model_as_json():

@@ -29,9 +29,16 @@ from pathlib import Path
 import numpy as np
 import torch.nn.functional as F
 
-from ..monitor import Monitor, RunStore, Schedule, abrupt_changes, score, threshold_warnings
-from . import testbeds as tb
+from ..monitor import (
+    Monitor,
+    RunStore,
+    Schedule,
+    abrupt_changes,
+    score,
+    threshold_warnings,
+)
 from ..symmetry import find_symmetries
+from . import testbeds as tb
 from ._files import write_result
 
 NAME = "falsifiable-prediction"
@@ -125,7 +132,7 @@ def run_testbed(name: str, config: Config, log_dir: Path, *, bar=None, tensorboa
     advance = None
     if bar is not None:
         task = bar.add_task(name, total=bed.steps)
-        advance = lambda step: bar.update(task, completed=step)  # noqa: E731
+        advance = lambda step: bar.update(task, completed=step)
     with monitor:
         curves = tb.train(bed, on_step=lambda step, loss, batch: monitor.step(loss, batch=batch), progress=advance)
         events = _events(curves, bed, config.event_threshold)
