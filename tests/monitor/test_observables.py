@@ -210,3 +210,29 @@ def test_a_closure_step_is_observed_after_its_closure_runs(tmp_path):
             grad_norm = math.sqrt(sum(float(p.grad.square().sum()) for p in model.parameters()))
             assert math.isclose(logged["grad_norm"], grad_norm, rel_tol=1e-12)
             assert logged["charge_law_error/rescale"] < 1e-10
+
+
+@pytest.mark.parametrize("settings", [dict(momentum=0.9), dict(momentum=0.9, nesterov=True),
+                                      dict(momentum=0.5, dampening=0.3, weight_decay=1e-2)])
+def test_the_tracker_fed_by_the_pre_step_pass_keeps_the_exact_law(tmp_path, settings):
+    """Truth: the exact discrete law of torch.optim.SGD (round-off in float64) and the tracker run on
+    its own, reading gradients and buffers itself after each step."""
+    torch.manual_seed(0)
+    model = exact_norms(sw.models.mlp((4, 8, 8, 3), norm="batch").double())
+    x = torch.randn(16, 4, dtype=torch.float64)
+    y = torch.randint(0, 3, (16,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, **settings)
+    syms = sw.find_symmetries(model, x)
+    alone = sw.ConservationTracker(model, opt, syms)
+    with sw.Monitor(model, opt, tmp_path / "run", symmetries=syms, tensorboard=False) as monitor:
+        for _ in range(6):
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            logged = monitor.step(loss)
+            alone.update()
+            assert monitor._measured is None  # consumed: the monitor's tracker did not read the gradients again
+    for kind in ("scale", "rescale"):
+        assert logged[f"charge_law_error/{kind}"] < 1e-10
+        assert alone.report().max_rel_error(kind, law="discrete") < 1e-10

@@ -186,16 +186,24 @@ class ConservationTracker:
         return cached
 
     @torch.no_grad()
-    def update(self) -> None:
-        """Advance the predictions by the step just taken and record the charges (every record_every)."""
+    def update(self, measured: tuple[Tensor, Tensor] | None = None) -> None:
+        """Advance the predictions by the step just taken and record the charges (every record_every).
+
+        ``measured``: the step's inputs taken before it, as ``SymmetrySet.quadratic_sums`` rows
+        (signed |g_A|^2, signed <b_A, g_A> with b the momentum buffer before the step), for a caller
+        that already makes a pass over the gradients (the Monitor); otherwise they are read here.
+        """
         if self.law.startswith("sgd") and all(p.grad is None for _, p in self._named):
             raise RuntimeError("update() found no gradients: call it after optimizer.step() and before zero_grad()")
         self._step += 1
         if self.law == "sgd-momentum":
-            self._momentum_step()
+            self._momentum_step(measured)
         if self.law == "sgd":
-            grads = self._gradients()
-            gradient_sq = self.symmetries.quadratic_sums([(grads, grads)], compile=self._compile)[0]  # signed |g_A|^2
+            if measured is not None:
+                gradient_sq = measured[0]
+            else:
+                grads = self._gradients()
+                gradient_sq = self.symmetries.quadratic_sums([(grads, grads)], compile=self._compile)[0]  # signed |g_A|^2
             for block in _BLOCKS:
                 rate, decay = self._hyperparameters(block, "lr", "weight_decay")
                 if block == "translation":
@@ -207,7 +215,16 @@ class ConservationTracker:
         if self._step % self.record_every == 0:
             self._record(self._params())
 
-    def _momentum_step(self) -> None:
+    def momentum_buffers(self) -> dict[str, Tensor] | None:
+        """The optimizer's momentum buffers of the scale/rescale parameters (None before the first
+        step), for a caller that measures <b_A, g_A> itself before the step (``update(measured=)``)."""
+        if not self._buffers_started:
+            return None
+        state = self.optimizer.state
+        buffers = {name: (state[p].get("momentum_buffer") if p in state else None) for name, p in self._quadratic}
+        return {name: (b if b is not None else torch.zeros_like(p)) for (name, p), b in zip(self._quadratic, buffers.values())}
+
+    def _momentum_step(self, measured: tuple[Tensor, Tensor] | None = None) -> None:
         r"""The exact discrete law of torch.optim.SGD with momentum mu, dampening tau, Nesterov.
 
         d = g + lambda theta, b' = mu b + (1 - tau) d (b' = d at the first step), u = b' or
@@ -225,21 +242,25 @@ class ConservationTracker:
         u_sum = torch.where(nesterov > 0, d_sum + mu * b_sum, b_sum)
         self._discrete["translation"], self._theta_buffer["translation"] = q - eta * u_sum, b_sum
         self._advance_oscillator("translation", torch.zeros_like(q))
-        # scale and rescale: one pass over gradients and buffers gives |g_A|^2 and <b'_A, g_A>
-        grads = self._gradients()
-        state = self.optimizer.state
-        buffers = {name: (state[p].get("momentum_buffer") if p in state else None) for name, p in self._quadratic}
-        buffers = {name: (b if b is not None else torch.zeros_like(grads[name])) for name, b in buffers.items()}
-        sums = self.symmetries.quadratic_sums([(grads, grads)] if first else [(grads, grads), (buffers, grads)],
-                                              compile=self._compile)
         eta, lam, mu, tau, nesterov = self._hyperparameters("quadratic", *self._SETTINGS)
+        if measured is not None:  # |g_A|^2 and <b_A, g_A> with the buffer before the step
+            g_sq, old_b_g = measured[0], measured[1]
+        else:
+            # scale and rescale: one pass over gradients and buffers gives |g_A|^2 and <b'_A, g_A>
+            grads = self._gradients()
+            state = self.optimizer.state
+            buffers = {name: (state[p].get("momentum_buffer") if p in state else None) for name, p in self._quadratic}
+            buffers = {name: (b if b is not None else torch.zeros_like(grads[name])) for name, b in buffers.items()}
+            sums = self.symmetries.quadratic_sums([(grads, grads)] if first else [(grads, grads), (buffers, grads)],
+                                                  compile=self._compile)
+            g_sq = sums[0]  # signed |g_A|^2
+            if not first:
+                old_b_g = (sums[1] - (1 - tau) * g_sq) / mu  # <b, g> from <b', g>, since <d, g> = |g|^2
         q, p, b = self._discrete["quadratic"], self._theta_buffer["quadratic"], self._buffer_sq["quadratic"]
-        g_sq = sums[0]  # signed |g_A|^2
         d_sq = g_sq + lam**2 * q  # |d|^2, the cross term 2 lambda <theta, g> vanishing by symmetry
         if first:
             theta_b, b_sq, d_b = lam * q, d_sq, d_sq
         else:
-            old_b_g = (sums[1] - (1 - tau) * g_sq) / mu  # <b, g> from <b', g>, since <d, g> = |g|^2
             d_old_b = old_b_g + lam * p
             theta_b = mu * p + (1 - tau) * lam * q
             b_sq = mu**2 * b + 2 * mu * (1 - tau) * d_old_b + (1 - tau) ** 2 * d_sq

@@ -120,6 +120,7 @@ class Monitor:
         self._named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
         self._pre: dict[str, float] | None = None
         self._vertical = None  # (theta_t, its vertical projector) on steps the quotient norms are due
+        self._measured = None  # the tracker's per-step inputs, from the pre-step pass
         self._before: list[Tensor] | None = None
         self.store, self.sinks, self.tracker, self.symmetries, self._hook = None, [], None, None, None
         self._step = 0
@@ -223,6 +224,7 @@ class Monitor:
     def _pass(self) -> None:
         """Norms, generator inner products and a copy of theta_t, from (theta_t, g_t)."""
         self._vertical = None
+        self._measured = None
         params = [p.detach() for _, p in self._named]
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for _, p in self._named]
         grad_norm = float(torch.stack(torch._foreach_norm(grads)).double().square().sum().sqrt())
@@ -245,7 +247,19 @@ class Monitor:
             # steps old, which only rescales a ratio that is ~0 (exact symmetry) or O(1) (broken)
             _, latest = self.tracker.latest()
             sizes = torch.cat([latest[kind.value]["size"] for kind in _QUADRATIC]).to(params[0].device)
-            inner = syms.quadratic_sums([(named_params, named_grads)])[0].abs()
+            # the tracker's inputs (|g_A|^2 and <b_A, g_A> with the buffer before the step) from the
+            # same pass: one reduction per parameter for all of them
+            pairs = [(named_params, named_grads)]
+            law = self.tracker.law
+            if law.startswith("sgd"):
+                pairs.append((named_grads, named_grads))
+                buffers = self.tracker.momentum_buffers() if law == "sgd-momentum" else None
+                if buffers is not None:
+                    pairs.append((buffers, named_grads))
+            sums = syms.quadratic_sums(pairs)
+            if law.startswith("sgd"):
+                self._measured = (sums[1], sums[2] if len(pairs) > 2 else None)
+            inner = sums[0].abs()
             breaking = inner / (sizes.sqrt() * grad_norm).clamp(min=1e-300)
             start = 0
             for kind in _QUADRATIC:
@@ -288,7 +302,8 @@ class Monitor:
     def _symmetry_observables(self) -> dict[str, float]:
         out = {}
         recorded_before = self.tracker.latest()[0]
-        self.tracker.update()
+        measured, self._measured = self._measured, None
+        self.tracker.update(measured)
         step, latest = self.tracker.latest()
         if step != recorded_before:  # the tracker recorded this step
             for kind, rows in latest.items():
