@@ -1,0 +1,85 @@
+"""shockwatch's Monitor beside Cockpit's "economy" configuration on the same model, in one run.
+
+    python benchmarks/cockpit_side_by_side.py     # needs cockpit-for-pytorch (and backpack) installed
+
+MLP 64-256-256-10 (ReLU), batch 128, float32, CPU, SGD(lr=0.01, momentum=0.9, weight_decay=5e-4).
+Three loops share the model shape and data: plain, with Cockpit (economy: its quantities on its own
+schedule, BackPACK extensions on the model and loss), with the shockwatch Monitor (every-step
+observables, no TensorBoard). 20 rounds of 10 steps of each, each step timed; ratio of medians.
+Cockpit is not a dependency of shockwatch: this script is only run where it is installed.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import shockwatch as sw
+
+
+def main() -> None:
+    from backpack import extend
+    from cockpit import Cockpit
+    from cockpit.utils.configuration import configuration
+
+    torch.manual_seed(0)
+    x, y = torch.randn(128, 64), torch.randint(0, 10, (128,))
+    models = {name: sw.models.mlp((64, 256, 256, 10)) for name in ("plain", "cockpit", "shockwatch")}
+    models["cockpit"] = extend(models["cockpit"])
+    optimizers = {name: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+                  for name, m in models.items()}
+    loss_fn = nn.CrossEntropyLoss()
+    cockpit_loss, individual = extend(nn.CrossEntropyLoss()), nn.CrossEntropyLoss(reduction="none")
+    cockpit = Cockpit(models["cockpit"].parameters(), quantities=configuration("economy"))
+    with tempfile.TemporaryDirectory() as directory:
+        monitor = sw.Monitor(models["shockwatch"], optimizers["shockwatch"], Path(directory) / "run",
+                             example_input=x, tensorboard=False, schedule=sw.Schedule(quotient=None))
+        counters = {"cockpit": 0}
+
+        def step(name: str) -> None:
+            model, opt = models[name], optimizers[name]
+            opt.zero_grad()
+            outputs = model(x)
+            if name == "cockpit":
+                global_step = counters["cockpit"]  # from 0, as Cockpit's own loops count
+                counters["cockpit"] += 1
+                loss = cockpit_loss(outputs, y)
+                with cockpit(global_step, info={"batch_size": len(x), "individual_losses": individual(outputs, y),
+                                                "loss": loss, "optimizer": opt}):
+                    loss.backward(create_graph=cockpit.create_graph(global_step))
+                opt.step()
+                return
+            loss = loss_fn(outputs, y)
+            loss.backward()
+            opt.step()
+            if name == "shockwatch":
+                monitor.step(loss)
+
+        for name in models:
+            for _ in range(5):
+                step(name)
+        times = {name: [] for name in models}
+        for _ in range(20):
+            for name in models:
+                for _ in range(10):
+                    start = time.perf_counter()
+                    step(name)
+                    times[name].append(time.perf_counter() - start)
+        monitor.close()
+    plain = statistics.median(times["plain"])
+    record = {name: {"median_step_s": statistics.median(t), "ratio": statistics.median(t) / plain}
+              for name, t in times.items()}
+    record["torch"], record["threads"] = torch.__version__, torch.get_num_threads()
+    print(json.dumps(record, indent=1))
+    out = Path(__file__).parent / "results" / "cockpit_side_by_side.json"
+    out.write_text(json.dumps(record, indent=1))
+
+
+if __name__ == "__main__":
+    main()
