@@ -218,11 +218,13 @@ class ConservationTracker:
     def momentum_buffers(self) -> dict[str, Tensor] | None:
         """The optimizer's momentum buffers of the scale/rescale parameters (None before the first
         step), for a caller that measures <b_A, g_A> itself before the step (``update(measured=)``)."""
-        if not self._buffers_started:
-            return None
+        return self._read_buffers() if self._buffers_started else None
+
+    def _read_buffers(self) -> dict[str, Tensor]:
+        """The scale/rescale parameters' momentum buffers as the optimizer holds them (zeros where none)."""
         state = self.optimizer.state
-        buffers = {name: (state[p].get("momentum_buffer") if p in state else None) for name, p in self._quadratic}
-        return {name: (b if b is not None else torch.zeros_like(p)) for (name, p), b in zip(self._quadratic, buffers.values())}
+        buffers = {name: state[p].get("momentum_buffer") if p in state else None for name, p in self._quadratic}
+        return {name: torch.zeros_like(p) if buffers[name] is None else buffers[name] for name, p in self._quadratic}
 
     def _momentum_step(self, measured: tuple[Tensor, Tensor] | None = None) -> None:
         r"""The exact discrete law of torch.optim.SGD with momentum mu, dampening tau, Nesterov.
@@ -248,11 +250,8 @@ class ConservationTracker:
         else:
             # scale and rescale: one pass over gradients and buffers gives |g_A|^2 and <b'_A, g_A>
             grads = self._gradients()
-            state = self.optimizer.state
-            buffers = {name: (state[p].get("momentum_buffer") if p in state else None) for name, p in self._quadratic}
-            buffers = {name: (b if b is not None else torch.zeros_like(grads[name])) for name, b in buffers.items()}
-            sums = self.symmetries.quadratic_sums([(grads, grads)] if first else [(grads, grads), (buffers, grads)],
-                                                  compile=self._compile)
+            pairs = [(grads, grads)] if first else [(grads, grads), (self._read_buffers(), grads)]
+            sums = self.symmetries.quadratic_sums(pairs, compile=self._compile)
             g_sq = sums[0]  # signed |g_A|^2
             if not first:
                 old_b_g = (sums[1] - (1 - tau) * g_sq) / mu  # <b, g> from <b', g>, since <d, g> = |g|^2
