@@ -12,9 +12,9 @@ t = eta n (the characteristic crossing time of gradient flow along that directio
 
 Scheme: Lanczos (scipy.sparse.linalg.eigsh, implicitly restarted) on a LinearOperator whose
 matvec is one Hessian-vector product (float64; one backward through the gradient's graph) and, for the
-quotient, one projection before and after: by the sparse generator matrix and its pseudo-inverted
-Gram matrix (once per call) where the D x K generator matrix has at most ``max_dense_entries``
-entries, else by the matrix-free CG of ``horizontal_projection``. Order: eigsh converges to ``tol`` relative (the
+quotient, one projection before and after (``quotient.horizontal_projector``: the sparse generator
+matrix with its Gram matrix pseudo-inverted once per call where the D x K generator matrix has at
+most ``max_dense_entries`` entries, else CG). Order: eigsh converges to ``tol`` relative (the
 top eigenvalue; the bottom one relative to lambda_max - lambda_min).
 """
 
@@ -27,15 +27,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.sparse import csc_matrix
 from scipy.sparse.linalg import LinearOperator, eigsh
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from ..quotient import OrbitOperator, horizontal_projection
-from ..symmetry import Kind, SymmetrySet, generator, gl_generator_combination
+from ..quotient import horizontal_projector
+from ..symmetry import SymmetrySet
 
-__all__ = ["Curvature", "curvature", "vertical_projector"]
+__all__ = ["Curvature", "curvature"]
 
 
 @dataclass(frozen=True)
@@ -95,16 +94,9 @@ def curvature(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], bat
         return flat({name: o if o is not None else torch.zeros_like(p) for name, o, p in zip(names, out, leaves)})
 
     dimension = sum(sizes)
-    vertical = vertical_projector(symmetries, params, names, dimension, max_dense_entries)
-    if vertical is not None:
-        def project(vector: np.ndarray) -> np.ndarray:
-            return vector - vertical(vector)
-    else:
-        # the projection's own CG tolerance: well below Lanczos' so it does not limit the eigenvalues
-        project_rtol = min(1e-8, 1e-3 * tol)
-
-        def project(vector: np.ndarray) -> np.ndarray:
-            return flat(horizontal_projection(symmetries, params, unflat(vector), rtol=project_rtol))
+    # the projection's own CG tolerance (where CG is used): well below Lanczos' so it does not limit
+    # the eigenvalues
+    project = horizontal_projector(symmetries, params, rtol=min(1e-8, 1e-3 * tol), max_dense_entries=max_dense_entries)
 
     def projected(vector: np.ndarray) -> np.ndarray:
         return project(hvp(project(vector)))
@@ -112,53 +104,6 @@ def curvature(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], bat
     raw = _extremes(LinearOperator((dimension, dimension), matvec=hvp, dtype=np.float64), tol, max_matvecs)
     quotient = _extremes(LinearOperator((dimension, dimension), matvec=projected, dtype=np.float64), tol, max_matvecs)
     return Curvature(raw[1], raw[0], quotient[1], quotient[0], count[0])
-
-
-def vertical_projector(symmetries: SymmetrySet, params: Mapping[str, Tensor], names: list[str], dimension: int,
-                        max_entries: int = 50_000_000) -> Callable[[np.ndarray], np.ndarray] | None:
-    """v -> P_V v, the Euclidean projection onto the span of every orbit generator at ``params``, or
-    None when the D x K generator matrix would exceed ``max_entries`` entries (then CG is used).
-
-    P_V v = J^T G^+ J v with J^T the sparse D x K generator matrix (each generator touches a few rows
-    and columns of its layers) and G = J J^T (K x K) pseudo-inverted once by eigh, dropping the
-    directions below round-off (generators may be dependent). Two sparse products and one K x K
-    product per projection in place of a CG solve: this is what makes the quotient Lanczos about as
-    cheap as the raw one.
-    """
-    operator = OrbitOperator(symmetries, params)
-    count = sum(operator.sizes)
-    if count == 0:
-        return lambda vector: np.zeros_like(vector)
-    if count * dimension > max_entries:
-        return None
-    offsets = dict(zip(names, np.cumsum([0] + [params[name].numel() for name in names[:-1]]).tolist()))
-    generators = np.zeros((dimension, count))
-
-    def put(column: int, dense: Mapping[str, Tensor]) -> None:
-        for name, values in dense.items():
-            generators[offsets[name]:offsets[name] + values.numel(), column] = values.reshape(-1).double().numpy()
-
-    column = 0
-    for kind in (Kind.TRANSLATION, Kind.SCALE, Kind.RESCALE):  # OrbitOperator's row order
-        for sym in symmetries.of_kind(kind):
-            put(column, generator(sym, params))
-            column += 1
-    for sym in symmetries.of_kind(Kind.GL):  # GL generators: one per (a, b) of each head's d x d
-        for k in range(sym.unit_count ** 2):
-            unit = torch.zeros(sym.unit_count ** 2, dtype=torch.float64)
-            unit[k] = 1.0
-            put(column, gl_generator_combination(sym, params, unit))
-            column += 1
-    sparse = csc_matrix(generators)
-    gram = (sparse.T @ sparse).toarray()
-    values, vectors = np.linalg.eigh(gram)
-    keep = values > values.max() * count * np.finfo(np.float64).eps
-    inverse = (vectors[:, keep] / values[keep]) @ vectors[:, keep].T
-
-    def vertical(vector: np.ndarray) -> np.ndarray:
-        return sparse @ (inverse @ (sparse.T @ vector))
-
-    return vertical
 
 
 def _extremes(operator: LinearOperator, tol: float, max_matvecs: int) -> tuple[float, float]:

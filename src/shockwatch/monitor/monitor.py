@@ -41,10 +41,10 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from ..mechanics import ConservationTracker
-from ..quotient import horizontal_projection
+from ..quotient import horizontal_projector
 from ..symmetry import Kind, SymmetrySet, find_symmetries
 from .attention import attention_observables
-from .curvature import curvature, vertical_projector
+from .curvature import curvature
 from .path_norm import path_norm, path_norm_unsupported
 from .sinks import Sink, TensorBoardSink
 from .store import RunStore
@@ -119,7 +119,7 @@ class Monitor:
         self.rank = _rank()
         self._named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
         self._pre: dict[str, float] | None = None
-        self._vertical = None  # (theta_t, its vertical projector) on steps the quotient norms are due
+        self._horizontal = None  # P_H at theta_t on steps the quotient norms are due
         self._measured = None  # the tracker's per-step inputs, from the pre-step pass
         self._before: list[Tensor] | None = None
         self.store, self.sinks, self.tracker, self.symmetries, self._hook = None, [], None, None, None
@@ -223,7 +223,7 @@ class Monitor:
     @torch.no_grad()
     def _pass(self) -> None:
         """Norms, generator inner products and a copy of theta_t, from (theta_t, g_t)."""
-        self._vertical = None
+        self._horizontal = None
         self._measured = None
         params = [p.detach() for _, p in self._named]
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for _, p in self._named]
@@ -269,23 +269,18 @@ class Monitor:
                 start += count
         if self.schedule.due("quotient", self._step + 1):
             # one projector at theta_t serves the gradient now and the update after the step
-            names = [name for name, _ in self._named]
-            at = {name: named_params[name].double().cpu() for name in names}
-            self._vertical = (at, vertical_projector(syms, at, names, sum(p.numel() for p in params)))
-            pre["grad_norm/quotient"] = self._horizontal_norm(named_grads)
+            self._horizontal = horizontal_projector(syms, {name: p.cpu() for name, p in named_params.items()},
+                                                    rtol=1e-7, max_iterations=500)
+            pre["grad_norm/quotient"] = self._horizontal_norm(grads)
 
-    def _horizontal_norm(self, vectors: dict[str, Tensor]) -> float:
-        """|P_H v| at theta_t: by the sparse generator matrix where it fits, else by CG."""
-        at, vertical = self._vertical
-        if vertical is not None:
-            flat = torch.cat([vectors[name].reshape(-1).double().cpu() for name in at]).numpy()
-            return float(np.linalg.norm(flat - vertical(flat)))
+    def _horizontal_norm(self, vectors: list[Tensor]) -> float:
+        """|P_H v| at theta_t, v given per parameter in ``self._named`` order."""
+        flat = torch.cat([v.reshape(-1).double().cpu() for v in vectors]).numpy()
         try:
-            horizontal = horizontal_projection(self.symmetries, at, vectors, rtol=1e-7, max_iterations=500)
+            return float(np.linalg.norm(self._horizontal(flat)))
         except RuntimeError as error:  # CG did not converge: say so rather than log a wrong norm
             self._event(self._step, "quotient-projection", str(error))
             return math.nan
-        return float(torch.stack([t.square().sum() for t in horizontal.values()]).sum().sqrt())
 
     @torch.no_grad()
     def _update_observables(self, param_norm: float) -> dict[str, float]:
@@ -295,8 +290,8 @@ class Monitor:
         update = torch._foreach_sub(params, self._before)
         update_norm = float(torch.stack(torch._foreach_norm(update)).double().square().sum().sqrt())
         out = {"update_norm": update_norm, "update_ratio": update_norm / max(param_norm, 1e-300)}
-        if self._vertical is not None and self.schedule.due("quotient", self._step):
-            out["update_norm/quotient"] = self._horizontal_norm({name: u for (name, _), u in zip(self._named, update)})
+        if self._horizontal is not None and self.schedule.due("quotient", self._step):
+            out["update_norm/quotient"] = self._horizontal_norm(update)
         return out
 
     def _symmetry_observables(self) -> dict[str, float]:

@@ -24,16 +24,18 @@ With a metric G the projection solves (J G J^T) c = J G v and returns v - J^T c.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 import enum
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+from scipy.sparse import csc_matrix
 from torch import Tensor
 
-from ..symmetry import Kind, SymmetrySet, gl_generator_combination, gl_generator_inner, unit_matrix
+from ..symmetry import Kind, SymmetrySet, generator, gl_generator_combination, gl_generator_inner, unit_matrix
 
-__all__ = ["Metric", "OrbitOperator", "horizontal_projection"]
+__all__ = ["Metric", "OrbitOperator", "horizontal_projection", "horizontal_projector"]
 
 _KINDS = (Kind.TRANSLATION, Kind.SCALE, Kind.RESCALE)
 
@@ -157,3 +159,62 @@ def horizontal_projection(symmetries: SymmetrySet, params: Mapping[str, Tensor],
                            f"(residual {float(residual.norm()) / float(rhs.norm()):.2e})")
     removed = operator.rmatvec(c)
     return {name: t - removed[name] if name in removed else t for name, t in v.items()}
+
+
+def horizontal_projector(symmetries: SymmetrySet, params: Mapping[str, Tensor], *, rtol: float = 1e-8,
+                         max_iterations: int = 10_000,
+                         max_dense_entries: int = 50_000_000) -> Callable[[np.ndarray], np.ndarray]:
+    r"""v -> P_H v (Euclidean) at ``params``, for flat float64 vectors in the order of ``params``' keys:
+    for many vectors at one point (a Lanczos run, the monitor's gradient and update).
+
+    Where the D x K generator matrix has at most ``max_dense_entries`` entries:
+        P_H v = v - J^T G^+ J v, J^T the sparse D x K generator matrix (each generator touches a few
+        rows and columns of its layers), G = J J^T pseudo-inverted once by eigh with the directions
+        below round-off dropped (generators may be dependent): two sparse products and one K x K
+        product per vector in place of a CG solve.
+    Otherwise each call is ``horizontal_projection`` (CG to ``rtol``; RuntimeError if it does not
+    converge within ``max_iterations``).
+    """
+    params = {name: p.detach().to(torch.float64) for name, p in params.items()}
+    names = list(params)
+    sizes = [params[name].numel() for name in names]
+    dimension = sum(sizes)
+    operator = OrbitOperator(symmetries, params)
+    count = sum(operator.sizes)
+    if count == 0:
+        return lambda vector: vector
+    if count * dimension > max_dense_entries:
+        def by_cg(vector: np.ndarray) -> np.ndarray:
+            pieces = torch.from_numpy(np.ascontiguousarray(vector, dtype=np.float64)).split(sizes)
+            unflat = {name: piece.reshape(params[name].shape) for name, piece in zip(names, pieces)}
+            projected = horizontal_projection(symmetries, params, unflat, rtol=rtol, max_iterations=max_iterations)
+            return torch.cat([projected[name].reshape(-1) for name in names]).numpy()
+
+        return by_cg
+    offsets = dict(zip(names, np.cumsum([0, *sizes[:-1]]).tolist()))
+    generators = np.zeros((dimension, count))
+
+    def put(column: int, dense: Mapping[str, Tensor]) -> None:
+        for name, values in dense.items():
+            generators[offsets[name]:offsets[name] + values.numel(), column] = values.reshape(-1).cpu().numpy()
+
+    column = 0
+    for kind in _KINDS:  # OrbitOperator's row order
+        for sym in symmetries.of_kind(kind):
+            put(column, generator(sym, params))
+            column += 1
+    for sym in symmetries.of_kind(Kind.GL):  # one generator per (a, b) of each head's d x d
+        for k in range(sym.unit_count ** 2):
+            unit = torch.zeros(sym.unit_count ** 2, dtype=torch.float64)
+            unit[k] = 1.0
+            put(column, gl_generator_combination(sym, params, unit))
+            column += 1
+    sparse = csc_matrix(generators)
+    values, vectors = np.linalg.eigh((sparse.T @ sparse).toarray())
+    keep = values > values.max() * count * np.finfo(np.float64).eps
+    inverse = (vectors[:, keep] / values[keep]) @ vectors[:, keep].T
+
+    def by_generators(vector: np.ndarray) -> np.ndarray:
+        return vector - sparse @ (inverse @ (sparse.T @ vector))
+
+    return by_generators
