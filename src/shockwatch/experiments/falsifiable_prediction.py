@@ -3,8 +3,8 @@ r"""Miyagawa 2026 §6's falsifiable prediction, put to the test on testbeds with
 The conjecture: symmetry-corrected (quotient) curvature forecasts abrupt training transitions better
 than the raw curvature. Each testbed (``testbeds``: grokking with an MLP and a transformer, the
 catapult phase, edge of stability) is trained once under the ``Monitor`` with the curvature on a
-schedule; every ``curvature_every`` steps it logs the extreme eigenvalues of the raw Hessian H and of
-P_H H P_H (the quotient), and the shock-step forecast -1/(eta lambda_min) of Thm 4.3.
+schedule (``curvature_samples`` evenly spaced steps); it logs the extreme eigenvalues of the raw
+Hessian H and of P_H H P_H (the quotient), and the shock-step forecast -1/(eta lambda_min) of Thm 4.3.
 
 Ground truth: ``abrupt_changes`` on the curve that carries the testbed's published transition (test
 accuracy for grokking, the training loss otherwise). Warning rules, the same rule on each signal:
@@ -108,9 +108,10 @@ def _events(curves: dict[str, list[float]], bed: tb.Testbed, threshold: float) -
 def _warnings(store: RunStore, lr: float, horizon: int) -> dict[str, list[int]]:
     found = {}
     for signal in SIGNALS:
-        steps, minimum = store.scalars(f"curvature/{signal}_min")
+        # the monitor's forecast -1/(eta lambda_min); "no crossing" (inf) is stored as NULL, read as NaN,
+        # which never fires
+        steps, forecast = store.scalars(f"shock_steps/{signal}")
         _, maximum = store.scalars(f"curvature/{signal}_max")
-        forecast = [-1.0 / (lr * value) if value < 0 else math.inf for value in minimum]
         found[f"shock/{signal}"] = threshold_warnings(steps, forecast, horizon, below=True, refractory=horizon)
         found[f"stability/{signal}"] = threshold_warnings(steps, [lr * value for value in maximum], 2.0, below=False,
                                                           refractory=horizon)

@@ -84,6 +84,11 @@ class Schedule:
         return every is not None and step % every == 0
 
 
+def _total_norm(tensors: list[Tensor]) -> float:
+    """sqrt(sum |t|^2) over the tensors: one fused norm per tensor, summed in float64."""
+    return float(torch.stack(torch._foreach_norm(tensors)).double().square().sum().sqrt())
+
+
 def _rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
@@ -163,8 +168,8 @@ class Monitor:
         pre, self._pre = self._pre, None
         stepped = pre is not None
         if pre is None:  # the optimizer did not step (a GradScaler skipped it, or no step was taken)
-            grad_sq = sum(float(p.grad.double().square().sum()) for _, p in self._named if p.grad is not None)
-            pre = {"grad_norm": math.sqrt(grad_sq)}
+            grads = [p.grad for _, p in self._named if p.grad is not None]
+            pre = {"grad_norm": _total_norm(grads) if grads else 0.0}
         if not (math.isfinite(value) and math.isfinite(pre["grad_norm"])):
             message = f"loss {value}, |g| {pre['grad_norm']}"
             self._event(self._step, "nonfinite", message)
@@ -227,8 +232,7 @@ class Monitor:
         self._measured = None
         params = [p.detach() for _, p in self._named]
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for _, p in self._named]
-        grad_norm = float(torch.stack(torch._foreach_norm(grads)).double().square().sum().sqrt())
-        param_norm = float(torch.stack(torch._foreach_norm(params)).double().square().sum().sqrt())
+        grad_norm, param_norm = _total_norm(grads), _total_norm(params)
         self._pre = pre = {"grad_norm": grad_norm, "param_norm": param_norm}
         if not math.isfinite(grad_norm):
             self._before = None
@@ -288,7 +292,7 @@ class Monitor:
             return {}
         params = [p.detach() for _, p in self._named]
         update = torch._foreach_sub(params, self._before)
-        update_norm = float(torch.stack(torch._foreach_norm(update)).double().square().sum().sqrt())
+        update_norm = _total_norm(update)
         out = {"update_norm": update_norm, "update_ratio": update_norm / max(param_norm, 1e-300)}
         if self._horizontal is not None and self.schedule.due("quotient", self._step):
             out["update_norm/quotient"] = self._horizontal_norm(update)
