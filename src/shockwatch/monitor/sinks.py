@@ -9,6 +9,7 @@ in a sink, never in the store.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
@@ -82,8 +83,6 @@ class MLflowSink:
         self._flush_every, self._since_flush = flush_every, 0
 
     def log(self, step: int, values: Mapping[str, float]) -> None:
-        import time
-
         now = int(time.time() * 1000)
         # MLflow metric names allow "/", and NaN is stored as NaN
         self._pending += [self._metric(name, float(value), now, int(step)) for name, value in values.items()]
