@@ -31,6 +31,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--tensorboard", action="store_true")
     parser.add_argument("--quotient", type=int, default=None)
+    parser.add_argument("--compile", action="store_true", help="Monitor(compile=True): the fused per-step pass compiled")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -45,7 +46,7 @@ def main() -> None:
     plain_opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     with tempfile.TemporaryDirectory() as directory:
         monitor = sw.Monitor(model, opt, Path(directory) / "run", example_input=x, tensorboard=args.tensorboard,
-                             schedule=sw.Schedule(quotient=args.quotient))
+                             schedule=sw.Schedule(quotient=args.quotient), compile=args.compile)
         monitoring = False
 
         def step() -> None:
@@ -69,12 +70,12 @@ def main() -> None:
                     step()
                     bucket.append(time.perf_counter() - start)
         monitor.close()
-    record = {"model": args.model, "tensorboard": args.tensorboard, "quotient_every": args.quotient, "parameters": sum(p.numel() for p in model.parameters()),
+    record = {"model": args.model, "compile": args.compile, "tensorboard": args.tensorboard, "quotient_every": args.quotient, "parameters": sum(p.numel() for p in model.parameters()),
               "plain_step_s": statistics.median(plain), "monitored_step_s": statistics.median(watched),
               "ratio": statistics.median(watched) / statistics.median(plain), "torch": torch.__version__,
               "threads": torch.get_num_threads()}
     print(json.dumps(record, indent=1))
-    suffix = ("_tb" if args.tensorboard else "") + (f"_q{args.quotient}" if args.quotient else "")
+    suffix = ("_compiled" if args.compile else "") + ("_tb" if args.tensorboard else "") + (f"_q{args.quotient}" if args.quotient else "")
     out = args.out or Path(__file__).parent / "results" / f"monitor_overhead_{args.model}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=1))

@@ -185,13 +185,21 @@ class ConservationTracker:
             cached = self._per_group[(block, names)] = tuple(settings[name][self._group_index[block]] for name in names)
         return cached
 
+    @property
+    def records_next(self) -> bool:
+        """Whether the next ``update()`` records the charges (every ``record_every``-th step)."""
+        return (self._step + 1) % self.record_every == 0
+
     @torch.no_grad()
-    def update(self, measured: tuple[Tensor, Tensor] | None = None) -> None:
+    def update(self, measured: tuple[Tensor, Tensor | None] | None = None,
+               charges: tuple[Tensor, Tensor] | None = None) -> None:
         """Advance the predictions by the step just taken and record the charges (every record_every).
 
-        ``measured``: the step's inputs taken before it, as ``SymmetrySet.quadratic_sums`` rows
-        (signed |g_A|^2, signed <b_A, g_A> with b the momentum buffer before the step), for a caller
-        that already makes a pass over the gradients (the Monitor); otherwise they are read here.
+        For a caller that already makes its own passes over the tensors (the Monitor), in place of
+        reading them here: ``measured``, the step's inputs taken before it, as
+        ``SymmetrySet.quadratic_sums`` rows (signed |g_A|^2, signed <b_A, g_A> with b the momentum
+        buffer before the step; the second None without momentum); ``charges``, the signed and
+        unsigned (theta, theta) rows at the parameters after the step (used when this step records).
         """
         if self.law.startswith("sgd") and all(p.grad is None for _, p in self._named):
             raise RuntimeError("update() found no gradients: call it after optimizer.step() and before zero_grad()")
@@ -213,7 +221,7 @@ class ConservationTracker:
                     self._integral[block] = torch.exp(-2 * decay * rate) * (self._integral[block] + rate**2 * gradient_sq)
                 self._decay_time[block] = self._decay_time[block] + decay * rate
         if self._step % self.record_every == 0:
-            self._record(self._params())
+            self._record(self._params(), charges)
 
     def momentum_buffers(self) -> dict[str, Tensor] | None:
         """The optimizer's momentum buffers of the scale/rescale parameters (None before the first
@@ -315,18 +323,21 @@ class ConservationTracker:
                                                matrix[:, 1, 0] * state[:, 0] + matrix[:, 1, 1] * state[:, 1]], dim=-1) \
             + drive_per_mass.unsqueeze(-1) * drive
 
-    def _charges_and_sizes(self, params: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """Per block, each group's charge and size (|theta_A|^2, |theta_A1|^2 + |theta_A2|^2, sum |theta_A|)."""
-        signed, unsigned = self.symmetries.quadratic_sums([(params, params)], unsigned=True,
-                                                                compile=self._compile)[:, 0]
+    def _charges_and_sizes(self, params: Mapping[str, Tensor], quadratic: tuple[Tensor, Tensor] | None = None
+                           ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Per block, each group's charge and size (|theta_A|^2, |theta_A1|^2 + |theta_A2|^2, sum |theta_A|);
+        ``quadratic``: the signed and unsigned (theta, theta) sums where the caller has them."""
+        if quadratic is None:
+            quadratic = self.symmetries.quadratic_sums([(params, params)], unsigned=True, compile=self._compile)[:, 0]
+        signed, unsigned = quadratic
         absolute = {name: params[name].abs() for name in self._translation_params}
         return ({"translation": self.symmetries.charges(Kind.TRANSLATION, params), "quadratic": signed},
                 {"translation": self.symmetries.charges(Kind.TRANSLATION, absolute), "quadratic": unsigned})
 
-    def _record(self, params: Mapping[str, Tensor]) -> None:
+    def _record(self, params: Mapping[str, Tensor], quadratic: tuple[Tensor, Tensor] | None = None) -> None:
         """Append (step, rows) with rows = charge, size[, discrete[, continuous]] over all groups
         (translation, scale, rescale): one small tensor per recorded step, split in report()."""
-        charges, sizes = self._charges_and_sizes(params)
+        charges, sizes = self._charges_and_sizes(params, quadratic)
         rows = [charges, sizes]
         if self.law.startswith("sgd"):
             rows.append(self._discrete)

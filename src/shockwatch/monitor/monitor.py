@@ -52,6 +52,7 @@ from .store import RunStore
 __all__ = ["Monitor", "Schedule"]
 
 _QUADRATIC = (Kind.SCALE, Kind.RESCALE)
+_NO_SYMMETRIES = SymmetrySet(())  # the norms-only pass of a model without symmetries
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ class Monitor:
                  symmetries: SymmetrySet | None = None, example_input: Tensor | None = None,
                  schedule: Schedule | None = None, loss_fn=None, raise_on_nonfinite: bool = False,
                  resume: bool = False, tensorboard: bool = True, sinks: Sequence[Sink] = (),
-                 curvature_tol: float = 1e-6) -> None:
+                 curvature_tol: float = 1e-6, compile: bool = False) -> None:
         schedule = Schedule() if schedule is None else schedule
         if not isinstance(schedule, Schedule):
             raise TypeError(f"schedule must be a shockwatch.monitor.Schedule, got {type(schedule).__name__}")
@@ -123,6 +124,10 @@ class Monitor:
         self.raise_on_nonfinite, self.log_dir = raise_on_nonfinite, Path(log_dir)
         self.rank = _rank()
         self._named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+        self._names = [name for name, _ in self._named]
+        self._device = self._named[0][1].device if self._named else torch.device("cpu")
+        self._quadratic: list[int] = []  # the numbers of scale and rescale groups; [] without any
+        self._compile = compile
         self._pre: dict[str, float] | None = None
         self._horizontal = None  # P_H at theta_t on steps the quotient norms are due
         self._measured = None  # the tracker's per-step inputs, from the pre-step pass
@@ -144,7 +149,12 @@ class Monitor:
         else:
             self.tracker = ConservationTracker(model, optimizer, symmetries, record_every=schedule.charges)
             # the tracker records at construction: charges and sizes at the start, for the drift
-            self._start = self.tracker.latest()[1]
+            self._recorded, self._start = self.tracker.latest()
+            self._quadratic = [len(symmetries.of_kind(kind)) for kind in _QUADRATIC]
+            if not any(self._quadratic):
+                self._quadratic = []
+            else:  # each group's size |xi_k|^2 at the last record, for the gradient breaking
+                self._sizes = torch.cat([self._start[kind.value]["size"] for kind in _QUADRATIC]).to(self._device)
         self._input_shape = tuple(example_input.shape[1:]) if example_input is not None else None
         why_not = path_norm_unsupported(model) if self._input_shape is not None else "no example_input given"
         self._path_norm = why_not is None and schedule.quotient is not None
@@ -178,10 +188,8 @@ class Monitor:
             self._write({"loss": value})
             return {"loss": value}
         values = {"loss": value, **pre}
-        if stepped:
-            values.update(self._update_observables(pre["param_norm"]))
-        if self.tracker is not None and stepped:  # a skipped step moves no charge: the laws must not advance
-            values.update(self._symmetry_observables())
+        if stepped:  # a skipped step moves no charge: the laws must not advance
+            values.update(self._post_step(pre["param_norm"]))
         if self._path_norm and self.schedule.due("quotient", self._step):
             values["path_norm"] = path_norm(self.model, self._input_shape)
         if stepped and self.schedule.due("curvature", self._step) and batch is not None and self.symmetries is not None:
@@ -192,6 +200,10 @@ class Monitor:
                            "shock_steps/quotient": found.shock_steps(lr), "shock_steps/raw": found.shock_steps(lr, quotient=False)})
         if self.schedule.due("attention", self._step) and batch is not None:
             values.update(attention_observables(self.model, batch[0]))
+        # one conversion for every value still held as a tensor (a single device sync on a GPU)
+        held = [name for name, v in values.items() if isinstance(v, Tensor)]
+        if held:
+            values.update(zip(held, torch.stack([values[name].double() for name in held]).tolist()))
         self._write(values)
         return values
 
@@ -227,12 +239,27 @@ class Monitor:
 
     @torch.no_grad()
     def _pass(self) -> None:
-        """Norms, generator inner products and a copy of theta_t, from (theta_t, g_t)."""
+        """The pre-step pass at (theta_t, g_t, b_t): |g|, |theta|, <theta_A, g_A> (gradient breaking)
+        and the tracker's inputs |g_A|^2 and <b_A, g_A>, in one ``SymmetrySet.fused_sums`` pass; and
+        the copy of theta_t that the update is measured against after the step."""
         self._horizontal = None
         self._measured = None
         params = [p.detach() for _, p in self._named]
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for _, p in self._named]
-        grad_norm, param_norm = _total_norm(grads), _total_norm(params)
+        syms = self.symmetries
+        pairs, law = [], self.tracker.law if self.tracker is not None else "none"
+        if self._quadratic:
+            named_params = dict(zip(self._names, params))
+            named_grads = dict(zip(self._names, grads))
+            # <theta_A, g_A>, then the tracker's |g_A|^2 and <b_A, g_A> (buffer before the step)
+            pairs.append((named_params, named_grads))
+            if law.startswith("sgd"):
+                pairs.append((named_grads, named_grads))
+                buffers = self.tracker.momentum_buffers() if law == "sgd-momentum" else None
+                if buffers is not None:
+                    pairs.append((buffers, named_grads))
+        signed, _, norms = self._sums(pairs, norms=((grads, None), (params, None)))
+        grad_norm, param_norm = norms.tolist()
         self._pre = pre = {"grad_norm": grad_norm, "param_norm": param_norm}
         if not math.isfinite(grad_norm):
             self._before = None
@@ -241,41 +268,32 @@ class Monitor:
             self._before = [p.clone() for p in params]
         else:
             torch._foreach_copy_(self._before, params)
-        syms = self.symmetries
-        if syms is None or grad_norm == 0:
-            return
-        named_params = {name: p for (name, _), p in zip(self._named, params)}
-        named_grads = {name: g for (name, _), g in zip(self._named, grads)}
-        if any(syms.of_kind(kind) for kind in _QUADRATIC):
-            # |xi_k|^2 = the group's size as the tracker last recorded it: at most Schedule.charges
+        if pairs:
+            if law.startswith("sgd"):
+                self._measured = (signed[1], signed[2] if len(pairs) > 2 else None)
+            # |xi_k|^2 = the group's size at the tracker's last record: at most Schedule.charges
             # steps old, which only rescales a ratio that is ~0 (exact symmetry) or O(1) (broken)
-            _, latest = self.tracker.latest()
-            sizes = torch.cat([latest[kind.value]["size"] for kind in _QUADRATIC]).to(params[0].device)
-            # the tracker's inputs (|g_A|^2 and <b_A, g_A> with the buffer before the step) from the
-            # same pass: one reduction per parameter for all of them
-            pairs = [(named_params, named_grads)]
-            law = self.tracker.law
-            if law.startswith("sgd"):
-                pairs.append((named_grads, named_grads))
-                buffers = self.tracker.momentum_buffers() if law == "sgd-momentum" else None
-                if buffers is not None:
-                    pairs.append((buffers, named_grads))
-            sums = syms.quadratic_sums(pairs)
-            if law.startswith("sgd"):
-                self._measured = (sums[1], sums[2] if len(pairs) > 2 else None)
-            inner = sums[0].abs()
-            breaking = inner / (sizes.sqrt() * grad_norm).clamp(min=1e-300)
-            start = 0
-            for kind in _QUADRATIC:
-                count = len(syms.of_kind(kind))
-                if count:
-                    pre[f"gradient_breaking/{kind.value}"] = float(breaking[start:start + count].max())
-                start += count
-        if self.schedule.due("quotient", self._step + 1):
+            breaking = (signed[0].abs() / (self._sizes.sqrt() * grad_norm).clamp(min=1e-300)).split(self._quadratic)
+            for kind, part in zip(_QUADRATIC, breaking):
+                if part.numel():
+                    pre[f"gradient_breaking/{kind.value}"] = part.max()  # a tensor until written
+        if syms is not None and self.schedule.due("quotient", self._step + 1):
             # one projector at theta_t serves the gradient now and the update after the step
+            named_params = dict(zip(self._names, params))
             self._horizontal = horizontal_projector(syms, {name: p.cpu() for name, p in named_params.items()},
                                                     rtol=1e-7, max_iterations=500)
             pre["grad_norm/quotient"] = self._horizontal_norm(grads)
+
+    def _sums(self, pairs, *, unsigned: bool = False, norms=()):
+        """``SymmetrySet.fused_sums`` (compiled where asked and possible; an empty set without symmetries)."""
+        kernel_set = self.symmetries if self.symmetries is not None else _NO_SYMMETRIES
+        if self._compile:
+            try:
+                return kernel_set.fused_sums(pairs, unsigned=unsigned, norms=norms, compile=True)
+            except Exception as error:  # no C++ compiler, an unsupported backend: eager is exact too
+                self._compile = False
+                self._event(self._step, "compile-failed", f"eager per-step pass: {type(error).__name__}: {error}"[:500])
+        return kernel_set.fused_sums(pairs, unsigned=unsigned, norms=norms)
 
     def _horizontal_norm(self, vectors: list[Tensor]) -> float:
         """|P_H v| at theta_t, v given per parameter in ``self._named`` order."""
@@ -287,33 +305,44 @@ class Monitor:
             return math.nan
 
     @torch.no_grad()
-    def _update_observables(self, param_norm: float) -> dict[str, float]:
-        if self._before is None:
-            return {}
+    def _post_step(self, param_norm: float) -> dict[str, float]:
+        """After the step, at theta_{t+1}: |theta_{t+1} - theta_t| and, where the tracker records this
+        step, the charges (theta, theta) sums, in one pass; then the tracker's laws advance."""
+        out = {}
         params = [p.detach() for _, p in self._named]
-        update = torch._foreach_sub(params, self._before)
-        update_norm = _total_norm(update)
-        out = {"update_norm": update_norm, "update_ratio": update_norm / max(param_norm, 1e-300)}
-        if self._horizontal is not None and self.schedule.due("quotient", self._step):
-            out["update_norm/quotient"] = self._horizontal_norm(update)
+        record = self.tracker is not None and self.tracker.records_next and bool(self._quadratic)
+        named_params = dict(zip(self._names, params)) if record else None
+        pairs = [(named_params, named_params)] if record else []
+        norms = ((params, self._before),) if self._before is not None else ()
+        signed, unsigned, totals = self._sums(pairs, unsigned=record, norms=norms)
+        if self._before is not None:
+            update_norm = float(totals[0])
+            out = {"update_norm": update_norm, "update_ratio": update_norm / max(param_norm, 1e-300)}
+            if self._horizontal is not None and self.schedule.due("quotient", self._step):
+                out["update_norm/quotient"] = self._horizontal_norm(torch._foreach_sub(params, self._before))
+        if self.tracker is not None:
+            out.update(self._symmetry_observables((signed[0], unsigned[0]) if record else None))
         return out
 
-    def _symmetry_observables(self) -> dict[str, float]:
+    def _symmetry_observables(self, charges) -> dict[str, Tensor]:
         out = {}
-        recorded_before = self.tracker.latest()[0]
+        recorded_before = self._recorded
         measured, self._measured = self._measured, None
-        self.tracker.update(measured)
+        self.tracker.update(measured, charges=charges)
         step, latest = self.tracker.latest()
-        if step != recorded_before:  # the tracker recorded this step
-            for kind, rows in latest.items():
-                if rows["empirical"].numel() == 0:
-                    continue
-                start = self._start[kind]
-                drift = (rows["empirical"] - start["empirical"]).abs() / start["size"].clamp(min=1e-300)
-                out[f"charge_drift/{kind}"] = float(drift.max())
-                if "discrete" in rows:
-                    size = rows["size"].clamp(min=1e-300)
-                    out[f"charge_law_error/{kind}"] = float(((rows["empirical"] - rows["discrete"]).abs() / size).max())
+        if step == recorded_before:  # the tracker did not record this step
+            return out
+        self._recorded = step
+        if self._quadratic:
+            self._sizes = torch.cat([latest[kind.value]["size"] for kind in _QUADRATIC]).to(self._device)
+        for kind, rows in latest.items():
+            if rows["empirical"].numel() == 0:
+                continue
+            start = self._start[kind]
+            out[f"charge_drift/{kind}"] = ((rows["empirical"] - start["empirical"]).abs() / start["size"].clamp(min=1e-300)).max()
+            if "discrete" in rows:
+                size = rows["size"].clamp(min=1e-300)
+                out[f"charge_law_error/{kind}"] = ((rows["empirical"] - rows["discrete"]).abs() / size).max()
         return out
 
     def _write(self, values: dict[str, float]) -> None:

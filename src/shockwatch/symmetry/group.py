@@ -178,10 +178,12 @@ def _unit_plan(plans: Mapping[Kind, _Plan], shapes: Mapping[str, tuple[int, ...]
 
 
 def _units(dims: tuple[tuple[int, ...], ...], vectors: list[tuple[Tensor, Tensor]],
-           tensors: list[tuple[list[Tensor], list[Tensor]]]) -> Tensor:
+           tensors: list[tuple[list[Tensor], list[Tensor]]],
+           norms: tuple[tuple[list[Tensor], list[Tensor] | None], ...] = ()) -> tuple[Tensor | None, Tensor | None]:
     """The per-unit sums of x * y that ``quadratic_sums`` scatters into symmetries, one row per
-    pair (float64): the 1-D parameters (concatenated), then one vector per other parameter and dim.
-    All pairs in one call, so that a compiled kernel reads a tensor shared by pairs once."""
+    pair (float64): the 1-D parameters (concatenated), then one vector per other parameter and dim;
+    and, in the same pass, the Euclidean norms |a| (b None) or |a - b| of each ``norms`` entry (float64).
+    All in one call, so that a compiled kernel reads a tensor shared by pairs and norms once."""
     rows = []
     for pair, (xs, ys) in enumerate(tensors):
         pieces = [vectors[pair][0] * vectors[pair][1]] if vectors else []
@@ -193,7 +195,14 @@ def _units(dims: tuple[tuple[int, ...], ...], vectors: list[tuple[Tensor, Tensor
                 lead = product.sum(dim=tuple(range(d))) if d > 0 else product
                 pieces.append(lead.reshape(lead.shape[0], -1).sum(1) if lead.ndim > 1 else lead)
         rows.append(torch.cat(pieces))
-    return torch.stack(rows).double()
+    if not norms:
+        return (torch.stack(rows).double() if rows else None), None
+    totals = []
+    for a, b in norms:
+        terms = a if b is None else torch._foreach_sub(a, b)
+        # per-tensor norms in the tensors' dtype, combined in float64: sqrt(sum |t|^2)
+        totals.append(torch.stack(torch._foreach_norm(terms)).double().square().sum().sqrt())
+    return (torch.stack(rows).double() if rows else None), torch.stack(totals)
 
 
 @functools.cache
@@ -337,17 +346,34 @@ class SymmetrySet:
         """
         if not pairs:
             raise ValueError("quadratic_sums needs at least one (x, y) pair")
+        signed, unsigned_sums, _ = self.fused_sums(pairs, unsigned=unsigned, compile=compile)
+        return torch.stack([signed, unsigned_sums]) if unsigned else signed
+
+    @torch.no_grad()
+    def fused_sums(self, pairs: list[tuple[Mapping[str, Tensor], Mapping[str, Tensor]]], *, unsigned: bool = False,
+                   norms: tuple[tuple[list[Tensor], list[Tensor] | None], ...] = (),
+                   compile: bool = False) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        r"""``quadratic_sums`` of ``pairs`` and whole-vector norms, from one pass over the tensors.
+
+        Returns (signed, unsigned, norms): signed (len(pairs), groups) as ``quadratic_sums``;
+        unsigned the same with +1 on every slot (None unless asked); norms (len(norms),) float64
+        with |a| = sqrt(sum_i |a_i|^2) for an entry (a, None) and |a - b| for (a, b), a and b lists
+        of tensors (any parameters, not only those a symmetry touches). This is the training
+        monitor's per-step kernel: with ``compile=True`` one fused graph reads each tensor once
+        (the gradient, say, for <theta_A, g_A>, |g_A|^2, <b_A, g_A> and |g| together).
+        """
+        size = self._plans[Kind.SCALE].size + self._plans[Kind.RESCALE].size
+        kernel = _compiled_units() if compile else _units
+        if size == 0 or not pairs:
+            empty = torch.zeros(len(pairs), 0, dtype=torch.float64, device=self.device)
+            totals = kernel((), [], [], tuple(norms))[1] if norms else None
+            return empty, (empty if unsigned else None), totals
         first = pairs[0][0]
         key = tuple(first[name].shape for name in self.quadratic_params)
         plan = self._unit_plans.get(key)
         if plan is None:
             shapes = dict(zip(self.quadratic_params, key))
             plan = self._unit_plans.setdefault(key, _unit_plan(self._plans, shapes, torch.device(self.device)))
-        size = self._plans[Kind.SCALE].size + self._plans[Kind.RESCALE].size
-        if size == 0:
-            return torch.zeros((2, len(pairs), 0) if unsigned else (len(pairs), 0), dtype=torch.float64,
-                               device=self.device)
-        kernel = _compiled_units() if compile else _units
         dims = tuple(used for _, used in plan.tensors)
         flat: dict[int, Tensor | None] = {}  # id(mapping) -> its 1-D parameters concatenated, once
 
@@ -356,13 +382,13 @@ class SymmetrySet:
                 flat[id(mapping)] = torch.cat([mapping[name] for name in plan.vectors]) if plan.vectors else None
             return flat[id(mapping)]
 
-        units = kernel(dims, [(vectors(x), vectors(y)) for x, y in pairs] if plan.vectors else [],
-                       [([x[name] for name, _ in plan.tensors], [y[name] for name, _ in plan.tensors]) for x, y in pairs])
+        units, totals = kernel(dims, [(vectors(x), vectors(y)) for x, y in pairs] if plan.vectors else [],
+                               [([x[name] for name, _ in plan.tensors], [y[name] for name, _ in plan.tensors])
+                                for x, y in pairs], tuple(norms))
         units = units[:, plan.position]
         signed = units.new_zeros(len(pairs), size).index_add_(1, plan.row, units * plan.sign)
-        if not unsigned:
-            return signed
-        return torch.stack([signed, units.new_zeros(len(pairs), size).index_add_(1, plan.row, units)])
+        plain = units.new_zeros(len(pairs), size).index_add_(1, plan.row, units) if unsigned else None
+        return signed, plain, totals
 
     def _one_parameter(self, kind: Kind | str) -> Kind:
         kind = Kind(kind)
