@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/monitor_overhead.py --model vgg|mlp [--tensorboard] [--quotient N] [--out FILE]
 
 vgg: models.vgg("vgg11", width_divisor=4, batch_norm=True, image_size=32, hidden=128), batch 64 of
-3x32x32; mlp: models.mlp((64, 256, 256, 10)), batch 128. float32, CPU, SGD(lr=0.01, momentum=0.9,
+3x32x32; mlp: models.mlp((64, 256, 256, 10)), batch 128; mlp-mnist: models.mlp((784, 1024, 1024, 10)),
+batch 256. float32, CPU, SGD(lr=0.01, momentum=0.9,
 weight_decay=5e-4). The monitor: every-step observables with the tracker recording every step, the
 SQLite store, TensorBoard files only with --tensorboard, the quotient norms every N steps with
 --quotient N (off by default: they are scheduled, not every-step, observables). 20 rounds of 10 plain and 10 monitored steps, each step timed; ratio of medians
@@ -27,7 +28,7 @@ import shockwatch as sw
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=("vgg", "mlp"), default="vgg")
+    parser.add_argument("--model", choices=("vgg", "mlp", "mlp-mnist"), default="vgg")
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--tensorboard", action="store_true")
     parser.add_argument("--quotient", type=int, default=None)
@@ -38,9 +39,12 @@ def main() -> None:
     if args.model == "vgg":
         model = sw.models.vgg("vgg11", width_divisor=4, batch_norm=True, image_size=32, hidden=128)
         x, y = torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,))
-    else:
+    elif args.model == "mlp":
         model = sw.models.mlp((64, 256, 256, 10))
         x, y = torch.randn(128, 64), torch.randint(0, 10, (128,))
+    else:  # an MNIST-size MLP at a usual batch: where a fixed per-step cost stops mattering
+        model = sw.models.mlp((784, 1024, 1024, 10))
+        x, y = torch.randn(256, 784), torch.randint(0, 10, (256,))
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     # plain steps use their own optimizer: the monitor's pre-step hook lives on ``opt`` only
     plain_opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)

@@ -38,7 +38,8 @@ def dense_horizontal_norm(symmetries, params, vector):
 
 
 def test_update_and_quotient_norms_against_dense_projection(tmp_path):
-    """Truth: |theta_{t+1} - theta_t| from copies taken around the step; P_H by dense least squares.
+    """Truth: |theta_{t+1} - theta_t| and |theta_{t+1}| from copies taken around the step; P_H by dense
+    least squares.
     With BatchNorm (eps -> 0) the gradient is horizontal, so |P_H g| = |g|; weight decay's shrink of the
     scale-invariant weights is vertical, so |P_H update| < |update|."""
     torch.manual_seed(0)
@@ -59,7 +60,9 @@ def test_update_and_quotient_norms_against_dense_projection(tmp_path):
         update = {n: p.detach() - before[n] for n, p in model.named_parameters()}
         update_norm = math.sqrt(sum(float(u.square().sum()) for u in update.values()))
         assert math.isclose(logged["update_norm"], update_norm, rel_tol=1e-12)
-        param_norm = math.sqrt(sum(float(p.square().sum()) for p in before.values()))
+        # after the step; the monitor sums it from the charges' unit sums plus the untouched parameters
+        param_norm = math.sqrt(sum(float(p.detach().square().sum()) for p in model.parameters()))
+        assert math.isclose(logged["param_norm"], param_norm, rel_tol=1e-12)
         assert math.isclose(logged["update_ratio"], update_norm / param_norm, rel_tol=1e-12)
         if step % 2:
             assert "grad_norm/quotient" not in logged and "update_norm/quotient" not in logged

@@ -159,6 +159,14 @@ def test_quadratic_sums_match_the_slot_by_slot_definition(model_name):
     single = {name: t.float() for name, t in y.items()}
     low = syms.quadratic_sums([(single, single)])[0]
     assert torch.allclose(low, reference, rtol=1e-5, atol=1e-5)
+    # the fused pass: whole inner products over the touched parameters, and norms of any tensor lists
+    fused = syms.fused_sums([(x, y), (y, y)], norms=((list(x.values()), None), (list(x.values()), list(y.values()))))
+    assert torch.equal(fused.signed, signed)
+    for row, (a, b) in enumerate([(x, y), (y, y)]):
+        direct = sum(float((a[name] * b[name]).sum()) for name in syms.quadratic_params)
+        assert math.isclose(float(fused.whole[row]), direct, rel_tol=1e-12)
+    assert math.isclose(float(fused.norms[0]), math.sqrt(sum(float(t.square().sum()) for t in x.values())), rel_tol=1e-12)
+    assert math.isclose(float(fused.norms[1]), math.sqrt(sum(float((x[n] - y[n]).square().sum()) for n in x)), rel_tol=1e-12)
 
 
 def test_rescale_action_moves_the_charge_as_the_group_law_says():

@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -70,7 +71,12 @@ class ConservationReport:
         return (values[-1] - values[0]).abs() / self.size[kind][0].clamp(min=torch.finfo(torch.float64).tiny)
 
 
-_BLOCKS = ("translation", "quadratic")  # internal state: translation groups; scale then rescale groups
+_BLOCKS = ("translation", "quadratic")
+
+
+def _host(values: Tensor) -> np.ndarray:
+    """A float64 NumPy view (copy from a GPU) of per-group sums, for the recursions."""
+    return values.detach().to("cpu", torch.float64).numpy()  # internal state: translation groups; scale then rescale groups
 
 
 class ConservationTracker:
@@ -126,7 +132,8 @@ class ConservationTracker:
         self._per_group: dict = {}  # (block, setting names) -> per symmetry group values, for that key
         self._propagators: dict = {}  # (block, settings) -> oscillator propagator per symmetry group
         params = self._params()
-        self._initial = self._charges_and_sizes(params)[0]
+        # the laws' state lives on the host in float64, whatever the model's device
+        self._initial = {k: v.cpu() for k, v in self._charges_and_sizes(params)[0].items()}
         self._discrete = {k: v.clone() for k, v in self._initial.items()}
         self._integral = {k: torch.zeros_like(v) for k, v in self._initial.items()}
         self._decay_time = {k: torch.zeros_like(v) for k, v in self._initial.items()}  # sum of lambda eta per group
@@ -177,12 +184,17 @@ class ConservationTracker:
             self._per_group = {}
         return self._settings_values
 
-    def _hyperparameters(self, block: str, *names: str) -> tuple[Tensor, ...]:
-        """Per symmetry group of ``block``: each named optimizer setting of its param group."""
+    def _hyperparameters(self, block: str, *names: str) -> tuple[np.ndarray, ...]:
+        """Per symmetry group of ``block``: each named optimizer setting of its param group (float64).
+
+        The recursions run in NumPy on the state's CPU float64 storage: they are ~50 elementwise
+        operations on vectors of a few thousand groups per step, where NumPy's dispatch (~1 us an
+        operation) is several times cheaper than torch's (benchmarks/RESULTS.md, monitor overhead)."""
         settings = self._settings()
         cached = self._per_group.get((block, names))
         if cached is None:
-            cached = self._per_group[(block, names)] = tuple(settings[name][self._group_index[block]] for name in names)
+            cached = self._per_group[(block, names)] = tuple(settings[name][self._group_index[block]].numpy()
+                                                             for name in names)
         return cached
 
     @property
@@ -208,18 +220,20 @@ class ConservationTracker:
             self._momentum_step(measured)
         if self.law == "sgd":
             if measured is not None:
-                gradient_sq = measured[0]
+                gradient_sq = _host(measured[0])
             else:
                 grads = self._gradients()
-                gradient_sq = self.symmetries.quadratic_sums([(grads, grads)], compile=self._compile)[0]  # signed |g_A|^2
+                gradient_sq = _host(self.symmetries.quadratic_sums([(grads, grads)], compile=self._compile)[0])  # signed |g_A|^2
             for block in _BLOCKS:
                 rate, decay = self._hyperparameters(block, "lr", "weight_decay")
+                discrete = self._discrete[block].numpy()
                 if block == "translation":
-                    self._discrete[block] = (1 - rate * decay) * self._discrete[block]
+                    self._discrete[block] = torch.from_numpy((1 - rate * decay) * discrete)
                 else:
-                    self._discrete[block] = (1 - rate * decay) ** 2 * self._discrete[block] + rate**2 * gradient_sq
-                    self._integral[block] = torch.exp(-2 * decay * rate) * (self._integral[block] + rate**2 * gradient_sq)
-                self._decay_time[block] = self._decay_time[block] + decay * rate
+                    self._discrete[block] = torch.from_numpy((1 - rate * decay) ** 2 * discrete + rate**2 * gradient_sq)
+                    self._integral[block] = torch.from_numpy(
+                        np.exp(-2 * decay * rate) * (self._integral[block].numpy() + rate**2 * gradient_sq))
+                self._decay_time[block] = torch.from_numpy(self._decay_time[block].numpy() + decay * rate)
         if self._step % self.record_every == 0:
             self._record(self._params(), charges)
 
@@ -246,24 +260,27 @@ class ConservationTracker:
         self._buffers_started = True
         # translation: linear, <theta, 1> = q, <b, 1> = p, <d, 1> = lambda q
         eta, lam, mu, tau, nesterov = self._hyperparameters("translation", *self._SETTINGS)
-        q, p = self._discrete["translation"], self._theta_buffer["translation"]
+        q, p = self._discrete["translation"].numpy(), self._theta_buffer["translation"].numpy()
         d_sum = lam * q
         b_sum = d_sum if first else mu * p + (1 - tau) * d_sum
-        u_sum = torch.where(nesterov > 0, d_sum + mu * b_sum, b_sum)
-        self._discrete["translation"], self._theta_buffer["translation"] = q - eta * u_sum, b_sum
-        self._advance_oscillator("translation", torch.zeros_like(q))
+        u_sum = np.where(nesterov > 0, d_sum + mu * b_sum, b_sum)
+        self._discrete["translation"] = torch.from_numpy(q - eta * u_sum)
+        self._theta_buffer["translation"] = torch.from_numpy(np.array(b_sum))
+        self._advance_oscillator("translation", np.zeros_like(q))
         eta, lam, mu, tau, nesterov = self._hyperparameters("quadratic", *self._SETTINGS)
         if measured is not None:  # |g_A|^2 and <b_A, g_A> with the buffer before the step
-            g_sq, old_b_g = measured[0], measured[1]
+            g_sq = _host(measured[0])
+            old_b_g = None if first else _host(measured[1])
         else:
             # scale and rescale: one pass over gradients and buffers gives |g_A|^2 and <b'_A, g_A>
             grads = self._gradients()
             pairs = [(grads, grads)] if first else [(grads, grads), (self._read_buffers(), grads)]
-            sums = self.symmetries.quadratic_sums(pairs, compile=self._compile)
+            sums = _host(self.symmetries.quadratic_sums(pairs, compile=self._compile))
             g_sq = sums[0]  # signed |g_A|^2
             if not first:
                 old_b_g = (sums[1] - (1 - tau) * g_sq) / mu  # <b, g> from <b', g>, since <d, g> = |g|^2
-        q, p, b = self._discrete["quadratic"], self._theta_buffer["quadratic"], self._buffer_sq["quadratic"]
+        q = self._discrete["quadratic"].numpy()
+        p, b = self._theta_buffer["quadratic"].numpy(), self._buffer_sq["quadratic"].numpy()
         d_sq = g_sq + lam**2 * q  # |d|^2, the cross term 2 lambda <theta, g> vanishing by symmetry
         if first:
             theta_b, b_sq, d_b = lam * q, d_sq, d_sq
@@ -273,18 +290,18 @@ class ConservationTracker:
             b_sq = mu**2 * b + 2 * mu * (1 - tau) * d_old_b + (1 - tau) ** 2 * d_sq
             d_b = mu * d_old_b + (1 - tau) * d_sq
         if self._nesterov:
-            theta_u = torch.where(nesterov > 0, lam * q + mu * theta_b, theta_b)
-            u_sq = torch.where(nesterov > 0, d_sq + 2 * mu * d_b + mu**2 * b_sq, b_sq)
-            u_b = torch.where(nesterov > 0, d_b + mu * b_sq, b_sq)
+            theta_u = np.where(nesterov > 0, lam * q + mu * theta_b, theta_b)
+            u_sq = np.where(nesterov > 0, d_sq + 2 * mu * d_b + mu**2 * b_sq, b_sq)
+            u_b = np.where(nesterov > 0, d_b + mu * b_sq, b_sq)
         else:
             theta_u, u_sq, u_b = theta_b, b_sq, b_sq
-        self._discrete["quadratic"] = q - 2 * eta * theta_u + eta**2 * u_sq
-        self._theta_buffer["quadratic"] = theta_b - eta * u_b
-        self._buffer_sq["quadratic"] = b_sq
+        self._discrete["quadratic"] = torch.from_numpy(q - 2 * eta * theta_u + eta**2 * u_sq)
+        self._theta_buffer["quadratic"] = torch.from_numpy(theta_b - eta * u_b)
+        self._buffer_sq["quadratic"] = torch.from_numpy(np.array(b_sq))
         # drive F = 2 m |dtheta_A/dt|^2 with the run's velocity dtheta/dt = -u / (1 - tau) (signed)
         self._advance_oscillator("quadratic", 2 * u_sq / (1 - tau) ** 2)
 
-    def _advance_oscillator(self, block: str, drive_per_mass: Tensor) -> None:
+    def _advance_oscillator(self, block: str, drive_per_mass: np.ndarray) -> None:
         r"""One step of m Q'' + (1 - mu) Q' + k Q = F over dt = eta (1 - tau), F held constant, exactly.
 
         The modified equation of heavy-ball momentum, (1 - mu) dtheta/dt + (h/2)(1 + mu) d2theta/dt2 =
@@ -313,15 +330,15 @@ class ConservationTracker:
             system[:, 1, 1] = -(1 - g_mu) / g_mass
             system[:, 1, 2] = 1.0
             exponential = torch.linalg.matrix_exp(system * g_dt.reshape(-1, 1, 1))[self._group_index[block]]
-            propagator = (exponential[:, :2, :2], exponential[:, :2, 2])
+            propagator = (exponential[:, :2, :2].numpy(), exponential[:, :2, 2].numpy())
             if len(self._propagators) > 64:  # a schedule changing lr every step: keep the cache small
                 self._propagators.clear()
             self._propagators[(block, self._settings_key)] = propagator
         matrix, drive = propagator
-        state = self._oscillator[block]
-        self._oscillator[block] = torch.stack([matrix[:, 0, 0] * state[:, 0] + matrix[:, 0, 1] * state[:, 1],
-                                               matrix[:, 1, 0] * state[:, 0] + matrix[:, 1, 1] * state[:, 1]], dim=-1) \
-            + drive_per_mass.unsqueeze(-1) * drive
+        state = self._oscillator[block].numpy()
+        # x' = E x + (F/m) r per group: a batched 2x2 product, (groups, 2, 2) @ (groups, 2)
+        advanced = (matrix @ state[:, :, None])[:, :, 0] + drive_per_mass[:, None] * drive
+        self._oscillator[block] = torch.from_numpy(advanced)
 
     def _charges_and_sizes(self, params: Mapping[str, Tensor], quadratic: tuple[Tensor, Tensor] | None = None
                            ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
@@ -337,7 +354,8 @@ class ConservationTracker:
     def _record(self, params: Mapping[str, Tensor], quadratic: tuple[Tensor, Tensor] | None = None) -> None:
         """Append (step, rows) with rows = charge, size[, discrete[, continuous]] over all groups
         (translation, scale, rescale): one small tensor per recorded step, split in report()."""
-        charges, sizes = self._charges_and_sizes(params, quadratic)
+        charges, sizes = (
+            {k: v.cpu() for k, v in found.items()} for found in self._charges_and_sizes(params, quadratic))
         rows = [charges, sizes]
         if self.law.startswith("sgd"):
             rows.append(self._discrete)
@@ -391,6 +409,6 @@ class ConservationTracker:
                 raise ValueError(f"state has groups {shapes}, this tracker {mine}: a different model or symmetry set")
         self._step = int(state["step"])
         for key in ("initial", "discrete", "integral", "decay_time", "theta_buffer", "buffer_sq", "oscillator"):
-            setattr(self, f"_{key}", {k: v.clone() for k, v in state[key].items()})
+            setattr(self, f"_{key}", {k: v.detach().to("cpu", torch.float64).clone() for k, v in state[key].items()})
         self._buffers_started = bool(state["buffers_started"])
         self._history = list(state["history"])

@@ -2,7 +2,7 @@ r"""The training-loop monitor: symmetry-aware observables beside their raw count
 
 Every step, from one pass over parameters and gradients in an optimizer pre-step hook (so the
 gradient is paired with the parameters it was taken at) and one after the step:
-    loss, grad_norm = |g_t|, param_norm = |theta_t|,
+    loss, grad_norm = |g_t|, param_norm = |theta_{t+1}| (after the step),
     update_norm = |theta_{t+1} - theta_t|, update_ratio = update_norm / param_norm,
     gradient_breaking/<kind> = max_k |<xi_k, g>| / (|xi_k| |g|) over scale/rescale groups: 0 for an
         exact symmetry (Kunin et al. 2021: <grad L, xi> = 0), so it measures how broken each kind is,
@@ -150,11 +150,15 @@ class Monitor:
             self.tracker = ConservationTracker(model, optimizer, symmetries, record_every=schedule.charges)
             # the tracker records at construction: charges and sizes at the start, for the drift
             self._recorded, self._start = self.tracker.latest()
+            self._start_host = {kind: (rows["empirical"].numpy(), np.maximum(rows["size"].numpy(), 1e-300))
+                                for kind, rows in self._start.items()}
             self._quadratic = [len(symmetries.of_kind(kind)) for kind in _QUADRATIC]
             if not any(self._quadratic):
                 self._quadratic = []
             else:  # each group's size |xi_k|^2 at the last record, for the gradient breaking
                 self._sizes = torch.cat([self._start[kind.value]["size"] for kind in _QUADRATIC]).to(self._device)
+                touched = set(symmetries.quadratic_params)
+                self._rest = [i for i, name in enumerate(self._names) if name not in touched]
         self._input_shape = tuple(example_input.shape[1:]) if example_input is not None else None
         why_not = path_norm_unsupported(model) if self._input_shape is not None else "no example_input given"
         self._path_norm = why_not is None and schedule.quotient is not None
@@ -189,7 +193,7 @@ class Monitor:
             return {"loss": value}
         values = {"loss": value, **pre}
         if stepped:  # a skipped step moves no charge: the laws must not advance
-            values.update(self._post_step(pre["param_norm"]))
+            values.update(self._post_step())
         if self._path_norm and self.schedule.due("quotient", self._step):
             values["path_norm"] = path_norm(self.model, self._input_shape)
         if stepped and self.schedule.due("curvature", self._step) and batch is not None and self.symmetries is not None:
@@ -258,9 +262,13 @@ class Monitor:
                 buffers = self.tracker.momentum_buffers() if law == "sgd-momentum" else None
                 if buffers is not None:
                     pairs.append((buffers, named_grads))
-        signed, _, norms = self._sums(pairs, norms=((grads, None), (params, None)))
-        grad_norm, param_norm = norms.tolist()
-        self._pre = pre = {"grad_norm": grad_norm, "param_norm": param_norm}
+        if len(pairs) > 1:  # |g|^2 = the (g, g) pair's whole sum plus the parameters no group touches
+            signed, _, whole, norms = self._sums(pairs, norms=(([grads[i] for i in self._rest], None),))
+            grad_norm = math.sqrt(max(float(whole[1] + norms[0].square()), 0.0))
+        else:
+            signed, _, _, norms = self._sums(pairs, norms=((grads, None),))
+            grad_norm = float(norms[0])
+        self._pre = pre = {"grad_norm": grad_norm}
         if not math.isfinite(grad_norm):
             self._before = None
             return
@@ -305,44 +313,52 @@ class Monitor:
             return math.nan
 
     @torch.no_grad()
-    def _post_step(self, param_norm: float) -> dict[str, float]:
-        """After the step, at theta_{t+1}: |theta_{t+1} - theta_t| and, where the tracker records this
-        step, the charges (theta, theta) sums, in one pass; then the tracker's laws advance."""
-        out = {}
+    def _post_step(self) -> dict[str, float]:
+        """After the step, at theta_{t+1}: |theta_{t+1}|, |theta_{t+1} - theta_t| and, where the tracker
+        records this step, the charges' (theta, theta) sums, in one pass; then the laws advance."""
         params = [p.detach() for _, p in self._named]
         record = self.tracker is not None and self.tracker.records_next and bool(self._quadratic)
-        named_params = dict(zip(self._names, params)) if record else None
-        pairs = [(named_params, named_params)] if record else []
-        norms = ((params, self._before),) if self._before is not None else ()
-        signed, unsigned, totals = self._sums(pairs, unsigned=record, norms=norms)
+        if self._before is not None:  # in place: the copy of theta_t becomes theta_t - theta_{t+1}
+            torch._foreach_sub_(self._before, params)
+        moved = ((self._before, None),) if self._before is not None else ()
+        if record:  # |theta|^2 = the (theta, theta) pair's whole sum plus the untouched parameters
+            named_params = dict(zip(self._names, params))
+            signed, unsigned, whole, norms = self._sums([(named_params, named_params)], unsigned=True,
+                                                        norms=(([params[i] for i in self._rest], None), *moved))
+            param_norm = math.sqrt(max(float(whole[0] + norms[0].square()), 0.0))
+        else:
+            _, _, _, norms = self._sums([], norms=((params, None), *moved))
+            param_norm = float(norms[0])
+        out = {"param_norm": param_norm}
         if self._before is not None:
-            update_norm = float(totals[0])
-            out = {"update_norm": update_norm, "update_ratio": update_norm / max(param_norm, 1e-300)}
+            update_norm = float(norms[1])
+            out.update({"update_norm": update_norm, "update_ratio": update_norm / max(param_norm, 1e-300)})
             if self._horizontal is not None and self.schedule.due("quotient", self._step):
-                out["update_norm/quotient"] = self._horizontal_norm(torch._foreach_sub(params, self._before))
+                out["update_norm/quotient"] = self._horizontal_norm(self._before)  # |P_H(-v)| = |P_H v|
         if self.tracker is not None:
             out.update(self._symmetry_observables((signed[0], unsigned[0]) if record else None))
         return out
 
-    def _symmetry_observables(self, charges) -> dict[str, Tensor]:
+    def _symmetry_observables(self, charges) -> dict[str, float]:
         out = {}
-        recorded_before = self._recorded
         measured, self._measured = self._measured, None
         self.tracker.update(measured, charges=charges)
         step, latest = self.tracker.latest()
-        if step == recorded_before:  # the tracker did not record this step
+        if step == self._recorded:  # the tracker did not record this step
             return out
         self._recorded = step
         if self._quadratic:
             self._sizes = torch.cat([latest[kind.value]["size"] for kind in _QUADRATIC]).to(self._device)
+        # a few vectors of group values: NumPy's per-operation cost is a fraction of torch's
         for kind, rows in latest.items():
-            if rows["empirical"].numel() == 0:
+            empirical = rows["empirical"].numpy()
+            if empirical.size == 0:
                 continue
-            start = self._start[kind]
-            out[f"charge_drift/{kind}"] = ((rows["empirical"] - start["empirical"]).abs() / start["size"].clamp(min=1e-300)).max()
+            start_charge, start_size = self._start_host[kind]
+            out[f"charge_drift/{kind}"] = float((np.abs(empirical - start_charge) / start_size).max())
             if "discrete" in rows:
-                size = rows["size"].clamp(min=1e-300)
-                out[f"charge_law_error/{kind}"] = ((rows["empirical"] - rows["discrete"]).abs() / size).max()
+                size = np.maximum(rows["size"].numpy(), 1e-300)
+                out[f"charge_law_error/{kind}"] = float((np.abs(empirical - rows["discrete"].numpy()) / size).max())
         return out
 
     def _write(self, values: dict[str, float]) -> None:

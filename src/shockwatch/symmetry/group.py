@@ -21,6 +21,7 @@ import functools
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -154,6 +155,8 @@ class _UnitPlan:
     position: Tensor
     row: Tensor
     sign: Tensor
+    cover: Tensor  # unit entries whose sum is sum_p <x_p, y_p> over these parameters: each
+    # parameter once (a 1-D one whole, any other by its sums along its first indexed dim)
 
 
 def _unit_plan(plans: Mapping[Kind, _Plan], shapes: Mapping[str, tuple[int, ...]], device: torch.device) -> _UnitPlan:
@@ -174,7 +177,11 @@ def _unit_plan(plans: Mapping[Kind, _Plan], shapes: Mapping[str, tuple[int, ...]
     row = torch.cat([empty] + [g.row + row_offset for g, row_offset in gathers])
     sign = torch.cat([empty.double()] + [torch.full((len(g.index),), g.sign, dtype=torch.float64, device=device)
                                          for g, _ in gathers])
-    return _UnitPlan(vectors, tensors, position, row, sign)
+    vector_length = sum(shapes[name][0] for name in vectors)
+    cover = torch.cat([torch.arange(vector_length, device=device)]
+                      + [torch.arange(offset[(name, used[0])], offset[(name, used[0])] + shapes[name][used[0]], device=device)
+                         for name, used in tensors])
+    return _UnitPlan(vectors, tensors, position, row, sign, cover)
 
 
 def _units(dims: tuple[tuple[int, ...], ...], vectors: list[tuple[Tensor, Tensor]],
@@ -197,8 +204,12 @@ def _units(dims: tuple[tuple[int, ...], ...], vectors: list[tuple[Tensor, Tensor
         rows.append(torch.cat(pieces))
     if not norms:
         return (torch.stack(rows).double() if rows else None), None
+    device = next((a[0].device for a, _ in norms if a), torch.device("cpu"))
     totals = []
     for a, b in norms:
+        if not a:  # an empty list of tensors has norm 0
+            totals.append(torch.zeros((), dtype=torch.float64, device=device))
+            continue
         terms = a if b is None else torch._foreach_sub(a, b)
         # per-tensor norms in the tensors' dtype, combined in float64: sqrt(sum |t|^2)
         totals.append(torch.stack(torch._foreach_norm(terms)).double().square().sum().sqrt())
@@ -208,6 +219,15 @@ def _units(dims: tuple[tuple[int, ...], ...], vectors: list[tuple[Tensor, Tensor
 @functools.cache
 def _compiled_units():
     return torch.compile(_units, dynamic=False, fullgraph=True)
+
+
+class FusedSums(NamedTuple):
+    """What ``SymmetrySet.fused_sums`` returns (float64 tensors)."""
+
+    signed: Tensor  # (pairs, scale + rescale groups): sum_slots sign <x_A, y_A>
+    unsigned: Tensor | None  # the same with +1 on every slot, where asked
+    whole: Tensor  # (pairs,): sum_p <x_p, y_p> over the parameters the groups touch
+    norms: Tensor | None  # (entries,): |a| or |a - b|
 
 
 @dataclass(frozen=True, eq=False)
@@ -346,28 +366,30 @@ class SymmetrySet:
         """
         if not pairs:
             raise ValueError("quadratic_sums needs at least one (x, y) pair")
-        signed, unsigned_sums, _ = self.fused_sums(pairs, unsigned=unsigned, compile=compile)
+        signed, unsigned_sums, _, _ = self.fused_sums(pairs, unsigned=unsigned, compile=compile)
         return torch.stack([signed, unsigned_sums]) if unsigned else signed
 
     @torch.no_grad()
     def fused_sums(self, pairs: list[tuple[Mapping[str, Tensor], Mapping[str, Tensor]]], *, unsigned: bool = False,
                    norms: tuple[tuple[list[Tensor], list[Tensor] | None], ...] = (),
-                   compile: bool = False) -> tuple[Tensor, Tensor | None, Tensor | None]:
+                   compile: bool = False) -> FusedSums:
         r"""``quadratic_sums`` of ``pairs`` and whole-vector norms, from one pass over the tensors.
 
-        Returns (signed, unsigned, norms): signed (len(pairs), groups) as ``quadratic_sums``;
-        unsigned the same with +1 on every slot (None unless asked); norms (len(norms),) float64
-        with |a| = sqrt(sum_i |a_i|^2) for an entry (a, None) and |a - b| for (a, b), a and b lists
-        of tensors (any parameters, not only those a symmetry touches). This is the training
-        monitor's per-step kernel: with ``compile=True`` one fused graph reads each tensor once
-        (the gradient, say, for <theta_A, g_A>, |g_A|^2, <b_A, g_A> and |g| together).
+        Returns ``FusedSums(signed, unsigned, whole, norms)``: signed (len(pairs), groups) as
+        ``quadratic_sums``; unsigned the same with +1 on every slot (None unless asked); whole
+        (len(pairs),) = sum_p <x_p, y_p> over ``quadratic_params``, summed from the unit sums (each
+        parameter's sums along one of its dims add up to its inner product), so |g|^2 over these
+        parameters costs no pass of its own; norms (len(norms),) float64 with |a| = sqrt(sum_i
+        |a_i|^2) for an entry (a, None) and |a - b| for (a, b), a and b lists of tensors (any
+        parameters). This is the training monitor's per-step kernel: with ``compile=True`` one fused
+        graph reads each tensor once.
         """
         size = self._plans[Kind.SCALE].size + self._plans[Kind.RESCALE].size
         kernel = _compiled_units() if compile else _units
         if size == 0 or not pairs:
             empty = torch.zeros(len(pairs), 0, dtype=torch.float64, device=self.device)
             totals = kernel((), [], [], tuple(norms))[1] if norms else None
-            return empty, (empty if unsigned else None), totals
+            return FusedSums(empty, empty if unsigned else None, empty.new_zeros(len(pairs)), totals)
         first = pairs[0][0]
         key = tuple(first[name].shape for name in self.quadratic_params)
         plan = self._unit_plans.get(key)
@@ -385,10 +407,11 @@ class SymmetrySet:
         units, totals = kernel(dims, [(vectors(x), vectors(y)) for x, y in pairs] if plan.vectors else [],
                                [([x[name] for name, _ in plan.tensors], [y[name] for name, _ in plan.tensors])
                                 for x, y in pairs], tuple(norms))
+        whole = units[:, plan.cover].sum(1)
         units = units[:, plan.position]
         signed = units.new_zeros(len(pairs), size).index_add_(1, plan.row, units * plan.sign)
         plain = units.new_zeros(len(pairs), size).index_add_(1, plan.row, units) if unsigned else None
-        return signed, plain, totals
+        return FusedSums(signed, plain, whole, totals)
 
     def _one_parameter(self, kind: Kind | str) -> Kind:
         kind = Kind(kind)
