@@ -190,3 +190,25 @@ def test_attention_observables_on_their_schedule(tmp_path):
     assert logit and monitor.store.scalars(logit[0])[0] == [2, 4]
     with pytest.raises(ValueError, match="schedule.attention"):
         sw.Schedule(attention=0)
+
+
+@pytest.mark.slow
+def test_compiled_pass_logs_what_the_eager_pass_logs(tmp_path):
+    """Truth: the eager monitor (the same sums, fused by torch.compile): equal to float64 round-off,
+    with momentum (three pairs before the step) and a charges schedule of 2 (both post-step graphs)."""
+    logged = {}
+    for flag in (False, True):
+        torch.manual_seed(0)
+        model = sw.models.mlp((4, 12, 12, 3)).double()
+        x = torch.randn(32, 4, dtype=torch.float64)
+        y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
+        monitor = sw.Monitor(model, opt, tmp_path / str(flag), example_input=x, compile=flag,
+                             schedule=sw.Schedule(charges=2, quotient=None), tensorboard=False)
+        logged[flag] = train(monitor, model, opt, x, y, 6)
+        assert not [e for e in monitor.store.events() if e[1] == "compile-failed"], monitor.store.events()
+        monitor.close()
+    for eager, fused in zip(logged[False], logged[True]):
+        assert eager.keys() == fused.keys()
+        for name in eager:
+            assert math.isclose(eager[name], fused[name], rel_tol=1e-10, abs_tol=1e-14), (name, eager[name], fused[name])

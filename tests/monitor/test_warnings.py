@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from shockwatch.monitor.warnings import abrupt_changes, score, threshold_warnings
+from shockwatch.monitor.warnings import abrupt_changes, midpoint_crossing, score, threshold_warnings
 
 
 def test_abrupt_changes_finds_known_transitions_and_ignores_noise_and_spikes():
@@ -35,3 +35,18 @@ def test_threshold_warnings_and_scores():
         score(warnings, [25], horizon=0)
     with pytest.raises(ValueError, match="differ in length"):
         abrupt_changes([1, 2], [1.0])
+
+
+def test_midpoint_crossing_marks_one_rise_through_setbacks():
+    """Truth: the construction: accuracy rising from 0.01 to 0.99 as a sigmoid centred at step 500 (so its
+    midpoint is crossed there), with three one-sample collapses to 0.2 on the way up (slingshot-like
+    setbacks) and noise; abrupt_changes splits such a rise, the midpoint crossing gives one event."""
+    rng = np.random.default_rng(1)
+    steps = np.arange(0, 1500, 25)
+    values = 0.01 + 0.98 / (1 + np.exp(-(steps - 500) / 60.0)) + 0.01 * rng.standard_normal(len(steps))
+    for at in (450, 600, 800):
+        values[steps == at] = 0.2
+    found = midpoint_crossing(steps, values)
+    assert len(found) == 1 and abs(found[0] - 500) <= 25, found
+    assert midpoint_crossing(steps, 0.01 + 0.01 * rng.standard_normal(len(steps))) == []  # noise: no rise
+    assert midpoint_crossing(steps[:3], values[:3]) == []  # too short to tell

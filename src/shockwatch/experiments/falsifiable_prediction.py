@@ -6,8 +6,11 @@ catapult phase, edge of stability) is trained once under the ``Monitor`` with th
 schedule (``curvature_samples`` evenly spaced steps); it logs the extreme eigenvalues of the raw
 Hessian H and of P_H H P_H (the quotient), and the shock-step forecast -1/(eta lambda_min) of Thm 4.3.
 
-Ground truth: ``abrupt_changes`` on the curve that carries the testbed's published transition (test
-accuracy for grokking, the training loss otherwise). Warning rules, the same rule on each signal:
+Ground truth, on the curve that carries the testbed's published transition: for grokking (test
+accuracy) the step where it rises halfway from its start to its maximum (``midpoint_crossing``: one
+event, the grokking step, however many setbacks the rise has; the transformer's runs through
+"slingshot" loss spikes that ``abrupt_changes`` split into several or none); for the catapult and edge
+of stability (training loss) its ``abrupt_changes``. Warning rules, the same rule on each signal:
     shock:     the forecast shock is within the horizon, -1/(eta lambda_min) < horizon (§6: a
                characteristic crossing ahead), i.e. lambda_min < -1/(eta horizon);
     stability: eta lambda_max > 2 (the classical gradient-descent stability bound; the baseline every
@@ -34,6 +37,7 @@ from ..monitor import (
     RunStore,
     Schedule,
     abrupt_changes,
+    midpoint_crossing,
     score,
     threshold_warnings,
 )
@@ -98,10 +102,13 @@ class Result:
 
 
 def _events(curves: dict[str, list[float]], bed: tb.Testbed, threshold: float) -> list[int]:
-    """Ground truth: abrupt changes of the transition curve (its own sampling sets the window)."""
+    """Ground truth: the midpoint crossing of an accuracy curve, the abrupt changes of a loss curve
+    (its own sampling sets the window)."""
     steps = curves["eval_step"] if bed.transition in curves and bed.transition != "loss" else curves["step"]
     values = curves[bed.transition]
     window = max(2, len(values) // 40)
+    if bed.transition.endswith("accuracy"):
+        return midpoint_crossing(steps, values, window=window, threshold=threshold)
     return abrupt_changes(steps, values, window=window, threshold=threshold)
 
 

@@ -7,8 +7,8 @@ from .monitor import Monitor, Schedule
 from .path_norm import path_norm, path_norm_unsupported
 from .sinks import MLflowSink, Sink, TensorBoardSink
 from .store import RunStore
-from .warnings import Score, abrupt_changes, score, threshold_warnings
+from .warnings import Score, abrupt_changes, midpoint_crossing, score, threshold_warnings
 
 __all__ = ["Curvature", "MLflowSink", "Monitor", "RunStore", "Schedule", "Score", "Sink", "TensorBoardSink",
-           "abrupt_changes", "attention_observables", "curvature", "path_norm", "path_norm_unsupported", "score",
+           "abrupt_changes", "attention_observables", "midpoint_crossing", "curvature", "path_norm", "path_norm_unsupported", "score",
            "threshold_warnings"]

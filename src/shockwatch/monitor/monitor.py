@@ -103,6 +103,13 @@ class Monitor:
     others (``MLflowSink``). ``symmetries`` or ``example_input`` (to find them) are optional: without
     either the monitor logs the raw observables only and records why. ``model`` may be wrapped in
     DistributedDataParallel.
+
+    Cost per step: one pass over (theta, g, momentum buffer) in an optimizer pre-step hook and one over
+    theta after the step (``SymmetrySet.fused_sums``), the laws' recursions in NumPy, one SQLite
+    transaction. On a CPU both passes are bound by reading parameter-sized tensors that the backward
+    pass has evicted from cache (benchmarks/RESULTS.md has the measured ratios). ``compile=True`` fuses
+    each pass with torch.compile (a compile of some seconds at the first step, eager fallback with a
+    "compile-failed" event where it cannot compile); on the CPU benchmarks it did not pay.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, log_dir: str | Path, *,

@@ -4,6 +4,10 @@ r"""Early warnings and the ground truth they are scored against (Miyagawa 2026 Â
   w steps, D_t = m(t + w) - m(t - w) with m a running median (robust to single spikes), is compared
   with the curve's own noise, the median absolute step difference times sqrt(2w); a change is a local
   extremum of |D_t| above ``threshold`` noise units, and its step is the extremum's.
+- ``midpoint_crossing``: for a curve that rises once through noise and setbacks (test accuracy under
+  grokking, whose rise in a transformer runs through loss spikes, the "slingshot"): the first step at
+  which its running median reaches halfway from its start to its maximum, if that rise is larger than
+  ``threshold`` noise units. One event per run: the step of the transition, not each setback.
 - ``threshold_warnings``: the steps where a signal first crosses below (or above) a level, with a
   ``refractory`` number of steps before the next warning can fire: e.g. quotient_min < 0 (a forecast
   characteristic crossing), or the same rule on the raw curvature.
@@ -19,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Score", "abrupt_changes", "score", "threshold_warnings"]
+__all__ = ["Score", "abrupt_changes", "midpoint_crossing", "score", "threshold_warnings"]
 
 
 def _running_median(values: np.ndarray, half: int) -> np.ndarray:
@@ -33,11 +37,7 @@ def abrupt_changes(steps: Sequence[int], values: Sequence[float], *, window: int
     """Steps of abrupt changes in ``values`` (see the module docstring); NaNs are skipped."""
     if window < 1 or threshold <= 0:
         raise ValueError(f"need window >= 1 and threshold > 0, got {window}, {threshold}")
-    steps_a, values_a = np.asarray(steps), np.asarray(values, dtype=np.float64)
-    if steps_a.shape != values_a.shape:
-        raise ValueError(f"steps and values differ in length: {len(steps_a)} vs {len(values_a)}")
-    keep = np.isfinite(values_a)
-    steps_a, values_a = steps_a[keep], values_a[keep]
+    steps_a, values_a = _finite(steps, values)
     if len(values_a) < 4 * window + 2:
         return []
     smooth = _running_median(values_a, max(1, window // 4))
@@ -52,6 +52,32 @@ def abrupt_changes(steps: Sequence[int], values: Sequence[float], *, window: int
             if not found or steps_a[i] - found[-1] > window:
                 found.append(int(steps_a[i]))
     return found
+
+
+def _finite(steps: Sequence[int], values: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    steps_a, values_a = np.asarray(steps), np.asarray(values, dtype=np.float64)
+    if steps_a.shape != values_a.shape:
+        raise ValueError(f"steps and values differ in length: {len(steps_a)} vs {len(values_a)}")
+    keep = np.isfinite(values_a)
+    return steps_a[keep], values_a[keep]
+
+
+def midpoint_crossing(steps: Sequence[int], values: Sequence[float], *, window: int = 2,
+                      threshold: float = 8.0) -> list[int]:
+    """[the first step where the running median (2 window + 1 samples) of ``values`` reaches
+    (m_0 + max m) / 2], m_0 its first value, or [] when the rise max m - m_0 is at most ``threshold``
+    times the noise (median |step difference| times sqrt(2 window), as in ``abrupt_changes``)."""
+    if window < 1 or threshold <= 0:
+        raise ValueError(f"need window >= 1 and threshold > 0, got {window}, {threshold}")
+    steps_a, values_a = _finite(steps, values)
+    if len(values_a) < 2 * window + 2:
+        return []
+    smooth = _running_median(values_a, window)
+    rise = smooth.max() - smooth[0]
+    noise = np.median(np.abs(np.diff(values_a))) * math.sqrt(2 * window)
+    if not rise > threshold * noise:
+        return []
+    return [int(steps_a[np.argmax(smooth >= smooth[0] + rise / 2)])]
 
 
 def threshold_warnings(steps: Sequence[int], values: Sequence[float], level: float, *, below: bool = True,
