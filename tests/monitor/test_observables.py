@@ -150,6 +150,14 @@ def test_tensorboard_files_hold_what_the_store_holds(tmp_path):
         events = accumulator.Scalars(name)
         assert [e.step for e in events] == steps
         assert all(math.isclose(e.value, v, rel_tol=1e-6) for e, v in zip(events, values))  # float32 in the file
+    sink = sw.monitor.TensorBoardSink(tmp_path / "events")
+    sink.log(3, {"a": 1.5, "b": math.nan})
+    sink.event(3, "nonfinite", "loss nan")
+    sink.close()
+    accumulator = EventAccumulator(str(tmp_path / "events"))
+    accumulator.Reload()
+    assert accumulator.Scalars("a")[0].value == 1.5 and math.isnan(accumulator.Scalars("b")[0].value)
+    assert accumulator.Tensors("events/nonfinite/text_summary")[0].tensor_proto.string_val == [b"loss nan"]
 
 
 def test_mlflow_sink_batches_metrics_and_events(tmp_path, monkeypatch):

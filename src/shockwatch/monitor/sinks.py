@@ -26,30 +26,38 @@ class Sink(Protocol):
 
 
 class TensorBoardSink:
-    """Scalars and events (as text) in TensorBoard event files under ``log_dir``."""
+    """Scalars and events (as text) in TensorBoard event files under ``log_dir``.
+
+    One event record per step holds every scalar of the step (a Summary with one value per name,
+    what ``SummaryWriter.add_scalar`` writes one record each for): the protobuf work per step is one
+    record, not one per observable."""
 
     def __init__(self, log_dir: str | Path, *, flush_every: int = 100) -> None:
         try:
-            from torch.utils.tensorboard import SummaryWriter
+            from tensorboard.compat.proto.summary_pb2 import Summary
+            from torch.utils.tensorboard.summary import text
+            from torch.utils.tensorboard.writer import FileWriter
         except ImportError as error:  # torch's writer needs the tensorboard package
             raise ImportError(f"TensorBoardSink needs the tensorboard package ({error}): pip install tensorboard") from None
         if flush_every < 1:
             raise ValueError(f"flush_every must be >= 1, got {flush_every}")
         self.log_dir = Path(log_dir)
+        self._summary, self._text = Summary, text
         # max_queue large: the writer's own thread writes in batches; flush() is ours
-        self._writer = SummaryWriter(str(self.log_dir), max_queue=10 * flush_every, flush_secs=3600)
+        self._writer = FileWriter(str(self.log_dir), max_queue=10 * flush_every, flush_secs=3600)
         self._flush_every, self._since_flush = flush_every, 0
 
     def log(self, step: int, values: Mapping[str, float]) -> None:
-        for name, value in values.items():
-            self._writer.add_scalar(name, value, step)
+        value = self._summary.Value
+        self._writer.add_summary(self._summary(value=[value(tag=name, simple_value=float(v)) for name, v in values.items()]),
+                                 step)
         self._since_flush += 1
         if self._since_flush >= self._flush_every:
             self._writer.flush()
             self._since_flush = 0
 
     def event(self, step: int, kind: str, message: str) -> None:
-        self._writer.add_text(f"events/{kind}", message, step)
+        self._writer.add_summary(self._text(f"events/{kind}", message), step)
 
     def close(self) -> None:
         self._writer.close()
