@@ -186,16 +186,21 @@ def _unit_plan(plans: Mapping[Kind, _Plan], shapes: Mapping[str, tuple[int, ...]
 
 def _units(dims: tuple[tuple[int, ...], ...], vectors: list[tuple[Tensor, Tensor]],
            tensors: list[tuple[list[Tensor], list[Tensor]]],
-           norms: tuple[tuple[list[Tensor], list[Tensor] | None], ...] = ()) -> tuple[Tensor | None, Tensor | None]:
+           norms: tuple[tuple[list[Tensor], list[Tensor] | None], ...] = (),
+           scratch: list[Tensor] | None = None) -> tuple[Tensor | None, Tensor | None]:
     """The per-unit sums of x * y that ``quadratic_sums`` scatters into symmetries, one row per
     pair (float64): the 1-D parameters (concatenated), then one vector per other parameter and dim;
     and, in the same pass, the Euclidean norms |a| (b None) or |a - b| of each ``norms`` entry (float64).
-    All in one call, so that a compiled kernel reads a tensor shared by pairs and norms once."""
+    All in one call, so that a compiled kernel reads a tensor shared by pairs and norms once.
+    ``scratch`` (eager only): one preallocated tensor per non-1-D parameter for its products, so that a
+    per-step caller does not allocate (and fault in) parameter-sized memory at every call."""
     rows = []
     for pair, (xs, ys) in enumerate(tensors):
         pieces = [vectors[pair][0] * vectors[pair][1]] if vectors else []
-        for used, x, y in zip(dims, xs, ys):
-            product = x * y
+        for index, (used, x, y) in enumerate(zip(dims, xs, ys)):
+            buffer = scratch[index] if scratch is not None else None
+            reuse = buffer is not None and x.dtype == y.dtype == buffer.dtype and x.shape == buffer.shape
+            product = torch.mul(x, y, out=buffer) if reuse else x * y
             for d in used:
                 # leading dims summed first, trailing ones as rows: both contiguous reductions,
                 # several times faster (eager) than one sum over scattered dims
@@ -244,6 +249,7 @@ class SymmetrySet:
     _plans: dict = field(init=False, repr=False)
     _by_kind: dict = field(init=False, repr=False)
     _unit_plans: dict = field(init=False, repr=False)  # parameter shapes -> _UnitPlan, built on first use
+    _scratch: dict = field(init=False, repr=False)  # (shape, dtype, device)s -> product buffers of fused_sums
     _quadratic_params: tuple = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -257,6 +263,7 @@ class SymmetrySet:
                  for kind in Kind if kind.one_parameter}
         object.__setattr__(self, "_plans", plans)
         object.__setattr__(self, "_unit_plans", {})
+        object.__setattr__(self, "_scratch", {})
         object.__setattr__(self, "_quadratic_params", tuple(dict.fromkeys(
             g.param for kind in (Kind.SCALE, Kind.RESCALE) for g in plans[kind].gathers)))
 
@@ -404,9 +411,18 @@ class SymmetrySet:
                 flat[id(mapping)] = torch.cat([mapping[name] for name in plan.vectors]) if plan.vectors else None
             return flat[id(mapping)]
 
+        tensors = [([x[name] for name, _ in plan.tensors], [y[name] for name, _ in plan.tensors]) for x, y in pairs]
+        scratch = None
+        if not compile:
+            first_pair = tensors[0][0]
+            scratch_key = tuple((t.shape, t.dtype, t.device) for t in first_pair)
+            scratch = self._scratch.get(scratch_key)
+            if scratch is None:
+                if len(self._scratch) > 4:  # callers alternating dtypes or devices: keep it small
+                    self._scratch.clear()
+                scratch = self._scratch[scratch_key] = [torch.empty_like(t) for t in first_pair]
         units, totals = kernel(dims, [(vectors(x), vectors(y)) for x, y in pairs] if plan.vectors else [],
-                               [([x[name] for name, _ in plan.tensors], [y[name] for name, _ in plan.tensors])
-                                for x, y in pairs], tuple(norms))
+                               tensors, tuple(norms), *(() if compile else (scratch,)))
         whole = units[:, plan.cover].sum(1)
         units = units[:, plan.position]
         signed = units.new_zeros(len(pairs), size).index_add_(1, plan.row, units * plan.sign)
