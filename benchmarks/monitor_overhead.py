@@ -1,11 +1,14 @@
 """Overhead of Monitor.step() (every-step observables, SQLite store) as a ratio to the plain step.
 
-    .venv/bin/python benchmarks/monitor_overhead.py --model vgg|mlp [--tensorboard] [--quotient N] [--out FILE]
+    .venv/bin/python benchmarks/monitor_overhead.py --model vgg|mlp|mlp-mnist [--tensorboard] [--quotient N]
+        [--compile] [--rounds R] [--out FILE]
+    .venv/bin/python benchmarks/monitor_overhead.py --model gpt2-small --device cuda   # the issue's GPU goal
 
 vgg: models.vgg("vgg11", width_divisor=4, batch_norm=True, image_size=32, hidden=128), batch 64 of
 3x32x32; mlp: models.mlp((64, 256, 256, 10)), batch 128; mlp-mnist: models.mlp((784, 1024, 1024, 10)),
-batch 256. float32, CPU, SGD(lr=0.01, momentum=0.9,
-weight_decay=5e-4). The monitor: every-step observables with the tracker recording every step, the
+batch 256; float32, SGD(lr=0.01, momentum=0.9, weight_decay=5e-4). gpt2-small: models.GPT at GPT-2
+small's shape (12 layers, 12 heads, d_model 768, vocab 50257, 1024 positions), batch 8 x --tokens,
+AdamW (the conservation tracker has no law for it: drift only). The monitor: every-step observables with the tracker recording every step, the
 SQLite store, TensorBoard files only with --tensorboard, the quotient norms every N steps with
 --quotient N (off by default: they are scheduled, not every-step, observables). 20 rounds of 10 plain and 10 monitored steps, each step timed; ratio of medians
 (the method of tracker_overhead.py).
@@ -28,7 +31,9 @@ import shockwatch as sw
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=("vgg", "mlp", "mlp-mnist"), default="vgg")
+    parser.add_argument("--model", choices=("vgg", "mlp", "mlp-mnist", "gpt2-small"), default="vgg")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (steps are then timed between synchronizations)")
+    parser.add_argument("--tokens", type=int, default=1024, help="gpt2-small: sequence length (batch 8)")
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--tensorboard", action="store_true")
     parser.add_argument("--quotient", type=int, default=None)
@@ -42,21 +47,35 @@ def main() -> None:
     elif args.model == "mlp":
         model = sw.models.mlp((64, 256, 256, 10))
         x, y = torch.randn(128, 64), torch.randint(0, 10, (128,))
-    else:  # an MNIST-size MLP at a usual batch: where a fixed per-step cost stops mattering
+    elif args.model == "mlp-mnist":  # an MNIST-size MLP at a usual batch: where a fixed per-step cost stops mattering
         model = sw.models.mlp((784, 1024, 1024, 10))
         x, y = torch.randn(256, 784), torch.randint(0, 10, (256,))
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    else:  # GPT-2 small's shape (124M parameters with its tied head; ours is untied), next-token loss
+        config = sw.models.GPTConfig(vocab_size=50257, block_size=args.tokens, n_layer=12, n_head=12, d_model=768)
+        model = sw.models.GPT(config)
+        tokens = torch.randint(0, config.vocab_size, (8, args.tokens + 1))
+        x, y = tokens[:, :-1], tokens[:, 1:].reshape(-1)
+    device = torch.device(args.device)
+    model, x, y = model.to(device), x.to(device), y.to(device)
+    synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    if args.model == "gpt2-small":
+        make = lambda: torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1)  # no law: drift only
+        loss_of = lambda: F.cross_entropy(model(x).reshape(len(y), -1), y)
+    else:
+        make = lambda: torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+        loss_of = lambda: F.cross_entropy(model(x), y)
     # plain steps use their own optimizer: the monitor's pre-step hook lives on ``opt`` only
-    plain_opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    opt, plain_opt = make(), make()
     with tempfile.TemporaryDirectory() as directory:
-        monitor = sw.Monitor(model, opt, Path(directory) / "run", example_input=x, tensorboard=args.tensorboard,
+        example = x[:2, :32] if args.model == "gpt2-small" else x  # symmetry detection needs a small batch only
+        monitor = sw.Monitor(model, opt, Path(directory) / "run", example_input=example, tensorboard=args.tensorboard,
                              schedule=sw.Schedule(quotient=args.quotient), compile=args.compile)
         monitoring = False
 
         def step() -> None:
             optimizer = opt if monitoring else plain_opt
             optimizer.zero_grad()
-            loss = F.cross_entropy(model(x), y)
+            loss = loss_of()
             loss.backward()
             optimizer.step()
             if monitoring:
@@ -70,16 +89,18 @@ def main() -> None:
             for flag, bucket in ((False, plain), (True, watched)):
                 monitoring = flag
                 for _ in range(10):
+                    synchronize()
                     start = time.perf_counter()
                     step()
+                    synchronize()
                     bucket.append(time.perf_counter() - start)
         monitor.close()
     record = {"model": args.model, "compile": args.compile, "tensorboard": args.tensorboard, "quotient_every": args.quotient, "parameters": sum(p.numel() for p in model.parameters()),
               "plain_step_s": statistics.median(plain), "monitored_step_s": statistics.median(watched),
-              "ratio": statistics.median(watched) / statistics.median(plain), "torch": torch.__version__,
+              "ratio": statistics.median(watched) / statistics.median(plain), "torch": torch.__version__, "device": str(device),
               "threads": torch.get_num_threads()}
     print(json.dumps(record, indent=1))
-    suffix = ("_compiled" if args.compile else "") + ("_tb" if args.tensorboard else "") + (f"_q{args.quotient}" if args.quotient else "")
+    suffix = ("" if device.type == "cpu" else f"_{device.type}") + ("_compiled" if args.compile else "") + ("_tb" if args.tensorboard else "") + (f"_q{args.quotient}" if args.quotient else "")
     out = args.out or Path(__file__).parent / "results" / f"monitor_overhead_{args.model}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=1))

@@ -250,9 +250,9 @@ class Monitor:
 
     @torch.no_grad()
     def _pass(self) -> None:
-        """The pre-step pass at (theta_t, g_t, b_t): |g|, |theta|, <theta_A, g_A> (gradient breaking)
-        and the tracker's inputs |g_A|^2 and <b_A, g_A>, in one ``SymmetrySet.fused_sums`` pass; and
-        the copy of theta_t that the update is measured against after the step."""
+        """The pre-step pass at (theta_t, g_t, b_t): |g|, <theta_A, g_A> (gradient breaking) and the
+        tracker's inputs |g_A|^2 and <b_A, g_A>, in one ``SymmetrySet.fused_sums`` pass; and the copy
+        of theta_t that the update is measured against after the step."""
         self._horizontal = None
         self._measured = None
         params = [p.detach() for _, p in self._named]
