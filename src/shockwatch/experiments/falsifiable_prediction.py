@@ -186,10 +186,16 @@ def _verdict(totals: dict[str, dict[str, float]]) -> str:
         return 0.0 if math.isnan(p) or math.isnan(c) or p + c == 0 else 2 * p * c / (p + c)
 
     fq, fr = f1(q), f1(r)
-    comparison = "better than" if fq > fr else "worse than" if fq < fr else "no different from"
+    if (q["caught"], q["useful"]) == (r["caught"], r["useful"]):
+        # the same events caught by the same useful warnings: an F1 gap can only come from the count
+        # of false alarms, which one curvature sample more or less below the line decides
+        comparison = (f"no different from the raw one in what it caught ({q['caught']} of {q['events']} events each; "
+                      f"{q['warnings']} vs {r['warnings']} warnings in all)")
+    else:
+        comparison = ("better than" if fq > fr else "worse than" if fq < fr else "no different from") + " the raw one"
     return (f"shock rule: quotient precision {q['precision']:.2f} recall {q['recall']:.2f} (F1 {fq:.2f}) vs raw "
             f"precision {r['precision']:.2f} recall {r['recall']:.2f} (F1 {fr:.2f}) over {q['events']} events: "
-            f"the quotient forecast is {comparison} the raw one here")
+            f"the quotient forecast is {comparison} here")
 
 
 def run(config: Config = Config(), progress: bool = False) -> Result:
