@@ -71,12 +71,12 @@ class ConservationReport:
         return (values[-1] - values[0]).abs() / self.size[kind][0].clamp(min=torch.finfo(torch.float64).tiny)
 
 
-_BLOCKS = ("translation", "quadratic")
+_BLOCKS = ("translation", "quadratic")  # internal state: translation groups; scale then rescale groups
 
 
 def _host(values: Tensor) -> np.ndarray:
     """A float64 NumPy view (copy from a GPU) of per-group sums, for the recursions."""
-    return values.detach().to("cpu", torch.float64).numpy()  # internal state: translation groups; scale then rescale groups
+    return values.detach().to("cpu", torch.float64).numpy()
 
 
 class ConservationTracker:

@@ -10,5 +10,5 @@ from .store import RunStore
 from .warnings import Score, abrupt_changes, midpoint_crossing, score, threshold_warnings
 
 __all__ = ["Curvature", "MLflowSink", "Monitor", "RunStore", "Schedule", "Score", "Sink", "TensorBoardSink",
-           "abrupt_changes", "attention_observables", "midpoint_crossing", "curvature", "path_norm", "path_norm_unsupported", "score",
+           "abrupt_changes", "attention_observables", "curvature", "midpoint_crossing", "path_norm", "path_norm_unsupported", "score",
            "threshold_warnings"]

@@ -156,14 +156,14 @@ class Monitor:
         else:
             self.tracker = ConservationTracker(model, optimizer, symmetries, record_every=schedule.charges)
             # the tracker records at construction: charges and sizes at the start, for the drift
-            self._recorded, self._start = self.tracker.latest()
+            self._recorded, start = self.tracker.latest()
             self._start_host = {kind: (rows["empirical"].numpy(), np.maximum(rows["size"].numpy(), 1e-300))
-                                for kind, rows in self._start.items()}
+                                for kind, rows in start.items()}
             self._quadratic = [len(symmetries.of_kind(kind)) for kind in _QUADRATIC]
             if not any(self._quadratic):
                 self._quadratic = []
             else:  # each group's size |xi_k|^2 at the last record, for the gradient breaking
-                self._sizes = torch.cat([self._start[kind.value]["size"] for kind in _QUADRATIC]).to(self._device)
+                self._sizes = torch.cat([start[kind.value]["size"] for kind in _QUADRATIC]).to(self._device)
                 touched = set(symmetries.quadratic_params)
                 self._rest = [i for i, name in enumerate(self._names) if name not in touched]
         self._input_shape = tuple(example_input.shape[1:]) if example_input is not None else None

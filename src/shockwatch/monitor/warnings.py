@@ -35,15 +35,13 @@ def _running_median(values: np.ndarray, half: int) -> np.ndarray:
 def abrupt_changes(steps: Sequence[int], values: Sequence[float], *, window: int = 10,
                    threshold: float = 8.0) -> list[int]:
     """Steps of abrupt changes in ``values`` (see the module docstring); NaNs are skipped."""
-    if window < 1 or threshold <= 0:
-        raise ValueError(f"need window >= 1 and threshold > 0, got {window}, {threshold}")
-    steps_a, values_a = _finite(steps, values)
+    steps_a, values_a = _finite(steps, values, window, threshold)
     if len(values_a) < 4 * window + 2:
         return []
     smooth = _running_median(values_a, max(1, window // 4))
     change = np.zeros_like(smooth)
     change[window:-window] = smooth[2 * window:] - smooth[:-2 * window]
-    noise = np.median(np.abs(np.diff(values_a))) * math.sqrt(2 * window)
+    noise = _noise(values_a, window)
     scale = noise if noise > 0 else np.finfo(np.float64).tiny
     strength = np.abs(change) / scale
     found = []
@@ -54,7 +52,11 @@ def abrupt_changes(steps: Sequence[int], values: Sequence[float], *, window: int
     return found
 
 
-def _finite(steps: Sequence[int], values: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+def _finite(steps: Sequence[int], values: Sequence[float], window: int,
+            threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """The detectors' arguments checked, and (steps, values) without the non-finite values."""
+    if window < 1 or threshold <= 0:
+        raise ValueError(f"need window >= 1 and threshold > 0, got {window}, {threshold}")
     steps_a, values_a = np.asarray(steps), np.asarray(values, dtype=np.float64)
     if steps_a.shape != values_a.shape:
         raise ValueError(f"steps and values differ in length: {len(steps_a)} vs {len(values_a)}")
@@ -62,20 +64,22 @@ def _finite(steps: Sequence[int], values: Sequence[float]) -> tuple[np.ndarray, 
     return steps_a[keep], values_a[keep]
 
 
+def _noise(values: np.ndarray, window: int) -> float:
+    """A curve's own noise over a window of w steps: median |step difference| times sqrt(2 w)."""
+    return float(np.median(np.abs(np.diff(values)))) * math.sqrt(2 * window)
+
+
 def midpoint_crossing(steps: Sequence[int], values: Sequence[float], *, window: int = 2,
                       threshold: float = 8.0) -> list[int]:
     """[the first step where the running median (2 window + 1 samples) of ``values`` reaches
     (m_0 + max m) / 2], m_0 its first value, or [] when the rise max m - m_0 is at most ``threshold``
     times the noise (median |step difference| times sqrt(2 window), as in ``abrupt_changes``)."""
-    if window < 1 or threshold <= 0:
-        raise ValueError(f"need window >= 1 and threshold > 0, got {window}, {threshold}")
-    steps_a, values_a = _finite(steps, values)
+    steps_a, values_a = _finite(steps, values, window, threshold)
     if len(values_a) < 2 * window + 2:
         return []
     smooth = _running_median(values_a, window)
     rise = smooth.max() - smooth[0]
-    noise = np.median(np.abs(np.diff(values_a))) * math.sqrt(2 * window)
-    if not rise > threshold * noise:
+    if not rise > threshold * _noise(values_a, window):
         return []
     return [int(steps_a[np.argmax(smooth >= smooth[0] + rise / 2)])]
 
