@@ -19,6 +19,7 @@ from __future__ import annotations
 import enum
 import functools
 import math
+import types
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -222,8 +223,13 @@ def _units(dims: tuple[tuple[int, ...], ...], vectors: list[tuple[Tensor, Tensor
 
 
 @functools.cache
-def _compiled_units():
-    return torch.compile(_units, dynamic=False, fullgraph=True)
+def _compiled_units(structure: tuple):
+    """torch.compile of a copy of ``_units`` per call structure (the lengths of every list it takes).
+    Dynamo keeps its graphs per code object, and re-checking one code object's guards against calls
+    with lists of other lengths fails inside dynamo (IndexError, torch 2.13) instead of recompiling:
+    each structure gets a code object of its own."""
+    copy = types.FunctionType(_units.__code__.replace(), _units.__globals__, _units.__name__, _units.__defaults__)
+    return torch.compile(copy, dynamic=False, fullgraph=True)
 
 
 class FusedSums(NamedTuple):
@@ -392,10 +398,15 @@ class SymmetrySet:
         graph reads each tensor once.
         """
         size = self._plans[Kind.SCALE].size + self._plans[Kind.RESCALE].size
-        kernel = _compiled_units() if compile else _units
+
+        def kernel_for(tensors: int, vectors: bool):
+            if not compile:
+                return _units
+            # every list length the call has: a code object per structure (see _compiled_units)
+            return _compiled_units((len(pairs), tensors, vectors, tuple((len(a), b is None) for a, b in norms)))
         if size == 0 or not pairs:
             empty = torch.zeros(len(pairs), 0, dtype=torch.float64, device=self.device)
-            totals = kernel((), [], [], tuple(norms))[1] if norms else None
+            totals = kernel_for(0, False)((), [], [], tuple(norms), None)[1] if norms else None
             return FusedSums(empty, empty if unsigned else None, empty.new_zeros(len(pairs)), totals)
         first = pairs[0][0]
         key = tuple(first[name].shape for name in self.quadratic_params)
@@ -421,8 +432,9 @@ class SymmetrySet:
                 if len(self._scratch) > 4:  # callers alternating dtypes or devices: keep it small
                     self._scratch.clear()
                 scratch = self._scratch[scratch_key] = [torch.empty_like(t) for t in first_pair]
+        kernel = kernel_for(len(plan.tensors), bool(plan.vectors))
         units, totals = kernel(dims, [(vectors(x), vectors(y)) for x, y in pairs] if plan.vectors else [],
-                               tensors, tuple(norms), *(() if compile else (scratch,)))
+                               tensors, tuple(norms), scratch)
         whole = units[:, plan.cover].sum(1)
         units = units[:, plan.position]
         signed = units.new_zeros(len(pairs), size).index_add_(1, plan.row, units * plan.sign)
