@@ -16,6 +16,7 @@ kind in one index_select + index_add_ per (parameter, dim, sign), however many u
 
 from __future__ import annotations
 
+import ctypes
 import enum
 import functools
 import math
@@ -24,6 +25,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -158,6 +160,50 @@ class _UnitPlan:
     sign: Tensor
     cover: Tensor  # unit entries whose sum is sum_p <x_p, y_p> over these parameters: each
     # parameter once (a 1-D one whole, any other by its sums along its first indexed dim)
+    native: _NativeLayout | None  # the same units for the C kernel; None where a slot indexes a dim >= 2
+
+
+@dataclass(frozen=True, eq=False)
+class _NativeLayout:
+    """``_fused.c``'s view of the unit plan: every parameter (the 1-D ones, then the others) as a
+    contiguous (O, I, K) block whose dim-0 sums go to units[row + o] and dim-1 sums to units[col + i]
+    (-1: not wanted); and the plan's scatter of units into groups, as NumPy arrays for ``sw_scatter``."""
+
+    names: tuple[str, ...]
+    shapes: tuple[torch.Size, ...]
+    blocks: ctypes.Array  # (O, I, K) per parameter, flattened (int64)
+    row_offset: ctypes.Array
+    col_offset: ctypes.Array
+    size: int  # units in all
+    groups: int  # scale + rescale symmetries
+    position: np.ndarray  # the _UnitPlan's entries, for the kernel's scatter (sw_scatter)
+    row: np.ndarray
+    sign: np.ndarray
+    cover: np.ndarray
+
+
+def _native_layout(vectors: tuple[str, ...], tensors, offset: Mapping[tuple[str, int], int],
+                   shapes: Mapping[str, tuple[int, ...]], size: int, groups: int, position: Tensor, row: Tensor,
+                   sign: Tensor, cover: Tensor) -> _NativeLayout | None:
+    blocks, rows, cols = [], [], []
+    for name in vectors:
+        blocks += [1, shapes[name][0], 1]
+        rows.append(-1)
+        cols.append(offset[(name, 0)])
+    for name, used in tensors:
+        if any(d > 1 for d in used):
+            return None
+        shape = shapes[name]
+        blocks += [shape[0], shape[1] if len(shape) > 1 else 1, math.prod(shape[2:])]
+        rows.append(offset[(name, 0)] if 0 in used else -1)
+        cols.append(offset[(name, 1)] if 1 in used else -1)
+    array = lambda values: (ctypes.c_int64 * len(values))(*values)
+    names = (*vectors, *(name for name, _ in tensors))
+    # the scatter's index arrays, kept alive here for the kernel
+    position, row, sign, cover = (np.ascontiguousarray(t.cpu().numpy()) for t in (position, row, sign, cover))
+    return _NativeLayout(names, tuple(torch.Size(shapes[name]) for name in names), array(blocks), array(rows),
+                         array(cols), size, groups, position.astype(np.int64), row.astype(np.int64),
+                         sign.astype(np.float64), cover.astype(np.int64))
 
 
 def _unit_plan(plans: Mapping[Kind, _Plan], shapes: Mapping[str, tuple[int, ...]], device: torch.device) -> _UnitPlan:
@@ -182,7 +228,75 @@ def _unit_plan(plans: Mapping[Kind, _Plan], shapes: Mapping[str, tuple[int, ...]
     cover = torch.cat([torch.arange(vector_length, device=device)]
                       + [torch.arange(offset[(name, used[0])], offset[(name, used[0])] + shapes[name][used[0]], device=device)
                          for name, used in tensors])
-    return _UnitPlan(vectors, tensors, position, row, sign, cover)
+    groups = plans[Kind.SCALE].size + plans[Kind.RESCALE].size
+    native = _native_layout(vectors, tensors, offset, shapes, start, groups, position, row, sign, cover)
+    return _UnitPlan(vectors, tensors, position, row, sign, cover, native)
+
+
+_NATIVE_DTYPES = {torch.float32: 0, torch.float64: 1}
+
+
+def _native_units(layout: _NativeLayout, pairs, norms) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """``_units`` by the C kernel (``_fused.c``), scattered to (signed, unsigned, whole) rows per pair
+    (float64 NumPy: the kernel's output is already on the host), and the norms. None where it does
+    not apply (not CPU, mixed or other dtypes, non-contiguous or resized tensors, no compiler): the
+    caller then runs the eager kernel."""
+    from . import _native
+
+    lib = _native.library()
+    if lib is None:
+        return None
+    dtype = pairs[0][0][layout.names[0]].dtype
+    code = _NATIVE_DTYPES.get(dtype)
+    if code is None:
+        return None
+    seen: dict[int, list[int]] = {}  # id(mapping) -> its tensors' addresses: a mapping in several pairs is checked once
+
+    def addresses(mapping) -> list[int] | None:
+        if id(mapping) not in seen:
+            found = []
+            for name, shape in zip(layout.names, layout.shapes):  # the kernel trusts every shape and layout
+                t = mapping[name]
+                if t.shape != shape or t.dtype != dtype or t.is_cuda or not t.is_contiguous():
+                    return None
+                found.append(t.data_ptr())
+            seen[id(mapping)] = found
+        return seen[id(mapping)]
+
+    xs, ys = [], []
+    for x, y in pairs:
+        x_at, y_at = addresses(x), addresses(y)
+        if x_at is None or y_at is None:
+            return None
+        xs += x_at
+        ys += y_at
+    squares = []
+    for a, b in norms:
+        if b is not None and len(a) != len(b):
+            return None
+        numel, a_at, b_at = [], [], []
+        for i, t in enumerate(a):
+            u = b[i] if b is not None else t
+            if t.dtype != dtype or t.is_cuda or not t.is_contiguous() or u.shape != t.shape or \
+                    u.dtype != dtype or u.is_cuda or not u.is_contiguous():
+                return None
+            numel.append(t.numel())
+            a_at.append(t.data_ptr())
+            b_at.append(u.data_ptr())
+        squares.append((numel, a_at, b_at if b is not None else None))
+    pointer_array = lambda values: (ctypes.c_void_p * len(values))(*values)
+    units = np.zeros((len(pairs), layout.size))
+    if lib.sw_units(code, len(pairs), len(layout.names), layout.blocks, layout.row_offset, layout.col_offset,
+                    pointer_array(xs), pointer_array(ys), units.ctypes.data, layout.size):
+        return None  # its scratch memory could not be allocated
+    totals = np.sqrt([lib.sw_sumsq(code, len(numel), (ctypes.c_int64 * len(numel))(*numel), pointer_array(a_at),
+                                   pointer_array(b_at) if b_at is not None else None) if numel else 0.0
+                      for numel, a_at, b_at in squares]) if squares else None
+    scattered = np.zeros((len(pairs), 2 * layout.groups + 1))
+    lib.sw_scatter(len(pairs), layout.size, units.ctypes.data, len(layout.row), layout.position.ctypes.data,
+                   layout.row.ctypes.data, layout.sign.ctypes.data, len(layout.cover), layout.cover.ctypes.data,
+                   layout.groups, scattered.ctypes.data)
+    return scattered, totals
 
 
 def _units(dims: tuple[tuple[int, ...], ...], vectors: list[tuple[Tensor, Tensor]],
@@ -385,7 +499,7 @@ class SymmetrySet:
     @torch.no_grad()
     def fused_sums(self, pairs: list[tuple[Mapping[str, Tensor], Mapping[str, Tensor]]], *, unsigned: bool = False,
                    norms: tuple[tuple[list[Tensor], list[Tensor] | None], ...] = (),
-                   compile: bool = False) -> FusedSums:
+                   compile: bool = False, native: bool = True) -> FusedSums:
         r"""``quadratic_sums`` of ``pairs`` and whole-vector norms, from one pass over the tensors.
 
         Returns ``FusedSums(signed, unsigned, whole, norms)``: signed (len(pairs), groups) as
@@ -396,6 +510,12 @@ class SymmetrySet:
         |a_i|^2) for an entry (a, None) and |a - b| for (a, b), a and b lists of tensors (any
         parameters). This is the training monitor's per-step kernel: with ``compile=True`` one fused
         graph reads each tensor once.
+
+        On the CPU (``native=True``, ``compile=False``) the pass runs in the C kernel ``_fused.c``: one
+        read of each tensor, products and sums in float64. It is built with the system's C compiler at
+        first use; where that fails, or for tensors it does not take (GPU, float16, non-contiguous),
+        the eager torch kernel computes the same sums (products and per-tensor sums in the tensors'
+        dtype, so to float32 rounding for a float32 model).
         """
         size = self._plans[Kind.SCALE].size + self._plans[Kind.RESCALE].size
 
@@ -414,6 +534,12 @@ class SymmetrySet:
         if plan is None:
             shapes = dict(zip(self.quadratic_params, key))
             plan = self._unit_plans.setdefault(key, _unit_plan(self._plans, shapes, torch.device(self.device)))
+        if native and not compile and plan.native is not None and self.device.type == "cpu":
+            found = _native_units(plan.native, pairs, norms)
+            if found is not None:
+                scattered, totals = (None if a is None else torch.from_numpy(a) for a in found)
+                return FusedSums(scattered[:, :size], scattered[:, size:2 * size] if unsigned else None,
+                                 scattered[:, 2 * size], totals)
         dims = tuple(used for _, used in plan.tensors)
         flat: dict[int, Tensor | None] = {}  # id(mapping) -> its 1-D parameters concatenated, once
 
@@ -435,10 +561,17 @@ class SymmetrySet:
         kernel = kernel_for(len(plan.tensors), bool(plan.vectors))
         units, totals = kernel(dims, [(vectors(x), vectors(y)) for x, y in pairs] if plan.vectors else [],
                                tensors, tuple(norms), scratch)
-        whole = units[:, plan.cover].sum(1)
-        units = units[:, plan.position]
-        signed = units.new_zeros(len(pairs), size).index_add_(1, plan.row, units * plan.sign)
-        plain = units.new_zeros(len(pairs), size).index_add_(1, plan.row, units) if unsigned else None
+        return self._scatter(plan, units, totals, len(pairs), size, unsigned)
+
+    @staticmethod
+    def _scatter(plan: _UnitPlan, units: Tensor, totals: Tensor | None, n_pairs: int, size: int,
+                 unsigned: bool) -> FusedSums:
+        """Unit sums -> per-symmetry sums (signed, and unsigned where asked) and whole inner products."""
+        # index_select: advanced indexing's multithreaded gather stalls on a busy 2-core CPU
+        whole = units.index_select(1, plan.cover).sum(1)
+        units = units.index_select(1, plan.position)
+        signed = units.new_zeros(n_pairs, size).index_add_(1, plan.row, units * plan.sign)
+        plain = units.new_zeros(n_pairs, size).index_add_(1, plan.row, units) if unsigned else None
         return FusedSums(signed, plain, whole, totals)
 
     def _one_parameter(self, kind: Kind | str) -> Kind:

@@ -1,0 +1,126 @@
+/* The monitor's per-step kernel: per-unit sums of x * y for several pairs (x, y) in one pass.
+
+   Each tensor is viewed as a contiguous (O, I, K) block (O = size of dim 0, I = size of dim 1, K =
+   the rest; a 1-D tensor is (1, n, 1)). For every pair p:
+       out[p * stride + row[t] + o] += sum_{i,k} x_p[o,i,k] y_p[o,i,k]   (row[t] >= 0: dim 0's units)
+       out[p * stride + col[t] + i] += sum_{o,k} x_p[o,i,k] y_p[o,i,k]   (col[t] >= 0: dim 1's units)
+   Products and sums are taken in double (a float32 product is exact in double). The pairs of one
+   row of O are taken one after the other while that row (I * K elements) is in L1, so a y shared
+   by the pairs (the gradient) is read from memory once:
+   the whole call reads each distinct tensor once, where an eager framework writes and re-reads a
+   product per pair.
+
+   sw_sumsq: sum over tensors of |a - b|^2 (b NULL: |a|^2), accumulated in double.
+
+   Compiled with -fopenmp-simd: the "omp simd reduction" pragmas let the compiler vectorise the
+   double accumulations (a reassociation it may not do on its own) without an OpenMP runtime. */
+#include <stdint.h>
+#include <stdlib.h>
+
+#define UNITS(TYPE, NAME)                                                                         \
+    static int NAME(int64_t n_pairs, int64_t n_tensors, const int64_t *shape, const int64_t *row,   \
+                    const int64_t *col, const void *const *xs, const void *const *ys, double *out,  \
+                    int64_t stride) {                                                             \
+        for (int64_t t = 0; t < n_tensors; ++t) {                                                 \
+            const int64_t O = shape[3 * t], I = shape[3 * t + 1], K = shape[3 * t + 2];          \
+            const int64_t n = I * K;                                                              \
+            /* dim-1 sums: per (i, k) over o first, in a contiguous row of n doubles that every  \
+               o adds to (one flat, vectorised loop); folded over k into the units at the end */  \
+            /* (K == 1: the units themselves, one per i, are that row) */                          \
+            const int scratch = col[t] >= 0 && K > 1;                                             \
+            double *per_ik = 0;                                                                   \
+            if (scratch && !(per_ik = calloc((size_t)(n_pairs * n), sizeof(double)))) return 1;   \
+            for (int64_t o = 0; o < O; ++o) {                                                     \
+                for (int64_t p = 0; p < n_pairs; ++p) {                                           \
+                    const TYPE *x = (const TYPE *)xs[p * n_tensors + t] + o * n;                  \
+                    const TYPE *y = (const TYPE *)ys[p * n_tensors + t] + o * n;                  \
+                    double total = 0.0;                                                           \
+                    if (col[t] >= 0) {                                                            \
+                        double *acc = scratch ? per_ik + p * n : out + p * stride + col[t];      \
+                        _Pragma("omp simd reduction(+ : total)")                                  \
+                        for (int64_t j = 0; j < n; ++j) {                                         \
+                            const double s = (double)x[j] * (double)y[j];                         \
+                            total += s;                                                           \
+                            acc[j] += s;                                                          \
+                        }                                                                         \
+                    } else {                                                                      \
+                        _Pragma("omp simd reduction(+ : total)")                                  \
+                        for (int64_t j = 0; j < n; ++j) total += (double)x[j] * (double)y[j];     \
+                    }                                                                             \
+                    if (row[t] >= 0) out[p * stride + row[t] + o] += total;                       \
+                }                                                                                 \
+            }                                                                                     \
+            if (per_ik) {                                                                         \
+                for (int64_t p = 0; p < n_pairs; ++p) {                                           \
+                    double *units = out + p * stride + col[t];                                    \
+                    const double *acc = per_ik + p * n;                                           \
+                    for (int64_t i = 0; i < I; ++i) {                                             \
+                        double s = 0.0;                                                           \
+                        for (int64_t k = 0; k < K; ++k) s += acc[i * K + k];                      \
+                        units[i] += s;                                                            \
+                    }                                                                             \
+                }                                                                                 \
+                free(per_ik);                                                                     \
+            }                                                                                     \
+        }                                                                                         \
+        return 0;                                                                                 \
+    }
+
+UNITS(float, units_f32)
+UNITS(double, units_f64)
+
+/* dtype: 0 float32, 1 float64 (every tensor of the call). out: (n_pairs, stride), zeroed by the
+   caller. Returns 0, or 1 where scratch memory could not be allocated. */
+int sw_units(int64_t dtype, int64_t n_pairs, int64_t n_tensors, const int64_t *shape, const int64_t *row,
+              const int64_t *col, const void *const *xs, const void *const *ys, double *out, int64_t stride) {
+    return dtype == 0 ? units_f32(n_pairs, n_tensors, shape, row, col, xs, ys, out, stride)
+                      : units_f64(n_pairs, n_tensors, shape, row, col, xs, ys, out, stride);
+}
+
+#define SUMSQ(TYPE, NAME)                                                                         \
+    static double NAME(int64_t n, const int64_t *numel, const void *const *as, const void *const *bs) { \
+        double total = 0.0;                                                                       \
+        for (int64_t t = 0; t < n; ++t) {                                                         \
+            const TYPE *a = (const TYPE *)as[t];                                                  \
+            const int64_t m = numel[t];                                                           \
+            if (bs == 0) {                                                                        \
+                _Pragma("omp simd reduction(+ : total)")                                          \
+                for (int64_t j = 0; j < m; ++j) total += (double)a[j] * (double)a[j];             \
+            } else {                                                                              \
+                const TYPE *b = (const TYPE *)bs[t];                                              \
+                _Pragma("omp simd reduction(+ : total)")                                          \
+                for (int64_t j = 0; j < m; ++j) {                                                 \
+                    const double d = (double)a[j] - (double)b[j];                                 \
+                    total += d * d;                                                               \
+                }                                                                                 \
+            }                                                                                     \
+        }                                                                                         \
+        return total;                                                                             \
+    }
+
+SUMSQ(float, sumsq_f32)
+SUMSQ(double, sumsq_f64)
+
+double sw_sumsq(int64_t dtype, int64_t n, const int64_t *numel, const void *const *as, const void *const *bs) {
+    return dtype == 0 ? sumsq_f32(n, numel, as, bs) : sumsq_f64(n, numel, as, bs);
+}
+
+/* Unit sums -> per-group sums: out[p] = (signed[groups], unsigned[groups], whole), zeroed by the caller.
+   signed[row[e]] += sign[e] units[p, position[e]], unsigned[row[e]] += units[p, position[e]] over the
+   plan's entries e; whole = sum of units[p, cover[c]] (each parameter's inner product once). */
+void sw_scatter(int64_t n_pairs, int64_t n_units, const double *units, int64_t n_entries, const int64_t *position,
+                const int64_t *row, const double *sign, int64_t n_cover, const int64_t *cover, int64_t groups,
+                double *out) {
+    for (int64_t p = 0; p < n_pairs; ++p) {
+        const double *u = units + p * n_units;
+        double *signed_sums = out + p * (2 * groups + 1), *unsigned_sums = signed_sums + groups;
+        for (int64_t e = 0; e < n_entries; ++e) {
+            const double v = u[position[e]];
+            signed_sums[row[e]] += sign[e] * v;
+            unsigned_sums[row[e]] += v;
+        }
+        double whole = 0.0;
+        for (int64_t c = 0; c < n_cover; ++c) whole += u[cover[c]];
+        signed_sums[2 * groups] = whole;
+    }
+}

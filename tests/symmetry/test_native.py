@@ -1,0 +1,88 @@
+"""The C kernel of ``SymmetrySet.fused_sums`` (``symmetry/_fused.c``) against float64 references."""
+
+import math
+
+import pytest
+import torch
+
+import shockwatch as sw
+from shockwatch.symmetry import _native
+
+needs_compiler = pytest.mark.skipif(_native.library() is None, reason=f"no fused kernel: {_native.reason()}")
+
+
+def _model(name: str):
+    torch.manual_seed(11)
+    if name == "vgg-bn":
+        model = sw.models.vgg("tiny", width_divisor=4, batch_norm=True, image_size=8, hidden=16)
+        example = torch.randn(2, 3, 8, 8)
+    else:
+        model = sw.models.mlp((5, 7, 6, 3))
+        example = torch.randn(4, 5)
+    return model, example
+
+
+def _inputs(model, dtype):
+    return [{name: torch.randn_like(p, dtype=dtype) for name, p in model.named_parameters()} for _ in range(3)]
+
+
+@needs_compiler
+@pytest.mark.parametrize("model_name", ["vgg-bn", "mlp"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_native_pass_is_the_float64_sum_of_its_inputs(model_name, dtype):
+    """Truth: the eager kernel on the same numbers cast to float64. The C kernel multiplies and adds
+    in double, so for float32 inputs it is exact to double round-off (1e-12), where the eager
+    float32 kernel is off by float32 round-off (its products and sums are float32)."""
+    model, example = _model(model_name)
+    syms = sw.find_symmetries(model.to(dtype), example.to(dtype))
+    x, y, z = _inputs(model, dtype)
+    pairs = [(x, y), (y, y), (z, y)]
+    norms = ((list(y.values()), None), (list(x.values()), list(z.values())), ([], None))
+    native = syms.fused_sums(pairs, unsigned=True, norms=norms)
+    eager = syms.fused_sums(pairs, unsigned=True, norms=norms, native=False)
+    wide = [{name: t.double() for name, t in mapping.items()} for mapping in (x, y, z)]
+    reference = syms.fused_sums([(wide[0], wide[1]), (wide[1], wide[1]), (wide[2], wide[1])], unsigned=True,
+                                norms=((list(wide[1].values()), None), (list(wide[0].values()), list(wide[2].values())),
+                                       ([], None)), native=False)
+    assert native.signed.dtype == torch.float64 and native.signed.shape == reference.signed.shape
+    for field in ("signed", "unsigned", "whole", "norms"):
+        got, want = getattr(native, field), getattr(reference, field)
+        scale = float(want.abs().max())
+        assert float((got - want).abs().max()) <= 1e-12 * scale, field
+        low = float((getattr(eager, field) - want).abs().max())
+        assert low <= (1e-5 if dtype == torch.float32 else 1e-12) * scale
+    assert float(native.norms[2]) == 0.0  # an empty list has norm 0
+    # the per-group sums by their definition, slot by slot, for one group of each kind present
+    for kind_offset, kind in ((0, "scale"), (len(syms.of_kind("scale")), "rescale")):
+        if syms.of_kind(kind):
+            sym = syms.of_kind(kind)[0]
+            inc = sum(float((s.view(wide[0]) * s.view(wide[1])).sum()) for s in sym.incoming)
+            out = sum(float((s.view(wide[0]) * s.view(wide[1])).sum()) for s in sym.outgoing)
+            assert math.isclose(float(native.signed[0, kind_offset]), inc - out, rel_tol=1e-12, abs_tol=1e-12)
+
+
+@needs_compiler
+def test_tensors_the_kernel_does_not_take_fall_back_to_eager():
+    """A non-contiguous gradient, a float16 model and mixed dtypes go the eager way, with the same result."""
+    model, example = _model("vgg-bn")
+    syms = sw.find_symmetries(model.double(), example.double())
+    x, y, _ = _inputs(model, torch.float64)
+    name = next(n for n, t in y.items() if t.ndim == 4)
+    strided = dict(y, **{name: y[name].transpose(0, 1).contiguous().transpose(0, 1)})  # same values, other strides
+    assert not strided[name].is_contiguous()
+    expected = syms.fused_sums([(x, y)], native=False).signed
+    assert torch.allclose(syms.fused_sums([(x, strided)]).signed, expected, rtol=1e-12, atol=1e-12)
+    mixed = dict(x, **{name: x[name].float()})
+    assert torch.allclose(syms.fused_sums([(mixed, y)]).signed, syms.fused_sums([(mixed, y)], native=False).signed)
+    half = {n: t.half() for n, t in x.items()}
+    assert torch.allclose(syms.fused_sums([(half, half)]).signed.float(),
+                          syms.fused_sums([(half, half)], native=False).signed.float())
+
+
+def test_a_failed_build_is_reported_not_raised(tmp_path):
+    """Where the C compiler cannot build, the reason comes back as text (callers then run eagerly)."""
+    why = _native._build(b"this is not C", tmp_path / "kernel.so", "cc")
+    assert why is not None and "could not build" in why
+    assert not (tmp_path / "kernel.so").exists() and list(tmp_path.iterdir()) == []
+    missing = _native._build(_native._SOURCE.read_bytes(), tmp_path / "kernel.so", str(tmp_path / "no-such-cc"))
+    assert missing is not None and "FileNotFoundError" in missing
