@@ -53,6 +53,9 @@ def worker(rank, world, directory):
             returned.append(monitor.step(loss))
         monitor.close()
         torch.save({"local": local, "returned": returned}, os.path.join(directory, f"rank{rank}.pt"))
+        # both ranks done before either tears down: a rank whose peer closed its gloo connections
+        # first can abort in gloo's threads ("terminate called without an active exception")
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

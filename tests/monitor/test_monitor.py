@@ -97,6 +97,8 @@ def test_store_survives_a_killed_writer_and_refuses_to_overwrite(tmp_path):
     resumed = sw.Monitor(model, opt, tmp_path / "run", resume=True, example_input=x)
     train(resumed, model, opt, x, y, 2)
     assert resumed.store.scalars("loss")[0] == [1, 2, 3, 4, 5, 6, 7]
+    series = resumed.store.series()  # every name from one scan: the same as reading each alone
+    assert set(series) == set(resumed.store.names()) and all(series[n] == resumed.store.scalars(n) for n in series)
 
 
 def test_model_without_symmetries_logs_raw_observables_and_says_why(tmp_path):

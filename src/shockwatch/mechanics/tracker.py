@@ -74,8 +74,10 @@ class ConservationReport:
 _BLOCKS = ("translation", "quadratic")  # internal state: translation groups; scale then rescale groups
 
 
-def _host(values: Tensor) -> np.ndarray:
+def _host(values: Tensor | np.ndarray) -> np.ndarray:
     """A float64 NumPy view (copy from a GPU) of per-group sums, for the recursions."""
+    if isinstance(values, np.ndarray):
+        return values.astype(np.float64, copy=False)
     return values.detach().to("cpu", torch.float64).numpy()
 
 
@@ -336,8 +338,11 @@ class ConservationTracker:
             self._propagators[(block, self._settings_key)] = propagator
         matrix, drive = propagator
         state = self._oscillator[block].numpy()
-        # x' = E x + (F/m) r per group: a batched 2x2 product, (groups, 2, 2) @ (groups, 2)
-        advanced = (matrix @ state[:, :, None])[:, :, 0] + drive_per_mass[:, None] * drive
+        # x' = E x + (F/m) r per group, the 2x2 product written out (a batched matmul of 2x2
+        # matrices costs NumPy a loop per group)
+        advanced = np.empty_like(state)
+        advanced[:, 0] = matrix[:, 0, 0] * state[:, 0] + matrix[:, 0, 1] * state[:, 1] + drive_per_mass * drive[:, 0]
+        advanced[:, 1] = matrix[:, 1, 0] * state[:, 0] + matrix[:, 1, 1] * state[:, 1] + drive_per_mass * drive[:, 1]
         self._oscillator[block] = torch.from_numpy(advanced)
 
     def _charges_and_sizes(self, params: Mapping[str, Tensor], quadratic: tuple[Tensor, Tensor] | None = None
@@ -346,7 +351,8 @@ class ConservationTracker:
         ``quadratic``: the signed and unsigned (theta, theta) sums where the caller has them."""
         if quadratic is None:
             quadratic = self.symmetries.quadratic_sums([(params, params)], unsigned=True, compile=self._compile)[:, 0]
-        signed, unsigned = quadratic
+        signed, unsigned = (torch.from_numpy(np.asarray(q, dtype=np.float64)) if isinstance(q, np.ndarray) else q
+                            for q in quadratic)
         absolute = {name: params[name].abs() for name in self._translation_params}
         return ({"translation": self.symmetries.charges(Kind.TRANSLATION, params), "quadratic": signed},
                 {"translation": self.symmetries.charges(Kind.TRANSLATION, absolute), "quadratic": unsigned})

@@ -90,6 +90,16 @@ def _total_norm(tensors: list[Tensor]) -> float:
     return float(torch.stack(torch._foreach_norm(tensors)).double().square().sum().sqrt())
 
 
+def _host(*tensors: Tensor) -> list[np.ndarray]:
+    """Small float64 tensors as NumPy arrays: views on the CPU, one transfer (one sync) off a GPU.
+    The per-step arithmetic on group vectors then runs in NumPy, whose per-operation cost is a
+    fraction of torch's."""
+    if all(t.device.type == "cpu" for t in tensors):
+        return [t.double().numpy() for t in tensors]
+    flat = torch.cat([t.reshape(-1).double() for t in tensors]).cpu().numpy()
+    return [part.reshape(t.shape) for part, t in zip(np.split(flat, np.cumsum([t.numel() for t in tensors])[:-1]), tensors)]
+
+
 def _rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
@@ -163,7 +173,8 @@ class Monitor:
             if not any(self._quadratic):
                 self._quadratic = []
             else:  # each group's size |xi_k|^2 at the last record, for the gradient breaking
-                self._sizes = torch.cat([start[kind.value]["size"] for kind in _QUADRATIC]).to(self._device)
+                self._sizes = torch.cat([start[kind.value]["size"] for kind in _QUADRATIC]).numpy()
+                self._splits = np.cumsum(self._quadratic)[:-1]
                 touched = set(symmetries.quadratic_params)
                 self._rest = [i for i, name in enumerate(self._names) if name not in touched]
         self._input_shape = tuple(example_input.shape[1:]) if example_input is not None else None
@@ -270,10 +281,12 @@ class Monitor:
                 if buffers is not None:
                     pairs.append((buffers, named_grads))
         if len(pairs) > 1:  # |g|^2 = the (g, g) pair's whole sum plus the parameters no group touches
-            signed, _, whole, norms = self._sums(pairs, norms=(([grads[i] for i in self._rest], None),))
-            grad_norm = math.sqrt(max(float(whole[1] + norms[0].square()), 0.0))
+            fused = self._sums(pairs, norms=(([grads[i] for i in self._rest], None),))
+            signed, whole, norms = _host(fused.signed, fused.whole, fused.norms)
+            grad_norm = math.sqrt(max(float(whole[1] + norms[0] ** 2), 0.0))
         else:
-            signed, _, _, norms = self._sums(pairs, norms=((grads, None),))
+            fused = self._sums(pairs, norms=((grads, None),))
+            signed, norms = _host(fused.signed, fused.norms)
             grad_norm = float(norms[0])
         self._pre = pre = {"grad_norm": grad_norm}
         if not math.isfinite(grad_norm):
@@ -288,10 +301,11 @@ class Monitor:
                 self._measured = (signed[1], signed[2] if len(pairs) > 2 else None)
             # |xi_k|^2 = the group's size at the tracker's last record: at most Schedule.charges
             # steps old, which only rescales a ratio that is ~0 (exact symmetry) or O(1) (broken)
-            breaking = (signed[0].abs() / (self._sizes.sqrt() * grad_norm).clamp(min=1e-300)).split(self._quadratic)
-            for kind, part in zip(_QUADRATIC, breaking):
-                if part.numel():
-                    pre[f"gradient_breaking/{kind.value}"] = part.max()  # a tensor until written
+            with np.errstate(invalid="ignore"):
+                ratio = np.abs(signed[0]) / np.maximum(np.sqrt(self._sizes) * grad_norm, 1e-300)
+            for kind, part in zip(_QUADRATIC, np.split(ratio, self._splits)):
+                if part.size:
+                    pre[f"gradient_breaking/{kind.value}"] = float(part.max())
         if syms is not None and self.schedule.due("quotient", self._step + 1):
             # one projector at theta_t serves the gradient now and the update after the step
             named_params = dict(zip(self._names, params))
@@ -325,23 +339,23 @@ class Monitor:
         records this step, the charges' (theta, theta) sums, in one pass; then the laws advance."""
         params = [p.detach() for _, p in self._named]
         record = self.tracker is not None and self.tracker.records_next and bool(self._quadratic)
-        if self._before is not None:  # in place: the copy of theta_t becomes theta_t - theta_{t+1}
-            torch._foreach_sub_(self._before, params)
-        moved = ((self._before, None),) if self._before is not None else ()
+        # |theta_{t+1} - theta_t| from the copy of theta_t, read in the same pass (nothing written)
+        moved = ((params, self._before),) if self._before is not None else ()
         if record:  # |theta|^2 = the (theta, theta) pair's whole sum plus the untouched parameters
             named_params = dict(zip(self._names, params))
-            signed, unsigned, whole, norms = self._sums([(named_params, named_params)], unsigned=True,
-                                                        norms=(([params[i] for i in self._rest], None), *moved))
-            param_norm = math.sqrt(max(float(whole[0] + norms[0].square()), 0.0))
+            fused = self._sums([(named_params, named_params)], unsigned=True,
+                               norms=(([params[i] for i in self._rest], None), *moved))
+            signed, unsigned, whole, norms = _host(fused.signed, fused.unsigned, fused.whole, fused.norms)
+            param_norm = math.sqrt(max(float(whole[0] + norms[0] ** 2), 0.0))
         else:
-            _, _, _, norms = self._sums([], norms=((params, None), *moved))
+            norms, = _host(self._sums([], norms=((params, None), *moved)).norms)
             param_norm = float(norms[0])
         out = {"param_norm": param_norm}
         if self._before is not None:
             update_norm = float(norms[1])
             out.update({"update_norm": update_norm, "update_ratio": update_norm / max(param_norm, 1e-300)})
             if self._horizontal is not None and self.schedule.due("quotient", self._step):
-                out["update_norm/quotient"] = self._horizontal_norm(self._before)  # |P_H(-v)| = |P_H v|
+                out["update_norm/quotient"] = self._horizontal_norm(torch._foreach_sub(params, self._before))
         if self.tracker is not None:
             out.update(self._symmetry_observables((signed[0], unsigned[0]) if record else None))
         return out
@@ -355,7 +369,7 @@ class Monitor:
             return out
         self._recorded = step
         if self._quadratic:
-            self._sizes = torch.cat([latest[kind.value]["size"] for kind in _QUADRATIC]).to(self._device)
+            self._sizes = torch.cat([latest[kind.value]["size"] for kind in _QUADRATIC]).numpy()
         # a few vectors of group values: NumPy's per-operation cost is a fraction of torch's
         for kind, rows in latest.items():
             empirical = rows["empirical"].numpy()

@@ -51,8 +51,8 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         raise FileNotFoundError(f"{database} not found: RUN_DIR must be a Monitor's log_dir")
     store = RunStore(database, resume=True)
     try:
-        names, events, meta = store.names(), store.events(), store.meta()
-        series = {name: store.scalars(name) for name in names}
+        series, events, meta = store.series(), store.events(), store.meta()
+        names = list(series)
     finally:
         store.close()
     marked = [step for step, kind, _ in events if not kind.startswith("no-")]  # "no-..." only explains what is absent
