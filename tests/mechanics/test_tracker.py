@@ -216,3 +216,35 @@ def test_compiled_tracker_agrees_with_eager():
     for kind in ("translation", "scale", "rescale"):
         assert torch.allclose(eager.discrete[kind], fused.discrete[kind], rtol=1e-12, atol=1e-14)
         assert torch.allclose(eager.empirical[kind], fused.empirical[kind], rtol=1e-12, atol=1e-14)
+
+
+def test_a_tracker_without_history_keeps_only_the_last_record():
+    """Truth: a tracker with its whole history, fed the same run; the translation sizes against
+    sum |theta_A| taken from a copy of |theta|."""
+    torch.manual_seed(3)
+    model = sw.models.mlp((4, 9, 3), norm="batch").double()
+    x = torch.randn(32, 4, dtype=torch.float64)
+    y = (x[:, 0] > 0).long()
+    syms = sw.find_symmetries(model, x)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
+    full, last = sw.ConservationTracker(model, opt, syms), sw.ConservationTracker(model, opt, syms, keep_history=False)
+    for _ in range(6):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        full.update()
+        last.update()
+    assert len(last._history) == 1 and len(full._history) == 7
+    (step, want), (got_step, got) = full.latest(), last.latest()
+    assert step == got_step == 6
+    for kind, rows in want.items():
+        assert set(rows) == set(got[kind]) and all(torch.equal(rows[label], got[kind][label]) for label in rows)
+    with pytest.raises(ValueError, match="keep_history"):
+        last.report()
+    params = dict(model.named_parameters())
+    absolute = {name: p.detach().abs() for name, p in params.items()}
+    assert torch.allclose(syms.charges("translation", params, absolute=True), syms.charges("translation", absolute),
+                          rtol=1e-14, atol=0)
+    assert len(syms.of_kind("translation")) > 0
+    with pytest.raises(ValueError, match="absolute=True is for translation"):
+        syms.charges("scale", params, absolute=True)

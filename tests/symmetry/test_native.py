@@ -86,3 +86,30 @@ def test_a_failed_build_is_reported_not_raised(tmp_path):
     assert not (tmp_path / "kernel.so").exists() and list(tmp_path.iterdir()) == []
     missing = _native._build(_native._SOURCE.read_bytes(), tmp_path / "kernel.so", str(tmp_path / "no-such-cc"))
     assert missing is not None and "FileNotFoundError" in missing
+
+
+@pytest.mark.parametrize("model_name", ["vgg-bn", "mlp", "gpt"])
+def test_host_charges_are_the_torch_charges(model_name):
+    """Truth: ``SymmetrySet.charges`` (torch) on the same parameters, every one-parameter kind, and
+    the translation sizes sum |theta_A| against charges of a copy of |theta|."""
+    if model_name == "gpt":
+        torch.manual_seed(2)
+        model = sw.models.GPT(sw.models.GPTConfig(vocab_size=17, block_size=8, n_layer=1, n_head=2, d_model=8))
+        example = torch.randint(0, 17, (2, 8))
+    else:
+        model, example = _model(model_name)
+    model = model.double()
+    syms = sw.find_symmetries(model, example if model_name == "gpt" else example.double())
+    params = {name: p.detach() for name, p in model.named_parameters()}
+    arrays = {name: p.numpy() for name, p in params.items()}
+    checked = 0
+    for kind in ("translation", "scale", "rescale"):
+        if not syms.of_kind(kind):
+            continue
+        checked += 1
+        want = syms.charges(kind, params).numpy()
+        assert abs(syms.host_charges(kind, arrays) - want).max() <= 1e-13 * max(abs(want).max(), 1.0)
+    assert checked >= (1 if model_name == "gpt" else 2)
+    if syms.of_kind("translation"):
+        want = syms.charges("translation", {n: t.abs() for n, t in params.items()}).numpy()
+        assert abs(syms.host_charges("translation", arrays, absolute=True) - want).max() <= 1e-13 * max(abs(want).max(), 1.0)

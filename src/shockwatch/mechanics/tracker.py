@@ -93,7 +93,7 @@ class ConservationTracker:
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, symmetries: SymmetrySet,
-                 *, record_every: int = 1, compile: bool = False) -> None:
+                 *, record_every: int = 1, compile: bool = False, keep_history: bool = True) -> None:
         self._named = list(model.named_parameters())  # read every step: named_parameters() is slow
         names = {id(p): name for name, p in self._named}
         known = set(names.values())
@@ -123,7 +123,7 @@ class ConservationTracker:
         self._translation_params = sorted({slot.param for sym in symmetries.of_kind(Kind.TRANSLATION)
                                            for slot in sym.slots})
         # only the parameters some charge reads are gathered each step
-        parameters = dict(self._named)
+        parameters = self._parameters = dict(self._named)
         self._quadratic = [(name, parameters[name]) for name in symmetries.quadratic_params]
         self._charged = [(name, parameters[name]) for name in dict.fromkeys(
             [*symmetries.quadratic_params, *self._translation_params])]
@@ -134,19 +134,26 @@ class ConservationTracker:
         self._per_group: dict = {}  # (block, setting names) -> per symmetry group values, for that key
         self._propagators: dict = {}  # (block, settings) -> oscillator propagator per symmetry group
         params = self._params()
-        # the laws' state lives on the host in float64, whatever the model's device
-        self._initial = {k: v.cpu() for k, v in self._charges_and_sizes(params)[0].items()}
-        self._discrete = {k: v.clone() for k, v in self._initial.items()}
-        self._integral = {k: torch.zeros_like(v) for k, v in self._initial.items()}
-        self._decay_time = {k: torch.zeros_like(v) for k, v in self._initial.items()}  # sum of lambda eta per group
+        self._views: dict[str, tuple[int, np.ndarray]] = {}  # translation params' NumPy views (CPU)
+        # the laws' state lives on the host as float64 NumPy vectors, whatever the model's device:
+        # the per-step recursions are NumPy operations on them, with no torch call between
+        self._initial = {k: _host(v).copy() for k, v in self._charges_and_sizes(params)[0].items()}
+        self._discrete = {k: v.copy() for k, v in self._initial.items()}
+        self._integral = {k: np.zeros_like(v) for k, v in self._initial.items()}
+        self._decay_time = {k: np.zeros_like(v) for k, v in self._initial.items()}  # sum of lambda eta per group
         # momentum: signed <theta_A, b_A> and |b_A|^2 (translation: <b_A, 1>), b the momentum buffer
-        self._theta_buffer = {k: torch.zeros_like(v) for k, v in self._initial.items()}
-        self._buffer_sq = {k: torch.zeros_like(v) for k, v in self._initial.items()}
+        self._theta_buffer = {k: np.zeros_like(v) for k, v in self._initial.items()}
+        self._buffer_sq = {k: np.zeros_like(v) for k, v in self._initial.items()}
         self._buffers_started = False
         # Appendix B's damped oscillator, per group: (Q, dQ/dt) of the continuous model with momentum
-        self._oscillator = {k: torch.stack([v.clone(), torch.zeros_like(v)], dim=-1) for k, v in self._initial.items()}
+        self._oscillator = {k: np.stack([v, np.zeros_like(v)], axis=-1) for k, v in self._initial.items()}
         self._step = 0
+        # every record (report() needs them), or only the last (a monitor: memory stays flat, where
+        # the history of a long run grows by 4 x groups x 8 bytes a record)
+        self.keep_history = keep_history
         self._history: list[tuple[int, Tensor]] = []
+        self._counts = [len(symmetries.of_kind(kind)) for kind in _KINDS]
+        self._cuts = np.cumsum(self._counts)[:-1]
         self._record(params)
 
     # ---------------------------------------------------------------------------------------
@@ -228,16 +235,15 @@ class ConservationTracker:
                 gradient_sq = _host(self.symmetries.quadratic_sums([(grads, grads)], compile=self._compile)[0])  # signed |g_A|^2
             for block in _BLOCKS:
                 rate, decay = self._hyperparameters(block, "lr", "weight_decay")
-                discrete = self._discrete[block].numpy()
+                discrete = self._discrete[block]
                 if block == "translation":
-                    self._discrete[block] = torch.from_numpy((1 - rate * decay) * discrete)
+                    self._discrete[block] = (1 - rate * decay) * discrete
                 else:
-                    self._discrete[block] = torch.from_numpy((1 - rate * decay) ** 2 * discrete + rate**2 * gradient_sq)
-                    self._integral[block] = torch.from_numpy(
-                        np.exp(-2 * decay * rate) * (self._integral[block].numpy() + rate**2 * gradient_sq))
-                self._decay_time[block] = torch.from_numpy(self._decay_time[block].numpy() + decay * rate)
+                    self._discrete[block] = (1 - rate * decay) ** 2 * discrete + rate**2 * gradient_sq
+                    self._integral[block] = np.exp(-2 * decay * rate) * (self._integral[block] + rate**2 * gradient_sq)
+                self._decay_time[block] = self._decay_time[block] + decay * rate
         if self._step % self.record_every == 0:
-            self._record(self._params(), charges)
+            self._record(None, charges)
 
     def momentum_buffers(self) -> dict[str, Tensor] | None:
         """The optimizer's momentum buffers of the scale/rescale parameters (None before the first
@@ -262,12 +268,12 @@ class ConservationTracker:
         self._buffers_started = True
         # translation: linear, <theta, 1> = q, <b, 1> = p, <d, 1> = lambda q
         eta, lam, mu, tau, nesterov = self._hyperparameters("translation", *self._SETTINGS)
-        q, p = self._discrete["translation"].numpy(), self._theta_buffer["translation"].numpy()
+        q, p = self._discrete["translation"], self._theta_buffer["translation"]
         d_sum = lam * q
         b_sum = d_sum if first else mu * p + (1 - tau) * d_sum
         u_sum = np.where(nesterov > 0, d_sum + mu * b_sum, b_sum)
-        self._discrete["translation"] = torch.from_numpy(q - eta * u_sum)
-        self._theta_buffer["translation"] = torch.from_numpy(np.array(b_sum))
+        self._discrete["translation"] = q - eta * u_sum
+        self._theta_buffer["translation"] = np.array(b_sum)
         self._advance_oscillator("translation", np.zeros_like(q))
         eta, lam, mu, tau, nesterov = self._hyperparameters("quadratic", *self._SETTINGS)
         if measured is not None:  # |g_A|^2 and <b_A, g_A> with the buffer before the step
@@ -281,8 +287,8 @@ class ConservationTracker:
             g_sq = sums[0]  # signed |g_A|^2
             if not first:
                 old_b_g = (sums[1] - (1 - tau) * g_sq) / mu  # <b, g> from <b', g>, since <d, g> = |g|^2
-        q = self._discrete["quadratic"].numpy()
-        p, b = self._theta_buffer["quadratic"].numpy(), self._buffer_sq["quadratic"].numpy()
+        q = self._discrete["quadratic"]
+        p, b = self._theta_buffer["quadratic"], self._buffer_sq["quadratic"]
         d_sq = g_sq + lam**2 * q  # |d|^2, the cross term 2 lambda <theta, g> vanishing by symmetry
         if first:
             theta_b, b_sq, d_b = lam * q, d_sq, d_sq
@@ -297,9 +303,9 @@ class ConservationTracker:
             u_b = np.where(nesterov > 0, d_b + mu * b_sq, b_sq)
         else:
             theta_u, u_sq, u_b = theta_b, b_sq, b_sq
-        self._discrete["quadratic"] = torch.from_numpy(q - 2 * eta * theta_u + eta**2 * u_sq)
-        self._theta_buffer["quadratic"] = torch.from_numpy(theta_b - eta * u_b)
-        self._buffer_sq["quadratic"] = torch.from_numpy(np.array(b_sq))
+        self._discrete["quadratic"] = q - 2 * eta * theta_u + eta**2 * u_sq
+        self._theta_buffer["quadratic"] = theta_b - eta * u_b
+        self._buffer_sq["quadratic"] = np.array(b_sq)
         # drive F = 2 m |dtheta_A/dt|^2 with the run's velocity dtheta/dt = -u / (1 - tau) (signed)
         self._advance_oscillator("quadratic", 2 * u_sq / (1 - tau) ** 2)
 
@@ -337,56 +343,81 @@ class ConservationTracker:
                 self._propagators.clear()
             self._propagators[(block, self._settings_key)] = propagator
         matrix, drive = propagator
-        state = self._oscillator[block].numpy()
+        state = self._oscillator[block]
         # x' = E x + (F/m) r per group, the 2x2 product written out (a batched matmul of 2x2
         # matrices costs NumPy a loop per group)
         advanced = np.empty_like(state)
         advanced[:, 0] = matrix[:, 0, 0] * state[:, 0] + matrix[:, 0, 1] * state[:, 1] + drive_per_mass * drive[:, 0]
         advanced[:, 1] = matrix[:, 1, 0] * state[:, 0] + matrix[:, 1, 1] * state[:, 1] + drive_per_mass * drive[:, 1]
-        self._oscillator[block] = torch.from_numpy(advanced)
+        self._oscillator[block] = advanced
 
-    def _charges_and_sizes(self, params: Mapping[str, Tensor], quadratic: tuple[Tensor, Tensor] | None = None
-                           ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    def _translation_views(self) -> dict[str, np.ndarray] | None:
+        """NumPy views of the translation parameters (None off the CPU), made once and again only
+        where a parameter's storage moved: the per-step translation charges then take no torch call."""
+        views = {}
+        for name in self._translation_params:
+            p = self._parameters[name]
+            if p.device.type != "cpu":
+                return None
+            address = p.data_ptr()
+            cached = self._views.get(name)
+            if cached is None or cached[0] != address:
+                cached = self._views[name] = (address, p.detach().numpy())
+            views[name] = cached[1]
+        return views
+
+    def _charges_and_sizes(self, params: Mapping[str, Tensor] | None,
+                           quadratic: tuple[Tensor | np.ndarray, Tensor | np.ndarray] | None = None
+                           ) -> tuple[dict[str, Tensor | np.ndarray], dict[str, Tensor | np.ndarray]]:
         """Per block, each group's charge and size (|theta_A|^2, |theta_A1|^2 + |theta_A2|^2, sum |theta_A|);
-        ``quadratic``: the signed and unsigned (theta, theta) sums where the caller has them."""
+        ``quadratic``: the signed and unsigned (theta, theta) sums where the caller has them (then
+        ``params`` may be None)."""
         if quadratic is None:
+            params = self._params() if params is None else params
             quadratic = self.symmetries.quadratic_sums([(params, params)], unsigned=True, compile=self._compile)[:, 0]
-        signed, unsigned = (torch.from_numpy(np.asarray(q, dtype=np.float64)) if isinstance(q, np.ndarray) else q
-                            for q in quadratic)
-        absolute = {name: params[name].abs() for name in self._translation_params}
-        return ({"translation": self.symmetries.charges(Kind.TRANSLATION, params), "quadratic": signed},
-                {"translation": self.symmetries.charges(Kind.TRANSLATION, absolute), "quadratic": unsigned})
+        signed, unsigned = quadratic
+        views = self._translation_views()
+        if views is not None:
+            charge = self.symmetries.host_charges(Kind.TRANSLATION, views)
+            size = self.symmetries.host_charges(Kind.TRANSLATION, views, absolute=True)
+        else:
+            params = self._params() if params is None else params
+            charge = self.symmetries.charges(Kind.TRANSLATION, params)
+            size = self.symmetries.charges(Kind.TRANSLATION, params, absolute=True)
+        return {"translation": charge, "quadratic": signed}, {"translation": size, "quadratic": unsigned}
 
-    def _record(self, params: Mapping[str, Tensor], quadratic: tuple[Tensor, Tensor] | None = None) -> None:
+    def _record(self, params: Mapping[str, Tensor] | None, quadratic: tuple[Tensor, Tensor] | None = None) -> None:
         """Append (step, rows) with rows = charge, size[, discrete[, continuous]] over all groups
         (translation, scale, rescale): one small tensor per recorded step, split in report()."""
-        charges, sizes = (
-            {k: v.cpu() for k, v in found.items()} for found in self._charges_and_sizes(params, quadratic))
-        rows = [charges, sizes]
+        rows = list(self._charges_and_sizes(params, quadratic))
         if self.law.startswith("sgd"):
             rows.append(self._discrete)
         if self.law == "sgd-momentum" and not self._nesterov:
             rows.append({k: v[..., 0] for k, v in self._oscillator.items()})
         if self.law == "sgd":
-            rows.append({"translation": torch.exp(-self._decay_time["translation"]) * self._initial["translation"],
-                         "quadratic": torch.exp(-2 * self._decay_time["quadratic"]) * self._initial["quadratic"]
+            rows.append({"translation": np.exp(-self._decay_time["translation"]) * self._initial["translation"],
+                         "quadratic": np.exp(-2 * self._decay_time["quadratic"]) * self._initial["quadratic"]
                          + self._integral["quadratic"]})
-        self._history.append((self._step, torch.stack([torch.cat([row[block] for block in _BLOCKS]) for row in rows]).cpu()))
+        stacked = np.stack([np.concatenate([_host(row[block]) for block in _BLOCKS]) for row in rows])
+        if not self.keep_history:
+            self._history.clear()
+        self._history.append((self._step, torch.from_numpy(stacked)))
 
     def latest(self) -> tuple[int, dict[str, dict[str, Tensor]]]:
         """The last recorded step and, per kind, its "empirical", "size" and (where a law applies)
         "discrete"/"continuous" charges: what a monitor logs without building the whole report."""
         step, rows = self._history[-1]
-        counts = [len(self.symmetries.of_kind(kind)) for kind in _KINDS]
         # rows as _record stacks them: a run without a continuous law (Nesterov) stops at "discrete"
         labels = ["empirical", "size", "discrete", "continuous"][: rows.shape[0]]
         out = {kind.value: {} for kind in _KINDS}
-        for label, row in zip(labels, rows):
-            for kind, part in zip(_KINDS, row.split(counts)):
-                out[kind.value][label] = part
+        for label, row in zip(labels, rows.numpy()):  # NumPy's split: views, a fraction of torch's cost
+            for kind, part in zip(_KINDS, np.split(row, self._cuts)):
+                out[kind.value][label] = torch.from_numpy(part)
         return step, out
 
     def report(self) -> ConservationReport:
+        if not self.keep_history:
+            raise ValueError("report() needs every record: this tracker was made with keep_history=False")
         steps = [step for step, _ in self._history]
         history = torch.stack([rows for _, rows in self._history])  # (steps, rows, groups)
         counts = [len(self.symmetries.of_kind(kind)) for kind in _KINDS]
@@ -400,10 +431,10 @@ class ConservationTracker:
 
     def state_dict(self) -> dict:
         """Everything a resumed run needs to continue its predictions (and its recorded history)."""
-        return {"step": self._step, "initial": self._initial, "discrete": self._discrete, "integral": self._integral,
-                "decay_time": self._decay_time, "theta_buffer": self._theta_buffer, "buffer_sq": self._buffer_sq,
-                "oscillator": self._oscillator,
-                "buffers_started": self._buffers_started, "history": self._history, "law": self.law}
+        tensors = {key: {k: torch.from_numpy(v.copy()) for k, v in getattr(self, f"_{key}").items()}
+                   for key in ("initial", "discrete", "integral", "decay_time", "theta_buffer", "buffer_sq", "oscillator")}
+        return {"step": self._step, **tensors, "buffers_started": self._buffers_started, "history": list(self._history),
+                "law": self.law}
 
     def load_state_dict(self, state: Mapping) -> None:
         if state["law"] != self.law:
@@ -415,6 +446,6 @@ class ConservationTracker:
                 raise ValueError(f"state has groups {shapes}, this tracker {mine}: a different model or symmetry set")
         self._step = int(state["step"])
         for key in ("initial", "discrete", "integral", "decay_time", "theta_buffer", "buffer_sq", "oscillator"):
-            setattr(self, f"_{key}", {k: v.detach().to("cpu", torch.float64).clone() for k, v in state[key].items()})
+            setattr(self, f"_{key}", {k: _host(torch.as_tensor(v)).copy() for k, v in state[key].items()})
         self._buffers_started = bool(state["buffers_started"])
         self._history = list(state["history"])

@@ -164,7 +164,8 @@ class Monitor:
                 else "find_symmetries found none in this model"
             self._event(self._step, "no-symmetries", f"raw observables only: {why}")
         else:
-            self.tracker = ConservationTracker(model, optimizer, symmetries, record_every=schedule.charges)
+            self.tracker = ConservationTracker(model, optimizer, symmetries, record_every=schedule.charges,
+                                               keep_history=False)  # the store keeps what is logged
             # the tracker records at construction: charges and sizes at the start, for the drift
             self._recorded, start = self.tracker.latest()
             self._start_host = {kind: (rows["empirical"].numpy(), np.maximum(rows["size"].numpy(), 1e-300))
@@ -266,7 +267,9 @@ class Monitor:
         of theta_t that the update is measured against after the step."""
         self._horizontal = None
         self._measured = None
-        params = [p.detach() for _, p in self._named]
+        # the parameters themselves, not detached views: every use below is under no_grad, and a
+        # detach per parameter is a torch call per parameter per step
+        params = [p for _, p in self._named]
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for _, p in self._named]
         syms = self.symmetries
         pairs, law = [], self.tracker.law if self.tracker is not None else "none"
@@ -337,7 +340,7 @@ class Monitor:
     def _post_step(self) -> dict[str, float]:
         """After the step, at theta_{t+1}: |theta_{t+1}|, |theta_{t+1} - theta_t| and, where the tracker
         records this step, the charges' (theta, theta) sums, in one pass; then the laws advance."""
-        params = [p.detach() for _, p in self._named]
+        params = [p for _, p in self._named]
         record = self.tracker is not None and self.tracker.records_next and bool(self._quadratic)
         # |theta_{t+1} - theta_t| from the copy of theta_t, read in the same pass (nothing written)
         moved = ((params, self._before),) if self._before is not None else ()
