@@ -113,3 +113,26 @@ def test_host_charges_are_the_torch_charges(model_name):
     if syms.of_kind("translation"):
         want = syms.charges("translation", {n: t.abs() for n, t in params.items()}).numpy()
         assert abs(syms.host_charges("translation", arrays, absolute=True) - want).max() <= 1e-13 * max(abs(want).max(), 1.0)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_the_pass_copies_and_measures_the_move_of_its_first_x(native):
+    """Truth: the copy equals its source bit for bit; |x - m| against a float64 sum over the grouped
+    parameters; both from the C kernel and from the eager path."""
+    if native and _native.library() is None:
+        pytest.skip(f"no fused kernel: {_native.reason()}")
+    model, example = _model("vgg-bn")
+    syms = sw.find_symmetries(model, example)
+    x, y, m = _inputs(model, torch.float32)
+    into = {name: torch.full_like(t, float("nan")) for name, t in x.items()}
+    fused = syms.fused_sums([(x, y)], copy_into=into, moved_from=m, native=native)
+    assert all(torch.equal(into[name], x[name]) for name in syms.quadratic_params)
+    want = math.sqrt(sum(float((x[n].double() - m[n].double()).square().sum()) for n in syms.quadratic_params))
+    assert math.isclose(float(fused.moved), want, rel_tol=1e-12 if native else 1e-6)
+    # moved_from may be the very buffer copied into: the move is taken against its old values
+    fused = syms.fused_sums([(y, y)], copy_into=into, moved_from=into, native=native)
+    want = math.sqrt(sum(float((y[n].double() - x[n].double()).square().sum()) for n in syms.quadratic_params))
+    assert math.isclose(float(fused.moved), want, rel_tol=1e-12 if native else 1e-6)
+    assert all(torch.equal(into[name], y[name]) for name in syms.quadratic_params)
+    with pytest.raises(ValueError, match="at least one pair"):
+        syms.fused_sums([], moved_from=m)

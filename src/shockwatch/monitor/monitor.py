@@ -148,7 +148,9 @@ class Monitor:
         self._pre: dict[str, float] | None = None
         self._horizontal = None  # P_H at theta_t on steps the quotient norms are due
         self._measured = None  # the tracker's per-step inputs, from the pre-step pass
-        self._before: list[Tensor] | None = None
+        self._before: list[Tensor] | None = None  # theta_t, copied in the pre-step pass
+        self._before_named: dict[str, Tensor] = {}
+        self._have_before = False  # whether _before holds this step's theta_t
         self.store, self.sinks, self.tracker, self.symmetries, self._hook = None, [], None, None, None
         self._step = 0
         if self.rank != 0:  # computed once, on rank 0: other ranks only take part in the loss average
@@ -283,22 +285,27 @@ class Monitor:
                 buffers = self.tracker.momentum_buffers() if law == "sgd-momentum" else None
                 if buffers is not None:
                     pairs.append((buffers, named_grads))
+        if self._before is None:
+            self._before = [torch.empty_like(p) for p in params]
+            self._before_named = dict(zip(self._names, self._before))
+        # theta_t for the update: the grouped parameters copied inside the pass (one read of theta),
+        # the others (few, or all without symmetries) here
+        rest = self._rest if pairs else range(len(params))
+        if rest:
+            torch._foreach_copy_([self._before[i] for i in rest], [params[i] for i in rest])
+        copy_into = self._before_named if pairs else None
         if len(pairs) > 1:  # |g|^2 = the (g, g) pair's whole sum plus the parameters no group touches
-            fused = self._sums(pairs, norms=(([grads[i] for i in self._rest], None),))
+            fused = self._sums(pairs, norms=(([grads[i] for i in self._rest], None),), copy_into=copy_into)
             signed, whole, norms = _host(fused.signed, fused.whole, fused.norms)
             grad_norm = math.sqrt(max(float(whole[1] + norms[0] ** 2), 0.0))
         else:
-            fused = self._sums(pairs, norms=((grads, None),))
+            fused = self._sums(pairs, norms=((grads, None),), copy_into=copy_into)
             signed, norms = _host(fused.signed, fused.norms)
             grad_norm = float(norms[0])
         self._pre = pre = {"grad_norm": grad_norm}
-        if not math.isfinite(grad_norm):
-            self._before = None
+        self._have_before = math.isfinite(grad_norm)
+        if not self._have_before:
             return
-        if self._before is None:
-            self._before = [p.clone() for p in params]
-        else:
-            torch._foreach_copy_(self._before, params)
         if pairs:
             if law.startswith("sgd"):
                 self._measured = (signed[1], signed[2] if len(pairs) > 2 else None)
@@ -316,16 +323,17 @@ class Monitor:
                                                     rtol=1e-7, max_iterations=500)
             pre["grad_norm/quotient"] = self._horizontal_norm(grads)
 
-    def _sums(self, pairs, *, unsigned: bool = False, norms=()):
+    def _sums(self, pairs, *, unsigned: bool = False, norms=(), copy_into=None, moved_from=None):
         """``SymmetrySet.fused_sums`` (compiled where asked and possible; an empty set without symmetries)."""
         kernel_set = self.symmetries if self.symmetries is not None else _NO_SYMMETRIES
+        extra = {"copy_into": copy_into, "moved_from": moved_from}
         if self._compile:
             try:
-                return kernel_set.fused_sums(pairs, unsigned=unsigned, norms=norms, compile=True)
+                return kernel_set.fused_sums(pairs, unsigned=unsigned, norms=norms, compile=True, **extra)
             except Exception as error:  # no C++ compiler, an unsupported backend: eager is exact too
                 self._compile = False
                 self._event(self._step, "compile-failed", f"eager per-step pass: {type(error).__name__}: {error}"[:500])
-        return kernel_set.fused_sums(pairs, unsigned=unsigned, norms=norms)
+        return kernel_set.fused_sums(pairs, unsigned=unsigned, norms=norms, **extra)
 
     def _horizontal_norm(self, vectors: list[Tensor]) -> float:
         """|P_H v| at theta_t, v given per parameter in ``self._named`` order."""
@@ -342,20 +350,24 @@ class Monitor:
         records this step, the charges' (theta, theta) sums, in one pass; then the laws advance."""
         params = [p for _, p in self._named]
         record = self.tracker is not None and self.tracker.records_next and bool(self._quadratic)
-        # |theta_{t+1} - theta_t| from the copy of theta_t, read in the same pass (nothing written)
-        moved = ((params, self._before),) if self._before is not None else ()
-        if record:  # |theta|^2 = the (theta, theta) pair's whole sum plus the untouched parameters
+        have = self._have_before
+        if record:
+            # |theta|^2 = the (theta, theta) pair's whole sum plus the untouched parameters; the
+            # update's grouped part |theta_{t+1} - theta_t| read in the same pass (``moved``)
             named_params = dict(zip(self._names, params))
-            fused = self._sums([(named_params, named_params)], unsigned=True,
-                               norms=(([params[i] for i in self._rest], None), *moved))
+            rest = [params[i] for i in self._rest]
+            moved_rest = ((rest, [self._before[i] for i in self._rest]),) if have else ()
+            fused = self._sums([(named_params, named_params)], unsigned=True, norms=((rest, None), *moved_rest),
+                               moved_from=self._before_named if have else None)
             signed, unsigned, whole, norms = _host(fused.signed, fused.unsigned, fused.whole, fused.norms)
             param_norm = math.sqrt(max(float(whole[0] + norms[0] ** 2), 0.0))
+            update_norm = math.sqrt(float(fused.moved) ** 2 + float(norms[1]) ** 2) if have else None
         else:
-            norms, = _host(self._sums([], norms=((params, None), *moved)).norms)
+            norms, = _host(self._sums([], norms=((params, None), *(((params, self._before),) if have else ()))).norms)
             param_norm = float(norms[0])
+            update_norm = float(norms[1]) if have else None
         out = {"param_norm": param_norm}
-        if self._before is not None:
-            update_norm = float(norms[1])
+        if update_norm is not None:
             out.update({"update_norm": update_norm, "update_ratio": update_norm / max(param_norm, 1e-300)})
             if self._horizontal is not None and self.schedule.due("quotient", self._step):
                 out["update_norm/quotient"] = self._horizontal_norm(torch._foreach_sub(params, self._before))

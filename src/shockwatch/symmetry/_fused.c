@@ -16,12 +16,15 @@
    double accumulations (a reassociation it may not do on its own) without an OpenMP runtime. */
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #define UNITS(TYPE, NAME)                                                                         \
     static int NAME(int64_t n_pairs, int64_t n_tensors, const int64_t *shape, const int64_t *row,   \
                     const int64_t *col, const void *const *xs, const void *const *ys, double *out,  \
-                    int64_t stride) {                                                             \
-        for (int64_t t = 0; t < n_tensors; ++t) {                                                 \
+                    int64_t stride, void *const *copy_to, const void *const *moved_from,           \
+                    double *moved, int64_t t_begin, int64_t t_end) {                              \
+        double moved_sq = 0.0;                                                                    \
+        for (int64_t t = t_begin; t < t_end; ++t) {                                               \
             const int64_t O = shape[3 * t], I = shape[3 * t + 1], K = shape[3 * t + 2];          \
             const int64_t n = I * K;                                                              \
             /* dim-1 sums: per (i, k) over o first, in a contiguous row of n doubles that every  \
@@ -48,6 +51,18 @@
                         for (int64_t j = 0; j < n; ++j) total += (double)x[j] * (double)y[j];     \
                     }                                                                             \
                     if (row[t] >= 0) out[p * stride + row[t] + o] += total;                       \
+                    if (p == 0 && moved_from) { /* |x_0 - m|^2 while the row is in L1 */          \
+                        const TYPE *m = (const TYPE *)moved_from[t] + o * n;                      \
+                        double d2 = 0.0;                                                          \
+                        _Pragma("omp simd reduction(+ : d2)")                                     \
+                        for (int64_t j = 0; j < n; ++j) {                                         \
+                            const double d = (double)x[j] - (double)m[j];                         \
+                            d2 += d * d;                                                          \
+                        }                                                                         \
+                        moved_sq += d2;                                                           \
+                    }                                                                             \
+                    if (p == 0 && copy_to)                                                        \
+                        memcpy((TYPE *)copy_to[t] + o * n, x, (size_t)n * sizeof(TYPE));          \
                 }                                                                                 \
             }                                                                                     \
             if (per_ik) {                                                                         \
@@ -63,6 +78,7 @@
                 free(per_ik);                                                                     \
             }                                                                                     \
         }                                                                                         \
+        if (moved) *moved = moved_sq;                                                             \
         return 0;                                                                                 \
     }
 
@@ -70,11 +86,16 @@ UNITS(float, units_f32)
 UNITS(double, units_f64)
 
 /* dtype: 0 float32, 1 float64 (every tensor of the call). out: (n_pairs, stride), zeroed by the
-   caller. Returns 0, or 1 where scratch memory could not be allocated. */
+   caller. In the same pass over pair 0's x (each row read once, while in L1): copy_to (or NULL) gets
+   a copy of every x tensor; moved_from (or NULL) gives *moved = sum |x - moved_from|^2.
+   Single-threaded: splitting the tensors over two threads was slower in the training loop on a
+   2-core machine (benchmarks/RESULTS.md), where torch's own threads hold the other core.
+   Returns 0, or 1 where scratch memory could not be allocated. */
 int sw_units(int64_t dtype, int64_t n_pairs, int64_t n_tensors, const int64_t *shape, const int64_t *row,
-              const int64_t *col, const void *const *xs, const void *const *ys, double *out, int64_t stride) {
-    return dtype == 0 ? units_f32(n_pairs, n_tensors, shape, row, col, xs, ys, out, stride)
-                      : units_f64(n_pairs, n_tensors, shape, row, col, xs, ys, out, stride);
+             const int64_t *col, const void *const *xs, const void *const *ys, double *out, int64_t stride,
+             void *const *copy_to, const void *const *moved_from, double *moved) {
+    return (dtype == 0 ? units_f32 : units_f64)(n_pairs, n_tensors, shape, row, col, xs, ys, out, stride, copy_to,
+                                                moved_from, moved, 0, n_tensors);
 }
 
 #define SUMSQ(TYPE, NAME)                                                                         \

@@ -76,7 +76,8 @@ def library() -> ctypes.CDLL | None:
         _why_not = f"could not load {target}: {error}"
         return None
     i64, pointer = ctypes.c_int64, ctypes.c_void_p
-    lib.sw_units.argtypes = [i64, i64, i64, pointer, pointer, pointer, pointer, pointer, pointer, i64]
+    lib.sw_units.argtypes = [i64, i64, i64, pointer, pointer, pointer, pointer, pointer, pointer, i64, pointer,
+                            pointer, pointer]
     lib.sw_units.restype = ctypes.c_int
     lib.sw_sumsq.argtypes = [i64, i64, pointer, pointer, pointer]
     lib.sw_sumsq.restype = ctypes.c_double

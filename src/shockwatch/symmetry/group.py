@@ -236,7 +236,8 @@ def _unit_plan(plans: Mapping[Kind, _Plan], shapes: Mapping[str, tuple[int, ...]
 _NATIVE_DTYPES = {torch.float32: 0, torch.float64: 1}
 
 
-def _native_units(layout: _NativeLayout, pairs, norms) -> tuple[np.ndarray, np.ndarray | None] | None:
+def _native_units(layout: _NativeLayout, pairs, norms, copy_into=None, moved_from=None
+                  ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None] | None:
     """``_units`` by the C kernel (``_fused.c``), scattered to (signed, unsigned, whole) rows per pair
     (float64 NumPy: the kernel's output is already on the host), and the norms. None where it does
     not apply (not CPU, mixed or other dtypes, non-contiguous or resized tensors, no compiler): the
@@ -270,6 +271,9 @@ def _native_units(layout: _NativeLayout, pairs, norms) -> tuple[np.ndarray, np.n
             return None
         xs += x_at
         ys += y_at
+    copy_at, moved_at = (None if mapping is None else addresses(mapping) for mapping in (copy_into, moved_from))
+    if (copy_into is not None and copy_at is None) or (moved_from is not None and moved_at is None):
+        return None
     squares = []
     for a, b in norms:
         if b is not None and len(a) != len(b):
@@ -286,8 +290,12 @@ def _native_units(layout: _NativeLayout, pairs, norms) -> tuple[np.ndarray, np.n
         squares.append((numel, a_at, b_at if b is not None else None))
     pointer_array = lambda values: (ctypes.c_void_p * len(values))(*values)
     units = np.zeros((len(pairs), layout.size))
+    moved = np.zeros(()) if moved_from is not None else None
     if lib.sw_units(code, len(pairs), len(layout.names), layout.blocks, layout.row_offset, layout.col_offset,
-                    pointer_array(xs), pointer_array(ys), units.ctypes.data, layout.size):
+                    pointer_array(xs), pointer_array(ys), units.ctypes.data, layout.size,
+                    pointer_array(copy_at) if copy_at is not None else None,
+                    pointer_array(moved_at) if moved_at is not None else None,
+                    moved.ctypes.data if moved is not None else None):
         return None  # its scratch memory could not be allocated
     totals = np.sqrt([lib.sw_sumsq(code, len(numel), (ctypes.c_int64 * len(numel))(*numel), pointer_array(a_at),
                                    pointer_array(b_at) if b_at is not None else None) if numel else 0.0
@@ -296,7 +304,7 @@ def _native_units(layout: _NativeLayout, pairs, norms) -> tuple[np.ndarray, np.n
     lib.sw_scatter(len(pairs), layout.size, units.ctypes.data, len(layout.row), layout.position.ctypes.data,
                    layout.row.ctypes.data, layout.sign.ctypes.data, len(layout.cover), layout.cover.ctypes.data,
                    layout.groups, scattered.ctypes.data)
-    return scattered, totals
+    return scattered, totals, np.array(np.sqrt(moved)) if moved is not None else None
 
 
 def _units(dims: tuple[tuple[int, ...], ...], vectors: list[tuple[Tensor, Tensor]],
@@ -353,6 +361,7 @@ class FusedSums(NamedTuple):
     unsigned: Tensor | None  # the same with +1 on every slot, where asked
     whole: Tensor  # (pairs,): sum_p <x_p, y_p> over the parameters the groups touch
     norms: Tensor | None  # (entries,): |a| or |a - b|
+    moved: Tensor | None = None  # |x_0 - moved_from| over ``quadratic_params``, where asked
 
 
 @dataclass(frozen=True, eq=False)
@@ -523,13 +532,15 @@ class SymmetrySet:
         """
         if not pairs:
             raise ValueError("quadratic_sums needs at least one (x, y) pair")
-        signed, unsigned_sums, _, _ = self.fused_sums(pairs, unsigned=unsigned, compile=compile)
+        fused = self.fused_sums(pairs, unsigned=unsigned, compile=compile)
+        signed, unsigned_sums = fused.signed, fused.unsigned
         return torch.stack([signed, unsigned_sums]) if unsigned else signed
 
     @torch.no_grad()
     def fused_sums(self, pairs: list[tuple[Mapping[str, Tensor], Mapping[str, Tensor]]], *, unsigned: bool = False,
                    norms: tuple[tuple[list[Tensor], list[Tensor] | None], ...] = (),
-                   compile: bool = False, native: bool = True) -> FusedSums:
+                   compile: bool = False, native: bool = True, copy_into: Mapping[str, Tensor] | None = None,
+                   moved_from: Mapping[str, Tensor] | None = None) -> FusedSums:
         r"""``quadratic_sums`` of ``pairs`` and whole-vector norms, from one pass over the tensors.
 
         Returns ``FusedSums(signed, unsigned, whole, norms)``: signed (len(pairs), groups) as
@@ -540,6 +551,11 @@ class SymmetrySet:
         |a_i|^2) for an entry (a, None) and |a - b| for (a, b), a and b lists of tensors (any
         parameters). This is the training monitor's per-step kernel: with ``compile=True`` one fused
         graph reads each tensor once.
+
+        In the same pass over pair 0's x, restricted to ``quadratic_params`` (tensors of the same shape
+        and dtype): ``copy_into`` receives a copy of each x tensor, and ``moved_from`` gives ``moved`` =
+        |x - moved_from|, so that a caller keeping theta_t to measure the update by does not read theta
+        once more for it.
 
         On the CPU (``native=True``, ``compile=False``) the pass runs in the C kernel ``_fused.c``: one
         read of each tensor, products and sums in float64. It is built with the system's C compiler at
@@ -554,10 +570,13 @@ class SymmetrySet:
                 return _units
             # every list length the call has: a code object per structure (see _compiled_units)
             return _compiled_units((len(pairs), tensors, vectors, tuple((len(a), b is None) for a, b in norms)))
+        if (copy_into is not None or moved_from is not None) and not pairs:
+            raise ValueError("copy_into and moved_from act on pair 0's x: give at least one pair")
         if size == 0 or not pairs:
             empty = torch.zeros(len(pairs), 0, dtype=torch.float64, device=self.device)
             totals = kernel_for(0, False)((), [], [], tuple(norms), None)[1] if norms else None
-            return FusedSums(empty, empty if unsigned else None, empty.new_zeros(len(pairs)), totals)
+            moved = empty.new_zeros(()) if moved_from is not None else None  # no quadratic parameters
+            return FusedSums(empty, empty if unsigned else None, empty.new_zeros(len(pairs)), totals, moved)
         first = pairs[0][0]
         key = tuple(first[name].shape for name in self.quadratic_params)
         plan = self._unit_plans.get(key)
@@ -565,11 +584,11 @@ class SymmetrySet:
             shapes = dict(zip(self.quadratic_params, key))
             plan = self._unit_plans.setdefault(key, _unit_plan(self._plans, shapes, torch.device(self.device)))
         if native and not compile and plan.native is not None and self.device.type == "cpu":
-            found = _native_units(plan.native, pairs, norms)
+            found = _native_units(plan.native, pairs, norms, copy_into, moved_from)
             if found is not None:
-                scattered, totals = (None if a is None else torch.from_numpy(a) for a in found)
+                scattered, totals, moved = (None if a is None else torch.from_numpy(a) for a in found)
                 return FusedSums(scattered[:, :size], scattered[:, size:2 * size] if unsigned else None,
-                                 scattered[:, 2 * size], totals)
+                                 scattered[:, 2 * size], totals, moved)
         dims = tuple(used for _, used in plan.tensors)
         flat: dict[int, Tensor | None] = {}  # id(mapping) -> its 1-D parameters concatenated, once
 
@@ -591,7 +610,14 @@ class SymmetrySet:
         kernel = kernel_for(len(plan.tensors), bool(plan.vectors))
         units, totals = kernel(dims, [(vectors(x), vectors(y)) for x, y in pairs] if plan.vectors else [],
                                tensors, tuple(norms), scratch)
-        return self._scatter(plan, units, totals, len(pairs), size, unsigned)
+        sums = self._scatter(plan, units, totals, len(pairs), size, unsigned)
+        sources = [pairs[0][0][name] for name in self.quadratic_params]
+        if moved_from is not None:  # before any copy: copy_into may be moved_from
+            steps = torch._foreach_sub(sources, [moved_from[name] for name in self.quadratic_params])
+            sums = sums._replace(moved=torch.stack(torch._foreach_norm(steps)).double().square().sum().sqrt())
+        if copy_into is not None:
+            torch._foreach_copy_([copy_into[name] for name in self.quadratic_params], sources)
+        return sums
 
     @staticmethod
     def _scatter(plan: _UnitPlan, units: Tensor, totals: Tensor | None, n_pairs: int, size: int,
