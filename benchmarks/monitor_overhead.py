@@ -1,7 +1,7 @@
 """Overhead of Monitor.step() (every-step observables, SQLite store) as a ratio to the plain step.
 
     .venv/bin/python benchmarks/monitor_overhead.py --model vgg|mlp|mlp-mnist [--tensorboard] [--quotient N]
-        [--compile] [--rounds R] [--out FILE]
+        [--compile] [--raw] [--pairs N] [--out FILE]
     .venv/bin/python benchmarks/monitor_overhead.py --model gpt2-small --device cuda   # the issue's GPU goal
 
 vgg: models.vgg("vgg11", width_divisor=4, batch_norm=True, image_size=32, hidden=128), batch 64 of
@@ -10,8 +10,13 @@ batch 256; float32, SGD(lr=0.01, momentum=0.9, weight_decay=5e-4). gpt2-small: m
 small's shape (12 layers, 12 heads, d_model 768, vocab 50257, 1024 positions), batch 8 x --tokens,
 AdamW (the conservation tracker has no law for it: drift only). The monitor: every-step observables with the tracker recording every step, the
 SQLite store, TensorBoard files only with --tensorboard, the quotient norms every N steps with
---quotient N (off by default: they are scheduled, not every-step, observables). 20 rounds of 10 plain and 10 monitored steps, each step timed; ratio of medians
-(the method of tracker_overhead.py).
+--quotient N (off by default: they are scheduled, not every-step, observables); --raw: the monitor
+without symmetries (loss and norms only: the floor of any per-step monitor with a durable store).
+
+Timing: --pairs N pairs of one plain and one monitored step, interleaved step by step (the machine's
+speed drifts by tens of percent over minutes on a shared VM; interleaving puts both under the same
+drift), each step timed; reported: the ratio of the medians and the median of the per-pair
+differences (the monitor's extra time per step, the number least sensitive to that drift).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 import shockwatch as sw
+from shockwatch.symmetry import _native
 
 
 def main() -> None:
@@ -34,7 +40,8 @@ def main() -> None:
     parser.add_argument("--model", choices=("vgg", "mlp", "mlp-mnist", "gpt2-small"), default="vgg")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (steps are then timed between synchronizations)")
     parser.add_argument("--tokens", type=int, default=1024, help="gpt2-small: sequence length (batch 8)")
-    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--pairs", type=int, default=300, help="interleaved (plain, monitored) step pairs")
+    parser.add_argument("--raw", action="store_true", help="the monitor without symmetries (raw observables only)")
     parser.add_argument("--tensorboard", action="store_true")
     parser.add_argument("--quotient", type=int, default=None)
     parser.add_argument("--compile", action="store_true", help="Monitor(compile=True): the fused per-step pass compiled")
@@ -68,7 +75,8 @@ def main() -> None:
     opt, plain_opt = make(), make()
     with tempfile.TemporaryDirectory() as directory:
         example = x[:2, :32] if args.model == "gpt2-small" else x  # symmetry detection needs a small batch only
-        monitor = sw.Monitor(model, opt, Path(directory) / "run", example_input=example, tensorboard=args.tensorboard,
+        monitor = sw.Monitor(model, opt, Path(directory) / "run", example_input=None if args.raw else example,
+                             tensorboard=args.tensorboard,
                              schedule=sw.Schedule(quotient=args.quotient), compile=args.compile)
         monitoring = False
 
@@ -85,22 +93,24 @@ def main() -> None:
             monitoring = True
             step()
         plain, watched = [], []
-        for _ in range(args.rounds):
+        for _ in range(args.pairs):
             for flag, bucket in ((False, plain), (True, watched)):
                 monitoring = flag
-                for _ in range(10):
-                    synchronize()
-                    start = time.perf_counter()
-                    step()
-                    synchronize()
-                    bucket.append(time.perf_counter() - start)
+                synchronize()
+                start = time.perf_counter()
+                step()
+                synchronize()
+                bucket.append(time.perf_counter() - start)
         monitor.close()
     record = {"model": args.model, "compile": args.compile, "tensorboard": args.tensorboard, "quotient_every": args.quotient, "parameters": sum(p.numel() for p in model.parameters()),
               "plain_step_s": statistics.median(plain), "monitored_step_s": statistics.median(watched),
-              "ratio": statistics.median(watched) / statistics.median(plain), "torch": torch.__version__, "device": str(device),
+              "ratio": statistics.median(watched) / statistics.median(plain),
+              "extra_step_s": statistics.median([w - p for p, w in zip(plain, watched)]), "pairs": args.pairs,
+              "raw_only": args.raw, "native_kernel": _native.library() is not None, "torch": torch.__version__,
+              "device": str(device),
               "threads": torch.get_num_threads()}
     print(json.dumps(record, indent=1))
-    suffix = ("" if device.type == "cpu" else f"_{device.type}") + ("_compiled" if args.compile else "") + ("_tb" if args.tensorboard else "") + (f"_q{args.quotient}" if args.quotient else "")
+    suffix = ("" if device.type == "cpu" else f"_{device.type}") + ("_compiled" if args.compile else "") + ("_tb" if args.tensorboard else "") + (f"_q{args.quotient}" if args.quotient else "") + ("_raw" if args.raw else "")
     out = args.out or Path(__file__).parent / "results" / f"monitor_overhead_{args.model}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=1))

@@ -87,9 +87,10 @@ class ConservationTracker:
 
     Scale and rescale groups obey the same recursions, so they are carried as one "quadratic"
     block (scale groups, then rescale groups) and split by kind only in ``report()``; their
-    per-step inputs come from one ``SymmetrySet.quadratic_sums`` pass over gradients and buffers.
-    ``compile=True`` fuses that pass with torch.compile (a few seconds at the first update; the
-    tracker's own cost then falls 3-5x on a CPU: benchmarks/RESULTS.md).
+    per-step inputs come from one ``SymmetrySet.quadratic_sums`` pass over gradients and buffers
+    (on the CPU the C kernel of ``fused_sums``; ``compile=True`` runs it through torch.compile, for
+    other devices). The laws' state is a set of float64 NumPy vectors on the host.
+    ``keep_history=False`` keeps only the last record (``latest()``; ``report()`` then refuses).
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, symmetries: SymmetrySet,

@@ -114,12 +114,14 @@ class Monitor:
     either the monitor logs the raw observables only and records why. ``model`` may be wrapped in
     DistributedDataParallel.
 
-    Cost per step: one pass over (theta, g, momentum buffer) in an optimizer pre-step hook and one over
-    theta after the step (``SymmetrySet.fused_sums``), the laws' recursions in NumPy, one SQLite
-    transaction. On a CPU both passes are bound by reading parameter-sized tensors that the backward
-    pass has evicted from cache (benchmarks/RESULTS.md has the measured ratios). ``compile=True`` fuses
-    each pass with torch.compile (a compile of some seconds at the first step, eager fallback with a
-    "compile-failed" event where it cannot compile); on the CPU benchmarks it did not pay.
+    Cost per step: one pass over (theta, g, momentum buffer) in an optimizer pre-step hook, copying
+    theta_t as it goes, and one over theta after the step, measuring the update against that copy
+    (``SymmetrySet.fused_sums``: on the CPU a C kernel built at first use, each tensor read once);
+    the laws' recursions and the per-group arithmetic in NumPy on host vectors; one SQLite
+    transaction. What remains is bandwidth on large models and Python on small ones
+    (benchmarks/RESULTS.md has the measured ratios). ``compile=True`` runs each pass through
+    torch.compile instead (some seconds at the first step, eager fallback with a "compile-failed"
+    event where it cannot compile): the path for a GPU, where the C kernel does not apply.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, log_dir: str | Path, *,

@@ -526,9 +526,10 @@ class SymmetrySet:
         One product and one reduction per parameter and pair serve both kinds: this is the
         per-step kernel of the conservation tracker. Products and sums are taken in the tensors'
         own dtype (torch's pairwise summation: relative error ~ eps log n; float64 for a float64
-        model), then accumulated per symmetry in float64. ``compile=True`` fuses each product with
-        its reductions (torch.compile, one compile of a few seconds per model): 3-5x faster, as
-        the eager kernel is bound by writing and re-reading the products (benchmarks/RESULTS.md).
+        model), then accumulated per symmetry in float64; on the CPU the C kernel of ``fused_sums``
+        takes them in float64 throughout. ``compile=True`` fuses each product with its reductions
+        (torch.compile, one compile of a few seconds per model), for devices the C kernel does not
+        serve: the eager kernel is bound by writing and re-reading the products.
         """
         if not pairs:
             raise ValueError("quadratic_sums needs at least one (x, y) pair")
