@@ -118,6 +118,8 @@ def test_bad_input(tmp_path):
     for bad in ({"charges": 0}, {"charges": None}, {"quotient": 2.5}, {"curvature": -1}, {"attention": True}):
         with pytest.raises(ValueError, match=f"schedule.{next(iter(bad))} must be a positive int"):
             sw.Schedule(**bad)
+    with pytest.raises(ValueError, match="schedule.early must be True or False"):
+        sw.Schedule(early=1)
     with pytest.raises(TypeError, match="Schedule"):
         sw.Monitor(model, opt, tmp_path / "other", schedule={"charges": 1})
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
@@ -214,3 +216,13 @@ def test_compiled_pass_logs_what_the_eager_pass_logs(tmp_path):
         assert eager.keys() == fused.keys()
         for name in eager:
             assert math.isclose(eager[name], fused[name], rel_tol=1e-10, abs_tol=1e-14), (name, eager[name], fused[name])
+
+
+def test_an_early_schedule_adds_the_powers_of_two_below_each_period():
+    """Truth: the definition, steps 1, 2, 4, 8 below a period of 12, then its multiples; the charges
+    keep their own period; without ``early`` only the multiples."""
+    early, plain = sw.Schedule(charges=3, curvature=12, quotient=None, early=True), sw.Schedule(curvature=12)
+    assert [t for t in range(1, 40) if early.due("curvature", t)] == [1, 2, 4, 8, 12, 24, 36]
+    assert [t for t in range(1, 40) if plain.due("curvature", t)] == [12, 24, 36]
+    assert [t for t in range(1, 10) if early.due("charges", t)] == [3, 6, 9]
+    assert not any(early.due("quotient", t) for t in range(1, 40))

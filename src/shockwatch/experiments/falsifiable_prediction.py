@@ -3,7 +3,7 @@ r"""Miyagawa 2026 §6's falsifiable prediction, put to the test on testbeds with
 The conjecture: symmetry-corrected (quotient) curvature forecasts abrupt training transitions better
 than the raw curvature. Each testbed (``testbeds``: grokking with an MLP and a transformer, the
 catapult phase, edge of stability) is trained once under the ``Monitor`` with the curvature on a
-schedule (``curvature_samples`` evenly spaced steps); it logs the extreme eigenvalues of the raw
+schedule (``curvature_samples`` evenly spaced steps, and steps 1, 2, 4, ... before the first); it logs the extreme eigenvalues of the raw
 Hessian H and of P_H H P_H (the quotient), and the shock-step forecast -1/(eta lambda_min) of Thm 4.3.
 
 Ground truth, on the curve that carries the testbed's published transition: for grokking (test
@@ -56,6 +56,9 @@ class Config:
     scale: str = "default"  # testbeds.make_testbed's scale ("tiny" for tests)
     seed: int = 0
     curvature_samples: int = 25  # Lanczos runs (raw and quotient) per testbed, evenly spaced
+    # and at steps 1, 2, 4, 8, ... before the first of them (Schedule.early): the catapult's spike
+    # (step ~10 of 300) falls before an evenly spaced first sample (step 12 at the default scale)
+    early_samples: bool = True
     curvature_tol: float = 1e-4  # Lanczos' relative tolerance: the rules need signs and magnitudes only
     horizon_fraction: float = 0.1  # warning horizon = this fraction of the run's steps (at least 2 curvature samples)
     event_threshold: float = 8.0  # abrupt_changes threshold in noise units
@@ -135,7 +138,7 @@ def run_testbed(name: str, config: Config, log_dir: Path, *, bar=None, tensorboa
     # softmax cross-entropy is blind to a common shift of the logits; a squared error is not
     symmetries = find_symmetries(bed.model, first[0], logits=bed.loss_fn is F.cross_entropy)
     monitor = Monitor(bed.model, bed.optimizer, log_dir, symmetries=symmetries, example_input=first[0],
-                      loss_fn=bed.loss_fn, schedule=Schedule(quotient=every, curvature=every),
+                      loss_fn=bed.loss_fn, schedule=Schedule(quotient=every, curvature=every, early=config.early_samples),
                       tensorboard=tensorboard, curvature_tol=config.curvature_tol)
     advance = None
     if bar is not None:

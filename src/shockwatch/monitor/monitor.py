@@ -62,6 +62,7 @@ class Schedule:
     charges: the tracker's record (charge drift and law error); quotient: horizontal gradient and
     update norms and the path norm; curvature: Lanczos on the raw and projected Hessian (needs the
     monitor's ``loss_fn`` and the step's batch); attention: the attention observables (needs the batch).
+    early: the last three also at steps 1, 2, 4, 8, ... below their period.
     """
 
     charges: int = 1
@@ -70,9 +71,17 @@ class Schedule:
     quotient: int | None = 50
     curvature: int | None = None
     attention: int | None = None
+    # also at steps 1, 2, 4, 8, ... below each period (quotient, curvature, attention): a transition
+    # in the first steps (the catapult's loss spike comes within ~10) falls before the first evenly
+    # spaced sample; log2(period) samples more
+    early: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.early, bool):
+            raise ValueError(f"schedule.early must be True or False, got {self.early!r}")
         for field in fields(self):
+            if field.name == "early":
+                continue
             every = getattr(self, field.name)
             if every is None and field.name != "charges":
                 continue
@@ -82,7 +91,12 @@ class Schedule:
 
     def due(self, name: str, step: int) -> bool:
         every = getattr(self, name)
-        return every is not None and step % every == 0
+        if every is None:
+            return False
+        if step % every == 0:
+            return True
+        # powers of two below the period (the tracker's charges keep their own period)
+        return self.early and name != "charges" and 0 < step < every and step & (step - 1) == 0
 
 
 def _total_norm(tensors: list[Tensor]) -> float:
