@@ -86,6 +86,9 @@ def test_a_failed_build_is_reported_not_raised(tmp_path):
     assert not (tmp_path / "kernel.so").exists() and list(tmp_path.iterdir()) == []
     missing = _native._build(_native._SOURCE.read_bytes(), tmp_path / "kernel.so", str(tmp_path / "no-such-cc"))
     assert missing is not None and "FileNotFoundError" in missing
+    (tmp_path / "a-file").write_text("")
+    unwritable = _native._build(_native._SOURCE.read_bytes(), tmp_path / "a-file" / "kernel.so", "cc")
+    assert unwritable is not None and "cannot write the kernel cache" in unwritable
 
 
 @pytest.mark.parametrize("model_name", ["vgg-bn", "mlp", "gpt"])

@@ -61,7 +61,7 @@
                         }                                                                         \
                         moved_sq += d2;                                                           \
                     }                                                                             \
-                    if (p == 0 && copy_to)                                                        \
+                    if (p == 0 && copy_to && (const TYPE *)copy_to[t] + o * n != x)               \
                         memcpy((TYPE *)copy_to[t] + o * n, x, (size_t)n * sizeof(TYPE));          \
                 }                                                                                 \
             }                                                                                     \

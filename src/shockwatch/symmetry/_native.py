@@ -35,12 +35,16 @@ def _cache_dir() -> Path:
 def _build(source: bytes, target: Path, compiler: str) -> str | None:
     """Compile to ``target`` (atomically: a concurrent build never leaves a half-written file); the
     error text on failure. -march=native first (AVX2/AVX-512 where the CPU has them), then without."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a read-only home, a file where the folder should be
+        return f"cannot write the kernel cache {target.parent} ({error}): set SHOCKWATCH_CACHE"
     errors = []
     for extra in (("-march=native",), ()):
-        handle, partial = tempfile.mkstemp(suffix=".so", dir=target.parent)
-        os.close(handle)
+        partial = None
         try:
+            handle, partial = tempfile.mkstemp(suffix=".so", dir=target.parent)
+            os.close(handle)
             done = subprocess.run([compiler, *_FLAGS, *extra, "-x", "c", "-", "-o", partial], input=source,
                                   capture_output=True, timeout=120)
             if done.returncode == 0:
@@ -50,7 +54,7 @@ def _build(source: bytes, target: Path, compiler: str) -> str | None:
         except (OSError, subprocess.TimeoutExpired) as error:
             errors.append([f"{type(error).__name__}: {error}"])
         finally:
-            if os.path.exists(partial):
+            if partial is not None and os.path.exists(partial):
                 os.unlink(partial)
     return f"{compiler} could not build the fused kernel: {errors[-1][0]}"
 
@@ -62,7 +66,11 @@ def library() -> ctypes.CDLL | None:
     if os.environ.get("SHOCKWATCH_NATIVE", "1") == "0":
         _why_not = "disabled by SHOCKWATCH_NATIVE=0"
         return None
-    source = _SOURCE.read_bytes()
+    try:
+        source = _SOURCE.read_bytes()
+    except OSError as error:  # an installation without the package data
+        _why_not = f"the kernel source is missing ({error})"
+        return None
     compiler = os.environ.get("CC", "cc")
     key = hashlib.sha256(source + repr((_FLAGS, compiler, platform.machine(), platform.node())).encode()).hexdigest()[:16]
     target = _cache_dir() / f"fused-{key}.so"
