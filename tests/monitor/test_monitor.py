@@ -226,3 +226,30 @@ def test_an_early_schedule_adds_the_powers_of_two_below_each_period():
     assert [t for t in range(1, 40) if plain.due("curvature", t)] == [12, 24, 36]
     assert [t for t in range(1, 10) if early.due("charges", t)] == [3, 6, 9]
     assert not any(early.due("quotient", t) for t in range(1, 40))
+
+
+def test_the_torch_path_logs_what_the_c_kernel_logs(tmp_path, monkeypatch):
+    """Truth: the same run with the C kernel switched off (the path a GPU or a machine without a
+    C compiler takes): every logged value agrees to float64 round-off, with momentum (three pairs
+    before the step, the charges and the update after it) and on steps whose charges are not recorded."""
+    from shockwatch.symmetry import _native
+
+    def run(directory):
+        torch.manual_seed(0)
+        model = exact_norms(sw.models.mlp((4, 12, 12, 3), norm="batch").double())
+        x = torch.randn(32, 4, dtype=torch.float64)
+        y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
+        monitor = sw.Monitor(model, opt, directory, example_input=x, tensorboard=False,
+                             schedule=sw.Schedule(charges=2, quotient=3))
+        with monitor:
+            return train(monitor, model, opt, x, y, 7)
+
+    native = run(tmp_path / "native")
+    monkeypatch.setattr(_native, "library", lambda: None)
+    eager = run(tmp_path / "eager")
+    assert [set(step) for step in native] == [set(step) for step in eager]
+    assert "update_norm/quotient" in native[2] and "charge_drift/rescale" in native[1]
+    for ours, theirs in zip(native, eager):
+        for name, value in ours.items():
+            assert math.isclose(value, theirs[name], rel_tol=1e-9, abs_tol=1e-12), name
