@@ -73,7 +73,11 @@ def library() -> ctypes.CDLL | None:
         return None
     compiler = os.environ.get("CC", "cc")
     key = hashlib.sha256(source + repr((_FLAGS, compiler, platform.machine(), platform.node())).encode()).hexdigest()[:16]
-    target = _cache_dir() / f"fused-{key}.so"
+    try:
+        target = _cache_dir() / f"fused-{key}.so"
+    except RuntimeError as error:  # no home directory to find
+        _why_not = f"no cache directory for the kernel ({error}): set SHOCKWATCH_CACHE"
+        return None
     if not target.exists():
         _why_not = _build(source, target, compiler)
         if _why_not is not None:
