@@ -1,7 +1,7 @@
 """Overhead of Monitor.step() (every-step observables, SQLite store) as a ratio to the plain step.
 
     .venv/bin/python benchmarks/monitor_overhead.py --model vgg|mlp|mlp-mnist [--tensorboard] [--quotient N]
-        [--compile] [--raw] [--pairs N] [--out FILE]
+        [--compile] [--raw] [--charges K] [--pairs N] [--out FILE]
     .venv/bin/python benchmarks/monitor_overhead.py --model gpt2-small --device cuda   # the issue's GPU goal
 
 vgg: models.vgg("vgg11", width_divisor=4, batch_norm=True, image_size=32, hidden=128), batch 64 of
@@ -42,6 +42,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=1024, help="gpt2-small: sequence length (batch 8)")
     parser.add_argument("--pairs", type=int, default=300, help="interleaved (plain, monitored) step pairs")
     parser.add_argument("--raw", action="store_true", help="the monitor without symmetries (raw observables only)")
+    parser.add_argument("--charges", type=int, default=1, help="Schedule.charges: record the charges every K steps")
     parser.add_argument("--tensorboard", action="store_true")
     parser.add_argument("--quotient", type=int, default=None)
     parser.add_argument("--compile", action="store_true", help="Monitor(compile=True): the fused per-step pass compiled")
@@ -77,7 +78,7 @@ def main() -> None:
         example = x[:2, :32] if args.model == "gpt2-small" else x  # symmetry detection needs a small batch only
         monitor = sw.Monitor(model, opt, Path(directory) / "run", example_input=None if args.raw else example,
                              tensorboard=args.tensorboard,
-                             schedule=sw.Schedule(quotient=args.quotient), compile=args.compile)
+                             schedule=sw.Schedule(charges=args.charges, quotient=args.quotient), compile=args.compile)
         monitoring = False
 
         def step() -> None:
@@ -106,11 +107,11 @@ def main() -> None:
               "plain_step_s": statistics.median(plain), "monitored_step_s": statistics.median(watched),
               "ratio": statistics.median(watched) / statistics.median(plain),
               "extra_step_s": statistics.median([w - p for p, w in zip(plain, watched)]), "pairs": args.pairs,
-              "raw_only": args.raw, "native_kernel": _native.library() is not None, "torch": torch.__version__,
+              "raw_only": args.raw, "charges_every": args.charges, "native_kernel": _native.library() is not None, "torch": torch.__version__,
               "device": str(device),
               "threads": torch.get_num_threads()}
     print(json.dumps(record, indent=1))
-    suffix = ("" if device.type == "cpu" else f"_{device.type}") + ("_compiled" if args.compile else "") + ("_tb" if args.tensorboard else "") + (f"_q{args.quotient}" if args.quotient else "") + ("_raw" if args.raw else "")
+    suffix = ("" if device.type == "cpu" else f"_{device.type}") + ("_compiled" if args.compile else "") + ("_tb" if args.tensorboard else "") + (f"_q{args.quotient}" if args.quotient else "") + ("_raw" if args.raw else "") + (f"_c{args.charges}" if args.charges != 1 else "")
     out = args.out or Path(__file__).parent / "results" / f"monitor_overhead_{args.model}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=1))
