@@ -421,12 +421,11 @@ class ConservationTracker:
             raise ValueError("report() needs every record: this tracker was made with keep_history=False")
         steps = [step for step, _ in self._history]
         history = torch.stack([rows for _, rows in self._history])  # (steps, rows, groups)
-        counts = [len(self.symmetries.of_kind(kind)) for kind in _KINDS]
 
         def by_kind(row: int) -> dict:
             if row >= history.shape[1]:  # no law of this type for this run
                 return {kind.value: None for kind in _KINDS}
-            return {kind.value: part for kind, part in zip(_KINDS, history[:, row].split(counts, dim=1))}
+            return {kind.value: part for kind, part in zip(_KINDS, history[:, row].split(self._counts, dim=1))}
 
         return ConservationReport(steps, by_kind(0), by_kind(2), by_kind(3), by_kind(1), self.law)
 

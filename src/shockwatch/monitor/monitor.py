@@ -158,7 +158,6 @@ class Monitor:
         self.rank = _rank()
         self._named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
         self._names = [name for name, _ in self._named]
-        self._device = self._named[0][1].device if self._named else torch.device("cpu")
         self._quadratic: list[int] = []  # the numbers of scale and rescale groups; [] without any
         self._compile = compile
         self._pre: dict[str, float] | None = None

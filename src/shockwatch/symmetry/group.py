@@ -236,6 +236,11 @@ def _unit_plan(plans: Mapping[Kind, _Plan], shapes: Mapping[str, tuple[int, ...]
 _NATIVE_DTYPES = {torch.float32: 0, torch.float64: 1}
 
 
+def _takes(t: Tensor, dtype: torch.dtype) -> bool:
+    """Whether the C kernel can read ``t`` as a flat host array of ``dtype``."""
+    return t.dtype == dtype and t.is_cpu and t.is_contiguous()
+
+
 def _native_units(layout: _NativeLayout, pairs, norms, copy_into=None, moved_from=None
                   ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None] | None:
     """``_units`` by the C kernel (``_fused.c``), scattered to (signed, unsigned, whole) rows per pair
@@ -258,7 +263,7 @@ def _native_units(layout: _NativeLayout, pairs, norms, copy_into=None, moved_fro
             found = []
             for name, shape in zip(layout.names, layout.shapes):  # the kernel trusts every shape and layout
                 t = mapping[name]
-                if t.shape != shape or t.dtype != dtype or t.is_cuda or not t.is_contiguous():
+                if t.shape != shape or not _takes(t, dtype):
                     return None
                 found.append(t.data_ptr())
             seen[id(mapping)] = found
@@ -281,8 +286,7 @@ def _native_units(layout: _NativeLayout, pairs, norms, copy_into=None, moved_fro
         numel, a_at, b_at = [], [], []
         for i, t in enumerate(a):
             u = b[i] if b is not None else t
-            if t.dtype != dtype or t.is_cuda or not t.is_contiguous() or u.shape != t.shape or \
-                    u.dtype != dtype or u.is_cuda or not u.is_contiguous():
+            if u.shape != t.shape or not (_takes(t, dtype) and _takes(u, dtype)):
                 return None
             numel.append(t.numel())
             a_at.append(t.data_ptr())
