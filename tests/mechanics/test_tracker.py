@@ -248,3 +248,41 @@ def test_a_tracker_without_history_keeps_only_the_last_record():
     assert len(syms.of_kind("translation")) > 0
     with pytest.raises(ValueError, match="absolute=True is for translation"):
         syms.charges("scale", params, absolute=True)
+
+
+@pytest.mark.parametrize("nesterov,dampening", [(False, 0.0), (True, 0.0), (False, 0.3)])
+def test_momentum_law_in_c_is_the_numpy_law(nesterov, dampening):
+    """The C kernel's momentum recursions (``sw_momentum_law``) against the NumPy ones they replace,
+    both fed the same run (a learning-rate change half way): equal to float64 round-off."""
+    from shockwatch.symmetry import _native
+    from shockwatch.mechanics import ConservationTracker
+
+    if _native.library() is None:
+        pytest.skip(f"no C kernel: {_native.reason()}")
+    torch.manual_seed(0)
+    model = sw.models.mlp((8, 16, 16, 4)).double()
+    x, y = torch.randn(32, 8, dtype=torch.float64), torch.randint(0, 4, (32,))
+    symmetries = sw.find_symmetries(model, x)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-2, nesterov=nesterov,
+                          dampening=dampening)
+    in_c = ConservationTracker(model, opt, symmetries)
+    in_numpy = ConservationTracker(model, opt, symmetries, native=False)
+    for step in range(40):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        in_c.update()
+        in_numpy.update()
+        if step == 20:
+            opt.param_groups[0]["lr"] = 0.02
+    a, b = in_c.report(), in_numpy.report()
+    assert a.law == b.law == "sgd-momentum"
+    for kind in ("translation", "rescale"):
+        for law in ("discrete", "continuous"):
+            if nesterov and law == "continuous":
+                assert getattr(a, law)[kind] is None and getattr(b, law)[kind] is None
+                continue
+            scale = a.empirical[kind].abs().max()
+            assert torch.allclose(getattr(a, law)[kind], getattr(b, law)[kind], rtol=0, atol=1e-13 * float(scale))
+        # and the law itself holds (the run is float64): not two equally wrong recursions
+        assert a.max_rel_error(kind) < 1e-12

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..symmetry import Kind, SymmetrySet
+from ..symmetry import Kind, SymmetrySet, _native
 
 __all__ = ["ConservationReport", "ConservationTracker"]
 
@@ -91,10 +91,13 @@ class ConservationTracker:
     (on the CPU the C kernel of ``fused_sums``; ``compile=True`` runs it through torch.compile, for
     other devices). The laws' state is a set of float64 NumPy vectors on the host.
     ``keep_history=False`` keeps only the last record (``latest()``; ``report()`` then refuses).
+    ``native=False`` runs the momentum law in NumPy (by default its recursions run in the C kernel of
+    ``symmetry._native`` where it builds: the same operations, tested equal to round-off).
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, symmetries: SymmetrySet,
-                 *, record_every: int = 1, compile: bool = False, keep_history: bool = True) -> None:
+                 *, record_every: int = 1, compile: bool = False, keep_history: bool = True,
+                 native: bool = True) -> None:
         self._named = list(model.named_parameters())  # read every step: named_parameters() is slow
         names = {id(p): name for name, p in self._named}
         known = set(names.values())
@@ -107,6 +110,10 @@ class ConservationTracker:
             raise ValueError(f"record_every must be >= 1, got {record_every}")
         self.model, self.optimizer, self.symmetries, self.record_every = model, optimizer, symmetries, record_every
         self._compile = compile
+        # the momentum law's per-step recursions in the C kernel where it loads (the NumPy code below
+        # is the reference it is tested against, and the fallback)
+        self.native = native
+        self._address_cache: dict = {}
         hyper = {}  # param name -> its optimizer param group (read live: schedulers change lr)
         for group in optimizer.param_groups:
             for p in group["params"]:
@@ -267,16 +274,8 @@ class ConservationTracker:
         """
         first = not self._buffers_started
         self._buffers_started = True
-        # translation: linear, <theta, 1> = q, <b, 1> = p, <d, 1> = lambda q
-        eta, lam, mu, tau, nesterov = self._hyperparameters("translation", *self._SETTINGS)
-        q, p = self._discrete["translation"], self._theta_buffer["translation"]
-        d_sum = lam * q
-        b_sum = d_sum if first else mu * p + (1 - tau) * d_sum
-        u_sum = np.where(nesterov > 0, d_sum + mu * b_sum, b_sum)
-        self._discrete["translation"] = q - eta * u_sum
-        self._theta_buffer["translation"] = np.array(b_sum)
-        self._advance_oscillator("translation", np.zeros_like(q))
-        eta, lam, mu, tau, nesterov = self._hyperparameters("quadratic", *self._SETTINGS)
+        settings = {block: self._hyperparameters(block, *self._SETTINGS) for block in _BLOCKS}
+        tau = settings["quadratic"][3]
         if measured is not None:  # |g_A|^2 and <b_A, g_A> with the buffer before the step
             g_sq = _host(measured[0])
             old_b_g = None if first else _host(measured[1])
@@ -286,8 +285,23 @@ class ConservationTracker:
             pairs = [(grads, grads)] if first else [(grads, grads), (self._read_buffers(), grads)]
             sums = _host(self.symmetries.quadratic_sums(pairs, compile=self._compile))
             g_sq = sums[0]  # signed |g_A|^2
+            old_b_g = None
             if not first:
-                old_b_g = (sums[1] - (1 - tau) * g_sq) / mu  # <b, g> from <b', g>, since <d, g> = |g|^2
+                old_b_g = (sums[1] - (1 - tau) * g_sq) / settings["quadratic"][2]  # <b, g> from <b', g>, since <d, g> = |g|^2
+        lib = _native.library() if self.native else None
+        if lib is not None:
+            self._momentum_step_native(lib, settings, first, g_sq, old_b_g)
+            return
+        # translation: linear, <theta, 1> = q, <b, 1> = p, <d, 1> = lambda q
+        eta, lam, mu, tau, nesterov = settings["translation"]
+        q, p = self._discrete["translation"], self._theta_buffer["translation"]
+        d_sum = lam * q
+        b_sum = d_sum if first else mu * p + (1 - tau) * d_sum
+        u_sum = np.where(nesterov > 0, d_sum + mu * b_sum, b_sum)
+        self._discrete["translation"] = q - eta * u_sum
+        self._theta_buffer["translation"] = np.array(b_sum)
+        self._advance_oscillator("translation", np.zeros_like(q))
+        eta, lam, mu, tau, nesterov = settings["quadratic"]
         q = self._discrete["quadratic"]
         p, b = self._theta_buffer["quadratic"], self._buffer_sq["quadratic"]
         d_sq = g_sq + lam**2 * q  # |d|^2, the cross term 2 lambda <theta, g> vanishing by symmetry
@@ -310,6 +324,40 @@ class ConservationTracker:
         # drive F = 2 m |dtheta_A/dt|^2 with the run's velocity dtheta/dt = -u / (1 - tau) (signed)
         self._advance_oscillator("quadratic", 2 * u_sq / (1 - tau) ** 2)
 
+    def _momentum_step_native(self, lib, settings, first: bool, g_sq: np.ndarray, old_b_g: np.ndarray | None) -> None:
+        """``_momentum_step``'s recursions and both oscillators in the C kernel (``sw_momentum_law``):
+        the same operations in the same order, on the state vectors in place."""
+        for block in _BLOCKS:
+            quadratic = block == "quadratic"
+            q = self._discrete[block]
+            if len(q) == 0:
+                continue
+            matrix, drive = self._propagator(block)
+            inputs = (np.ascontiguousarray(g_sq, dtype=np.float64),
+                      np.ascontiguousarray(old_b_g if old_b_g is not None else g_sq, dtype=np.float64)) \
+                if quadratic else (q, q)  # unread for translation
+            lib.sw_momentum_law(len(q), int(quadratic), int(first), int(self._nesterov),
+                                *self._addresses(*settings[block]), *self._addresses(*inputs, cache=False),
+                                *self._addresses(q, self._theta_buffer[block], self._buffer_sq[block],
+                                                 matrix, drive, self._oscillator[block]))
+
+    def _addresses(self, *arrays: np.ndarray, cache: bool = True) -> tuple[int, ...]:
+        """The data addresses of float64 C-contiguous arrays, remembered per set of array objects (each
+        ``ndarray.ctypes`` costs a microsecond or two; the state, settings and propagators are
+        long-lived, updated in place). The cache holds the arrays, so that an id is never reused."""
+        if not cache:
+            return tuple(a.__array_interface__["data"][0] for a in arrays)
+        key = tuple(map(id, arrays))
+        found = self._address_cache.get(key)
+        if found is None:
+            if len(self._address_cache) > 256:  # settings changed often: drop the stale ones
+                self._address_cache.clear()
+            for a in arrays:
+                if a.dtype != np.float64 or not a.flags.c_contiguous or not a.flags.writeable:
+                    raise AssertionError("the C law takes writable float64 C-contiguous arrays")
+            found = self._address_cache[key] = (arrays, tuple(a.__array_interface__["data"][0] for a in arrays))
+        return found[1]
+
     def _advance_oscillator(self, block: str, drive_per_mass: np.ndarray) -> None:
         r"""One step of m Q'' + (1 - mu) Q' + k Q = F over dt = eta (1 - tau), F held constant, exactly.
 
@@ -324,6 +372,19 @@ class ConservationTracker:
         at eta lambda = 0.026 the oscillator's phase drifts from the discrete map's and the gap
         reaches O(1) of the (decaying) charge after 200 steps: trust the exact discrete law there.
         """
+        matrix, drive = self._propagator(block)
+        state = self._oscillator[block]
+        # x' = E x + (F/m) r per group, the 2x2 product written out (a batched matmul of 2x2
+        # matrices costs NumPy a loop per group)
+        advanced = np.empty_like(state)
+        advanced[:, 0] = matrix[:, 0, 0] * state[:, 0] + matrix[:, 0, 1] * state[:, 1] + drive_per_mass * drive[:, 0]
+        advanced[:, 1] = matrix[:, 1, 0] * state[:, 0] + matrix[:, 1, 1] * state[:, 1] + drive_per_mass * drive[:, 1]
+        self._oscillator[block] = advanced
+
+    def _propagator(self, block: str) -> tuple[np.ndarray, np.ndarray]:
+        """Per group of ``block``: the oscillator's 2x2 propagator E (groups, 2, 2) and drive column r
+        (groups, 2) over one step at the optimizer's settings now, contiguous float64 (see
+        ``_advance_oscillator``)."""
         # The propagator depends on (dt, m, k, friction) only, i.e. on the optimizer's settings:
         # exponentiated once per param group and setting, applied linearly: x' = E x + (F/m) r.
         settings = self._settings()
@@ -339,18 +400,12 @@ class ConservationTracker:
             system[:, 1, 1] = -(1 - g_mu) / g_mass
             system[:, 1, 2] = 1.0
             exponential = torch.linalg.matrix_exp(system * g_dt.reshape(-1, 1, 1))[self._group_index[block]]
-            propagator = (exponential[:, :2, :2].numpy(), exponential[:, :2, 2].numpy())
+            propagator = (np.ascontiguousarray(exponential[:, :2, :2].numpy()),
+                          np.ascontiguousarray(exponential[:, :2, 2].numpy()))
             if len(self._propagators) > 64:  # a schedule changing lr every step: keep the cache small
                 self._propagators.clear()
             self._propagators[(block, self._settings_key)] = propagator
-        matrix, drive = propagator
-        state = self._oscillator[block]
-        # x' = E x + (F/m) r per group, the 2x2 product written out (a batched matmul of 2x2
-        # matrices costs NumPy a loop per group)
-        advanced = np.empty_like(state)
-        advanced[:, 0] = matrix[:, 0, 0] * state[:, 0] + matrix[:, 0, 1] * state[:, 1] + drive_per_mass * drive[:, 0]
-        advanced[:, 1] = matrix[:, 1, 0] * state[:, 0] + matrix[:, 1, 1] * state[:, 1] + drive_per_mass * drive[:, 1]
-        self._oscillator[block] = advanced
+        return propagator
 
     def _translation_views(self) -> dict[str, np.ndarray] | None:
         """NumPy views of the translation parameters (None off the CPU), made once and again only

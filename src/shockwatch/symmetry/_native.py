@@ -95,6 +95,8 @@ def library() -> ctypes.CDLL | None:
     lib.sw_sumsq.restype = ctypes.c_double
     lib.sw_scatter.argtypes = [i64, i64, pointer, i64, pointer, pointer, pointer, i64, pointer, i64, pointer]
     lib.sw_scatter.restype = None
+    lib.sw_momentum_law.argtypes = [i64, i64, i64, i64, *[pointer] * 13]
+    lib.sw_momentum_law.restype = None
     return lib
 
 
