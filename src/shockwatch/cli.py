@@ -73,7 +73,7 @@ def demo(
     with Progress(console=console, transient=True) as bar:
         outcome = fp.run_testbed(testbed, config, target, bar=bar, tensorboard=True)
     report = write_report(target)
-    with RunStore(target / "run.sqlite", resume=True) as store:
+    with RunStore(target / "run.sqlite", read_only=True) as store:
         meta, names = store.meta(), store.names()
         law = {n.split("/")[1]: max(store.scalars(n)[1]) for n in names if n.startswith("charge_law_error/")}
         drift = {n.split("/")[1]: store.scalars(n)[1][-1] for n in names if n.startswith("charge_drift/")}

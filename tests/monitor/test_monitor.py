@@ -84,13 +84,61 @@ def test_nonfinite_steps_are_events_not_crashes(tmp_path):
         train(strict, model, opt, x, y, 3, poison_at=1)
 
 
-def test_store_survives_a_killed_writer_and_refuses_to_overwrite(tmp_path):
-    """Truth: SQLite's own reader in another connection sees every committed step while the writer is
-    still open (as after a kill: nothing is buffered outside the database)."""
+_KILLED_WRITER = """
+import json, os, signal, sys
+import torch
+from shockwatch.monitor import RunStore
+store = RunStore(sys.argv[1], pending_rows=int(sys.argv[2]))
+written = {}
+for step in range(1, int(sys.argv[3]) + 1):
+    values = {"loss": 1.0 / step, "grad_norm": float(step), "odd": float("nan") if step % 2 else 0.5}
+    store.log(step, values)
+    written[step] = values["loss"]
+with open(sys.argv[4], "w") as out:
+    json.dump(written, out)
+os.kill(os.getpid(), signal.SIGKILL)  # no close(), no flush, no atexit: what an OOM kill leaves
+"""
+
+
+@pytest.mark.parametrize("pending_rows,steps", [(4096, 40), (7, 40)])
+def test_store_survives_a_killed_writer(tmp_path, pending_rows, steps):
+    """Truth: a writer process killed with SIGKILL after logging every step (with a ring larger than
+    the run: nothing yet in the database; with a small one: flushed several times, the rest in the
+    ring). A reader sees every step while nothing is recovered; a writer opening the run moves the
+    ring into the database, which SQLite alone then shows."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    database, expected = tmp_path / "run.sqlite", tmp_path / "written.json"
+    done = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(database), str(pending_rows), str(steps),
+                           str(expected)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    written = {int(k): v for k, v in json.loads(expected.read_text()).items()}
+    with RunStore(database, read_only=True) as reader:
+        assert reader.last_step() == steps
+        loss_steps, losses = reader.scalars("loss")
+        assert loss_steps == list(range(1, steps + 1)) and losses == [written[s] for s in loss_steps]
+        odd = reader.series()["odd"][1]
+        assert all(math.isnan(v) for v in odd[::2]) and odd[1::2] == [0.5] * (steps // 2)
+        assert reader.names() == ["grad_norm", "loss", "odd"]
+    assert (tmp_path / "run.sqlite-pending").exists()  # the reader changed nothing
+    RunStore(database, resume=True).close()  # a writer recovers, and a clean close leaves one file
+    assert not (tmp_path / "run.sqlite-pending").exists()
+    raw = sqlite3.connect(database).execute("SELECT step, value FROM scalars WHERE name = 'loss' ORDER BY step")
+    assert [(s, v) for s, v in raw] == sorted(written.items())
+
+
+def test_store_reads_a_live_run_and_refuses_to_overwrite(tmp_path):
+    """A reader opened while the monitor writes sees every step logged so far (from the ring); a
+    second monitor on the same directory is refused; a resumed one continues the step count."""
     model, opt, x, y, monitor = setup(tmp_path)
     train(monitor, model, opt, x, y, 5)
-    reader = sqlite3.connect(tmp_path / "run" / "run.sqlite")
-    assert reader.execute("SELECT MAX(step) FROM scalars WHERE name = 'loss'").fetchone()[0] == 5
+    with RunStore(tmp_path / "run" / "run.sqlite", read_only=True) as reader:
+        assert reader.scalars("loss")[0] == [1, 2, 3, 4, 5]
+        with pytest.raises(PermissionError, match="read_only"):
+            reader.log(6, {"loss": 1.0})
     with pytest.raises(FileExistsError, match="resume=True"):
         sw.Monitor(model, opt, tmp_path / "run")
     monitor.close()
@@ -99,6 +147,10 @@ def test_store_survives_a_killed_writer_and_refuses_to_overwrite(tmp_path):
     assert resumed.store.scalars("loss")[0] == [1, 2, 3, 4, 5, 6, 7]
     series = resumed.store.series()  # every name from one scan: the same as reading each alone
     assert set(series) == set(resumed.store.names()) and all(series[n] == resumed.store.scalars(n) for n in series)
+    with pytest.raises(ValueError, match="pending_rows must be a positive int"):
+        RunStore(tmp_path / "other.sqlite", pending_rows=0)
+    with pytest.raises(FileNotFoundError, match="nothing to read"):
+        RunStore(tmp_path / "missing.sqlite", read_only=True)
 
 
 def test_model_without_symmetries_logs_raw_observables_and_says_why(tmp_path):

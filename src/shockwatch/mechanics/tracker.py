@@ -462,14 +462,27 @@ class ConservationTracker:
     def latest(self) -> tuple[int, dict[str, dict[str, Tensor]]]:
         """The last recorded step and, per kind, its "empirical", "size" and (where a law applies)
         "discrete"/"continuous" charges: what a monitor logs without building the whole report."""
-        step, rows = self._history[-1]
+        step, rows = self.latest_rows()
         # rows as _record stacks them: a run without a continuous law (Nesterov) stops at "discrete"
         labels = ["empirical", "size", "discrete", "continuous"][: rows.shape[0]]
         out = {kind.value: {} for kind in _KINDS}
-        for label, row in zip(labels, rows.numpy()):  # NumPy's split: views, a fraction of torch's cost
-            for kind, part in zip(_KINDS, np.split(row, self._cuts)):
-                out[kind.value][label] = torch.from_numpy(part)
+        for label, row in zip(labels, rows):
+            for kind, part in self.kind_slices.items():
+                out[kind][label] = torch.from_numpy(row[part])
         return step, out
+
+    def latest_rows(self) -> tuple[int, np.ndarray]:
+        """``latest()`` as one float64 array (rows: empirical, size[, discrete[, continuous]]; columns:
+        every group, translation then scale then rescale; ``kind_slices`` cuts them), for a per-step
+        caller to which a dict of tensors per step is a cost."""
+        step, rows = self._history[-1]
+        return step, rows.numpy()
+
+    @property
+    def kind_slices(self) -> dict[str, slice]:
+        """The columns of each kind in ``latest_rows()`` (SymmetrySet order within a kind)."""
+        ends = np.cumsum(self._counts)
+        return {kind.value: slice(int(end - count), int(end)) for kind, count, end in zip(_KINDS, self._counts, ends)}
 
     def report(self) -> ConservationReport:
         if not self.keep_history:

@@ -184,15 +184,22 @@ class Monitor:
             self.tracker = ConservationTracker(model, optimizer, symmetries, record_every=schedule.charges,
                                                keep_history=False)  # the store keeps what is logged
             # the tracker records at construction: charges and sizes at the start, for the drift
-            self._recorded, start = self.tracker.latest()
-            self._start_host = {kind: (rows["empirical"].numpy(), np.maximum(rows["size"].numpy(), 1e-300))
-                                for kind, rows in start.items()}
+            self._recorded, start = self.tracker.latest_rows()
+            slices = self.tracker.kind_slices
+            # the kinds that have groups, with their columns in the tracker's rows
+            self._kind_slices = [(kind, columns) for kind, columns in slices.items() if columns.stop > columns.start]
+            self._start_host = {kind: (start[0][columns].copy(), np.maximum(start[1][columns], 1e-300))
+                                for kind, columns in self._kind_slices}
             self._quadratic = [len(symmetries.of_kind(kind)) for kind in _QUADRATIC]
+            # scale then rescale: adjacent in the rows
+            self._quadratic_columns = slice(slices[Kind.SCALE.value].start, slices[Kind.RESCALE.value].stop)
             if not any(self._quadratic):
                 self._quadratic = []
             else:  # each group's size |xi_k|^2 at the last record, for the gradient breaking
-                self._sizes = torch.cat([start[kind.value]["size"] for kind in _QUADRATIC]).numpy()
-                self._splits = np.cumsum(self._quadratic)[:-1]
+                self._sizes = start[1][self._quadratic_columns].copy()
+                ends = np.cumsum(self._quadratic)
+                self._breaking_slices = [(kind, slice(int(end - count), int(end)))
+                                         for kind, count, end in zip(_QUADRATIC, self._quadratic, ends) if count]
                 touched = set(symmetries.quadratic_params)
                 self._rest = [i for i, name in enumerate(self._names) if name not in touched]
         self._input_shape = tuple(example_input.shape[1:]) if example_input is not None else None
@@ -328,9 +335,8 @@ class Monitor:
             # steps old, which only rescales a ratio that is ~0 (exact symmetry) or O(1) (broken)
             with np.errstate(invalid="ignore"):
                 ratio = np.abs(signed[0]) / np.maximum(np.sqrt(self._sizes) * grad_norm, 1e-300)
-            for kind, part in zip(_QUADRATIC, np.split(ratio, self._splits)):
-                if part.size:
-                    pre[f"gradient_breaking/{kind.value}"] = float(part.max())
+            for kind, columns in self._breaking_slices:
+                pre[f"gradient_breaking/{kind.value}"] = float(ratio[columns].max())
         if syms is not None and self.schedule.due("quotient", self._step + 1):
             # one projector at theta_t serves the gradient now and the update after the step
             named_params = dict(zip(self._names, params))
@@ -394,22 +400,21 @@ class Monitor:
         out = {}
         measured, self._measured = self._measured, None
         self.tracker.update(measured, charges=charges)
-        step, latest = self.tracker.latest()
+        step, rows = self.tracker.latest_rows()
         if step == self._recorded:  # the tracker did not record this step
             return out
         self._recorded = step
+        empirical_all, size_all = rows[0], rows[1]
         if self._quadratic:
-            self._sizes = torch.cat([latest[kind.value]["size"] for kind in _QUADRATIC]).numpy()
+            self._sizes = size_all[self._quadratic_columns]
         # a few vectors of group values: NumPy's per-operation cost is a fraction of torch's
-        for kind, rows in latest.items():
-            empirical = rows["empirical"].numpy()
-            if empirical.size == 0:
-                continue
+        for kind, columns in self._kind_slices:
+            empirical = empirical_all[columns]
             start_charge, start_size = self._start_host[kind]
             out[f"charge_drift/{kind}"] = float((np.abs(empirical - start_charge) / start_size).max())
-            if "discrete" in rows:
-                size = np.maximum(rows["size"].numpy(), 1e-300)
-                out[f"charge_law_error/{kind}"] = float((np.abs(empirical - rows["discrete"].numpy()) / size).max())
+            if len(rows) > 2:  # the discrete law's row
+                size = np.maximum(size_all[columns], 1e-300)
+                out[f"charge_law_error/{kind}"] = float((np.abs(empirical - rows[2][columns]) / size).max())
         return out
 
     def _write(self, values: dict[str, float]) -> None:

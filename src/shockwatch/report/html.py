@@ -49,7 +49,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     database = run_dir / "run.sqlite"
     if not database.exists():
         raise FileNotFoundError(f"{database} not found: RUN_DIR must be a Monitor's log_dir")
-    store = RunStore(database, resume=True)
+    store = RunStore(database, read_only=True)
     try:
         series, events, meta = store.series(), store.events(), store.meta()
         names = list(series)

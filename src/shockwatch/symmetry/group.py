@@ -180,6 +180,9 @@ class _NativeLayout:
     row: np.ndarray
     sign: np.ndarray
     cover: np.ndarray
+    # id(tensor) -> (tensor, address, dtype of the call) of tensors already checked (shape, dtype,
+    # device, contiguity) for a call of that dtype
+    checked: dict = field(default_factory=dict, compare=False, repr=False)
 
 
 def _native_layout(vectors: tuple[str, ...], tensors, offset: Mapping[tuple[str, int], int],
@@ -257,15 +260,24 @@ def _native_units(layout: _NativeLayout, pairs, norms, copy_into=None, moved_fro
     if code is None:
         return None
     seen: dict[int, list[int]] = {}  # id(mapping) -> its tensors' addresses: a mapping in several pairs is checked once
+    checked = layout.checked
 
     def addresses(mapping) -> list[int] | None:
         if id(mapping) not in seen:
             found = []
             for name, shape in zip(layout.names, layout.shapes):  # the kernel trusts every shape and layout
                 t = mapping[name]
-                if t.shape != shape or not _takes(t, dtype):
-                    return None
-                found.append(t.data_ptr())
+                address = t.data_ptr()
+                known = checked.get(id(t))
+                # a tensor object seen before at the same address, dtype and shape: the per-step caller
+                # passes the same parameters, buffers and copies every step, so each is checked once
+                if known is None or known[0] is not t or known[1] != address or known[2] is not dtype:
+                    if t.shape != shape or not _takes(t, dtype):
+                        return None
+                    if len(checked) > 8 * len(layout.names):  # gradients are new tensors every step
+                        checked.clear()
+                    checked[id(t)] = (t, address, dtype)
+                found.append(address)
             seen[id(mapping)] = found
         return seen[id(mapping)]
 
