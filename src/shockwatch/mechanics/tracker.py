@@ -139,6 +139,7 @@ class ConservationTracker:
         # Nesterov's modified equation differs from heavy ball's: no continuous law is claimed for it
         self._nesterov = any(group.get("nesterov", False) for group in optimizer.param_groups)
         self._settings_key: tuple | None = None  # the optimizer settings _settings last converted
+        self._settings_step = -1  # the step _settings last read them at
         self._per_group: dict = {}  # (block, setting names) -> per symmetry group values, for that key
         self._propagators: dict = {}  # (block, settings) -> oscillator propagator per symmetry group
         params = self._params()
@@ -194,6 +195,9 @@ class ConservationTracker:
     def _settings(self) -> dict[str, Tensor]:
         """Per optimizer param group: each SGD setting as the optimizer holds it now (float64).
         Converted to tensors only when a scheduler has changed one."""
+        if self._settings_step == self._step:  # read once a step (the laws and the propagators ask four times)
+            return self._settings_values
+        self._settings_step = self._step
         key = tuple(float(g.get(name) or 0.0) for g in self.optimizer.param_groups for name in self._SETTINGS)
         if key != self._settings_key:
             values = torch.tensor(key, dtype=torch.float64).reshape(-1, len(self._SETTINGS)).T

@@ -78,6 +78,7 @@ class RunStore:
         if not self._pending_path.exists():
             self._ring = np.lib.format.open_memmap(self._pending_path, mode="w+", dtype=np.float64,
                                                    shape=(pending_rows + 1, 3))
+        self._ring = self._ring.view(np.ndarray)  # the same mapped pages; slices without memmap's bookkeeping
         self._count = 0
 
     def _name_id(self, name: str) -> int:
@@ -191,7 +192,6 @@ class RunStore:
             return
         if self._ring is not None:
             self.flush()
-            self._ring.flush()
             del self._ring
             self._ring = None
             self._pending_path.unlink(missing_ok=True)
