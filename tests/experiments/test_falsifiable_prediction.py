@@ -53,3 +53,26 @@ def test_result_is_saved_and_registered(result, tmp_path):
     assert paths[1].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="testbeds must be"):
         fp.Config(testbeds=("nope",))
+
+
+def test_stability_thresholds_are_where_the_linear_step_map_turns_unstable():
+    """Truth: the spectral radius of each optimizer's step map on the quadratic L = lambda x^2 / 2,
+    built from torch's own optimizer (SGD, heavy ball, dampening, Nesterov) run on that quadratic: just
+    below the bound the iterate shrinks, just above it grows."""
+    import torch
+
+    from shockwatch.experiments.falsifiable_prediction import stability_threshold
+
+    for settings in ({}, {"momentum": 0.9}, {"momentum": 0.5, "dampening": 0.3}, {"momentum": 0.9, "nesterov": True}):
+        probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0, **settings)
+        bound = stability_threshold(probe)
+        for factor, grows in ((0.98, False), (1.02, True)):
+            x = torch.ones(1, dtype=torch.float64, requires_grad=True)
+            opt = torch.optim.SGD([x], lr=1.0, **settings)
+            for _ in range(2000):
+                opt.zero_grad()
+                (0.5 * factor * bound * x.square()).sum().backward()  # eta lambda = factor * bound
+                opt.step()
+            assert (abs(float(x.detach())) > 1) == grows, (settings, factor, float(x.detach()))
+    adam = torch.optim.AdamW([torch.zeros(1, requires_grad=True)], betas=(0.9, 0.98))
+    assert stability_threshold(adam) == pytest.approx(38.0)

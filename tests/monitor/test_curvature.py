@@ -2,6 +2,8 @@
 
 import math
 
+import pytest
+
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call, hessian
@@ -75,3 +77,74 @@ def test_dense_vertical_basis_and_cg_projection_agree_with_gl_heads():
     for name in ("quotient_max", "quotient_min", "raw_max", "raw_min"):
         assert math.isclose(getattr(dense, name), getattr(matrix_free, name), rel_tol=1e-7, abs_tol=1e-9), name
     assert dense.quotient_min >= dense.raw_min - 1e-9  # Cauchy interlacing: a compression's minimum (or 0)
+
+
+def _dense_truth(model, x, y, syms):
+    """The dense float64 Hessian, the orbit projector and the parameter names (for the tests below)."""
+    names = [n for n, _ in model.named_parameters()]
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    flat = torch.cat([params[n].reshape(-1) for n in names])
+    sizes = [params[n].numel() for n in names]
+
+    def loss_flat(vector):
+        pieces = dict(zip(names, [piece.reshape(params[n].shape) for piece, n in zip(vector.split(sizes), names)]))
+        return F.cross_entropy(functional_call(model, pieces, (x,)), y)
+
+    columns = []
+    for sym in syms:
+        if sym.kind.one_parameter:
+            g = generator(sym, params)
+            columns.append(torch.cat([g.get(n, torch.zeros_like(params[n])).reshape(-1) for n in names]))
+    q, r = torch.linalg.qr(torch.stack(columns, dim=1))
+    q = q[:, r.diagonal().abs() > 1e-10]
+    return hessian(loss_flat)(flat), torch.eye(len(flat), dtype=torch.float64) - q @ q.T, names
+
+
+def test_adam_preconditioner_is_the_step_torch_takes_and_the_preconditioned_spectrum_is_dense_truth():
+    """Truths: torch's own AdamW step (theta' - theta = -eta lambda theta - eta m_hat D, with D from
+    ``adam_preconditioner`` after that step, to 1e-12), and the dense spectra of S H S and S P H P S
+    (S = D^{1/2}; P the dense orbit projector) against the Lanczos ones; the forecast uses them."""
+    from shockwatch.monitor import adam_preconditioner
+
+    torch.manual_seed(0)
+    model = sw.models.mlp((2, 4, 3)).double()
+    x = torch.randn(24, 2, dtype=torch.float64)
+    y = torch.randint(0, 3, (24,))
+    lr, decay = 0.01, 0.1
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=decay)
+    assert adam_preconditioner(opt, model) is None  # no state before the first step
+    for _ in range(20):
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    diagonal = adam_preconditioner(opt, model)
+    for name, p in model.named_parameters():
+        state = opt.state[p]
+        first = state["exp_avg"] / (1 - 0.9 ** float(state["step"]))
+        expected = before[name] * (1 - lr * decay) - lr * first * diagonal[name]
+        assert torch.allclose(p.detach(), expected, rtol=0, atol=1e-12)
+    syms = sw.find_symmetries(model, x)
+    dense, projector, names = _dense_truth(model, x, y, syms)
+    scale = torch.cat([diagonal[n].reshape(-1) for n in names]).sqrt()
+    assert float(scale.max() / scale.min()) > 3  # a preconditioner that is not a multiple of the identity
+    raw = torch.linalg.eigvalsh(scale[:, None] * dense * scale[None, :])
+    quotient = torch.linalg.eigvalsh(scale[:, None] * (projector @ dense @ projector) * scale[None, :])
+    result = curvature(model, F.cross_entropy, (x, y), syms, preconditioner=diagonal)
+    scaled = result.preconditioned
+    assert math.isclose(scaled.raw_max, float(raw[-1]), rel_tol=1e-7)
+    assert math.isclose(scaled.raw_min, float(raw[0]), rel_tol=1e-6, abs_tol=1e-8 * float(raw[-1]))
+    assert math.isclose(scaled.quotient_max, float(quotient[-1]), rel_tol=1e-7)
+    assert math.isclose(scaled.quotient_min, float(quotient[0]), rel_tol=1e-6, abs_tol=1e-8 * float(quotient[-1]))
+    # the unpreconditioned extremes are unchanged by asking for the preconditioned ones
+    plain = curvature(model, F.cross_entropy, (x, y), syms)
+    assert (plain.raw_max, plain.quotient_min) == (result.raw_max, result.quotient_min) and plain.preconditioned is None
+    if scaled.quotient_min < 0:
+        assert math.isclose(result.shock_steps(lr), -1 / (lr * scaled.quotient_min))
+    assert scaled.raw_max > 10 * result.raw_max  # Adam's D ~ 1/sqrt(v) >> 1 here: the forecast's scale changes
+    bad = {**diagonal, names[0]: -diagonal[names[0]]}
+    with pytest.raises(ValueError, match="finite and positive"):
+        curvature(model, F.cross_entropy, (x, y), syms, preconditioner=bad)
+    with pytest.raises(ValueError, match="no diagonal for"):
+        curvature(model, F.cross_entropy, (x, y), syms, preconditioner={names[0]: diagonal[names[0]]})
+    assert adam_preconditioner(torch.optim.SGD(model.parameters(), lr=0.1), model) is None

@@ -15,6 +15,9 @@ of stability (training loss) its ``abrupt_changes``. Warning rules, the same rul
                characteristic crossing ahead), i.e. lambda_min < -1/(eta horizon);
     stability: eta lambda_max > 2 (the classical gradient-descent stability bound; the baseline every
                curvature-based forecast has to beat on catapult and edge-of-stability runs).
+Under AdamW (the grokking testbeds) both use the preconditioned curvature D^{1/2} H D^{1/2},
+D = 1/(sqrt(v_hat) + eps) (the monitor's forecast; ``curvature.adam_preconditioner``), and the
+stability bound is Adam's 38 at beta1 = 0.9 (``stability_threshold``): Adam's step is eta D g.
 Each rule fires at most once per horizon (refractory). Scores (``score``): per event the lead time
 (steps from the latest warning within the horizon before it), precision (warnings followed by an
 event within the horizon) and recall (events preceded by a warning). Whatever comes out is reported.
@@ -30,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 import torch.nn.functional as F
 
 from ..monitor import (
@@ -115,16 +119,39 @@ def _events(curves: dict[str, list[float]], bed: tb.Testbed, threshold: float) -
     return abrupt_changes(steps, values, window=window, threshold=threshold)
 
 
-def _warnings(store: RunStore, lr: float, horizon: int) -> dict[str, list[int]]:
+def stability_threshold(optimizer: torch.optim.Optimizer) -> float:
+    """The bound on eta lambda_max past which the step is unstable along the top eigenvector of a
+    quadratic (where the linear map's characteristic root crosses -1): 2 for gradient descent;
+    (2 + 2 mu)/(1 - tau) for torch's SGD with momentum mu and dampening tau (b' = mu b + (1 - tau) g),
+    (2 + 2 mu)/((1 + 2 mu)(1 - tau)) with Nesterov; for Adam/AdamW, on the preconditioned sharpness,
+    (2 + 2 beta1)/(1 - beta1) (38 at beta1 = 0.9; Cohen et al. 2022, "Adaptive gradient methods at the
+    edge of stability"). Other optimizers: 2."""
+    group = optimizer.param_groups[0]
+    if type(optimizer) in (torch.optim.Adam, torch.optim.AdamW):
+        beta = group["betas"][0]
+        return (2 + 2 * beta) / (1 - beta)
+    if not isinstance(optimizer, torch.optim.SGD):
+        return 2.0
+    momentum, dampening = group.get("momentum") or 0.0, group.get("dampening") or 0.0
+    bound = 2 + 2 * momentum
+    if group.get("nesterov"):
+        bound /= 1 + 2 * momentum
+    return bound / (1 - dampening) if momentum else bound
+
+
+def _warnings(store: RunStore, lr: float, horizon: int, threshold: float = 2.0) -> dict[str, list[int]]:
     found = {}
+    names = set(store.names())
     for signal in SIGNALS:
-        # the monitor's forecast -1/(eta lambda_min); "no crossing" (inf) is stored as NULL, read as NaN,
-        # which never fires
+        # the monitor's forecast -1/(eta lambda_min), preconditioned under Adam; "no crossing" (inf) is
+        # stored as NULL, read as NaN, which never fires
         steps, forecast = store.scalars(f"shock_steps/{signal}")
-        _, maximum = store.scalars(f"curvature/{signal}_max")
+        # under Adam the step is eta D g: its stability is that of the preconditioned sharpness
+        sharpness = f"curvature/preconditioned_{signal}_max"
+        _, maximum = store.scalars(sharpness if sharpness in names else f"curvature/{signal}_max")
         found[f"shock/{signal}"] = threshold_warnings(steps, forecast, horizon, below=True, refractory=horizon)
-        found[f"stability/{signal}"] = threshold_warnings(steps, [lr * value for value in maximum], 2.0, below=False,
-                                                          refractory=horizon)
+        found[f"stability/{signal}"] = threshold_warnings(steps, [lr * value for value in maximum], threshold,
+                                                          below=False, refractory=horizon)
     return found
 
 
@@ -148,9 +175,10 @@ def run_testbed(name: str, config: Config, log_dir: Path, *, bar=None, tensorboa
         curves = tb.train(bed, on_step=lambda step, loss, batch: monitor.step(loss, batch=batch), progress=advance)
         events = _events(curves, bed, config.event_threshold)
         horizon = max(2 * every, round(config.horizon_fraction * bed.steps))
-        warnings = _warnings(monitor.store, bed.lr, horizon)
-        series = {f"curvature/{s}_{end}": monitor.store.scalars(f"curvature/{s}_{end}")
-                  for s in SIGNALS for end in ("min", "max")}
+        warnings = _warnings(monitor.store, bed.lr, horizon, stability_threshold(bed.optimizer))
+        kinds = ("", "preconditioned_") if "curvature/preconditioned_raw_min" in monitor.store.names() else ("",)
+        series = {f"curvature/{kind}{s}_{end}": monitor.store.scalars(f"curvature/{kind}{s}_{end}")
+                  for kind in kinds for s in SIGNALS for end in ("min", "max")}
     scored = {key: score(found, events, horizon=horizon) for key, found in warnings.items()}
     transition_steps = curves["eval_step"] if bed.transition != "loss" else curves["step"]
     figure_curves = {"transition_step": [float(s) for s in transition_steps],
@@ -233,7 +261,10 @@ def plot(result: Result):
             top.axvline(event, color="red", lw=0.9, ls="--")
         top.set_title(f"{outcome.name}: {outcome.transition_curve}", fontsize=9)
         for signal, colour in (("quotient", "C0"), ("raw", "C1")):
-            bottom.plot(c["curvature_step"], c[f"curvature/{signal}_min"], color=colour, lw=1.1, label=f"{signal} λ_min")
+            # the curvature the rules used: preconditioned under Adam
+            kind = "preconditioned_" if f"curvature/preconditioned_{signal}_min" in c else ""
+            bottom.plot(c["curvature_step"], c[f"curvature/{kind}{signal}_min"], color=colour, lw=1.1,
+                        label=f"{signal} λ_min" + (" (D^½HD^½)" if kind else ""))
             for warning in outcome.warnings[f"shock/{signal}"]:
                 bottom.axvline(warning, color=colour, lw=0.7, ls=":")
         for event in outcome.events:

@@ -2,7 +2,7 @@
 observables, and the warning rules and event detector the §6 prediction is scored with."""
 
 from .attention import attention_observables
-from .curvature import Curvature, curvature
+from .curvature import Curvature, adam_preconditioner, curvature
 from .monitor import Monitor, Schedule
 from .path_norm import path_norm, path_norm_unsupported
 from .sinks import MLflowSink, Sink, TensorBoardSink
@@ -10,5 +10,5 @@ from .store import RunStore
 from .warnings import Score, abrupt_changes, midpoint_crossing, score, threshold_warnings
 
 __all__ = ["Curvature", "MLflowSink", "Monitor", "RunStore", "Schedule", "Score", "Sink", "TensorBoardSink",
-           "abrupt_changes", "attention_observables", "curvature", "midpoint_crossing", "path_norm", "path_norm_unsupported", "score",
+           "abrupt_changes", "adam_preconditioner", "attention_observables", "curvature", "midpoint_crossing", "path_norm", "path_norm_unsupported", "score",
            "threshold_warnings"]

@@ -34,30 +34,43 @@ from torch.func import functional_call
 from ..quotient import horizontal_projector
 from ..symmetry import SymmetrySet
 
-__all__ = ["Curvature", "curvature"]
+__all__ = ["Curvature", "adam_preconditioner", "curvature"]
 
 
 @dataclass(frozen=True)
 class Curvature:
-    """Extreme eigenvalues of the raw Hessian and of its quotient (horizontal) restriction."""
+    """Extreme eigenvalues of the raw Hessian and of its quotient (horizontal) restriction;
+    ``preconditioned``: the same four of S H S and S P_H H P_H S, S = D^{1/2}, where a diagonal
+    preconditioner D was given (None otherwise)."""
 
     raw_max: float
     raw_min: float
     quotient_max: float
     quotient_min: float
     matvecs: int
+    preconditioned: Curvature | None = None
 
     def shock_steps(self, lr: float, *, quotient: bool = True) -> float:
-        """tau*/eta = -1/(eta lambda_min) when lambda_min < 0, else math.inf (no crossing forecast)."""
-        smallest = self.quotient_min if quotient else self.raw_min
+        """tau*/eta = -1/(eta lambda_min) when lambda_min < 0, else math.inf (no crossing forecast).
+
+        With a preconditioner (an optimizer stepping theta' = theta - eta D g, as Adam does with
+        D = 1/(sqrt(v_hat) + eps)) the flow along a direction runs at the rate of D H, whose spectrum
+        is that of D^{1/2} H D^{1/2}: lambda_min is then the preconditioned one. Without it, Adam's
+        steps (eta/sqrt(v_hat), often 1e2-1e4 times eta) would make the forecast that much too long."""
+        found = self.preconditioned if self.preconditioned is not None else self
+        smallest = found.quotient_min if quotient else found.raw_min
         return -1.0 / (lr * smallest) if smallest < 0 else math.inf
 
 
 def curvature(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], batch: Sequence[Tensor],
               symmetries: SymmetrySet, *, tol: float = 1e-8, max_matvecs: int = 2000,
-              max_dense_entries: int = 50_000_000) -> Curvature:
+              max_dense_entries: int = 50_000_000, preconditioner: Mapping[str, Tensor] | None = None) -> Curvature:
     """Raw and quotient extreme Hessian eigenvalues of loss_fn(model(inputs), targets) at the model's
-    parameters (float64 copies; buffers as they are; the model's train/eval mode is used)."""
+    parameters (float64 copies; buffers as they are; the model's train/eval mode is used).
+
+    ``preconditioner``: a positive diagonal D per parameter (name -> tensor of its shape, e.g.
+    ``adam_preconditioner(optimizer, model)``); then also the extremes of S H S and S P_H H P_H S with
+    S = D^{1/2} (``Curvature.preconditioned``), at twice the Lanczos cost."""
     inputs, targets = batch
     model = copy.deepcopy(model).double()  # a float64 reference copy: the caller's model is not touched
     names = [name for name, _ in model.named_parameters()]
@@ -69,6 +82,16 @@ def curvature(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], bat
 
     # the gradient's graph is built once; each Hessian-vector product is one backward through it
     # (reverse-over-reverse), about 4x cheaper here than re-running forward-over-reverse per product
+    scale = None  # S = D^{1/2}, flat, checked before any Lanczos run
+    if preconditioner is not None:
+        missing = [name for name in names if name not in preconditioner]
+        if missing:
+            raise ValueError(f"preconditioner has no diagonal for {missing[:3]}: give one per parameter (name -> tensor)")
+        diagonal = torch.cat([preconditioner[name].detach().to("cpu", torch.float64).reshape(-1) for name in names])
+        if diagonal.shape[0] != sum(sizes) or not bool((torch.isfinite(diagonal) & (diagonal > 0)).all()):
+            raise ValueError("preconditioner must be finite and positive everywhere (a diagonal D > 0), one value per entry")
+        scale = diagonal.sqrt().numpy()
+
     leaves = [p.detach().requires_grad_(True) for p in params.values()]
     with torch.enable_grad():
         outputs = functional_call(model, {**dict(zip(names, leaves)), **buffers}, (double[0],))
@@ -101,9 +124,36 @@ def curvature(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], bat
     def projected(vector: np.ndarray) -> np.ndarray:
         return project(hvp(project(vector)))
 
-    raw = _extremes(LinearOperator((dimension, dimension), matvec=hvp, dtype=np.float64), tol, max_matvecs)
-    quotient = _extremes(LinearOperator((dimension, dimension), matvec=projected, dtype=np.float64), tol, max_matvecs)
-    return Curvature(raw[1], raw[0], quotient[1], quotient[0], count[0])
+    operator = lambda matvec: LinearOperator((dimension, dimension), matvec=matvec, dtype=np.float64)
+    raw = _extremes(operator(hvp), tol, max_matvecs)
+    quotient = _extremes(operator(projected), tol, max_matvecs)
+    preconditioned = None
+    if scale is not None:
+        raw_scaled = _extremes(operator(lambda v: scale * hvp(scale * v)), tol, max_matvecs)
+        quotient_scaled = _extremes(operator(lambda v: scale * projected(scale * v)), tol, max_matvecs)
+        preconditioned = Curvature(raw_scaled[1], raw_scaled[0], quotient_scaled[1], quotient_scaled[0], 0)
+    return Curvature(raw[1], raw[0], quotient[1], quotient[0], count[0], preconditioned)
+
+
+def adam_preconditioner(optimizer: torch.optim.Optimizer, model: nn.Module) -> dict[str, Tensor] | None:
+    """Adam's and AdamW's diagonal D = 1/(sqrt(v_hat) + eps), v_hat = v / (1 - beta2^t) (AMSGrad: the
+    running max of v), per parameter of ``model``: the step is theta' = theta - eta D m_hat, so near a
+    steady gradient (m_hat ~ g) the loss's curvature acts through D H. None for another optimizer or
+    before every parameter has a state (the first step)."""
+    if type(optimizer) not in (torch.optim.Adam, torch.optim.AdamW):
+        return None
+    group_of = {id(p): group for group in optimizer.param_groups for p in group["params"]}
+    out = {}
+    for name, p in model.named_parameters():
+        state = optimizer.state.get(p)
+        if id(p) not in group_of or not state or "exp_avg_sq" not in state:
+            return None
+        group = group_of[id(p)]
+        step = float(state["step"])
+        second = state["max_exp_avg_sq"] if group.get("amsgrad") else state["exp_avg_sq"]
+        corrected = second.detach().double() / (1 - group["betas"][1] ** step)
+        out[name] = 1.0 / (corrected.sqrt() + group["eps"])
+    return out
 
 
 def _extremes(operator: LinearOperator, tol: float, max_matvecs: int) -> tuple[float, float]:

@@ -18,7 +18,9 @@ orthogonal to every orbit direction at theta_t, ``quotient.horizontal_projection
     grad_norm only where a symmetry is broken (what gradient_breaking shows per group every step), while
     the update's vertical part (weight decay, momentum) shows in update_norm/quotient.
 Every ``Schedule.curvature`` steps (with ``loss_fn`` and the step's batch): extreme raw and quotient
-Hessian eigenvalues and the shock-step forecasts -1/(eta lambda_min) (``curvature``). Every
+Hessian eigenvalues and the shock-step forecasts -1/(eta lambda_min) (``curvature``); under Adam or
+AdamW also those of D^{1/2} H D^{1/2}, D = 1/(sqrt(v_hat) + eps) (``curvature/preconditioned_*``),
+whose lambda_min the forecasts then use (the step is eta D g, not eta g). Every
 ``Schedule.attention`` steps (attention models): GL-invariant attention observables
 (``attention_observables``) beside the raw |W_Q||W_K|.
 
@@ -44,7 +46,7 @@ from ..mechanics import ConservationTracker
 from ..quotient import horizontal_projector
 from ..symmetry import Kind, SymmetrySet, find_symmetries
 from .attention import attention_observables
-from .curvature import curvature
+from .curvature import adam_preconditioner, curvature
 from .path_norm import path_norm, path_norm_unsupported
 from .sinks import Sink, TensorBoardSink
 from .store import RunStore
@@ -242,11 +244,18 @@ class Monitor:
         if self._path_norm and self.schedule.due("quotient", self._step):
             values["path_norm"] = path_norm(self.model, self._input_shape)
         if stepped and self.schedule.due("curvature", self._step) and batch is not None and self.symmetries is not None:
-            found = curvature(self.model, self.loss_fn, batch, self.symmetries, tol=self.curvature_tol)
+            found = curvature(self.model, self.loss_fn, batch, self.symmetries, tol=self.curvature_tol,
+                              preconditioner=adam_preconditioner(self.optimizer, self.model))
             lr = float(self.optimizer.param_groups[0]["lr"])
             values.update({"curvature/raw_max": found.raw_max, "curvature/raw_min": found.raw_min,
                            "curvature/quotient_max": found.quotient_max, "curvature/quotient_min": found.quotient_min,
                            "shock_steps/quotient": found.shock_steps(lr), "shock_steps/raw": found.shock_steps(lr, quotient=False)})
+            if found.preconditioned is not None:  # Adam: the forecast above is the preconditioned one
+                scaled = found.preconditioned
+                values.update({"curvature/preconditioned_raw_max": scaled.raw_max,
+                               "curvature/preconditioned_raw_min": scaled.raw_min,
+                               "curvature/preconditioned_quotient_max": scaled.quotient_max,
+                               "curvature/preconditioned_quotient_min": scaled.quotient_min})
         if self.schedule.due("attention", self._step) and batch is not None:
             values.update(attention_observables(self.model, batch[0]))
         # one conversion for every value still held as a tensor (a single device sync on a GPU)
