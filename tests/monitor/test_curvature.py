@@ -27,26 +27,10 @@ def test_lanczos_matches_the_dense_hessian_and_its_horizontal_restriction():
             for p in model.parameters():
                 p -= 0.5 * p.grad
     syms = sw.find_symmetries(model, x)
-    names = [n for n, _ in model.named_parameters()]
-    params = {n: p.detach() for n, p in model.named_parameters()}
-    flat = torch.cat([params[n].reshape(-1) for n in names])
-    sizes = [params[n].numel() for n in names]
-
-    def loss_flat(vector):
-        pieces = dict(zip(names, [piece.reshape(params[n].shape) for piece, n in zip(vector.split(sizes), names)]))
-        return F.cross_entropy(functional_call(model, pieces, (x,)), y)
-
-    dense = hessian(loss_flat)(flat)
+    dense, projector, _ = _dense_truth(model, x, y, syms)
     raw = torch.linalg.eigvalsh(dense)
-    columns = []
-    for sym in syms:
-        if sym.kind.one_parameter:
-            g = generator(sym, params)
-            columns.append(torch.cat([g.get(n, torch.zeros_like(params[n])).reshape(-1) for n in names]))
-    q, r = torch.linalg.qr(torch.stack(columns, dim=1))
-    q = q[:, r.diagonal().abs() > 1e-10]
-    projector = torch.eye(len(flat), dtype=torch.float64) - q @ q.T
-    basis = torch.linalg.svd(projector)[0][:, : len(flat) - q.shape[1]]
+    # an orthonormal basis of the horizontal space: the projector's range (its rank is its trace)
+    basis = torch.linalg.svd(projector)[0][:, : round(float(projector.trace()))]
     restricted = torch.linalg.eigvalsh(basis.T @ dense @ basis)
     result = curvature(model, F.cross_entropy, (x, y), syms)
     assert math.isclose(result.raw_max, float(raw[-1]), rel_tol=1e-7)
