@@ -139,3 +139,29 @@ def test_the_pass_copies_and_measures_the_move_of_its_first_x(native):
     assert all(torch.equal(into[name], y[name]) for name in syms.quadratic_params)
     with pytest.raises(ValueError, match="at least one pair"):
         syms.fused_sums([], moved_from=m)
+
+
+def test_max_ratio_is_numpys_including_nan_and_the_floor():
+    """``sw_max_ratio`` (the monitor's per-kind maxima) against the NumPy expression it replaces."""
+    import math
+
+    import numpy as np
+
+    from shockwatch.monitor.monitor import _max_ratio
+    from shockwatch.symmetry import _native
+
+    lib = _native.library()
+    if lib is None:
+        pytest.skip(f"no C kernel: {_native.reason()}")
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal(257), rng.standard_normal(257)
+    denominator = np.abs(rng.standard_normal(257))
+    denominator[3] = 0.0  # the floor 1e-300 applies: a huge but finite ratio
+    for other, scale in ((b, 1.0), (None, 2.5)):
+        difference = np.abs(a) if other is None else np.abs(a - other)
+        expected = float((difference / np.maximum(denominator * scale, 1e-300)).max())
+        assert _max_ratio(a, other, denominator, scale) == expected
+    poisoned = a.copy()
+    poisoned[100] = math.nan
+    assert math.isnan(_max_ratio(poisoned, b, denominator)) and math.isnan(_max_ratio(a, b, denominator, math.nan))
+    assert _max_ratio(a[:0], b[:0], denominator[:0]) == -math.inf

@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from ..mechanics import ConservationTracker
 from ..quotient import horizontal_projector
-from ..symmetry import Kind, SymmetrySet, find_symmetries
+from ..symmetry import Kind, SymmetrySet, _native, find_symmetries
 from .attention import attention_observables
 from .curvature import adam_preconditioner, curvature
 from .path_norm import path_norm, path_norm_unsupported
@@ -114,6 +114,18 @@ def _host(*tensors: Tensor) -> list[np.ndarray]:
         return [t.double().numpy() for t in tensors]
     flat = torch.cat([t.reshape(-1).double() for t in tensors]).cpu().numpy()
     return [part.reshape(t.shape) for part, t in zip(np.split(flat, np.cumsum([t.numel() for t in tensors])[:-1]), tensors)]
+
+
+def _max_ratio(a: np.ndarray, b: np.ndarray | None, denominator: np.ndarray, scale: float = 1.0) -> float:
+    """max_k |a_k - b_k| / max(denominator_k scale, 1e-300) (b None: |a_k|), NaN if any term is NaN:
+    one C call (``sw_max_ratio``) where the kernel is built, as NumPy otherwise (the same value)."""
+    lib = _native.library()
+    if lib is not None and all(v is None or (v.dtype == np.float64 and v.flags.c_contiguous) for v in (a, b, denominator)):
+        address = lambda v: None if v is None else v.__array_interface__["data"][0]
+        return lib.sw_max_ratio(len(a), address(a), address(b), address(denominator), scale, 1e-300)
+    with np.errstate(invalid="ignore"):
+        difference = np.abs(a) if b is None else np.abs(a - b)
+        return float((difference / np.maximum(denominator * scale, 1e-300)).max(initial=-math.inf))
 
 
 def _rank() -> int:
@@ -200,7 +212,7 @@ class Monitor:
             if not any(self._quadratic):
                 self._quadratic = []
             else:  # each group's size |xi_k|^2 at the last record, for the gradient breaking
-                self._sizes = start[1][self._quadratic_columns].copy()
+                self._root_sizes = np.sqrt(start[1][self._quadratic_columns])
                 ends = np.cumsum(self._quadratic)
                 self._breaking_slices = [(kind, slice(int(end - count), int(end)))
                                          for kind, count, end in zip(_QUADRATIC, self._quadratic, ends) if count]
@@ -344,10 +356,9 @@ class Monitor:
                 self._measured = (signed[1], signed[2] if len(pairs) > 2 else None)
             # |xi_k|^2 = the group's size at the tracker's last record: at most Schedule.charges
             # steps old, which only rescales a ratio that is ~0 (exact symmetry) or O(1) (broken)
-            with np.errstate(invalid="ignore"):
-                ratio = np.abs(signed[0]) / np.maximum(np.sqrt(self._sizes) * grad_norm, 1e-300)
             for kind, columns in self._breaking_slices:
-                pre[f"gradient_breaking/{kind.value}"] = float(ratio[columns].max())
+                pre[f"gradient_breaking/{kind.value}"] = _max_ratio(signed[0][columns], None,
+                                                                    self._root_sizes[columns], grad_norm)
         if syms is not None and self.schedule.due("quotient", self._step + 1):
             # one projector at theta_t serves the gradient now and the update after the step
             named_params = dict(zip(self._names, params))
@@ -417,15 +428,14 @@ class Monitor:
         self._recorded = step
         empirical_all, size_all = rows[0], rows[1]
         if self._quadratic:
-            self._sizes = size_all[self._quadratic_columns]
+            self._root_sizes = np.sqrt(size_all[self._quadratic_columns])
         # a few vectors of group values: NumPy's per-operation cost is a fraction of torch's
         for kind, columns in self._kind_slices:
             empirical = empirical_all[columns]
             start_charge, start_size = self._start_host[kind]
-            out[f"charge_drift/{kind}"] = float((np.abs(empirical - start_charge) / start_size).max())
+            out[f"charge_drift/{kind}"] = _max_ratio(empirical, start_charge, start_size)
             if len(rows) > 2:  # the discrete law's row
-                size = np.maximum(size_all[columns], 1e-300)
-                out[f"charge_law_error/{kind}"] = float((np.abs(empirical - rows[2][columns]) / size).max())
+                out[f"charge_law_error/{kind}"] = _max_ratio(empirical, rows[2][columns], size_all[columns])
         return out
 
     def _write(self, values: dict[str, float]) -> None:

@@ -17,6 +17,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <math.h>
 
 #define UNITS(TYPE, NAME)                                                                         \
     static int NAME(int64_t n_pairs, int64_t n_tensors, const int64_t *shape, const int64_t *row,   \
@@ -196,4 +197,26 @@ void sw_momentum_law(int64_t n, int64_t quadratic, int64_t first, int64_t any_ne
         osc[2 * k] = e[0] * x0 + e[1] * x1 + drive_per_mass * r[2 * k];
         osc[2 * k + 1] = e[2] * x0 + e[3] * x1 + drive_per_mass * r[2 * k + 1];
     }
+}
+
+/* max_k |a_k - b_k| / max(denominator_k * scale, floor) over n groups (b NULL: |a_k|), with NumPy's
+   semantics: a NaN anywhere (in a, b, the denominator or the scale) makes the result NaN (np.maximum
+   and max propagate it; fmax would not). The monitor's per-kind maxima (gradient breaking, charge
+   drift, law error) in one call each in place of five NumPy operations. n = 0: -infinity. */
+double sw_max_ratio(int64_t n, const double *a, const double *b, const double *denominator, double scale,
+                    double floor_value) {
+    double best = -INFINITY;
+    int nan_seen = 0;
+    for (int64_t k = 0; k < n; ++k) {
+        double den = denominator[k] * scale;
+        if (den != den) {
+            nan_seen = 1;
+            continue;
+        }
+        if (den < floor_value) den = floor_value;
+        const double r = fabs(b ? a[k] - b[k] : a[k]) / den;
+        if (r != r) nan_seen = 1;
+        else if (r > best) best = r;
+    }
+    return nan_seen ? NAN : best;
 }

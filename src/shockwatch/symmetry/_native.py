@@ -97,6 +97,8 @@ def library() -> ctypes.CDLL | None:
     lib.sw_scatter.restype = None
     lib.sw_momentum_law.argtypes = [i64, i64, i64, i64, *[pointer] * 13]
     lib.sw_momentum_law.restype = None
+    lib.sw_max_ratio.argtypes = [i64, pointer, pointer, pointer, ctypes.c_double, ctypes.c_double]
+    lib.sw_max_ratio.restype = ctypes.c_double
     return lib
 
 
