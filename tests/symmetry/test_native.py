@@ -165,3 +165,24 @@ def test_max_ratio_is_numpys_including_nan_and_the_floor():
     poisoned[100] = math.nan
     assert math.isnan(_max_ratio(poisoned, b, denominator)) and math.isnan(_max_ratio(a, b, denominator, math.nan))
     assert _max_ratio(a[:0], b[:0], denominator[:0]) == -math.inf
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_host_sums_are_the_tensor_sums_as_numpy(native):
+    """``fused_sums(host=True)``: the same values as float64 NumPy arrays, from either kernel."""
+    import numpy as np
+
+    if native and _native.library() is None:
+        pytest.skip(f"no fused kernel: {_native.reason()}")
+    model, example = _model("vgg-bn")
+    syms = sw.find_symmetries(model, example)
+    x, y, _ = _inputs(model, torch.float32)
+    rest = [t for name, t in x.items() if name not in syms.quadratic_params]
+    kwargs = {"unsigned": True, "norms": ((rest, None),), "native": native}
+    tensors = syms.fused_sums([(x, y), (y, y)], **kwargs)
+    arrays = syms.fused_sums([(x, y), (y, y)], host=True, **kwargs)
+    for field, (a, b) in zip(tensors._fields, zip(tensors, arrays)):
+        assert (a is None) == (b is None), field
+        if a is not None:
+            assert isinstance(b, np.ndarray) and b.dtype == np.float64
+            assert np.array_equal(a.numpy(), b), field

@@ -160,7 +160,7 @@ class ConservationTracker:
         # every record (report() needs them), or only the last (a monitor: memory stays flat, where
         # the history of a long run grows by 4 x groups x 8 bytes a record)
         self.keep_history = keep_history
-        self._history: list[tuple[int, Tensor]] = []
+        self._history: list[tuple[int, np.ndarray]] = []  # NumPy: a per-step torch call costs more
         self._counts = [len(symmetries.of_kind(kind)) for kind in _KINDS]
         self._cuts = np.cumsum(self._counts)[:-1]
         self._record(params)
@@ -461,7 +461,7 @@ class ConservationTracker:
         stacked = np.stack([np.concatenate([_host(row[block]) for block in _BLOCKS]) for row in rows])
         if not self.keep_history:
             self._history.clear()
-        self._history.append((self._step, torch.from_numpy(stacked)))
+        self._history.append((self._step, stacked))
 
     def latest(self) -> tuple[int, dict[str, dict[str, Tensor]]]:
         """The last recorded step and, per kind, its "empirical", "size" and (where a law applies)
@@ -479,8 +479,7 @@ class ConservationTracker:
         """``latest()`` as one float64 array (rows: empirical, size[, discrete[, continuous]]; columns:
         every group, translation then scale then rescale; ``kind_slices`` cuts them), for a per-step
         caller to which a dict of tensors per step is a cost."""
-        step, rows = self._history[-1]
-        return step, rows.numpy()
+        return self._history[-1]
 
     @property
     def kind_slices(self) -> dict[str, slice]:
@@ -492,7 +491,7 @@ class ConservationTracker:
         if not self.keep_history:
             raise ValueError("report() needs every record: this tracker was made with keep_history=False")
         steps = [step for step, _ in self._history]
-        history = torch.stack([rows for _, rows in self._history])  # (steps, rows, groups)
+        history = torch.from_numpy(np.stack([rows for _, rows in self._history]))  # (steps, rows, groups)
 
         def by_kind(row: int) -> dict:
             if row >= history.shape[1]:  # no law of this type for this run
@@ -505,7 +504,8 @@ class ConservationTracker:
         """Everything a resumed run needs to continue its predictions (and its recorded history)."""
         tensors = {key: {k: torch.from_numpy(v.copy()) for k, v in getattr(self, f"_{key}").items()}
                    for key in ("initial", "discrete", "integral", "decay_time", "theta_buffer", "buffer_sq", "oscillator")}
-        return {"step": self._step, **tensors, "buffers_started": self._buffers_started, "history": list(self._history),
+        return {"step": self._step, **tensors, "buffers_started": self._buffers_started,
+                "history": [(step, torch.from_numpy(rows.copy())) for step, rows in self._history],
                 "law": self.law}
 
     def load_state_dict(self, state: Mapping) -> None:
@@ -520,4 +520,4 @@ class ConservationTracker:
         for key in ("initial", "discrete", "integral", "decay_time", "theta_buffer", "buffer_sq", "oscillator"):
             setattr(self, f"_{key}", {k: _host(torch.as_tensor(v)).copy() for k, v in state[key].items()})
         self._buffers_started = bool(state["buffers_started"])
-        self._history = list(state["history"])
+        self._history = [(int(step), _host(torch.as_tensor(rows)).copy()) for step, rows in state["history"]]

@@ -106,16 +106,6 @@ def _total_norm(tensors: list[Tensor]) -> float:
     return float(torch.stack(torch._foreach_norm(tensors)).double().square().sum().sqrt())
 
 
-def _host(*tensors: Tensor) -> list[np.ndarray]:
-    """Small float64 tensors as NumPy arrays: views on the CPU, one transfer (one sync) off a GPU.
-    The per-step arithmetic on group vectors then runs in NumPy, whose per-operation cost is a
-    fraction of torch's."""
-    if all(t.device.type == "cpu" for t in tensors):
-        return [t.double().numpy() for t in tensors]
-    flat = torch.cat([t.reshape(-1).double() for t in tensors]).cpu().numpy()
-    return [part.reshape(t.shape) for part, t in zip(np.split(flat, np.cumsum([t.numel() for t in tensors])[:-1]), tensors)]
-
-
 def _max_ratio(a: np.ndarray, b: np.ndarray | None, denominator: np.ndarray, scale: float = 1.0) -> float:
     """max_k |a_k - b_k| / max(denominator_k scale, 1e-300) (b None: |a_k|), NaN if any term is NaN:
     one C call (``sw_max_ratio``) where the kernel is built, as NumPy otherwise (the same value)."""
@@ -341,11 +331,11 @@ class Monitor:
         copy_into = self._before_named if pairs else None
         if len(pairs) > 1:  # |g|^2 = the (g, g) pair's whole sum plus the parameters no group touches
             fused = self._sums(pairs, norms=(([grads[i] for i in self._rest], None),), copy_into=copy_into)
-            signed, whole, norms = _host(fused.signed, fused.whole, fused.norms)
+            signed, whole, norms = fused.signed, fused.whole, fused.norms
             grad_norm = math.sqrt(max(float(whole[1] + norms[0] ** 2), 0.0))
         else:
             fused = self._sums(pairs, norms=((grads, None),), copy_into=copy_into)
-            signed, norms = _host(fused.signed, fused.norms)
+            signed, norms = fused.signed, fused.norms
             grad_norm = float(norms[0])
         self._pre = pre = {"grad_norm": grad_norm}
         self._have_before = math.isfinite(grad_norm)
@@ -369,7 +359,8 @@ class Monitor:
     def _sums(self, pairs, *, unsigned: bool = False, norms=(), copy_into=None, moved_from=None):
         """``SymmetrySet.fused_sums`` (compiled where asked and possible; an empty set without symmetries)."""
         kernel_set = self.symmetries if self.symmetries is not None else _NO_SYMMETRIES
-        extra = {"copy_into": copy_into, "moved_from": moved_from}
+        # host=True: NumPy arrays, no torch call per field (the C kernel's output is on the host already)
+        extra = {"copy_into": copy_into, "moved_from": moved_from, "host": True}
         if self._compile:
             try:
                 return kernel_set.fused_sums(pairs, unsigned=unsigned, norms=norms, compile=True, **extra)
@@ -402,11 +393,11 @@ class Monitor:
             moved_rest = ((rest, [self._before[i] for i in self._rest]),) if have else ()
             fused = self._sums([(named_params, named_params)], unsigned=True, norms=((rest, None), *moved_rest),
                                moved_from=self._before_named if have else None)
-            signed, unsigned, whole, norms = _host(fused.signed, fused.unsigned, fused.whole, fused.norms)
+            signed, unsigned, whole, norms = fused.signed, fused.unsigned, fused.whole, fused.norms
             param_norm = math.sqrt(max(float(whole[0] + norms[0] ** 2), 0.0))
             update_norm = math.sqrt(float(fused.moved) ** 2 + float(norms[1]) ** 2) if have else None
         else:
-            norms, = _host(self._sums([], norms=((params, None), *(((params, self._before),) if have else ()))).norms)
+            norms = self._sums([], norms=((params, None), *(((params, self._before),) if have else ()))).norms
             param_norm = float(norms[0])
             update_norm = float(norms[1]) if have else None
         out = {"param_norm": param_norm}

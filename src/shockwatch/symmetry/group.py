@@ -380,6 +380,11 @@ class FusedSums(NamedTuple):
     moved: Tensor | None = None  # |x_0 - moved_from| over ``quadratic_params``, where asked
 
 
+def _on_host(sums: FusedSums) -> FusedSums:
+    """Every field of ``sums`` as a float64 NumPy array (``fused_sums(host=True)`` off the C kernel)."""
+    return FusedSums(*(None if t is None else t.detach().to("cpu", torch.float64).numpy() for t in sums))
+
+
 @dataclass(frozen=True, eq=False)
 class SymmetrySet:
     """The symmetries found on one model, with a precomputed charge plan per kind."""
@@ -557,7 +562,7 @@ class SymmetrySet:
     def fused_sums(self, pairs: list[tuple[Mapping[str, Tensor], Mapping[str, Tensor]]], *, unsigned: bool = False,
                    norms: tuple[tuple[list[Tensor], list[Tensor] | None], ...] = (),
                    compile: bool = False, native: bool = True, copy_into: Mapping[str, Tensor] | None = None,
-                   moved_from: Mapping[str, Tensor] | None = None) -> FusedSums:
+                   moved_from: Mapping[str, Tensor] | None = None, host: bool = False) -> FusedSums:
         r"""``quadratic_sums`` of ``pairs`` and whole-vector norms, from one pass over the tensors.
 
         Returns ``FusedSums(signed, unsigned, whole, norms)``: signed (len(pairs), groups) as
@@ -573,6 +578,9 @@ class SymmetrySet:
         and dtype): ``copy_into`` receives a copy of each x tensor, and ``moved_from`` gives ``moved`` =
         |x - moved_from|, so that a caller keeping theta_t to measure the update by does not read theta
         once more for it.
+
+        ``host=True``: every field as a float64 NumPy array instead (the C kernel's output as it is; a
+        copy off a GPU), for a per-step caller whose arithmetic is on the host anyway.
 
         On the CPU (``native=True``, ``compile=False``) the pass runs in the C kernel ``_fused.c``: one
         read of each tensor, products and sums in float64. It is built with the system's C compiler at
@@ -593,7 +601,8 @@ class SymmetrySet:
             empty = torch.zeros(len(pairs), 0, dtype=torch.float64, device=self.device)
             totals = kernel_for(0, False)((), [], [], tuple(norms), None)[1] if norms else None
             moved = empty.new_zeros(()) if moved_from is not None else None  # no quadratic parameters
-            return FusedSums(empty, empty if unsigned else None, empty.new_zeros(len(pairs)), totals, moved)
+            sums = FusedSums(empty, empty if unsigned else None, empty.new_zeros(len(pairs)), totals, moved)
+            return _on_host(sums) if host else sums
         first = pairs[0][0]
         key = tuple(first[name].shape for name in self.quadratic_params)
         plan = self._unit_plans.get(key)
@@ -603,7 +612,7 @@ class SymmetrySet:
         if native and not compile and plan.native is not None and self.device.type == "cpu":
             found = _native_units(plan.native, pairs, norms, copy_into, moved_from)
             if found is not None:
-                scattered, totals, moved = (None if a is None else torch.from_numpy(a) for a in found)
+                scattered, totals, moved = found if host else (None if a is None else torch.from_numpy(a) for a in found)
                 return FusedSums(scattered[:, :size], scattered[:, size:2 * size] if unsigned else None,
                                  scattered[:, 2 * size], totals, moved)
         dims = tuple(used for _, used in plan.tensors)
@@ -634,7 +643,7 @@ class SymmetrySet:
             sums = sums._replace(moved=torch.stack(torch._foreach_norm(steps)).double().square().sum().sqrt())
         if copy_into is not None:
             torch._foreach_copy_([copy_into[name] for name in self.quadratic_params], sources)
-        return sums
+        return _on_host(sums) if host else sums
 
     @staticmethod
     def _scatter(plan: _UnitPlan, units: Tensor, totals: Tensor | None, n_pairs: int, size: int,
