@@ -183,6 +183,13 @@ class _NativeLayout:
     # id(tensor) -> (tensor, address, dtype of the call) of tensors already checked (shape, dtype,
     # device, contiguity) for a call of that dtype
     checked: dict = field(default_factory=dict, compare=False, repr=False)
+    arrays: dict = field(default_factory=dict, compare=False, repr=False)  # addresses -> ctypes array
+
+    @functools.cached_property
+    def scatter_arguments(self) -> tuple:
+        """``sw_scatter``'s plan arguments (the NumPy arrays' addresses, taken once)."""
+        return (len(self.row), self.position.ctypes.data, self.row.ctypes.data, self.sign.ctypes.data,
+                len(self.cover), self.cover.ctypes.data, self.groups)
 
 
 def _native_layout(vectors: tuple[str, ...], tensors, offset: Mapping[tuple[str, int], int],
@@ -303,24 +310,36 @@ def _native_units(layout: _NativeLayout, pairs, norms, copy_into=None, moved_fro
             numel.append(t.numel())
             a_at.append(t.data_ptr())
             b_at.append(u.data_ptr())
-        squares.append((numel, a_at, b_at if b is not None else None))
-    pointer_array = lambda values: (ctypes.c_void_p * len(values))(*values)
+        squares.append((tuple(numel), tuple(a_at), tuple(b_at) if b is not None else None))
+    arrays = layout.arrays  # the ctypes arrays of a call's addresses, made once per set of addresses
+    if len(arrays) > 64:  # tensors reallocated every step at new addresses: keep it small
+        arrays.clear()
+
+    def pointer_array(values, kind=ctypes.c_void_p):
+        if values is None:
+            return None
+        key = (kind, tuple(values))
+        found = arrays.get(key)
+        if found is None:
+            found = arrays[key] = (kind * len(values))(*values)
+        return found
+
     units = np.zeros((len(pairs), layout.size))
     moved = np.zeros(()) if moved_from is not None else None
     if lib.sw_units(code, len(pairs), len(layout.names), layout.blocks, layout.row_offset, layout.col_offset,
-                    pointer_array(xs), pointer_array(ys), units.ctypes.data, layout.size,
-                    pointer_array(copy_at) if copy_at is not None else None,
-                    pointer_array(moved_at) if moved_at is not None else None,
-                    moved.ctypes.data if moved is not None else None):
+                    pointer_array(xs), pointer_array(ys), units.ctypes.data, layout.size, pointer_array(copy_at),
+                    pointer_array(moved_at), moved.ctypes.data if moved is not None else None):
         return None  # its scratch memory could not be allocated
-    totals = np.sqrt([lib.sw_sumsq(code, len(numel), (ctypes.c_int64 * len(numel))(*numel), pointer_array(a_at),
-                                   pointer_array(b_at) if b_at is not None else None) if numel else 0.0
-                      for numel, a_at, b_at in squares]) if squares else None
+    totals = None
+    if squares:
+        totals = np.empty(len(squares))
+        for i, (numel, a_at, b_at) in enumerate(squares):
+            totals[i] = lib.sw_sumsq(code, len(numel), pointer_array(numel, ctypes.c_int64), pointer_array(a_at),
+                                     pointer_array(b_at)) if numel else 0.0
+        np.sqrt(totals, out=totals)
     scattered = np.zeros((len(pairs), 2 * layout.groups + 1))
-    lib.sw_scatter(len(pairs), layout.size, units.ctypes.data, len(layout.row), layout.position.ctypes.data,
-                   layout.row.ctypes.data, layout.sign.ctypes.data, len(layout.cover), layout.cover.ctypes.data,
-                   layout.groups, scattered.ctypes.data)
-    return scattered, totals, np.array(np.sqrt(moved)) if moved is not None else None
+    lib.sw_scatter(len(pairs), layout.size, units.ctypes.data, *layout.scatter_arguments, scattered.ctypes.data)
+    return scattered, totals, np.sqrt(moved, out=moved) if moved is not None else None
 
 
 def _units(dims: tuple[tuple[int, ...], ...], vectors: list[tuple[Tensor, Tensor]],
