@@ -132,7 +132,7 @@ class RunStore:
             return []
         try:
             ring = np.load(self._pending_path, mmap_mode="r")
-        except (FileNotFoundError, ValueError):  # none, or a writer creating it right now
+        except (OSError, ValueError):  # none, or a writer creating it right now
             return []
         count = min(int(ring[0, 0]), len(ring) - 1)
         names = dict(self._db.execute("SELECT id, name FROM names"))
