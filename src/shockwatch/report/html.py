@@ -23,6 +23,9 @@ __all__ = ["write_report"]
 # (raw, symmetry-aware) pairs drawn side by side; a prefix pair ("qk_weight_norm/", "logit_max/") pairs per layer
 _PAIRS = (("grad_norm", "grad_norm/quotient"), ("update_norm", "update_norm/quotient"), ("param_norm", "path_norm"),
           ("curvature/raw_min", "curvature/quotient_min"), ("curvature/raw_max", "curvature/quotient_max"),
+          # under Adam: D^1/2 H D^1/2 and its quotient, what the shock forecasts used
+          ("curvature/preconditioned_raw_min", "curvature/preconditioned_quotient_min"),
+          ("curvature/preconditioned_raw_max", "curvature/preconditioned_quotient_max"),
           ("shock_steps/raw", "shock_steps/quotient"))
 _PREFIX_PAIRS = (("qk_weight_norm/", "logit_max/"),)
 _RAW_ONLY = ("loss", "update_ratio")
