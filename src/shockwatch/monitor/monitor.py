@@ -164,6 +164,10 @@ class Monitor:
         self.rank = _rank()
         self._named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
         self._names = [name for name, _ in self._named]
+        # the parameter objects themselves, listed once (every per-step use is under no_grad: no
+        # detach per parameter per step)
+        self._params = [p for _, p in self._named]
+        self._named_params = dict(self._named)
         self._quadratic: list[int] = []  # the numbers of scale and rescale groups; [] without any
         self._compile = compile
         self._pre: dict[str, float] | None = None
@@ -306,12 +310,12 @@ class Monitor:
         self._measured = None
         # the parameters themselves, not detached views: every use below is under no_grad, and a
         # detach per parameter is a torch call per parameter per step
-        params = [p for _, p in self._named]
+        params = self._params
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for _, p in self._named]
         syms = self.symmetries
         pairs, law = [], self.tracker.law if self.tracker is not None else "none"
         if self._quadratic:
-            named_params = dict(zip(self._names, params))
+            named_params = self._named_params
             named_grads = dict(zip(self._names, grads))
             # <theta_A, g_A>, then the tracker's |g_A|^2 and <b_A, g_A> (buffer before the step)
             pairs.append((named_params, named_grads))
@@ -351,7 +355,7 @@ class Monitor:
                                                                     self._root_sizes[columns], grad_norm)
         if syms is not None and self.schedule.due("quotient", self._step + 1):
             # one projector at theta_t serves the gradient now and the update after the step
-            named_params = dict(zip(self._names, params))
+            named_params = self._named_params
             self._horizontal = horizontal_projector(syms, {name: p.cpu() for name, p in named_params.items()},
                                                     rtol=1e-7, max_iterations=500)
             pre["grad_norm/quotient"] = self._horizontal_norm(grads)
@@ -382,13 +386,13 @@ class Monitor:
     def _post_step(self) -> dict[str, float]:
         """After the step, at theta_{t+1}: |theta_{t+1}|, |theta_{t+1} - theta_t| and, where the tracker
         records this step, the charges' (theta, theta) sums, in one pass; then the laws advance."""
-        params = [p for _, p in self._named]
+        params = self._params
         record = self.tracker is not None and self.tracker.records_next and bool(self._quadratic)
         have = self._have_before
         if record:
             # |theta|^2 = the (theta, theta) pair's whole sum plus the untouched parameters; the
             # update's grouped part |theta_{t+1} - theta_t| read in the same pass (``moved``)
-            named_params = dict(zip(self._names, params))
+            named_params = self._named_params
             rest = [params[i] for i in self._rest]
             moved_rest = ((rest, [self._before[i] for i in self._rest]),) if have else ()
             fused = self._sums([(named_params, named_params)], unsigned=True, norms=((rest, None), *moved_rest),
