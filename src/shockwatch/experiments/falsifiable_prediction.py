@@ -139,9 +139,9 @@ def stability_threshold(optimizer: torch.optim.Optimizer) -> float:
     return bound / (1 - dampening) if momentum else bound
 
 
-def _warnings(store: RunStore, lr: float, horizon: int, threshold: float = 2.0) -> dict[str, list[int]]:
+def _warnings(store: RunStore, lr: float, horizon: int, threshold: float, names: set[str]) -> dict[str, list[int]]:
+    """Both rules on both signals; ``names``: the store's observable names (read once by the caller)."""
     found = {}
-    names = set(store.names())
     for signal in SIGNALS:
         # the monitor's forecast -1/(eta lambda_min), preconditioned under Adam; "no crossing" (inf) is
         # stored as NULL, read as NaN, which never fires
@@ -175,8 +175,9 @@ def run_testbed(name: str, config: Config, log_dir: Path, *, bar=None, tensorboa
         curves = tb.train(bed, on_step=lambda step, loss, batch: monitor.step(loss, batch=batch), progress=advance)
         events = _events(curves, bed, config.event_threshold)
         horizon = max(2 * every, round(config.horizon_fraction * bed.steps))
-        warnings = _warnings(monitor.store, bed.lr, horizon, stability_threshold(bed.optimizer))
-        kinds = ("", "preconditioned_") if "curvature/preconditioned_raw_min" in monitor.store.names() else ("",)
+        names = set(monitor.store.names())
+        warnings = _warnings(monitor.store, bed.lr, horizon, stability_threshold(bed.optimizer), names)
+        kinds = ("", "preconditioned_") if "curvature/preconditioned_raw_min" in names else ("",)
         series = {f"curvature/{kind}{s}_{end}": monitor.store.scalars(f"curvature/{kind}{s}_{end}")
                   for kind in kinds for s in SIGNALS for end in ("min", "max")}
     scored = {key: score(found, events, horizon=horizon) for key, found in warnings.items()}

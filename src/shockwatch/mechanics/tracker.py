@@ -279,7 +279,6 @@ class ConservationTracker:
         first = not self._buffers_started
         self._buffers_started = True
         settings = {block: self._hyperparameters(block, *self._SETTINGS) for block in _BLOCKS}
-        tau = settings["quadratic"][3]
         if measured is not None:  # |g_A|^2 and <b_A, g_A> with the buffer before the step
             g_sq = _host(measured[0])
             old_b_g = None if first else _host(measured[1])
@@ -290,8 +289,9 @@ class ConservationTracker:
             sums = _host(self.symmetries.quadratic_sums(pairs, compile=self._compile))
             g_sq = sums[0]  # signed |g_A|^2
             old_b_g = None
-            if not first:
-                old_b_g = (sums[1] - (1 - tau) * g_sq) / settings["quadratic"][2]  # <b, g> from <b', g>, since <d, g> = |g|^2
+            if not first:  # <b, g> from <b', g> = mu <b, g> + (1 - tau) |g|^2, since <d, g> = |g|^2
+                _, _, mu, tau, _ = settings["quadratic"]
+                old_b_g = (sums[1] - (1 - tau) * g_sq) / mu
         lib = _native.library() if self.native else None
         if lib is not None:
             self._momentum_step_native(lib, settings, first, g_sq, old_b_g)

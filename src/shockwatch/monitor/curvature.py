@@ -80,8 +80,6 @@ def curvature(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], bat
     sizes = [math.prod(shape) for shape in shapes]
     double = [t.double() if t.is_floating_point() else t for t in (inputs, targets)]
 
-    # the gradient's graph is built once; each Hessian-vector product is one backward through it
-    # (reverse-over-reverse), about 4x cheaper here than re-running forward-over-reverse per product
     scale = None  # S = D^{1/2}, flat, checked before any Lanczos run
     if preconditioner is not None:
         missing = [name for name in names if name not in preconditioner]
@@ -92,6 +90,8 @@ def curvature(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], bat
             raise ValueError("preconditioner must be finite and positive everywhere (a diagonal D > 0), one value per entry")
         scale = diagonal.sqrt().numpy()
 
+    # the gradient's graph is built once; each Hessian-vector product is one backward through it
+    # (reverse-over-reverse), about 4x cheaper here than re-running forward-over-reverse per product
     leaves = [p.detach().requires_grad_(True) for p in params.values()]
     with torch.enable_grad():
         outputs = functional_call(model, {**dict(zip(names, leaves)), **buffers}, (double[0],))
