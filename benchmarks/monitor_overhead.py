@@ -46,6 +46,7 @@ def main() -> None:
     parser.add_argument("--tensorboard", action="store_true")
     parser.add_argument("--quotient", type=int, default=None)
     parser.add_argument("--compile", action="store_true", help="Monitor(compile=True): the fused per-step pass compiled")
+    parser.add_argument("--no-engine", action="store_true", help="Monitor(engine=False): the Python path around the C passes")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -78,7 +79,8 @@ def main() -> None:
         example = x[:2, :32] if args.model == "gpt2-small" else x  # symmetry detection needs a small batch only
         monitor = sw.Monitor(model, opt, Path(directory) / "run", example_input=None if args.raw else example,
                              tensorboard=args.tensorboard,
-                             schedule=sw.Schedule(charges=args.charges, quotient=args.quotient), compile=args.compile)
+                             schedule=sw.Schedule(charges=args.charges, quotient=args.quotient), compile=args.compile,
+                             engine=not args.no_engine)
         monitoring = False
 
         def step() -> None:
@@ -107,11 +109,12 @@ def main() -> None:
               "plain_step_s": statistics.median(plain), "monitored_step_s": statistics.median(watched),
               "ratio": statistics.median(watched) / statistics.median(plain),
               "extra_step_s": statistics.median([w - p for p, w in zip(plain, watched)]), "pairs": args.pairs,
-              "raw_only": args.raw, "charges_every": args.charges, "native_kernel": _native.library() is not None, "torch": torch.__version__,
+              "raw_only": args.raw, "charges_every": args.charges, "native_kernel": _native.library() is not None,
+              "engine": monitor._engine is not None, "torch": torch.__version__,
               "device": str(device),
               "threads": torch.get_num_threads()}
     print(json.dumps(record, indent=1))
-    suffix = ("" if device.type == "cpu" else f"_{device.type}") + ("_compiled" if args.compile else "") + ("_tb" if args.tensorboard else "") + (f"_q{args.quotient}" if args.quotient else "") + ("_raw" if args.raw else "") + (f"_c{args.charges}" if args.charges != 1 else "")
+    suffix = ("" if device.type == "cpu" else f"_{device.type}") + ("_compiled" if args.compile else "") + ("_tb" if args.tensorboard else "") + (f"_q{args.quotient}" if args.quotient else "") + ("_raw" if args.raw else "") + (f"_c{args.charges}" if args.charges != 1 else "") + ("_no_engine" if args.no_engine else "")
     out = args.out or Path(__file__).parent / "results" / f"monitor_overhead_{args.model}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=1))

@@ -45,6 +45,7 @@ from torch import Tensor, nn
 from ..mechanics import ConservationTracker
 from ..quotient import horizontal_projector
 from ..symmetry import Kind, SymmetrySet, _native, find_symmetries
+from ._engine import Engine
 from .attention import attention_observables
 from .curvature import adam_preconditioner, curvature
 from .path_norm import path_norm, path_norm_unsupported
@@ -148,7 +149,7 @@ class Monitor:
                  symmetries: SymmetrySet | None = None, example_input: Tensor | None = None,
                  schedule: Schedule | None = None, loss_fn=None, raise_on_nonfinite: bool = False,
                  resume: bool = False, tensorboard: bool = True, sinks: Sequence[Sink] = (),
-                 curvature_tol: float = 1e-6, compile: bool = False) -> None:
+                 curvature_tol: float = 1e-6, compile: bool = False, engine: bool = True) -> None:
         schedule = Schedule() if schedule is None else schedule
         if not isinstance(schedule, Schedule):
             raise TypeError(f"schedule must be a shockwatch.monitor.Schedule, got {type(schedule).__name__}")
@@ -177,6 +178,7 @@ class Monitor:
         self._before_named: dict[str, Tensor] = {}
         self._have_before = False  # whether _before holds this step's theta_t
         self.store, self.sinks, self.tracker, self.symmetries, self._hook = None, [], None, None, None
+        self._engine, self._engine_step = None, False
         self._step = 0
         if self.rank != 0:  # computed once, on rank 0: other ranks only take part in the loss average
             return
@@ -218,7 +220,11 @@ class Monitor:
         if why_not is not None and schedule.quotient is not None:
             self._event(self._step, "no-path-norm", why_not)
         self._hook = optimizer.register_step_pre_hook(self._before_step)
-        self.store.set_meta({"model": type(model).__name__, "optimizer": type(optimizer).__name__,
+        # the every-step observables in two C calls a step where it applies (CPU, SGD with momentum
+        # or no law, ...): the same values as the Python path below, which takes every other step
+        self._engine, why_no_engine = Engine.build(self) if engine else (None, "engine=False")
+        self._engine_step = False  # whether the engine took this step's pre-step pass
+        self.store.set_meta({"engine": "on" if self._engine is not None else f"off: {why_no_engine}","model": type(model).__name__, "optimizer": type(optimizer).__name__,
                              "law": self.tracker.law if self.tracker else "none",
                              "symmetries": str(symmetries.counts()) if symmetries is not None else "{}",
                              "schedule": str(schedule)})
@@ -308,6 +314,14 @@ class Monitor:
         of theta_t that the update is measured against after the step."""
         self._horizontal = None
         self._measured = None
+        self._engine_step = False
+        # the quotient norms need the projector at theta_t, which only the Python path makes
+        if self._engine is not None and not self.schedule.due("quotient", self._step + 1):
+            pre = self._engine.pre()
+            if pre is not None:
+                self._pre, self._engine_step = pre, True
+                self._have_before = math.isfinite(pre["grad_norm"])
+                return
         # the parameters themselves, not detached views: every use below is under no_grad, and a
         # detach per parameter is a torch call per parameter per step
         params = self._params
@@ -386,6 +400,9 @@ class Monitor:
     def _post_step(self) -> dict[str, float]:
         """After the step, at theta_{t+1}: |theta_{t+1}|, |theta_{t+1} - theta_t| and, where the tracker
         records this step, the charges' (theta, theta) sums, in one pass; then the laws advance."""
+        if self._engine_step:
+            self._engine_step = False
+            return self._engine.post()
         params = self._params
         record = self.tracker is not None and self.tracker.records_next and bool(self._quadratic)
         have = self._have_before

@@ -220,3 +220,182 @@ double sw_max_ratio(int64_t n, const double *a, const double *b, const double *d
     }
     return nan_seen ? NAN : best;
 }
+
+/* ------------------------------------------------------------------------------------------------
+   The monitor's per-step engine: everything the every-step observables need, in one call before
+   the optimizer step and one after it, on a plan (sw_engine) the monitor fills once and updates
+   only where an address changed (the gradients every step). It composes the kernels above: the
+   point is not new arithmetic but fewer Python calls, each of which costs microseconds right
+   after a training step (benchmarks/RESULTS.md). monitor/_engine.py builds the plan; the monitor's
+   Python path (fused_sums + ConservationTracker) is the reference it is tested against. */
+
+typedef struct {
+    int64_t dtype;                 /* 0 float32, 1 float64: every tensor */
+    /* the unit plan of the parameters scale/rescale groups read (_NativeLayout) */
+    int64_t n_grouped, n_units, groups;
+    const int64_t *shape, *row, *col;
+    int64_t n_entries;
+    const int64_t *position, *entry_row;
+    const double *entry_sign;
+    int64_t n_cover;
+    const int64_t *cover;
+    void **theta, **grad, **buffer, **copy; /* n_grouped each; buffer unread when with_buffer = 0 */
+    /* the parameters no group reads: norms and the copy only */
+    int64_t n_rest;
+    const int64_t *rest_numel;
+    void **rest_theta, **rest_grad, **rest_copy;
+    /* translation charges, host_charges' gathers: tensor viewed as (A, D, B) around the gathered
+       dim; index[start .. start + count) (index NULL: whole, d = j), each into row[start + j] */
+    int64_t n_gathers;
+    void **gather_tensor;
+    const int64_t *gather_shape, *gather_start, *gather_count, *gather_index, *gather_row;
+    const double *gather_sign;
+    /* groups per kind: translation, scale, rescale (rows' columns in that order) */
+    int64_t n_translation, n_scale, n_rescale;
+    /* law: 0 none (drift only), 1 SGD with momentum (sw_momentum_law) */
+    int64_t law, nesterov;
+    /* per block (translation, quadratic): eta, lam, mu, tau, nest, q, p, b, E, r, osc */
+    double *law_arrays[2][11];
+    /* scratch and state the Python side owns */
+    double *pre_units, *pre_scattered;   /* (3, n_units), (3, 2 groups + 1) */
+    double *post_units, *post_scattered; /* (1, n_units), (1, 2 groups + 1) */
+    double *root_size;                   /* sqrt |xi_k|^2 at the last record, scale + rescale groups */
+    const double *start_charge, *start_size; /* at construction, every group (start_size floored) */
+    double *rows;                        /* (n_rows, every group): charge, size[, discrete[, continuous]] */
+    int64_t n_rows;
+} sw_engine;
+
+static double engine_sumsq(int64_t dtype, int64_t n, const int64_t *numel, void *const *as, void *const *bs) {
+    return n == 0 ? 0.0 : sw_sumsq(dtype, n, numel, (const void *const *)as, (const void *const *)bs);
+}
+
+static void engine_copy(int64_t dtype, int64_t n, const int64_t *numel, void *const *from, void *const *to) {
+    const size_t item = dtype == 0 ? sizeof(float) : sizeof(double);
+    for (int64_t t = 0; t < n; ++t)
+        if (to[t] != from[t]) memcpy(to[t], from[t], (size_t)numel[t] * item);
+}
+
+/* host_charges for translation: charge[row] += sign sum x, size[row] += sign sum |x| (float64). */
+#define GATHER(TYPE, NAME)                                                                        \
+    static void NAME(const sw_engine *e, double *charge, double *size) {                          \
+        for (int64_t g = 0; g < e->n_gathers; ++g) {                                              \
+            const TYPE *x = (const TYPE *)e->gather_tensor[g];                                    \
+            const int64_t A = e->gather_shape[3 * g], D = e->gather_shape[3 * g + 1],            \
+                          B = e->gather_shape[3 * g + 2];                                         \
+            const int64_t start = e->gather_start[g];                                             \
+            for (int64_t j = 0; j < e->gather_count[g]; ++j) {                                    \
+                const int64_t d = e->gather_index ? e->gather_index[start + j] : j;              \
+                double s = 0.0, a = 0.0;                                                          \
+                for (int64_t i = 0; i < A; ++i) {                                                 \
+                    const TYPE *block = x + (i * D + d) * B;                                      \
+                    for (int64_t k = 0; k < B; ++k) {                                             \
+                        s += (double)block[k];                                                    \
+                        a += fabs((double)block[k]);                                              \
+                    }                                                                             \
+                }                                                                                 \
+                charge[e->gather_row[start + j]] += e->gather_sign[g] * s;                        \
+                size[e->gather_row[start + j]] += e->gather_sign[g] * a;                          \
+            }                                                                                     \
+        }                                                                                         \
+    }
+
+GATHER(float, gather_f32)
+GATHER(double, gather_f64)
+
+/* Before the optimizer step, at (theta_t, g_t, b_t): pairs (theta, g), (g, g)[, (b, g)] over the
+   grouped tensors, theta copied as it is read; |g| over the rest and theta copied there too.
+   out = (|g|, gradient breaking of scale, of rescale): max_k |<theta_A, g_A>| / (|xi_k| |g|),
+   NaN for a kind without groups. Returns 0, or 1 where scratch memory could not be allocated. */
+int sw_engine_pre(const sw_engine *e, int64_t with_buffer, double *out) {
+    const int64_t pairs = with_buffer ? 3 : 2, width = 2 * e->groups + 1;
+    void *xs[3 * e->n_grouped + 1], *ys[3 * e->n_grouped + 1];
+    for (int64_t t = 0; t < e->n_grouped; ++t) {
+        xs[t] = e->theta[t];
+        xs[e->n_grouped + t] = e->grad[t];
+        xs[2 * e->n_grouped + t] = e->buffer[t];
+        ys[t] = ys[e->n_grouped + t] = ys[2 * e->n_grouped + t] = e->grad[t];
+    }
+    memset(e->pre_units, 0, sizeof(double) * (size_t)(pairs * e->n_units));
+    memset(e->pre_scattered, 0, sizeof(double) * (size_t)(3 * width));
+    if (sw_units(e->dtype, pairs, e->n_grouped, e->shape, e->row, e->col, (const void *const *)xs,
+                 (const void *const *)ys, e->pre_units, e->n_units, e->copy, 0, 0))
+        return 1;
+    sw_scatter(pairs, e->n_units, e->pre_units, e->n_entries, e->position, e->entry_row, e->entry_sign,
+               e->n_cover, e->cover, e->groups, e->pre_scattered);
+    const double rest_sq = engine_sumsq(e->dtype, e->n_rest, e->rest_numel, e->rest_grad, 0);
+    engine_copy(e->dtype, e->n_rest, e->rest_numel, e->rest_theta, e->rest_copy);
+    double whole = e->pre_scattered[width + 2 * e->groups] + rest_sq; /* the (g, g) pair's + the rest */
+    const double grad_norm = sqrt(whole > 0.0 ? whole : 0.0);
+    out[0] = grad_norm;
+    out[1] = e->n_scale ? sw_max_ratio(e->n_scale, e->pre_scattered, 0, e->root_size, grad_norm, 1e-300) : NAN;
+    out[2] = e->n_rescale ? sw_max_ratio(e->n_rescale, e->pre_scattered + e->n_scale, 0, e->root_size + e->n_scale,
+                                         grad_norm, 1e-300) : NAN;
+    return 0;
+}
+
+/* After the step, at theta_{t+1}: the (theta, theta) pair (signed and unsigned charges) with
+   |theta_{t+1} - theta_t| against the copy, the rest's norms, the translation charges; the law
+   advanced one step (first: the optimizer's first step, b' = d); the record's rows; out =
+   (|theta|, |dtheta|, |dtheta|/|theta|, drift per kind (3), law error per kind (3); NaN for a kind
+   without groups or a run without a law). */
+int sw_engine_post(const sw_engine *e, int64_t first, double *out) {
+    const int64_t width = 2 * e->groups + 1, total = e->n_translation + e->groups;
+    double moved_sq = 0.0;
+    memset(e->post_units, 0, sizeof(double) * (size_t)e->n_units);
+    memset(e->post_scattered, 0, sizeof(double) * (size_t)width);
+    if (sw_units(e->dtype, 1, e->n_grouped, e->shape, e->row, e->col, (const void *const *)e->theta,
+                 (const void *const *)e->theta, e->post_units, e->n_units, 0, (const void *const *)e->copy, &moved_sq))
+        return 1;
+    sw_scatter(1, e->n_units, e->post_units, e->n_entries, e->position, e->entry_row, e->entry_sign, e->n_cover,
+               e->cover, e->groups, e->post_scattered);
+    const double rest_sq = engine_sumsq(e->dtype, e->n_rest, e->rest_numel, e->rest_theta, 0);
+    const double rest_moved = engine_sumsq(e->dtype, e->n_rest, e->rest_numel, e->rest_theta, e->rest_copy);
+    double whole = e->post_scattered[2 * e->groups] + rest_sq;
+    const double param_norm = sqrt(whole > 0.0 ? whole : 0.0);
+    /* sqrt(moved)^2 + rest: as the Python path, which takes the two norms and squares them back */
+    const double moved = sqrt(moved_sq), rest_norm = sqrt(rest_moved);
+    const double update_norm = sqrt(moved * moved + rest_norm * rest_norm);
+    out[0] = param_norm;
+    out[1] = update_norm;
+    out[2] = update_norm / (param_norm > 1e-300 ? param_norm : 1e-300);
+    /* the law, as ConservationTracker._momentum_step_native: translation block, then quadratic */
+    if (e->law == 1) {
+        const double *g_sq = e->pre_scattered + width, *old_b_g = e->pre_scattered + 2 * width;
+        for (int block = 0; block < 2; ++block) {
+            const int64_t n = block == 0 ? e->n_translation : e->groups;
+            double *const *a = e->law_arrays[block];
+            if (n == 0) continue;
+            sw_momentum_law(n, block, first, e->nesterov, a[0], a[1], a[2], a[3], a[4],
+                            block ? g_sq : a[5], block ? (first ? g_sq : old_b_g) : a[5], a[5], a[6], a[7],
+                            a[8], a[9], a[10]);
+        }
+    }
+    /* rows: charge, size[, discrete[, continuous = the oscillator's Q]]; translation columns first */
+    double *charge = e->rows, *size = e->rows + total;
+    memset(charge, 0, sizeof(double) * (size_t)(2 * total));
+    (e->dtype == 0 ? gather_f32 : gather_f64)(e, charge, size);
+    memcpy(charge + e->n_translation, e->post_scattered, sizeof(double) * (size_t)e->groups);
+    memcpy(size + e->n_translation, e->post_scattered + e->groups, sizeof(double) * (size_t)e->groups);
+    if (e->n_rows > 2) {
+        double *discrete = e->rows + 2 * total;
+        memcpy(discrete, e->law_arrays[0][5], sizeof(double) * (size_t)e->n_translation);
+        memcpy(discrete + e->n_translation, e->law_arrays[1][5], sizeof(double) * (size_t)e->groups);
+    }
+    if (e->n_rows > 3) {
+        double *continuous = e->rows + 3 * total;
+        for (int64_t k = 0; k < e->n_translation; ++k) continuous[k] = e->law_arrays[0][10][2 * k];
+        for (int64_t k = 0; k < e->groups; ++k) continuous[e->n_translation + k] = e->law_arrays[1][10][2 * k];
+    }
+    for (int64_t k = 0; k < e->groups; ++k) e->root_size[k] = sqrt(size[e->n_translation + k]);
+    const int64_t counts[3] = {e->n_translation, e->n_scale, e->n_rescale};
+    int64_t begin = 0;
+    for (int kind = 0; kind < 3; ++kind) {
+        const int64_t n = counts[kind];
+        out[3 + kind] = n ? sw_max_ratio(n, charge + begin, e->start_charge + begin, e->start_size + begin, 1.0, 1e-300)
+                          : NAN;
+        out[6 + kind] = n && e->n_rows > 2 ? sw_max_ratio(n, charge + begin, e->rows + 2 * total + begin,
+                                                          size + begin, 1.0, 1e-300) : NAN;
+        begin += n;
+    }
+    return 0;
+}

@@ -99,6 +99,9 @@ def library() -> ctypes.CDLL | None:
     lib.sw_momentum_law.restype = None
     lib.sw_max_ratio.argtypes = [i64, pointer, pointer, pointer, ctypes.c_double, ctypes.c_double]
     lib.sw_max_ratio.restype = ctypes.c_double
+    for name in ("sw_engine_pre", "sw_engine_post"):  # (plan, flag, out): monitor/_engine.py
+        getattr(lib, name).argtypes = [pointer, i64, pointer]
+        getattr(lib, name).restype = ctypes.c_int
     return lib
 
 

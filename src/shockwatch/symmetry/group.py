@@ -552,6 +552,17 @@ class SymmetrySet:
         """The parameters some scale or rescale slot reads: all that ``quadratic_sums`` touches."""
         return self._quadratic_params
 
+    def native_layout(self, shapes: Mapping[str, tuple[int, ...]]) -> _NativeLayout | None:
+        """The C kernel's view of the unit plan for parameters of these ``shapes`` (``quadratic_params``
+        -> shape): the plan ``fused_sums`` uses, for a caller that drives ``_fused.c`` itself (the
+        monitor's per-step engine). None where the kernel cannot take it (a group indexes a dim > 1)."""
+        key = tuple(torch.Size(shapes[name]) for name in self.quadratic_params)
+        plan = self._unit_plans.get(key)
+        if plan is None:
+            plan = self._unit_plans.setdefault(key, _unit_plan(self._plans, dict(zip(self.quadratic_params, key)),
+                                                               torch.device(self.device)))
+        return plan.native
+
     @torch.no_grad()
     def quadratic_sums(self, pairs: list[tuple[Mapping[str, Tensor], Mapping[str, Tensor]]], *,
                        unsigned: bool = False, compile: bool = False) -> Tensor:

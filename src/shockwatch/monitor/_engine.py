@@ -1,0 +1,309 @@
+r"""The monitor's per-step engine: the every-step observables in one C call before the optimizer step
+and one after it (``sw_engine_pre`` / ``sw_engine_post`` in ``symmetry/_fused.c``).
+
+It computes exactly what the monitor's Python path computes (``SymmetrySet.fused_sums`` passes, the
+``ConservationTracker``'s record and momentum law, the per-kind maxima), from the same kernels, and
+leaves the tracker in the state that path would: either may take any step. What it saves is Python:
+on a small model the ~40 Python and NumPy calls a step around the C passes cost several times the
+passes themselves, each paid at its cold cost right after a training step (benchmarks/RESULTS.md).
+
+Per step the Python left is: the gradients' addresses (new tensors every step under
+``zero_grad(set_to_none=True)``) checked and written into the plan, the momentum buffers' and the
+laws' arrays compared by identity with those in the plan, two C calls, and the values' dict.
+
+Where it does not apply it says why (``Engine.build`` returns None with a reason) and the monitor
+takes its Python path: not on the CPU, mixed or unsupported dtypes, no scale/rescale groups, a law
+other than none or SGD with momentum, charges recorded less often than every step.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..symmetry import Kind, _native
+
+__all__ = ["Engine"]
+
+_DTYPES = {torch.float32: 0, torch.float64: 1}
+_pointer, _i64 = ctypes.c_void_p, ctypes.c_int64
+_doubles = ctypes.POINTER(ctypes.c_double)
+
+
+class _Plan(ctypes.Structure):
+    """``sw_engine`` (``_fused.c``), field for field."""
+
+    _fields_ = [("dtype", _i64), ("n_grouped", _i64), ("n_units", _i64), ("groups", _i64),
+                ("shape", _pointer), ("row", _pointer), ("col", _pointer),
+                ("n_entries", _i64), ("position", _pointer), ("entry_row", _pointer), ("entry_sign", _pointer),
+                ("n_cover", _i64), ("cover", _pointer),
+                ("theta", _pointer), ("grad", _pointer), ("buffer", _pointer), ("copy", _pointer),
+                ("n_rest", _i64), ("rest_numel", _pointer), ("rest_theta", _pointer), ("rest_grad", _pointer),
+                ("rest_copy", _pointer),
+                ("n_gathers", _i64), ("gather_tensor", _pointer), ("gather_shape", _pointer),
+                ("gather_start", _pointer), ("gather_count", _pointer), ("gather_index", _pointer),
+                ("gather_row", _pointer), ("gather_sign", _pointer),
+                ("n_translation", _i64), ("n_scale", _i64), ("n_rescale", _i64),
+                ("law", _i64), ("nesterov", _i64),
+                ("law_arrays", (_pointer * 11) * 2),
+                ("pre_units", _pointer), ("pre_scattered", _pointer), ("post_units", _pointer),
+                ("post_scattered", _pointer), ("root_size", _pointer), ("start_charge", _pointer),
+                ("start_size", _pointer), ("rows", _pointer), ("n_rows", _i64)]
+
+
+def _address(array: np.ndarray) -> int:
+    return array.__array_interface__["data"][0]
+
+
+def _int64(values) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(values, dtype=np.int64).reshape(-1))
+
+
+class Engine:
+    """The plan and its arrays for one monitor (see the module docstring). ``pre()`` in the optimizer's
+    pre-step hook, ``post()`` after the step; each returns None where this step cannot be taken here
+    (the monitor then takes its Python path for the whole step)."""
+
+    def __init__(self, monitor, lib, dtype: torch.dtype, layout) -> None:
+        self.monitor, self.lib = monitor, lib
+        tracker, symmetries = monitor.tracker, monitor.symmetries
+        self.tracker = tracker
+        self._keep = []  # every array whose address the plan holds
+        plan = self.plan = _Plan()
+        plan.dtype = _DTYPES[dtype]
+        params = monitor._named_params
+        self._grouped = [params[name] for name in layout.names]
+        self._rest = [monitor._params[i] for i in monitor._rest]
+        self._grouped_buffers_of = self._grouped  # momentum buffers are looked up by these parameters
+        counts = [len(symmetries.of_kind(kind)) for kind in (Kind.TRANSLATION, Kind.SCALE, Kind.RESCALE)]
+        plan.n_translation, plan.n_scale, plan.n_rescale = counts
+        plan.groups = groups = counts[1] + counts[2]
+        plan.n_grouped, plan.n_units = len(layout.names), layout.size
+        plan.shape = ctypes.addressof(layout.blocks)
+        plan.row, plan.col = ctypes.addressof(layout.row_offset), ctypes.addressof(layout.col_offset)
+        self._keep.append(layout)
+        plan.n_entries, plan.position, plan.entry_row, plan.entry_sign, plan.n_cover, plan.cover, _ = layout.scatter_arguments
+        # the address slots the plan points to; theta and the copies are fixed, the rest per step
+        self._theta = self._slots([p.data_ptr() for p in self._grouped])
+        self._grad = self._slots([0] * len(self._grouped))
+        self._buffer = self._slots([0] * len(self._grouped))
+        self._copy = self._slots([monitor._before_named[name].data_ptr() for name in layout.names])
+        plan.theta, plan.grad = ctypes.addressof(self._theta), ctypes.addressof(self._grad)
+        plan.buffer, plan.copy = ctypes.addressof(self._buffer), ctypes.addressof(self._copy)
+        plan.n_rest = len(self._rest)
+        self._rest_numel = self._array(_int64([p.numel() for p in self._rest] or [0]))
+        plan.rest_numel = _address(self._rest_numel)
+        self._rest_theta = self._slots([p.data_ptr() for p in self._rest])
+        self._rest_grad = self._slots([0] * len(self._rest))
+        self._rest_copy = self._slots([monitor._before[i].data_ptr() for i in monitor._rest])
+        plan.rest_theta, plan.rest_grad = ctypes.addressof(self._rest_theta), ctypes.addressof(self._rest_grad)
+        plan.rest_copy = ctypes.addressof(self._rest_copy)
+        self._translation(symmetries, params)
+        law = tracker.law
+        plan.law = 1 if law == "sgd-momentum" else 0
+        plan.nesterov = int(tracker._nesterov)
+        self._law_objects: tuple = ()
+        self._law_alive: list = [None, None]  # the arrays the plan's law slots point to
+        total = counts[0] + groups
+        self._pre_units = self._array(np.zeros((3, max(layout.size, 1))))
+        self._pre_scattered = self._array(np.zeros((3, 2 * groups + 1)))
+        self._post_units = self._array(np.zeros((1, max(layout.size, 1))))
+        self._post_scattered = self._array(np.zeros((1, 2 * groups + 1)))
+        plan.pre_units, plan.pre_scattered = _address(self._pre_units), _address(self._pre_scattered)
+        plan.post_units, plan.post_scattered = _address(self._post_units), _address(self._post_scattered)
+        self._root_size = self._array(np.zeros(max(groups, 1)))
+        plan.root_size = _address(self._root_size)
+        _, start = tracker.latest_rows()
+        self._start_charge = self._array(np.ascontiguousarray(start[0], dtype=np.float64))
+        self._start_size = self._array(np.maximum(start[1], 1e-300))
+        plan.start_charge, plan.start_size = _address(self._start_charge), _address(self._start_size)
+        plan.n_rows = 2 if plan.law == 0 else (3 if plan.nesterov else 4)
+        self._total = total
+        self._pre_out, self._post_out = np.zeros(3), np.zeros(9)
+        self._pre_out_at, self._post_out_at = _address(self._pre_out), _address(self._post_out)
+        self._plan_at = ctypes.addressof(plan)
+        self._dtype = dtype
+        self._with_buffer = 0
+        self.steps = 0  # steps taken here (the others took the monitor's Python path)
+        self._zeros: dict = {}  # parameter -> the zero gradient it is read with while its grad is None
+        # the names each output slot is logged under (a kind without groups, or a run without a law: none)
+        kinds = (Kind.TRANSLATION, Kind.SCALE, Kind.RESCALE)
+        self._pre_names = [(1 + i, f"gradient_breaking/{kind.value}") for i, kind in enumerate(kinds[1:]) if counts[1 + i]]
+        self._post_names = [(3 + i, f"charge_drift/{kind.value}") for i, kind in enumerate(kinds) if counts[i]]
+        if plan.n_rows > 2:
+            self._post_names += [(6 + i, f"charge_law_error/{kind.value}") for i, kind in enumerate(kinds) if counts[i]]
+
+    # ------------------------------------------------------------------------------------------
+    @classmethod
+    def build(cls, monitor) -> tuple[Engine | None, str | None]:
+        """The engine for ``monitor``, or (None, why not)."""
+        lib = _native.library()
+        if lib is None:
+            return None, f"no C kernel: {_native.reason()}"
+        tracker, symmetries = monitor.tracker, monitor.symmetries
+        if tracker is None or not monitor._quadratic:
+            return None, "no scale or rescale groups"
+        if monitor._compile:
+            return None, "compile=True asks for the torch.compile path"
+        if tracker.record_every != 1:
+            return None, "charges recorded every step only"
+        if not tracker.native:
+            return None, "the tracker's NumPy law was asked for"
+        if tracker.law not in ("sgd-momentum",) and not tracker.law.startswith("none"):
+            return None, f"law {tracker.law!r} (the engine runs SGD with momentum or drift only)"
+        params = monitor._params
+        dtypes = {p.dtype for p in params}
+        if len(dtypes) != 1 or next(iter(dtypes)) not in _DTYPES:
+            return None, f"parameter dtypes {sorted(map(str, dtypes))}: one of float32, float64 for all"
+        if not all(p.device.type == "cpu" and p.is_contiguous() for p in params):
+            return None, "parameters not all contiguous on the CPU"
+        first = {name: p for name, p in monitor._named_params.items()}
+        key = tuple(first[name].shape for name in symmetries.quadratic_params)
+        layout = symmetries.native_layout(dict(zip(symmetries.quadratic_params, key)))
+        if layout is None:
+            return None, "a group indexes a dim beyond 1 (the C kernel's (O, I, K) view)"
+        if monitor._before is None:
+            monitor._before = [torch.empty_like(p) for p in params]
+            monitor._before_named = dict(zip(monitor._names, monitor._before))
+        return cls(monitor, lib, next(iter(dtypes)), layout), None
+
+    def _array(self, array: np.ndarray) -> np.ndarray:
+        self._keep.append(array)
+        return array
+
+    def _slots(self, addresses: list[int]) -> ctypes.Array:
+        slots = (_pointer * max(len(addresses), 1))(*addresses)
+        self._keep.append(slots)
+        return slots
+
+    def _translation(self, symmetries, params) -> None:
+        """host_charges' gathers for translation, as (A, D, B) views and index lists."""
+        plan = self.plan
+        gathers = symmetries._plans[Kind.TRANSLATION].gathers
+        tensors, shapes, starts, counts, indices, rows, signs = [], [], [], [], [], [], []
+        whole_everywhere = all(g.whole for g in gathers)
+        start = 0
+        for g in gathers:
+            p = params[g.param]
+            shape = tuple(p.shape)
+            tensors.append(p.data_ptr())
+            shapes += [math.prod(shape[: g.dim]), shape[g.dim], math.prod(shape[g.dim + 1:])]
+            index = np.arange(shape[g.dim]) if g.whole else g.index.cpu().numpy()
+            starts.append(start)
+            counts.append(len(index))
+            indices.append(index)
+            rows.append(g.row.cpu().numpy())
+            signs.append(g.sign)
+            start += len(index)
+        self._gather_params = [params[g.param] for g in gathers]
+        self._gather_tensor = self._slots(tensors)
+        plan.n_gathers = len(gathers)
+        plan.gather_tensor = ctypes.addressof(self._gather_tensor)
+        concatenate = lambda parts: _int64(np.concatenate(parts) if parts else [0])
+        arrays = [self._array(a) for a in (_int64(shapes or [0]), _int64(starts or [0]), _int64(counts or [0]),
+                                           concatenate(indices), concatenate(rows))]
+        plan.gather_shape, plan.gather_start, plan.gather_count = (_address(a) for a in arrays[:3])
+        plan.gather_index = None if whole_everywhere else _address(arrays[3])
+        plan.gather_row = _address(arrays[4])
+        self._gather_sign = self._array(np.asarray(signs or [0.0], dtype=np.float64))
+        plan.gather_sign = _address(self._gather_sign)
+
+    # ------------------------------------------------------------------------------------------
+    def _fixed_addresses_hold(self) -> bool:
+        """Whether the parameters and the copies are where the plan says (a model moved or
+        reloaded into new storage: rebuild)."""
+        return all(p.data_ptr() == a for p, a in zip(self._grouped, self._theta)) and \
+            all(p.data_ptr() == a for p, a in zip(self._rest, self._rest_theta))
+
+    def pre(self) -> dict[str, float] | None:
+        """The pre-step pass at (theta_t, g_t, b_t); None where it cannot run here (no gradient, a
+        gradient the kernel does not take, a missing momentum buffer)."""
+        dtype = self._dtype
+        grads = []
+        for group, slots in ((self._grouped, self._grad), (self._rest, self._rest_grad)):
+            for i, p in enumerate(group):
+                g = p.grad
+                if g is None:  # a parameter the loss did not reach: zero, as the Python path takes it
+                    g = self._zeros.get(p)
+                    if g is None:
+                        g = self._zeros[p] = torch.zeros_like(p)
+                if g.dtype is not dtype or g.shape != p.shape or not g.is_contiguous() or g.is_cuda:
+                    return None
+                slots[i] = g.data_ptr()
+                grads.append(g)
+        tracker = self.tracker
+        with_buffer = int(self.plan.law == 1 and tracker._buffers_started)
+        if with_buffer:
+            state = tracker.optimizer.state
+            for i, p in enumerate(self._grouped):
+                entry = state.get(p)
+                buffer = entry.get("momentum_buffer") if entry is not None else None
+                if buffer is None or buffer.dtype is not dtype or buffer.shape != p.shape or not buffer.is_contiguous():
+                    return None
+                self._buffer[i] = buffer.data_ptr()
+        if not self._fixed_addresses_hold():
+            return None
+        monitor = self.monitor
+        if monitor._root_sizes is not self._root_size:  # the Python path recorded last: take its sizes
+            self._root_size[: len(monitor._root_sizes)] = monitor._root_sizes
+            monitor._root_sizes = self._root_size
+        self._with_buffer = with_buffer
+        if self.lib.sw_engine_pre(self._plan_at, with_buffer, self._pre_out_at):
+            return None
+        out = self._pre_out
+        values = {"grad_norm": float(out[0])}
+        values.update((name, float(out[slot])) for slot, name in self._pre_names)
+        self._grads = grads  # alive until the post-step call reads the gradients' sums
+        return values
+
+    def post(self) -> dict[str, float]:
+        """After the step: |theta|, the update, the charges recorded, the law advanced (as
+        ``ConservationTracker.update`` does), drift and law error per kind."""
+        tracker, plan = self.tracker, self.plan
+        first = int(plan.law == 1 and not tracker._buffers_started)
+        tracker._step += 1  # first: the tracker reads the optimizer's settings once per step number
+        if plan.law == 1:
+            self._bind_law()
+        tracker._buffers_started = tracker._buffers_started or plan.law == 1
+        rows = np.empty((plan.n_rows, self._total))
+        plan.rows = _address(rows)
+        if self.lib.sw_engine_post(self._plan_at, first, self._post_out_at):
+            raise MemoryError("the per-step engine could not allocate its scratch memory")
+        if not tracker.keep_history:
+            tracker._history.clear()
+        tracker._history.append((tracker._step, rows))
+        self._grads = None
+        out = self._post_out
+        update_norm = float(out[1])
+        values = {"param_norm": float(out[0]), "update_norm": update_norm, "update_ratio": float(out[2])}
+        values.update((name, float(out[slot])) for slot, name in self._post_names)
+        monitor = self.monitor
+        monitor._recorded = tracker._step
+        self.steps += 1
+        return values
+
+    def _bind_law(self) -> None:
+        """Point the plan at the law's settings, propagators and state (the tracker's own arrays,
+        which the C law updates in place); re-pointed only where one of them is a new object."""
+        tracker = self.tracker
+        objects = []
+        for block in ("translation", "quadratic"):
+            objects += [tracker._hyperparameters(block, *tracker._SETTINGS), tracker._propagator(block),
+                        tracker._discrete[block], tracker._theta_buffer[block], tracker._buffer_sq[block],
+                        tracker._oscillator[block]]
+        if len(objects) == len(self._law_objects) and all(a is b for a, b in zip(objects, self._law_objects)):
+            return
+        for block in range(2):
+            settings, (matrix, drive), q, p, b, osc = objects[6 * block: 6 * block + 6]
+            arrays = [np.ascontiguousarray(a, dtype=np.float64) for a in (*settings, q, p, b, matrix, drive, osc)]
+            for a, original in zip(arrays[5:8] + arrays[10:], (q, p, b, osc)):
+                if a is not original:
+                    raise AssertionError("the tracker's law state must be float64 C-contiguous arrays")
+            self._law_alive[block] = arrays
+            for slot, a in enumerate(arrays):
+                self.plan.law_arrays[block][slot] = _address(a)
+        self._law_objects = tuple(objects)
