@@ -33,7 +33,7 @@ class WithUnused(nn.Module):
 
 
 def run(directory, *, engine, model="mlp", dtype=torch.float64, optimizer="momentum", steps=24, quotient=None,
-        poison_at=None):
+        poison_at=None, reload_at=None):
     torch.manual_seed(0)
     if model == "mlp":
         net = sw.models.mlp((4, 12, 12, 3), norm="batch")
@@ -66,6 +66,11 @@ def run(directory, *, engine, model="mlp", dtype=torch.float64, optimizer="momen
                 opt.step()
             logged.append(monitor.step(loss))
             schedule.step()
+            if step == reload_at:  # new momentum buffer objects, and every parameter in new storage
+                opt.load_state_dict(opt.state_dict())
+                with torch.no_grad():
+                    for p in net.parameters():
+                        p.data = p.data.clone()
         taken = monitor._engine.steps if monitor._engine is not None else 0
         return logged, monitor.store.meta()["engine"], monitor.tracker.state_dict(), taken
 
@@ -80,6 +85,7 @@ CASES = {
     "quotient steps on the Python path": {"quotient": 3},
     "a gradient that is None": {"model": "unused"},
     "a non-finite step": {"poison_at": 5, "steps": 12},
+    "optimizer state and parameters reloaded": {"reload_at": 9, "steps": 16},
 }
 
 

@@ -78,7 +78,6 @@ class Engine:
         params = monitor._named_params
         self._grouped = [params[name] for name in layout.names]
         self._rest = [monitor._params[i] for i in monitor._rest]
-        self._grouped_buffers_of = self._grouped  # momentum buffers are looked up by these parameters
         counts = [len(symmetries.of_kind(kind)) for kind in (Kind.TRANSLATION, Kind.SCALE, Kind.RESCALE)]
         plan.n_translation, plan.n_scale, plan.n_rescale = counts
         plan.groups = groups = counts[1] + counts[2]
@@ -106,7 +105,7 @@ class Engine:
         law = tracker.law
         plan.law = 1 if law == "sgd-momentum" else 0
         plan.nesterov = int(tracker._nesterov)
-        self._law_objects: tuple = ()
+        self._law_held: list = []  # the settings and state objects the law slots were bound for
         self._law_alive: list = [None, None]  # the arrays the plan's law slots point to
         total = counts[0] + groups
         self._pre_units = self._array(np.zeros((3, max(layout.size, 1))))
@@ -117,9 +116,11 @@ class Engine:
         plan.post_units, plan.post_scattered = _address(self._post_units), _address(self._post_scattered)
         self._root_size = self._array(np.zeros(max(groups, 1)))
         plan.root_size = _address(self._root_size)
-        _, start = tracker.latest_rows()
-        self._start_charge = self._array(np.ascontiguousarray(start[0], dtype=np.float64))
-        self._start_size = self._array(np.maximum(start[1], 1e-300))
+        # the charges at the monitor's start (an engine rebuilt later must not take its own start)
+        self._start_charge = self._array(np.zeros(counts[0] + groups))
+        self._start_size = self._array(np.full(counts[0] + groups, 1e-300))
+        for kind, columns in monitor._kind_slices:
+            self._start_charge[columns], self._start_size[columns] = monitor._start_host[kind]
         plan.start_charge, plan.start_size = _address(self._start_charge), _address(self._start_size)
         plan.n_rows = 2 if plan.law == 0 else (3 if plan.nesterov else 4)
         self._total = total
@@ -127,7 +128,11 @@ class Engine:
         self._pre_out_at, self._post_out_at = _address(self._pre_out), _address(self._post_out)
         self._plan_at = ctypes.addressof(plan)
         self._dtype = dtype
-        self._with_buffer = 0
+        self._params = self._grouped + self._rest  # the order of the gradient slots
+        self._n_grouped = len(self._grouped)
+        self._addresses = [p.data_ptr() for p in self._params]
+        self._buffers: list = []  # the momentum buffers the plan points to
+        self.stale = False  # whether the parameters left the addresses this plan holds
         self.steps = 0  # steps taken here (the others took the monitor's Python path)
         self._zeros: dict = {}  # parameter -> the zero gradient it is read with while its grad is None
         # the names each output slot is logged under (a kind without groups, or a run without a law: none)
@@ -213,52 +218,53 @@ class Engine:
         plan.gather_sign = _address(self._gather_sign)
 
     # ------------------------------------------------------------------------------------------
-    def _fixed_addresses_hold(self) -> bool:
-        """Whether the parameters and the copies are where the plan says (a model moved or
-        reloaded into new storage: rebuild)."""
-        return all(p.data_ptr() == a for p, a in zip(self._grouped, self._theta)) and \
-            all(p.data_ptr() == a for p, a in zip(self._rest, self._rest_theta))
-
     def pre(self) -> dict[str, float] | None:
-        """The pre-step pass at (theta_t, g_t, b_t); None where it cannot run here (no gradient, a
-        gradient the kernel does not take, a missing momentum buffer)."""
-        dtype = self._dtype
-        grads = []
-        for group, slots in ((self._grouped, self._grad), (self._rest, self._rest_grad)):
-            for i, p in enumerate(group):
-                g = p.grad
-                if g is None:  # a parameter the loss did not reach: zero, as the Python path takes it
-                    g = self._zeros.get(p)
-                    if g is None:
-                        g = self._zeros[p] = torch.zeros_like(p)
-                if g.dtype is not dtype or g.shape != p.shape or not g.is_contiguous() or g.is_cuda:
-                    return None
-                slots[i] = g.data_ptr()
-                grads.append(g)
+        """The pre-step pass at (theta_t, g_t, b_t); None where it cannot run here (a gradient the
+        kernel does not take, a missing momentum buffer, parameters moved to new storage)."""
+        # autograd and the .grad setter keep a gradient's shape, dtype and device those of its
+        # parameter; its layout they do not (a .grad assigned by hand may be a strided view)
+        grads = [p.grad for p in self._params]
+        if any(g is None for g in grads):  # a parameter the loss did not reach: zero, as the Python path reads it
+            grads = [self._zero(p) if g is None else g for p, g in zip(self._params, grads)]
+        if not all(map(Tensor.is_contiguous, grads)):
+            return None
+        addresses = list(map(Tensor.data_ptr, grads))
+        self._grad[:] = addresses[: self._n_grouped]
+        self._rest_grad[: len(self._rest)] = addresses[self._n_grouped:]
         tracker = self.tracker
         with_buffer = int(self.plan.law == 1 and tracker._buffers_started)
         if with_buffer:
             state = tracker.optimizer.state
-            for i, p in enumerate(self._grouped):
-                entry = state.get(p)
-                buffer = entry.get("momentum_buffer") if entry is not None else None
-                if buffer is None or buffer.dtype is not dtype or buffer.shape != p.shape or not buffer.is_contiguous():
+            buffers = [state[p].get("momentum_buffer") if p in state else None for p in self._grouped]
+            # by identity (== on tensors compares elements): new objects at the first steps or when
+            # an optimizer state is loaded
+            if len(buffers) != len(self._buffers) or any(a is not b for a, b in zip(buffers, self._buffers)):
+                if any(b is None or b.dtype is not self._dtype or b.shape != p.shape or not b.is_contiguous()
+                       for b, p in zip(buffers, self._grouped)):
                     return None
-                self._buffer[i] = buffer.data_ptr()
-        if not self._fixed_addresses_hold():
+                self._buffer[:] = list(map(Tensor.data_ptr, buffers))
+                self._buffers = buffers
+        if list(map(Tensor.data_ptr, self._params)) != self._addresses:
+            self.stale = True  # parameters moved to new storage: the monitor builds a new plan
             return None
         monitor = self.monitor
         if monitor._root_sizes is not self._root_size:  # the Python path recorded last: take its sizes
             self._root_size[: len(monitor._root_sizes)] = monitor._root_sizes
             monitor._root_sizes = self._root_size
-        self._with_buffer = with_buffer
         if self.lib.sw_engine_pre(self._plan_at, with_buffer, self._pre_out_at):
             return None
-        out = self._pre_out
-        values = {"grad_norm": float(out[0])}
-        values.update((name, float(out[slot])) for slot, name in self._pre_names)
+        out = self._pre_out.tolist()
+        values = {"grad_norm": out[0]}
+        for slot, name in self._pre_names:
+            values[name] = out[slot]
         self._grads = grads  # alive until the post-step call reads the gradients' sums
         return values
+
+    def _zero(self, p: Tensor) -> Tensor:
+        found = self._zeros.get(p)
+        if found is None:
+            found = self._zeros[p] = torch.zeros_like(p)
+        return found
 
     def post(self) -> dict[str, float]:
         """After the step: |theta|, the update, the charges recorded, the law advanced (as
@@ -277,10 +283,10 @@ class Engine:
             tracker._history.clear()
         tracker._history.append((tracker._step, rows))
         self._grads = None
-        out = self._post_out
-        update_norm = float(out[1])
-        values = {"param_norm": float(out[0]), "update_norm": update_norm, "update_ratio": float(out[2])}
-        values.update((name, float(out[slot])) for slot, name in self._post_names)
+        out = self._post_out.tolist()
+        values = {"param_norm": out[0], "update_norm": out[1], "update_ratio": out[2]}
+        for slot, name in self._post_names:
+            values[name] = out[slot]
         monitor = self.monitor
         monitor._recorded = tracker._step
         self.steps += 1
@@ -290,13 +296,19 @@ class Engine:
         """Point the plan at the law's settings, propagators and state (the tracker's own arrays,
         which the C law updates in place); re-pointed only where one of them is a new object."""
         tracker = self.tracker
+        # the settings' values object is the same while the optimizer's settings are; the state
+        # dicts' arrays are the same unless a state was loaded
+        held = [tracker._settings()]
+        for state in (tracker._discrete, tracker._theta_buffer, tracker._buffer_sq, tracker._oscillator):
+            held += state.values()
+        if len(held) == len(self._law_held) and all(a is b for a, b in zip(held, self._law_held)):
+            return
+        self._law_held = held
         objects = []
         for block in ("translation", "quadratic"):
             objects += [tracker._hyperparameters(block, *tracker._SETTINGS), tracker._propagator(block),
                         tracker._discrete[block], tracker._theta_buffer[block], tracker._buffer_sq[block],
                         tracker._oscillator[block]]
-        if len(objects) == len(self._law_objects) and all(a is b for a, b in zip(objects, self._law_objects)):
-            return
         for block in range(2):
             settings, (matrix, drive), q, p, b, osc = objects[6 * block: 6 * block + 6]
             arrays = [np.ascontiguousarray(a, dtype=np.float64) for a in (*settings, q, p, b, matrix, drive, osc)]
@@ -306,4 +318,3 @@ class Engine:
             self._law_alive[block] = arrays
             for slot, a in enumerate(arrays):
                 self.plan.law_arrays[block][slot] = _address(a)
-        self._law_objects = tuple(objects)

@@ -252,7 +252,7 @@ class Monitor:
             return {"loss": value}
         values = {"loss": value, **pre}
         if stepped:  # a skipped step moves no charge: the laws must not advance
-            values.update(self._post_step())
+            values.update(self._observe_after())
         if self._path_norm and self.schedule.due("quotient", self._step):
             values["path_norm"] = path_norm(self.model, self._input_shape)
         if stepped and self.schedule.due("curvature", self._step) and batch is not None and self.symmetries is not None:
@@ -295,17 +295,38 @@ class Monitor:
         # args = (optimizer, *positional arguments of step): the closure is args[1] when positional
         closure = kwargs["closure"] if "closure" in kwargs else args[1] if len(args) > 1 else None
         if closure is None:
-            self._pass()
+            self._observe_before()
             return None
 
         def closure_then_pass():
             loss = closure()
-            self._pass()
+            self._observe_before()
             return loss
 
         if "closure" in kwargs:
             return args, {**kwargs, "closure": closure_then_pass}
         return (args[0], closure_then_pass, *args[2:]), kwargs
+
+    def _observe_before(self) -> None:
+        """The pre-step pass by the engine where it applies (no torch call, so no no_grad context
+        either: entering one costs microseconds), else ``_pass``."""
+        self._engine_step = False
+        # the quotient norms need the projector at theta_t, which only the Python path makes
+        if self._engine is not None and not self.schedule.due("quotient", self._step + 1):
+            pre = self._engine.pre()
+            if pre is None and self._engine.stale:  # the parameters moved (model.to, p.data = ...): a new plan
+                steps = self._engine.steps
+                self._engine, _ = Engine.build(self)
+                if self._engine is None:
+                    return self._pass()
+                self._engine.steps = steps
+                pre = self._engine.pre()
+            if pre is not None:
+                self._horizontal = self._measured = None
+                self._pre, self._engine_step = pre, True
+                self._have_before = math.isfinite(pre["grad_norm"])
+                return
+        self._pass()
 
     @torch.no_grad()
     def _pass(self) -> None:
@@ -314,14 +335,6 @@ class Monitor:
         of theta_t that the update is measured against after the step."""
         self._horizontal = None
         self._measured = None
-        self._engine_step = False
-        # the quotient norms need the projector at theta_t, which only the Python path makes
-        if self._engine is not None and not self.schedule.due("quotient", self._step + 1):
-            pre = self._engine.pre()
-            if pre is not None:
-                self._pre, self._engine_step = pre, True
-                self._have_before = math.isfinite(pre["grad_norm"])
-                return
         # the parameters themselves, not detached views: every use below is under no_grad, and a
         # detach per parameter is a torch call per parameter per step
         params = self._params
@@ -396,13 +409,17 @@ class Monitor:
             self._event(self._step, "quotient-projection", str(error))
             return math.nan
 
+    def _observe_after(self) -> dict[str, float]:
+        """The post-step pass by the engine where it took the pre-step one, else ``_post_step``."""
+        if self._engine_step:
+            self._engine_step = False
+            return self._engine.post()
+        return self._post_step()
+
     @torch.no_grad()
     def _post_step(self) -> dict[str, float]:
         """After the step, at theta_{t+1}: |theta_{t+1}|, |theta_{t+1} - theta_t| and, where the tracker
         records this step, the charges' (theta, theta) sums, in one pass; then the laws advance."""
-        if self._engine_step:
-            self._engine_step = False
-            return self._engine.post()
         params = self._params
         record = self.tracker is not None and self.tracker.records_next and bool(self._quadratic)
         have = self._have_before
