@@ -138,9 +138,12 @@ class Monitor:
     (``SymmetrySet.fused_sums``: on the CPU a C kernel built at first use, each tensor read once);
     the momentum law's recursions in the same C kernel (``ConservationTracker``), the per-group
     arithmetic in NumPy on host vectors; a row per value in the run store's memory-mapped ring.
-    What remains is bandwidth on large models and Python on small ones: on a 0.7 ms MLP step the C
-    passes alone cost 1.06x the step and the whole monitor ~1.5x (benchmarks/RESULTS.md has the
-    measured ratios and the floor). ``compile=True`` runs each pass through
+    On the CPU, with SGD with momentum or an optimizer without a law (drift only) and the charges
+    recorded every step, all of that but the store runs as two C calls a step (``engine=True``, the
+    default; ``monitor/_engine.py``), which log the same values as the Python path to round-off;
+    the store's meta says whether it is on, or why not. Steps with the quotient norms due take the
+    Python path. What remains is bandwidth on large models and Python on small ones
+    (benchmarks/RESULTS.md has the measured ratios and the floor). ``compile=True`` runs each pass through
     torch.compile instead (some seconds at the first step, eager fallback with a "compile-failed"
     event where it cannot compile): the path for a GPU, where the C kernel does not apply.
     """

@@ -34,7 +34,43 @@
             const int scratch = col[t] >= 0 && K > 1;                                             \
             double *per_ik = 0;                                                                   \
             if (scratch && !(per_ik = calloc((size_t)(n_pairs * n), sizeof(double)))) return 1;   \
+            /* three pairs sharing y (the monitor's pre-step pass: theta, g, b against g), K = 1:   \
+               one loop over the row reads y once and updates the three pairs' units together */    \
+            const int fused3 = n_pairs == 3 && K == 1 && !moved_from && ys[t] == ys[n_tensors + t] \
+                               && ys[t] == ys[2 * n_tensors + t];                                 \
             for (int64_t o = 0; o < O; ++o) {                                                     \
+                if (fused3) {                                                                     \
+                    const TYPE *y = (const TYPE *)ys[t] + o * n;                                  \
+                    const TYPE *x0 = (const TYPE *)xs[t] + o * n;                                 \
+                    const TYPE *x1 = (const TYPE *)xs[n_tensors + t] + o * n;                     \
+                    const TYPE *x2 = (const TYPE *)xs[2 * n_tensors + t] + o * n;                 \
+                    double t0 = 0.0, t1 = 0.0, t2 = 0.0;                                          \
+                    if (col[t] >= 0) {                                                            \
+                        double *a0 = out + col[t], *a1 = a0 + stride, *a2 = a1 + stride;          \
+                        _Pragma("omp simd reduction(+ : t0, t1, t2)")                             \
+                        for (int64_t j = 0; j < n; ++j) {                                         \
+                            const double v = (double)y[j];                                        \
+                            const double s0 = (double)x0[j] * v, s1 = (double)x1[j] * v,         \
+                                         s2 = (double)x2[j] * v;                                  \
+                            t0 += s0; t1 += s1; t2 += s2;                                         \
+                            a0[j] += s0; a1[j] += s1; a2[j] += s2;                                \
+                        }                                                                         \
+                    } else {                                                                      \
+                        _Pragma("omp simd reduction(+ : t0, t1, t2)")                             \
+                        for (int64_t j = 0; j < n; ++j) {                                         \
+                            const double v = (double)y[j];                                        \
+                            t0 += (double)x0[j] * v; t1 += (double)x1[j] * v; t2 += (double)x2[j] * v; \
+                        }                                                                         \
+                    }                                                                             \
+                    if (row[t] >= 0) {                                                            \
+                        out[row[t] + o] += t0;                                                    \
+                        out[stride + row[t] + o] += t1;                                           \
+                        out[2 * stride + row[t] + o] += t2;                                       \
+                    }                                                                             \
+                    if (copy_to && (const TYPE *)copy_to[t] + o * n != x0)                        \
+                        memcpy((TYPE *)copy_to[t] + o * n, x0, (size_t)n * sizeof(TYPE));         \
+                    continue;                                                                     \
+                }                                                                                 \
                 for (int64_t p = 0; p < n_pairs; ++p) {                                           \
                     const TYPE *x = (const TYPE *)xs[p * n_tensors + t] + o * n;                  \
                     const TYPE *y = (const TYPE *)ys[p * n_tensors + t] + o * n;                  \
