@@ -38,6 +38,7 @@
                one loop over the row reads y once and updates the three pairs' units together */    \
             const int fused3 = n_pairs == 3 && K == 1 && !moved_from && ys[t] == ys[n_tensors + t] \
                                && ys[t] == ys[2 * n_tensors + t];                                 \
+            const int moved1 = n_pairs == 1 && K == 1 && moved_from && xs[t] == ys[t];          \
             for (int64_t o = 0; o < O; ++o) {                                                     \
                 if (fused3) {                                                                     \
                     const TYPE *y = (const TYPE *)ys[t] + o * n;                                  \
@@ -69,6 +70,33 @@
                     }                                                                             \
                     if (copy_to && (const TYPE *)copy_to[t] + o * n != x0)                        \
                         memcpy((TYPE *)copy_to[t] + o * n, x0, (size_t)n * sizeof(TYPE));         \
+                    continue;                                                                     \
+                }                                                                                 \
+                if (moved1) { /* the post-step pass: (theta, theta) and |theta - theta_t| together */ \
+                    const TYPE *x = (const TYPE *)xs[t] + o * n;                                  \
+                    const TYPE *m = (const TYPE *)moved_from[t] + o * n;                          \
+                    double total = 0.0, d2 = 0.0;                                                 \
+                    if (col[t] >= 0) {                                                            \
+                        double *acc = out + col[t];                                               \
+                        _Pragma("omp simd reduction(+ : total, d2)")                              \
+                        for (int64_t j = 0; j < n; ++j) {                                         \
+                            const double v = (double)x[j], d = v - (double)m[j];                  \
+                            total += v * v;                                                       \
+                            acc[j] += v * v;                                                      \
+                            d2 += d * d;                                                          \
+                        }                                                                         \
+                    } else {                                                                      \
+                        _Pragma("omp simd reduction(+ : total, d2)")                              \
+                        for (int64_t j = 0; j < n; ++j) {                                         \
+                            const double v = (double)x[j], d = v - (double)m[j];                  \
+                            total += v * v;                                                       \
+                            d2 += d * d;                                                          \
+                        }                                                                         \
+                    }                                                                             \
+                    if (row[t] >= 0) out[row[t] + o] += total;                                    \
+                    moved_sq += d2;                                                               \
+                    if (copy_to && (const TYPE *)copy_to[t] + o * n != x)                         \
+                        memcpy((TYPE *)copy_to[t] + o * n, x, (size_t)n * sizeof(TYPE));          \
                     continue;                                                                     \
                 }                                                                                 \
                 for (int64_t p = 0; p < n_pairs; ++p) {                                           \
