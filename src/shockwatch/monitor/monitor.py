@@ -282,7 +282,7 @@ class Monitor:
 
     def _mean_loss(self, loss: Tensor | float) -> float:
         if not (dist.is_available() and dist.is_initialized()):
-            return float(loss.detach()) if isinstance(loss, Tensor) else float(loss)
+            return loss.item() if isinstance(loss, Tensor) else float(loss)
         # every rank must call this in the same step: it is the one collective of the monitor
         total = loss.detach().clone().reshape(()) if isinstance(loss, Tensor) else torch.tensor(float(loss))
         dist.all_reduce(total)
