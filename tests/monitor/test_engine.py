@@ -48,6 +48,8 @@ def run(directory, *, engine, model="mlp", dtype=torch.float64, optimizer="momen
     y = torch.randint(0, 3, (len(x),))
     if optimizer == "adamw":  # no law: drift only
         opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-2)
+    elif optimizer == "plain":  # SGD without momentum: its own law
+        opt = torch.optim.SGD(net.parameters(), lr=0.05, weight_decay=1e-3)
     else:
         opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3,
                               nesterov=optimizer == "nesterov", dampening=0.3 if optimizer == "dampening" else 0.0)
@@ -78,6 +80,8 @@ def run(directory, *, engine, model="mlp", dtype=torch.float64, optimizer="momen
 CASES = {
     "momentum, float64": {},
     "nesterov": {"optimizer": "nesterov"},
+    "sgd without momentum": {"optimizer": "plain"},
+    "sgd without momentum, quotient steps between": {"optimizer": "plain", "quotient": 3},
     "dampening": {"optimizer": "dampening"},
     "float32": {"dtype": torch.float32},
     "adamw, drift only": {"optimizer": "adamw"},
@@ -94,7 +98,7 @@ def test_the_engine_logs_what_the_python_path_logs(tmp_path, case):
     """Truth: the monitor's Python path (fused_sums passes, the ConservationTracker's record and law,
     NumPy maxima), which the rest of the suite tests against definitions. Every value of every step
     agrees to float64 round-off and the tracker ends in the same state, with the law's settings
-    changed by a scheduler, Nesterov, dampening, a float32 model, a law-less optimizer, convolutions,
+    changed by a scheduler, Nesterov, dampening, SGD without momentum, a float32 model, a law-less optimizer, convolutions,
     steps the Python path takes between engine steps, and a gradient or a step the engine refuses."""
     options = CASES[case]
     ours, switch, our_state, taken = run(tmp_path / "engine", engine=True, **options)
@@ -110,10 +114,13 @@ def test_the_engine_logs_what_the_python_path_logs(tmp_path, case):
             if math.isnan(reference[name]):
                 assert math.isnan(value), (step, name)
             else:
-                assert math.isclose(value, reference[name], rel_tol=1e-12, abs_tol=1e-300), (step, name, value,
-                                                                                               reference[name])
+                # the breaking, drift and law error are ratios to the charges' sizes: where exact they are
+                # round-off (1e-16), which C (with fused multiply-adds) and NumPy round differently
+                ratio = name.split("/")[0] in ("gradient_breaking", "charge_drift", "charge_law_error")
+                assert math.isclose(value, reference[name], rel_tol=1e-12, abs_tol=1e-14 if ratio else 1e-300), \
+                    (step, name, value, reference[name])
     assert our_state["step"] == their_state["step"] and our_state["buffers_started"] == their_state["buffers_started"]
-    for key in ("discrete", "theta_buffer", "buffer_sq", "oscillator"):
+    for key in ("discrete", "theta_buffer", "buffer_sq", "oscillator", "integral", "decay_time"):
         for block, values in our_state[key].items():
             torch.testing.assert_close(values, their_state[key][block], rtol=1e-12, atol=1e-300)
     if options.get("optimizer", "momentum") != "adamw" and options.get("dtype") is not torch.float32:
@@ -123,13 +130,13 @@ def test_the_engine_logs_what_the_python_path_logs(tmp_path, case):
 
 
 @pytest.mark.parametrize("why,options", [
-    ("law 'sgd'", {"momentum": 0.0}),
+    ("no scale or rescale groups", {"linear": True}),
     ("charges recorded every step only", {"charges": 2}),
     ("engine=False", {"engine": False}),
 ])
 def test_the_engine_says_why_it_is_off(tmp_path, why, options):
     torch.manual_seed(0)
-    net = sw.models.mlp((4, 8, 3))
+    net = nn.Sequential(nn.Linear(4, 3)) if options.get("linear") else sw.models.mlp((4, 8, 3))
     x = torch.randn(16, 4)
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=options.get("momentum", 0.9))
     monitor = sw.Monitor(net, opt, tmp_path / "run", example_input=x, tensorboard=False,

@@ -12,8 +12,8 @@ Per step the Python left is: the gradients' addresses (new tensors every step un
 laws' arrays compared by identity with those in the plan, two C calls, and the values' dict.
 
 Where it does not apply it says why (``Engine.build`` returns None with a reason) and the monitor
-takes its Python path: not on the CPU, mixed or unsupported dtypes, no scale/rescale groups, a law
-other than none or SGD with momentum, charges recorded less often than every step.
+takes its Python path: not on the CPU, mixed or unsupported dtypes, no scale/rescale groups, charges
+recorded less often than every step. Laws: SGD with and without momentum, and none (drift only).
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ class Engine:
         plan.rest_copy = ctypes.addressof(self._rest_copy)
         self._translation(symmetries, params)
         law = tracker.law
-        plan.law = 1 if law == "sgd-momentum" else 0
+        plan.law = {"sgd-momentum": 1, "sgd": 2}.get(law, 0)
         plan.nesterov = int(tracker._nesterov)
         self._law_held: list = []  # the settings and state objects the law slots were bound for
         self._law_alive: list = [None, None]  # the arrays the plan's law slots point to
@@ -122,7 +122,7 @@ class Engine:
         for kind, columns in monitor._kind_slices:
             self._start_charge[columns], self._start_size[columns] = monitor._start_host[kind]
         plan.start_charge, plan.start_size = _address(self._start_charge), _address(self._start_size)
-        plan.n_rows = 2 if plan.law == 0 else (3 if plan.nesterov else 4)
+        plan.n_rows = 2 if plan.law == 0 else (3 if plan.law == 1 and plan.nesterov else 4)
         self._total = total
         self._pre_out, self._post_out = np.zeros(3), np.zeros(9)
         self._pre_out_at, self._post_out_at = _address(self._pre_out), _address(self._post_out)
@@ -158,8 +158,8 @@ class Engine:
             return None, "charges recorded every step only"
         if not tracker.native:
             return None, "the tracker's NumPy law was asked for"
-        if tracker.law not in ("sgd-momentum",) and not tracker.law.startswith("none"):
-            return None, f"law {tracker.law!r} (the engine runs SGD with momentum or drift only)"
+        if tracker.law not in ("sgd", "sgd-momentum") and not tracker.law.startswith("none"):
+            return None, f"law {tracker.law!r} (the engine runs SGD's laws or drift only)"
         params = monitor._params
         dtypes = {p.dtype for p in params}
         if len(dtypes) != 1 or next(iter(dtypes)) not in _DTYPES:
@@ -272,7 +272,7 @@ class Engine:
         tracker, plan = self.tracker, self.plan
         first = int(plan.law == 1 and not tracker._buffers_started)
         tracker._step += 1  # first: the tracker reads the optimizer's settings once per step number
-        if plan.law == 1:
+        if plan.law:
             self._bind_law()
         tracker._buffers_started = tracker._buffers_started or plan.law == 1
         rows = np.empty((plan.n_rows, self._total))
@@ -298,23 +298,31 @@ class Engine:
         tracker = self.tracker
         # the settings' values object is the same while the optimizer's settings are; the state
         # dicts' arrays are the same unless a state was loaded
+        momentum = self.plan.law == 1
+        # the state each law updates in place (SGD's NumPy law, on the Python path's steps,
+        # replaces its arrays with new ones: re-pointed here at the next engine step)
+        states = (tracker._discrete, tracker._theta_buffer, tracker._buffer_sq, tracker._oscillator) if momentum \
+            else (tracker._discrete, tracker._integral, tracker._decay_time, tracker._initial)
         held = [tracker._settings()]
-        for state in (tracker._discrete, tracker._theta_buffer, tracker._buffer_sq, tracker._oscillator):
+        for state in states:
             held += state.values()
         if len(held) == len(self._law_held) and all(a is b for a, b in zip(held, self._law_held)):
             return
         self._law_held = held
-        objects = []
-        for block in ("translation", "quadratic"):
-            objects += [tracker._hyperparameters(block, *tracker._SETTINGS), tracker._propagator(block),
-                        tracker._discrete[block], tracker._theta_buffer[block], tracker._buffer_sq[block],
-                        tracker._oscillator[block]]
-        for block in range(2):
-            settings, (matrix, drive), q, p, b, osc = objects[6 * block: 6 * block + 6]
-            arrays = [np.ascontiguousarray(a, dtype=np.float64) for a in (*settings, q, p, b, matrix, drive, osc)]
-            for a, original in zip(arrays[5:8] + arrays[10:], (q, p, b, osc)):
-                if a is not original:
-                    raise AssertionError("the tracker's law state must be float64 C-contiguous arrays")
+        for block, name in enumerate(("translation", "quadratic")):
+            if momentum:
+                matrix, drive = tracker._propagator(name)
+                settings = tracker._hyperparameters(name, *tracker._SETTINGS)
+                state = [tracker._discrete[name], tracker._theta_buffer[name], tracker._buffer_sq[name]]
+                inputs, updated = [*settings, *state, matrix, drive, tracker._oscillator[name]], [5, 6, 7, 10]
+            else:
+                settings = tracker._hyperparameters(name, "lr", "weight_decay")
+                inputs = [*settings, tracker._discrete[name], tracker._integral[name], tracker._decay_time[name],
+                          tracker._initial[name]]
+                updated = [2, 3, 4]
+            arrays = [np.ascontiguousarray(a, dtype=np.float64) for a in inputs]
+            if any(arrays[i] is not inputs[i] or not arrays[i].flags.writeable for i in updated):
+                raise AssertionError("the tracker's law state must be writable float64 C-contiguous arrays")
             self._law_alive[block] = arrays
             for slot, a in enumerate(arrays):
                 self.plan.law_arrays[block][slot] = _address(a)

@@ -138,8 +138,8 @@ class Monitor:
     (``SymmetrySet.fused_sums``: on the CPU a C kernel built at first use, each tensor read once);
     the momentum law's recursions in the same C kernel (``ConservationTracker``), the per-group
     arithmetic in NumPy on host vectors; a row per value in the run store's memory-mapped ring.
-    On the CPU, with SGD with momentum or an optimizer without a law (drift only) and the charges
-    recorded every step, all of that but the store runs as two C calls a step (``engine=True``, the
+    On the CPU, with SGD (with or without momentum) or an optimizer without a law (drift only) and
+    the charges recorded every step, all of that but the store runs as two C calls a step (``engine=True``, the
     default; ``monitor/_engine.py``), which log the same values as the Python path to round-off;
     the store's meta says whether it is on, or why not. Steps with the quotient norms due take the
     Python path. What remains is bandwidth on large models and Python on small ones

@@ -316,9 +316,10 @@ typedef struct {
     const double *gather_sign;
     /* groups per kind: translation, scale, rescale (rows' columns in that order) */
     int64_t n_translation, n_scale, n_rescale;
-    /* law: 0 none (drift only), 1 SGD with momentum (sw_momentum_law) */
+    /* law: 0 none (drift only), 1 SGD with momentum (sw_momentum_law), 2 SGD (engine_sgd_law) */
     int64_t law, nesterov;
-    /* per block (translation, quadratic): eta, lam, mu, tau, nest, q, p, b, E, r, osc */
+    /* per block (translation, quadratic); law 1: eta, lam, mu, tau, nest, q, p, b, E, r, osc;
+       law 2: eta, lam, q (discrete), integral, decay time, initial charge */
     double *law_arrays[2][11];
     /* scratch and state the Python side owns */
     double *pre_units, *pre_scattered;   /* (3, n_units), (3, 2 groups + 1) */
@@ -365,6 +366,25 @@ static void engine_copy(int64_t dtype, int64_t n, const int64_t *numel, void *co
 
 GATHER(float, gather_f32)
 GATHER(double, gather_f64)
+
+/* ConservationTracker.update's law for SGD without momentum, one step (the same operations in the
+   same order): translation q' = (1 - eta lam) q; scale and rescale q' = (1 - eta lam)^2 q + eta^2 G
+   and the continuous law's integral I' = e^{-2 lam eta} (I + eta^2 G); per block the decay time
+   T' = T + lam eta. */
+static void engine_sgd_law(int64_t n, int quadratic, const double *g_sq, double *const *a) {
+    const double *eta = a[0], *lam = a[1];
+    double *q = a[2], *integral = a[3], *decay_time = a[4];
+    for (int64_t k = 0; k < n; ++k) {
+        const double shrink = 1 - eta[k] * lam[k];
+        if (!quadratic) {
+            q[k] = shrink * q[k];
+        } else {
+            q[k] = shrink * shrink * q[k] + eta[k] * eta[k] * g_sq[k];
+            integral[k] = exp(-2 * lam[k] * eta[k]) * (integral[k] + eta[k] * eta[k] * g_sq[k]);
+        }
+        decay_time[k] = decay_time[k] + lam[k] * eta[k];
+    }
+}
 
 /* Before the optimizer step, at (theta_t, g_t, b_t): pairs (theta, g), (g, g)[, (b, g)] over the
    grouped tensors, theta copied as it is read; |g| over the rest and theta copied there too.
@@ -434,21 +454,35 @@ int sw_engine_post(const sw_engine *e, int64_t first, double *out) {
                             a[8], a[9], a[10]);
         }
     }
-    /* rows: charge, size[, discrete[, continuous = the oscillator's Q]]; translation columns first */
+    if (e->law == 2) {
+        const double *g_sq = e->pre_scattered + width;
+        if (e->n_translation) engine_sgd_law(e->n_translation, 0, g_sq, e->law_arrays[0]);
+        if (e->groups) engine_sgd_law(e->groups, 1, g_sq, e->law_arrays[1]);
+    }
+    /* rows: charge, size[, discrete[, continuous: the oscillator's Q (law 1), e^{-T} Q_0 for
+       translation and e^{-2T} Q_0 + I for scale and rescale (law 2)]]; translation columns first */
     double *charge = e->rows, *size = e->rows + total;
     memset(charge, 0, sizeof(double) * (size_t)(2 * total));
     (e->dtype == 0 ? gather_f32 : gather_f64)(e, charge, size);
     memcpy(charge + e->n_translation, e->post_scattered, sizeof(double) * (size_t)e->groups);
     memcpy(size + e->n_translation, e->post_scattered + e->groups, sizeof(double) * (size_t)e->groups);
+    const int q_slot = e->law == 1 ? 5 : 2;
     if (e->n_rows > 2) {
         double *discrete = e->rows + 2 * total;
-        memcpy(discrete, e->law_arrays[0][5], sizeof(double) * (size_t)e->n_translation);
-        memcpy(discrete + e->n_translation, e->law_arrays[1][5], sizeof(double) * (size_t)e->groups);
+        memcpy(discrete, e->law_arrays[0][q_slot], sizeof(double) * (size_t)e->n_translation);
+        memcpy(discrete + e->n_translation, e->law_arrays[1][q_slot], sizeof(double) * (size_t)e->groups);
     }
-    if (e->n_rows > 3) {
+    if (e->n_rows > 3 && e->law == 1) {
         double *continuous = e->rows + 3 * total;
         for (int64_t k = 0; k < e->n_translation; ++k) continuous[k] = e->law_arrays[0][10][2 * k];
         for (int64_t k = 0; k < e->groups; ++k) continuous[e->n_translation + k] = e->law_arrays[1][10][2 * k];
+    }
+    if (e->n_rows > 3 && e->law == 2) {
+        double *continuous = e->rows + 3 * total;
+        double *const *t = e->law_arrays[0], *const *a = e->law_arrays[1];
+        for (int64_t k = 0; k < e->n_translation; ++k) continuous[k] = exp(-t[4][k]) * t[5][k];
+        for (int64_t k = 0; k < e->groups; ++k)
+            continuous[e->n_translation + k] = exp(-2 * a[4][k]) * a[5][k] + a[3][k];
     }
     for (int64_t k = 0; k < e->groups; ++k) e->root_size[k] = sqrt(size[e->n_translation + k]);
     const int64_t counts[3] = {e->n_translation, e->n_scale, e->n_rescale};
