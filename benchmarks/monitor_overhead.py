@@ -5,7 +5,8 @@
     .venv/bin/python benchmarks/monitor_overhead.py --model gpt2-small --device cuda   # the GPU goal
 
 vgg: models.vgg("vgg11", width_divisor=4, batch_norm=True, image_size=32, hidden=128), batch 64 of
-3x32x32; mlp: models.mlp((64, 256, 256, 10)), batch 128; mlp-mnist: models.mlp((784, 1024, 1024, 10)),
+3x32x32; mlp: models.mlp((64, 256, 256, 10)), batch 128 (--batch: another size, for the step
+time at which the fixed per-step cost falls under a ratio); mlp-mnist: models.mlp((784, 1024, 1024, 10)),
 batch 256; float32, SGD(lr=0.01, momentum=0.9, weight_decay=5e-4). gpt2-small: models.GPT at GPT-2
 small's shape (12 layers, 12 heads, d_model 768, vocab 50257, 1024 positions), batch 8 x --tokens,
 AdamW (the conservation tracker has no law for it: drift only). The monitor: every-step observables with the tracker recording every step, the
@@ -40,6 +41,7 @@ def main() -> None:
     parser.add_argument("--model", choices=("vgg", "mlp", "mlp-mnist", "gpt2-small"), default="vgg")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (steps are then timed between synchronizations)")
     parser.add_argument("--tokens", type=int, default=1024, help="gpt2-small: sequence length (batch 8)")
+    parser.add_argument("--batch", type=int, default=128, help="mlp: the batch size")
     parser.add_argument("--pairs", type=int, default=300, help="interleaved (plain, monitored) step pairs")
     parser.add_argument("--raw", action="store_true", help="the monitor without symmetries (raw observables only)")
     parser.add_argument("--charges", type=int, default=1, help="Schedule.charges: record the charges every K steps")
@@ -55,7 +57,7 @@ def main() -> None:
         x, y = torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,))
     elif args.model == "mlp":
         model = sw.models.mlp((64, 256, 256, 10))
-        x, y = torch.randn(128, 64), torch.randint(0, 10, (128,))
+        x, y = torch.randn(args.batch, 64), torch.randint(0, 10, (args.batch,))
     elif args.model == "mlp-mnist":  # an MNIST-size MLP at a usual batch: where a fixed per-step cost stops mattering
         model = sw.models.mlp((784, 1024, 1024, 10))
         x, y = torch.randn(256, 784), torch.randint(0, 10, (256,))
@@ -114,11 +116,11 @@ def main() -> None:
               "extra_mean_s": statistics.fmean(watched) - statistics.fmean(plain),
               "extra_step_s": statistics.median([w - p for p, w in zip(plain, watched)]), "pairs": args.pairs,
               "raw_only": args.raw, "charges_every": args.charges, "native_kernel": _native.library() is not None,
-              "engine": monitor._engine is not None, "torch": torch.__version__,
+              "engine": monitor._engine is not None, "batch": len(y) if args.model == "mlp" else None, "torch": torch.__version__,
               "device": str(device),
               "threads": torch.get_num_threads()}
     print(json.dumps(record, indent=1))
-    suffix = ("" if device.type == "cpu" else f"_{device.type}") + ("_compiled" if args.compile else "") + ("_tb" if args.tensorboard else "") + (f"_q{args.quotient}" if args.quotient else "") + ("_raw" if args.raw else "") + (f"_c{args.charges}" if args.charges != 1 else "") + ("_no_engine" if args.no_engine else "")
+    suffix = ("" if device.type == "cpu" else f"_{device.type}") + ("_compiled" if args.compile else "") + ("_tb" if args.tensorboard else "") + (f"_q{args.quotient}" if args.quotient else "") + ("_raw" if args.raw else "") + (f"_c{args.charges}" if args.charges != 1 else "") + ("_no_engine" if args.no_engine else "") + (f"_b{args.batch}" if args.model == "mlp" and args.batch != 128 else "")
     out = args.out or Path(__file__).parent / "results" / f"monitor_overhead_{args.model}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=1))
