@@ -33,7 +33,7 @@ class WithUnused(nn.Module):
 
 
 def run(directory, *, engine, model="mlp", dtype=torch.float64, optimizer="momentum", steps=24, quotient=None,
-        poison_at=None, reload_at=None):
+        poison_at=None, reload_at=None, freeze=False):
     torch.manual_seed(0)
     if model == "mlp":
         net = sw.models.mlp((4, 12, 12, 3), norm="batch")
@@ -46,6 +46,8 @@ def run(directory, *, engine, model="mlp", dtype=torch.float64, optimizer="momen
         x = torch.randn(4, 3, 32, 32)
     net, x = exact_norms(net.to(dtype)), x.to(dtype)
     y = torch.randint(0, 3, (len(x),))
+    if freeze:  # the first layer frozen: the symmetries acting on it are left out (an event says so)
+        next(net.parameters()).requires_grad_(False)
     if optimizer == "adamw":  # no law: drift only
         opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-2)
     elif optimizer == "plain":  # SGD without momentum: its own law
@@ -74,6 +76,10 @@ def run(directory, *, engine, model="mlp", dtype=torch.float64, optimizer="momen
                     for p in net.parameters():
                         p.data = p.data.clone()
         taken = monitor._engine.steps if monitor._engine is not None else 0
+        if freeze:
+            assert [kind for _, kind, _ in monitor.store.events()] == ["frozen-parameters"]
+            assert all(slot.param != next(iter(dict(net.named_parameters()))) for sym in monitor.symmetries
+                       for slot in sym.slots)
         return logged, monitor.store.meta()["engine"], monitor.tracker.state_dict(), taken
 
 
@@ -88,6 +94,7 @@ CASES = {
     "convolutions": {"model": "vgg", "steps": 10},
     "quotient steps on the Python path": {"quotient": 3},
     "a gradient that is None": {"model": "unused"},
+    "a frozen layer": {"freeze": True},
     "a non-finite step": {"poison_at": 5, "steps": 12},
     "optimizer state and parameters reloaded": {"reload_at": 9, "steps": 16},
 }

@@ -2,7 +2,7 @@ r"""The monitor's per-step engine: the every-step observables in one C call befo
 and one after it (``sw_engine_pre`` / ``sw_engine_post`` in ``symmetry/_fused.c``).
 
 It computes exactly what the monitor's Python path computes (``SymmetrySet.fused_sums`` passes, the
-``ConservationTracker``'s record and momentum law, the per-kind maxima), from the same kernels, and
+``ConservationTracker``'s record and laws, the per-kind maxima), from the same kernels, and
 leaves the tracker in the state that path would: either may take any step. What it saves is Python:
 on a small model the ~40 Python and NumPy calls a step around the C passes cost several times the
 passes themselves, each paid at its cold cost right after a training step (benchmarks/RESULTS.md).
@@ -31,7 +31,6 @@ __all__ = ["Engine"]
 
 _DTYPES = {torch.float32: 0, torch.float64: 1}
 _pointer, _i64 = ctypes.c_void_p, ctypes.c_int64
-_doubles = ctypes.POINTER(ctypes.c_double)
 
 
 class _Plan(ctypes.Structure):
@@ -166,9 +165,12 @@ class Engine:
             return None, f"parameter dtypes {sorted(map(str, dtypes))}: one of float32, float64 for all"
         if not all(p.device.type == "cpu" and p.is_contiguous() for p in params):
             return None, "parameters not all contiguous on the CPU"
-        first = {name: p for name, p in monitor._named_params.items()}
-        key = tuple(first[name].shape for name in symmetries.quadratic_params)
-        layout = symmetries.native_layout(dict(zip(symmetries.quadratic_params, key)))
+        named = monitor._named_params
+        translation = {slot.param for sym in symmetries.of_kind(Kind.TRANSLATION) for slot in sym.slots}
+        missing = sorted((set(symmetries.quadratic_params) | translation) - set(named))
+        if missing:
+            return None, f"groups read parameters without requires_grad ({', '.join(missing[:3])})"
+        layout = symmetries.native_layout({name: tuple(named[name].shape) for name in symmetries.quadratic_params})
         if layout is None:
             return None, "a group indexes a dim beyond 1 (the C kernel's (O, I, K) view)"
         if monitor._before is None:
@@ -204,7 +206,6 @@ class Engine:
             rows.append(g.row.cpu().numpy())
             signs.append(g.sign)
             start += len(index)
-        self._gather_params = [params[g.param] for g in gathers]
         self._gather_tensor = self._slots(tensors)
         plan.n_gathers = len(gathers)
         plan.gather_tensor = ctypes.addressof(self._gather_tensor)

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -130,7 +130,9 @@ class Monitor:
     ``log_dir`` gets ``run.sqlite`` (the record; an existing run is refused unless ``resume=True``)
     and, with ``tensorboard=True``, TensorBoard event files in ``log_dir/tensorboard``; ``sinks`` adds
     others (``MLflowSink``). ``symmetries`` or ``example_input`` (to find them) are optional: without
-    either the monitor logs the raw observables only and records why. ``model`` may be wrapped in
+    either the monitor logs the raw observables only and records why. Symmetries acting on a frozen
+    parameter (``requires_grad=False``) are left out, with a "frozen-parameters" event: training cannot
+    move along them, so their charges obey no law. ``model`` may be wrapped in
     DistributedDataParallel.
 
     Cost per step: one pass over (theta, g, momentum buffer) in an optimizer pre-step hook, copying
@@ -190,6 +192,17 @@ class Monitor:
         self.sinks = [*([TensorBoardSink(self.log_dir / "tensorboard")] if tensorboard else []), *sinks]
         if symmetries is None and example_input is not None:
             symmetries = find_symmetries(model, example_input)
+        frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+        if symmetries is not None and frozen:
+            # a frozen parameter does not move: a symmetry that acts on it is no symmetry of the
+            # training dynamics, and its charge obeys no conservation law
+            kept = tuple(sym for sym in symmetries if not any(slot.param in frozen for slot in sym.slots))
+            if len(kept) < len(symmetries):
+                self._event(self._step, "frozen-parameters",
+                            f"{len(symmetries) - len(kept)} of {len(symmetries)} symmetries act on parameters "
+                            f"with requires_grad=False ({', '.join(sorted(frozen)[:3])}{', ...' if len(frozen) > 3 else ''})"
+                            ": left out, as training cannot move along them")
+                symmetries = replace(symmetries, symmetries=kept)
         self.symmetries = symmetries
         if symmetries is None or len(symmetries) == 0:
             why = "no symmetries given (pass symmetries= or example_input=)" if symmetries is None \
