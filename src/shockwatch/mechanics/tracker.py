@@ -336,21 +336,27 @@ class ConservationTracker:
             q = self._discrete[block]
             if len(q) == 0:
                 continue
-            matrix, drive = self._propagator(block)
             inputs = (np.ascontiguousarray(g_sq, dtype=np.float64),
                       np.ascontiguousarray(old_b_g if old_b_g is not None else g_sq, dtype=np.float64)) \
                 if quadratic else (q, q)  # unread for translation
             lib.sw_momentum_law(len(q), int(quadratic), int(first), int(self._nesterov),
                                 *self._addresses(*settings[block]), *self._addresses(*inputs, cache=False),
-                                *self._addresses(q, self._theta_buffer[block], self._buffer_sq[block],
-                                                 matrix, drive, self._oscillator[block]))
+                                *self._addresses(*self._momentum_state(block)))
+
+    def _momentum_state(self, block: str) -> tuple[np.ndarray, ...]:
+        """What ``sw_momentum_law`` updates or reads after its inputs, in its order: the state q, p, b,
+        the oscillator's propagator E and drive r, and the oscillator (q, p, b and the oscillator in
+        place). The monitor's engine points its plan at the same arrays."""
+        matrix, drive = self._propagator(block)
+        return (self._discrete[block], self._theta_buffer[block], self._buffer_sq[block], matrix, drive,
+                self._oscillator[block])
 
     def _addresses(self, *arrays: np.ndarray, cache: bool = True) -> tuple[int, ...]:
         """The data addresses of float64 C-contiguous arrays, remembered per set of array objects (each
         ``ndarray.ctypes`` costs a microsecond or two; the state, settings and propagators are
         long-lived, updated in place). The cache holds the arrays, so that an id is never reused."""
         if not cache:
-            return tuple(a.__array_interface__["data"][0] for a in arrays)
+            return tuple(map(_native.address, arrays))
         key = tuple(map(id, arrays))
         found = self._address_cache.get(key)
         if found is None:
@@ -359,7 +365,7 @@ class ConservationTracker:
             for a in arrays:
                 if a.dtype != np.float64 or not a.flags.c_contiguous or not a.flags.writeable:
                     raise AssertionError("the C law takes writable float64 C-contiguous arrays")
-            found = self._address_cache[key] = (arrays, tuple(a.__array_interface__["data"][0] for a in arrays))
+            found = self._address_cache[key] = (arrays, tuple(map(_native.address, arrays)))
         return found[1]
 
     def _advance_oscillator(self, block: str, drive_per_mass: np.ndarray) -> None:

@@ -54,10 +54,6 @@ class _Plan(ctypes.Structure):
                 ("start_size", _pointer), ("rows", _pointer), ("n_rows", _i64)]
 
 
-def _address(array: np.ndarray) -> int:
-    return array.__array_interface__["data"][0]
-
-
 def _int64(values) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(values, dtype=np.int64).reshape(-1))
 
@@ -94,15 +90,14 @@ class Engine:
         plan.buffer, plan.copy = ctypes.addressof(self._buffer), ctypes.addressof(self._copy)
         plan.n_rest = len(self._rest)
         self._rest_numel = self._array(_int64([p.numel() for p in self._rest] or [0]))
-        plan.rest_numel = _address(self._rest_numel)
+        plan.rest_numel = _native.address(self._rest_numel)
         self._rest_theta = self._slots([p.data_ptr() for p in self._rest])
         self._rest_grad = self._slots([0] * len(self._rest))
         self._rest_copy = self._slots([monitor._before[i].data_ptr() for i in monitor._rest])
         plan.rest_theta, plan.rest_grad = ctypes.addressof(self._rest_theta), ctypes.addressof(self._rest_grad)
         plan.rest_copy = ctypes.addressof(self._rest_copy)
         self._translation(symmetries, params)
-        law = tracker.law
-        plan.law = {"sgd-momentum": 1, "sgd": 2}.get(law, 0)
+        plan.law = {"sgd-momentum": 1, "sgd": 2}.get(tracker.law, 0)
         plan.nesterov = int(tracker._nesterov)
         self._law_held: list = []  # the settings and state objects the law slots were bound for
         self._law_alive: list = [None, None]  # the arrays the plan's law slots point to
@@ -111,20 +106,20 @@ class Engine:
         self._pre_scattered = self._array(np.zeros((3, 2 * groups + 1)))
         self._post_units = self._array(np.zeros((1, max(layout.size, 1))))
         self._post_scattered = self._array(np.zeros((1, 2 * groups + 1)))
-        plan.pre_units, plan.pre_scattered = _address(self._pre_units), _address(self._pre_scattered)
-        plan.post_units, plan.post_scattered = _address(self._post_units), _address(self._post_scattered)
+        plan.pre_units, plan.pre_scattered = _native.address(self._pre_units), _native.address(self._pre_scattered)
+        plan.post_units, plan.post_scattered = _native.address(self._post_units), _native.address(self._post_scattered)
         self._root_size = self._array(np.zeros(max(groups, 1)))
-        plan.root_size = _address(self._root_size)
+        plan.root_size = _native.address(self._root_size)
         # the charges at the monitor's start (an engine rebuilt later must not take its own start)
-        self._start_charge = self._array(np.zeros(counts[0] + groups))
-        self._start_size = self._array(np.full(counts[0] + groups, 1e-300))
+        self._start_charge = self._array(np.zeros(total))
+        self._start_size = self._array(np.full(total, 1e-300))
         for kind, columns in monitor._kind_slices:
             self._start_charge[columns], self._start_size[columns] = monitor._start_host[kind]
-        plan.start_charge, plan.start_size = _address(self._start_charge), _address(self._start_size)
+        plan.start_charge, plan.start_size = _native.address(self._start_charge), _native.address(self._start_size)
         plan.n_rows = 2 if plan.law == 0 else (3 if plan.law == 1 and plan.nesterov else 4)
         self._total = total
         self._pre_out, self._post_out = np.zeros(3), np.zeros(9)
-        self._pre_out_at, self._post_out_at = _address(self._pre_out), _address(self._post_out)
+        self._pre_out_at, self._post_out_at = _native.address(self._pre_out), _native.address(self._post_out)
         self._plan_at = ctypes.addressof(plan)
         self._dtype = dtype
         self._params = self._grouped + self._rest  # the order of the gradient slots
@@ -212,11 +207,11 @@ class Engine:
         concatenate = lambda parts: _int64(np.concatenate(parts) if parts else [0])
         arrays = [self._array(a) for a in (_int64(shapes or [0]), _int64(starts or [0]), _int64(counts or [0]),
                                            concatenate(indices), concatenate(rows))]
-        plan.gather_shape, plan.gather_start, plan.gather_count = (_address(a) for a in arrays[:3])
-        plan.gather_index = None if whole_everywhere else _address(arrays[3])
-        plan.gather_row = _address(arrays[4])
+        plan.gather_shape, plan.gather_start, plan.gather_count = (_native.address(a) for a in arrays[:3])
+        plan.gather_index = None if whole_everywhere else _native.address(arrays[3])
+        plan.gather_row = _native.address(arrays[4])
         self._gather_sign = self._array(np.asarray(signs or [0.0], dtype=np.float64))
-        plan.gather_sign = _address(self._gather_sign)
+        plan.gather_sign = _native.address(self._gather_sign)
 
     # ------------------------------------------------------------------------------------------
     def pre(self) -> dict[str, float] | None:
@@ -277,7 +272,7 @@ class Engine:
             self._bind_law()
         tracker._buffers_started = tracker._buffers_started or plan.law == 1
         rows = np.empty((plan.n_rows, self._total))
-        plan.rows = _address(rows)
+        plan.rows = _native.address(rows)
         if self.lib.sw_engine_post(self._plan_at, first, self._post_out_at):
             raise MemoryError("the per-step engine could not allocate its scratch memory")
         if not tracker.keep_history:
@@ -297,11 +292,10 @@ class Engine:
         """Point the plan at the law's settings, propagators and state (the tracker's own arrays,
         which the C law updates in place); re-pointed only where one of them is a new object."""
         tracker = self.tracker
-        # the settings' values object is the same while the optimizer's settings are; the state
-        # dicts' arrays are the same unless a state was loaded
         momentum = self.plan.law == 1
-        # the state each law updates in place (SGD's NumPy law, on the Python path's steps,
-        # replaces its arrays with new ones: re-pointed here at the next engine step)
+        # the settings' values object is the same while the optimizer's settings are; the state arrays
+        # are the same unless a state was loaded or SGD's NumPy law ran (on a Python-path step: it
+        # replaces its arrays with new ones)
         states = (tracker._discrete, tracker._theta_buffer, tracker._buffer_sq, tracker._oscillator) if momentum \
             else (tracker._discrete, tracker._integral, tracker._decay_time, tracker._initial)
         held = [tracker._settings()]
@@ -311,11 +305,9 @@ class Engine:
             return
         self._law_held = held
         for block, name in enumerate(("translation", "quadratic")):
-            if momentum:
-                matrix, drive = tracker._propagator(name)
-                settings = tracker._hyperparameters(name, *tracker._SETTINGS)
-                state = [tracker._discrete[name], tracker._theta_buffer[name], tracker._buffer_sq[name]]
-                inputs, updated = [*settings, *state, matrix, drive, tracker._oscillator[name]], [5, 6, 7, 10]
+            if momentum:  # sw_momentum_law's settings, then its state in its order
+                inputs = [*tracker._hyperparameters(name, *tracker._SETTINGS), *tracker._momentum_state(name)]
+                updated = [5, 6, 7, 10]
             else:
                 settings = tracker._hyperparameters(name, "lr", "weight_decay")
                 inputs = [*settings, tracker._discrete[name], tracker._integral[name], tracker._decay_time[name],
@@ -326,4 +318,4 @@ class Engine:
                 raise AssertionError("the tracker's law state must be writable float64 C-contiguous arrays")
             self._law_alive[block] = arrays
             for slot, a in enumerate(arrays):
-                self.plan.law_arrays[block][slot] = _address(a)
+                self.plan.law_arrays[block][slot] = _native.address(a)

@@ -112,8 +112,8 @@ def _max_ratio(a: np.ndarray, b: np.ndarray | None, denominator: np.ndarray, sca
     one C call (``sw_max_ratio``) where the kernel is built, as NumPy otherwise (the same value)."""
     lib = _native.library()
     if lib is not None and all(v is None or (v.dtype == np.float64 and v.flags.c_contiguous) for v in (a, b, denominator)):
-        address = lambda v: None if v is None else v.__array_interface__["data"][0]
-        return lib.sw_max_ratio(len(a), address(a), address(b), address(denominator), scale, 1e-300)
+        return lib.sw_max_ratio(len(a), _native.address(a), None if b is None else _native.address(b),
+                                _native.address(denominator), scale, 1e-300)
     with np.errstate(invalid="ignore"):
         difference = np.abs(a) if b is None else np.abs(a - b)
         return float((difference / np.maximum(denominator * scale, 1e-300)).max(initial=-math.inf))

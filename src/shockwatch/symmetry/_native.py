@@ -18,7 +18,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-__all__ = ["library", "reason"]
+__all__ = ["address", "library", "reason"]
 
 _SOURCE = Path(__file__).with_name("_fused.c")
 _FLAGS = ("-O3", "-fopenmp-simd", "-fPIC", "-shared")
@@ -103,6 +103,12 @@ def library() -> ctypes.CDLL | None:
         getattr(lib, name).argtypes = [pointer, i64, pointer]
         getattr(lib, name).restype = ctypes.c_int
     return lib
+
+
+def address(array) -> int:
+    """The data address of a NumPy array, for the kernel (``ndarray.ctypes`` costs a microsecond or two
+    a call; this reads the array interface)."""
+    return array.__array_interface__["data"][0]
 
 
 def reason() -> str | None:
