@@ -9,15 +9,9 @@ from torch import nn
 
 import shockwatch as sw
 from shockwatch.symmetry import _native
+from helpers import exact_norms
 
 pytestmark = pytest.mark.skipif(_native.library() is None, reason="no C compiler for the kernel")
-
-
-def exact_norms(model):
-    for module in model.modules():
-        if isinstance(getattr(module, "eps", None), float):
-            module.eps = 1e-30
-    return model
 
 
 class WithUnused(nn.Module):

@@ -13,13 +13,7 @@ import torch.nn.functional as F
 import shockwatch as sw
 from shockwatch.monitor import MLflowSink, RunStore, path_norm, path_norm_unsupported
 from shockwatch.symmetry import act, generator
-
-
-def exact_norms(model):
-    for module in model.modules():
-        if isinstance(getattr(module, "eps", None), float):
-            module.eps = 1e-30
-    return model
+from helpers import exact_norms
 
 
 def dense_horizontal_norm(symmetries, params, vector):
