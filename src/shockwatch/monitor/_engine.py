@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+from operator import attrgetter
 
 import numpy as np
 import torch
@@ -31,6 +32,7 @@ __all__ = ["Engine"]
 
 _DTYPES = {torch.float32: 0, torch.float64: 1}
 _pointer, _i64 = ctypes.c_void_p, ctypes.c_int64
+_shape = attrgetter("shape")
 
 
 class _Plan(ctypes.Structure):
@@ -63,7 +65,7 @@ class Engine:
     pre-step hook, ``post()`` after the step; each returns None where this step cannot be taken here
     (the monitor then takes its Python path for the whole step)."""
 
-    def __init__(self, monitor, lib, dtype: torch.dtype, layout) -> None:
+    def __init__(self, monitor, lib, dtype: torch.dtype, layout, copies: list[Tensor]) -> None:
         self.monitor, self.lib = monitor, lib
         tracker, symmetries = monitor.tracker, monitor.symmetries
         self.tracker = tracker
@@ -85,7 +87,9 @@ class Engine:
         self._theta = self._slots([p.data_ptr() for p in self._grouped])
         self._grad = self._slots([0] * len(self._grouped))
         self._buffer = self._slots([0] * len(self._grouped))
-        self._copy = self._slots([monitor._before_named[name].data_ptr() for name in layout.names])
+        copy_of = dict(zip(monitor._names, copies))
+        grouped_copies = [copy_of[name] for name in layout.names]
+        self._copy = self._slots([c.data_ptr() for c in grouped_copies])
         plan.theta, plan.grad = ctypes.addressof(self._theta), ctypes.addressof(self._grad)
         plan.buffer, plan.copy = ctypes.addressof(self._buffer), ctypes.addressof(self._copy)
         plan.n_rest = len(self._rest)
@@ -93,7 +97,8 @@ class Engine:
         plan.rest_numel = _native.address(self._rest_numel)
         self._rest_theta = self._slots([p.data_ptr() for p in self._rest])
         self._rest_grad = self._slots([0] * len(self._rest))
-        self._rest_copy = self._slots([monitor._before[i].data_ptr() for i in monitor._rest])
+        rest_copies = [copies[i] for i in monitor._rest]
+        self._rest_copy = self._slots([c.data_ptr() for c in rest_copies])
         plan.rest_theta, plan.rest_grad = ctypes.addressof(self._rest_theta), ctypes.addressof(self._rest_grad)
         plan.rest_copy = ctypes.addressof(self._rest_copy)
         self._translation(symmetries, params)
@@ -124,8 +129,17 @@ class Engine:
         self._dtype = dtype
         self._params = self._grouped + self._rest  # the order of the gradient slots
         self._n_grouped = len(self._grouped)
-        self._addresses = [p.data_ptr() for p in self._params]
+        # every tensor whose address the plan holds, and what the C passes assume of it: checked before
+        # each call (a parameter moved by model.double() or .to, p.data = ..., or copies made again),
+        # so that a pass never reads or writes past a tensor's end (issue 17: model.double() mid-run
+        # had the pass write numel*8 bytes into float32 copies of numel*4)
+        self._copies = copies  # the monitor's list: a new list there means new copies
+        self._checked = [*self._params, *grouped_copies, *rest_copies]
+        self._addresses = list(map(Tensor.data_ptr, self._checked))
+        self._shapes = [t.shape for t in self._checked]
+        self._param_shapes = self._shapes[: len(self._params)]
         self._buffers: list = []  # the momentum buffers the plan points to
+        self._buffer_addresses: list = []
         self.stale = False  # whether the parameters left the addresses this plan holds
         self.steps = 0  # steps taken here (the others took the monitor's Python path)
         self._zeros: dict = {}  # parameter -> the zero gradient it is read with while its grad is None
@@ -168,10 +182,10 @@ class Engine:
         layout = symmetries.native_layout({name: tuple(named[name].shape) for name in symmetries.quadratic_params})
         if layout is None:
             return None, "a group indexes a dim beyond 1 (the C kernel's (O, I, K) view)"
-        if monitor._before is None:
-            monitor._before = [torch.empty_like(p) for p in params]
-            monitor._before_named = dict(zip(monitor._names, monitor._before))
-        return cls(monitor, lib, next(iter(dtypes)), layout), None
+        copies = monitor._theta_copies()  # of each parameter's dtype and shape, made again where not
+        if not all(c.is_contiguous() and c.device.type == "cpu" for c in copies):
+            return None, "theta_t's copies not contiguous on the CPU"
+        return cls(monitor, lib, next(iter(dtypes)), layout, copies), None
 
     def _array(self, array: np.ndarray) -> np.ndarray:
         self._keep.append(array)
@@ -219,10 +233,16 @@ class Engine:
         kernel does not take, a missing momentum buffer, parameters moved to new storage)."""
         # autograd and the .grad setter keep a gradient's shape, dtype and device those of its
         # parameter; its layout they do not (a .grad assigned by hand may be a strided view)
+        if not self._fits():
+            self.stale = True  # the monitor builds a new plan (and copies that fit)
+            return None
         grads = [p.grad for p in self._params]
         if any(g is None for g in grads):  # a parameter the loss did not reach: zero, as the Python path reads it
             grads = [self._zero(p) if g is None else g for p, g in zip(self._params, grads)]
-        if not all(map(Tensor.is_contiguous, grads)):
+        # autograd and the .grad setter keep a gradient's dtype and shape those of its parameter at the
+        # time; a parameter's dtype changed since (or a .grad assigned by hand) may leave them apart
+        if not (all(map(Tensor.is_contiguous, grads)) and all(g.dtype is self._dtype for g in grads)
+                and list(map(_shape, grads)) == self._param_shapes):
             return None
         addresses = list(map(Tensor.data_ptr, grads))
         self._grad[:] = addresses[: self._n_grouped]
@@ -234,15 +254,14 @@ class Engine:
             buffers = [state[p].get("momentum_buffer") if p in state else None for p in self._grouped]
             # by identity (== on tensors compares elements): new objects at the first steps or when
             # an optimizer state is loaded
-            if len(buffers) != len(self._buffers) or any(a is not b for a, b in zip(buffers, self._buffers)):
+            if len(buffers) != len(self._buffers) or any(a is not b for a, b in zip(buffers, self._buffers)) \
+                    or list(map(Tensor.data_ptr, buffers)) != self._buffer_addresses:
                 if any(b is None or b.dtype is not self._dtype or b.shape != p.shape or not b.is_contiguous()
-                       for b, p in zip(buffers, self._grouped)):
+                       or b.device.type != "cpu" for b, p in zip(buffers, self._grouped)):
                     return None
-                self._buffer[:] = list(map(Tensor.data_ptr, buffers))
+                self._buffer_addresses = list(map(Tensor.data_ptr, buffers))
+                self._buffer[:] = self._buffer_addresses
                 self._buffers = buffers
-        if list(map(Tensor.data_ptr, self._params)) != self._addresses:
-            self.stale = True  # parameters moved to new storage: the monitor builds a new plan
-            return None
         monitor = self.monitor
         if monitor._root_sizes is not self._root_size:  # the Python path recorded last: take its sizes
             self._root_size[: len(monitor._root_sizes)] = monitor._root_sizes
@@ -256,16 +275,28 @@ class Engine:
         self._grads = grads  # alive until the post-step call reads the gradients' sums
         return values
 
+    def _fits(self) -> bool:
+        """Whether every parameter and copy is still where the plan points, of its dtype, shape and
+        contiguity (the kernels index by them), and the copies still the monitor's."""
+        checked = self._checked
+        return (self.monitor._before is self._copies and list(map(Tensor.data_ptr, checked)) == self._addresses
+                and all(t.dtype is self._dtype for t in checked) and list(map(_shape, checked)) == self._shapes
+                and all(map(Tensor.is_contiguous, checked)))
+
     def _zero(self, p: Tensor) -> Tensor:
         found = self._zeros.get(p)
         if found is None:
             found = self._zeros[p] = torch.zeros_like(p)
         return found
 
-    def post(self) -> dict[str, float]:
+    def post(self) -> dict[str, float] | None:
         """After the step: |theta|, the update, the charges recorded, the law advanced (as
-        ``ConservationTracker.update`` does), drift and law error per kind."""
+        ``ConservationTracker.update`` does), drift and law error per kind; None (nothing advanced)
+        where a tensor of the plan changed since ``pre()``."""
         tracker, plan = self.tracker, self.plan
+        if not self._fits():  # moved between the two passes: the monitor's Python path takes the rest
+            self.stale = True
+            return None
         first = int(plan.law == 1 and not tracker._buffers_started)
         tracker._step += 1  # first: the tracker reads the optimizer's settings once per step number
         if plan.law:

@@ -30,11 +30,17 @@ import torch
 from scipy.sparse.linalg import LinearOperator, eigsh
 from torch import Tensor, nn
 from torch.func import functional_call
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..quotient import horizontal_projector
 from ..symmetry import SymmetrySet
 
-__all__ = ["Curvature", "adam_preconditioner", "curvature"]
+__all__ = ["CURVATURE_PATH", "Curvature", "adam_preconditioner", "curvature"]
+
+# what the run's meta records as the curvature's method
+CURVATURE_PATH = ("Hessian-vector products reverse-over-reverse in float64 on a copy of the model; "
+                  "scaled_dot_product_attention on its math backend (sdpa_kernel(SDPBackend.MATH)), whose "
+                  "backward has a derivative where the fused CPU/GPU kernels' have none")
 
 
 @dataclass(frozen=True)
@@ -92,8 +98,12 @@ def curvature(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], bat
 
     # the gradient's graph is built once; each Hessian-vector product is one backward through it
     # (reverse-over-reverse), about 4x cheaper here than re-running forward-over-reverse per product
+    # Fused attention kernels (the flash kernel on the CPU) have no double backward: the forward runs on
+    # the math backend, whose graph differentiates twice. Dropout draws in the copy's forward come from
+    # a forked RNG: the caller's random stream is left where it was.
     leaves = [p.detach().requires_grad_(True) for p in params.values()]
-    with torch.enable_grad():
+    devices = sorted({p.device.index or 0 for p in leaves if p.device.type == "cuda"})
+    with torch.enable_grad(), torch.random.fork_rng(devices=devices), sdpa_kernel(SDPBackend.MATH):
         outputs = functional_call(model, {**dict(zip(names, leaves)), **buffers}, (double[0],))
         gradient = torch.autograd.grad(loss_fn(outputs, double[1]), leaves, create_graph=True, allow_unused=True)
     gradient = [g if g is not None else torch.zeros_like(p) for g, p in zip(gradient, leaves)]

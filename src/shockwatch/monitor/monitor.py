@@ -33,8 +33,11 @@ gradients), which alone writes.
 from __future__ import annotations
 
 import math
+import shutil
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
+from operator import attrgetter
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +50,8 @@ from ..quotient import horizontal_projector
 from ..symmetry import Kind, SymmetrySet, _native, find_symmetries
 from ._engine import Engine
 from .attention import attention_observables
-from .curvature import adam_preconditioner, curvature
+from ._preserved import preserved
+from .curvature import CURVATURE_PATH, adam_preconditioner, curvature
 from .path_norm import path_norm, path_norm_unsupported
 from .sinks import Sink, TensorBoardSink
 from .store import RunStore
@@ -103,15 +107,56 @@ class Schedule:
 
 
 def _total_norm(tensors: list[Tensor]) -> float:
-    """sqrt(sum |t|^2) over the tensors: one fused norm per tensor, summed in float64."""
-    return float(torch.stack(torch._foreach_norm(tensors)).double().square().sum().sqrt())
+    """sqrt(sum |t|^2) over the tensors: one fused norm per tensor, accumulated in float64 whatever the
+    tensors' dtype (a bfloat16 norm rounds to 3 digits)."""
+    return float(torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float64)).square().sum().sqrt())
+
+
+_version = attrgetter("_version")  # bumped by every in-place write: an optimizer's update, p.add_
+_requires_grad = attrgetter("requires_grad")
+
+
+def _unwrap(optimizer):
+    """The torch optimizer inside wrappers that hold it as ``.optimizer`` and step it from their own
+    step() (Accelerate's AcceleratedOptimizer, Lightning's LightningOptimizer): the hook goes on it."""
+    for _ in range(8):
+        inner = getattr(optimizer, "optimizer", None)
+        if not isinstance(inner, torch.optim.Optimizer) or inner is optimizer:
+            break
+        optimizer = inner
+    if not isinstance(optimizer, torch.optim.Optimizer) or not hasattr(optimizer, "register_step_pre_hook"):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer or a wrapper holding one as .optimizer, "
+                        f"got {type(optimizer).__name__}")
+    return optimizer
+
+
+@contextmanager
+def _settings_restored(optimizer: torch.optim.Optimizer, settings: list[dict] | None):
+    """The param groups' settings as the step used them (captured in the pre-step hook), put back while
+    the laws read them: a scheduler stepped before ``mon.step`` must not change the law of the step."""
+    groups = optimizer.param_groups
+    changed = settings is not None and any(group.get(key) is not value for group, saved in zip(groups, settings)
+                                           for key, value in saved.items())
+    if not changed:
+        yield
+        return
+    now = [{key: group[key] for key in saved if key in group} for group, saved in zip(groups, settings)]
+    for group, saved in zip(groups, settings):
+        group.update(saved)
+    try:
+        yield
+    finally:
+        for group, current in zip(groups, now):
+            group.update(current)
 
 
 def _max_ratio(a: np.ndarray, b: np.ndarray | None, denominator: np.ndarray, scale: float = 1.0) -> float:
     """max_k |a_k - b_k| / max(denominator_k scale, 1e-300) (b None: |a_k|), NaN if any term is NaN:
     one C call (``sw_max_ratio``) where the kernel is built, as NumPy otherwise (the same value)."""
     lib = _native.library()
-    if lib is not None and all(v is None or (v.dtype == np.float64 and v.flags.c_contiguous) for v in (a, b, denominator)):
+    # the kernel reads len(a) values of each: every array checked to hold them, as float64 in a row
+    if lib is not None and all(v is None or (v.dtype == np.float64 and v.flags.c_contiguous and v.shape == a.shape)
+                               for v in (a, b, denominator)) and a.ndim == 1:
         return lib.sw_max_ratio(len(a), _native.address(a), None if b is None else _native.address(b),
                                 _native.address(denominator), scale, 1e-300)
     with np.errstate(invalid="ignore"):
@@ -164,34 +209,104 @@ class Monitor:
             model = model.module  # the same parameter tensors; DDP averages their gradients
         if not 0 < curvature_tol < 1:
             raise ValueError(f"curvature_tol must be in (0, 1) (Lanczos' relative tolerance), got {curvature_tol}")
+        optimizer = _unwrap(optimizer)
         self.model, self.optimizer, self.schedule, self.loss_fn = model, optimizer, schedule, loss_fn
         self.curvature_tol = curvature_tol
         self.raise_on_nonfinite, self.log_dir = raise_on_nonfinite, Path(log_dir)
         self.rank = _rank()
-        self._named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+        self._closed = False
+        self._compile, self._engine_wanted = compile, engine
+        self._early_events: list[tuple[str, str]] = []  # events found before the store is open
+        self._pre: dict[str, float] | None = None
+        self._settings_at_step: list[dict] | None = None  # the param groups' settings the last step used
+        self._nonfinite_at = -1  # the step whose non-finite gradient the pre-step hook recorded
+        self._horizontal = None  # P_H at theta_t on steps the quotient norms are due
+        self._measured = None  # the tracker's per-step inputs, from the pre-step pass
+        self.store, self.sinks, self.tracker, self.symmetries, self._hook = None, [], None, None, None
+        self._engine, self._engine_step, self._engine_why = None, False, "engine=False"
+        self._step = 0
+        self._all_symmetries = None
+        self._input_shape = tuple(example_input.shape[1:]) if example_input is not None else None
+        self._path_norm = False
+        self._bind_parameters()
+        if self.rank != 0:  # computed once, on rank 0: other ranks only take part in the loss average
+            return
+        path = self.log_dir / "run.sqlite"
+        RunStore.check_path(path, resume=resume)  # before any work: the refusal costs nothing
+        # everything that can fail runs before the first file is written; should the store or a sink
+        # still fail, what was created is removed (a corrected call must not find a half-made run)
+        created = [d for d in (self.log_dir / "tensorboard", self.log_dir, *self.log_dir.parents) if not d.exists()]
+        try:
+            if symmetries is None and example_input is not None:
+                symmetries = find_symmetries(model, example_input)
+            self._all_symmetries = symmetries
+            self._bind(start=True)
+            why_not = path_norm_unsupported(model) if self._input_shape is not None else "no example_input given"
+            self._path_norm = why_not is None and schedule.quotient is not None
+            if why_not is not None and schedule.quotient is not None:
+                self._event(0, "no-path-norm", why_not)
+            self._hook = optimizer.register_step_pre_hook(self._before_step)
+            self.store = RunStore(path, resume=resume)
+            self._step = (self.store.last_step() or 0) if resume else 0
+            self.sinks = [*([TensorBoardSink(self.log_dir / "tensorboard")] if tensorboard else []), *sinks]
+            early, self._early_events = self._early_events, []
+            for kind, message in early:
+                self._event(self._step, kind, message)
+            self.store.set_meta({**self._binding_meta(), "model": type(model).__name__, "schedule": str(schedule),
+                                 "symmetries": str(symmetries.counts()) if symmetries is not None else "{}",
+                                 **({"curvature": CURVATURE_PATH} if schedule.curvature is not None else {})})
+        except BaseException:
+            self._abandon(created, resume)
+            raise
+
+    def _abandon(self, created: list[Path], resume: bool) -> None:
+        """Undo a constructor that failed: the hook removed, the store closed (and, for a new run, its
+        files deleted), the folders this constructor made removed."""
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except Exception:  # the constructor's own error is the one to report
+                pass
+        if self.store is not None:
+            self.store.close() if resume else self.store.discard()
+            self.store = None
+        for folder in created:  # deepest first; a folder someone else wrote into stays
+            if folder.name == "tensorboard" and folder.parent == self.log_dir:
+                shutil.rmtree(folder, ignore_errors=True)
+            else:
+                try:
+                    folder.rmdir()
+                except OSError:
+                    pass
+        self._closed = True
+
+    def _bind_parameters(self) -> None:
+        """The parameters observed: those with requires_grad, in the model's order, and what the
+        optimizer holds (to see an added param group or a parameter frozen or unfrozen mid-run)."""
+        self._named = [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
         self._names = [name for name, _ in self._named]
         # the parameter objects themselves, listed once (every per-step use is under no_grad: no
         # detach per parameter per step)
         self._params = [p for _, p in self._named]
         self._named_params = dict(self._named)
-        self._quadratic: list[int] = []  # the numbers of scale and rescale groups; [] without any
-        self._compile = compile
-        self._pre: dict[str, float] | None = None
-        self._horizontal = None  # P_H at theta_t on steps the quotient norms are due
-        self._measured = None  # the tracker's per-step inputs, from the pre-step pass
+        self._group_count = len(self.optimizer.param_groups)
+        self._frozen_held = [p for group in self.optimizer.param_groups for p in group["params"] if not p.requires_grad]
         self._before: list[Tensor] | None = None  # theta_t, copied in the pre-step pass
         self._before_named: dict[str, Tensor] = {}
         self._have_before = False  # whether _before holds this step's theta_t
-        self.store, self.sinks, self.tracker, self.symmetries, self._hook = None, [], None, None, None
-        self._engine, self._engine_step = None, False
-        self._step = 0
-        if self.rank != 0:  # computed once, on rank 0: other ranks only take part in the loss average
-            return
-        self.store = RunStore(self.log_dir / "run.sqlite", resume=resume)
-        self._step = (self.store.last_step() or 0) if resume else 0
-        self.sinks = [*([TensorBoardSink(self.log_dir / "tensorboard")] if tensorboard else []), *sinks]
-        if symmetries is None and example_input is not None:
-            symmetries = find_symmetries(model, example_input)
+        self._quadratic: list[int] = []  # the numbers of scale and rescale groups; [] without any
+        self._rest = list(range(len(self._params)))
+        self._versions = list(map(_version, self._params))
+
+    def _bind(self, *, start: bool = False) -> None:
+        """What depends on the optimizer and on which parameters train: the symmetries acting on
+        trainable parameters, the conservation tracker (its laws start at the charges now) and the
+        per-step engine. At the start and again after ``attach`` or a change of trainable parameters."""
+        model, optimizer, symmetries = self.model, self.optimizer, self._all_symmetries
+        previous = self.symmetries
         frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
         if symmetries is not None and frozen:
             # a frozen parameter does not move: a symmetry that acts on it is no symmetry of the
@@ -203,51 +318,94 @@ class Monitor:
                             f"with requires_grad=False ({', '.join(sorted(frozen)[:3])}{', ...' if len(frozen) > 3 else ''})"
                             ": left out, as training cannot move along them")
                 symmetries = replace(symmetries, symmetries=kept)
+        same_groups = previous is not None and symmetries is not None and \
+            [s.label for s in previous] == [s.label for s in symmetries]
         self.symmetries = symmetries
+        self.tracker, self._engine, self._engine_step = None, None, False
         if symmetries is None or len(symmetries) == 0:
-            why = "no symmetries given (pass symmetries= or example_input=)" if symmetries is None \
-                else "find_symmetries found none in this model"
-            self._event(self._step, "no-symmetries", f"raw observables only: {why}")
+            if start:
+                why = "no symmetries given (pass symmetries= or example_input=)" if symmetries is None \
+                    else "find_symmetries found none in this model"
+                self._event(self._step, "no-symmetries", f"raw observables only: {why}")
         else:
-            self.tracker = ConservationTracker(model, optimizer, symmetries, record_every=schedule.charges,
+            self.tracker = ConservationTracker(model, optimizer, symmetries, record_every=self.schedule.charges,
                                                keep_history=False)  # the store keeps what is logged
             # the tracker records at construction: charges and sizes at the start, for the drift
-            self._recorded, start = self.tracker.latest_rows()
+            self._recorded, first = self.tracker.latest_rows()
             slices = self.tracker.kind_slices
             # the kinds that have groups, with their columns in the tracker's rows
             self._kind_slices = [(kind, columns) for kind, columns in slices.items() if columns.stop > columns.start]
-            self._start_host = {kind: (start[0][columns].copy(), np.maximum(start[1][columns], 1e-300))
-                                for kind, columns in self._kind_slices}
+            if not same_groups:  # the drift is from the monitor's start while the groups are those
+                self._start_host = {kind: (first[0][columns].copy(), np.maximum(first[1][columns], 1e-300))
+                                    for kind, columns in self._kind_slices}
             self._quadratic = [len(symmetries.of_kind(kind)) for kind in _QUADRATIC]
             # scale then rescale: adjacent in the rows
             self._quadratic_columns = slice(slices[Kind.SCALE.value].start, slices[Kind.RESCALE.value].stop)
             if not any(self._quadratic):
                 self._quadratic = []
             else:  # each group's size |xi_k|^2 at the last record, for the gradient breaking
-                self._root_sizes = np.sqrt(start[1][self._quadratic_columns])
+                self._root_sizes = np.sqrt(first[1][self._quadratic_columns])
                 ends = np.cumsum(self._quadratic)
                 self._breaking_slices = [(kind, slice(int(end - count), int(end)))
                                          for kind, count, end in zip(_QUADRATIC, self._quadratic, ends) if count]
                 touched = set(symmetries.quadratic_params)
                 self._rest = [i for i, name in enumerate(self._names) if name not in touched]
-        self._input_shape = tuple(example_input.shape[1:]) if example_input is not None else None
-        why_not = path_norm_unsupported(model) if self._input_shape is not None else "no example_input given"
-        self._path_norm = why_not is None and schedule.quotient is not None
-        if why_not is not None and schedule.quotient is not None:
-            self._event(self._step, "no-path-norm", why_not)
-        self._hook = optimizer.register_step_pre_hook(self._before_step)
         # the every-step observables in two C calls a step where it applies (CPU, SGD with momentum
         # or no law, ...): the same values as the Python path below, which takes every other step
-        self._engine, why_no_engine = Engine.build(self) if engine else (None, "engine=False")
-        self._engine_step = False  # whether the engine took this step's pre-step pass
-        self.store.set_meta({"engine": "on" if self._engine is not None else f"off: {why_no_engine}","model": type(model).__name__, "optimizer": type(optimizer).__name__,
-                             "law": self.tracker.law if self.tracker else "none",
-                             "symmetries": str(symmetries.counts()) if symmetries is not None else "{}",
-                             "schedule": str(schedule)})
+        self._engine, self._engine_why = Engine.build(self) if self._engine_wanted else (None, "engine=False")
+
+    def _binding_meta(self) -> dict[str, str]:
+        return {"engine": "on" if self._engine is not None else f"off: {self._engine_why}",
+                "optimizer": type(self.optimizer).__name__, "law": self.tracker.law if self.tracker else "none"}
+
+    def _rebind(self, why: str) -> None:
+        """``_bind`` again mid-run, with an event; where the laws cannot be rebuilt (an error from the
+        tracker) the run goes on with the raw observables, and the event says why."""
+        self._bind_parameters()
+        try:
+            self._bind()
+            message = f"{why}: the laws start again from the charges at step {self._step}"
+        except Exception as error:  # inside a training step: an event, never a crash
+            self.symmetries, self.tracker, self._engine, self._quadratic = None, None, None, []
+            self._rest = list(range(len(self._params)))
+            self._engine_why = "no tracker"
+            message = f"{why}: no law from here ({type(error).__name__}: {error})"[:500]
+        self._event(self._step, "rebound", message)
+        if self.store is not None:
+            self.store.set_meta(self._binding_meta())
+
+    def attach(self, optimizer: torch.optim.Optimizer) -> None:
+        """Observe ``optimizer`` from its next step on, in place of the one given so far (a new
+        optimizer made mid-run: the old one's hook would never fire again). The laws start again from
+        the charges now, under the new optimizer's settings; the charge drift stays measured from the
+        monitor's start; a "rebound" event marks the step. Wrappers holding ``.optimizer`` are unwrapped."""
+        self._check_open("attach")
+        optimizer = _unwrap(optimizer)
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        self.optimizer, self._pre, self._settings_at_step = optimizer, None, None
+        if self.rank != 0:
+            self._bind_parameters()
+            return
+        self._hook = optimizer.register_step_pre_hook(self._before_step)
+        self._rebind(f"optimizer {type(optimizer).__name__} attached")
+
+    def _check_open(self, method: str) -> None:
+        if self._closed:
+            raise RuntimeError(f"Monitor.{method}() after close(): this monitor is closed; make a new Monitor "
+                               f"(resume=True continues the run in {self.log_dir})")
 
     def step(self, loss: Tensor | float, batch=None) -> dict[str, float]:
         """Observe the step just taken; returns what was logged. ``batch`` = (inputs, targets) feeds
-        the scheduled curvature and attention observables (ignored when none is due)."""
+        the scheduled curvature and attention observables (ignored when none is due).
+
+        Call it once per optimizer step, after ``optimizer.step()``. A call with no optimizer step
+        since the last one is a step the optimizer skipped (a GradScaler's, with non-finite gradients:
+        a "skipped-step" event, the laws skip it too); with finite gradients and no step it is a
+        misuse (per micro-batch under gradient accumulation, or a new optimizer not ``attach``-ed),
+        which raises RuntimeError after an event that says which."""
+        self._check_open("step")
         self._step += 1
         value = self._mean_loss(loss)
         if self.rank != 0:
@@ -255,42 +413,82 @@ class Monitor:
                 raise FloatingPointError(f"step {self._step}: non-finite loss or gradient on rank {self.rank}")
             return {"loss": value}
         pre, self._pre = self._pre, None
-        stepped = pre is not None
-        if pre is None:  # the optimizer did not step (a GradScaler skipped it, or no step was taken)
-            grads = [p.grad for _, p in self._named if p.grad is not None]
-            pre = {"grad_norm": _total_norm(grads) if grads else 0.0}
+        settings, self._settings_at_step = self._settings_at_step, None
+        if pre is None:  # the optimizer did not step
+            return self._not_stepped(value)
         if not (math.isfinite(value) and math.isfinite(pre["grad_norm"])):
-            message = f"loss {value}, |g| {pre['grad_norm']}"
-            self._event(self._step, "nonfinite", message)
-            if self.raise_on_nonfinite:
-                raise FloatingPointError(f"step {self._step}: non-finite {message}")
-            self._write({"loss": value})
-            return {"loss": value}
+            if self._nonfinite_at != self._step:  # a non-finite loss; the gradient's event is written already
+                self._event(self._step, "nonfinite", f"loss {value}, |g| {pre['grad_norm']}")
+                if self.raise_on_nonfinite:
+                    raise FloatingPointError(f"step {self._step}: non-finite loss {value} (|g| {pre['grad_norm']})")
+            # the laws skip the step: what it did to the parameters is not a law's to predict
+            values = {"loss": value, "grad_norm": pre["grad_norm"]}
+            self._write(values)
+            self._versions = list(map(_version, self._params))
+            return values
         values = {"loss": value, **pre}
-        if stepped:  # a skipped step moves no charge: the laws must not advance
+        with _settings_restored(self.optimizer, settings):  # the laws read the settings the step used
             values.update(self._observe_after())
-        if self._path_norm and self.schedule.due("quotient", self._step):
-            values["path_norm"] = path_norm(self.model, self._input_shape)
-        if stepped and self.schedule.due("curvature", self._step) and batch is not None and self.symmetries is not None:
-            found = curvature(self.model, self.loss_fn, batch, self.symmetries, tol=self.curvature_tol,
-                              preconditioner=adam_preconditioner(self.optimizer, self.model))
-            lr = float(self.optimizer.param_groups[0]["lr"])
-            values.update({"curvature/raw_max": found.raw_max, "curvature/raw_min": found.raw_min,
-                           "curvature/quotient_max": found.quotient_max, "curvature/quotient_min": found.quotient_min,
-                           "shock_steps/quotient": found.shock_steps(lr), "shock_steps/raw": found.shock_steps(lr, quotient=False)})
-            if found.preconditioned is not None:  # Adam: the forecast above is the preconditioned one
-                scaled = found.preconditioned
-                values.update({"curvature/preconditioned_raw_max": scaled.raw_max,
-                               "curvature/preconditioned_raw_min": scaled.raw_min,
-                               "curvature/preconditioned_quotient_max": scaled.quotient_max,
-                               "curvature/preconditioned_quotient_min": scaled.quotient_min})
+            if self._path_norm and self.schedule.due("quotient", self._step):
+                with preserved(self.model):
+                    values["path_norm"] = path_norm(self.model, self._input_shape)
+            if self.schedule.due("curvature", self._step) and batch is not None and self.symmetries is not None:
+                values.update(self._curvature(batch))
         if self.schedule.due("attention", self._step) and batch is not None:
-            values.update(attention_observables(self.model, batch[0]))
+            with preserved(self.model):
+                values.update(attention_observables(self.model, batch[0]))
         # one conversion for every value still held as a tensor (a single device sync on a GPU)
         held = [name for name, v in values.items() if isinstance(v, Tensor)]
         if held:
             values.update(zip(held, torch.stack([values[name].double() for name in held]).tolist()))
         self._write(values)
+        self._versions = list(map(_version, self._params))
+        return values
+
+    def _not_stepped(self, value: float) -> dict[str, float]:
+        """``step()`` where the optimizer took no step since the last call (see ``step``)."""
+        grads = [p.grad for _, p in self._named if p.grad is not None]
+        grad_norm = _total_norm(grads) if grads else 0.0
+        values = {"loss": value, "grad_norm": grad_norm}
+        if list(map(_version, self._params)) != self._versions:  # something else moved the parameters
+            message = (f"step {self._step}: the parameters changed but {type(self.optimizer).__name__}, the optimizer "
+                       "this monitor observes, did not step: for a new optimizer call mon.attach(optimizer)")
+            self._event(self._step, "optimizer-not-observed", message)
+            self._step -= 1  # nothing of this step was observed: a retry after attach() logs it again
+            raise RuntimeError(message)
+        if math.isfinite(value) and math.isfinite(grad_norm):
+            message = (f"step {self._step}: mon.step() was called with no optimizer step since the last call: call it "
+                       "once per optimizer step, after optimizer.step() (under gradient accumulation, not per micro-batch)")
+            self._event(self._step, "no-optimizer-step", message)
+            self._step -= 1
+            raise RuntimeError(message)
+        if not math.isfinite(value):
+            self._event(self._step, "nonfinite", f"loss {value}, |g| {grad_norm}")
+            if self.raise_on_nonfinite:
+                raise FloatingPointError(f"step {self._step}: non-finite loss {value} (|g| {grad_norm})")
+        else:  # a GradScaler's skipped step: nothing moved, so the laws do not advance either
+            self._event(self._step, "skipped-step", f"the optimizer skipped the step: |g| {grad_norm}")
+        self._write(values)
+        return values
+
+    def _curvature(self, batch) -> dict[str, float]:
+        """The scheduled curvature observables; an event (never an error) where they cannot be computed."""
+        try:
+            found = curvature(self.model, self.loss_fn, batch, self.symmetries, tol=self.curvature_tol,
+                              preconditioner=adam_preconditioner(self.optimizer, self.model))
+        except Exception as error:  # inside a training step: the run goes on without this value
+            self._event(self._step, "curvature-failed", f"{type(error).__name__}: {error}"[:500])
+            return {}
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        values = {"curvature/raw_max": found.raw_max, "curvature/raw_min": found.raw_min,
+                  "curvature/quotient_max": found.quotient_max, "curvature/quotient_min": found.quotient_min,
+                  "shock_steps/quotient": found.shock_steps(lr), "shock_steps/raw": found.shock_steps(lr, quotient=False)}
+        if found.preconditioned is not None:  # Adam: the forecast above is the preconditioned one
+            scaled = found.preconditioned
+            values.update({"curvature/preconditioned_raw_max": scaled.raw_max,
+                           "curvature/preconditioned_raw_min": scaled.raw_min,
+                           "curvature/preconditioned_quotient_max": scaled.quotient_max,
+                           "curvature/preconditioned_quotient_min": scaled.quotient_min})
         return values
 
     def _mean_loss(self, loss: Tensor | float) -> float:
@@ -308,6 +506,10 @@ class Monitor:
         """Optimizer step pre-hook: the per-step pass at (theta_t, g_t). Given a closure (Lightning,
         LBFGS), the gradients exist only once it has run inside step(): the closure is wrapped so that
         the pass follows it (the last call's, for optimizers that call it more than once)."""
+        # the settings this step uses, for the laws at mon.step (a scheduler may step in between)
+        self._settings_at_step = [{key: value.clone() if isinstance(value, Tensor) else value
+                                   for key, value in group.items() if key != "params"}
+                                  for group in optimizer.param_groups]
         # args = (optimizer, *positional arguments of step): the closure is args[1] when positional
         closure = kwargs["closure"] if "closure" in kwargs else args[1] if len(args) > 1 else None
         if closure is None:
@@ -324,15 +526,35 @@ class Monitor:
         return (args[0], closure_then_pass, *args[2:]), kwargs
 
     def _observe_before(self) -> None:
+        """The pre-step pass (``_engine_or_pass``); a non-finite gradient is recorded here, at the step
+        it appears in, and with ``raise_on_nonfinite`` raised here, before the optimizer applies it."""
+        step = self._step + 1
+        if (len(self.optimizer.param_groups) != self._group_count or not all(map(_requires_grad, self._params))
+                or any(map(_requires_grad, self._frozen_held))):
+            self._rebind(f"step {step}: the trainable parameters changed (a param group added, a parameter "
+                         "frozen or unfrozen)")
+        self._engine_or_pass()
+        grad_norm = self._pre["grad_norm"]
+        if not math.isfinite(grad_norm):
+            self._nonfinite_at = step
+            self._event(step, "nonfinite", f"|g| {grad_norm} before the optimizer step")
+            if self.raise_on_nonfinite:
+                self._pre = None
+                raise FloatingPointError(f"step {step}: non-finite gradient (|g| {grad_norm}) before the optimizer "
+                                         "step: the parameters are unchanged")
+
+    def _engine_or_pass(self) -> None:
         """The pre-step pass by the engine where it applies (no torch call, so no no_grad context
         either: entering one costs microseconds), else ``_pass``."""
         self._engine_step = False
         # the quotient norms need the projector at theta_t, which only the Python path makes
         if self._engine is not None and not self.schedule.due("quotient", self._step + 1):
             pre = self._engine.pre()
-            if pre is None and self._engine.stale:  # the parameters moved (model.to, p.data = ...): a new plan
+            if pre is None and self._engine.stale:
+                # the parameters or their copies left the storage, dtype or shape the plan holds
+                # (model.double(), model.to, p.data = ...): a new plan, with copies that fit
                 steps = self._engine.steps
-                self._engine, _ = Engine.build(self)
+                self._engine, self._engine_why = Engine.build(self)
                 if self._engine is None:
                     return self._pass()
                 self._engine.steps = steps
@@ -343,6 +565,17 @@ class Monitor:
                 self._have_before = math.isfinite(pre["grad_norm"])
                 return
         self._pass()
+
+    def _theta_copies(self) -> list[Tensor]:
+        """The tensors theta_t is copied into before each step, one per observed parameter, of its
+        dtype, shape and device (made again where a parameter changed: ``model.double()``, ``.to``)."""
+        before, params = self._before, self._params
+        if before is None or len(before) != len(params) or not all(
+                b.dtype == p.dtype and b.shape == p.shape and b.device == p.device for b, p in zip(before, params)):
+            self._before = [torch.empty(p.shape, dtype=p.dtype, device=p.device) for p in params]
+            self._before_named = dict(zip(self._names, self._before))
+            self._have_before = False
+        return self._before
 
     @torch.no_grad()
     def _pass(self) -> None:
@@ -367,9 +600,7 @@ class Monitor:
                 buffers = self.tracker.momentum_buffers() if law == "sgd-momentum" else None
                 if buffers is not None:
                     pairs.append((buffers, named_grads))
-        if self._before is None:
-            self._before = [torch.empty_like(p) for p in params]
-            self._before_named = dict(zip(self._names, self._before))
+        self._theta_copies()
         # theta_t for the update: the grouped parameters copied inside the pass (one read of theta),
         # the others (few, or all without symmetries) here
         rest = self._rest if pairs else range(len(params))
@@ -429,7 +660,9 @@ class Monitor:
         """The post-step pass by the engine where it took the pre-step one, else ``_post_step``."""
         if self._engine_step:
             self._engine_step = False
-            return self._engine.post()
+            found = self._engine.post()
+            if found is not None:
+                return found
         return self._post_step()
 
     @torch.no_grad()
@@ -489,12 +722,16 @@ class Monitor:
             sink.log(self._step, values)
 
     def _event(self, step: int, kind: str, message: str) -> None:
+        if self.store is None:  # in the constructor, before the store is open
+            self._early_events.append((kind, message))
+            return
         self.store.event(step, kind, message)
         for sink in self.sinks:
             sink.event(step, kind, message)
 
     def close(self) -> None:
-        """Remove the hook and close the store and sinks (idempotent)."""
+        """Remove the hook and close the store and sinks (idempotent). Every other method raises after it."""
+        self._closed = True
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
@@ -505,6 +742,7 @@ class Monitor:
                 sink.close()
 
     def __enter__(self) -> Monitor:
+        self._check_open("__enter__")
         return self
 
     def __exit__(self, *exc) -> None:

@@ -409,7 +409,9 @@ int sw_engine_pre(const sw_engine *e, int64_t with_buffer, double *out) {
     const double rest_sq = engine_sumsq(e->dtype, e->n_rest, e->rest_numel, e->rest_grad, 0);
     engine_copy(e->dtype, e->n_rest, e->rest_numel, e->rest_theta, e->rest_copy);
     double whole = e->pre_scattered[width + 2 * e->groups] + rest_sq; /* the (g, g) pair's + the rest */
-    const double grad_norm = sqrt(whole > 0.0 ? whole : 0.0);
+    /* round-off below zero clamps to 0; a NaN stays NaN (issue 17: "whole > 0 ? whole : 0" logged a
+       NaN gradient as |g| = 0 and the monitor never saw it) */
+    const double grad_norm = sqrt(whole < 0.0 ? 0.0 : whole);
     out[0] = grad_norm;
     out[1] = e->n_scale ? sw_max_ratio(e->n_scale, e->pre_scattered, 0, e->root_size, grad_norm, 1e-300) : NAN;
     out[2] = e->n_rescale ? sw_max_ratio(e->n_rescale, e->pre_scattered + e->n_scale, 0, e->root_size + e->n_scale,
@@ -435,7 +437,7 @@ int sw_engine_post(const sw_engine *e, int64_t first, double *out) {
     const double rest_sq = engine_sumsq(e->dtype, e->n_rest, e->rest_numel, e->rest_theta, 0);
     const double rest_moved = engine_sumsq(e->dtype, e->n_rest, e->rest_numel, e->rest_theta, e->rest_copy);
     double whole = e->post_scattered[2 * e->groups] + rest_sq;
-    const double param_norm = sqrt(whole > 0.0 ? whole : 0.0);
+    const double param_norm = sqrt(whole < 0.0 ? 0.0 : whole); /* NaN stays NaN, as for |g| */
     /* sqrt(moved)^2 + rest: as the Python path, which takes the two norms and squares them back */
     const double moved = sqrt(moved_sq), rest_norm = sqrt(rest_moved);
     const double update_norm = sqrt(moved * moved + rest_norm * rest_norm);
