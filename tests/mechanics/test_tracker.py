@@ -144,11 +144,8 @@ def test_exact_discrete_law_with_momentum(momentum, dampening, nesterov):
     assert report.law == "sgd-momentum"
     for kind in ("translation", "scale", "rescale"):
         assert report.max_rel_error(kind) < 1e-9, kind
-    if nesterov:  # its modified equation is not heavy ball's: no continuous law is claimed
-        with pytest.raises(ValueError, match="no continuous law"):
-            report.max_rel_error("scale", "continuous")
-    else:
-        assert report.max_rel_error("translation", "continuous") < 5e-2
+    # the oscillator (Nesterov: its own mass, blocks.oscillator_propagator) to first order in eta
+    assert report.max_rel_error("translation", "continuous") < 5e-2
 
 
 @pytest.mark.parametrize("regime", ["overdamped", "critical", "underdamped"])
@@ -273,9 +270,6 @@ def test_momentum_law_in_c_is_the_numpy_law(nesterov, dampening):
     assert a.law == b.law == "sgd-momentum"
     for kind in ("translation", "rescale"):
         for law in ("discrete", "continuous"):
-            if nesterov and law == "continuous":
-                assert getattr(a, law)[kind] is None and getattr(b, law)[kind] is None
-                continue
             scale = a.empirical[kind].abs().max()
             assert torch.allclose(getattr(a, law)[kind], getattr(b, law)[kind], rtol=0, atol=1e-13 * float(scale))
         # and the law itself holds (the run is float64): not two equally wrong recursions

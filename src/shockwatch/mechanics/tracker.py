@@ -16,8 +16,28 @@ Both are propagated open-loop from the initial charge with the gradients the run
 discrete law then agrees with the run to float64 round-off (for a float64 model), the continuous
 one to O(eta lambda) relative over a training run. With momentum the exact discrete law is carried
 by scalar recursions (``_momentum_step``) and the continuous law is Appendix B's damped oscillator
-(``_advance_oscillator``; heavy ball only, not Nesterov). Other optimizers (Adam, ...): the
-charges and their drift only.
+(``_advance_oscillator``; its mass for heavy ball with dampening and for Nesterov is derived in
+``blocks.oscillator_propagator``). Other optimizers (Adam, ...): the charges and their drift only,
+with the reason in ``ConservationTracker.no_law``.
+
+Param groups: each symmetry reads the settings of its parameters' optimizer param group, whatever
+their number. A symmetry whose parameters straddle groups, or include a frozen parameter, one outside
+the optimizer, or one without a gradient at a step (torch's SGD skips it: no decay, no momentum), is
+followed block by block (``blocks.BlockLaws``: exact discrete law per block; the continuous law where
+one exists, and what is reported where none does).
+
+Hyperparameters are the ones the optimizer held when it stepped: the tracker registers an optimizer
+step pre-hook (``before_step``), so that ``scheduler.step()`` called before ``update()`` changes
+nothing; a step the optimizer did not take (a GradScaler skip) advances no law.
+
+Relative errors: |predicted - empirical| / max(size_A, floor), size_A the group's own size at the
+step (|theta_A|^2, |theta_A1|^2 + |theta_A2|^2, sum |theta_A|) and floor = ``size_floor`` (1e-6 by
+default, in parameter units: sum |theta_A| below it counts as 1e-6) for translation, its square for
+scale and rescale: a charge that starts at zero (a zero-initialised bias) then gives its absolute
+error over the floor, never a division by ~0.
+
+Precision: every charge, sum and law in float64; tensors the C kernel does not take in float64
+(bfloat16, float16, float32 off the CPU) are upcast before they are summed.
 """
 
 from __future__ import annotations
@@ -30,8 +50,9 @@ import torch
 from torch import Tensor, nn
 
 from ..symmetry import Kind, SymmetrySet, _native
+from .blocks import BlockLaws, NoLaw, oscillator_propagator
 
-__all__ = ["ConservationReport", "ConservationTracker"]
+__all__ = ["ConservationReport", "ConservationTracker", "NoLaw"]
 
 _KINDS = (Kind.TRANSLATION, Kind.SCALE, Kind.RESCALE)
 
@@ -43,32 +64,50 @@ class ConservationReport:
     steps: list[int]
     empirical: dict[str, Tensor]
     discrete: dict[str, Tensor | None]  # None where no law applies (an optimizer not modelled)
-    continuous: dict[str, Tensor | None]
+    continuous: dict[str, Tensor | None]  # NaN entries: no continuous law for that group then
     size: dict[str, Tensor]  # each group's own size at each step (the relative error's denominator)
-    law: str  # "sgd", "sgd-momentum" (continuous: App. B oscillator, not for Nesterov) or "none (...)"
+    law: str  # "sgd", "sgd-momentum" (continuous: App. B oscillator) or "none (...)"
+    size_floor: float = 1e-6  # the denominators' floor: translation, squared for scale and rescale
+    no_law: tuple[NoLaw, ...] = ()  # what the tracker could not predict, and why
+
+    def denominator(self, kind: Kind | str) -> Tensor:
+        """max(size, floor) per step and group: floor = size_floor (translation), size_floor^2 (scale, rescale)."""
+        kind = Kind(kind).value
+        floor = self.size_floor if kind == Kind.TRANSLATION.value else self.size_floor**2
+        return self.size[kind].clamp(min=floor)
 
     def rel_errors(self, kind: Kind | str, law: str = "discrete") -> Tensor:
-        """|predicted - empirical| / the group's size, per recorded step and group (steps, groups):
-        size = |theta_A|^2 (scale), |theta_A1|^2 + |theta_A2|^2 (rescale), sum |theta_A| (translation)."""
+        """|predicted - empirical| / max(size, floor), per recorded step and group (steps, groups):
+        size = |theta_A|^2 (scale), |theta_A1|^2 + |theta_A2|^2 (rescale), sum |theta_A| (translation).
+        NaN where the group has no such law at that step (see ``no_law``) or the run is non-finite."""
         if law not in ("discrete", "continuous"):
             raise ValueError(f"law must be 'discrete' or 'continuous', got {law!r}")
         kind = Kind(kind).value
         predicted = (self.discrete if law == "discrete" else self.continuous).get(kind)
         if predicted is None:
             raise ValueError(f"no {law} law for this run ({self.law})")
-        return (predicted - self.empirical[kind]).abs() / self.size[kind].clamp(min=torch.finfo(torch.float64).tiny)
+        return (predicted - self.empirical[kind]).abs() / self.denominator(kind)
 
     def max_rel_error(self, kind: Kind | str, law: str = "discrete") -> float:
-        """max over groups and recorded steps of ``rel_errors``. A group whose size collapses (a unit
-        killed by weight decay) makes this ill-conditioned: see ``rel_errors`` for the distribution."""
+        """max over groups and recorded steps of ``rel_errors``, over the entries that have the law (a
+        non-finite charge counts: NaN). A group whose size falls to the floor gives its absolute error
+        over the floor. Raises ValueError where no group of ``kind`` has the law at any step."""
         errors = self.rel_errors(kind, law)
-        return float(errors.max()) if errors.numel() else 0.0
+        if not errors.numel():
+            return 0.0
+        predicted = (self.discrete if law == "discrete" else self.continuous)[Kind(kind).value]
+        counted = predicted.isfinite() | ~self.empirical[Kind(kind).value].isfinite()
+        if not bool(counted.any()):
+            raise ValueError(f"no {law} law for any {Kind(kind).value} group of this run: "
+                             + "; ".join(entry.message for entry in self.no_law if entry.law == law))
+        return float(errors[counted].max())
 
     def drift(self, kind: Kind | str) -> Tensor:
-        """|Q(t) - Q(0)| / size(0) per group at the last recorded step: how far the run moved each charge."""
+        """|Q(t) - Q(0)| / max(size(0), size(t), floor) per group at the last recorded step: how far the
+        run moved each charge (a charge that starts at zero is measured against its size now)."""
         kind = Kind(kind).value
-        values = self.empirical[kind]
-        return (values[-1] - values[0]).abs() / self.size[kind][0].clamp(min=torch.finfo(torch.float64).tiny)
+        values, denominator = self.empirical[kind], self.denominator(kind)
+        return (values[-1] - values[0]).abs() / torch.maximum(denominator[0], denominator[-1])
 
 
 _BLOCKS = ("translation", "quadratic")  # internal state: translation groups; scale then rescale groups
@@ -93,11 +132,20 @@ class ConservationTracker:
     ``keep_history=False`` keeps only the last record (``latest()``; ``report()`` then refuses).
     ``native=False`` runs the momentum law in NumPy (by default its recursions run in the C kernel of
     ``symmetry._native`` where it builds: the same operations, tested equal to round-off).
+    ``size_floor``: the relative errors' floor (module docstring). ``hook=True`` registers
+    ``before_step`` as an optimizer step pre-hook (where the optimizer takes one); with ``hook=False``
+    the caller calls ``before_step()`` right before each ``optimizer.step()`` (a monitor that has its
+    own hook), or the settings are read when ``update()`` runs.
+
+    Public state for a monitor: ``law`` (the run's law), ``no_law`` (``NoLaw`` entries: which laws are
+    missing for which symmetries and param groups, and why; it changes only when ``no_law_version``
+    does), ``uniform`` (False once some symmetry is followed block by block: the per-step C engine's
+    law does not apply then) and ``size_floor``.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, symmetries: SymmetrySet,
                  *, record_every: int = 1, compile: bool = False, keep_history: bool = True,
-                 native: bool = True) -> None:
+                 native: bool = True, size_floor: float = 1e-6, hook: bool = True) -> None:
         self._named = list(model.named_parameters())  # read every step: named_parameters() is slow
         names = {id(p): name for name, p in self._named}
         known = set(names.values())
@@ -108,38 +156,52 @@ class ConservationTracker:
                                      "does not have: were the symmetries found on another model?")
         if record_every < 1:
             raise ValueError(f"record_every must be >= 1, got {record_every}")
+        if not (isinstance(size_floor, (int, float)) and 0 < size_floor < float("inf")):
+            raise ValueError(f"size_floor must be a positive finite number (parameter units), got {size_floor!r}")
         self.model, self.optimizer, self.symmetries, self.record_every = model, optimizer, symmetries, record_every
+        self.size_floor = float(size_floor)
         self._compile = compile
         # the momentum law's per-step recursions in the C kernel where it loads (the NumPy code below
         # is the reference it is tested against, and the fallback)
         self.native = native
         self._address_cache: dict = {}
-        hyper = {}  # param name -> its optimizer param group (read live: schedulers change lr)
-        for group in optimizer.param_groups:
+        # param name -> index of its optimizer param group (-1: not in the optimizer)
+        self._group_of_param = {name: -1 for name in known}
+        for index, group in enumerate(optimizer.param_groups):
             for p in group["params"]:
                 if id(p) in names:
-                    hyper[names[id(p)]] = group
-        position = {id(group): i for i, group in enumerate(optimizer.param_groups)}
-
-        def group_index(*kinds: Kind) -> Tensor:
-            return torch.tensor([position[id(self._group_of(sym, hyper))] for kind in kinds
-                                 for sym in symmetries.of_kind(kind)], dtype=torch.long)
-
-        self._group_index = {"translation": group_index(Kind.TRANSLATION),
-                             "quadratic": group_index(Kind.SCALE, Kind.RESCALE)}
+                    self._group_of_param[names[id(p)]] = index
+        self._columns = {"translation": symmetries.of_kind(Kind.TRANSLATION),
+                         "quadratic": symmetries.of_kind(Kind.SCALE) + symmetries.of_kind(Kind.RESCALE)}
+        # the uniform law reads one param group per symmetry; those straddling groups (or reading a
+        # frozen parameter, or one outside the optimizer) are followed block by block
+        parameters = self._parameters = dict(self._named)
+        static_split = {}
+        group_index = {}
+        for block, syms in self._columns.items():
+            indices, split = [], []
+            for sym in syms:
+                groups = {self._group_of_param[slot.param] for slot in sym.slots}
+                frozen = any(not parameters[slot.param].requires_grad for slot in sym.slots)
+                split.append(len(groups) != 1 or -1 in groups or frozen)
+                indices.append(max(min(groups), 0))
+            group_index[block] = torch.tensor(indices, dtype=torch.long)
+            static_split[block] = np.array(split, dtype=bool)
+        self._group_index = group_index
         self._scale_count = len(symmetries.of_kind(Kind.SCALE))
         self._translation_params = sorted({slot.param for sym in symmetries.of_kind(Kind.TRANSLATION)
                                            for slot in sym.slots})
         # only the parameters some charge reads are gathered each step
-        parameters = self._parameters = dict(self._named)
         self._quadratic = [(name, parameters[name]) for name in symmetries.quadratic_params]
         self._charged = [(name, parameters[name]) for name in dict.fromkeys(
             [*symmetries.quadratic_params, *self._translation_params])]
         self.law = self._law()
-        # Nesterov's modified equation differs from heavy ball's: no continuous law is claimed for it
+        # whether some group uses Nesterov (the recursions' extra terms are taken only then)
         self._nesterov = any(group.get("nesterov", False) for group in optimizer.param_groups)
         self._settings_key: tuple | None = None  # the optimizer settings _settings last converted
         self._settings_step = -1  # the step _settings last read them at
+        self._captured: tuple[int, tuple] | None = None  # (step, settings) taken by before_step
+        self._stepped = False  # whether before_step ran since the last update
         self._per_group: dict = {}  # (block, setting names) -> per symmetry group values, for that key
         self._propagators: dict = {}  # (block, settings) -> oscillator propagator per symmetry group
         params = self._params()
@@ -156,6 +218,8 @@ class ConservationTracker:
         self._buffers_started = False
         # Appendix B's damped oscillator, per group: (Q, dQ/dt) of the continuous model with momentum
         self._oscillator = {k: np.stack([v, np.zeros_like(v)], axis=-1) for k, v in self._initial.items()}
+        # groups whose continuous law stopped applying (dampening 1 with lr > 0): NaN from then on
+        self._continuous_lost = {k: np.zeros(len(v), dtype=bool) for k, v in self._initial.items()}
         self._step = 0
         # every record (report() needs them), or only the last (a monitor: memory stays flat, where
         # the history of a long run grows by 4 x groups x 8 bytes a record)
@@ -163,6 +227,25 @@ class ConservationTracker:
         self._history: list[tuple[int, np.ndarray]] = []  # NumPy: a per-step torch call costs more
         self._counts = [len(symmetries.of_kind(kind)) for kind in _KINDS]
         self._cuts = np.cumsum(self._counts)[:-1]
+        # the symmetries followed block by block, and the order they were added in (for state_dict)
+        self._blocks = BlockLaws(symmetries.device)
+        self._split = {block: np.zeros(len(v), dtype=bool) for block, v in self._initial.items()}
+        self._split_order: list[tuple[str, int]] = []
+        self._split_continuous: dict[str, np.ndarray] = {}
+        self._block_inputs: dict | None = None  # the blocks' inputs measured by before_step, for update
+        self._no_law_notes: dict[tuple[str, str], tuple[set, set]] = {}  # (law, reason) -> (groups, labels)
+        self.no_law_version = 0
+        if self.law.startswith("none"):
+            self._note("discrete", self.law[len("none ("):-1], range(len(optimizer.param_groups)),
+                       [sym.label for syms in self._columns.values() for sym in syms])
+        if self.law.startswith("sgd"):
+            for block, split in static_split.items():
+                if split.any():
+                    self._promote(block, np.flatnonzero(split), carry=False)
+        self._refresh_watch()
+        self._hook = None
+        if hook and hasattr(optimizer, "register_step_pre_hook"):
+            self._hook = optimizer.register_step_pre_hook(self._before_step_hook)
         self._record(params)
 
     # ---------------------------------------------------------------------------------------
@@ -175,30 +258,104 @@ class ConservationTracker:
             return "sgd-momentum"
         return "sgd"
 
+    @property
+    def uniform(self) -> bool:
+        """Whether every symmetry is still followed by one param group's law (none block by block)."""
+        return len(self._blocks) == 0
+
+    @property
+    def no_law(self) -> tuple[NoLaw, ...]:
+        """What the tracker cannot predict, and why: one ``NoLaw`` per (law, reason), naming the
+        param groups and symmetries concerned (see ``NoLaw``). A monitor turns new entries into events
+        (compare ``no_law_version`` with the one it last saw)."""
+        return tuple(NoLaw(law, reason, tuple(sorted(groups)), tuple(labels))
+                     for (law, reason), (groups, labels) in self._no_law_notes.items())
+
+    def _note(self, law: str, reason: str, groups, labels) -> None:
+        entry = self._no_law_notes.setdefault((law, reason), (set(), []))
+        new_groups = set(groups) - entry[0]
+        seen = set(entry[1])
+        new_labels = [label for label in labels if label not in seen]
+        if new_groups or new_labels:
+            entry[0].update(new_groups)
+            entry[1].extend(new_labels)
+            self.no_law_version += 1
+
+    def close(self) -> None:
+        """Remove the optimizer hook (idempotent); the tracker then reads the settings at ``update()``."""
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+    def _needs_upcast(self, t: Tensor) -> bool:
+        # the C kernel sums float32 and float64 CPU tensors in float64; anything else the eager
+        # kernel would sum in its own dtype (bf16: 3e-3 relative): upcast first
+        return t.dtype != torch.float64 and not (t.dtype == torch.float32 and t.device.type == "cpu")
+
+    def _exact(self, t: Tensor) -> Tensor:
+        return t.double() if self._needs_upcast(t) else t
+
     def _params(self) -> dict[str, Tensor]:
-        """The parameters that carry a charge, detached."""
-        return {name: p.detach() for name, p in self._charged}
+        """The parameters that carry a charge, detached (float64 copies where the kernel needs them)."""
+        return {name: self._exact(p.detach()) for name, p in self._charged}
 
     def _gradients(self) -> dict[str, Tensor]:
-        return {name: (p.grad if p.grad is not None else torch.zeros_like(p)) for name, p in self._quadratic}
-
-    @staticmethod
-    def _group_of(sym, hyper: Mapping[str, dict]) -> dict:
-        groups = {id(hyper[s.param]): hyper[s.param] for s in sym.slots if s.param in hyper}
-        if len(groups) != 1:
-            raise ValueError(f"{sym.label}: its parameters must all be in one optimizer param group "
-                             f"(found {len(groups)}): no single law applies")
-        return next(iter(groups.values()))
+        return {name: self._exact(p.grad) if p.grad is not None else torch.zeros_like(p, dtype=self._exact(p).dtype)
+                for name, p in self._quadratic}
 
     _SETTINGS = ("lr", "weight_decay", "momentum", "dampening", "nesterov")
 
+    def _live_settings(self) -> tuple[float, ...]:
+        """The optimizer's settings now, per param group in _SETTINGS order; dampening read as 0 where
+        momentum is 0 (torch ignores it there: no buffer, the step is d)."""
+        key = []
+        for g in self.optimizer.param_groups:
+            lr, decay, momentum, dampening, nesterov = (float(g.get(name) or 0.0) for name in self._SETTINGS)
+            key += [lr, decay, momentum, dampening if momentum else 0.0, nesterov]
+        return tuple(key)
+
+    def before_step(self) -> None:
+        """Take, as the optimizer steps, what the laws of this step need: the settings (so that a
+        scheduler stepped before ``update()`` changes nothing) and, for the symmetries followed block
+        by block, their inputs at theta_t. Registered as the optimizer's step pre-hook (``hook=True``);
+        call it yourself right before ``optimizer.step()`` otherwise. Cheap where every symmetry reads
+        one param group: one read of the settings and of which gradients are None."""
+        self._captured = (self._step + 1, self._live_settings())
+        self._stepped = True
+        if not self.law.startswith("sgd"):
+            return
+        missing = [name for name, p in self._watch if p.grad is None]
+        if missing:  # torch's SGD skips a parameter without gradient: no decay, no momentum
+            for block, columns in self._reading(set(missing)).items():
+                self._promote(block, columns, carry=True)
+            self._refresh_watch()
+        self._block_inputs = self._measure_blocks() if not self.uniform else None
+
+    def _before_step_hook(self, optimizer, args, kwargs):
+        """The optimizer's step pre-hook. Given a closure (LBFGS, Lightning) the gradients exist only
+        once it has run inside step(): the closure is wrapped so that ``before_step`` follows it."""
+        closure = kwargs["closure"] if "closure" in kwargs else args[1] if len(args) > 1 else None
+        if closure is None:
+            self.before_step()
+            return None
+
+        def closure_then_before_step():
+            loss = closure()
+            self.before_step()
+            return loss
+
+        if "closure" in kwargs:
+            return args, {**kwargs, "closure": closure_then_before_step}
+        return (args[0], closure_then_before_step, *args[2:]), kwargs
+
     def _settings(self) -> dict[str, Tensor]:
-        """Per optimizer param group: each SGD setting as the optimizer holds it now (float64).
-        Converted to tensors only when a scheduler has changed one."""
+        """Per optimizer param group: each SGD setting as the optimizer held it when it stepped
+        (``before_step``), else now (float64). Converted to tensors only when one has changed."""
         if self._settings_step == self._step:  # read once a step (the laws and the propagators ask four times)
             return self._settings_values
         self._settings_step = self._step
-        key = tuple(float(g.get(name) or 0.0) for g in self.optimizer.param_groups for name in self._SETTINGS)
+        captured = self._captured
+        key = captured[1] if captured is not None and captured[0] == self._step else self._live_settings()
         if key != self._settings_key:
             values = torch.tensor(key, dtype=torch.float64).reshape(-1, len(self._SETTINGS)).T
             self._settings_key, self._settings_values = key, dict(zip(self._SETTINGS, values))
@@ -236,9 +393,24 @@ class ConservationTracker:
         """
         if self.law.startswith("sgd") and all(p.grad is None for _, p in self._named):
             raise RuntimeError("update() found no gradients: call it after optimizer.step() and before zero_grad()")
+        if self._hook is not None and not self._stepped:
+            # the optimizer did not step since the last update (a GradScaler skip): nothing moved
+            self._step += 1
+            if self._step % self.record_every == 0:
+                self._record(None, charges)
+            return
+        self._stepped = False
         self._step += 1
         if self.law == "sgd-momentum":
             self._momentum_step(measured)
+            for block in _BLOCKS:  # dampening 1 with lr > 0: theta moves, no continuous time passes
+                lost = ~self._continuous_applies(block)
+                if lost.any() and not (lost <= self._continuous_lost[block]).all():
+                    self._continuous_lost[block] |= lost
+                    groups = sorted({int(i) for i in self._group_index[block][torch.from_numpy(lost)]})
+                    self._note("continuous", "dampening = 1 with lr > 0 (the step moves theta while the "
+                               "modified equation's time h = lr (1 - dampening) stands still): NaN from then on",
+                               groups, [sym.label for sym, gone in zip(self._columns[block], lost) if gone])
         if self.law == "sgd":
             if measured is not None:
                 gradient_sq = _host(measured[0])
@@ -254,6 +426,8 @@ class ConservationTracker:
                     self._discrete[block] = (1 - rate * decay) ** 2 * discrete + rate**2 * gradient_sq
                     self._integral[block] = np.exp(-2 * decay * rate) * (self._integral[block] + rate**2 * gradient_sq)
                 self._decay_time[block] = self._decay_time[block] + decay * rate
+        if not self.uniform:
+            self._advance_blocks()
         if self._step % self.record_every == 0:
             self._record(None, charges)
 
@@ -262,11 +436,171 @@ class ConservationTracker:
         step), for a caller that measures <b_A, g_A> itself before the step (``update(measured=)``)."""
         return self._read_buffers() if self._buffers_started else None
 
-    def _read_buffers(self) -> dict[str, Tensor]:
-        """The scale/rescale parameters' momentum buffers as the optimizer holds them (zeros where none)."""
+    def _read_buffers(self, named: list[tuple[str, Tensor]] | None = None) -> dict[str, Tensor]:
+        """The momentum buffers of ``named`` (default: the scale/rescale parameters) as the optimizer
+        holds them (zeros where none; float64 where the kernel needs it)."""
         state = self.optimizer.state
-        buffers = {name: state[p].get("momentum_buffer") if p in state else None for name, p in self._quadratic}
-        return {name: torch.zeros_like(p) if buffers[name] is None else buffers[name] for name, p in self._quadratic}
+        named = self._quadratic if named is None else named
+        buffers = {name: state[p].get("momentum_buffer") if p in state else None for name, p in named}
+        return {name: torch.zeros_like(p, dtype=self._exact(p).dtype) if buffers[name] is None
+                else self._exact(buffers[name]) for name, p in named}
+
+    # --- symmetries followed block by block (blocks.BlockLaws) ---------------------------------
+    def _refresh_watch(self) -> None:
+        """The parameters read by symmetries still under the one-group law (their gradients are
+        checked for None before each step), and which columns read each parameter."""
+        reading: dict[str, dict[str, list[int]]] = {}
+        for block, syms in self._columns.items():
+            for column, sym in enumerate(syms):
+                if self._split[block][column]:
+                    continue
+                for slot in sym.slots:
+                    columns = reading.setdefault(slot.param, {}).setdefault(block, [])
+                    if not columns or columns[-1] != column:
+                        columns.append(column)
+        self._readers = reading
+        self._watch = [(name, self._parameters[name]) for name in reading]
+        names = dict.fromkeys(param for block in _BLOCKS for param in self._blocks.param[block])
+        self._block_params = [(name, self._parameters[name]) for name in names]
+
+    def _reading(self, names: set[str]) -> dict[str, np.ndarray]:
+        found: dict[str, set[int]] = {}
+        for name in names:
+            for block, columns in self._readers.get(name, {}).items():
+                found.setdefault(block, set()).update(columns)
+        return {block: np.array(sorted(columns), dtype=np.int64) for block, columns in found.items()}
+
+    def _promote(self, block: str, columns: np.ndarray, *, carry: bool) -> None:
+        """Follow ``columns`` of ``block`` block by block from now on (before a step, at theta_t):
+        each block's state measured, each column's first block carrying the difference to the
+        prediction so far (``carry``), so that the column's law continues without a jump."""
+        columns = np.array([c for c in columns if not self._split[block][c]], dtype=np.int64)
+        if not len(columns):
+            return
+        added = self._blocks.add([(block, int(c), self._columns[block][c]) for c in columns])[block]
+        self._split[block][columns] = True
+        self._split_order += [(block, int(c)) for c in columns]
+        self._refresh_watch()
+        names = dict.fromkeys(self._blocks.param[block])
+        named = [(name, self._parameters[name]) for name in names]
+        params = {name: self._exact(p.detach()) for name, p in named}
+        buffers = self._read_buffers(named)
+        if block == "quadratic":
+            q, p, b = self._blocks.sums(block, [(params, params), (params, buffers), (buffers, buffers)])
+        else:
+            q, p = self._blocks.sums(block, [(None, params), (None, buffers)])
+            b = np.zeros_like(q)
+        targets = {}
+        if carry:
+            momentum = self.law == "sgd-momentum"
+            if momentum:
+                continuous, velocity = self._oscillator[block][:, 0], self._oscillator[block][:, 1]
+            else:
+                k = 1 if block == "translation" else 2
+                continuous = np.exp(-k * self._decay_time[block]) * self._initial[block] + self._integral[block]
+                velocity = None
+            targets = dict(target_q=self._discrete[block], target_continuous=continuous, target_velocity=velocity,
+                           target_p=self._theta_buffer[block] if momentum and self._buffers_started else None,
+                           target_b=self._buffer_sq[block] if momentum and self._buffers_started and block == "quadratic"
+                           else None)
+        self._blocks.reset(block, added, q, p, b, **targets)
+        lost = self._continuous_lost[block]
+        if lost.any():
+            self._blocks.continuous_applies[block][added & lost[self._blocks.column[block]]] = False
+        self._sync_blocks()
+
+    def _measure_blocks(self) -> dict[str, dict[str, np.ndarray]]:
+        """Before the step, per block and part: X_B, G_B, C_B and the flags (moves, known, has_buffer)
+        and param group of each part (see ``blocks``)."""
+        blocks, state = self._blocks, self.optimizer.state
+        params = {name: self._exact(p.detach()) for name, p in self._block_params}
+        grads = {name: self._exact(p.grad) if p.grad is not None else torch.zeros_like(params[name])
+                 for name, p in self._block_params}
+        momentum = self.law == "sgd-momentum"
+        buffers = self._read_buffers(self._block_params) if momentum else None
+        flags = {}
+        for name, p in self._block_params:
+            buffer = state[p].get("momentum_buffer") if p in state else None
+            flags[name] = (self._group_of_param[name], p.grad is not None, p.grad is not None or p.requires_grad,
+                           buffer is not None)
+        settings = np.array(self._captured[1] if self._captured is not None else self._live_settings()).reshape(
+            -1, len(self._SETTINGS))
+        inputs = {}
+        for block in _BLOCKS:
+            names = blocks.param[block]
+            if not names:
+                continue
+            group, has_grad, known, has_buffer = (np.array(v) for v in zip(*(flags[name] for name in names)))
+            entry = {"group": group.astype(np.int64), "moves": (group >= 0) & has_grad, "known": known,
+                     "has_buffer": has_buffer}
+            if block == "quadratic":
+                pairs = [(params, grads), (grads, grads)] + ([(buffers, grads)] if momentum else [])
+                rows = blocks.sums(block, pairs)
+                entry.update(x=rows[0], g=rows[1], c=rows[2] if momentum else np.zeros_like(rows[0]))
+            else:
+                entry["x"] = blocks.sums(block, [(None, grads)])[0]
+            inputs[block] = entry
+            self._note_blocks(block, entry, settings)
+        return inputs
+
+    def _note_blocks(self, block: str, entry: dict, settings: np.ndarray) -> None:
+        """``no_law`` entries for the columns followed block by block: frozen blocks (no constraint)
+        and blocks under different settings (no closed continuous law)."""
+        column, labels = self._blocks.column[block], self._blocks.labels[block]
+        unknown = ~entry["known"]
+        if unknown.any():
+            self._note("symmetry", "a block is frozen (requires_grad=False): its gradient is not computed, so "
+                       "<grad L, xi> = 0 cannot be used and the charge is not conserved; the discrete row is each "
+                       "block's exact bookkeeping with the measured <theta_B, g_B>",
+                       {int(g) for g in entry["group"][unknown] if g >= 0}, [labels[i] for i in np.flatnonzero(unknown)])
+        moving = entry["moves"]
+        rows = settings[np.maximum(entry["group"], 0)]
+        rows[~moving] = np.nan  # a block that does not move has no settings of its own this step
+        width = int(column.max()) + 1
+        differs = np.zeros(width, dtype=bool)
+        for j in range(rows.shape[1]):
+            low = np.full(width, np.inf)
+            high = np.full(width, -np.inf)
+            live = moving
+            np.minimum.at(low, column[live], rows[live, j])
+            np.maximum.at(high, column[live], rows[live, j])
+            differs |= (high > low)
+        still = np.bincount(column, weights=(~moving).astype(np.float64), minlength=width) > 0
+        still &= np.bincount(column, weights=moving.astype(np.float64), minlength=width) > 0
+        differs |= still
+        if differs.any():
+            parts = differs[column]
+            self._note("continuous", "blocks under different settings (or some not moving) exchange charge at the "
+                       "rate sum_B (eta_B / eta) <theta_B, g_B>, which no closed law in Q gives: the continuous row is "
+                       "each block's flow driven by the run's measured exchange",
+                       {int(g) for g in entry["group"][parts] if g >= 0}, [labels[i] for i in np.flatnonzero(parts)])
+
+    def _advance_blocks(self) -> None:
+        inputs, self._block_inputs = self._block_inputs, None
+        if inputs is None:
+            raise RuntimeError("some symmetries are followed block by block (param groups, frozen parameters): "
+                               "call tracker.before_step() right before optimizer.step() (this optimizer has no "
+                               "step pre-hook, or hook=False)")
+        settings = self._settings()
+        momentum = self.law == "sgd-momentum"
+        for block, entry in inputs.items():
+            group = torch.from_numpy(np.maximum(entry["group"], 0))
+            per_part = tuple(settings[name][group].numpy() for name in self._SETTINGS)
+            self._blocks.advance(block, per_part, entry, momentum)
+        self._sync_blocks()
+
+    def _sync_blocks(self) -> None:
+        """The columns followed block by block: their discrete prediction into the law's state, their
+        continuous one kept for the record."""
+        momentum = self.law == "sgd-momentum"
+        self._split_continuous = {}
+        for block in _BLOCKS:
+            split = self._split[block]
+            if not split.any():
+                continue
+            discrete, continuous = self._blocks.predictions(block, len(split), momentum)
+            self._discrete[block][split] = discrete[split]
+            self._split_continuous[block] = continuous
 
     def _momentum_step(self, measured: tuple[Tensor, Tensor] | None = None) -> None:
         r"""The exact discrete law of torch.optim.SGD with momentum mu, dampening tau, Nesterov.
@@ -291,7 +625,8 @@ class ConservationTracker:
             old_b_g = None
             if not first:  # <b, g> from <b', g> = mu <b, g> + (1 - tau) |g|^2, since <d, g> = |g|^2
                 _, _, mu, tau, _ = settings["quadratic"]
-                old_b_g = (sums[1] - (1 - tau) * g_sq) / mu
+                # a group without momentum has no buffer (read as zeros) and no use for <b, g>
+                old_b_g = np.divide(sums[1] - (1 - tau) * g_sq, mu, out=np.zeros_like(g_sq), where=mu > 0)
         lib = _native.library() if self.native else None
         if lib is not None:
             self._momentum_step_native(lib, settings, first, g_sq, old_b_g)
@@ -326,7 +661,8 @@ class ConservationTracker:
         self._theta_buffer["quadratic"] = theta_b - eta * u_b
         self._buffer_sq["quadratic"] = np.array(b_sq)
         # drive F = 2 m |dtheta_A/dt|^2 with the run's velocity dtheta/dt = -u / (1 - tau) (signed)
-        self._advance_oscillator("quadratic", 2 * u_sq / (1 - tau) ** 2)
+        self._advance_oscillator("quadratic", np.divide(2 * u_sq, (1 - tau) ** 2, out=np.zeros_like(u_sq),
+                                                        where=tau < 1))
 
     def _momentum_step_native(self, lib, settings, first: bool, g_sq: np.ndarray, old_b_g: np.ndarray | None) -> None:
         """``_momentum_step``'s recursions and both oscillators in the C kernel (``sw_momentum_law``):
@@ -394,24 +730,23 @@ class ConservationTracker:
     def _propagator(self, block: str) -> tuple[np.ndarray, np.ndarray]:
         """Per group of ``block``: the oscillator's 2x2 propagator E (groups, 2, 2) and drive column r
         (groups, 2) over one step at the optimizer's settings now, contiguous float64 (see
-        ``_advance_oscillator``)."""
+        ``_advance_oscillator`` and ``blocks.oscillator_propagator``)."""
+        return self._propagation(block)[:2]
+
+    def _continuous_applies(self, block: str) -> np.ndarray:
+        """Per group of ``block``: whether the oscillator law applies at this step's settings."""
+        return self._propagation(block)[2]
+
+    def _propagation(self, block: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         # The propagator depends on (dt, m, k, friction) only, i.e. on the optimizer's settings:
         # exponentiated once per param group and setting, applied linearly: x' = E x + (F/m) r.
         settings = self._settings()
         propagator = self._propagators.get((block, self._settings_key))
         if propagator is None:
-            g_eta, g_lam, g_mu = settings["lr"], settings["weight_decay"], settings["momentum"]
-            g_dt = g_eta * (1 - settings["dampening"])
-            g_mass = 0.5 * g_dt * (1 + g_mu)
-            g_spring = g_lam if block == "translation" else 2 * g_lam
-            system = torch.zeros(len(g_eta), 3, 3, dtype=torch.float64)
-            system[:, 0, 1] = 1.0
-            system[:, 1, 0] = -g_spring / g_mass
-            system[:, 1, 1] = -(1 - g_mu) / g_mass
-            system[:, 1, 2] = 1.0
-            exponential = torch.linalg.matrix_exp(system * g_dt.reshape(-1, 1, 1))[self._group_index[block]]
-            propagator = (np.ascontiguousarray(exponential[:, :2, :2].numpy()),
-                          np.ascontiguousarray(exponential[:, :2, 2].numpy()))
+            matrix, drive, applies = oscillator_propagator(*(settings[name].numpy() for name in self._SETTINGS),
+                                                           spring=1.0 if block == "translation" else 2.0)
+            index = self._group_index[block].numpy()
+            propagator = (np.ascontiguousarray(matrix[index]), np.ascontiguousarray(drive[index]), applies[index])
             if len(self._propagators) > 64:  # a schedule changing lr every step: keep the cache small
                 self._propagators.clear()
             self._propagators[(block, self._settings_key)] = propagator
@@ -423,8 +758,8 @@ class ConservationTracker:
         views = {}
         for name in self._translation_params:
             p = self._parameters[name]
-            if p.device.type != "cpu":
-                return None
+            if p.device.type != "cpu" or p.dtype not in (torch.float32, torch.float64):
+                return None  # NumPy has no bfloat16; torch's sums below take float64 accumulators
             address = p.data_ptr()
             cached = self._views.get(name)
             if cached is None or cached[0] != address:
@@ -458,12 +793,18 @@ class ConservationTracker:
         rows = list(self._charges_and_sizes(params, quadratic))
         if self.law.startswith("sgd"):
             rows.append(self._discrete)
-        if self.law == "sgd-momentum" and not self._nesterov:
-            rows.append({k: v[..., 0] for k, v in self._oscillator.items()})
-        if self.law == "sgd":
-            rows.append({"translation": np.exp(-self._decay_time["translation"]) * self._initial["translation"],
-                         "quadratic": np.exp(-2 * self._decay_time["quadratic"]) * self._initial["quadratic"]
-                         + self._integral["quadratic"]})
+            if self.law == "sgd-momentum":
+                continuous = {k: v[..., 0].copy() for k, v in self._oscillator.items()}
+            else:
+                continuous = {"translation": np.exp(-self._decay_time["translation"]) * self._initial["translation"],
+                              "quadratic": np.exp(-2 * self._decay_time["quadratic"]) * self._initial["quadratic"]
+                              + self._integral["quadratic"]}
+            for block, values in self._split_continuous.items():
+                split = self._split[block]
+                continuous[block][split] = values[split]
+            for block, lost in self._continuous_lost.items():
+                continuous[block][lost & ~self._split[block]] = np.nan
+            rows.append(continuous)
         stacked = np.stack([np.concatenate([_host(row[block]) for block in _BLOCKS]) for row in rows])
         if not self.keep_history:
             self._history.clear()
@@ -473,7 +814,7 @@ class ConservationTracker:
         """The last recorded step and, per kind, its "empirical", "size" and (where a law applies)
         "discrete"/"continuous" charges: what a monitor logs without building the whole report."""
         step, rows = self.latest_rows()
-        # rows as _record stacks them: a run without a continuous law (Nesterov) stops at "discrete"
+        # rows as _record stacks them: a run without a law stops at "size"
         labels = ["empirical", "size", "discrete", "continuous"][: rows.shape[0]]
         out = {kind.value: {} for kind in _KINDS}
         for label, row in zip(labels, rows):
@@ -504,7 +845,8 @@ class ConservationTracker:
                 return {kind.value: None for kind in _KINDS}
             return {kind.value: part for kind, part in zip(_KINDS, history[:, row].split(self._counts, dim=1))}
 
-        return ConservationReport(steps, by_kind(0), by_kind(2), by_kind(3), by_kind(1), self.law)
+        return ConservationReport(steps, by_kind(0), by_kind(2), by_kind(3), by_kind(1), self.law, self.size_floor,
+                                  self.no_law)
 
     def state_dict(self) -> dict:
         """Everything a resumed run needs to continue its predictions (and its recorded history)."""
@@ -512,7 +854,8 @@ class ConservationTracker:
                    for key in ("initial", "discrete", "integral", "decay_time", "theta_buffer", "buffer_sq", "oscillator")}
         return {"step": self._step, **tensors, "buffers_started": self._buffers_started,
                 "history": [(step, torch.from_numpy(rows.copy())) for step, rows in self._history],
-                "law": self.law}
+                "law": self.law, "continuous_lost": {k: torch.from_numpy(v.copy()) for k, v in self._continuous_lost.items()},
+                "blocks": {"order": list(self._split_order), "state": self._blocks.state_dict()}}
 
     def load_state_dict(self, state: Mapping) -> None:
         if state["law"] != self.law:
@@ -527,3 +870,18 @@ class ConservationTracker:
             setattr(self, f"_{key}", {k: _host(torch.as_tensor(v)).copy() for k, v in state[key].items()})
         self._buffers_started = bool(state["buffers_started"])
         self._history = [(int(step), _host(torch.as_tensor(rows)).copy()) for step, rows in state["history"]]
+        if "continuous_lost" in state:
+            self._continuous_lost = {k: np.array(v.numpy(), dtype=bool) for k, v in state["continuous_lost"].items()}
+        blocks = state.get("blocks")
+        if blocks is not None:
+            # the symmetries followed block by block, in the order they were added, then their state
+            self._blocks = BlockLaws(self.symmetries.device)
+            self._split = {block: np.zeros(len(v), dtype=bool) for block, v in self._initial.items()}
+            self._split_order = []
+            for block, column in blocks["order"]:
+                self._blocks.add([(block, column, self._columns[block][column])])
+                self._split[block][column] = True
+                self._split_order.append((block, column))
+            self._blocks.load_state_dict(blocks["state"])
+            self._refresh_watch()
+            self._sync_blocks()

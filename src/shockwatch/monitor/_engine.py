@@ -121,7 +121,7 @@ class Engine:
         for kind, columns in monitor._kind_slices:
             self._start_charge[columns], self._start_size[columns] = monitor._start_host[kind]
         plan.start_charge, plan.start_size = _native.address(self._start_charge), _native.address(self._start_size)
-        plan.n_rows = 2 if plan.law == 0 else (3 if plan.law == 1 and plan.nesterov else 4)
+        plan.n_rows = 2 if plan.law == 0 else 4  # the oscillator's row for Nesterov too (the tracker's mass)
         self._total = total
         self._pre_out, self._post_out = np.zeros(3), np.zeros(9)
         self._pre_out_at, self._post_out_at = _native.address(self._pre_out), _native.address(self._post_out)
@@ -235,6 +235,8 @@ class Engine:
         # parameter; its layout they do not (a .grad assigned by hand may be a strided view)
         if not self._fits():
             self.stale = True  # the monitor builds a new plan (and copies that fit)
+            return None
+        if not self.tracker.uniform:  # symmetries followed block by block: the tracker's NumPy law
             return None
         grads = [p.grad for p in self._params]
         if any(g is None for g in grads):  # a parameter the loss did not reach: zero, as the Python path reads it
