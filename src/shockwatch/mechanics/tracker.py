@@ -220,6 +220,8 @@ class ConservationTracker:
         self._oscillator = {k: np.stack([v, np.zeros_like(v)], axis=-1) for k, v in self._initial.items()}
         # groups whose continuous law stopped applying (dampening 1 with lr > 0): NaN from then on
         self._continuous_lost = {k: np.zeros(len(v), dtype=bool) for k, v in self._initial.items()}
+        # Nesterov: eta <u, g> of the last step per group (its continuous law's drive at the next)
+        self._nesterov_carry = {k: np.zeros_like(v) for k, v in self._initial.items()}
         self._step = 0
         # every record (report() needs them), or only the last (a monitor: memory stays flat, where
         # the history of a long run grows by 4 x groups x 8 bytes a record)
@@ -257,6 +259,13 @@ class ConservationTracker:
         if any(group.get("momentum", 0) for group in self.optimizer.param_groups):
             return "sgd-momentum"
         return "sgd"
+
+    @property
+    def native_law(self) -> bool:
+        """Whether the C kernel's ``sw_momentum_law`` (and the monitor's per-step engine) computes this
+        tracker's whole law: every symmetry under one param group's law and no Nesterov group (whose
+        continuous drive needs <u_{k-1}, g_{k-1}>, an input the kernel does not take)."""
+        return self.uniform and not (self.law == "sgd-momentum" and self._nesterov)
 
     @property
     def uniform(self) -> bool:
@@ -627,7 +636,8 @@ class ConservationTracker:
                 _, _, mu, tau, _ = settings["quadratic"]
                 # a group without momentum has no buffer (read as zeros) and no use for <b, g>
                 old_b_g = np.divide(sums[1] - (1 - tau) * g_sq, mu, out=np.zeros_like(g_sq), where=mu > 0)
-        lib = _native.library() if self.native else None
+        # Nesterov's continuous drive needs <u_{k-1}, g_{k-1}>, which sw_momentum_law does not take
+        lib = _native.library() if self.native and not self._nesterov else None
         if lib is not None:
             self._momentum_step_native(lib, settings, first, g_sq, old_b_g)
             return
@@ -661,8 +671,17 @@ class ConservationTracker:
         self._theta_buffer["quadratic"] = theta_b - eta * u_b
         self._buffer_sq["quadratic"] = np.array(b_sq)
         # drive F = 2 m |dtheta_A/dt|^2 with the run's velocity dtheta/dt = -u / (1 - tau) (signed)
-        self._advance_oscillator("quadratic", np.divide(2 * u_sq, (1 - tau) ** 2, out=np.zeros_like(u_sq),
-                                                        where=tau < 1))
+        drive = np.divide(2 * u_sq, (1 - tau) ** 2, out=np.zeros_like(u_sq), where=tau < 1)
+        if self._nesterov:
+            # Nesterov is heavy ball with the force f_k = (1 + mu) d_k - mu d_{k-1}: its projection adds
+            # 2 mu <theta_k - theta_{k-1}, g_{k-1}> = -2 mu eta_{k-1} <u_{k-1}, g_{k-1}> to F
+            # (blocks.oscillator_propagator); <u, g> = |g|^2 + mu <b', g> where <theta, g> = 0
+            mass = eta * (1 + mu) / 2
+            carry = self._nesterov_carry["quadratic"]
+            drive = drive + np.where(nesterov > 0, np.divide(-2 * mu * carry, mass, out=np.zeros_like(q), where=mass > 0), 0.0)
+            b_g = g_sq if first else mu * old_b_g + (1 - tau) * g_sq
+            self._nesterov_carry["quadratic"] = np.where(nesterov > 0, eta * (g_sq + mu * b_g), 0.0)
+        self._advance_oscillator("quadratic", drive)
 
     def _momentum_step_native(self, lib, settings, first: bool, g_sq: np.ndarray, old_b_g: np.ndarray | None) -> None:
         """``_momentum_step``'s recursions and both oscillators in the C kernel (``sw_momentum_law``):
@@ -851,7 +870,8 @@ class ConservationTracker:
     def state_dict(self) -> dict:
         """Everything a resumed run needs to continue its predictions (and its recorded history)."""
         tensors = {key: {k: torch.from_numpy(v.copy()) for k, v in getattr(self, f"_{key}").items()}
-                   for key in ("initial", "discrete", "integral", "decay_time", "theta_buffer", "buffer_sq", "oscillator")}
+                   for key in ("initial", "discrete", "integral", "decay_time", "theta_buffer", "buffer_sq", "oscillator",
+                               "nesterov_carry")}
         return {"step": self._step, **tensors, "buffers_started": self._buffers_started,
                 "history": [(step, torch.from_numpy(rows.copy())) for step, rows in self._history],
                 "law": self.law, "continuous_lost": {k: torch.from_numpy(v.copy()) for k, v in self._continuous_lost.items()},
@@ -866,8 +886,10 @@ class ConservationTracker:
             if shapes != mine:
                 raise ValueError(f"state has groups {shapes}, this tracker {mine}: a different model or symmetry set")
         self._step = int(state["step"])
-        for key in ("initial", "discrete", "integral", "decay_time", "theta_buffer", "buffer_sq", "oscillator"):
-            setattr(self, f"_{key}", {k: _host(torch.as_tensor(v)).copy() for k, v in state[key].items()})
+        for key in ("initial", "discrete", "integral", "decay_time", "theta_buffer", "buffer_sq", "oscillator",
+                    "nesterov_carry"):
+            if key in state:
+                setattr(self, f"_{key}", {k: _host(torch.as_tensor(v)).copy() for k, v in state[key].items()})
         self._buffers_started = bool(state["buffers_started"])
         self._history = [(int(step), _host(torch.as_tensor(rows)).copy()) for step, rows in state["history"]]
         if "continuous_lost" in state:

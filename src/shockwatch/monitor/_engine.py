@@ -236,7 +236,7 @@ class Engine:
         if not self._fits():
             self.stale = True  # the monitor builds a new plan (and copies that fit)
             return None
-        if not self.tracker.uniform:  # symmetries followed block by block: the tracker's NumPy law
+        if not self.tracker.native_law:  # blocks of several param groups, Nesterov: the tracker's NumPy law
             return None
         grads = [p.grad for p in self._params]
         if any(g is None for g in grads):  # a parameter the loss did not reach: zero, as the Python path reads it
