@@ -112,6 +112,15 @@ def _total_norm(tensors: list[Tensor]) -> float:
     return float(torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float64)).square().sum().sqrt())
 
 
+def _needs_upcast(t: Tensor, compiled: bool) -> bool:
+    """Whether ``fused_sums`` would sum ``t`` in a dtype below float64: everything but float64 and the
+    C kernel's float32 (contiguous, on the CPU: it multiplies and sums in double)."""
+    if t.dtype == torch.float64:
+        return False
+    return not (t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous() and not compiled
+                and _native.library() is not None)
+
+
 _version = attrgetter("_version")  # bumped by every in-place write: an optimizer's update, p.add_
 _requires_grad = attrgetter("requires_grad")
 
@@ -295,6 +304,7 @@ class Monitor:
         self._group_count = len(self.optimizer.param_groups)
         self._frozen_held = [p for group in self.optimizer.param_groups for p in group["params"] if not p.requires_grad]
         self._before: list[Tensor] | None = None  # theta_t, copied in the pre-step pass
+        self._upcast = False  # whether the passes sum from float64 copies (set with the copies)
         self._before_named: dict[str, Tensor] = {}
         self._have_before = False  # whether _before holds this step's theta_t
         self._quadratic: list[int] = []  # the numbers of scale and rescale groups; [] without any
@@ -364,13 +374,13 @@ class Monitor:
         self._bind_parameters()
         try:
             self._bind()
-            message = f"{why}: the laws start again from the charges at step {self._step}"
+            message = f"{why}: the laws start again from the charges after step {self._step}"
         except Exception as error:  # inside a training step: an event, never a crash
             self.symmetries, self.tracker, self._engine, self._quadratic = None, None, None, []
             self._rest = list(range(len(self._params)))
             self._engine_why = "no tracker"
             message = f"{why}: no law from here ({type(error).__name__}: {error})"[:500]
-        self._event(self._step, "rebound", message)
+        self._event(self._step + 1, "rebound", message)  # the first step observed so
         if self.store is not None:
             self.store.set_meta(self._binding_meta())
 
@@ -570,9 +580,12 @@ class Monitor:
         """The tensors theta_t is copied into before each step, one per observed parameter, of its
         dtype, shape and device (made again where a parameter changed: ``model.double()``, ``.to``)."""
         before, params = self._before, self._params
+        # half precision (and anything the C kernel does not take) is summed from float64 copies
+        self._upcast = any(_needs_upcast(p, self._compile) for p in params)
+        dtype_of = (lambda p: torch.float64) if self._upcast else (lambda p: p.dtype)
         if before is None or len(before) != len(params) or not all(
-                b.dtype == p.dtype and b.shape == p.shape and b.device == p.device for b, p in zip(before, params)):
-            self._before = [torch.empty(p.shape, dtype=p.dtype, device=p.device) for p in params]
+                b.dtype == dtype_of(p) and b.shape == p.shape and b.device == p.device for b, p in zip(before, params)):
+            self._before = [torch.empty(p.shape, dtype=dtype_of(p), device=p.device) for p in params]
             self._before_named = dict(zip(self._names, self._before))
             self._have_before = False
         return self._before
@@ -637,6 +650,16 @@ class Monitor:
     def _sums(self, pairs, *, unsigned: bool = False, norms=(), copy_into=None, moved_from=None):
         """``SymmetrySet.fused_sums`` (compiled where asked and possible; an empty set without symmetries)."""
         kernel_set = self.symmetries if self.symmetries is not None else _NO_SYMMETRIES
+        if self._upcast:  # every sum in float64 whatever the parameters' dtype (bf16 rounds to 3e-3)
+            copies: dict[int, dict] = {}  # a mapping in several pairs (the gradients) copied once
+
+            def exact(mapping):
+                if id(mapping) not in copies:
+                    copies[id(mapping)] = {name: t.double() for name, t in mapping.items()}
+                return copies[id(mapping)]
+
+            pairs = [(exact(x), exact(y)) for x, y in pairs]
+            norms = tuple(([t.double() for t in a], None if b is None else [t.double() for t in b]) for a, b in norms)
         # host=True: NumPy arrays, no torch call per field (the C kernel's output is on the host already)
         extra = {"copy_into": copy_into, "moved_from": moved_from, "host": True}
         if self._compile:
