@@ -160,17 +160,13 @@ class ConservationTracker:
             raise ValueError(f"size_floor must be a positive finite number (parameter units), got {size_floor!r}")
         self.model, self.optimizer, self.symmetries, self.record_every = model, optimizer, symmetries, record_every
         self.size_floor = float(size_floor)
+        self._map_groups()
         self._compile = compile
         # the momentum law's per-step recursions in the C kernel where it loads (the NumPy code below
         # is the reference it is tested against, and the fallback)
         self.native = native
         self._address_cache: dict = {}
-        # param name -> index of its optimizer param group (-1: not in the optimizer)
-        self._group_of_param = {name: -1 for name in known}
-        for index, group in enumerate(optimizer.param_groups):
-            for p in group["params"]:
-                if id(p) in names:
-                    self._group_of_param[names[id(p)]] = index
+        self._map_groups()
         self._columns = {"translation": symmetries.of_kind(Kind.TRANSLATION),
                          "quadratic": symmetries.of_kind(Kind.SCALE) + symmetries.of_kind(Kind.RESCALE)}
         # the uniform law reads one param group per symmetry; those straddling groups (or reading a
@@ -251,6 +247,17 @@ class ConservationTracker:
         self._record(params)
 
     # ---------------------------------------------------------------------------------------
+    def _map_groups(self) -> None:
+        """param name -> index of its optimizer param group (-1: not in the optimizer); again after
+        ``add_param_group`` (a parameter unfrozen into a new group starts moving)."""
+        names = {id(p): name for name, p in self._named}
+        self._group_of_param = {name: -1 for name in names.values()}
+        for index, group in enumerate(self.optimizer.param_groups):
+            for p in group["params"]:
+                if id(p) in names:
+                    self._group_of_param[names[id(p)]] = index
+        self._n_groups = len(self.optimizer.param_groups)
+
     def _law(self) -> str:
         if type(self.optimizer) is not torch.optim.SGD:
             return f"none (drift only: {type(self.optimizer).__name__} is not modelled)"
@@ -333,6 +340,8 @@ class ConservationTracker:
         self._stepped = True
         if not self.law.startswith("sgd"):
             return
+        if len(self.optimizer.param_groups) != self._n_groups:
+            self._map_groups()
         missing = [name for name, p in self._watch if p.grad is None]
         if missing:  # torch's SGD skips a parameter without gradient: no decay, no momentum
             for block, columns in self._reading(set(missing)).items():
