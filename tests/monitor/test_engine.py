@@ -104,10 +104,14 @@ def test_the_engine_logs_what_the_python_path_logs(tmp_path, case):
     options = CASES[case]
     ours, switch, our_state, taken = run(tmp_path / "engine", engine=True, **options)
     theirs, off, their_state, _ = run(tmp_path / "python", engine=False, **options)
-    assert switch == "on" and off == "off: engine=False"
-    # every step but the quotient's (every 3rd) and the one not taken
-    skipped = len(ours) // 3 if "quotient" in options else int("poison_at" in options)
-    assert taken == len(ours) - skipped
+    assert off == "off: engine=False"
+    if options.get("optimizer") == "nesterov":  # the tracker's Nesterov law runs in NumPy only
+        assert switch.startswith("off: the tracker's law runs in NumPy") and taken == 0
+    else:
+        assert switch == "on"
+        # every step but the quotient's (every 3rd) and the one not taken
+        skipped = len(ours) // 3 if "quotient" in options else int("poison_at" in options)
+        assert taken == len(ours) - skipped
     assert [set(step) for step in ours] == [set(step) for step in theirs]
     assert "charge_drift/rescale" in ours[-1] and "gradient_breaking/rescale" in ours[-1]
     for step, (mine, reference) in enumerate(zip(ours, theirs)):

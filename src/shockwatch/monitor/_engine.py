@@ -166,6 +166,8 @@ class Engine:
             return None, "charges recorded every step only"
         if not tracker.native:
             return None, "the tracker's NumPy law was asked for"
+        if not tracker.native_law:
+            return None, "the tracker's law runs in NumPy here (Nesterov, or symmetries followed block by block)"
         if tracker.law not in ("sgd", "sgd-momentum") and not tracker.law.startswith("none"):
             return None, f"law {tracker.law!r} (the engine runs SGD's laws or drift only)"
         params = monitor._params

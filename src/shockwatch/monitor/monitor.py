@@ -24,8 +24,14 @@ whose lambda_min the forecasts then use (the step is eta D g, not eta g). Every
 ``Schedule.attention`` steps (attention models): GL-invariant attention observables
 (``attention_observables``) beside the raw |W_Q||W_K|.
 
-A non-finite loss or gradient is recorded as an event and the step is skipped for the laws; with
-``raise_on_nonfinite=True`` it raises FloatingPointError instead. Under torch.distributed the loss is
+A non-finite gradient is caught in the optimizer's pre-step hook, on every path (the C engine's
+included): a "nonfinite" event at the step it appears in, the laws skip the step, and with
+``raise_on_nonfinite=True`` FloatingPointError is raised there, before the optimizer applies it (the
+parameters unchanged); a non-finite loss is seen at ``mon.step`` and treated the same way there. A step
+the optimizer skips (a GradScaler's) is a "skipped-step" event, and the laws skip it exactly.
+The settings each step used (lr, momentum, weight decay) are captured in the pre-step hook, so a
+scheduler stepped before ``mon.step`` changes no law. The model's train/eval flags, its buffers and
+the global RNG are left as they were by every routine (``_preserved.preserved``). Under torch.distributed the loss is
 averaged over ranks and everything else is computed once, on rank 0 (DDP has already averaged the
 gradients), which alone writes.
 """
@@ -187,7 +193,16 @@ class Monitor:
     either the monitor logs the raw observables only and records why. Symmetries acting on a frozen
     parameter (``requires_grad=False``) are left out, with a "frozen-parameters" event: training cannot
     move along them, so their charges obey no law. ``model`` may be wrapped in
-    DistributedDataParallel.
+    DistributedDataParallel; ``optimizer`` in a wrapper that holds it as ``.optimizer`` (Accelerate's
+    AcceleratedOptimizer, Lightning's LightningOptimizer).
+
+    Mid-run changes: a dtype or storage change of the parameters (``model.double()``, ``p.data = ...``)
+    rebuilds the per-step plan and the copies of theta_t; a param group added or a parameter frozen or
+    unfrozen, or the parameters moved to another device, rebuilds the laws from the charges at that
+    step (a "rebound" event); a new optimizer is observed once given to ``attach`` (until then
+    ``mon.step`` raises, as it does when called with no optimizer step since the last call).
+    A constructor that fails leaves no file behind; after ``close()`` every method but ``close``
+    raises RuntimeError.
 
     Cost per step: one pass over (theta, g, momentum buffer) in an optimizer pre-step hook, copying
     theta_t as it goes, and one over theta after the step, measuring the update against that copy
@@ -274,6 +289,7 @@ class Monitor:
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
+        self._release_tracker()
         for sink in self.sinks:
             try:
                 sink.close()
@@ -331,6 +347,7 @@ class Monitor:
         same_groups = previous is not None and symmetries is not None and \
             [s.label for s in previous] == [s.label for s in symmetries]
         self.symmetries = symmetries
+        self._release_tracker()
         self.tracker, self._engine, self._engine_step = None, None, False
         if symmetries is None or len(symmetries) == 0:
             if start:
@@ -364,6 +381,13 @@ class Monitor:
         # or no law, ...): the same values as the Python path below, which takes every other step
         self._engine, self._engine_why = Engine.build(self) if self._engine_wanted else (None, "engine=False")
 
+    def _release_tracker(self) -> None:
+        """Let the tracker go: its own optimizer hook, where it has one, removed with it."""
+        close = getattr(self.tracker, "close", None)
+        if close is not None:
+            close()
+        self.tracker = None
+
     def _binding_meta(self) -> dict[str, str]:
         return {"engine": "on" if self._engine is not None else f"off: {self._engine_why}",
                 "optimizer": type(self.optimizer).__name__, "law": self.tracker.law if self.tracker else "none"}
@@ -376,7 +400,8 @@ class Monitor:
             self._bind()
             message = f"{why}: the laws start again from the charges after step {self._step}"
         except Exception as error:  # inside a training step: an event, never a crash
-            self.symmetries, self.tracker, self._engine, self._quadratic = None, None, None, []
+            self._release_tracker()
+            self.symmetries, self._engine, self._quadratic = None, None, []
             self._rest = list(range(len(self._params)))
             self._engine_why = "no tracker"
             message = f"{why}: no law from here ({type(error).__name__}: {error})"[:500]
@@ -543,6 +568,10 @@ class Monitor:
                 or any(map(_requires_grad, self._frozen_held))):
             self._rebind(f"step {step}: the trainable parameters changed (a param group added, a parameter "
                          "frozen or unfrozen)")
+        if self.symmetries is not None and self._params and self._params[0].device != self.symmetries.device:
+            # model.to(device) mid-run: the symmetries' index plans follow the parameters
+            self._all_symmetries = self._all_symmetries.to(self._params[0].device)
+            self._rebind(f"step {step}: the parameters moved to {self._params[0].device}")
         self._engine_or_pass()
         grad_norm = self._pre["grad_norm"]
         if not math.isfinite(grad_norm):
@@ -758,6 +787,9 @@ class Monitor:
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
+        close_tracker = getattr(self.tracker, "close", None)  # its own hook, where it has one
+        if close_tracker is not None:
+            close_tracker()
         if self.store is not None:
             self.store.close()
             self.store = None
