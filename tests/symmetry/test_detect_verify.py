@@ -224,7 +224,10 @@ def test_bad_input():
         def forward(self, x):
             return self.f(x) if x.sum() > 0 else -self.f(x)
 
-    assert sw.find_symmetries(Unused(), torch.randn(2, 2)).unanalysed == ("spare",)
+    syms = sw.find_symmetries(Unused(), torch.randn(2, 2))
+    assert "spare" in syms.unanalysed and syms.partial == ("<model>",)
+    assert dict(syms.reasons)["spare.weight"].startswith("never called")
+    assert dict(syms.reasons)["f.weight"]  # analysed alone, its output is the child's: a reason, not a guess
 
 
 def test_permutations_reorder_units_and_a_partial_one_is_caught():
@@ -319,7 +322,8 @@ def test_random_cnns_counts_and_invariance(channels, pools, batch_norm, hidden):
 
 def test_a_structural_candidate_that_fails_the_check_is_rejected():
     """A module that looks like Hugging Face's GPT2MLP but adds a fixed per-unit offset after its
-    activation: permuting its units changes the output, so the proposed permutation is refuted."""
+    activation: permuting its units changes the output. The graph analysis does not propose it (the
+    offset varies across the units), and the reason names the operation."""
     class Conv1D(nn.Module):  # the name and layout of transformers' Conv1D: y = x W + b, W (in, out)
         def __init__(self, n_in, n_out):
             super().__init__()
@@ -340,8 +344,9 @@ def test_a_structural_candidate_that_fails_the_check_is_rejected():
 
     torch.manual_seed(10)
     syms = sw.find_symmetries(nn.Sequential(GPT2MLP(), nn.Linear(4, 3)), torch.randn(5, 4))
-    assert syms.rejected == ("permutation/0",)
+    assert syms.rejected == ()
     assert syms.counts()["permutation"] == 0 and syms.counts()["translation"] == 5
+    assert "adds an untransformed tensor" in dict(syms.reasons)["0.c_fc.weight"]
 
 
 def test_weight_decay_inside_the_loss_breaking_is_reported():

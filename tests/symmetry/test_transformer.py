@@ -25,11 +25,18 @@ def setup(pre_ln, seed=0):
 def test_gpt_counts_and_invariances(pre_ln):
     """Truth: by hand per layer: 3 heads x (GL on qk, GL on vo) = 6 GL; key bias: 12 translations;
     heads: 1 permutation; MLP hidden units (GELU): 1 permutation, no rescale; lm_head: 12 columns + bias.
+    Norm affine (gamma_i, beta_i) x a against column i of every consumer x 1/a: pre-LN, ln_1 (q, k, v)
+    and ln_2 (MLP) of each layer and ln_f (lm_head): 5 x 12 = 60; post-LN, every block's norm output
+    is the residual stream (added to a branch) or feeds ln_f, so only ln_f -> lm_head: 12.
     Every one leaves the loss unchanged (float64 round-off) and is orthogonal to the gradient."""
     config, model, tokens, targets = setup(pre_ln)
     syms = sw.find_symmetries(model, tokens)
-    assert syms.counts() == {"translation": 13 + 2 * 12, "scale": 0, "rescale": 0, "permutation": 4, "gl": 12}
-    assert syms.unanalysed == ("wte", "wpe")
+    assert syms.counts() == {"translation": 13 + 2 * 12, "scale": 0, "rescale": 60 if pre_ln else 12,
+                             "permutation": 4, "gl": 12}
+    # post-LN: a block's norm output is the residual stream, so its affine map has no symmetry, except
+    # the last block's ln_2, which feeds lm_head directly (the 12 rescales; ln_f is the identity here)
+    assert set(syms.unanalysed) == ({"wte", "wpe"} if pre_ln else {"wte", "wpe", "blocks.0.ln_1", "blocks.0.ln_2",
+                                                                    "blocks.1.ln_1"})
     report = sw.verify_symmetries(model, lm_loss, (tokens, targets), syms)
     assert report.max_loss_change() < 1e-12, report.worst(3)
     assert report.max_gradient_alignment() < 1e-12, report.worst(3)

@@ -1,75 +1,73 @@
-r"""Find the continuous symmetries of a real ``nn.Module`` by tracing its graph (torch.fx).
+r"""Find the symmetries of a real ``nn.Module`` from its traced computation (torch.export, ATen ops).
 
-Rules (Kunin et al. 2021, §3; Miyagawa 2026, §5):
-- translation: a Linear whose output is the model's output (logits fed to softmax /
-  cross-entropy), or feeds an explicit (log-)softmax: each input column W[:, j] and the bias
-  vector, since adding c to all logits changes nothing.
-- scale: a Linear/Conv followed directly by BatchNorm (each output unit: row j and bias j, under
-  batch statistics, i.e. in training mode) or by LayerNorm / RMSNorm over its features (the whole
-  layer at once: normalisation is per sample, across units).
-- rescale: a unit j whose pre-activation parameters (the Linear/Conv row j and bias j, or the
-  affine weight/bias j of a norm right after it) pass through positively homogeneous maps only
-  (ReLU, LeakyReLU, identity, dropout, max/avg pooling, flatten, multiplication or division by a
-  fixed number) into exactly one Linear/Conv,
-  whose input columns for unit j are the outgoing slots (a block of columns after a flatten).
-- GELU, SiLU, tanh, sigmoid are not positively homogeneous: no rescale is reported through them.
-- permutation: the units of a layer (rows of its Linear/Conv with their biases and per-unit norm
-  parameters, and the matching columns of the one consumer) through elementwise maps of any kind;
-  one discrete symmetry per layer of >= 2 units.
-Every branch (a unit read by two consumers, e.g. a residual add) stops the search: nothing is
-guessed. Modules with parameters that no rule covers are listed in ``SymmetrySet.unanalysed``.
+No rule reads a module's class or a parameter's name: a Hugging Face Llama, a BERT, a ViT and a
+user's re-implementation with other names are analysed by the same rules (``flow`` follows a
+candidate action through the graph). The families, each derived by hand:
+
+- translation (Kunin §3): the logits z = W x + b feed a softmax (or are the output of a classifier,
+  ``logits=True``): W[:, j] -> W[:, j] + c 1 shifts every logit by c x_j, b -> b + c 1 by c, and
+  softmax(z + s 1) = softmax(z). A key bias: q.(k + c) = q.k + q.c shifts every score of a query
+  equally, so softmax over keys is unchanged, but only where no rotation follows the key (a rotary
+  embedding multiplies the shift by cos/sin of the position, so it varies along the keys).
+- scale: x -> a x before a normalisation x / sqrt(mean x^2 + eps) (RMSNorm), layer_norm, or
+  batch_norm in training mode (per channel) leaves its output unchanged at eps = 0: the whole
+  layer (one symmetry) for a norm over the features, each unit for a per-channel BatchNorm.
+- rescale: unit i's incoming parameters times a > 0 and its outgoing columns times 1/a, through
+  positively homogeneous maps only (ReLU, leaky ReLU, pooling, x*c). A gated MLP act(g x) * (u x):
+  up row i against down column i (the product is linear in u x), never through act (SiLU and GELU
+  are not homogeneous). A norm's affine map y = gamma * xhat + beta (or w * xhat for RMSNorm, where
+  the gain multiplies the normalised input directly) against column i of every consumer.
+- permutation: a layer's units, through any elementwise map, with a norm's affine parameters
+  permuted along; a gated MLP's gate and up rows permuted jointly with down's columns.
+- GL(d_head) (Miyagawa §5.3): q_h . k_h = (M q_h) . (M^{-T} k_h) for every M, so (W_Q, W_K) rows of
+  head h -> (M W_Q, M^{-T} W_K); under grouped-query attention one M acts on the shared key block
+  and on every query head that reads it. softmax(.) v_h W_O[:, h] = softmax(.) (M v_h) (W_O M^{-1}):
+  one M on the value block and the output columns of every query head that reads it. With rotary
+  embeddings only the subgroup commuting with the rotations survives on (q, k): the analysis finds
+  the per-frequency-pair rescale (q_i, q_{i+d/2}) x a against (k_i, k_{i+d/2}) / a (the rotation
+  part of each 2x2 rotation-scaling has an antisymmetric generator and no Noether charge).
+- head permutations: the heads of an attention with one key per query head, q, k, v rows and the
+  output columns together.
+
+Every candidate is then checked on the example input in float64 with every norm epsilon set to 0
+(``trace.ExactEvaluator``): it is kept only if the output moves by less than ``EXACT_TOLERANCE``
+(round-off) under a finite group element, jointly for a kind and one by one for a sample.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import operator
-from collections.abc import Callable
+from collections.abc import Mapping
 
 import torch
-import torch.nn.functional as F
-from torch import fx, nn
-from torch.fx.passes.shape_prop import ShapeProp
+from torch import Tensor, fx, nn
 
-from ..models.gpt import CausalSelfAttention
+from .flow import Mode, Producer, Walk, find_producers, norm_affine_sources, parameter_uses, shape, unit_index, walk
 from .group import Kind, Slot, Symmetry, SymmetrySet, act, act_gl, permute, random_gl_element
+from .trace import EXACT_TOLERANCE, ExactEvaluator, TracedModel, TraceError, _epsilon_nodes, call_arguments, export_model
 
 __all__ = ["find_symmetries"]
 
-_AFFINE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_BATCH_NORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-_LAYER_NORM = (nn.LayerNorm, nn.RMSNorm)
-_HOMOGENEOUS_MODULES = (nn.ReLU, nn.LeakyReLU, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
-_POOL_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-                 nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-                 nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)
-_HOMOGENEOUS_FUNCTIONS = (F.relu, torch.relu, F.leaky_relu, F.dropout, F.max_pool1d, F.max_pool2d,
-                          F.avg_pool1d, F.avg_pool2d, F.adaptive_avg_pool2d)
-_SOFTMAX_FUNCTIONS = (F.softmax, F.log_softmax, torch.softmax, torch.log_softmax)
-# elementwise but not positively homogeneous: they commute with permutations of units only
-_ELEMENTWISE_MODULES = (nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.ELU, nn.Softplus, nn.Mish, nn.Hardtanh)
-_ELEMENTWISE_FUNCTIONS = (F.gelu, F.silu, torch.tanh, torch.sigmoid, F.elu, F.softplus)
-_KNOWN_PARAMETRISED = _AFFINE + _BATCH_NORM + _LAYER_NORM
+_CHECK_AMOUNT = {Kind.TRANSLATION: 0.5, Kind.SCALE: 0.5, Kind.RESCALE: 0.5}
 
 
-def find_symmetries(model: nn.Module, example_input: torch.Tensor, *, logits: bool = True,
-                    check_samples: int = 16) -> SymmetrySet:
+def find_symmetries(model: nn.Module, example_input, *, logits: bool = True, check_samples: int = 16) -> SymmetrySet:
     """The translation, scale, rescale, permutation and GL symmetries of ``model`` (module docstring).
 
-    ``example_input``: one batch the model accepts (used to trace shapes on a copy: the model's own
-    parameters and buffers are not touched). ``logits``: the model's output feeds a softmax /
-    cross-entropy (classifiers); set False for regression outputs (no translation).
-    A model torch.fx cannot trace as a whole (data-dependent control flow) is analysed child by
-    child, each with the input it receives in one forward pass: symmetries within a child are
-    found, none across children's boundaries is claimed; such modules are listed in
-    ``SymmetrySet.partial``, children that cannot be analysed at all in ``unanalysed``.
-    Every candidate is checked on ``example_input`` before it is reported: the model's output
-    (log-probabilities when ``logits``) under a finite group element, for all candidates of a kind
-    at once and for ``check_samples`` of them one by one; a kind whose joint check fails is
-    checked candidate by candidate. A candidate whose output moves by more than 1e-2 (relative) is
-    rejected and named in ``SymmetrySet.rejected``; the others carry the measured change as
-    ``Symmetry.defect`` where they were checked alone (BatchNorm's eps shows there, ~1e-6).
+    ``example_input``: one batch as the model takes it: a tensor, a tuple of positional inputs, or a
+    dict of keyword inputs (``input_ids``, ``attention_mask``, ``pixel_values``). The output may be
+    a tensor, a tuple or a ``ModelOutput`` (``.logits`` / ``.last_hidden_state``). ``logits``: the
+    output feeds a softmax / cross-entropy (classifiers, language models); False for regression
+    (no translation of the output head). The model is traced on a copy (its parameters, buffers,
+    mode and the global RNG are left as they were), in training mode when it has a batch norm
+    (whose scale symmetry needs batch statistics), else in eval mode (dropout off).
+    A model torch.export cannot trace whole is analysed child by child, each child with the input it
+    receives; such modules are named in ``SymmetrySet.partial``, and ``SymmetrySet.reasons`` says
+    for each parameter no symmetry covers why (the operation that stopped the analysis).
+    Every candidate is checked in float64 with norm epsilons at 0; one whose output moves by more
+    than EXACT_TOLERANCE (relative) is named in ``SymmetrySet.rejected``; the others carry the
+    measured change as ``Symmetry.defect`` where they were checked alone.
     Raises: ValueError for a model without parameters or an example input the model does not accept.
     """
     if not isinstance(model, nn.Module):
@@ -78,71 +76,65 @@ def find_symmetries(model: nn.Module, example_input: torch.Tensor, *, logits: bo
     if not parameters:
         raise ValueError(f"{type(model).__name__} has no parameters: there is nothing to analyse")
     device = next(iter(parameters.values())).device
-    found: list[Symmetry] = []
-    partial: list[str] = []
-    unanalysed: list[str] = []
-    _analyse(copy.deepcopy(model), example_input, logits, "", found, partial, unanalysed)
-    covered: set[str] = set()  # parametrised modules that a structural rule below analyses
-    for name, module in model.named_modules():
-        if isinstance(module, CausalSelfAttention):
-            found.extend(_attention_symmetries(name, module))
-        elif _is_hf_gpt2_attention(module):
-            found.extend(_hf_gpt2_attention_symmetries(name, module))
-            covered.update({f"{name}.c_attn", f"{name}.c_proj"})
-        elif _is_hf_gpt2_mlp(module):
-            found.extend(_hf_gpt2_mlp_symmetries(name, module))
-            covered.update({f"{name}.c_fc", f"{name}.c_proj"})
-    unanalysed += [
-        name for name, module in model.named_modules()
-        if any(True for _ in module.parameters(recurse=False)) and not isinstance(module, _KNOWN_PARAMETRISED)
-        and name not in unanalysed and name not in covered
-    ]
-    unanalysed = [name for name in unanalysed if name not in covered]
-    kept, rejected = _checked_candidates(model, example_input, found, logits, check_samples)
+    rng = torch.get_rng_state()
+    try:
+        found: list[Symmetry] = []
+        partial: list[str] = []
+        reasons: dict[str, str] = {}
+        _analyse(model, example_input, logits, "", found, partial, reasons, check_samples, None)
+    finally:
+        torch.set_rng_state(rng)
+    kept = [s for s in found if not s.label.startswith("\0")]
+    rejected_labels = tuple(s.label[1:] for s in found if s.label.startswith("\0"))
+    covered = {slot.param for sym in kept for slot in sym.slots}
+    uncovered = {name: reasons.get(name, "no symmetry acts on it") for name in parameters if name not in covered}
+    touched = {_module_of(name) for name in covered}
+    unanalysed = tuple(dict.fromkeys(_module_of(name) for name in uncovered if _module_of(name) not in touched))
     sizes = tuple(((name, dim), size) for name, p in parameters.items() for dim, size in enumerate(p.shape))
-    return SymmetrySet(tuple(kept), device, tuple(unanalysed), sizes, tuple(partial), tuple(rejected))
+    return SymmetrySet(tuple(kept), device, unanalysed, sizes, tuple(partial), rejected_labels,
+                       tuple(sorted(uncovered.items())))
+
+
+def _module_of(param: str) -> str:
+    return param.rsplit(".", 1)[0] if "." in param else param
 
 
 def _analyse(module: nn.Module, example_input, logits: bool, prefix: str, found: list[Symmetry],
-             partial: list[str], unanalysed: list[str], inputs: dict[str, object] | None = None) -> None:
-    """Trace ``module`` and collect its symmetries (names prefixed); else recurse into children.
-
-    ``inputs``: every descendant's input in one forward pass of the root (qualified name ->
-    its single positional tensor, or None), recorded on the first fallback.
-    """
-    graph_module = _traced(module, example_input)
-    if graph_module is not None:
-        modules = dict(graph_module.named_modules())
-        parameters = dict(module.named_parameters())
-        for node in graph_module.graph.nodes:
-            if node.op == "call_module" and isinstance(modules[node.target], _AFFINE):
-                found.extend(_prefixed(sym, prefix) for sym in _symmetries_of_producer(node, modules, parameters, logits))
+             partial: list[str], reasons: dict[str, str], samples: int, inputs: dict | None) -> None:
+    """Trace ``module`` whole and collect its checked symmetries; where that fails, its children."""
+    has_batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+    traced = None
+    if example_input is not None:
+        try:
+            traced = export_model(module, example_input, training=has_batch_norm)
+        except TraceError as error:
+            blocking = str(error)
+    else:
+        blocking = "never called with a single tensor input in the example forward pass"
+    if traced is not None:
+        candidates, why = _candidates(traced, logits)
+        kept, rejected = _checked(module, traced, candidates, logits, samples)
+        found.extend(_prefixed(sym, prefix) for sym in kept)
+        found.extend(dataclasses.replace(_prefixed(sym, prefix), label="\0" + _prefixed(sym, prefix).label)
+                     for sym in rejected)
+        for name, reason in why.items():
+            reasons.setdefault(prefix + name, reason)
         return
-    if inputs is None:  # the root: its own input must work
+    if inputs is None:
         inputs = _descendant_inputs(module, example_input)
     partial.append(prefix.rstrip(".") or "<model>")
+    for name, _ in module.named_parameters(recurse=False):
+        reasons.setdefault(prefix + name, blocking)
     for name, child in module.named_children():
         if not any(True for _ in child.parameters()):
             continue
         qualified = f"{prefix}{name}"
         child_input = inputs.get(qualified)
         if child_input is None and not any(True for _ in child.children()):
-            unanalysed.append(qualified)  # a leaf never called, or called with several inputs
+            for param, _ in child.named_parameters():
+                reasons.setdefault(f"{qualified}.{param}", "never called with a single tensor input in the example forward pass")
             continue
-        _analyse(child, child_input, False, qualified + ".", found, partial, unanalysed, inputs)
-
-
-def _traced(module: nn.Module, example_input) -> fx.GraphModule | None:
-    """The module traced by torch.fx with shapes propagated, or None where either step fails."""
-    if example_input is None:
-        return None
-    try:
-        graph_module = fx.symbolic_trace(module)
-        with torch.no_grad():
-            ShapeProp(graph_module).propagate(example_input)
-    except Exception:  # torch.fx raises many types (control flow, unsupported calls, kwargs)
-        return None
-    return graph_module
+        _analyse(child, child_input, False, qualified + ".", found, partial, reasons, samples, inputs)
 
 
 def _descendant_inputs(root: nn.Module, example_input) -> dict[str, object]:
@@ -158,13 +150,16 @@ def _descendant_inputs(root: nn.Module, example_input) -> dict[str, object]:
 
     hooks = [module.register_forward_pre_hook(record(name), with_kwargs=True)
              for name, module in root.named_modules() if name]
+    args, kwargs = call_arguments(root, example_input)
+    was_training = root.training
     try:
         with torch.no_grad():
-            root(example_input)
+            root(*args, **kwargs)
     except Exception as error:
         raise ValueError(f"{type(root).__name__} does not accept the example input "
                          f"(shape {tuple(getattr(example_input, 'shape', ()))}): {type(error).__name__}: {error}") from None
     finally:
+        root.train(was_training)
         for hook in hooks:
             hook.remove()
     return inputs
@@ -180,277 +175,406 @@ def _prefixed(sym: Symmetry, prefix: str) -> Symmetry:
                                outgoing=slots(sym.outgoing))
 
 
-def _module(node: fx.Node, modules: dict[str, nn.Module]) -> nn.Module | None:
-    return modules.get(node.target) if node.op == "call_module" else None
+# ---------------------------------------------------------------------------------------------
+# candidates from the graph
 
 
-def _sole_user(node: fx.Node) -> fx.Node | None:
-    users = list(node.users)
-    return users[0] if len(users) == 1 else None
+def _rows(producer: Producer, start: int, stop: int) -> list[Slot]:
+    slots = [Slot(producer.weight, producer.out_dim, start, stop)]
+    if producer.bias is not None:
+        slots.append(Slot(producer.bias, 0, start, stop))
+    return slots
 
 
-def _is(node: fx.Node, modules, module_types: tuple, functions: tuple = ()) -> bool:
-    module = _module(node, modules)
-    if module is not None:
-        return isinstance(module, module_types)
-    return node.op == "call_function" and node.target in functions
-
-
-def _is_constant_scaling(node: fx.Node) -> bool:
-    """x * c, c * x or x / c with c a Python number (not a tensor, not another node)."""
-    if node.op != "call_function" or node.target not in (operator.mul, operator.truediv, torch.mul, torch.div):
-        return False
-    numbers = [arg for arg in node.args if isinstance(arg, (int, float)) and not isinstance(arg, bool)]
-    nodes = [arg for arg in node.args if isinstance(arg, fx.Node)]
-    if node.target in (operator.truediv, torch.div):
-        return len(node.args) == 2 and isinstance(node.args[0], fx.Node) and node.args[1] in numbers and node.args[1] != 0
-    return len(numbers) == 1 and len(nodes) == 1
-
-
-def _is_flatten(node: fx.Node, modules) -> bool:
-    module = _module(node, modules)
-    if isinstance(module, nn.Flatten):
-        return module.start_dim == 1 and module.end_dim == -1
-    if node.op == "call_function" and node.target is torch.flatten:
-        start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
-        return start == 1
-    return False
-
-
-def _units(module: nn.Module) -> int:
-    return module.out_features if isinstance(module, nn.Linear) else module.out_channels
-
-
-def _unit_slots(name: str, module: nn.Module, j: int) -> tuple[Slot, ...]:
-    slots = [Slot(f"{name}.weight", 0, j, j + 1)]
-    if getattr(module, "bias", None) is not None:
-        slots.append(Slot(f"{name}.bias", 0, j, j + 1))
-    return tuple(slots)
-
-
-def _symmetries_of_producer(node: fx.Node, modules, parameters, logits: bool) -> list[Symmetry]:
-    name = node.target
-    producer = modules[name]
-    units = _units(producer)
-    out: list[Symmetry] = []
-    user = _sole_user(node)
-    if user is None:
-        return out
-    # translation: logits straight out, or through an explicit softmax
-    if isinstance(producer, nn.Linear) and (
-        (logits and user.op == "output") or (_is(user, modules, (nn.Softmax, nn.LogSoftmax), _SOFTMAX_FUNCTIONS))
-    ):
-        out.extend(Symmetry(Kind.TRANSLATION, f"translation/{name}/column{j}", (Slot(f"{name}.weight", 1, j, j + 1),))
-                   for j in range(producer.in_features))
-        if producer.bias is not None:
-            out.append(Symmetry(Kind.TRANSLATION, f"translation/{name}/bias", (Slot(f"{name}.bias", 0, 0, units),)))
-        return out
-    # scale: a normalisation right after the producer
-    unit_params: Callable[[int], tuple[Slot, ...]] = lambda j: _unit_slots(name, producer, j)  # noqa: E731
-    chain_start = user
-    norm = _module(user, modules)
-    if isinstance(norm, _BATCH_NORM):
-        out.extend(Symmetry(Kind.SCALE, f"scale/{name}/unit{j}", _unit_slots(name, producer, j)) for j in range(units))
-    elif isinstance(norm, _LAYER_NORM) and isinstance(producer, nn.Linear) and tuple(norm.normalized_shape) == (units,):
-        whole = [Slot(f"{name}.weight", 0, 0, units)]
-        if producer.bias is not None:
-            whole.append(Slot(f"{name}.bias", 0, 0, units))
-        out.append(Symmetry(Kind.SCALE, f"scale/{name}", tuple(whole)))
-    per_unit_norm = isinstance(norm, _BATCH_NORM) or (
-        isinstance(norm, _LAYER_NORM) and isinstance(producer, nn.Linear) and tuple(norm.normalized_shape) == (units,))
-    if isinstance(norm, _BATCH_NORM + _LAYER_NORM) and not per_unit_norm:
-        return out  # a norm over other axes mixes the units: nothing more is claimed
-    rescalable = True
-    if per_unit_norm:
-        if getattr(norm, "weight", None) is None:
-            rescalable = False  # no affine weight: the norm fixes each unit's scale
-        else:
-            norm_name = user.target
-            has_bias = getattr(norm, "bias", None) is not None
-            unit_params = lambda j: tuple(  # noqa: E731
-                [Slot(f"{norm_name}.weight", 0, j, j + 1)] + ([Slot(f"{norm_name}.bias", 0, j, j + 1)] if has_bias else []))
-        chain_start = _sole_user(user)
-        if chain_start is None:
-            return out
-    # permutation: through elementwise maps of any kind into exactly one consumer
-    consumer, block = _consumer(chain_start, modules, homogeneous_only=False)
-    if consumer is not None and units >= 2:
-        per_unit = [Slot(f"{name}.weight", 0, 0, units)]
-        if getattr(producer, "bias", None) is not None:
-            per_unit.append(Slot(f"{name}.bias", 0, 0, units))
-        if chain_start is not user:  # a norm with affine parameters sits between
-            per_unit += [Slot(f"{user.target}.{p}", 0, 0, units) for p in ("weight", "bias")
-                         if getattr(norm, p, None) is not None]
-        out.append(Symmetry(Kind.PERMUTATION, f"permutation/{name}", tuple(per_unit),
-                            (Slot(f"{consumer.target}.weight", 1, 0, units * block),)))
-    # rescale: through positively homogeneous maps into exactly one consumer
-    consumer, block = _consumer(chain_start, modules, homogeneous_only=True)
-    if consumer is not None and rescalable:
-        consumer_name = consumer.target
-        out.extend(
-            Symmetry(Kind.RESCALE, f"rescale/{name}/unit{j}", unit_params(j),
-                     (Slot(f"{consumer_name}.weight", 1, j * block, (j + 1) * block),))
-            for j in range(units)
-        )
-    return out
-
-
-def _consumer(node: fx.Node | None, modules, homogeneous_only: bool) -> tuple[fx.Node | None, int]:
-    """The Linear/Conv reached from ``node`` through per-unit maps (positively homogeneous ones
-    only, or any elementwise map), and how many of its input columns each unit feeds (1, or the
-    spatial size after a flatten)."""
-    block = 1
-    while node is not None:
-        consumer = _module(node, modules)
-        if isinstance(consumer, _AFFINE):
-            if isinstance(consumer, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and consumer.groups != 1:
-                return None, 1
-            return node, block
-        if _is(node, modules, _HOMOGENEOUS_MODULES + _POOL_MODULES, _HOMOGENEOUS_FUNCTIONS):
-            pass  # ReLU, max(x, slope x), pooling and dropout commute with a positive per-unit scale
-        elif not homogeneous_only and _is(node, modules, _ELEMENTWISE_MODULES, _ELEMENTWISE_FUNCTIONS):
-            pass
-        elif _is_constant_scaling(node):
-            pass  # x * c, x / c (a fixed number, e.g. NTK's 1/sqrt(width)): linear, so it commutes too
-        elif _is_flatten(node, modules) and block == 1:
-            shape = node.args[0].meta["tensor_meta"].shape
-            block = int(torch.tensor(shape[2:]).prod()) if len(shape) > 2 else 1
-        else:
-            return None, 1
-        node = _sole_user(node)
-    return None, 1
-
-
-def _attention_symmetries(name: str, attention: CausalSelfAttention) -> list[Symmetry]:
-    """Per head h (rows h*d..(h+1)*d of q, k, v and those columns of o): GL(d) on (W_Q, W_K) and on
-    (W_V, W_O^T); the key bias, irrelevant to a softmax over keys (q.(k + c) shifts every score of
-    a query equally), as d translations per head; and the permutation of the heads."""
-    d, heads = attention.d_head, attention.n_head
-    out: list[Symmetry] = []
-
-    def rows(projection: str, lo: int, hi: int) -> tuple[Slot, Slot]:
-        return Slot(f"{name}.{projection}.weight", 0, lo, hi), Slot(f"{name}.{projection}.bias", 0, lo, hi)
-
-    for h in range(heads):
-        lo, hi = h * d, (h + 1) * d
-        out.append(Symmetry(Kind.GL, f"gl/{name}/head{h}/qk", rows("q", lo, hi), rows("k", lo, hi), units=d))
-        out.append(Symmetry(Kind.GL, f"gl/{name}/head{h}/vo", rows("v", lo, hi),
-                            (Slot(f"{name}.o.weight", 1, lo, hi),), units=d))
-        out.extend(Symmetry(Kind.TRANSLATION, f"translation/{name}/head{h}/key_bias{i}",
-                            (Slot(f"{name}.k.bias", 0, lo + i, lo + i + 1),)) for i in range(d))
-    if heads >= 2:
-        width = heads * d
-        incoming = tuple(Slot(f"{name}.{p}.{t}", 0, 0, width) for p in ("q", "k", "v") for t in ("weight", "bias"))
-        out.append(Symmetry(Kind.PERMUTATION, f"permutation/{name}/heads", incoming,
-                            (Slot(f"{name}.o.weight", 1, 0, width),), units=heads))
-    return out
-
-
-# Hugging Face GPT-2 (optional: recognised by structure, so transformers is never imported here).
-# Its Conv1D computes y = x W + b with W of shape (in, out): output units run along dim 1.
-def _is_conv1d(module: nn.Module | None, shape: tuple[int, int] | None = None) -> bool:
-    weight = getattr(module, "weight", None)
-    return (type(module).__name__ == "Conv1D" and isinstance(weight, torch.Tensor) and weight.ndim == 2
-            and getattr(module, "bias", None) is not None and (shape is None or tuple(weight.shape) == shape))
-
-
-def _is_hf_gpt2_attention(module: nn.Module) -> bool:
-    heads, d_head = getattr(module, "num_heads", None), getattr(module, "head_dim", None)
-    if type(module).__name__ != "GPT2Attention" or not heads or not d_head or getattr(module, "is_cross_attention", False):
-        return False
-    width = heads * d_head
-    return (_is_conv1d(getattr(module, "c_attn", None), (width, 3 * width))
-            and _is_conv1d(getattr(module, "c_proj", None), (width, width)))
-
-
-def _is_hf_gpt2_mlp(module: nn.Module) -> bool:
-    c_fc, c_proj = getattr(module, "c_fc", None), getattr(module, "c_proj", None)
-    return (type(module).__name__ == "GPT2MLP" and _is_conv1d(c_fc) and _is_conv1d(c_proj)
-            and c_fc.weight.shape[1] == c_proj.weight.shape[0])
-
-
-def _hf_gpt2_attention_symmetries(name: str, attention: nn.Module) -> list[Symmetry]:
-    """As ``_attention_symmetries``, on the fused c_attn = [q | k | v] columns and c_proj rows."""
-    d, heads = attention.head_dim, attention.num_heads
-    width = d * heads
-    weight, bias, proj = f"{name}.c_attn.weight", f"{name}.c_attn.bias", f"{name}.c_proj.weight"
-    out: list[Symmetry] = []
-
-    def columns(part: int, lo: int, hi: int) -> tuple[Slot, ...]:
-        return Slot(weight, 1, part * width + lo, part * width + hi), Slot(bias, 0, part * width + lo, part * width + hi)
-
-    for h in range(heads):
-        lo, hi = h * d, (h + 1) * d
-        out.append(Symmetry(Kind.GL, f"gl/{name}/head{h}/qk", columns(0, lo, hi), columns(1, lo, hi), units=d))
-        out.append(Symmetry(Kind.GL, f"gl/{name}/head{h}/vo", columns(2, lo, hi), (Slot(proj, 0, lo, hi),), units=d))
-        out.extend(Symmetry(Kind.TRANSLATION, f"translation/{name}/head{h}/key_bias{i}",
-                            (Slot(bias, 0, width + lo + i, width + lo + i + 1),)) for i in range(d))
-    if heads >= 2:
-        incoming = tuple(slot for part in range(3) for slot in columns(part, 0, width))
-        out.append(Symmetry(Kind.PERMUTATION, f"permutation/{name}/heads", incoming, (Slot(proj, 0, 0, width),),
-                            units=heads))
-    return out
-
-
-def _hf_gpt2_mlp_symmetries(name: str, mlp: nn.Module) -> list[Symmetry]:
-    """The hidden units of c_fc -> elementwise activation -> c_proj can be permuted."""
-    units = mlp.c_fc.weight.shape[1]
-    if units < 2:
+def _runs(columns: Tensor, wanted: list[int]) -> list[tuple[int, int]] | None:
+    """Contiguous column runs reading exactly the units ``wanted``, in that order within each run."""
+    positions = [i for i, c in enumerate(columns.tolist()) if c in set(wanted)]
+    if not positions:
         return []
-    incoming = (Slot(f"{name}.c_fc.weight", 1, 0, units), Slot(f"{name}.c_fc.bias", 0, 0, units))
-    return [Symmetry(Kind.PERMUTATION, f"permutation/{name}", incoming, (Slot(f"{name}.c_proj.weight", 0, 0, units),))]
+    runs, start = [], positions[0]
+    for a, b in zip(positions, positions[1:] + [None]):
+        if b != a + 1:
+            runs.append((start, a + 1))
+            start = b
+    return runs
 
 
-_REJECT = 1e-2  # relative output change that marks a candidate as no symmetry at all
-_CHECK_AMOUNT = {Kind.TRANSLATION: 0.5, Kind.SCALE: 0.5, Kind.RESCALE: 0.5}
+def _candidates(traced: TracedModel, logits: bool) -> tuple[list[Symmetry], dict[str, str]]:
+    """Every candidate the graph supports, and for parameters in none of them, why."""
+    producers = find_producers(traced)
+    by_node = {p.node: p for p in producers}
+    epsilons = frozenset(_epsilon_nodes(traced.graph))
+    out: list[Symmetry] = []
+    why: dict[str, str] = {}
+    labels: set[str] = set()
+
+    def emit(sym: Symmetry) -> None:
+        if sym.label not in labels:
+            labels.add(sym.label)
+            out.append(sym)
+
+    def note(param: str | None, walk_: Walk) -> None:
+        if param is not None and not walk_.ok:
+            why.setdefault(param, walk_.reason)
+
+    uses = parameter_uses(traced)
+
+    def run(seeds, mode, units):
+        return walk(traced, seeds, mode, logits=logits, units=units, epsilons=epsilons, uses=uses)
+
+    gl_done: set[fx.Node] = set()
+    perm_done: set[fx.Node] = set()
+    attention: dict[fx.Node, dict] = {}
+    for producer in producers:
+        node, units, module = producer.node, producer.units, _module_of(producer.weight)
+        out_shape = shape(node)
+        seed = unit_index(out_shape, producer.axis, units)
+        # translation: logits head (constant along the units) or a key bias (a function of the unit)
+        along = list(out_shape)
+        along[producer.axis] = 1
+        generator = torch.Generator().manual_seed(0)
+        column = torch.randn(along, dtype=torch.float64, generator=generator).expand(out_shape)
+        shifted = run({node: column}, Mode.SHIFT, units)
+        if shifted.ok and shifted.absorbed:
+            for j in range(_in_size(traced, producer)):
+                emit(Symmetry(Kind.TRANSLATION, f"translation/{module}/column{j}", (Slot(producer.weight, producer.in_dim, j, j + 1),)))
+            if producer.bias is not None:
+                emit(Symmetry(Kind.TRANSLATION, f"translation/{module}/bias", (Slot(producer.bias, 0, 0, units),)))
+        # GL: attention blocks (query/key pairs, value blocks); else a per-unit action
+        has_scale = False
+        if node not in gl_done:
+            gl, members = _walk_with_partner(run, producer, seed, Mode.GL, by_node, gl_done)
+            if gl.ok and (gl.pairs or gl.value_blocks):
+                gl_done.update(m.node for m in members)
+                _emit_gl(gl, members, emit, attention)
+            else:
+                diag, members = _walk_with_partner(run, producer, seed, Mode.DIAG, by_node, gl_done)
+                if diag.ok and not diag.links.broken:
+                    has_scale = _emit_diag(diag, members, emit, label="unit" if len(members) == 1 else "pair")
+                    if len(members) == 2:  # a query/key pair that only a subgroup of GL keeps (rotary)
+                        gl_done.update(m.node for m in members)
+                else:
+                    note(producer.weight, diag)
+        # scale of the whole layer
+        if not has_scale and not any(s.kind is Kind.SCALE and s.incoming[0].param == producer.weight for s in out):
+            scalar = run({node: seed}, Mode.SCALAR, units)
+            if scalar.ok and scalar.absorbed:
+                emit(Symmetry(Kind.SCALE, f"scale/{module}", tuple(_rows(producer, 0, units))))
+        # permutation of units (joint with a gate where the units are multiplied together)
+        if units >= 2 and not producer.grouped and node not in gl_done and node not in perm_done:
+            perm, members = _walk_with_partner(run, producer, seed, Mode.PERM, by_node, perm_done, same_units=True)
+            if perm.ok:
+                perm_done.update(m.node for m in members)
+                _emit_permutation(perm, members, units, emit)
+    for node, axis, params in norm_affine_sources(traced):
+        size = shape(node)[axis]
+        diag = run({node: unit_index(shape(node), axis, size)}, Mode.DIAG, size)
+        if diag.ok and not diag.links.broken:
+            _emit_affine(diag, node, params, size, emit)
+        else:
+            for param in params:
+                why.setdefault(param, diag.reason)
+    _emit_head_permutations(attention, emit)
+    _emit_key_biases(attention, producers, run, emit)
+    for name in traced.parameters.values():
+        why.setdefault(name, "no symmetry found for it")
+    return out, why
 
 
-def _checked_candidates(model: nn.Module, example_input, candidates: list[Symmetry], logits: bool,
-                        samples: int) -> tuple[list[Symmetry], list[str]]:
-    """The candidates that keep the model's output on ``example_input``, with measured defects."""
+def _walk_with_partner(run, producer: Producer, seed: Tensor, mode: Mode, by_node: dict, done: set,
+                       same_units: bool = False) -> tuple[Walk, list[Producer]]:
+    """A walk from ``producer``; where it fails for want of a second producer's output (the key of a
+    query, the up projection of a gate), the walk from both together, units numbered one after the other."""
+    result = run({producer.node: seed}, mode, producer.units)
+    if result.ok or result.partner is None:
+        return result, [producer]
+    if mode is not Mode.PERM and "without its" not in result.reason:
+        return result, [producer]  # scales and GL pair a query with its key only
+    partner = _producer_behind(result.partner, by_node)
+    if partner is None or partner is producer or partner.node in done or (same_units and partner.units != producer.units):
+        return result, [producer]
+    offset = 0 if same_units else producer.units
+    seeds = {producer.node: seed,
+             partner.node: unit_index(shape(partner.node), partner.axis, partner.units, offset)}
+    joint = run(seeds, mode, producer.units + (0 if same_units else partner.units))
+    return (joint, [producer, partner]) if joint.ok else (result, [producer])
+
+
+def _in_size(traced: TracedModel, producer: Producer) -> int:
+    weight = next(n for n in traced.graph.nodes if n.op == "placeholder" and traced.parameters.get(n.name) == producer.weight)
+    return shape(weight)[producer.in_dim]
+
+
+def _producer_behind(node, by_node: dict) -> Producer | None:
+    """The one producer whose output reaches ``node`` without passing another producer (searched
+    backwards over at most 64 nodes), or None if there is none or more than one."""
+    found: set[fx.Node] = set()
+    queue, seen = [node], set()
+    while queue and len(seen) < 64:
+        current = queue.pop()
+        if not isinstance(current, fx.Node) or current in seen:
+            continue
+        seen.add(current)
+        if current in by_node:
+            found.add(current)
+            continue
+        queue.extend(a for a in current.all_input_nodes if isinstance(a.meta.get("val"), Tensor) and a.meta["val"].dim() > 1)
+    return by_node[found.pop()] if len(found) == 1 else None
+
+
+def _owner(unit: int, members: list[Producer]) -> tuple[Producer, int]:
+    offset = 0
+    for producer in members:
+        if unit < offset + producer.units:
+            return producer, unit - offset
+        offset += producer.units
+    raise IndexError(unit)
+
+
+def _unit_slots(units: list[int], members: list[Producer]) -> list[Slot]:
+    """Row slots of the producers for a set of (global) unit ids, contiguous runs merged."""
+    slots: list[Slot] = []
+    for unit in sorted(units):
+        producer, local = _owner(unit, members)
+        slots.extend(_rows(producer, local, local + 1))
+    return _merge(slots)
+
+
+def _merge(slots: list[Slot]) -> list[Slot]:
+    merged: list[Slot] = []
+    for slot in slots:
+        for i, m in enumerate(merged):
+            if m.param == slot.param and m.dim == slot.dim and m.stop == slot.start:
+                merged[i] = Slot(m.param, m.dim, m.start, slot.stop)
+                break
+        else:
+            merged.append(slot)
+    return merged
+
+
+def _emit_diag(diag: Walk, members: list[Producer], emit, *, label: str) -> bool:
+    """One scale or rescale symmetry per class of units that must share a factor."""
+    made_scale = False
+    classes = diag.links.classes()
+    module = _module_of(members[0].weight)
+    for root, members_of_class in sorted(classes.items(), key=lambda kv: min(u for u, _ in kv[1])):
+        incoming = _unit_slots([u for u, p in members_of_class if p == 0], members)
+        outgoing = _unit_slots([u for u, p in members_of_class if p == 1], members)
+        for consumer in diag.consumers:
+            for unit, parity in members_of_class:
+                for start, stop in _runs(consumer.columns, [unit]) or []:
+                    (outgoing if parity == 0 else incoming).append(Slot(consumer.weight, consumer.in_dim, start, stop))
+        first = min(u for u, _ in members_of_class)
+        if outgoing:
+            emit(Symmetry(Kind.RESCALE, f"rescale/{module}/{label}{first}", tuple(incoming), tuple(_merge(outgoing))))
+        else:
+            emit(Symmetry(Kind.SCALE, f"scale/{module}/{label}{first}", tuple(incoming)))
+            made_scale = True
+    return made_scale
+
+
+def _emit_affine(diag: Walk, node: fx.Node, params: list[str], size: int, emit) -> None:
+    module = _module_of(params[0])
+    for unit in range(size):
+        incoming = [Slot(p, 0, unit, unit + 1) for p in params]
+        outgoing = [Slot(c.weight, c.in_dim, a, b) for c in diag.consumers for a, b in _runs(c.columns, [unit]) or []]
+        if outgoing:
+            emit(Symmetry(Kind.RESCALE, f"rescale/{module}/unit{unit}", tuple(incoming), tuple(outgoing)))
+
+
+def _emit_permutation(perm: Walk, members: list[Producer], units: int, emit) -> None:
+    incoming: list[Slot] = []
+    for producer in members:
+        incoming.extend(_rows(producer, 0, units))
+    for param, dim, index in perm.norm_slots:
+        if not torch.equal(index, torch.arange(units)):
+            return
+        incoming.append(Slot(param, dim, 0, units))
+    outgoing: list[Slot] = []
+    for consumer in perm.consumers:
+        columns = consumer.columns
+        read = (columns >= 0).nonzero().reshape(-1)
+        if len(read) == 0:
+            continue
+        start, stop = int(read[0]), int(read[-1]) + 1
+        block = (stop - start) // units
+        expected = torch.arange(units).repeat_interleave(block)
+        if stop - start != units * block or not torch.equal(columns[start:stop], expected):
+            return
+        outgoing.append(Slot(consumer.weight, consumer.in_dim, start, stop))
+    if not outgoing:
+        return
+    emit(Symmetry(Kind.PERMUTATION, f"permutation/{_module_of(members[0].weight)}", tuple(_merge(incoming)),
+                  tuple(outgoing), units=units))
+
+
+def _block_slots(block: Tensor, members: list[Producer]) -> list[Slot] | None:
+    """The rows of a block of units (ascending, contiguous, in one producer), with the bias rows."""
+    values = block.tolist()
+    if values != list(range(values[0], values[0] + len(values))):
+        return None
+    producer, local = _owner(values[0], members)
+    end_producer, _ = _owner(values[-1], members)
+    if end_producer is not producer:
+        return None
+    return _rows(producer, local, local + len(values))
+
+
+def _emit_gl(gl: Walk, members: list[Producer], emit, attention: dict) -> None:
+    """GL(d) per query/key component and per value block (module docstring)."""
+    components: dict[tuple, dict] = {}
+    for node, q, k in gl.pairs:
+        key = (node, tuple(k.tolist()))
+        entry = components.setdefault(key, {"node": node, "k": k, "q": []})
+        if not any(torch.equal(q, other) for other in entry["q"]):
+            entry["q"].append(q)
+    q_units = {u for entry in components.values() for q in entry["q"] for u in q.tolist()}
+    k_units = {u for entry in components.values() for u in entry["k"].tolist()}
+    if q_units & k_units:
+        return
+    for index, entry in enumerate(sorted(components.values(), key=lambda e: int(e["k"][0]))):
+        incoming = [s for q in entry["q"] for s in (_block_slots(q, members) or [None])]
+        outgoing = _block_slots(entry["k"], members)
+        if outgoing is None or any(s is None for s in incoming):
+            continue
+        module = _module_of(incoming[0].param)
+        d = len(entry["k"])
+        emit(Symmetry(Kind.GL, f"gl/{module}/head{index}/qk", tuple(incoming), tuple(outgoing), units=d))
+        attention.setdefault(entry["node"], {}).setdefault("qk", []).append((entry["q"], entry["k"], incoming, outgoing))
+    blocks = sorted({(node, tuple(b.tolist())) for node, b in gl.value_blocks}, key=lambda nb: nb[1][0])
+    for index, (node, block) in enumerate(blocks):
+        incoming = _block_slots(torch.tensor(block), members)
+        d = len(block)
+        outgoing = [Slot(c.weight, c.in_dim, start, start + d) for c in gl.consumers
+                    for a, b in _runs(c.columns, list(block)) or [] for start in range(a, b, d)]
+        runs_ok = all(c.columns[s.start:s.stop].tolist() == list(block) for c in gl.consumers for s in outgoing
+                      if s.param == c.weight)
+        if incoming is None or not outgoing or not runs_ok:
+            continue
+        module = _module_of(incoming[0].param)
+        emit(Symmetry(Kind.GL, f"gl/{module}/head{index}/vo", tuple(incoming), tuple(outgoing), units=len(block)))
+        attention.setdefault(node, {}).setdefault("vo", []).append((incoming, outgoing))
+
+
+def _emit_key_biases(attention: dict, producers: list[Producer], run, emit) -> None:
+    """A key bias q.(k + c): one translation per key unit whose shift attention absorbs (a SHIFT walk
+    with a random shift on exactly those units; none where a rotation follows the key)."""
+    keys: dict[str, set[int]] = {}
+    for parts in attention.values():
+        for _, _, _, outgoing in parts.get("qk", []):
+            for slot in outgoing:
+                keys.setdefault(slot.param, set()).update(range(slot.start, slot.stop))
+    generator = torch.Generator().manual_seed(1)
+    for producer in producers:
+        if producer.bias is None or producer.bias not in keys:
+            continue
+        out_shape = shape(producer.node)
+        per_unit = [1] * len(out_shape)
+        per_unit[producer.axis] = producer.units
+        mask = torch.zeros(producer.units, dtype=torch.float64)
+        mask[sorted(keys[producer.bias])] = 1.0
+        probe = (torch.randn(producer.units, dtype=torch.float64, generator=generator) * mask).reshape(per_unit)
+        shifted = run({producer.node: probe.expand(out_shape)}, Mode.SHIFT, producer.units)
+        if shifted.ok and shifted.absorbed:
+            module = _module_of(producer.weight)
+            for j in sorted(keys[producer.bias]):
+                emit(Symmetry(Kind.TRANSLATION, f"translation/{module}/key_bias{j}", (Slot(producer.bias, 0, j, j + 1),)))
+
+
+def _emit_head_permutations(attention: dict, emit) -> None:
+    """One head permutation per attention whose query heads each have their own key and value."""
+    merged: dict[fx.Node, dict] = {}
+    for node, parts in attention.items():  # eager attention: the scores' product feeds the values' one
+        home = node if parts.get("qk") or not parts.get("vo") else _ancestor_with(node, attention, "qk") or node
+        entry = merged.setdefault(home, {})
+        for key, values in parts.items():
+            entry.setdefault(key, []).extend(values)
+    for node, parts in merged.items():
+        qk, vo = parts.get("qk", []), parts.get("vo", [])
+        heads = len(qk)
+        if heads < 2 or len(vo) != heads or any(len(q) != 1 for q, _, _, _ in qk):
+            continue
+        roles = ([s for _, _, inc, _ in qk for s in inc], [s for _, _, _, out in qk for s in out],
+                 [s for inc, _ in vo for s in inc])
+        spans = [_spans(slots, heads) for slots in roles]
+        span_out = _spans([s for _, out in vo for s in out], heads)
+        if span_out is None or any(span is None for span in spans):
+            continue
+        incoming = [slot for span in spans for slot in span]
+        module = _module_of(incoming[0].param)
+        emit(Symmetry(Kind.PERMUTATION, f"permutation/{module}/heads", tuple(incoming), tuple(span_out), units=heads))
+
+
+def _ancestor_with(node: fx.Node, attention: dict, key: str) -> fx.Node | None:
+    """The nearest node above ``node`` (within 32 nodes) that holds ``key`` in ``attention``."""
+    queue, seen = list(node.all_input_nodes), set()
+    while queue and len(seen) < 32:
+        current = queue.pop(0)
+        if current in seen:
+            continue
+        seen.add(current)
+        if attention.get(current, {}).get(key):
+            return current
+        queue.extend(current.all_input_nodes)
+    return None
+
+
+def _spans(slots: list[Slot], heads: int) -> list[Slot] | None:
+    """Per (param, dim): the blocks of the heads merged into contiguous spans of ``heads`` equal blocks."""
+    grouped: dict[tuple[str, int], list[Slot]] = {}
+    for slot in slots:
+        grouped.setdefault((slot.param, slot.dim), []).append(slot)
+    spans = []
+    for (param, dim), members in grouped.items():
+        members = sorted(members, key=lambda s: s.start)
+        sizes = {s.stop - s.start for s in members}
+        if len(sizes) != 1 or any(a.stop != b.start for a, b in zip(members, members[1:])):
+            return None
+        if len(members) % heads:
+            return None
+        spans.append(Slot(param, dim, members[0].start, members[-1].stop))
+    return spans
+
+
+# ---------------------------------------------------------------------------------------------
+# the exact check
+
+
+def _checked(model: nn.Module, traced: TracedModel, candidates: list[Symmetry], logits: bool,
+             samples: int) -> tuple[list[Symmetry], list[Symmetry]]:
+    """The candidates that keep the float64, eps-free output (relative change < EXACT_TOLERANCE)."""
     if not candidates:
         return [], []
-    shadow = copy.deepcopy(model)
-    has_batch_norm = any(isinstance(m, _BATCH_NORM) for m in shadow.modules())
-    shadow.train(has_batch_norm)  # BatchNorm's scale symmetry needs batch statistics
-    for module in shadow.modules():
-        if isinstance(module, (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)):
-            module.eval()  # a dropout mask is not equivariant under permutations of heads
-    params = {name: p.detach() for name, p in shadow.named_parameters()}
-    buffers = {name: b.detach().clone() for name, b in shadow.named_buffers()}
+    evaluate = ExactEvaluator(traced, model)
+    params = {name: p.detach().to(torch.float64, copy=True) for name, p in model.named_parameters()}
     random = torch.Generator().manual_seed(0)
 
-    def output(values) -> torch.Tensor:
-        with torch.no_grad():
-            out = torch.func.functional_call(shadow, {**values, **{k: b.clone() for k, b in buffers.items()}},
-                                             (example_input,))
-        out = getattr(out, "logits", out)
+    def output(values: Mapping[str, Tensor]) -> Tensor:
+        out = evaluate(values)
         return torch.log_softmax(out, dim=-1) if logits else out
 
     reference = output(params)
     size = float(reference.abs().max()) or 1.0
 
-    def change(sym: Symmetry, values) -> dict:
-        return _moved(sym, values, random)
-
     def defect(moved) -> float:
-        return float((output(moved) - reference).abs().max()) / size
+        change = float((output(moved) - reference).abs().max()) / size
+        return change if change == change else float("inf")
 
     by_kind: dict[Kind, list[Symmetry]] = {}
     for sym in candidates:
         by_kind.setdefault(sym.kind, []).append(sym)
-    kept: list[Symmetry] = []
-    rejected: list[str] = []
+    kept, rejected = [], []
     for members in by_kind.values():
         joint = {k: v.clone() for k, v in params.items()}
         for sym in members:
-            joint = change(sym, joint)
-        individually = members if defect(joint) > _REJECT else members[:: max(1, len(members) // max(samples, 1))][:samples]
-        measured = {sym.label: defect(change(sym, params)) for sym in individually}
+            joint = _moved(sym, joint, random)
+        step = max(1, len(members) // max(samples, 1))
+        alone = members if defect(joint) > EXACT_TOLERANCE else members[::step][:samples]
+        measured = {sym.label: defect(_moved(sym, params, random)) for sym in alone}
         for sym in members:
             value = measured.get(sym.label)
-            if value is not None and value > _REJECT:
-                rejected.append(sym.label)
+            if value is not None and value > EXACT_TOLERANCE:
+                rejected.append(dataclasses.replace(sym, defect=value))
             else:
                 kept.append(dataclasses.replace(sym, defect=value) if value is not None else sym)
     order = {sym.label: i for i, sym in enumerate(candidates)}

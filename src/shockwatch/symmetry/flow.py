@@ -1,0 +1,747 @@
+r"""How a group action on some units flows through a traced ATen graph (the analysis behind detection).
+
+A *walk* starts at the output of a parameterised linear map (a producer: ``linear``, ``addmm``,
+``mm``/``matmul`` with a parameter, ``conv``) or of a norm's affine map, with a candidate action on
+its units, and follows every use forward in graph order. Nothing here reads a module's class or a
+parameter's name: only ATen operations and the shapes the trace recorded.
+
+Modes (the group candidate being followed), with the rule each op must satisfy:
+
+- ``DIAG``: unit i scaled by a_i > 0. A tensor carries ``idx`` (the unit index of every element,
+  -1 for none) and a degree k (it is scaled by a^k). Positively homogeneous maps (ReLU, leaky
+  ReLU, pooling, dropout, x*c, x/c) keep k; x**p, sqrt, rsqrt multiply it; a reduction over axes
+  along which idx is constant keeps it; degree 0 is invariant (absorbed: a per-channel BatchNorm in
+  training mode). A linear map contracting the unit axis compensates a degree-1 tensor with 1/a_i
+  on its input columns (the rescale's outgoing slots). Adding two tagged tensors links their units
+  (equal factors); contracting a query against a key links them inversely (a_q a_k = 1). The
+  classes of this parity union-find are the symmetries: for rotary embeddings, rotate_half's
+  slice/neg/cat links dimension i with i + d/2, so the query/key classes are the frequency pairs.
+- ``SCALAR``: one a for all units; as DIAG but every reduction is allowed, so x / sqrt(mean x^2)
+  (RMSNorm), layer_norm and batch_norm are degree 0: the scale symmetry.
+- ``PERM``: the units permuted. Any elementwise map commutes; a norm over the unit axis commutes
+  if its affine parameters are permuted too (added to the incoming slots); two tagged tensors may
+  meet only with the same unit at the same place (a gated MLP's gate and up). Consumers'
+  columns are permuted in unit-major blocks.
+- ``GL``: A -> M A on blocks of units (attention heads). Only linear maps pass; a query block and a
+  key block contracted against each other by ``scaled_dot_product_attention`` or ``q @ k^T`` become
+  a GL(d) pair (M, M^{-T}); a value block passes attention (it is linear in v) to the output
+  projection, whose columns take M^{-1}.
+- ``SHIFT``: theta -> theta + c on a bias or a column. A float ``probe`` stands for the shift's
+  shape (random where it may vary, constant where it is constant); it is absorbed by a softmax over
+  an axis along which it is constant, by attention when it is constant along the keys, or by the
+  output when the output is logits and it is constant along the classes.
+
+A walk fails at the first operation that breaks its mode and names it; ``Walk.reason`` is what
+``SymmetrySet.unanalysed`` reports for parameters no symmetry covers.
+"""
+
+from __future__ import annotations
+
+import enum
+import operator
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, fx
+
+from .trace import TracedModel
+
+__all__ = ["Mode", "Parity", "Producer", "Walk", "find_producers", "norm_affine_sources", "parameter_uses", "walk"]
+
+
+class Mode(enum.Enum):
+    DIAG = "diag"
+    SCALAR = "scalar"
+    PERM = "perm"
+    GL = "gl"
+    SHIFT = "shift"
+
+
+def packet(node) -> str:
+    if not isinstance(node, fx.Node) or node.op != "call_function":
+        return ""
+    target = node.target
+    found = getattr(target, "_overloadpacket", None)
+    if found is not None:
+        return found.__name__
+    if target is operator.getitem:
+        return "getitem"
+    return getattr(target, "__name__", str(target))
+
+
+def shape(node) -> tuple[int, ...] | None:
+    value = node.meta.get("val") if isinstance(node, fx.Node) else None
+    return tuple(int(s) for s in value.shape) if isinstance(value, Tensor) else None
+
+
+_IDENTITY = {"clone", "contiguous", "alias", "detach", "to", "_to_copy", "type_as", "lift_fresh_copy", "dropout",
+             "feature_dropout", "alpha_dropout", "identity", "_assert_tensor_metadata"}
+_SHAPE = {"view", "reshape", "_unsafe_view", "transpose", "t", "permute", "unsqueeze", "squeeze", "expand",
+          "expand_as", "flatten", "unflatten", "slice", "select", "narrow", "split", "split_with_sizes", "chunk",
+          "unbind", "cat", "stack", "repeat_interleave", "movedim", "swapaxes", "getitem", "repeat"}
+_SHAPE_ONLY = {"new_ones", "new_zeros", "new_empty", "new_full", "zeros_like", "ones_like", "empty_like", "full_like",
+               "sym_size", "size", "_shape_as_tensor", "sym_numel"}
+_POSITIVE = {"relu", "relu_", "leaky_relu", "leaky_relu_", "neg"}
+_NONLINEAR = {"gelu", "silu", "tanh", "sigmoid", "elu", "selu", "celu", "softplus", "mish", "hardswish",
+              "hardsigmoid", "hardtanh", "relu6", "erf", "exp", "log", "sin", "cos", "logsigmoid", "softsign",
+              "gelu_", "silu_", "abs", "sign"}
+_DEGREE = {"rsqrt": Fraction(-1, 2), "sqrt": Fraction(1, 2), "reciprocal": Fraction(-1), "square": Fraction(2),
+           "abs": Fraction(1)}
+_POOL = {"max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d",
+         "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d",
+         "max_pool2d_with_indices"}
+_REDUCE = {"mean": 1, "sum": 1, "amax": 1, "amin": 1, "var": 2, "std": 1, "norm": 1}
+_BINARY = {"add", "sub", "mul", "div", "rsub"}
+_SOFTMAX = {"softmax", "log_softmax", "_softmax", "_log_softmax"}
+_NORM_AXES = {"layer_norm": -1, "rms_norm": -1}
+_BATCH_NORM = {"batch_norm", "_native_batch_norm_legit", "native_batch_norm"}
+_CONV = {"conv1d", "conv2d", "conv3d", "convolution"}
+
+
+@dataclass(frozen=True)
+class Producer:
+    """A parameterised linear map: its output's units are ``weight``'s slices along ``out_dim``."""
+
+    node: fx.Node
+    weight: str
+    out_dim: int
+    in_dim: int
+    bias: str | None
+    units: int
+    axis: int  # the output axis that carries the units
+    grouped: bool  # a grouped / depthwise convolution: its units share input channels
+
+
+@dataclass(frozen=True)
+class Consumer:
+    """A linear map that contracts the walked units: ``columns[c]`` is the unit column c reads (-1: none)."""
+
+    node: fx.Node
+    weight: str
+    in_dim: int
+    columns: Tensor
+
+
+class Parity:
+    """Union-find with parity: link(a, b, inverse) says a_a = a_b (or a_a a_b = 1)."""
+
+    def __init__(self, size: int):
+        self.parent = list(range(size))
+        self.parity = [0] * size
+        self.broken = False
+
+    def find(self, a: int) -> tuple[int, int]:
+        path = 0
+        while self.parent[a] != a:
+            path ^= self.parity[a]
+            a = self.parent[a]
+        return a, path
+
+    def link(self, a: int, b: int, inverse: bool) -> None:
+        (ra, pa), (rb, pb) = self.find(a), self.find(b)
+        want = int(inverse)
+        if ra == rb:
+            self.broken |= (pa ^ pb) != want
+            return
+        self.parent[rb] = ra
+        self.parity[rb] = pa ^ pb ^ want
+
+    def classes(self) -> dict[int, list[tuple[int, int]]]:
+        out: dict[int, list[tuple[int, int]]] = {}
+        for unit in range(len(self.parent)):
+            root, parity = self.find(unit)
+            out.setdefault(root, []).append((unit, parity))
+        return out
+
+
+class _Tag(NamedTuple):
+    value: object  # idx (long) or probe (float) tensor, or a tuple of them (split outputs)
+    degree: Fraction = Fraction(1)
+
+
+@dataclass
+class Walk:
+    ok: bool = True
+    reason: str = ""
+    consumers: list[Consumer] = field(default_factory=list)
+    norm_slots: list[tuple[str, int, Tensor]] = field(default_factory=list)  # PERM: (param, dim, unit per index)
+    pairs: list[tuple[fx.Node, Tensor, Tensor]] = field(default_factory=list)  # GL: (attention, query block, key block)
+    value_blocks: list[tuple[fx.Node, Tensor]] = field(default_factory=list)  # GL: (attention, value block)
+    absorbed: bool = False
+    partner: fx.Node | None = None  # where a second producer is needed (the other operand)
+    links: Parity | None = None
+    uses: dict[str, int] = field(default_factory=dict)
+
+    def fail(self, node: fx.Node, why: str, partner: fx.Node | None = None) -> Walk:
+        if self.ok:
+            self.ok, self.reason, self.partner = False, f"{why} at {packet(node) or node.op} ({node.name})", partner
+        return self
+
+
+def _param(node, traced: TracedModel) -> tuple[str, tuple[int, ...]] | None:
+    """(parameter name, dims of the node in parameter order) for a parameter seen through casts and
+    transposes, else None."""
+    order: tuple[int, ...] | None = None
+    while isinstance(node, fx.Node):
+        if node.op == "placeholder":
+            name = traced.parameters.get(node.name)
+            if name is None:
+                return None
+            rank = len(shape(node) or ())
+            return name, order if order is not None else tuple(range(rank))
+        kind = packet(node)
+        if kind in ("to", "_to_copy", "alias", "detach", "contiguous", "clone", "type_as", "lift_fresh_copy"):
+            node = node.args[0]
+        elif kind in ("t", "transpose", "permute", "numpy_T"):
+            rank = len(shape(node) or ())
+            if kind == "permute":
+                perm = tuple(d % rank for d in node.args[1])
+            elif kind == "transpose" and len(node.args) == 3:
+                a, b = node.args[1] % rank, node.args[2] % rank
+                perm = list(range(rank))
+                perm[a], perm[b] = perm[b], perm[a]
+                perm = tuple(perm)
+            else:
+                perm = tuple(reversed(range(rank)))
+            order = tuple(perm[d] for d in order) if order is not None else perm
+            node = node.args[0]
+        else:
+            return None
+    return None
+
+
+def parameter_uses(traced: TracedModel) -> dict[str, int]:
+    """How many operations read each parameter (through casts and transposes): a tied weight is read
+    twice, and no action on it can be compensated in one place only."""
+    uses: dict[str, int] = {}
+    for node in traced.graph.nodes:
+        if packet(node) in ("to", "_to_copy", "alias", "detach", "contiguous", "clone", "type_as", "t", "transpose",
+                            "permute", "lift_fresh_copy"):
+            continue
+        for arg in node.all_input_nodes:
+            found = _param(arg, traced)
+            if found:
+                uses[found[0]] = uses.get(found[0], 0) + 1
+    return uses
+
+
+def find_producers(traced: TracedModel) -> list[Producer]:
+    """Every linear map of the graph whose weight is a parameter read nowhere else, with its unit axes."""
+    out: list[Producer] = []
+    uses = parameter_uses(traced)
+    for node in traced.graph.nodes:
+        kind = packet(node)
+        args = node.args
+        if kind == "linear":
+            weight, bias = _param(args[1], traced), (_param(args[2], traced) if len(args) > 2 else None)
+            dims, x = (0, 1), args[0]
+        elif kind == "addmm":
+            weight, bias = _param(args[2], traced), _param(args[0], traced)
+            dims, x = (1, 0), args[1]
+        elif kind in ("mm", "matmul") and len(shape(args[1]) or ()) == 2:
+            weight, bias = _param(args[1], traced), None
+            dims, x = (1, 0), args[0]
+        elif kind in _CONV:
+            transposed = kind == "convolution" and len(args) > 6 and args[6]
+            if transposed:
+                continue
+            groups = (args[8] if len(args) > 8 else 1) if kind == "convolution" else (args[6] if len(args) > 6 else 1)
+            weight, bias = _param(args[1], traced), (_param(args[2], traced) if len(args) > 2 else None)
+            if weight is None:
+                continue
+            name, order = weight
+            if uses.get(name, 0) != 1:
+                continue
+            out.append(Producer(node, name, order[0], order[1], bias[0] if bias else None, shape(node)[1], 1, groups != 1))
+            continue
+        else:
+            continue
+        if weight is None or (bias is None and kind != "mm" and kind != "matmul" and len(args) > 2 and args[2 if kind == "linear" else 0] is not None):
+            continue  # a weight computed from parameters (not a parameter itself): not analysed
+        name, order = weight
+        out_shape = shape(node)
+        if uses.get(name, 0) != 1 or (bias and uses.get(bias[0], 0) != 1):
+            continue
+        if out_shape is None or len(shape(x) or ()) < 1:
+            continue
+        out.append(Producer(node, name, order[dims[0]], order[dims[1]], bias[0] if bias else None, out_shape[-1],
+                            len(out_shape) - 1, False))
+    return out
+
+
+def norm_affine_sources(traced: TracedModel) -> list[tuple[fx.Node, int, list[str]]]:
+    """(node, unit axis, affine parameters) for norms' affine maps: layer_norm / rms_norm / batch_norm
+    with weight (and bias), and a gain parameter that multiplies a tensor directly, w * x, elementwise
+    along the last axis (RMSNorm as Hugging Face writes it), used nowhere else."""
+    out = []
+    uses = parameter_uses(traced)
+    for node in traced.graph.nodes:
+        kind = packet(node)
+        if kind in _NORM_AXES or kind in _BATCH_NORM:
+            positions = (1, 2) if kind in _BATCH_NORM else ((2, 3) if kind == "layer_norm" else (2,))
+            params = [p[0] for i in positions if len(node.args) > i and (p := _param(node.args[i], traced))]
+            if params and all(uses.get(p) == 1 for p in params) and len(node.args) > positions[0] and _param(node.args[positions[0]], traced):
+                out.append((node, 1 if kind in _BATCH_NORM else -1, params))
+        elif kind == "mul" and len(node.args) == 2:
+            for gain, other in ((node.args[0], node.args[1]), (node.args[1], node.args[0])):
+                found = _param(gain, traced)
+                out_shape = shape(node)
+                if (found and isinstance(other, fx.Node) and _param(other, traced) is None and out_shape
+                        and shape(gain) == (out_shape[-1],) and uses.get(found[0]) == 1):
+                    out.append((node, -1, [found[0]]))
+    return out
+
+
+def unit_index(out_shape: tuple[int, ...], axis: int, units: int, offset: int = 0) -> Tensor:
+    """The unit index of every element of a tensor whose ``axis`` carries ``units`` units."""
+    view = [1] * len(out_shape)
+    view[axis] = units
+    return (torch.arange(units) + offset).reshape(view).expand(out_shape)
+
+
+def walk(traced: TracedModel, seeds: dict[fx.Node, Tensor], mode: Mode, *, logits: bool, units: int,
+         epsilons: frozenset[str] = frozenset(), uses: dict[str, int] | None = None) -> Walk:
+    """Follow ``seeds`` (node -> idx, or probe for SHIFT) forward through the graph (module docstring)."""
+    result = Walk(links=Parity(units) if mode is Mode.DIAG else None, uses=uses if uses is not None else {})
+    tags: dict[fx.Node, _Tag] = {node: _Tag(value) for node, value in seeds.items()}
+    for node in traced.graph.nodes:
+        if node in seeds or not result.ok:
+            continue
+        tagged = [arg for arg in node.all_input_nodes if arg in tags]
+        if not tagged:
+            continue
+        if node.op == "output":
+            if mode is Mode.SHIFT and logits and _constant_along(tags[tagged[0]].value, -1):
+                result.absorbed = True
+                continue
+            result.fail(node, "the transformed units reach the model's output")
+            continue
+        tag = _step(node, tags, mode, result, traced, epsilons)
+        tag = tag if isinstance(tag, _Tag) else None
+        if mode is Mode.SHIFT and tag is not None and isinstance(tag.value, Tensor) and not bool(tag.value.any()):
+            continue  # a zero shift (the query and value parts of a fused projection) is no shift
+        if tag is not None and result.ok:
+            tags[node] = tag
+    return result
+
+
+def _constant_along(value: Tensor, axis: int) -> bool:
+    return bool((value == value.narrow(axis, 0, 1)).all())
+
+
+def _fill(node, tags, mode):
+    """Arguments with tagged nodes replaced by their idx / probe and other tensors by -1 / 0."""
+    def convert(arg):
+        if isinstance(arg, fx.Node):
+            if arg in tags:
+                return tags[arg].value
+            arg_shape = shape(arg)
+            if arg_shape is None:
+                return arg.meta.get("val")
+            return torch.full(arg_shape, -1, dtype=torch.long) if mode is not Mode.SHIFT else torch.zeros(arg_shape, dtype=torch.float64)
+        if isinstance(arg, (list, tuple)):
+            return type(arg)(convert(a) for a in arg)
+        return arg
+    return [convert(a) for a in node.args], {k: convert(v) for k, v in node.kwargs.items()}
+
+
+def _step(node, tags, mode: Mode, result: Walk, traced: TracedModel, epsilons) -> _Tag | None:
+    kind = packet(node)
+    first = node.args[0] if node.args else None
+    tag = tags.get(first) if isinstance(first, fx.Node) else None
+    degree = tag.degree if tag is not None else Fraction(1)
+    if kind in _SHAPE_ONLY:
+        return None  # reads only the shape, dtype or device
+    if kind in _IDENTITY:
+        return tag if tag is not None else result.fail(node, "a tagged tensor enters an unsupported argument") and None
+    if kind in _SHAPE:
+        args, kwargs = _fill(node, tags, mode)
+        target = node.target
+        if kind in ("view", "_unsafe_view"):
+            target = torch.ops.aten.reshape.default
+        try:
+            value = target(*args, **kwargs) if kind != "getitem" else args[0][args[1]]
+        except Exception as error:
+            return result.fail(node, f"shape map failed ({type(error).__name__})") and None
+        degrees = {tags[a].degree for a in node.all_input_nodes if a in tags}
+        if len(degrees) > 1:
+            return result.fail(node, "joins tensors of different degree") and None
+        return _Tag(value, degrees.pop())
+    if kind in _POSITIVE:
+        if mode in (Mode.GL, Mode.SHIFT) and kind != "neg":
+            return result.fail(node, "a nonlinear map breaks a linear action") and None
+        return tag
+    if kind in _DEGREE and mode in (Mode.DIAG, Mode.SCALAR):
+        return _Tag(tag.value, degree * _DEGREE[kind])
+    if kind in _NONLINEAR:
+        if mode is Mode.PERM:
+            return tag
+        return result.fail(node, "a map that is not positively homogeneous breaks the action") and None
+    if kind == "pow" and mode is Mode.PERM and isinstance(node.args[1], (int, float)):
+        return tag
+    if kind == "pow" and mode in (Mode.DIAG, Mode.SCALAR) and isinstance(node.args[1], (int, float)):
+        return _Tag(tag.value, degree * Fraction(node.args[1]).limit_denominator(64))
+    if kind in _POOL:
+        return _pool(node, tag, mode, result)
+    if kind in _REDUCE:
+        return _reduce(node, tag, mode, result)
+    if kind in _BINARY:
+        return _binary(node, tags, mode, result, epsilons)
+    if kind in ("where", "masked_fill"):
+        return _masked(node, tags, mode, result)
+    if kind in _SOFTMAX:
+        return _softmax(node, tag, mode, result)
+    if kind in _NORM_AXES or kind in _BATCH_NORM or kind == "group_norm":
+        return _norm(node, tags, mode, result, traced)
+    if kind in ("linear", "addmm", "mm", "matmul", "bmm") or kind in _CONV:
+        return _contraction(node, tags, mode, result, traced)
+    if kind == "scaled_dot_product_attention":
+        return _attention(node, tags, mode, result)
+    return result.fail(node, "an operation the analysis does not know") and None
+
+
+def _pool(node, tag, mode, result):
+    if mode in (Mode.GL, Mode.SHIFT):
+        return result.fail(node, "pooling breaks a linear action") and None
+    value = tag.value
+    rank = value.dim()
+    spatial = tuple(range(2, rank))
+    if mode is not Mode.SCALAR and not all(_constant_along(value, a) for a in spatial):
+        return result.fail(node, "pooling mixes units") and None
+    out_shape = shape(node) if shape(node) is not None else shape(next(iter(node.users)))
+    index = value
+    for a in spatial:
+        index = index.narrow(a, 0, 1)
+    return _Tag(index.expand(out_shape) if out_shape else index, tag.degree)
+
+
+def _dims(node, rank: int) -> tuple[tuple[int, ...], bool]:
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", None)
+    keep = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+    if dims is None or dims == []:
+        dims = tuple(range(rank))
+    elif isinstance(dims, int):
+        dims = (dims,)
+    return tuple(d % rank for d in dims), bool(keep)
+
+
+def _reduce(node, tag, mode, result):
+    value = tag.value
+    dims, keep = _dims(node, value.dim())
+    if mode is Mode.SHIFT:
+        if packet(node) in ("mean", "sum"):
+            out = value.mean(dim=dims, keepdim=keep) if packet(node) == "mean" else value.sum(dim=dims, keepdim=keep)
+            return _Tag(out)
+        return result.fail(node, "a nonlinear reduction breaks a shift") and None
+    if mode is not Mode.SCALAR and not all(_constant_along(value, d) for d in dims):
+        return result.fail(node, "a reduction over the units mixes them") and None
+    out = value.amax(dim=dims, keepdim=keep) if dims else value
+    return _Tag(out, tag.degree * _REDUCE[packet(node)])
+
+
+def _broadcast_constant_on_units(other_shape, value: Tensor) -> bool:
+    """An untagged operand that cannot vary where the units vary (size 1 on every axis along which
+    the tagged idx is not constant)."""
+    if other_shape is None:
+        return True
+    rank = value.dim()
+    padded = (1,) * (rank - len(other_shape)) + tuple(other_shape)
+    return all(padded[a] == 1 or _constant_along(value, a) for a in range(rank))
+
+
+def _binary(node, tags, mode, result, epsilons):
+    kind = packet(node)
+    a, b = node.args[0], node.args[1] if len(node.args) > 1 else None
+    ta, tb = tags.get(a) if isinstance(a, fx.Node) else None, tags.get(b) if isinstance(b, fx.Node) else None
+    out_shape = shape(node)
+    if ta is not None and tb is not None:
+        va, vb = (t.value.expand(out_shape) if out_shape else t.value for t in (ta, tb))
+        if mode is Mode.SHIFT:
+            if kind in ("add", "sub"):
+                return _Tag(va + vb if kind == "add" else va - vb)
+            return result.fail(node, "a product of two shifted tensors") and None
+        if kind in ("add", "sub"):
+            if ta.degree != tb.degree:
+                return result.fail(node, "adds tensors of different degree") and None
+            degree = ta.degree
+        elif kind == "mul":
+            if mode is Mode.GL:
+                return result.fail(node, "a product of two transformed tensors") and None
+            degree = ta.degree + tb.degree
+        else:
+            if mode is Mode.GL or mode is Mode.PERM:
+                return result.fail(node, "a quotient of two transformed tensors") and None
+            degree = ta.degree - tb.degree
+        if mode is Mode.SCALAR:
+            return _Tag(va, degree) if degree != 0 else None
+        if mode is Mode.DIAG:
+            both = (va >= 0) & (vb >= 0)
+            if not bool(((va >= 0) == (vb >= 0)).all()):
+                return result.fail(node, "combines transformed and untransformed entries") and None
+            for x, y in set(zip(va[both].tolist(), vb[both].tolist())):
+                if x != y:
+                    result.links.link(x, y, False)
+            return _Tag(va, degree) if degree != 0 else None
+        if not bool((va == vb).all()):
+            return result.fail(node, "combines differently ordered units") and None
+        return _Tag(va, degree)
+    tag, other = (ta, b) if ta is not None else (tb, a)
+    tagged_first = ta is not None
+    value = tag.value
+    if isinstance(other, (int, float)) or other is None:
+        if kind in ("add", "sub", "rsub"):
+            if mode in (Mode.PERM, Mode.SHIFT):
+                return tag
+            if mode in (Mode.DIAG, Mode.SCALAR) and (tag.degree == 0 or node.name in epsilons):
+                return tag
+            return result.fail(node, "adds a constant to a transformed tensor") and None
+        if kind == "div" and not tagged_first:
+            if mode in (Mode.DIAG, Mode.SCALAR):
+                return _Tag(value, -tag.degree)
+            return result.fail(node, "divides by a transformed tensor") and None
+        if mode is Mode.SHIFT:
+            return _Tag(value * float(other) if kind == "mul" else value / float(other))
+        return tag
+    other_shape = shape(other)
+    if kind in ("add", "sub", "rsub"):
+        if mode is Mode.SHIFT:
+            return _Tag(value.expand(out_shape).clone() if out_shape else value)
+        if mode is Mode.PERM and _broadcast_constant_on_units(other_shape, value):
+            return _Tag(value.expand(out_shape) if out_shape else value)
+        if mode in (Mode.DIAG, Mode.SCALAR) and tag.degree == 0:
+            return None
+        return result.fail(node, "adds an untransformed tensor (e.g. a residual) to the transformed units",
+                           partner=other)
+    if kind == "div" and not tagged_first:
+        if mode in (Mode.DIAG, Mode.SCALAR):
+            return _Tag(value.expand(out_shape), -tag.degree)
+        return result.fail(node, "divides by a transformed tensor") and None
+    if mode is Mode.SHIFT:
+        factor = torch.randn(other_shape, dtype=torch.float64, generator=torch.Generator().manual_seed(len(node.name)))
+        return _Tag(value * factor if kind == "mul" else value / factor)
+    if mode in (Mode.DIAG, Mode.SCALAR):
+        return _Tag(value.expand(out_shape) if out_shape else value, tag.degree)
+    if _broadcast_constant_on_units(other_shape, value):
+        return _Tag(value.expand(out_shape) if out_shape else value, tag.degree)
+    return result.fail(node, "multiplies the units by a tensor that varies across them", partner=other)
+
+
+def _masked(node, tags, mode, result):
+    kind = packet(node)
+    data = node.args[1] if kind == "where" else node.args[0]
+    tag = tags.get(data) if isinstance(data, fx.Node) else None
+    mask = node.args[0] if kind == "where" else node.args[1]
+    if tag is None or (isinstance(mask, fx.Node) and mask in tags):
+        return result.fail(node, "a transformed tensor used as a mask or fill") and None
+    if mode is Mode.SHIFT:
+        return _Tag(tag.value.expand(shape(node)).clone())
+    if mode is Mode.PERM and _broadcast_constant_on_units(shape(mask), tag.value):
+        return _Tag(tag.value.expand(shape(node)))
+    return result.fail(node, "masking breaks the action") and None
+
+
+def _softmax(node, tag, mode, result):
+    value = tag.value
+    dim = node.args[1] % value.dim()
+    if mode is Mode.SHIFT:
+        if _constant_along(value, dim):
+            result.absorbed = True
+            return None
+        return result.fail(node, "a shift that varies along the softmax axis") and None
+    if mode is Mode.PERM:
+        whole = bool((value >= 0).all()) if not _constant_along(value, dim) else True
+        return tag if whole else result.fail(node, "a softmax over part of the units") and None
+    return result.fail(node, "a softmax does not commute with the action") and None
+
+
+def _norm(node, tags, mode, result, traced):
+    kind = packet(node)
+    x = node.args[0]
+    tag = tags.get(x)
+    if tag is None or any(a in tags for a in node.all_input_nodes if a is not x):
+        return result.fail(node, "a transformed tensor in a norm's parameters") and None
+    value = tag.value
+    if kind in _BATCH_NORM:
+        training = bool(node.args[5]) if len(node.args) > 5 else True
+        axis, weight_at = 1, (1, 2)
+        if not training:
+            return result.fail(node, "a batch norm in eval mode is affine, not scale-invariant") and None
+    elif kind == "group_norm":
+        axis, weight_at = None, ()
+    else:
+        normalized = node.args[1]
+        if len(normalized) != 1:
+            return result.fail(node, "a norm over several axes") and None
+        axis, weight_at = -1, ((2, 3) if kind == "layer_norm" else (2,))
+    if mode is Mode.SCALAR:
+        if bool((value >= 0).all()):
+            result.absorbed = True
+            return None
+        return result.fail(node, "a norm over partly transformed units") and None
+    if axis is None:
+        return result.fail(node, "a group norm mixes units") and None
+    rank = value.dim()
+    others = [a for a in range(rank) if a != axis % rank]
+    if not all(_constant_along(value, a) for a in others):
+        return result.fail(node, "a norm whose axis does not carry the units") and None
+    if mode is Mode.DIAG and kind in _BATCH_NORM:
+        result.absorbed = True
+        return None
+    if mode is Mode.PERM:
+        index = value
+        for a in others:
+            index = index.narrow(a, 0, 1)
+        index = index.reshape(-1)
+        if bool((index < 0).any()):
+            return result.fail(node, "a norm over part of the units") and None
+        for position in weight_at:
+            found = _param(node.args[position], traced) if len(node.args) > position else None
+            if found:
+                result.norm_slots.append((found[0], 0, index))
+        return tag
+    return result.fail(node, "a norm over the units does not commute with a per-unit action") and None
+
+
+def _contraction(node, tags, mode, result, traced):
+    kind = packet(node)
+    args = node.args
+    if kind == "addmm":
+        x, w, bias = args[1], args[2], args[0]
+    elif kind in _CONV or kind == "linear":
+        x, w, bias = args[0], args[1], (args[2] if len(args) > 2 else None)
+    else:
+        x, w, bias = args[0], args[1], None
+    weight = _param(w, traced) if isinstance(w, fx.Node) else None
+    if weight is not None and x in tags and not any(a in tags for a in (w, bias) if isinstance(a, fx.Node)):
+        return _consume(node, tags[x], weight, kind, mode, result)
+    if kind in ("matmul", "bmm"):
+        return _product(node, tags, mode, result)
+    return result.fail(node, "a transformed tensor enters a linear map's weight") and None
+
+
+def _consume(node, tag, weight, kind, mode, result):
+    """A linear map with a parameter weight reads the transformed units as its input columns."""
+    if mode in (Mode.SCALAR, Mode.SHIFT):
+        return result.fail(node, "reaches a linear map before any norm or softmax") and None
+    value = tag.value
+    if kind in _CONV:
+        groups = (node.args[8] if len(node.args) > 8 else 1) if kind == "convolution" else (node.args[6] if len(node.args) > 6 else 1)
+        if groups != 1:
+            return result.fail(node, "a grouped convolution ties input channels to output channels") and None
+        axis = 1
+    else:
+        axis = value.dim() - 1
+    others = [a for a in range(value.dim()) if a != axis]
+    if not all(_constant_along(value, a) for a in others):
+        return result.fail(node, "a linear map whose input axis does not carry the units") and None
+    if mode is Mode.DIAG and tag.degree != 1:
+        return result.fail(node, f"reaches a linear map at degree {tag.degree}") and None
+    columns = value
+    for a in others:
+        columns = columns.narrow(a, 0, 1)
+    name, order = weight
+    if result.uses.get(name, 1) != 1:
+        return result.fail(node, "reaches a weight that is also read elsewhere (tied)") and None
+    in_dim = order[1] if kind in ("linear",) or kind in _CONV else order[0]
+    result.consumers.append(Consumer(node, name, in_dim, columns.reshape(-1).clone()))
+    return None
+
+
+def _product(node, tags, mode, result):
+    """matmul / bmm of two activations: q @ k^T (a contraction of units) or probabilities @ v."""
+    a, b = node.args[0], node.args[1]
+    ta, tb = tags.get(a), tags.get(b)
+    if ta is not None and tb is not None:
+        if mode not in (Mode.GL, Mode.DIAG):
+            return result.fail(node, "a product of two transformed tensors") and None
+        # units of a along its last axis meet units of b along its second-to-last axis
+        qa = ta.value
+        kb = tb.value.transpose(-1, -2)
+        return _pair(node, qa, kb, mode, result)
+    if tb is not None:
+        value = tb.value
+        if mode is Mode.SHIFT:
+            left = torch.randn(shape(a), dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+            return _Tag(left @ value)
+        if not _constant_along(value, -2):
+            return result.fail(node, "a key without its query (a product contracting the units)", partner=a) and None
+        return _values(node, value, tb.degree, mode, result)
+    value = ta.value
+    if mode is Mode.SHIFT or not _constant_along(value, -1):
+        return result.fail(node, "a query without its key (a product contracting the units)", partner=b) and None
+    return _Tag(value.narrow(-1, 0, 1).expand(shape(node)), ta.degree)
+
+
+def _pair(node, q: Tensor, k: Tensor, mode: Mode, result: Walk):
+    """q (..., Tq, d) and k (..., Tk, d) contracted along d: per head row, q's units against k's."""
+    if not (_constant_along(q, -2) and _constant_along(k, -2)):
+        return result.fail(node, "query/key units vary along the sequence") and None
+    q_rows = q.narrow(-2, 0, 1).reshape(-1, q.shape[-1])
+    k_rows = k.narrow(-2, 0, 1).expand(*q.shape[:-2], 1, k.shape[-1]).reshape(-1, k.shape[-1])
+    if bool((q_rows < 0).any()) or bool((k_rows < 0).any()):
+        return result.fail(node, "a query or key with untransformed dimensions") and None
+    seen = set()
+    for qr, kr in zip(q_rows, k_rows):
+        key = (tuple(qr.tolist()), tuple(kr.tolist()))
+        if key in seen:
+            continue
+        seen.add(key)
+        if mode is Mode.DIAG:
+            for x, y in zip(key[0], key[1]):
+                result.links.link(x, y, True)
+        else:
+            result.pairs.append((node, qr.clone(), kr.clone()))
+    return None
+
+
+def _attention(node, tags, mode, result):
+    q, k, v = node.args[0], node.args[1], node.args[2]
+    mask = node.args[3] if len(node.args) > 3 else node.kwargs.get("attn_mask")
+    if isinstance(mask, fx.Node) and mask in tags:
+        return result.fail(node, "a transformed attention mask") and None
+    tq, tk, tv = tags.get(q), tags.get(k), tags.get(v)
+    out = None
+    if tq is not None or tk is not None:
+        if mode is Mode.SHIFT:
+            if tq is None and tk is not None and _constant_along(tk.value, -2):
+                result.absorbed = True  # q . (k + c) shifts every score of a query equally
+            else:
+                return result.fail(node, "a shift of queries, or of keys that varies along the sequence") and None
+        elif tq is None or tk is None or mode not in (Mode.GL, Mode.DIAG):
+            return result.fail(node, "a query without its key (or a key without its query)",
+                                partner=k if tk is None else q) and None
+        else:
+            groups = tq.value.shape[-3] // tk.value.shape[-3] if tq.value.dim() >= 3 else 1
+            keys = tk.value.repeat_interleave(groups, dim=-3) if groups > 1 else tk.value
+            _pair(node, tq.value, keys, mode, result)
+            if not result.ok:
+                return None
+    if tv is not None:
+        value = tv.value
+        out_shape = shape(node)
+        if mode is Mode.SHIFT:
+            if not _constant_along(value, -2):
+                return result.fail(node, "a value shift that varies along the sequence") and None
+            groups = out_shape[-3] // value.shape[-3] if value.dim() >= 3 else 1
+            value = value.repeat_interleave(groups, dim=-3) if groups > 1 else value
+            return _Tag(value.narrow(-2, 0, 1).expand(out_shape).clone())
+        if not _constant_along(value, -2):
+            return result.fail(node, "value units vary along the sequence") and None
+        groups = out_shape[-3] // value.shape[-3] if value.dim() >= 3 else 1
+        value = value.repeat_interleave(groups, dim=-3) if groups > 1 else value
+        out = _values(node, value, tv.degree, mode, result)
+    return out
+
+
+def _values(node, value: Tensor, degree, mode: Mode, result: Walk) -> _Tag | None:
+    """Attention weights (per head) times values: linear in each value row, so a per-unit scale or a
+    GL element on a head's block passes; a permutation may not move units across heads."""
+    if mode is Mode.PERM and not all(_constant_along(value, a) for a in range(value.dim() - 1)):
+        return result.fail(node, "a permutation across attention heads") and None
+    if mode is Mode.GL:
+        rows = value.narrow(-2, 0, 1).reshape(-1, value.shape[-1])
+        for row in {tuple(r.tolist()) for r in rows}:
+            result.value_blocks.append((node, torch.tensor(row)))
+    return _Tag(value.narrow(-2, 0, 1).expand(shape(node)), degree)

@@ -1,0 +1,262 @@
+r"""A model's whole computation as an ATen graph (torch.export), and its exact float64 evaluation.
+
+``export_model`` accepts inputs as users pass them (a tensor, a tuple of positional inputs, a
+dict of keyword inputs such as ``input_ids`` / ``attention_mask`` / ``pixel_values``) and outputs as
+models return them (a tensor, a tuple, a ``ModelOutput`` with ``.logits`` or
+``.last_hidden_state``). Hugging Face models are traced with ``use_cache=False`` where their forward
+takes it (their ``DynamicCache`` does not export).
+
+``ExactEvaluator`` runs the exported graph with every floating tensor in float64, every dtype cast
+to a lower precision turned into float64, and every normalisation's epsilon set to 0 (the known
+breaker of the scale symmetries: x / sqrt(var + eps) is homogeneous of degree 0 only at eps = 0).
+A true symmetry then leaves the output unchanged to float64 round-off, so the acceptance threshold
+follows from round-off (see ``EXACT_TOLERANCE``), not from a guess like 1e-2.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import operator
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, fx, nn
+
+__all__ = ["EXACT_TOLERANCE", "ExactEvaluator", "TracedModel", "TraceError", "export_model", "model_output"]
+
+# Relative output change (max |change| / max |output|) below which a candidate is exact in float64.
+# Measured on the models of tests/symmetry: true symmetries move the output by 1e-16..3e-13 (GL
+# elements of condition ~3 on 2-layer Llama/BERT/GPT-2 blocks); the false candidates we could
+# construct (depthwise-conv permutation, GELU rescale, query/key GL under rotary embeddings, a gain
+# that enters as (1 + w)) by 1e-5..1. 1e-9 leaves four orders of magnitude on either side.
+EXACT_TOLERANCE = 1e-9
+
+
+class TraceError(ValueError):
+    """The model could not be traced whole; the message names the blocking operation."""
+
+
+def model_output(out) -> Tensor:
+    """The tensor a loss reads from what a model returns: the tensor itself, ``.logits``,
+    ``.last_hidden_state``, or the first tensor of a tuple / list."""
+    if isinstance(out, Tensor):
+        return out
+    for name in ("logits", "last_hidden_state"):
+        value = getattr(out, name, None)
+        if isinstance(value, Tensor):
+            return value
+    if isinstance(out, Mapping):
+        for value in out.values():
+            if isinstance(value, Tensor):
+                return value
+    if isinstance(out, (tuple, list)):
+        for value in out:
+            if isinstance(value, Tensor):
+                return value
+    raise ValueError(f"cannot find the output tensor in a {type(out).__name__}: return a tensor, a tuple "
+                     "whose first tensor is the output, or an object with .logits / .last_hidden_state")
+
+
+def call_arguments(model: nn.Module, example_input) -> tuple[tuple, dict]:
+    """(args, kwargs) for ``model`` from a tensor, a tuple / list (positional) or a dict (keyword)."""
+    if isinstance(example_input, Mapping):
+        args, kwargs = (), dict(example_input)
+    elif isinstance(example_input, (tuple, list)):
+        args, kwargs = tuple(example_input), {}
+    elif isinstance(example_input, Tensor):
+        args, kwargs = (example_input,), {}
+    else:
+        raise ValueError(f"example_input must be a tensor, a tuple of tensors or a dict of tensors, "
+                         f"got {type(example_input).__name__}")
+    try:
+        accepted = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        accepted = {}
+    if "use_cache" in accepted and "use_cache" not in kwargs:
+        kwargs["use_cache"] = False  # a Hugging Face cache object does not export
+    return args, kwargs
+
+
+class _Selected(nn.Module):
+    """The model with its output reduced to one tensor (``model_output``)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args, **kwargs):
+        return model_output(self.model(*args, **kwargs))
+
+
+@dataclass(frozen=True, eq=False)
+class TracedModel:
+    """An exported graph and the model names of its placeholders."""
+
+    graph_module: fx.GraphModule
+    parameters: dict[str, str]  # placeholder node name -> parameter name in the model
+    buffers: dict[str, str]  # placeholder node name -> buffer name
+    constants: dict[str, Tensor]  # placeholder node name -> lifted tensor constant
+    inputs: tuple[str, ...]  # user-input placeholder names, in order
+    args: tuple
+    kwargs: dict
+    training: bool
+
+    @property
+    def graph(self) -> fx.Graph:
+        return self.graph_module.graph
+
+    def flat_inputs(self) -> list:
+        """The user inputs in placeholder order (tensors and the non-tensor flags the graph keeps)."""
+        flat, _ = torch.utils._pytree.tree_flatten((self.args, self.kwargs))
+        return flat
+
+
+def export_model(model: nn.Module, example_input, *, training: bool) -> TracedModel:
+    """``model`` traced whole by torch.export (non-strict) on a copy, in train or eval mode.
+
+    Raises: TraceError naming the operation that stopped the trace.
+    """
+    args, kwargs = call_arguments(model, example_input)
+    shadow = copy.deepcopy(model)
+    shadow.train(training)
+    wrapped = _Selected(shadow)
+    try:
+        exported = torch.export.export(wrapped, args, kwargs, strict=False)
+    except Exception as error:  # torch.export raises many types; the first line names the operation
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise TraceError(f"torch.export could not trace {type(model).__name__}: {type(error).__name__}: {first[:300]}") from None
+    signature = exported.graph_signature
+    strip = lambda name: name[len("model."):] if name.startswith("model.") else name  # noqa: E731
+    # tied weights (an embedding shared with the output head) appear under one of their names:
+    # map every alias to the name named_parameters() reports
+    canonical = {id(p): name for name, p in model.named_parameters()}
+    alias = {name: canonical[id(p)] for name, p in model.named_parameters(remove_duplicate=False)}
+    parameters = {k: alias.get(strip(v), strip(v)) for k, v in signature.inputs_to_parameters.items()}
+    buffers = {k: strip(v) for k, v in signature.inputs_to_buffers.items()}
+    constants = {}
+    for placeholder, name in getattr(signature, "inputs_to_lifted_tensor_constants", {}).items():
+        constants[placeholder] = exported.constants[name]
+    inputs = tuple(spec.arg.name for spec in signature.input_specs
+                   if spec.kind == torch.export.graph_signature.InputKind.USER_INPUT)
+    return TracedModel(exported.graph_module, parameters, buffers, constants, inputs, args, kwargs, training)
+
+
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _as_double(value):
+    if isinstance(value, torch.dtype) and value in _FLOATS:
+        return torch.float64
+    if isinstance(value, Tensor) and value.is_floating_point():
+        return value.double()
+    return value
+
+
+class ExactEvaluator:
+    """The traced model evaluated in float64 with every normalisation epsilon set to 0.
+
+    ``__call__(params)`` returns the output for a mapping of parameter name -> tensor (any float
+    dtype; used in float64). Buffers, constants and the example input are the model's own, in
+    float64. Dropout is off (a mask is not equivariant under a group element; the symmetry holds
+    for every fixed mask only in distribution). ``epsilons``: the epsilons that were zeroed, by node.
+    """
+
+    def __init__(self, traced: TracedModel, model: nn.Module):
+        self.traced = traced
+        self.graph_module = traced.graph_module
+        named_buffers = dict(model.named_buffers())
+        self.buffers = {node: _as_double(named_buffers[name].detach().clone()) for node, name in traced.buffers.items()}
+        self.constants = {node: _as_double(value) for node, value in traced.constants.items()}
+        flat = traced.flat_inputs()
+        self.user_inputs = [_as_double(v) if isinstance(v, Tensor) and v.is_floating_point() else v for v in flat]
+        self.epsilons: dict[str, float] = {}
+        self._zero = _epsilon_nodes(traced.graph)
+
+    def __call__(self, params: Mapping[str, Tensor]) -> Tensor:
+        values = []
+        user = iter(self.user_inputs)
+        for node in self.graph_module.graph.nodes:
+            if node.op != "placeholder":
+                break
+            if node.name in self.traced.parameters:
+                values.append(_as_double(params[self.traced.parameters[node.name]].detach()))
+            elif node.name in self.buffers:
+                values.append(self.buffers[node.name].clone())
+            elif node.name in self.constants:
+                values.append(self.constants[node.name])
+            else:
+                values.append(next(user))
+        with torch.no_grad():
+            out = _Exact(self.graph_module, self._zero, self.epsilons).run(*values)
+        out = out[0] if isinstance(out, (tuple, list)) else out
+        return out
+
+
+def _epsilon_nodes(graph: fx.Graph) -> dict[str, int]:
+    """Nodes whose argument at the given position is a normalisation epsilon.
+
+    layer_norm / group_norm / batch_norm / rms_norm carry it as an argument; a hand-written norm
+    adds a positive Python number to a mean / variance right before sqrt, rsqrt or a reciprocal.
+    """
+    found: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op != "call_function":
+            continue
+        name = _packet(node)
+        position = {"layer_norm": 4, "native_layer_norm": 4, "batch_norm": 7, "group_norm": 5,
+                    "rms_norm": 3, "_native_batch_norm_legit": 7, "_native_batch_norm_legit_no_training": 6,
+                    "native_batch_norm": 7, "instance_norm": 8}.get(name)
+        if position is not None:
+            found[node.name] = position
+        elif name == "add" and len(node.args) == 2 and isinstance(node.args[1], float) and node.args[1] > 0:
+            source = node.args[0]
+            users = list(node.users)
+            if (isinstance(source, fx.Node) and _packet(source) in ("mean", "var", "sum", "var_mean")
+                    and users and all(_packet(u) in ("rsqrt", "sqrt", "reciprocal") for u in users)):
+                found[node.name] = 1
+    return found
+
+
+def _packet(node: fx.Node) -> str:
+    target = node.target
+    packet = getattr(target, "_overloadpacket", None)
+    if packet is not None:
+        return packet.__name__
+    if target is operator.getitem:
+        return "getitem"
+    return getattr(target, "__name__", str(target))
+
+
+class _Exact(fx.Interpreter):
+    """Interpreter: float64 everywhere, epsilons zeroed, metadata asserts skipped."""
+
+    def __init__(self, module, zero: dict[str, int], record: dict[str, float]):
+        super().__init__(module)
+        self.zero, self.record = zero, record
+
+    def run_node(self, node):
+        self._current = node
+        return super().run_node(node)
+
+    def call_function(self, target, args, kwargs):
+        node = self._current
+        name = _packet(node)
+        if name in ("_assert_tensor_metadata", "_assert_scalar", "sym_constrain_range_for_size"):
+            return None
+        args = tuple(_as_double(a) if isinstance(a, torch.dtype) else a for a in args)
+        kwargs = {k: _as_double(v) if isinstance(v, torch.dtype) else v for k, v in kwargs.items()}
+        position = self.zero.get(node.name)
+        if position is not None and position < len(args) and isinstance(args[position], (int, float)):
+            self.record[node.name] = float(args[position])
+            args = args[:position] + (0.0,) + args[position + 1:]
+        elif position is not None and "eps" in kwargs:
+            self.record[node.name] = float(kwargs["eps"])
+            kwargs = {**kwargs, "eps": 0.0}
+        if name == "dropout":
+            return args[0]
+        if name == "scaled_dot_product_attention":
+            kwargs = {**kwargs, "dropout_p": 0.0}
+            args = args[:4] + (0.0,) + args[5:] if len(args) > 4 else args
+        return target(*args, **kwargs)
