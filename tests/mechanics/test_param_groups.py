@@ -324,6 +324,24 @@ def test_resume_a_split_run_from_state_dict():
             assert torch.allclose(a, b, rtol=1e-12, atol=1e-14), (kind, law)
 
 
+def test_a_dropped_tracker_leaves_no_hook_behind():
+    """A monitor that rebuilds its tracker drops the old one without close(): the old tracker is
+    collected (its hook held it weakly) and the optimizer steps on; close() removes the hook."""
+    import gc
+    import weakref
+
+    model, x, y, g, syms = setup()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    ref = weakref.ref(sw.ConservationTracker(model, opt, syms))
+    gc.collect()
+    assert ref() is None
+    tracker = sw.ConservationTracker(model, opt, syms)
+    train(model, opt, tracker, x, y, g, 3)
+    tracker.close()
+    tracker.close()
+    assert train(model, opt, tracker, x, y, g, 3).max_rel_error("scale") < 1e-12  # settings read at update
+
+
 def test_bad_size_floor():
     model, x, y, g, syms = setup()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)

@@ -42,6 +42,7 @@ Precision: every charge, sum and law in float64; tensors the C kernel does not t
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -52,9 +53,15 @@ from torch import Tensor, nn
 from ..symmetry import Kind, SymmetrySet, _native
 from .blocks import BlockLaws, NoLaw, oscillator_propagator
 
-__all__ = ["ConservationReport", "ConservationTracker", "NoLaw"]
+__all__ = ["ConservationReport", "ConservationTracker", "NoLaw", "size_floor_of"]
 
 _KINDS = (Kind.TRANSLATION, Kind.SCALE, Kind.RESCALE)
+
+
+def size_floor_of(kind: Kind | str, size_floor: float) -> float:
+    """The relative errors' floor for ``kind``: ``size_floor`` for translation (sum |theta_A|, parameter
+    units), its square for scale and rescale (|theta_A|^2)."""
+    return size_floor if Kind(kind) is Kind.TRANSLATION else size_floor**2
 
 
 @dataclass(frozen=True)
@@ -72,9 +79,7 @@ class ConservationReport:
 
     def denominator(self, kind: Kind | str) -> Tensor:
         """max(size, floor) per step and group: floor = size_floor (translation), size_floor^2 (scale, rescale)."""
-        kind = Kind(kind).value
-        floor = self.size_floor if kind == Kind.TRANSLATION.value else self.size_floor**2
-        return self.size[kind].clamp(min=floor)
+        return self.size[Kind(kind).value].clamp(min=size_floor_of(kind, self.size_floor))
 
     def rel_errors(self, kind: Kind | str, law: str = "discrete") -> Tensor:
         """|predicted - empirical| / max(size, floor), per recorded step and group (steps, groups):
@@ -234,7 +239,9 @@ class ConservationTracker:
         self._no_law_notes: dict[tuple[str, str], tuple[set, set]] = {}  # (law, reason) -> (groups, labels)
         self.no_law_version = 0
         if self.law.startswith("none"):
-            self._note("discrete", self.law[len("none ("):-1], range(len(optimizer.param_groups)),
+            maximizing = [i for i, group in enumerate(optimizer.param_groups) if group.get("maximize", False)]
+            self._note("discrete", self.law[len("none ("):-1],
+                       maximizing if "maximize" in self.law else range(len(optimizer.param_groups)),
                        [sym.label for syms in self._columns.values() for sym in syms])
         if self.law.startswith("sgd"):
             for block, split in static_split.items():
@@ -243,7 +250,16 @@ class ConservationTracker:
         self._refresh_watch()
         self._hook = None
         if hook and hasattr(optimizer, "register_step_pre_hook"):
-            self._hook = optimizer.register_step_pre_hook(self._before_step_hook)
+            # the hook holds the tracker weakly: a tracker dropped without close() (a monitor that
+            # rebuilds its tracker) is collected, and its hook does nothing from then on (removing it
+            # there would mutate the hooks torch is iterating over)
+            tracker = weakref.ref(self)
+
+            def before_step_hook(optimizer, args, kwargs):
+                alive = tracker()
+                return None if alive is None else alive._before_step_hook(optimizer, args, kwargs)
+
+            self._hook = optimizer.register_step_pre_hook(before_step_hook)
         self._record(params)
 
     # ---------------------------------------------------------------------------------------
@@ -408,6 +424,11 @@ class ConservationTracker:
         ``SymmetrySet.quadratic_sums`` rows (signed |g_A|^2, signed <b_A, g_A> with b the momentum
         buffer before the step; the second None without momentum); ``charges``, the signed and
         unsigned (theta, theta) rows at the parameters after the step (used when this step records).
+
+        With the step pre-hook (``hook=True``), an ``update()`` after a step the optimizer did not take
+        (no ``optimizer.step()`` since the last update: a GradScaler skip) advances no law: it only
+        records. Symmetries followed block by block read the inputs ``before_step`` measured, not
+        ``measured``.
         """
         if self.law.startswith("sgd") and all(p.grad is None for _, p in self._named):
             raise RuntimeError("update() found no gradients: call it after optimizer.step() and before zero_grad()")
@@ -855,6 +876,13 @@ class ConservationTracker:
         every group, translation then scale then rescale; ``kind_slices`` cuts them), for a per-step
         caller to which a dict of tensors per step is a cost."""
         return self._history[-1]
+
+    @property
+    def size_floors(self) -> np.ndarray:
+        """Per column of ``latest_rows()``: the floor of the relative errors' denominator, so that a
+        caller's error is |predicted - empirical| / max(size, floor) (``size_floor_of``)."""
+        return np.concatenate([np.full(count, size_floor_of(kind, self.size_floor))
+                               for kind, count in zip(_KINDS, self._counts)])
 
     @property
     def kind_slices(self) -> dict[str, slice]:
