@@ -324,6 +324,58 @@ def test_resume_a_split_run_from_state_dict():
             assert torch.allclose(a, b, rtol=1e-12, atol=1e-14), (kind, law)
 
 
+def test_a_tracker_made_mid_run_starts_from_the_momentum_buffers():
+    """Truth: the run. A tracker made after 10 steps of SGD with momentum (or after an optimizer state
+    was loaded) finds the buffers: its law starts from <theta_A, b_A> and |b_A|^2 measured then (it
+    assumed b = 0, a first step, before), and holds to round-off."""
+    model, x, y, g, syms = setup()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-2)
+    early = sw.ConservationTracker(model, opt, syms)
+    train(model, opt, early, x, y, g, 10)
+    early.close()
+    late = sw.ConservationTracker(model, opt, syms)
+    assert late.uniform
+    report = train(model, opt, late, x, y, g, 20)
+    for kind in KINDS:
+        assert report.max_rel_error(kind) < 1e-12, kind
+
+
+class Wrapped(torch.optim.Optimizer):
+    """Accelerate's AcceleratedOptimizer in miniature: an Optimizer subclass that skips Optimizer.__init__
+    (so it has register_step_pre_hook but not the hooks' dict) and holds the real one as .optimizer."""
+
+    def __init__(self, optimizer):
+        self.optimizer = optimizer
+
+    @property
+    def param_groups(self):
+        return self.optimizer.param_groups
+
+    @property
+    def state(self):
+        return self.optimizer.state
+
+    def step(self, closure=None):
+        return self.optimizer.step(closure)
+
+    def zero_grad(self, set_to_none=True):
+        self.optimizer.zero_grad(set_to_none)
+
+
+def test_a_wrapped_optimizer_is_unwrapped():
+    """Truth: the run. The tracker reads and hooks the optimizer inside the wrapper: SGD's law, the lr
+    taken at the step (the scheduler steps before update)."""
+    model, x, y, g, syms = setup()
+    inner = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-2)
+    opt = Wrapped(inner)
+    scheduler = torch.optim.lr_scheduler.StepLR(inner, step_size=3, gamma=0.5)
+    tracker = sw.ConservationTracker(model, opt, syms)
+    assert tracker.law == "sgd-momentum" and tracker.optimizer is inner
+    report = train(model, opt, tracker, x, y, g, 12, between=lambda step: scheduler.step())
+    for kind in KINDS:
+        assert report.max_rel_error(kind) < 1e-12, kind
+
+
 def test_a_dropped_tracker_leaves_no_hook_behind():
     """A monitor that rebuilds its tracker drops the old one without close(): the old tracker is
     collected (its hook held it weakly) and the optimizer steps on; close() removes the hook."""

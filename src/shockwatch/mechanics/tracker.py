@@ -58,6 +58,25 @@ __all__ = ["ConservationReport", "ConservationTracker", "NoLaw", "size_floor_of"
 _KINDS = (Kind.TRANSLATION, Kind.SCALE, Kind.RESCALE)
 
 
+def _takes_hooks(optimizer) -> bool:
+    """Whether ``register_step_pre_hook`` works on ``optimizer`` (a wrapper subclassing Optimizer
+    without its __init__, such as Accelerate's, has the method but not the hooks' dict)."""
+    try:
+        optimizer.register_step_pre_hook(lambda *_: None).remove()
+    except (AttributeError, TypeError, RuntimeError):
+        return False
+    return True
+
+
+def _unwrapped(optimizer):
+    """The optimizer that takes the steps: ``optimizer.optimizer`` for wrappers that hold one
+    (Accelerate's AcceleratedOptimizer, Lightning's LightningOptimizer)."""
+    inner = getattr(optimizer, "optimizer", None)
+    while isinstance(inner, torch.optim.Optimizer) and inner is not optimizer:
+        optimizer, inner = inner, getattr(inner, "optimizer", None)
+    return optimizer
+
+
 def size_floor_of(kind: Kind | str, size_floor: float) -> float:
     """The relative errors' floor for ``kind``: ``size_floor`` for translation (sum |theta_A|, parameter
     units), its square for scale and rescale (|theta_A|^2)."""
@@ -163,6 +182,7 @@ class ConservationTracker:
             raise ValueError(f"record_every must be >= 1, got {record_every}")
         if not (isinstance(size_floor, (int, float)) and 0 < size_floor < float("inf")):
             raise ValueError(f"size_floor must be a positive finite number (parameter units), got {size_floor!r}")
+        optimizer = _unwrapped(optimizer)
         self.model, self.optimizer, self.symmetries, self.record_every = model, optimizer, symmetries, record_every
         self.size_floor = float(size_floor)
         self._map_groups()
@@ -243,13 +263,15 @@ class ConservationTracker:
             self._note("discrete", self.law[len("none ("):-1],
                        maximizing if "maximize" in self.law else range(len(optimizer.param_groups)),
                        [sym.label for syms in self._columns.values() for sym in syms])
+        if self.law == "sgd-momentum":
+            self._start_from_buffers(static_split)
         if self.law.startswith("sgd"):
             for block, split in static_split.items():
                 if split.any():
                     self._promote(block, np.flatnonzero(split), carry=False)
         self._refresh_watch()
         self._hook = None
-        if hook and hasattr(optimizer, "register_step_pre_hook"):
+        if hook and _takes_hooks(optimizer):
             # the hook holds the tracker weakly: a tracker dropped without close() (a monitor that
             # rebuilds its tracker) is collected, and its hook does nothing from then on (removing it
             # there would mutate the hooks torch is iterating over)
@@ -263,6 +285,28 @@ class ConservationTracker:
         self._record(params)
 
     # ---------------------------------------------------------------------------------------
+    def _start_from_buffers(self, split: dict[str, np.ndarray]) -> None:
+        """A tracker made mid-run (or after an optimizer state was loaded) finds momentum buffers:
+        the law starts from <theta_A, b_A> and |b_A|^2 measured now, not from b = 0; symmetries reading
+        a parameter that has no buffer yet while others have one go to the block law (``split``)."""
+        state, groups = self.optimizer.state, self.optimizer.param_groups
+
+        def buffer(p: Tensor) -> Tensor | None:
+            return state[p].get("momentum_buffer") if p in state else None
+
+        if all(buffer(p) is None for _, p in self._charged):
+            return
+        lacking = {name for name, p in self._charged if buffer(p) is None and self._group_of_param[name] >= 0
+                   and groups[self._group_of_param[name]].get("momentum", 0)}
+        for block, syms in self._columns.items():
+            split[block] |= np.array([any(slot.param in lacking for slot in sym.slots) for sym in syms], dtype=bool)
+        params, buffers = self._params(), self._read_buffers()
+        rows = _host(self.symmetries.quadratic_sums([(params, buffers), (buffers, buffers)], compile=self._compile))
+        self._theta_buffer["quadratic"], self._buffer_sq["quadratic"] = rows[0].copy(), rows[1].copy()
+        translation = self._read_buffers([(name, self._parameters[name]) for name in self._translation_params])
+        self._theta_buffer["translation"] = _host(self.symmetries.charges(Kind.TRANSLATION, translation)).copy()
+        self._buffers_started = True
+
     def _map_groups(self) -> None:
         """param name -> index of its optimizer param group (-1: not in the optimizer); again after
         ``add_param_group`` (a parameter unfrozen into a new group starts moving)."""
@@ -936,11 +980,10 @@ class ConservationTracker:
             # the symmetries followed block by block, in the order they were added, then their state
             self._blocks = BlockLaws(self.symmetries.device)
             self._split = {block: np.zeros(len(v), dtype=bool) for block, v in self._initial.items()}
-            self._split_order = []
-            for block, column in blocks["order"]:
-                self._blocks.add([(block, column, self._columns[block][column])])
+            self._split_order = [(block, int(column)) for block, column in blocks["order"]]
+            self._blocks.add([(block, column, self._columns[block][column]) for block, column in self._split_order])
+            for block, column in self._split_order:
                 self._split[block][column] = True
-                self._split_order.append((block, column))
             self._blocks.load_state_dict(blocks["state"])
             self._refresh_watch()
             self._sync_blocks()
