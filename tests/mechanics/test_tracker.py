@@ -244,7 +244,8 @@ def test_a_tracker_without_history_keeps_only_the_last_record():
 @pytest.mark.parametrize("nesterov,dampening", [(False, 0.0), (True, 0.0), (False, 0.3)])
 def test_momentum_law_in_c_is_the_numpy_law(nesterov, dampening):
     """The C kernel's momentum recursions (``sw_momentum_law``) against the NumPy ones they replace,
-    both fed the same run (a learning-rate change half way): equal to float64 round-off."""
+    both fed the same run (a learning-rate change half way): equal to float64 round-off. Nesterov runs
+    take the NumPy law on both (``native_law`` False: the kernel has no input for its continuous drive)."""
     from shockwatch.symmetry import _native
     from shockwatch.mechanics import ConservationTracker
 
@@ -258,6 +259,7 @@ def test_momentum_law_in_c_is_the_numpy_law(nesterov, dampening):
                           dampening=dampening)
     in_c = ConservationTracker(model, opt, symmetries)
     in_numpy = ConservationTracker(model, opt, symmetries, native=False)
+    assert in_c.native_law is not nesterov
     for step in range(40):
         opt.zero_grad()
         F.cross_entropy(model(x), y).backward()

@@ -28,7 +28,8 @@ Continuous law (per block, gradient flow of the modified loss on the block's own
     SGD:       dQ_B/dt = -k lambda_B Q_B - 2 X_B + eta_B G_B (k = 2; translation k = 1, dQ/dt = -k lambda Q - X),
                stepped exactly over dt = eta_B: Q_B <- e^{-k lambda eta}(Q_B + eta^2 G_B - 2 eta X_B);
     momentum:  m Q_B'' + (1 - mu) Q_B' + k lambda Q_B = 2 m |theta_B'|^2 - 2 X_B (translation: -X_B),
-               the oscillator of ``oscillator_propagator`` on the block's clock.
+               the oscillator of ``oscillator_propagator`` on the block's clock (Nesterov: its force
+               terms there, with the block's X_{k-1} and eta_{k-1} <u_{k-1}, g_{k-1}>).
 With one setting for every block the exchange terms cancel (sum_B X_B = 0) and this is the
 single-group law. With different settings **no closed continuous law in Q exists**: the blocks
 exchange charge at the rate sum_B (eta_B / eta) X_B, which depends on the gradients' direction and not
