@@ -73,6 +73,39 @@ def test_decay_no_decay_split_follows_the_exact_discrete_law(name):
     assert report.no_law == tracker.no_law
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_groups_with_and_without_momentum(native):
+    """Truth: the run. Weights with momentum 0.9, biases and norm parameters without momentum (their
+    dampening 0.5 ignored by torch, as it must be here) and another lr: groups wholly in either follow
+    the one-group law (C or NumPy), the straddling ones the block law; all to round-off."""
+    model, x, y, g, syms = setup()
+    named = list(model.named_parameters())
+    opt = torch.optim.SGD([{"params": [p for _, p in named if p.ndim >= 2], "momentum": 0.9, "weight_decay": 1e-2},
+                           {"params": [p for _, p in named if p.ndim < 2], "momentum": 0.0, "dampening": 0.5,
+                            "lr": 0.02}], lr=0.05)
+    tracker = sw.ConservationTracker(model, opt, syms, native=native)
+    report = train(model, opt, tracker, x, y, g, 40)
+    for kind in KINDS:
+        assert report.max_rel_error(kind) < 1e-12, kind
+        assert report.max_rel_error(kind, "continuous") < 2e-2, kind
+
+
+def test_dampening_one_has_no_continuous_law():
+    """Dampening 1: after the first step the buffer only decays (b' = mu b), so theta moves while the
+    modified equation's time h = lr (1 - dampening) stands still: no continuous law (NaN, and a no_law
+    entry naming the group); the discrete law still holds to round-off (truth: the run)."""
+    model, x, y, g, syms = setup()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, dampening=1.0, weight_decay=1e-2)
+    tracker = sw.ConservationTracker(model, opt, syms)
+    report = train(model, opt, tracker, x, y, g, 10)
+    for kind in KINDS:
+        assert report.max_rel_error(kind) < 1e-12, kind
+        assert bool(report.continuous[kind][1:].isnan().all()), kind
+        assert report.max_rel_error(kind, "continuous") == 0.0  # only the start, where it is the charge
+    (entry,) = [e for e in tracker.no_law if e.law == "continuous"]
+    assert entry.groups == (0,) and "dampening = 1" in entry.reason
+
+
 def test_one_group_symmetries_are_untouched_by_the_split():
     """Truth: a tracker on a single-group optimizer with the same settings in both groups gives the
     same predictions (the constraint sum_B <theta_B, g_B> = 0 makes the exchange vanish): equal to
