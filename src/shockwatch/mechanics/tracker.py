@@ -367,6 +367,7 @@ class ConservationTracker:
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
+        self._captured = None  # no step is seen from now on: every update() advances the laws
 
     def _needs_upcast(self, t: Tensor) -> bool:
         # the C kernel sums float32 and float64 CPU tensors in float64; anything else the eager
@@ -474,14 +475,14 @@ class ConservationTracker:
         buffer before the step; the second None without momentum); ``charges``, the signed and
         unsigned (theta, theta) rows at the parameters after the step (used when this step records).
 
-        With the step pre-hook (``hook=True``), an ``update()`` after a step the optimizer did not take
-        (no ``optimizer.step()`` since the last update: a GradScaler skip) advances no law: it only
-        records. Symmetries followed block by block read the inputs ``before_step`` measured, not
+        With the step pre-hook (``hook=True``, or ``before_step`` called by the caller), an ``update()``
+        after a step the optimizer did not take (no ``before_step`` since the last update: a GradScaler
+        skip) advances no law: it only records. Symmetries followed block by block read the inputs ``before_step`` measured, not
         ``measured``.
         """
         if self.law.startswith("sgd") and all(p.grad is None for _, p in self._named):
             raise RuntimeError("update() found no gradients: call it after optimizer.step() and before zero_grad()")
-        if self._hook is not None and not self._stepped:
+        if (self._hook is not None or self._captured is not None) and not self._stepped:
             # the optimizer did not step since the last update (a GradScaler skip): nothing moved
             self._step += 1
             if self._step % self.record_every == 0:
