@@ -355,8 +355,17 @@ class Monitor:
                     else "find_symmetries found none in this model"
                 self._event(self._step, "no-symmetries", f"raw observables only: {why}")
         else:
+            # the store keeps what is logged; the tracker's before_step runs from the monitor's own
+            # pre-step hook (one hook, in a known order, and none registered while torch runs its hooks)
             self.tracker = ConservationTracker(model, optimizer, symmetries, record_every=self.schedule.charges,
-                                               keep_history=False)  # the store keeps what is logged
+                                               keep_history=False, hook=False)
+            state = optimizer.state
+            if self.tracker.law == "sgd-momentum" and any(
+                    state.get(p, {}).get("momentum_buffer") is not None for p in self._params):
+                # a resumed or re-attached optimizer: the tracker's momentum law starts from no buffer
+                self._event(self._step + 1, "momentum-state",
+                            "the optimizer already holds momentum buffers (a loaded state, or steps taken before the "
+                            "monitor): the momentum law starts as if they were zero, so its errors are not round-off")
             # the tracker records at construction: charges and sizes at the start, for the drift
             self._recorded, first = self.tracker.latest_rows()
             slices = self.tracker.kind_slices
@@ -572,6 +581,8 @@ class Monitor:
             # model.to(device) mid-run: the symmetries' index plans follow the parameters
             self._all_symmetries = self._all_symmetries.to(self._params[0].device)
             self._rebind(f"step {step}: the parameters moved to {self._params[0].device}")
+        if self.tracker is not None:  # the settings this step uses, and the inputs of block-by-block laws
+            self.tracker.before_step()
         self._engine_or_pass()
         grad_norm = self._pre["grad_norm"]
         if not math.isfinite(grad_norm):
