@@ -142,6 +142,7 @@ class BlockLaws:
         self.continuous_applies = {b: np.ones(0, dtype=bool) for b in self.parts}
         self.x_prev = {b: np.zeros(0) for b in self.parts}  # Nesterov: X_B at the block's last step
         self.carry = {b: np.zeros(0) for b in self.parts}  # Nesterov: eta <u_B, g_B> at the block's last step
+        self._propagators: dict = {}  # (block, settings key) -> oscillator_propagator per param group
         self._index()
 
     def add(self, entries: list[tuple[str, int, Symmetry]]) -> dict[str, np.ndarray]:
@@ -224,12 +225,15 @@ class BlockLaws:
             osc[first, 1] = target_velocity[self.column[block][first]]
         self.continuous_applies[block][mask] = True
 
-    def advance(self, block: str, settings: tuple[np.ndarray, ...], inputs: dict, momentum_law: bool) -> None:
-        """One optimizer step of every part (module docstring): ``settings`` per part (eta, lambda, mu,
-        tau, nesterov); ``inputs``: x (X_B), g (G_B), c (C_B), moves, known, has_buffer per part."""
+    def advance(self, block: str, settings: tuple[np.ndarray, ...], key, inputs: dict, momentum_law: bool) -> None:
+        """One optimizer step of every part (module docstring): ``settings`` per optimizer param group
+        (eta, lambda, mu, tau, nesterov), ``key`` a hashable that changes when they do (the oscillator's
+        propagators are exponentiated once per group and key); ``inputs``: group (each part's param
+        group, -1: none), x (X_B), g (G_B), c (C_B), moves, known, has_buffer per part."""
         if not self.parts[block]:
             return
-        eta, lam, mu, tau, nest = settings
+        group = np.maximum(inputs["group"], 0)
+        eta, lam, mu, tau, nest = (np.asarray(values, dtype=np.float64)[group] for values in settings)
         x = inputs["x"].copy()
         moves, has_buffer = inputs["moves"], inputs["has_buffer"]
         # the symmetry: sum_B X_B = 0 over a column whose every gradient is known, applied to the
@@ -289,7 +293,12 @@ class BlockLaws:
             flow_new = decay * (self.flow[block] + extra + eta * drive_per_mass_num)
             self.flow[block] = np.where(moves, flow_new, self.flow[block])
         else:
-            matrix, drive, applies = oscillator_propagator(eta, lam, mu, tau, nest, spring)
+            propagator = self._propagators.get((block, key))
+            if propagator is None:
+                if len(self._propagators) > 64:  # a schedule changing lr every step: keep the cache small
+                    self._propagators.clear()
+                propagator = self._propagators[(block, key)] = oscillator_propagator(*settings, spring)
+            matrix, drive, applies = (a[group] for a in propagator)
             mass = mass_of(eta, mu, tau, nest)
             live = moves & (mass > 0)
             per_mass = np.zeros_like(q)

@@ -262,6 +262,7 @@ class ConservationTracker:
         self._split_continuous: dict[str, np.ndarray] = {}
         self._block_inputs: dict | None = None  # the blocks' inputs measured by before_step, for update
         self._no_law_notes: dict[tuple[str, str], tuple[set, set]] = {}  # (law, reason) -> (groups, labels)
+        self._noted: dict[str, tuple] = {}  # block -> the settings and flags _note_blocks last read
         self.no_law_version = 0
         if self.law.startswith("none"):
             maximizing = [i for i, group in enumerate(optimizer.param_groups) if group.get("maximize", False)]
@@ -635,6 +636,10 @@ class ConservationTracker:
     def _note_blocks(self, block: str, entry: dict, settings: np.ndarray) -> None:
         """``no_law`` entries for the columns followed block by block: frozen blocks (no constraint)
         and blocks under different settings (no closed continuous law)."""
+        key = (settings.tobytes(), entry["moves"].tobytes(), entry["known"].tobytes(), len(entry["moves"]))
+        if self._noted.get(block) == key:  # nothing new to say while the settings and flags stay
+            return
+        self._noted[block] = key
         column, labels = self._blocks.column[block], self._blocks.labels[block]
         unknown = ~entry["known"]
         if unknown.any():
@@ -671,11 +676,10 @@ class ConservationTracker:
                                "call tracker.before_step() right before optimizer.step() (this optimizer has no "
                                "step pre-hook, or hook=False)")
         settings = self._settings()
+        per_group = tuple(settings[name].numpy() for name in self._SETTINGS)
         momentum = self.law == "sgd-momentum"
         for block, entry in inputs.items():
-            group = torch.from_numpy(np.maximum(entry["group"], 0))
-            per_part = tuple(settings[name][group].numpy() for name in self._SETTINGS)
-            self._blocks.advance(block, per_part, entry, momentum)
+            self._blocks.advance(block, per_group, self._settings_key, entry, momentum)
         self._sync_blocks()
 
     def _sync_blocks(self) -> None:
