@@ -498,3 +498,35 @@ def test_a_monitor_started_on_an_optimizer_with_momentum_buffers_says_so(tmp_pat
         assert "momentum-state" not in [kind for _, kind, _ in monitor.store.events()]
     with sw.Monitor(model, opt, tmp_path / "late", example_input=x, tensorboard=False) as monitor:
         assert [(s, k) for s, k, _ in monitor.store.events() if k == "momentum-state"] == [(0, "momentum-state")]
+
+
+def test_an_error_of_the_monitor_inside_a_step_is_an_event_and_the_laws_start_again(tmp_path, monkeypatch):
+    """Truth: the norms from the tensors and the exact discrete law (float64, exact norms). An error
+    raised inside the monitor's own pass (simulated in the kernel the Python path calls, at the third
+    step) does not reach optimizer.step(): a "monitor-error" event at that step, the raw values logged,
+    and from the next step the laws, rebuilt from the charges then, hold to round-off again."""
+    from shockwatch.symmetry import SymmetrySet as Set
+
+    armed, real = [False], Set.fused_sums
+
+    def failing(self, *args, **kwargs):
+        if armed[0]:  # the first call once armed: the pre-step pass inside optimizer.step()
+            armed[0] = False
+            raise RuntimeError("a kernel bug")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Set, "fused_sums", failing)
+    model, (x, y) = net(), data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
+    with sw.Monitor(model, opt, tmp_path / "run", example_input=x, tensorboard=False, engine=False,
+                    schedule=sw.Schedule(quotient=None)) as monitor:
+        for step in range(6):
+            armed[0] = step == 2
+            loss, truth = truth_step(model, opt, x, y)
+            logged = monitor.step(loss)
+            assert math.isclose(logged["grad_norm"], truth[0], rel_tol=1e-10)
+            if step == 2:
+                assert set(logged) == {"loss", "grad_norm"}
+        assert max(v for k, v in logged.items() if k.startswith("charge_law_error/")) < 1e-10, logged
+        events = [(s, k) for s, k, _ in monitor.store.events()]
+        assert (3, "monitor-error") in events and (4, "rebound") in events

@@ -244,6 +244,7 @@ class Monitor:
         self._pre: dict[str, float] | None = None
         self._settings_at_step: list[dict] | None = None  # the param groups' settings the last step used
         self._nonfinite_at = -1  # the step whose non-finite gradient the pre-step hook recorded
+        self._failed = False  # whether a pass of this step raised (the laws then start again)
         self._horizontal = None  # P_H at theta_t on steps the quotient norms are due
         self._measured = None  # the tracker's per-step inputs, from the pre-step pass
         self.store, self.sinks, self.tracker, self.symmetries, self._hook = None, [], None, None, None
@@ -390,6 +391,22 @@ class Monitor:
         # or no law, ...): the same values as the Python path below, which takes every other step
         self._engine, self._engine_why = Engine.build(self) if self._engine_wanted else (None, "engine=False")
 
+    def _optional(self, name: str, compute) -> dict[str, float]:
+        """A scheduled routine that runs the model, with its state preserved; an event, never an
+        error, where it fails."""
+        try:
+            with preserved(self.model):
+                return compute()
+        except Exception as error:  # inside a training step: the run goes on without these values
+            self._event(self._step, f"{name}-failed", f"{type(error).__name__}: {error}"[:500])
+            return {}
+
+    def _fail(self, step: int, error: Exception) -> None:
+        """An error of the monitor's own inside a training step: a "monitor-error" event, the step's
+        symmetry observables dropped, the laws rebuilt at the next step (``_observe_before``)."""
+        self._failed, self._engine_step, self._measured, self._have_before = True, False, None, False
+        self._event(step, "monitor-error", f"{type(error).__name__}: {error}"[:500])
+
     def _release_tracker(self) -> None:
         """Let the tracker go: its own optimizer hook, where it has one, removed with it."""
         close = getattr(self.tracker, "close", None)
@@ -472,15 +489,17 @@ class Monitor:
             return values
         values = {"loss": value, **pre}
         with _settings_restored(self.optimizer, settings):  # the laws read the settings the step used
-            values.update(self._observe_after())
+            if not self._failed:  # after a failed pre-step pass: the raw values only, and no law advances
+                try:
+                    values.update(self._observe_after())
+                except Exception as error:  # the run goes on; the laws start again at the next step
+                    self._fail(self._step, error)
             if self._path_norm and self.schedule.due("quotient", self._step):
-                with preserved(self.model):
-                    values["path_norm"] = path_norm(self.model, self._input_shape)
+                values.update(self._optional("path_norm", lambda: {"path_norm": path_norm(self.model, self._input_shape)}))
             if self.schedule.due("curvature", self._step) and batch is not None and self.symmetries is not None:
                 values.update(self._curvature(batch))
         if self.schedule.due("attention", self._step) and batch is not None:
-            with preserved(self.model):
-                values.update(attention_observables(self.model, batch[0]))
+            values.update(self._optional("attention", lambda: attention_observables(self.model, batch[0])))
         # one conversion for every value still held as a tensor (a single device sync on a GPU)
         held = [name for name, v in values.items() if isinstance(v, Tensor)]
         if held:
@@ -583,7 +602,15 @@ class Monitor:
             self._rebind(f"step {step}: the parameters moved to {self._params[0].device}")
         if self.tracker is not None:  # the settings this step uses, and the inputs of block-by-block laws
             self.tracker.before_step()
-        self._engine_or_pass()
+        try:
+            if self._failed:  # the last step's pass failed: its law missed a step, so start the laws again
+                self._failed = False
+                self._rebind(f"step {step}: after the monitor's error")
+            self._engine_or_pass()
+        except Exception as error:  # inside optimizer.step(): our error must not end the user's run
+            self._fail(step, error)
+            grads = [p.grad for p in self._params if p.grad is not None]
+            self._pre = {"grad_norm": _total_norm(grads) if grads else 0.0}
         grad_norm = self._pre["grad_norm"]
         if not math.isfinite(grad_norm):
             self._nonfinite_at = step
