@@ -530,3 +530,27 @@ def test_an_error_of_the_monitor_inside_a_step_is_an_event_and_the_laws_start_ag
         assert max(v for k, v in logged.items() if k.startswith("charge_law_error/")) < 1e-10, logged
         events = [(s, k) for s, k, _ in monitor.store.events()]
         assert (3, "monitor-error") in events and (4, "rebound") in events
+
+
+def test_a_second_optimizer_on_other_parameters_is_not_taken_for_a_new_one(tmp_path):
+    """Truth: which optimizer stepped. The head has its own optimizer, which steps every time; when
+    the monitored optimizer skips a step (non-finite gradients in its parameters, as a GradScaler
+    would), the head having moved is no sign of an unattached optimizer: a "skipped-step" event, no error."""
+    model, (x, y) = net(), data()
+    head = list(model[-1].parameters())
+    body = [p for p in model.parameters() if all(p is not h for h in head)]
+    opt, other = torch.optim.SGD(body, lr=0.05), torch.optim.SGD(head, lr=0.05)
+    with sw.Monitor(model, opt, tmp_path / "run", example_input=x, tensorboard=False) as monitor:
+        for step in range(4):
+            opt.zero_grad()
+            other.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            if step == 2:
+                _poison_gradient(model)
+            else:
+                opt.step()
+            other.step()
+            monitor.step(loss)
+        assert [(s, k) for s, k, _ in monitor.store.events() if k in ("skipped-step", "optimizer-not-observed")] \
+            == [(3, "skipped-step")]

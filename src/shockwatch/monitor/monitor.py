@@ -319,14 +319,19 @@ class Monitor:
         self._params = [p for _, p in self._named]
         self._named_params = dict(self._named)
         self._group_count = len(self.optimizer.param_groups)
-        self._frozen_held = [p for group in self.optimizer.param_groups for p in group["params"] if not p.requires_grad]
+        held = [p for group in self.optimizer.param_groups for p in group["params"]]
+        self._frozen_held = [p for p in held if not p.requires_grad]
+        # the parameters this optimizer steps: one of them changed with no step of it means another
+        # optimizer (a new one, not attached) updates them (another optimizer's own parameters may move)
+        held_ids = {id(p) for p in held}
+        self._stepped_params = [p for p in self._params if id(p) in held_ids]
         self._before: list[Tensor] | None = None  # theta_t, copied in the pre-step pass
         self._upcast = False  # whether the passes sum from float64 copies (set with the copies)
         self._before_named: dict[str, Tensor] = {}
         self._have_before = False  # whether _before holds this step's theta_t
         self._quadratic: list[int] = []  # the numbers of scale and rescale groups; [] without any
         self._rest = list(range(len(self._params)))
-        self._versions = list(map(_version, self._params))
+        self._versions = list(map(_version, self._stepped_params))
 
     def _bind(self, *, start: bool = False) -> None:
         """What depends on the optimizer and on which parameters train: the symmetries acting on
@@ -485,7 +490,7 @@ class Monitor:
             # the laws skip the step: what it did to the parameters is not a law's to predict
             values = {"loss": value, "grad_norm": pre["grad_norm"]}
             self._write(values)
-            self._versions = list(map(_version, self._params))
+            self._versions = list(map(_version, self._stepped_params))
             return values
         values = {"loss": value, **pre}
         with _settings_restored(self.optimizer, settings):  # the laws read the settings the step used
@@ -505,7 +510,7 @@ class Monitor:
         if held:
             values.update(zip(held, torch.stack([values[name].double() for name in held]).tolist()))
         self._write(values)
-        self._versions = list(map(_version, self._params))
+        self._versions = list(map(_version, self._stepped_params))
         return values
 
     def _not_stepped(self, value: float) -> dict[str, float]:
@@ -513,7 +518,7 @@ class Monitor:
         grads = [p.grad for _, p in self._named if p.grad is not None]
         grad_norm = _total_norm(grads) if grads else 0.0
         values = {"loss": value, "grad_norm": grad_norm}
-        if list(map(_version, self._params)) != self._versions:  # something else moved the parameters
+        if list(map(_version, self._stepped_params)) != self._versions:  # something else moved the parameters
             message = (f"step {self._step}: the parameters changed but {type(self.optimizer).__name__}, the optimizer "
                        "this monitor observes, did not step: for a new optimizer call mon.attach(optimizer)")
             self._event(self._step, "optimizer-not-observed", message)
