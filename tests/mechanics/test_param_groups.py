@@ -73,21 +73,23 @@ def test_decay_no_decay_split_follows_the_exact_discrete_law(name):
     assert report.no_law == tracker.no_law
 
 
-@pytest.mark.parametrize("native", [True, False])
-def test_groups_with_and_without_momentum(native):
-    """Truth: the run. Weights with momentum 0.9, biases and norm parameters without momentum (their
-    dampening 0.5 ignored by torch, as it must be here) and another lr: groups wholly in either follow
-    the one-group law (C or NumPy), the straddling ones the block law; all to round-off."""
+@pytest.mark.parametrize("native,nesterov", [(True, False), (False, False), (True, True)])
+def test_groups_with_and_without_momentum(native, nesterov):
+    """Truth: the run. Weights with momentum 0.9 (heavy ball or Nesterov), biases and norm parameters
+    without momentum (their dampening 0.5 ignored by torch, as it must be here) and another lr: groups
+    wholly in either follow the one-group law (C or NumPy), the straddling ones the block law; all to
+    round-off."""
     model, x, y, g, syms = setup()
     named = list(model.named_parameters())
-    opt = torch.optim.SGD([{"params": [p for _, p in named if p.ndim >= 2], "momentum": 0.9, "weight_decay": 1e-2},
+    opt = torch.optim.SGD([{"params": [p for _, p in named if p.ndim >= 2], "momentum": 0.9, "weight_decay": 1e-2,
+                            "nesterov": nesterov},
                            {"params": [p for _, p in named if p.ndim < 2], "momentum": 0.0, "dampening": 0.5,
                             "lr": 0.02}], lr=0.05)
     tracker = sw.ConservationTracker(model, opt, syms, native=native)
     report = train(model, opt, tracker, x, y, g, 40)
     for kind in KINDS:
         assert report.max_rel_error(kind) < 1e-12, kind
-        assert report.max_rel_error(kind, "continuous") < 2e-2, kind
+        assert report.max_rel_error(kind, "continuous") < 3e-2, kind  # first order in eta: 2.6e-2 at 0.05
 
 
 def test_dampening_one_has_no_continuous_law():
