@@ -134,18 +134,30 @@ def report(run_dir: Path = typer.Argument(..., help="A Monitor's log_dir (holds 
 @app.command()
 def symmetries(
     model: str = typer.Argument(..., help="A built-in model (mlp, mlp-gelu, mlp-batchnorm, mlp-layernorm, vgg11, resnet, "
-                                          "vgg11-bn, vgg16-bn, gpt) or module:factory returning an nn.Module."),
+                                          "vgg11-bn, vgg16-bn, gpt), hf:ARCH (a Hugging Face architecture built from "
+                                          "its config: gpt2, llama, qwen2, mistral, bert, vit, t5) or module:factory "
+                                          "returning an nn.Module (imported from the working directory)."),
     input_shape: str = typer.Option("", help="Shape of one example without the batch axis, e.g. 3,32,32 "
                                              "(needed for module:factory)."),
     batch: int = typer.Option(8, help="Random examples used to trace and verify."),
+    layers: int = typer.Option(2, help="hf: number of layers (small size)."),
+    hidden: int = typer.Option(64, help="hf: hidden width (small size)."),
+    heads: int = typer.Option(4, help="hf: attention heads (small size)."),
+    kv_heads: int = typer.Option(0, help="hf: key-value heads for llama/qwen2/mistral (0: as many as heads)."),
+    tokens: int = typer.Option(16, help="hf: tokens per example."),
+    size: str = typer.Option("small", help="hf: 'small' (the options above) or 'published' (the family's "
+                                           "smallest published size, e.g. GPT-2 124M)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON instead of tables."),
 ) -> None:
     """Find and verify the symmetries of a model: counts per kind and layer, errors, unanalysed modules.
 
     Example: shockwatch symmetries vgg11-bn
+    Example: shockwatch symmetries hf:llama --layers 2 --hidden 64
     Example: shockwatch symmetries mypackage.nets:make_net --input-shape 3,32,32
     """
     import importlib
+    import sys
+    import time
 
     import torch
     import torch.nn.functional as F
@@ -153,9 +165,18 @@ def symmetries(
 
     from . import models as zoo
     from .symmetry import Kind, find_symmetries, verify_symmetries
+    from .symmetry.trace import call_arguments, model_output
 
+    timings = {}
     try:
-        if ":" in model:
+        if model.startswith("hf:"):
+            built = zoo.huggingface.build(model[3:], size=size, layers=layers, hidden=hidden, heads=heads,
+                                          kv_heads=kv_heads or None, tokens=tokens, batch=min(batch, 2))
+            network, inputs = built.model, built.example_input
+            generator = torch.Generator().manual_seed(0)
+        elif ":" in model:
+            if "" not in sys.path and "." not in sys.path:
+                sys.path.insert(0, "")  # module:factory imports from the working directory
             module_name, factory_name = model.split(":", 1)
             network = getattr(importlib.import_module(module_name), factory_name)()
             vocabulary = None
@@ -164,19 +185,27 @@ def symmetries(
         else:
             network, shape, vocabulary = zoo.build(model)
             input_shape = input_shape or ",".join(map(str, shape))
-        shape = tuple(int(part) for part in input_shape.split(","))
-        generator = torch.Generator().manual_seed(0)
-        inputs = (torch.randint(0, vocabulary, (batch, *shape), generator=generator) if vocabulary
-                  else torch.randn((batch, *shape), generator=generator))
+        if not model.startswith("hf:"):
+            shape = tuple(int(part) for part in input_shape.split(","))
+            generator = torch.Generator().manual_seed(0)
+            inputs = (torch.randint(0, vocabulary, (batch, *shape), generator=generator) if vocabulary
+                      else torch.randn((batch, *shape), generator=generator))
+        start = time.perf_counter()
         found = find_symmetries(network, inputs)
+        timings["find_symmetries_s"] = time.perf_counter() - start
+        args, kwargs = call_arguments(network, inputs)
         with torch.no_grad():
-            output_shape = network.eval()(inputs).shape
+            output_shape = model_output(network.eval()(*args, **kwargs)).shape
         targets = torch.randint(0, output_shape[-1], tuple(output_shape[:-1]), generator=generator)
 
         def loss(outputs, labels):  # classifiers (batch, classes) and language models (batch, length, vocab)
+            outputs = model_output(outputs)
             return F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), labels.reshape(-1))
 
-        report = verify_symmetries(network, loss, (inputs, targets), found)
+        start = time.perf_counter()
+        report = verify_symmetries(network, loss, (inputs, targets), found, train_mode=False, hessian_samples=4,
+                                   element_samples=16)
+        timings["verify_symmetries_s"] = time.perf_counter() - start
     except (ValueError, ImportError, AttributeError) as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(code=2) from None
@@ -184,8 +213,14 @@ def symmetries(
     for sym in found:
         layer = sym.label.split("/")[1]
         per_layer.setdefault(layer, dict.fromkeys((k.value for k in Kind), 0))[sym.kind.value] += 1
+    parameters = dict(network.named_parameters())
+    covered = {slot.param for sym in found for slot in sym.slots}
+    total = sum(p.numel() for p in parameters.values())
     summary = {
         "model": model, "counts": found.counts(), "per_layer": per_layer, "unanalysed": list(found.unanalysed),
+        "reasons": dict(found.reasons), "rejected": list(found.rejected), **timings,
+        "parameters_covered": sum(p.numel() for n, p in parameters.items() if n in covered) / max(total, 1),
+        "refuted": report.refuted(),
         "verification": {k.value: {"max_loss_change": report.max_loss_change(k),
                                    "max_gradient_alignment": report.max_gradient_alignment(k),
                                    "max_hessian_residual": report.max_hessian_residual(k)} for k in Kind},
@@ -210,6 +245,9 @@ def symmetries(
     out.print(table)
     out.print(errors)
     out.print(f"unanalysed modules: {', '.join(found.unanalysed) or 'none'}")
+    out.print(f"parameters in a symmetry: {summary['parameters_covered']:.1%}; find_symmetries "
+              f"{timings['find_symmetries_s']:.2f} s, verify_symmetries {timings['verify_symmetries_s']:.2f} s; "
+              f"exact float64 check (eps 0): {len(report.refuted())} refuted")
 
 
 def main() -> None:  # pragma: no cover - console entry point

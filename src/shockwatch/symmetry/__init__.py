@@ -4,7 +4,7 @@ Only this layer turns ``named_parameters()`` into parameter groups; every later 
 from a ``SymmetrySet``.
 """
 
-from .detect import find_symmetries
+from .detect import exact_defects, find_symmetries
 from .group import (
     Kind,
     Slot,
@@ -19,7 +19,8 @@ from .group import (
     permute,
     unit_matrix,
 )
+from .trace import EXACT_TOLERANCE
 from .verify import Verification, VerificationRow, verify_symmetries
 
-__all__ = ["Kind", "Slot", "Symmetry", "SymmetrySet", "Verification", "VerificationRow", "act", "act_gl", "gl_charges", "gl_generator_combination", "gl_generator_inner",
-           "find_symmetries", "generator", "permute", "unit_matrix", "verify_symmetries"]
+__all__ = ["EXACT_TOLERANCE", "Kind", "Slot", "Symmetry", "SymmetrySet", "Verification", "VerificationRow", "act", "act_gl", "gl_charges", "gl_generator_combination", "gl_generator_inner",
+           "exact_defects", "find_symmetries", "generator", "permute", "unit_matrix", "verify_symmetries"]

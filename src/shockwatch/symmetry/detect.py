@@ -43,11 +43,11 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, fx, nn
 
-from .flow import Mode, Producer, Walk, find_producers, norm_affine_sources, parameter_uses, shape, unit_index, walk
+from .flow import Consumer, Mode, Producer, Walk, find_producers, norm_affine_sources, parameter_uses, shape, unit_index, walk
 from .group import Kind, Slot, Symmetry, SymmetrySet, act, act_gl, permute, random_gl_element
-from .trace import EXACT_TOLERANCE, ExactEvaluator, TracedModel, TraceError, _epsilon_nodes, call_arguments, export_model
+from .trace import EXACT_TOLERANCE, ExactEvaluator, TracedModel, TraceError, epsilon_nodes, call_arguments, export_model
 
-__all__ = ["find_symmetries"]
+__all__ = ["exact_defects", "find_symmetries"]
 
 _CHECK_AMOUNT = {Kind.TRANSLATION: 0.5, Kind.SCALE: 0.5, Kind.RESCALE: 0.5}
 
@@ -186,9 +186,10 @@ def _rows(producer: Producer, start: int, stop: int) -> list[Slot]:
     return slots
 
 
-def _runs(columns: Tensor, wanted: list[int]) -> list[tuple[int, int]] | None:
-    """Contiguous column runs reading exactly the units ``wanted``, in that order within each run."""
-    positions = [i for i, c in enumerate(columns.tolist()) if c in set(wanted)]
+def _runs(consumer: Consumer, wanted: list[int]) -> list[tuple[int, int]] | None:
+    """Contiguous column runs of ``consumer`` reading exactly the units ``wanted``."""
+    table = consumer.positions
+    positions = sorted(i for unit in set(wanted) for i in table.get(unit, ()))
     if not positions:
         return []
     runs, start = [], positions[0]
@@ -203,7 +204,7 @@ def _candidates(traced: TracedModel, logits: bool) -> tuple[list[Symmetry], dict
     """Every candidate the graph supports, and for parameters in none of them, why."""
     producers = find_producers(traced)
     by_node = {p.node: p for p in producers}
-    epsilons = frozenset(_epsilon_nodes(traced.graph))
+    epsilons = frozenset(epsilon_nodes(traced.graph))
     out: list[Symmetry] = []
     why: dict[str, str] = {}
     labels: set[str] = set()
@@ -362,7 +363,7 @@ def _emit_diag(diag: Walk, members: list[Producer], emit, *, label: str) -> bool
         outgoing = _unit_slots([u for u, p in members_of_class if p == 1], members)
         for consumer in diag.consumers:
             for unit, parity in members_of_class:
-                for start, stop in _runs(consumer.columns, [unit]) or []:
+                for start, stop in _runs(consumer, [unit]) or []:
                     (outgoing if parity == 0 else incoming).append(Slot(consumer.weight, consumer.in_dim, start, stop))
         first = min(u for u, _ in members_of_class)
         if outgoing:
@@ -377,7 +378,7 @@ def _emit_affine(diag: Walk, node: fx.Node, params: list[str], size: int, emit) 
     module = _module_of(params[0])
     for unit in range(size):
         incoming = [Slot(p, 0, unit, unit + 1) for p in params]
-        outgoing = [Slot(c.weight, c.in_dim, a, b) for c in diag.consumers for a, b in _runs(c.columns, [unit]) or []]
+        outgoing = [Slot(c.weight, c.in_dim, a, b) for c in diag.consumers for a, b in _runs(c, [unit]) or []]
         if outgoing:
             emit(Symmetry(Kind.RESCALE, f"rescale/{module}/unit{unit}", tuple(incoming), tuple(outgoing)))
 
@@ -446,7 +447,7 @@ def _emit_gl(gl: Walk, members: list[Producer], emit, attention: dict) -> None:
         incoming = _block_slots(torch.tensor(block), members)
         d = len(block)
         outgoing = [Slot(c.weight, c.in_dim, start, start + d) for c in gl.consumers
-                    for a, b in _runs(c.columns, list(block)) or [] for start in range(a, b, d)]
+                    for a, b in _runs(c, list(block)) or [] for start in range(a, b, d)]
         runs_ok = all(c.columns[s.start:s.stop].tolist() == list(block) for c in gl.consumers for s in outgoing
                       if s.param == c.weight)
         if incoming is None or not outgoing or not runs_ok:
@@ -540,6 +541,37 @@ def _spans(slots: list[Slot], heads: int) -> list[Slot] | None:
 # the exact check
 
 
+def exact_defects(model: nn.Module, example_input, symmetries, *, logits: bool = True, seed: int = 0) -> dict[str, float]:
+    """label -> relative output change under one finite element of each symmetry's group, measured in
+    float64 on the traced graph with every norm epsilon at 0 and dropout off (``trace.ExactEvaluator``).
+
+    A true symmetry gives round-off (< EXACT_TOLERANCE); anything else names its size. The model,
+    its mode and the global RNG are left as they were.
+    Raises: TraceError where torch.export cannot trace the model whole.
+    """
+    rng = torch.get_rng_state()
+    try:
+        has_batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        traced = export_model(model, example_input, training=has_batch_norm)
+        evaluate = ExactEvaluator(traced, model)
+        params = {name: p.detach().to(torch.float64, copy=True) for name, p in model.named_parameters()}
+        random = torch.Generator().manual_seed(seed)
+
+        def output(values):
+            out = evaluate(values)
+            return torch.log_softmax(out, dim=-1) if logits else out
+
+        reference = output(params)
+        size = float(reference.abs().max()) or 1.0
+        out = {}
+        for sym in symmetries:
+            change = float((output(_moved(sym, params, random)) - reference).abs().max()) / size
+            out[sym.label] = change if change == change else float("inf")
+        return out
+    finally:
+        torch.set_rng_state(rng)
+
+
 def _checked(model: nn.Module, traced: TracedModel, candidates: list[Symmetry], logits: bool,
              samples: int) -> tuple[list[Symmetry], list[Symmetry]]:
     """The candidates that keep the float64, eps-free output (relative change < EXACT_TOLERANCE)."""
@@ -565,9 +597,10 @@ def _checked(model: nn.Module, traced: TracedModel, candidates: list[Symmetry], 
         by_kind.setdefault(sym.kind, []).append(sym)
     kept, rejected = [], []
     for members in by_kind.values():
-        joint = {k: v.clone() for k, v in params.items()}
-        for sym in members:
-            joint = _moved(sym, joint, random)
+        touched = {slot.param for sym in members for slot in sym.slots}
+        joint = {k: (v.clone() if k in touched else v) for k, v in params.items()}
+        for sym in members:  # one-parameter actions in place on the copies: no copy per symmetry
+            joint = act(sym, joint, _CHECK_AMOUNT[sym.kind], copy=False) if sym.kind.one_parameter else _moved(sym, joint, random)
         step = max(1, len(members) // max(samples, 1))
         alone = members if defect(joint) > EXACT_TOLERANCE else members[::step][:samples]
         measured = {sym.label: defect(_moved(sym, params, random)) for sym in alone}

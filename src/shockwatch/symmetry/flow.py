@@ -38,6 +38,7 @@ A walk fails at the first operation that breaks its mode and names it; ``Walk.re
 from __future__ import annotations
 
 import enum
+import functools
 import operator
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -122,6 +123,14 @@ class Consumer:
     weight: str
     in_dim: int
     columns: Tensor
+
+    @functools.cached_property
+    def positions(self) -> dict[int, list[int]]:
+        """unit -> the columns that read it."""
+        table: dict[int, list[int]] = {}
+        for i, unit in enumerate(self.columns.tolist()):
+            table.setdefault(unit, []).append(i)
+        return table
 
 
 class Parity:

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, fx, nn
 
-__all__ = ["EXACT_TOLERANCE", "ExactEvaluator", "TracedModel", "TraceError", "export_model", "model_output"]
+__all__ = ["EXACT_TOLERANCE", "ExactEvaluator", "TraceError", "TracedModel", "call_arguments", "epsilon_nodes", "export_model",
+           "model_output"]
 
 # Relative output change (max |change| / max |output|) below which a candidate is exact in float64.
 # Measured on the models of tests/symmetry: true symmetries move the output by 1e-16..3e-13 (GL
@@ -160,41 +161,72 @@ class ExactEvaluator:
     ``__call__(params)`` returns the output for a mapping of parameter name -> tensor (any float
     dtype; used in float64). Buffers, constants and the example input are the model's own, in
     float64. Dropout is off (a mask is not equivariant under a group element; the symmetry holds
-    for every fixed mask only in distribution). ``epsilons``: the epsilons that were zeroed, by node.
+    for every fixed mask only in distribution). ``epsilons``: node -> the epsilon that was zeroed.
+    The graph is copied and rewritten once (dtype arguments to float64, epsilons to 0, metadata
+    asserts and dropout removed), then run as generated code.
     """
 
     def __init__(self, traced: TracedModel, model: nn.Module):
         self.traced = traced
-        self.graph_module = traced.graph_module
         named_buffers = dict(model.named_buffers())
         self.buffers = {node: _as_double(named_buffers[name].detach().clone()) for node, name in traced.buffers.items()}
         self.constants = {node: _as_double(value) for node, value in traced.constants.items()}
         flat = traced.flat_inputs()
         self.user_inputs = [_as_double(v) if isinstance(v, Tensor) and v.is_floating_point() else v for v in flat]
-        self.epsilons: dict[str, float] = {}
-        self._zero = _epsilon_nodes(traced.graph)
+        self.graph_module, self.epsilons = _exact_graph(traced.graph_module)
+        self._order = [node.name for node in self.graph_module.graph.nodes if node.op == "placeholder"]
 
     def __call__(self, params: Mapping[str, Tensor]) -> Tensor:
         values = []
         user = iter(self.user_inputs)
-        for node in self.graph_module.graph.nodes:
-            if node.op != "placeholder":
-                break
-            if node.name in self.traced.parameters:
-                values.append(_as_double(params[self.traced.parameters[node.name]].detach()))
-            elif node.name in self.buffers:
-                values.append(self.buffers[node.name].clone())
-            elif node.name in self.constants:
-                values.append(self.constants[node.name])
+        for name in self._order:
+            if name in self.traced.parameters:
+                values.append(_as_double(params[self.traced.parameters[name]].detach()))
+            elif name in self.buffers:
+                values.append(self.buffers[name].clone())
+            elif name in self.constants:
+                values.append(self.constants[name])
             else:
                 values.append(next(user))
         with torch.no_grad():
-            out = _Exact(self.graph_module, self._zero, self.epsilons).run(*values)
-        out = out[0] if isinstance(out, (tuple, list)) else out
-        return out
+            out = self.graph_module(*values)
+        return out[0] if isinstance(out, (tuple, list)) else out
 
 
-def _epsilon_nodes(graph: fx.Graph) -> dict[str, int]:
+def _exact_graph(graph_module: fx.GraphModule) -> tuple[fx.GraphModule, dict[str, float]]:
+    """A copy of the graph in float64 with epsilons at 0, dropout and metadata asserts removed."""
+    copied = fx.GraphModule(graph_module, copy.deepcopy(graph_module.graph))
+    zero = epsilon_nodes(copied.graph)
+    record: dict[str, float] = {}
+    for node in list(copied.graph.nodes):
+        if node.op != "call_function":
+            continue
+        name = _packet(node)
+        if name in ("_assert_tensor_metadata", "_assert_scalar", "sym_constrain_range_for_size"):
+            copied.graph.erase_node(node) if not node.users else None
+            continue
+        node.args = tuple(_as_double(a) if isinstance(a, torch.dtype) else a for a in node.args)
+        node.kwargs = {k: _as_double(v) if isinstance(v, torch.dtype) else v for k, v in node.kwargs.items()}
+        position = zero.get(node.name)
+        if position is not None and position < len(node.args) and isinstance(node.args[position], (int, float)):
+            record[node.name] = float(node.args[position])
+            node.args = node.args[:position] + (0.0,) + node.args[position + 1:]
+        elif position is not None and isinstance(node.kwargs.get("eps"), (int, float)):
+            record[node.name] = float(node.kwargs["eps"])
+            node.kwargs = {**node.kwargs, "eps": 0.0}
+        if name in ("dropout", "feature_dropout", "alpha_dropout"):
+            node.replace_all_uses_with(node.args[0])
+            copied.graph.erase_node(node)
+        elif name == "scaled_dot_product_attention":
+            if len(node.args) > 4:
+                node.args = node.args[:4] + (0.0,) + node.args[5:]
+            elif "dropout_p" in node.kwargs:
+                node.kwargs = {**node.kwargs, "dropout_p": 0.0}
+    copied.recompile()
+    return copied, record
+
+
+def epsilon_nodes(graph: fx.Graph) -> dict[str, int]:
     """Nodes whose argument at the given position is a normalisation epsilon.
 
     layer_norm / group_norm / batch_norm / rms_norm carry it as an argument; a hand-written norm
@@ -227,36 +259,3 @@ def _packet(node: fx.Node) -> str:
     if target is operator.getitem:
         return "getitem"
     return getattr(target, "__name__", str(target))
-
-
-class _Exact(fx.Interpreter):
-    """Interpreter: float64 everywhere, epsilons zeroed, metadata asserts skipped."""
-
-    def __init__(self, module, zero: dict[str, int], record: dict[str, float]):
-        super().__init__(module)
-        self.zero, self.record = zero, record
-
-    def run_node(self, node):
-        self._current = node
-        return super().run_node(node)
-
-    def call_function(self, target, args, kwargs):
-        node = self._current
-        name = _packet(node)
-        if name in ("_assert_tensor_metadata", "_assert_scalar", "sym_constrain_range_for_size"):
-            return None
-        args = tuple(_as_double(a) if isinstance(a, torch.dtype) else a for a in args)
-        kwargs = {k: _as_double(v) if isinstance(v, torch.dtype) else v for k, v in kwargs.items()}
-        position = self.zero.get(node.name)
-        if position is not None and position < len(args) and isinstance(args[position], (int, float)):
-            self.record[node.name] = float(args[position])
-            args = args[:position] + (0.0,) + args[position + 1:]
-        elif position is not None and "eps" in kwargs:
-            self.record[node.name] = float(kwargs["eps"])
-            kwargs = {**kwargs, "eps": 0.0}
-        if name == "dropout":
-            return args[0]
-        if name == "scaled_dot_product_attention":
-            kwargs = {**kwargs, "dropout_p": 0.0}
-            args = args[:4] + (0.0,) + args[5:] if len(args) > 4 else args
-        return target(*args, **kwargs)

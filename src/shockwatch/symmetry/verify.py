@@ -17,13 +17,15 @@ eps, weight decay inside the loss, a norm in eval mode) gives the size of the br
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from .detect import exact_defects
 from .group import Kind, Symmetry, SymmetrySet, act, act_gl, generator, permute, random_gl_element, unit_matrix
+from .trace import EXACT_TOLERANCE, TraceError, call_arguments, epsilon_nodes, export_model
 
 __all__ = ["Verification", "VerificationRow", "verify_symmetries"]
 
@@ -46,6 +48,20 @@ class Verification:
     loss: float
     joint_loss_change: dict[str, float]  # kind -> relative loss change when every symmetry of the
     # kind acts at once, each with its own random element (one evaluation per kind and size)
+    exact: dict[str, float] = field(default_factory=dict)  # label -> relative output change in float64
+    # with every norm epsilon at 0 and dropout off (``exact_defects``): round-off for a true symmetry
+    breakers: dict[str, float] = field(default_factory=dict)  # known breakers and their size:
+    # "eps:<op>" -> the epsilon the model uses there, "weight_decay" -> lambda
+    exact_error: str = ""  # why the exact measurement could not run (a model torch.export cannot trace)
+
+    def accepted(self, label: str) -> bool:
+        """True where the exact float64 change is round-off (< EXACT_TOLERANCE): any change the
+        float32 checks show is then explained by the listed breakers."""
+        return self.exact.get(label, float("inf")) < EXACT_TOLERANCE
+
+    def refuted(self) -> list[str]:
+        """Labels whose exact float64 change exceeds round-off: no symmetry of this model."""
+        return [label for label, value in self.exact.items() if not value < EXACT_TOLERANCE]
 
     def max_loss_change(self, kind: Kind | str | None = None) -> float:
         values = [r.loss_change for r in self.rows
@@ -71,10 +87,11 @@ class Verification:
 def verify_symmetries(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], batch: Sequence[Tensor],
                       symmetries: SymmetrySet | Sequence[Symmetry], *, train_mode: bool = True,
                       seed: int = 0, hessian_samples: int = 16, element_samples: int | None = 256,
-                      weight_decay: float = 0.0) -> Verification:
+                      weight_decay: float = 0.0, exact: bool = True, logits: bool | None = None) -> Verification:
     """Loss invariance and gradient orthogonality of each symmetry, measured on ``batch``.
 
-    ``batch`` = (inputs, targets); ``loss_fn(model(inputs), targets)`` is the loss. The model runs
+    ``batch`` = (inputs, targets); ``loss_fn(model(inputs), targets)`` is the loss; inputs may be a
+    tensor, a tuple of positional inputs or a dict of keyword inputs (Hugging Face models). The model runs
     in training mode by default (BatchNorm's scale symmetry holds for batch statistics only) and
     with the same random seed for every evaluation (dropout masks then agree); its parameters and
     buffers are left as they were. ``weight_decay`` adds (lambda/2)|theta|^2 to the loss (the
@@ -86,8 +103,44 @@ def verify_symmetries(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tens
     on top, every symmetry of a kind acts at once with independent random elements (log-factors
     uniform in [-4.6, 4.6], shifts in [-3, 3]) in one evaluation per kind: ``joint_loss_change``.
     The gradient identity is checked for every symmetry (one gradient serves all).
+    With ``exact`` (default), each symmetry is also measured where nothing but round-off can move the
+    output (``exact_defects``: the traced model in float64, norm epsilons at 0, dropout off), and the
+    known breakers are listed with their size (``breakers``): a symmetry is ``accepted`` only if that
+    exact change is round-off, so a false candidate cannot pass behind an eps-sized breaking of a true
+    one. ``logits``: compare log-probabilities (default: where the set has translations).
+    The global RNG, the model's mode, parameters and buffers are left as they were.
     """
+    rng = torch.get_rng_state()
+    try:
+        result = _verify(model, loss_fn, batch, symmetries, train_mode, seed, hessian_samples, element_samples,
+                         weight_decay)
+    finally:
+        torch.set_rng_state(rng)
+    if not exact:
+        return result
+    inputs = batch[0]
+    breakers = {"weight_decay": weight_decay} if weight_decay else {}
+    if logits is None:
+        logits = any(sym.kind is Kind.TRANSLATION for sym in symmetries)
+    try:
+        exact_values = exact_defects(model, inputs, list(symmetries), logits=logits, seed=seed)
+        has_batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        traced = export_model(model, inputs, training=has_batch_norm)
+        for name, position in epsilon_nodes(traced.graph).items():
+            node = next(n for n in traced.graph.nodes if n.name == name)
+            value = node.args[position] if position < len(node.args) else node.kwargs.get("eps")
+            if isinstance(value, (int, float)):
+                breakers[f"eps:{name}"] = float(value)
+        error = ""
+    except (TraceError, ValueError) as failure:
+        exact_values, error = {}, str(failure)
+    return Verification(result.rows, result.loss, result.joint_loss_change, exact_values, breakers, error)
+
+
+def _verify(model, loss_fn, batch, symmetries, train_mode, seed, hessian_samples, element_samples,
+            weight_decay) -> Verification:
     inputs, targets = batch
+    args, kwargs = call_arguments(model, inputs)
     params = {name: p.detach() for name, p in model.named_parameters()}
     buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
     was_training = model.training
@@ -97,7 +150,7 @@ def verify_symmetries(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tens
         torch.manual_seed(seed)
         # a fresh copy of the buffers each time: BatchNorm's running statistics must not drift
         state = {**values, **{name: b.clone() for name, b in buffers.items()}}
-        loss = loss_fn(functional_call(model, state, (inputs,)), targets)
+        loss = loss_fn(functional_call(model, state, args, kwargs), targets)
         if weight_decay:
             loss = loss + 0.5 * weight_decay * sum(p.square().sum() for p in values.values())
         return loss
