@@ -554,3 +554,34 @@ def test_a_second_optimizer_on_other_parameters_is_not_taken_for_a_new_one(tmp_p
             monitor.step(loss)
         assert [(s, k) for s, k, _ in monitor.store.events() if k in ("skipped-step", "optimizer-not-observed")] \
             == [(3, "skipped-step")]
+
+
+@pytest.mark.parametrize("engine", [True, False])
+def test_a_nan_in_a_loaded_momentum_buffer_is_caught_before_the_step(tmp_path, engine):
+    """Truth: the poisoned buffer itself. The gradients are finite (|g| is logged as the tensors give
+    it); the momentum buffer, loaded with a NaN, would put it into the weights at this step: a
+    "nonfinite" event at the step, no law advanced; with raise_on_nonfinite, optimizer.step() raises
+    with every parameter unchanged."""
+    for strict in (False, True):
+        model, (x, y) = net(), data()
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        with sw.Monitor(model, opt, tmp_path / f"run{strict}", example_input=x, tensorboard=False, engine=engine,
+                        raise_on_nonfinite=strict) as monitor:
+            for _ in range(2):
+                monitor.step(truth_step(model, opt, x, y)[0])
+            state = opt.state_dict()
+            buffer = state["state"][0]["momentum_buffer"]
+            buffer[0, 0] = math.nan
+            opt.load_state_dict(state)
+            if strict:
+                opt.zero_grad()
+                F.cross_entropy(model(x), y).backward()
+                before = [p.detach().clone() for p in model.parameters()]
+                with pytest.raises(FloatingPointError, match="step 3: non-finite parameter or momentum buffer"):
+                    opt.step()
+                assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+            else:
+                loss, truth = truth_step(model, opt, x, y)
+                logged = monitor.step(loss)
+                assert set(logged) == {"loss", "grad_norm"} and math.isclose(logged["grad_norm"], truth[0], rel_tol=1e-10)
+            assert [(s, k) for s, k, _ in monitor.store.events() if k == "nonfinite"] == [(3, "nonfinite")]

@@ -141,6 +141,7 @@ class Engine:
         self._buffers: list = []  # the momentum buffers the plan points to
         self._buffer_addresses: list = []
         self.stale = False  # whether the parameters left the addresses this plan holds
+        self.inputs_finite = True  # whether the last pre-step pass's sums were all finite
         self.steps = 0  # steps taken here (the others took the monitor's Python path)
         self._zeros: dict = {}  # parameter -> the zero gradient it is read with while its grad is None
         # the names each output slot is logged under (a kind without groups, or a run without a law: none)
@@ -273,6 +274,8 @@ class Engine:
         if self.lib.sw_engine_pre(self._plan_at, with_buffer, self._pre_out_at):
             return None
         out = self._pre_out.tolist()
+        # theta, g and the momentum buffer all enter these sums: non-finite ones say one of them is
+        self.inputs_finite = bool(np.isfinite(self._pre_scattered).all())
         values = {"grad_norm": out[0]}
         for slot, name in self._pre_names:
             values[name] = out[slot]

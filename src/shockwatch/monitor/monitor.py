@@ -245,6 +245,7 @@ class Monitor:
         self._settings_at_step: list[dict] | None = None  # the param groups' settings the last step used
         self._nonfinite_at = -1  # the step whose non-finite gradient the pre-step hook recorded
         self._failed = False  # whether a pass of this step raised (the laws then start again)
+        self._inputs_finite = True  # whether the pre-step pass's sums (theta, g, momentum buffer) were finite
         self._horizontal = None  # P_H at theta_t on steps the quotient norms are due
         self._measured = None  # the tracker's per-step inputs, from the pre-step pass
         self.store, self.sinks, self.tracker, self.symmetries, self._hook = None, [], None, None, None
@@ -482,7 +483,7 @@ class Monitor:
         settings, self._settings_at_step = self._settings_at_step, None
         if pre is None:  # the optimizer did not step
             return self._not_stepped(value)
-        if not (math.isfinite(value) and math.isfinite(pre["grad_norm"])):
+        if not math.isfinite(value) or self._nonfinite_at == self._step:
             if self._nonfinite_at != self._step:  # a non-finite loss; the gradient's event is written already
                 self._event(self._step, "nonfinite", f"loss {value}, |g| {pre['grad_norm']}")
                 if self.raise_on_nonfinite:
@@ -605,9 +606,10 @@ class Monitor:
             # model.to(device) mid-run: the symmetries' index plans follow the parameters
             self._all_symmetries = self._all_symmetries.to(self._params[0].device)
             self._rebind(f"step {step}: the parameters moved to {self._params[0].device}")
-        if self.tracker is not None:  # the settings this step uses, and the inputs of block-by-block laws
-            self.tracker.before_step()
+        self._inputs_finite = True
         try:
+            if self.tracker is not None:  # the settings this step uses, and the inputs of block-by-block laws
+                self.tracker.before_step()
             if self._failed:  # the last step's pass failed: its law missed a step, so start the laws again
                 self._failed = False
                 self._rebind(f"step {step}: after the monitor's error")
@@ -617,12 +619,14 @@ class Monitor:
             grads = [p.grad for p in self._params if p.grad is not None]
             self._pre = {"grad_norm": _total_norm(grads) if grads else 0.0}
         grad_norm = self._pre["grad_norm"]
-        if not math.isfinite(grad_norm):
-            self._nonfinite_at = step
-            self._event(step, "nonfinite", f"|g| {grad_norm} before the optimizer step")
+        if not (math.isfinite(grad_norm) and self._inputs_finite):
+            # |g| finite with a non-finite sum: a parameter or a momentum buffer is (a loaded state)
+            what = "gradient" if not math.isfinite(grad_norm) else "parameter or momentum buffer"
+            self._nonfinite_at, self._have_before, self._measured = step, False, None
+            self._event(step, "nonfinite", f"non-finite {what} before the optimizer step (|g| {grad_norm})")
             if self.raise_on_nonfinite:
                 self._pre = None
-                raise FloatingPointError(f"step {step}: non-finite gradient (|g| {grad_norm}) before the optimizer "
+                raise FloatingPointError(f"step {step}: non-finite {what} (|g| {grad_norm}) before the optimizer "
                                          "step: the parameters are unchanged")
 
     def _engine_or_pass(self) -> None:
@@ -645,6 +649,7 @@ class Monitor:
                 self._horizontal = self._measured = None
                 self._pre, self._engine_step = pre, True
                 self._have_before = math.isfinite(pre["grad_norm"])
+                self._inputs_finite = self._engine.inputs_finite
                 return
         self._pass()
 
@@ -702,6 +707,8 @@ class Monitor:
             grad_norm = float(norms[0])
         self._pre = pre = {"grad_norm": grad_norm}
         self._have_before = math.isfinite(grad_norm)
+        # theta, the gradient and the momentum buffer all enter the sums: one check covers the three
+        self._inputs_finite = not pairs or bool(np.isfinite(signed).all())
         if not self._have_before:
             return
         if pairs:
