@@ -135,7 +135,8 @@ def test_continuous_law_is_the_discrete_one_as_lr_goes_to_zero(setting, groups):
     """Truth: the exact discrete law. Over the same time span (t = 1), eta = 0.04, 0.02, 0.01: the gap
     between the continuous prediction (Nesterov: heavy ball driven by f = (1+mu) d_k - mu d_{k-1};
     dampening: h = eta (1 - tau)) and the discrete one shrinks at a measured order ~1 (first-order
-    modified equation). Measured (here): order 0.92-1.02 for every kind."""
+    modified equation). Measured: orders 0.9-1.1 for every kind (Nesterov scale, one group: gaps 1.4e-2,
+    6.9e-3, 3.7e-3; with the smooth-gradient mass eta (1 - mu + 2 mu^2)/2 they were 0.16, 0.10, 0.08)."""
     gaps = {kind: [] for kind in KINDS}
     rates = (0.04, 0.02, 0.01)
     for lr in rates:
