@@ -413,8 +413,10 @@ def test_the_monitor_leaves_rng_modes_buffers_and_parameters_as_it_found_them(tm
     before = _state(model)
     sw.monitor.curvature(model, F.cross_entropy, (x, y), syms)
     _same(before, _state(model))
-    gpt = sw.models.GPT(sw.models.GPTConfig(n_head=2, d_model=8, vocab_size=20, dropout=0.2)).double() \
-        if "dropout" in sw.models.GPTConfig.__dataclass_fields__ else sw.models.GPT(sw.models.GPTConfig(n_head=2, d_model=8, vocab_size=20)).double()
+    gpt = sw.models.GPT(sw.models.GPTConfig(n_head=2, d_model=8, vocab_size=20)).double()
+    # the GPT has no Dropout and no running statistics: a forward that draws and counts, as they would
+    gpt.register_buffer("forwards", torch.zeros(()))
+    gpt.register_forward_pre_hook(lambda module, args: (module.forwards.add_(torch.rand(()) + 1), None)[1])
     tokens = torch.randint(0, 20, (3, 8))
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     with sw.Monitor(model, opt, tmp_path / "run", symmetries=syms, loss_fn=F.cross_entropy, tensorboard=False,
@@ -439,6 +441,12 @@ def test_the_monitor_leaves_rng_modes_buffers_and_parameters_as_it_found_them(tm
         assert "path_norm" in monitor.step(loss)
         _same(before, _state(relu))
     gpt.train()
+    before = _state(gpt)
+    assert sw.monitor.attention_observables(gpt, tokens)
+    _same(before, _state(gpt))
+    before = _state(relu)
+    sw.monitor.path_norm(relu, (4,))
+    _same(before, _state(relu))
     opt = torch.optim.SGD(gpt.parameters(), lr=0.05)
     with sw.Monitor(gpt, opt, tmp_path / "gpt", example_input=tokens, tensorboard=False,
                     schedule=sw.Schedule(attention=1, quotient=None)) as monitor:

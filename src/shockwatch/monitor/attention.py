@@ -21,13 +21,15 @@ import torch
 from torch import Tensor, nn
 
 from ..models.gpt import Block, CausalSelfAttention
+from ._preserved import preserved
 
 __all__ = ["attention_observables"]
 
 
 @torch.no_grad()
 def attention_observables(model: nn.Module, inputs: Tensor) -> dict[str, float]:
-    """One forward pass of ``model(inputs)`` with hooks; {} for a model without our attention modules."""
+    """One forward pass of ``model(inputs)`` with hooks; {} for a model without our attention modules.
+    The model's modes, buffers and the global RNG are left as they were (``_preserved.preserved``)."""
     names = {module: name or "model" for name, module in model.named_modules()}
     seen: dict[str, float] = {}
     branch: dict[str, dict[str, float]] = {}
@@ -64,7 +66,8 @@ def attention_observables(model: nn.Module, inputs: Tensor) -> dict[str, float]:
     if not handles:
         return {}
     try:
-        model(inputs)
+        with preserved(model):  # a forward in train mode draws Dropout masks and moves running statistics
+            model(inputs)
     finally:
         for handle in handles:
             handle.remove()
