@@ -28,11 +28,11 @@ def expected_llama_counts(layers=LAYERS):
     (gate, up) (2 x 32 rescales); value/output GL(8) per key-value group (2); rotary keeps, per
     key-value group, one rescale per frequency pair (q_i, q_{i+4} of both query heads) against
     (k_i, k_{i+4}) (2 x 4). Model: the final norm's gain against lm_head's columns (32 rescales),
-    lm_head's 32 columns (translations; untied, no bias). No query/key GL (rotary), no head
-    permutation (two query heads share each key), no scale (nothing normalises a layer's output
-    without a residual)."""
+    lm_head's 32 columns (translations; untied, no bias); the residual stream's scale (the embedding,
+    o_proj's and down_proj's rows of every layer times a: every RMSNorm, the final one included, reads
+    a x; 1 scale). No query/key GL (rotary), no head permutation (two query heads share each key)."""
     per_layer_rescale = INTER + 2 * HIDDEN + KV_HEADS * (D_HEAD // 2)
-    return {"translation": HIDDEN, "scale": 0, "rescale": layers * per_layer_rescale + HIDDEN,
+    return {"translation": HIDDEN, "scale": 1, "rescale": layers * per_layer_rescale + HIDDEN,
             "permutation": layers, "gl": layers * KV_HEADS}
 
 
@@ -67,7 +67,7 @@ def test_hf_llama_counts_and_every_symmetry_on_the_model_itself():
     syms = sw.find_symmetries(model, inputs)
     assert syms.counts() == expected_llama_counts()
     assert syms.rejected == ()
-    assert syms.unanalysed == ("model.embed_tokens",)
+    assert syms.unanalysed == () and syms.reasons == ()  # every parameter in a symmetry
     # rotary pairs: dimension i with i + d/2 of every query head that reads the key head
     pair = next(s for s in syms.of_kind("rescale") if "pair" in s.label)
     rows = sorted({(slot.param, slot.start) for slot in pair.incoming if slot.param.endswith("q_proj.weight")})
@@ -77,9 +77,12 @@ def test_hf_llama_counts_and_every_symmetry_on_the_model_itself():
     params = {k: v.detach() for k, v in double.named_parameters()}
     base = model_logprobs(double, params, inputs)
     generator = torch.Generator().manual_seed(0)
-    worst = max(float((model_logprobs(double, moved(s, params, generator), inputs) - base).abs().max())
-                for s in syms)
-    assert worst < 1e-5, worst
+    change = {s.label: float((model_logprobs(double, moved(s, params, generator), inputs) - base).abs().max())
+              for s in syms}
+    # the residual-stream scale is broken by the norms' eps (1e-6 against mean x^2 ~ 4e-4 at Llama's
+    # init): visible here, round-off in the exact check below
+    assert max(v for k, v in change.items() if k != "scale/residual_stream") < 1e-5
+    assert 1e-6 < change["scale/residual_stream"] < 1e-2
     # and exactly in float64 with eps = 0 on the traced graph
     defects = exact_defects(model, inputs, syms)
     assert max(defects.values()) < EXACT_TOLERANCE
@@ -155,7 +158,7 @@ def test_a_reimplementation_with_other_names_gets_the_same_symmetries():
     ids = torch.randint(0, VOCAB, (2, 8))
     syms = sw.find_symmetries(model, ids)
     assert syms.counts() == expected_llama_counts()
-    assert syms.unanalysed == ("table",)
+    assert syms.unanalysed == ()
     assert max(exact_defects(model, ids, syms).values()) < EXACT_TOLERANCE
 
 

@@ -27,20 +27,27 @@ def test_gpt_counts_and_invariances(pre_ln):
     heads: 1 permutation; MLP hidden units (GELU): 1 permutation, no rescale; lm_head: 12 columns + bias.
     Norm affine (gamma_i, beta_i) x a against column i of every consumer x 1/a: pre-LN, ln_1 (q, k, v)
     and ln_2 (MLP) of each layer and ln_f (lm_head): 5 x 12 = 60; post-LN, every block's norm output
-    is the residual stream (added to a branch) or feeds ln_f, so only ln_f -> lm_head: 12.
+    is the residual stream (added to a branch) or feeds ln_f, so only ln_f -> lm_head: 12. Pre-LN
+    only: the residual stream's scale (wte, wpe, o's and the MLP output's rows: every norm reads a x).
     Every one leaves the loss unchanged (float64 round-off) and is orthogonal to the gradient."""
     config, model, tokens, targets = setup(pre_ln)
     syms = sw.find_symmetries(model, tokens)
-    assert syms.counts() == {"translation": 13 + 2 * 12, "scale": 0, "rescale": 60 if pre_ln else 12,
+    assert syms.counts() == {"translation": 13 + 2 * 12, "scale": 1 if pre_ln else 0, "rescale": 60 if pre_ln else 12,
                              "permutation": 4, "gl": 12}
     # post-LN: a block's norm output is the residual stream, so its affine map has no symmetry, except
     # the last block's ln_2, which feeds lm_head directly (the 12 rescales; ln_f is the identity here)
-    assert set(syms.unanalysed) == ({"wte", "wpe"} if pre_ln else {"wte", "wpe", "blocks.0.ln_1", "blocks.0.ln_2",
+    assert set(syms.unanalysed) == (set() if pre_ln else {"wte", "wpe", "blocks.0.ln_1", "blocks.0.ln_2",
                                                                     "blocks.1.ln_1"})
     report = sw.verify_symmetries(model, lm_loss, (tokens, targets), syms)
-    assert report.max_loss_change() < 1e-12, report.worst(3)
-    assert report.max_gradient_alignment() < 1e-12, report.worst(3)
-    assert report.max_hessian_residual() < 1e-10, report.worst(3)
+    # the residual stream's scale is exact only at eps = 0 (LayerNorm's eps 1e-5 against a stream
+    # scaled by e^-4.6): broken visibly as the model is, round-off in the exact check
+    rows = [r for r in report.rows if r.label != "scale/residual_stream"]
+    assert max(r.loss_change or 0.0 for r in rows) < 1e-12, report.worst(3)
+    assert max(r.gradient_alignment or 0.0 for r in rows) < 1e-12, report.worst(3)
+    assert max(r.hessian_residual or 0.0 for r in rows) < 1e-10, report.worst(3)
+    assert report.refuted() == [] and len(report.exact) == len(syms)
+    if pre_ln:
+        assert report.accepted("scale/residual_stream") and any(k.startswith("eps:") for k in report.breakers)
 
 
 def test_head_outputs_unchanged_by_gl_and_permutation_of_heads():

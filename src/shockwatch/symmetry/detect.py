@@ -43,7 +43,8 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, fx, nn
 
-from .flow import Consumer, Mode, Producer, Walk, find_producers, norm_affine_sources, parameter_uses, shape, unit_index, walk
+from .flow import (Consumer, Mode, Producer, Walk, find_producers, norm_affine_sources, parameter_uses, shape,
+                   stream_sources, unit_index, walk)
 from .group import Kind, Slot, Symmetry, SymmetrySet, act, act_gl, permute, random_gl_element
 from .trace import EXACT_TOLERANCE, ExactEvaluator, TracedModel, TraceError, epsilon_nodes, call_arguments, export_model
 
@@ -224,6 +225,7 @@ def _candidates(traced: TracedModel, logits: bool) -> tuple[list[Symmetry], dict
         return walk(traced, seeds, mode, logits=logits, units=units, epsilons=epsilons, uses=uses)
 
     gl_done: set[fx.Node] = set()
+    stream: list[Producer] = []  # producers whose output is added to a residual stream
     perm_done: set[fx.Node] = set()
     attention: dict[fx.Node, dict] = {}
     for producer in producers:
@@ -256,6 +258,8 @@ def _candidates(traced: TracedModel, logits: bool) -> tuple[list[Symmetry], dict
                         gl_done.update(m.node for m in members)
                 else:
                     note(producer.weight, diag)
+                    if "adds an untransformed tensor" in diag.reason:
+                        stream.append(producer)
         # scale of the whole layer
         if not has_scale and not any(s.kind is Kind.SCALE and s.incoming[0].param == producer.weight for s in out):
             scalar = run({node: seed}, Mode.SCALAR, units)
@@ -276,6 +280,7 @@ def _candidates(traced: TracedModel, logits: bool) -> tuple[list[Symmetry], dict
             for param in params:
                 why.setdefault(param, diag.reason)
     _emit_head_permutations(attention, emit)
+    _emit_stream_scale(traced, stream, run, emit)
     _emit_key_biases(attention, producers, run, emit)
     for name in traced.parameters.values():
         why.setdefault(name, "no symmetry found for it")
@@ -455,6 +460,28 @@ def _emit_gl(gl: Walk, members: list[Producer], emit, attention: dict) -> None:
         module = _module_of(incoming[0].param)
         emit(Symmetry(Kind.GL, f"gl/{module}/head{index}/vo", tuple(incoming), tuple(outgoing), units=len(block)))
         attention.setdefault(node, {}).setdefault("vo", []).append((incoming, outgoing))
+
+
+def _emit_stream_scale(traced: TracedModel, stream: list[Producer], run, emit) -> None:
+    """The residual stream's scale: x -> a x for the embeddings and every branch output added to the
+    stream leaves every pre-norm's input direction, hence the output, unchanged where each path from
+    the stream ends in a norm (the final norm included; a SCALAR walk from all of them at once)."""
+    sources = stream_sources(traced)
+    if not stream or not sources:
+        return
+    seeds = {p.node: unit_index(shape(p.node), p.axis, p.units) for p in stream}
+    for node, _ in sources:
+        node_shape = shape(node)
+        seeds[node] = torch.zeros(node_shape, dtype=torch.long)
+    scalar = run(seeds, Mode.SCALAR, 1)
+    if not (scalar.ok and scalar.absorbed):
+        return
+    incoming = [slot for p in stream for slot in _rows(p, 0, p.units)]
+    weights = {n.name: n for n in traced.graph.nodes if n.op == "placeholder"}
+    for _, name in sources:
+        node = next(weights[k] for k, v in traced.parameters.items() if v == name)
+        incoming.append(Slot(name, 0, 0, shape(node)[0]))
+    emit(Symmetry(Kind.SCALE, "scale/residual_stream", tuple(incoming)))
 
 
 def _emit_key_biases(attention: dict, producers: list[Producer], run, emit) -> None:

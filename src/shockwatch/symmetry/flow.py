@@ -49,7 +49,7 @@ from torch import Tensor, fx
 
 from .trace import TracedModel
 
-__all__ = ["Mode", "Parity", "Producer", "Walk", "find_producers", "norm_affine_sources", "parameter_uses", "walk"]
+__all__ = ["Mode", "Parity", "Producer", "Walk", "find_producers", "norm_affine_sources", "parameter_uses", "stream_sources", "walk"]
 
 
 class Mode(enum.Enum):
@@ -303,6 +303,25 @@ def norm_affine_sources(traced: TracedModel) -> list[tuple[fx.Node, int, list[st
     return out
 
 
+def stream_sources(traced: TracedModel) -> list[tuple[fx.Node, str]]:
+    """Where parameters enter a residual stream directly: an embedding lookup of a weight read nowhere
+    else, and a parameter added or concatenated as it is (a class token, learned positions)."""
+    uses = parameter_uses(traced)
+    out = []
+    for node in traced.graph.nodes:
+        kind = packet(node)
+        if kind == "embedding":
+            found = _param(node.args[0], traced)
+            if found and uses.get(found[0]) == 1:
+                out.append((node, found[0]))
+        elif node.op == "placeholder" and node.name in traced.parameters:
+            name = traced.parameters[node.name]
+            users = list(node.users)
+            if uses.get(name) == 1 and len(users) == 1 and packet(users[0]) in ("add", "cat", "expand"):
+                out.append((node, name))
+    return out
+
+
 def unit_index(out_shape: tuple[int, ...], axis: int, units: int, offset: int = 0) -> Tensor:
     """The unit index of every element of a tensor whose ``axis`` carries ``units`` units."""
     view = [1] * len(out_shape)
@@ -483,6 +502,8 @@ def _binary(node, tags, mode, result, epsilons):
             if mode is Mode.GL or mode is Mode.PERM:
                 return result.fail(node, "a quotient of two transformed tensors") and None
             degree = ta.degree - tb.degree
+        if degree == 0:
+            result.absorbed = True  # x * rsqrt(mean x^2): the normalisation of a hand-written norm
         if mode is Mode.SCALAR:
             return _Tag(va, degree) if degree != 0 else None
         if mode is Mode.DIAG:
