@@ -494,18 +494,27 @@ def test_half_precision_sums_are_float64(tmp_path):
                 assert_norms(monitor.step(loss), truth)
 
 
-def test_a_monitor_started_on_an_optimizer_with_momentum_buffers_says_so(tmp_path):
-    """Truth: the optimizer's own state. A monitor started after steps with momentum (a resumed run,
-    Lightning after a checkpoint) finds buffers the momentum law does not start from: an event says
-    its law errors are not round-off (measured here: 2.6e-2 relative on the scale charges after one
-    step); a fresh optimizer writes no such event."""
+def test_a_monitor_started_on_an_optimizer_with_momentum_buffers(tmp_path):
+    """Truth: the exact discrete law (float64, exact norms) to 1e-10 from the first observed step, for a
+    monitor started after steps with momentum (a resumed run, Lightning after a checkpoint) and for one
+    attached to an optimizer that loaded another's state: the law starts from the buffers found (it
+    assumed none before: 2.6e-2 relative on the scale charges after one step)."""
     model, (x, y) = net(), data()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
-    with sw.Monitor(model, opt, tmp_path / "fresh", example_input=x, tensorboard=False) as monitor:
-        monitor.step(truth_step(model, opt, x, y)[0])
-        assert "momentum-state" not in [kind for _, kind, _ in monitor.store.events()]
+    for _ in range(5):
+        truth_step(model, opt, x, y)
     with sw.Monitor(model, opt, tmp_path / "late", example_input=x, tensorboard=False) as monitor:
-        assert [(s, k) for s, k, _ in monitor.store.events() if k == "momentum-state"] == [(0, "momentum-state")]
+        for _ in range(3):
+            loss, truth = truth_step(model, opt, x, y)
+            logged = monitor.step(loss)
+            assert_norms(logged, truth)
+            assert max(v for k, v in logged.items() if k.startswith("charge_law_error/")) < 1e-10, logged
+        loaded = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
+        loaded.load_state_dict(opt.state_dict())
+        monitor.attach(loaded)
+        for _ in range(3):
+            logged = monitor.step(truth_step(model, loaded, x, y)[0])
+            assert max(v for k, v in logged.items() if k.startswith("charge_law_error/")) < 1e-10, logged
 
 
 def test_an_error_of_the_monitor_inside_a_step_is_an_event_and_the_laws_start_again(tmp_path, monkeypatch):

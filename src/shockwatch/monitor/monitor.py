@@ -366,13 +366,6 @@ class Monitor:
             # pre-step hook (one hook, in a known order, and none registered while torch runs its hooks)
             self.tracker = ConservationTracker(model, optimizer, symmetries, record_every=self.schedule.charges,
                                                keep_history=False, hook=False)
-            state = optimizer.state
-            if self.tracker.law == "sgd-momentum" and any(
-                    state.get(p, {}).get("momentum_buffer") is not None for p in self._params):
-                # a resumed or re-attached optimizer: the tracker's momentum law starts from no buffer
-                self._event(self._step + 1, "momentum-state",
-                            "the optimizer already holds momentum buffers (a loaded state, or steps taken before the "
-                            "monitor): the momentum law starts as if they were zero, so its errors are not round-off")
             # the tracker records at construction: charges and sizes at the start, for the drift
             self._recorded, first = self.tracker.latest_rows()
             slices = self.tracker.kind_slices
