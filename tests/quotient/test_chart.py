@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import shockwatch as sw
-from shockwatch.symmetry import SymmetrySet
+from helpers import without_overlaps_with_gl
 from shockwatch.quotient import OrbitOperator, canonical, gl_invariant, horizontal_projection, push_forward
 from shockwatch.symmetry import Kind, act, act_gl, permute, unit_matrix
 from helpers import exact_norms
@@ -175,7 +175,7 @@ def test_projection_removes_gl_directions_of_attention_heads(source):
 
         def logits_of(out):
             return out.logits
-    syms = sw.find_symmetries(model, tokens)
+    syms = without_overlaps_with_gl(sw.find_symmetries(model, tokens))
     params = {k: v.detach() for k, v in model.named_parameters()}
     g = torch.Generator().manual_seed(10)
     v = {k: torch.randn(p.shape, generator=g, dtype=torch.float64) for k, p in params.items()}
@@ -217,13 +217,6 @@ def test_orbit_operator_adjoint(name):
     assert math.isclose(left, right, rel_tol=1e-12)
 
 
-def without_norm_affine_on_gl(found: SymmetrySet) -> SymmetrySet:
-    """The set less the norm-affine rescales whose outgoing columns lie in GL groups' parameters: the
-    chart has no joint gauge for the two yet (LayerNorm gains against q/k/v columns, issue 16)."""
-    gl_params = {slot.param for s in found.of_kind(Kind.GL) for slot in s.slots}
-    return SymmetrySet(tuple(s for s in found if not (s.kind is Kind.RESCALE and {sl.param for sl in s.slots} & gl_params)))
-
-
 @pytest.mark.parametrize("source", ["ours", "huggingface"])
 def test_phi_is_constant_on_gl_orbits_of_attention_heads(source):
     """Truth: the definition of a section, now with random GL(d) elements on every head, key-bias
@@ -242,7 +235,7 @@ def test_phi_is_constant_on_gl_orbits_of_attention_heads(source):
                 p.add_(0.3 * torch.randn_like(p))  # GPT-2's zero biases would hide the key-bias gauge
         logits_of = lambda out: out.logits  # noqa: E731
     tokens = torch.randint(0, 20, (3, 8))
-    syms = without_norm_affine_on_gl(sw.find_symmetries(model, tokens))
+    syms = without_overlaps_with_gl(sw.find_symmetries(model, tokens))
     params = {k: v.detach() for k, v in model.named_parameters()}
     g = torch.Generator().manual_seed(13)
     moved = random_orbit_point(syms, params, seed=14)
@@ -289,7 +282,7 @@ def test_push_forward_carries_vectors_through_unbalanced_attention_heads():
     must match it to O(eps^2), GL blocks included (it once ignored the heads' balancing matrices)."""
     torch.manual_seed(21)
     model = sw.models.GPT(sw.models.GPTConfig(n_head=2, d_model=8, vocab_size=20)).double()
-    syms = without_norm_affine_on_gl(sw.find_symmetries(model, torch.randint(0, 20, (3, 8))))
+    syms = without_overlaps_with_gl(sw.find_symmetries(model, torch.randint(0, 20, (3, 8))))
     params = {k: v.detach() for k, v in model.named_parameters()}
     g = torch.Generator().manual_seed(22)
     for sym in syms.of_kind(Kind.GL):

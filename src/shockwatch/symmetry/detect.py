@@ -210,10 +210,13 @@ def _candidates(traced: TracedModel, logits: bool) -> tuple[list[Symmetry], dict
     why: dict[str, str] = {}
     labels: set[str] = set()
 
+    position = {node: i for i, node in enumerate(traced.graph.nodes)}
+    where = [0]  # the graph position of the source being analysed: symmetries come out in graph order
+
     def emit(sym: Symmetry) -> None:
         if sym.label not in labels:
             labels.add(sym.label)
-            out.append(sym)
+            out.append((where[0], len(out), sym))
 
     def note(param: str | None, walk_: Walk) -> None:
         if param is not None and not walk_.ok:
@@ -230,6 +233,7 @@ def _candidates(traced: TracedModel, logits: bool) -> tuple[list[Symmetry], dict
     attention: dict[fx.Node, dict] = {}
     for producer in producers:
         node, units, module = producer.node, producer.units, _module_of(producer.weight)
+        where[0] = position[node]
         out_shape = shape(node)
         seed = unit_index(out_shape, producer.axis, units)
         # translation: logits head (constant along the units) or a key bias (a function of the unit)
@@ -261,7 +265,7 @@ def _candidates(traced: TracedModel, logits: bool) -> tuple[list[Symmetry], dict
                     if "adds an untransformed tensor" in diag.reason:
                         stream.append(producer)
         # scale of the whole layer
-        if not has_scale and not any(s.kind is Kind.SCALE and s.incoming[0].param == producer.weight for s in out):
+        if not has_scale and not any(s.kind is Kind.SCALE and s.incoming[0].param == producer.weight for _, _, s in out):
             scalar = run({node: seed}, Mode.SCALAR, units)
             if scalar.ok and scalar.absorbed:
                 emit(Symmetry(Kind.SCALE, f"scale/{module}", tuple(_rows(producer, 0, units))))
@@ -272,6 +276,7 @@ def _candidates(traced: TracedModel, logits: bool) -> tuple[list[Symmetry], dict
                 perm_done.update(m.node for m in members)
                 _emit_permutation(perm, members, units, emit)
     for node, axis, params in norm_affine_sources(traced):
+        where[0] = position[node]
         size = shape(node)[axis]
         diag = run({node: unit_index(shape(node), axis, size)}, Mode.DIAG, size)
         if diag.ok and not diag.links.broken:
@@ -279,12 +284,13 @@ def _candidates(traced: TracedModel, logits: bool) -> tuple[list[Symmetry], dict
         else:
             for param in params:
                 why.setdefault(param, diag.reason)
+    where[0] = len(position)  # head permutations, the stream's scale and key biases: after the rest
     _emit_head_permutations(attention, emit)
     _emit_stream_scale(traced, stream, run, emit)
     _emit_key_biases(attention, producers, run, emit)
     for name in traced.parameters.values():
         why.setdefault(name, "no symmetry found for it")
-    return out, why
+    return [sym for _, _, sym in sorted(out, key=lambda entry: entry[:2])], why
 
 
 def _walk_with_partner(run, producer: Producer, seed: Tensor, mode: Mode, by_node: dict, done: set,

@@ -416,7 +416,7 @@ def _step(node, tags, mode: Mode, result: Walk, traced: TracedModel, epsilons) -
     if kind in _REDUCE:
         return _reduce(node, tag, mode, result)
     if kind in _BINARY:
-        return _binary(node, tags, mode, result, epsilons)
+        return _binary(node, tags, mode, result, epsilons, traced)
     if kind in ("where", "masked_fill"):
         return _masked(node, tags, mode, result)
     if kind in _SOFTMAX:
@@ -463,6 +463,10 @@ def _reduce(node, tag, mode, result):
             out = value.mean(dim=dims, keepdim=keep) if packet(node) == "mean" else value.sum(dim=dims, keepdim=keep)
             return _Tag(out)
         return result.fail(node, "a nonlinear reduction breaks a shift") and None
+    varying = [a for a in range(value.dim()) if not _constant_along(value, a)]
+    if mode is Mode.PERM and varying and set(varying) <= set(dims) and bool((value >= 0).all()) \
+            and packet(node) in ("mean", "sum", "amax", "amin", "var", "std", "norm"):
+        return None  # a symmetric function of all the units: invariant under their permutation
     if mode is not Mode.SCALAR and not all(_constant_along(value, d) for d in dims):
         return result.fail(node, "a reduction over the units mixes them") and None
     out = value.amax(dim=dims, keepdim=keep) if dims else value
@@ -479,7 +483,7 @@ def _broadcast_constant_on_units(other_shape, value: Tensor) -> bool:
     return all(padded[a] == 1 or _constant_along(value, a) for a in range(rank))
 
 
-def _binary(node, tags, mode, result, epsilons):
+def _binary(node, tags, mode, result, epsilons, traced):
     kind = packet(node)
     a, b = node.args[0], node.args[1] if len(node.args) > 1 else None
     ta, tb = tags.get(a) if isinstance(a, fx.Node) else None, tags.get(b) if isinstance(b, fx.Node) else None
@@ -555,6 +559,13 @@ def _binary(node, tags, mode, result, epsilons):
         return _Tag(value.expand(out_shape) if out_shape else value, tag.degree)
     if _broadcast_constant_on_units(other_shape, value):
         return _Tag(value.expand(out_shape) if out_shape else value, tag.degree)
+    gain = _param(other, traced) if mode is Mode.PERM and kind == "mul" else None
+    if gain is not None and result.uses.get(gain[0]) == 1 and other_shape == (value.shape[-1],) \
+            and all(_constant_along(value, a) for a in range(value.dim() - 1)):
+        index = value.reshape(-1, value.shape[-1])[0]
+        if bool((index >= 0).all()):  # a gain on the units: permuted with them
+            result.norm_slots.append((gain[0], 0, index.clone()))
+            return _Tag(value.expand(out_shape) if out_shape else value, tag.degree)
     return result.fail(node, "multiplies the units by a tensor that varies across them", partner=other)
 
 
