@@ -189,8 +189,10 @@ class Monitor:
 
     ``log_dir`` gets ``run.sqlite`` (the record; an existing run is refused unless ``resume=True``)
     and, with ``tensorboard=True``, TensorBoard event files in ``log_dir/tensorboard``; ``sinks`` adds
-    others (``MLflowSink``). ``symmetries`` or ``example_input`` (to find them) are optional: without
-    either the monitor logs the raw observables only and records why. Symmetries acting on a frozen
+    others (``MLflowSink``). ``symmetries`` or ``example_input`` (to find them: a tensor, a tuple or a
+    dict of inputs as the model takes them) are optional: without either the monitor logs the raw
+    observables only and records why. ``logits=False`` for a model whose output is not fed to a
+    softmax (regression): its output head then has no translation symmetry, and none is tracked. Symmetries acting on a frozen
     parameter (``requires_grad=False``) are left out, with a "frozen-parameters" event: training cannot
     move along them, so their charges obey no law. ``model`` may be wrapped in
     DistributedDataParallel; ``optimizer`` in a wrapper that holds it as ``.optimizer`` (Accelerate's
@@ -220,7 +222,7 @@ class Monitor:
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, log_dir: str | Path, *,
-                 symmetries: SymmetrySet | None = None, example_input: Tensor | None = None,
+                 symmetries: SymmetrySet | None = None, example_input=None, logits: bool = True,
                  schedule: Schedule | None = None, loss_fn=None, raise_on_nonfinite: bool = False,
                  resume: bool = False, tensorboard: bool = True, sinks: Sequence[Sink] = (),
                  curvature_tol: float = 1e-6, compile: bool = False, engine: bool = True) -> None:
@@ -252,7 +254,8 @@ class Monitor:
         self._engine, self._engine_step, self._engine_why = None, False, "engine=False"
         self._step = 0
         self._all_symmetries = None
-        self._input_shape = tuple(example_input.shape[1:]) if example_input is not None else None
+        # the path norm needs one tensor input's shape; dict / tuple inputs (Hugging Face) have none
+        self._input_shape = tuple(example_input.shape[1:]) if isinstance(example_input, Tensor) else None
         self._path_norm = False
         self._bind_parameters()
         if self.rank != 0:  # computed once, on rank 0: other ranks only take part in the loss average
@@ -264,10 +267,10 @@ class Monitor:
         created = [d for d in (self.log_dir / "tensorboard", self.log_dir, *self.log_dir.parents) if not d.exists()]
         try:
             if symmetries is None and example_input is not None:
-                symmetries = find_symmetries(model, example_input)
+                symmetries = find_symmetries(model, example_input, logits=logits)
             self._all_symmetries = symmetries
             self._bind(start=True)
-            why_not = path_norm_unsupported(model) if self._input_shape is not None else "no example_input given"
+            why_not = path_norm_unsupported(model) if self._input_shape is not None else "no single-tensor example_input given"
             self._path_norm = why_not is None and schedule.quotient is not None
             if why_not is not None and schedule.quotient is not None:
                 self._event(0, "no-path-norm", why_not)

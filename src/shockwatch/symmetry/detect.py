@@ -595,11 +595,9 @@ def exact_defects(model: nn.Module, example_input, symmetries, *, logits: bool =
             return torch.log_softmax(out, dim=-1) if logits else out
 
         reference = output(params)
-        size = float(reference.abs().max()) or 1.0
         out = {}
         for sym in symmetries:
-            change = float((output(_moved(sym, params, random)) - reference).abs().max()) / size
-            out[sym.label] = change if change == change else float("inf")
+            out[sym.label] = _relative_change(output(_moved(sym, params, random)), reference)
         return out
     finally:
         torch.set_rng_state(rng)
@@ -619,11 +617,9 @@ def _checked(model: nn.Module, traced: TracedModel, candidates: list[Symmetry], 
         return torch.log_softmax(out, dim=-1) if logits else out
 
     reference = output(params)
-    size = float(reference.abs().max()) or 1.0
 
     def defect(moved) -> float:
-        change = float((output(moved) - reference).abs().max()) / size
-        return change if change == change else float("inf")
+        return _relative_change(output(moved), reference)
 
     by_kind: dict[Kind, list[Symmetry]] = {}
     for sym in candidates:
@@ -646,6 +642,18 @@ def _checked(model: nn.Module, traced: TracedModel, candidates: list[Symmetry], 
     order = {sym.label: i for i, sym in enumerate(candidates)}
     kept.sort(key=lambda sym: order[sym.label])
     return kept, rejected
+
+
+def _relative_change(moved: Tensor, reference: Tensor) -> float:
+    """max |moved - reference| / max |reference| over the entries where the reference is finite (at
+    eps = 0 a norm of an all-zero vector, e.g. dead ReLU units, is 0/0 whatever the parameters); a
+    non-finite moved value there is an infinite change."""
+    finite = torch.isfinite(reference)
+    if not bool(finite.any()):
+        return float("inf")
+    size = float(reference[finite].abs().max()) or 1.0
+    change = float((moved[finite] - reference[finite]).abs().max()) / size
+    return change if change == change else float("inf")
 
 
 def _moved(sym: Symmetry, values: dict, random: torch.Generator) -> dict:
