@@ -52,3 +52,26 @@ def test_a_hugging_face_llama_with_decay_groups_and_keyword_inputs(tmp_path):
     series = store.series()
     assert len(series["loss"][1]) == 4 and all(v == v for v in series["loss"][1])
     assert any(name.startswith("charge_drift/") for name in series)
+
+
+@pytest.mark.parametrize("engine", [True, False])
+def test_charges_that_start_at_zero_have_finite_relative_errors(tmp_path, engine):
+    """Truth: the exact discrete law holds to round-off in float64; relative to max(size, floor) the
+    logged errors of a zero-initialised bias's translation stay round-off and its drift finite (it was
+    |dQ| / 1e-300 ~ 1e288)."""
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).double()
+    with torch.no_grad():
+        model[2].bias.zero_()
+    x, y = torch.randn(16, 4, dtype=torch.float64), torch.randint(0, 3, (16,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    with sw.Monitor(model, opt, tmp_path / "run", example_input=x, tensorboard=False, engine=engine) as mon:
+        for _ in range(6):
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+    series = RunStore(tmp_path / "run" / "run.sqlite", read_only=True).series()
+    assert max(series["charge_drift/translation"][1]) < 1e3
+    assert max(series["charge_law_error/translation"][1]) < 1e-9

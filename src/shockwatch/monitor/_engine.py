@@ -177,6 +177,12 @@ class Engine:
             return None, f"parameter dtypes {sorted(map(str, dtypes))}: one of float32, float64 for all"
         if not all(p.device.type == "cpu" and p.is_contiguous() for p in params):
             return None, "parameters not all contiguous on the CPU"
+        if monitor.symmetries.of_kind("translation"):
+            # the C pass divides the law error by the size alone (floor 1e-300), not by max(size, the
+            # tracker's floor): a translation charge that starts at zero needs the Python path
+            sizes = monitor.tracker.latest_rows()[1][1][monitor.tracker.kind_slices["translation"]]
+            if bool((sizes < monitor.tracker.size_floors[monitor.tracker.kind_slices["translation"]]).any()):
+                return None, "a translation charge below its size floor (a zero-initialised bias)"
         named = monitor._named_params
         translation = {slot.param for sym in symmetries.of_kind(Kind.TRANSLATION) for slot in sym.slots}
         missing = sorted((set(symmetries.quadratic_params) | translation) - set(named))

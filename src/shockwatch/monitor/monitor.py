@@ -374,8 +374,11 @@ class Monitor:
             slices = self.tracker.kind_slices
             # the kinds that have groups, with their columns in the tracker's rows
             self._kind_slices = [(kind, columns) for kind, columns in slices.items() if columns.stop > columns.start]
+            # relative errors over max(size, the tracker's floor): a charge that starts at zero (a
+            # zero-initialised bias) has no size of its own to divide by (1e288 before, issue 17)
+            self._floors = self.tracker.size_floors
             if not same_groups:  # the drift is from the monitor's start while the groups are those
-                self._start_host = {kind: (first[0][columns].copy(), np.maximum(first[1][columns], 1e-300))
+                self._start_host = {kind: (first[0][columns].copy(), np.maximum(first[1][columns], self._floors[columns]))
                                     for kind, columns in self._kind_slices}
             self._quadratic = [len(symmetries.of_kind(kind)) for kind in _QUADRATIC]
             # scale then rescale: adjacent in the rows
@@ -811,7 +814,8 @@ class Monitor:
             start_charge, start_size = self._start_host[kind]
             out[f"charge_drift/{kind}"] = _max_ratio(empirical, start_charge, start_size)
             if len(rows) > 2:  # the discrete law's row
-                out[f"charge_law_error/{kind}"] = _max_ratio(empirical, rows[2][columns], size_all[columns])
+                out[f"charge_law_error/{kind}"] = _max_ratio(empirical, rows[2][columns],
+                                                             np.maximum(size_all[columns], self._floors[columns]))
         return out
 
     def _write(self, values: dict[str, float]) -> None:
