@@ -50,6 +50,8 @@ def test_a_hugging_face_llama_with_decay_groups_and_keyword_inputs(tmp_path):
             mon.step(loss)
     store = RunStore(tmp_path / "run" / "run.sqlite", read_only=True)
     series = store.series()
+    no_law = [message for _, kind, message in store.events() if kind == "no-law"]
+    assert len(no_law) == 1 and "param groups 0, 1" in no_law[0] and "AdamW" in no_law[0]
     assert len(series["loss"][1]) == 4 and all(v == v for v in series["loss"][1])
     assert any(name.startswith("charge_drift/") for name in series)
 

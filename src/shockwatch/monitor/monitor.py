@@ -369,6 +369,8 @@ class Monitor:
             # pre-step hook (one hook, in a known order, and none registered while torch runs its hooks)
             self.tracker = ConservationTracker(model, optimizer, symmetries, record_every=self.schedule.charges,
                                                keep_history=False, hook=False)
+            self._no_law_seen = -1
+            self._note_no_law()
             # the tracker records at construction: charges and sizes at the start, for the drift
             self._recorded, first = self.tracker.latest_rows()
             slices = self.tracker.kind_slices
@@ -797,10 +799,20 @@ class Monitor:
             out.update(self._symmetry_observables((signed[0], unsigned[0]) if record else None))
         return out
 
+    def _note_no_law(self) -> None:
+        """A "no-law" event for each new entry of the tracker's ``no_law`` (Adam, a frozen block, ...):
+        which laws are missing, for which param groups and symmetries, and why."""
+        if self.tracker.no_law_version == self._no_law_seen:
+            return
+        self._no_law_seen = self.tracker.no_law_version
+        for entry in self.tracker.no_law:
+            self._event(self._step, "no-law", entry.message)
+
     def _symmetry_observables(self, charges) -> dict[str, float]:
         out = {}
         measured, self._measured = self._measured, None
         self.tracker.update(measured, charges=charges)
+        self._note_no_law()
         step, rows = self.tracker.latest_rows()
         if step == self._recorded:  # the tracker did not record this step
             return out
