@@ -53,7 +53,7 @@ __all__ = ["exact_defects", "find_symmetries"]
 _CHECK_AMOUNT = {Kind.TRANSLATION: 0.5, Kind.SCALE: 0.5, Kind.RESCALE: 0.5}
 
 
-def find_symmetries(model: nn.Module, example_input, *, logits: bool = True, check_samples: int = 16) -> SymmetrySet:
+def find_symmetries(model: nn.Module, example_input, *, logits: bool = True, check_samples: int = 4) -> SymmetrySet:
     """The translation, scale, rescale, permutation and GL symmetries of ``model`` (module docstring).
 
     ``example_input``: one batch as the model takes it: a tensor, a tuple of positional inputs, or a
@@ -66,9 +66,11 @@ def find_symmetries(model: nn.Module, example_input, *, logits: bool = True, che
     A model torch.export cannot trace whole is analysed child by child, each child with the input it
     receives; such modules are named in ``SymmetrySet.partial``, and ``SymmetrySet.reasons`` says
     for each parameter no symmetry covers why (the operation that stopped the analysis).
-    Every candidate is checked in float64 with norm epsilons at 0; one whose output moves by more
-    than EXACT_TOLERANCE (relative) is named in ``SymmetrySet.rejected``; the others carry the
-    measured change as ``Symmetry.defect`` where they were checked alone.
+    Every candidate is checked in float64 with norm epsilons at 0: all of a kind at once (each with
+    its own finite element), and ``check_samples`` of the kind alone (every one alone where the joint
+    change is not round-off); one whose output moves by more than EXACT_TOLERANCE (relative) is
+    named in ``SymmetrySet.rejected``; the others carry the measured change as ``Symmetry.defect``
+    where they were checked alone.
     Raises: ValueError for a model without parameters or an example input the model does not accept.
     """
     if not isinstance(model, nn.Module):
@@ -590,36 +592,42 @@ def exact_defects(model: nn.Module, example_input, symmetries, *, logits: bool =
     try:
         has_batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
         traced = export_model(model, example_input, training=has_batch_norm)
-        evaluate = ExactEvaluator(traced, model)
-        params = {name: p.detach().to(torch.float64, copy=True) for name, p in model.named_parameters()}
-        random = torch.Generator().manual_seed(seed)
-
-        def output(values):
-            out = evaluate(values)
-            return torch.log_softmax(out, dim=-1) if logits else out
-
-        reference = output(params)
-        out = {}
-        alone = list(symmetries)
-        if samples is not None:
-            alone = []
-            by_kind: dict[Kind, list[Symmetry]] = {}
-            for sym in symmetries:
-                by_kind.setdefault(sym.kind, []).append(sym)
-            for kind, members in by_kind.items():
-                touched = {slot.param for sym in members for slot in sym.slots}
-                joint = {k: (v.clone() if k in touched else v) for k, v in params.items()}
-                for sym in members:
-                    joint = act(sym, joint, _CHECK_AMOUNT[sym.kind], copy=False) if sym.kind.one_parameter \
-                        else _moved(sym, joint, random)
-                out[f"joint/{kind.value}"] = change = _relative_change(output(joint), reference)
-                step = max(1, len(members) // max(samples, 1))
-                alone += members if change > EXACT_TOLERANCE else members[::step][:samples]
-        for sym in alone:
-            out[sym.label] = _relative_change(output(_moved(sym, params, random)), reference)
-        return out
+        return _measure(model, traced, list(symmetries), logits, samples, seed)
     finally:
         torch.set_rng_state(rng)
+
+
+def _measure(model: nn.Module, traced: TracedModel, symmetries: list[Symmetry], logits: bool,
+             samples: int | None, seed: int) -> dict[str, float]:
+    """The exact changes of ``exact_defects`` on an exported model (joint per kind where ``samples``)."""
+    evaluate = ExactEvaluator(traced, model)
+    params = {name: p.detach().to(torch.float64, copy=True) for name, p in model.named_parameters()}
+    random = torch.Generator().manual_seed(seed)
+
+    def output(values: Mapping[str, Tensor]) -> Tensor:
+        out = evaluate(values)
+        return torch.log_softmax(out, dim=-1) if logits else out
+
+    reference = output(params)
+    out: dict[str, float] = {}
+    alone = symmetries
+    if samples is not None:
+        alone = []
+        by_kind: dict[Kind, list[Symmetry]] = {}
+        for sym in symmetries:
+            by_kind.setdefault(sym.kind, []).append(sym)
+        for kind, members in by_kind.items():
+            touched = {slot.param for sym in members for slot in sym.slots}
+            joint = {k: (v.clone() if k in touched else v) for k, v in params.items()}
+            for sym in members:  # one-parameter actions in place on the copies: no copy per symmetry
+                joint = act(sym, joint, _CHECK_AMOUNT[sym.kind], copy=False) if sym.kind.one_parameter \
+                    else _moved(sym, joint, random)
+            out[f"joint/{kind.value}"] = change = _relative_change(output(joint), reference)
+            step = max(1, len(members) // max(samples, 1))
+            alone += members if change > EXACT_TOLERANCE else members[::step][:samples]
+    for sym in alone:
+        out[sym.label] = _relative_change(output(_moved(sym, params, random)), reference)
+    return out
 
 
 def _checked(model: nn.Module, traced: TracedModel, candidates: list[Symmetry], logits: bool,
@@ -627,39 +635,14 @@ def _checked(model: nn.Module, traced: TracedModel, candidates: list[Symmetry], 
     """The candidates that keep the float64, eps-free output (relative change < EXACT_TOLERANCE)."""
     if not candidates:
         return [], []
-    evaluate = ExactEvaluator(traced, model)
-    params = {name: p.detach().to(torch.float64, copy=True) for name, p in model.named_parameters()}
-    random = torch.Generator().manual_seed(0)
-
-    def output(values: Mapping[str, Tensor]) -> Tensor:
-        out = evaluate(values)
-        return torch.log_softmax(out, dim=-1) if logits else out
-
-    reference = output(params)
-
-    def defect(moved) -> float:
-        return _relative_change(output(moved), reference)
-
-    by_kind: dict[Kind, list[Symmetry]] = {}
-    for sym in candidates:
-        by_kind.setdefault(sym.kind, []).append(sym)
+    measured = _measure(model, traced, candidates, logits, samples, 0)
     kept, rejected = [], []
-    for members in by_kind.values():
-        touched = {slot.param for sym in members for slot in sym.slots}
-        joint = {k: (v.clone() if k in touched else v) for k, v in params.items()}
-        for sym in members:  # one-parameter actions in place on the copies: no copy per symmetry
-            joint = act(sym, joint, _CHECK_AMOUNT[sym.kind], copy=False) if sym.kind.one_parameter else _moved(sym, joint, random)
-        step = max(1, len(members) // max(samples, 1))
-        alone = members if defect(joint) > EXACT_TOLERANCE else members[::step][:samples]
-        measured = {sym.label: defect(_moved(sym, params, random)) for sym in alone}
-        for sym in members:
-            value = measured.get(sym.label)
-            if value is not None and value > EXACT_TOLERANCE:
-                rejected.append(dataclasses.replace(sym, defect=value))
-            else:
-                kept.append(dataclasses.replace(sym, defect=value) if value is not None else sym)
-    order = {sym.label: i for i, sym in enumerate(candidates)}
-    kept.sort(key=lambda sym: order[sym.label])
+    for sym in candidates:
+        value = measured.get(sym.label)
+        if value is not None and value > EXACT_TOLERANCE:
+            rejected.append(dataclasses.replace(sym, defect=value))
+        else:
+            kept.append(dataclasses.replace(sym, defect=value) if value is not None else sym)
     return kept, rejected
 
 
