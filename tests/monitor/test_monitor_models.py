@@ -33,7 +33,7 @@ def test_a_regression_model_gets_no_output_translation(tmp_path):
 def test_a_hugging_face_llama_with_decay_groups_and_keyword_inputs(tmp_path):
     """Truth: the run itself. AdamW has no conservation law: the monitor must start (not refuse the
     decay / no-decay split), log the charges and their drift every step, and say why there is no law."""
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers")
     built = sw.models.huggingface.build("llama", layers=1, hidden=32, heads=4, kv_heads=2, tokens=8)
     model, batch = built.model.train(), built.example_input
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]

@@ -36,7 +36,6 @@ Every candidate is then checked on the example input in float64 with every norm 
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from collections.abc import Mapping
 

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import enum
 import functools
-import operator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import NamedTuple
@@ -47,7 +46,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, fx
 
-from .trace import TracedModel
+from .trace import TracedModel, packet
 
 __all__ = ["Mode", "Parity", "Producer", "Walk", "find_producers", "norm_affine_sources", "parameter_uses", "stream_sources", "walk"]
 
@@ -58,18 +57,6 @@ class Mode(enum.Enum):
     PERM = "perm"
     GL = "gl"
     SHIFT = "shift"
-
-
-def packet(node) -> str:
-    if not isinstance(node, fx.Node) or node.op != "call_function":
-        return ""
-    target = node.target
-    found = getattr(target, "_overloadpacket", None)
-    if found is not None:
-        return found.__name__
-    if target is operator.getitem:
-        return "getitem"
-    return getattr(target, "__name__", str(target))
 
 
 def shape(node) -> tuple[int, ...] | None:

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, fx, nn
 
 __all__ = ["EXACT_TOLERANCE", "ExactEvaluator", "TraceError", "TracedModel", "call_arguments", "epsilon_nodes", "export_model",
-           "model_output"]
+           "model_output", "packet"]
 
 # Relative output change (max |change| / max |output|) below which a candidate is exact in float64.
 # Measured on the models of tests/symmetry: true symmetries move the output by 1e-16..3e-13 (GL
@@ -201,7 +201,7 @@ def _exact_graph(graph_module: fx.GraphModule) -> tuple[fx.GraphModule, dict[str
     for node in list(copied.graph.nodes):
         if node.op != "call_function":
             continue
-        name = _packet(node)
+        name = packet(node)
         if name in ("_assert_tensor_metadata", "_assert_scalar", "sym_constrain_range_for_size"):
             copied.graph.erase_node(node) if not node.users else None
             continue
@@ -236,7 +236,7 @@ def epsilon_nodes(graph: fx.Graph) -> dict[str, int]:
     for node in graph.nodes:
         if node.op != "call_function":
             continue
-        name = _packet(node)
+        name = packet(node)
         position = {"layer_norm": 4, "native_layer_norm": 4, "batch_norm": 7, "group_norm": 5,
                     "rms_norm": 3, "_native_batch_norm_legit": 7, "_native_batch_norm_legit_no_training": 6,
                     "native_batch_norm": 7, "instance_norm": 8}.get(name)
@@ -245,17 +245,20 @@ def epsilon_nodes(graph: fx.Graph) -> dict[str, int]:
         elif name == "add" and len(node.args) == 2 and isinstance(node.args[1], float) and node.args[1] > 0:
             source = node.args[0]
             users = list(node.users)
-            if (isinstance(source, fx.Node) and _packet(source) in ("mean", "var", "sum", "var_mean")
-                    and users and all(_packet(u) in ("rsqrt", "sqrt", "reciprocal") for u in users)):
+            if (isinstance(source, fx.Node) and packet(source) in ("mean", "var", "sum", "var_mean")
+                    and users and all(packet(u) in ("rsqrt", "sqrt", "reciprocal") for u in users)):
                 found[node.name] = 1
     return found
 
 
-def _packet(node: fx.Node) -> str:
+def packet(node) -> str:
+    """The ATen operation a graph node calls ("linear", "layer_norm", ...), "" for other nodes."""
+    if not isinstance(node, fx.Node) or node.op != "call_function":
+        return ""
     target = node.target
-    packet = getattr(target, "_overloadpacket", None)
-    if packet is not None:
-        return packet.__name__
+    found = getattr(target, "_overloadpacket", None)
+    if found is not None:
+        return found.__name__
     if target is operator.getitem:
         return "getitem"
     return getattr(target, "__name__", str(target))
