@@ -47,7 +47,7 @@ from .flow import (Consumer, Mode, Producer, Walk, find_producers, norm_affine_s
 from .group import Kind, Slot, Symmetry, SymmetrySet, act, act_gl, permute, random_gl_element
 from .trace import EXACT_TOLERANCE, ExactEvaluator, TracedModel, TraceError, epsilon_nodes, call_arguments, export_model
 
-__all__ = ["exact_defects", "find_symmetries"]
+__all__ = ["exact_check", "exact_defects", "find_symmetries"]
 
 _CHECK_AMOUNT = {Kind.TRANSLATION: 0.5, Kind.SCALE: 0.5, Kind.RESCALE: 0.5}
 
@@ -80,20 +80,19 @@ def find_symmetries(model: nn.Module, example_input, *, logits: bool = True, che
     device = next(iter(parameters.values())).device
     rng = torch.get_rng_state()
     try:
-        found: list[Symmetry] = []
+        kept: list[Symmetry] = []
+        rejected: list[str] = []
         partial: list[str] = []
         reasons: dict[str, str] = {}
-        _analyse(model, example_input, logits, "", found, partial, reasons, check_samples, None)
+        _analyse(model, example_input, logits, "", kept, rejected, partial, reasons, check_samples, None)
     finally:
         torch.set_rng_state(rng)
-    kept = [s for s in found if not s.label.startswith("\0")]
-    rejected_labels = tuple(s.label[1:] for s in found if s.label.startswith("\0"))
     covered = {slot.param for sym in kept for slot in sym.slots}
     uncovered = {name: reasons.get(name, "no symmetry acts on it") for name in parameters if name not in covered}
     touched = {_module_of(name) for name in covered}
     unanalysed = tuple(dict.fromkeys(_module_of(name) for name in uncovered if _module_of(name) not in touched))
     sizes = tuple(((name, dim), size) for name, p in parameters.items() for dim, size in enumerate(p.shape))
-    return SymmetrySet(tuple(kept), device, unanalysed, sizes, tuple(partial), rejected_labels,
+    return SymmetrySet(tuple(kept), device, unanalysed, sizes, tuple(partial), tuple(rejected),
                        tuple(sorted(uncovered.items())))
 
 
@@ -101,24 +100,31 @@ def _module_of(param: str) -> str:
     return param.rsplit(".", 1)[0] if "." in param else param
 
 
+def _traced(model: nn.Module, example_input) -> TracedModel:
+    """``export_model`` in training mode where the model has a batch norm (whose scale symmetry needs
+    batch statistics), in eval mode (dropout off) otherwise."""
+    has_batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    return export_model(model, example_input, training=has_batch_norm)
+
+
 def _analyse(module: nn.Module, example_input, logits: bool, prefix: str, found: list[Symmetry],
-             partial: list[str], reasons: dict[str, str], samples: int, inputs: dict | None) -> None:
-    """Trace ``module`` whole and collect its checked symmetries; where that fails, its children."""
-    has_batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+             rejected: list[str], partial: list[str], reasons: dict[str, str], samples: int,
+             inputs: dict | None) -> None:
+    """Trace ``module`` whole and collect its checked symmetries (refuted labels in ``rejected``);
+    where that fails, its children."""
     traced = None
     if example_input is not None:
         try:
-            traced = export_model(module, example_input, training=has_batch_norm)
+            traced = _traced(module, example_input)
         except TraceError as error:
             blocking = str(error)
     else:
         blocking = "never called with a single tensor input in the example forward pass"
     if traced is not None:
         candidates, why = _candidates(traced, logits)
-        kept, rejected = _checked(module, traced, candidates, logits, samples)
+        kept, refuted = _checked(module, traced, candidates, logits, samples)
         found.extend(_prefixed(sym, prefix) for sym in kept)
-        found.extend(dataclasses.replace(_prefixed(sym, prefix), label="\0" + _prefixed(sym, prefix).label)
-                     for sym in rejected)
+        rejected.extend(_prefixed(sym, prefix).label for sym in refuted)
         for name, reason in why.items():
             reasons.setdefault(prefix + name, reason)
         return
@@ -136,7 +142,7 @@ def _analyse(module: nn.Module, example_input, logits: bool, prefix: str, found:
             for param, _ in child.named_parameters():
                 reasons.setdefault(f"{qualified}.{param}", "never called with a single tensor input in the example forward pass")
             continue
-        _analyse(child, child_input, False, qualified + ".", found, partial, reasons, samples, inputs)
+        _analyse(child, child_input, False, qualified + ".", found, rejected, partial, reasons, samples, inputs)
 
 
 def _descendant_inputs(root: nn.Module, example_input) -> dict[str, object]:
@@ -214,10 +220,14 @@ def _candidates(traced: TracedModel, logits: bool) -> tuple[list[Symmetry], dict
     position = {node: i for i, node in enumerate(traced.graph.nodes)}
     where = [0]  # the graph position of the source being analysed: symmetries come out in graph order
 
+    scaled: set[str] = set()  # weights that lead (first incoming slot) an emitted scale symmetry
+
     def emit(sym: Symmetry) -> None:
         if sym.label not in labels:
             labels.add(sym.label)
             out.append((where[0], len(out), sym))
+            if sym.kind is Kind.SCALE:
+                scaled.add(sym.incoming[0].param)
 
     def note(param: str | None, walk_: Walk) -> None:
         if param is not None and not walk_.ok:
@@ -266,7 +276,7 @@ def _candidates(traced: TracedModel, logits: bool) -> tuple[list[Symmetry], dict
                     if "adds an untransformed tensor" in diag.reason:
                         stream.append(producer)
         # scale of the whole layer
-        if not has_scale and not any(s.kind is Kind.SCALE and s.incoming[0].param == producer.weight for _, _, s in out):
+        if not has_scale and producer.weight not in scaled:
             scalar = run({node: seed}, Mode.SCALAR, units)
             if scalar.ok and scalar.absorbed:
                 emit(Symmetry(Kind.SCALE, f"scale/{module}", tuple(_rows(producer, 0, units))))
@@ -587,19 +597,25 @@ def exact_defects(model: nn.Module, example_input, symmetries, *, logits: bool =
     The model, its mode and the global RNG are left as they were.
     Raises: TraceError where torch.export cannot trace the model whole.
     """
+    return exact_check(model, example_input, symmetries, logits=logits, seed=seed, samples=samples)[0]
+
+
+def exact_check(model: nn.Module, example_input, symmetries, *, logits: bool = True, seed: int = 0,
+                samples: int | None = None) -> tuple[dict[str, float], dict[str, float]]:
+    """(``exact_defects``, the epsilons that measurement set to 0: graph node -> the model's value),
+    from one trace of the model."""
     rng = torch.get_rng_state()
     try:
-        has_batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-        traced = export_model(model, example_input, training=has_batch_norm)
-        return _measure(model, traced, list(symmetries), logits, samples, seed)
+        traced = _traced(model, example_input)
+        evaluate = ExactEvaluator(traced, model)
+        return _measure(evaluate, model, list(symmetries), logits, samples, seed), dict(evaluate.epsilons)
     finally:
         torch.set_rng_state(rng)
 
 
-def _measure(model: nn.Module, traced: TracedModel, symmetries: list[Symmetry], logits: bool,
+def _measure(evaluate: ExactEvaluator, model: nn.Module, symmetries: list[Symmetry], logits: bool,
              samples: int | None, seed: int) -> dict[str, float]:
-    """The exact changes of ``exact_defects`` on an exported model (joint per kind where ``samples``)."""
-    evaluate = ExactEvaluator(traced, model)
+    """The exact changes of ``exact_defects`` through ``evaluate`` (joint per kind where ``samples``)."""
     params = {name: p.detach().to(torch.float64, copy=True) for name, p in model.named_parameters()}
     random = torch.Generator().manual_seed(seed)
 
@@ -634,7 +650,7 @@ def _checked(model: nn.Module, traced: TracedModel, candidates: list[Symmetry], 
     """The candidates that keep the float64, eps-free output (relative change < EXACT_TOLERANCE)."""
     if not candidates:
         return [], []
-    measured = _measure(model, traced, candidates, logits, samples, 0)
+    measured = _measure(ExactEvaluator(traced, model), model, candidates, logits, samples, 0)
     kept, rejected = [], []
     for sym in candidates:
         value = measured.get(sym.label)

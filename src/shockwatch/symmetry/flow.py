@@ -223,6 +223,12 @@ def parameter_uses(traced: TracedModel) -> dict[str, int]:
     return uses
 
 
+def _groups(node: fx.Node) -> int:
+    """A convolution node's ``groups`` (conv1d/2d/3d take it 7th, aten.convolution 9th)."""
+    position = 8 if packet(node) == "convolution" else 6
+    return node.args[position] if len(node.args) > position else 1
+
+
 def find_producers(traced: TracedModel) -> list[Producer]:
     """Every linear map of the graph whose weight is a parameter read nowhere else, with its unit axes."""
     out: list[Producer] = []
@@ -231,31 +237,30 @@ def find_producers(traced: TracedModel) -> list[Producer]:
         kind = packet(node)
         args = node.args
         if kind == "linear":
-            weight, bias = _param(args[1], traced), (_param(args[2], traced) if len(args) > 2 else None)
-            dims, x = (0, 1), args[0]
+            weight_arg, bias_arg, dims, x = args[1], (args[2] if len(args) > 2 else None), (0, 1), args[0]
         elif kind == "addmm":
-            weight, bias = _param(args[2], traced), _param(args[0], traced)
-            dims, x = (1, 0), args[1]
+            weight_arg, bias_arg, dims, x = args[2], args[0], (1, 0), args[1]
         elif kind in ("mm", "matmul") and len(shape(args[1]) or ()) == 2:
-            weight, bias = _param(args[1], traced), None
-            dims, x = (1, 0), args[0]
+            weight_arg, bias_arg, dims, x = args[1], None, (1, 0), args[0]
         elif kind in _CONV:
             transposed = kind == "convolution" and len(args) > 6 and args[6]
             if transposed:
                 continue
-            groups = (args[8] if len(args) > 8 else 1) if kind == "convolution" else (args[6] if len(args) > 6 else 1)
             weight, bias = _param(args[1], traced), (_param(args[2], traced) if len(args) > 2 else None)
             if weight is None:
                 continue
             name, order = weight
             if uses.get(name, 0) != 1:
                 continue
-            out.append(Producer(node, name, order[0], order[1], bias[0] if bias else None, shape(node)[1], 1, groups != 1))
+            out.append(Producer(node, name, order[0], order[1], bias[0] if bias else None, shape(node)[1], 1,
+                                _groups(node) != 1))
             continue
         else:
             continue
-        if weight is None or (bias is None and kind != "mm" and kind != "matmul" and len(args) > 2 and args[2 if kind == "linear" else 0] is not None):
-            continue  # a weight computed from parameters (not a parameter itself): not analysed
+        weight = _param(weight_arg, traced)
+        bias = _param(bias_arg, traced) if bias_arg is not None else None
+        if weight is None or (bias_arg is not None and bias is None):
+            continue  # a weight or bias computed from parameters (not a parameter itself): not analysed
         name, order = weight
         out_shape = shape(node)
         if uses.get(name, 0) != 1 or (bias and uses.get(bias[0], 0) != 1):
@@ -655,8 +660,7 @@ def _consume(node, tag, weight, kind, mode, result):
         return result.fail(node, "reaches a linear map before any norm or softmax") and None
     value = tag.value
     if kind in _CONV:
-        groups = (node.args[8] if len(node.args) > 8 else 1) if kind == "convolution" else (node.args[6] if len(node.args) > 6 else 1)
-        if groups != 1:
+        if _groups(node) != 1:
             return result.fail(node, "a grouped convolution ties input channels to output channels") and None
         axis = 1
     else:

@@ -23,9 +23,9 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .detect import exact_defects
+from .detect import exact_check
 from .group import Kind, Symmetry, SymmetrySet, act, act_gl, generator, permute, random_gl_element, unit_matrix
-from .trace import EXACT_TOLERANCE, TraceError, call_arguments, epsilon_nodes, export_model
+from .trace import EXACT_TOLERANCE, TraceError, call_arguments
 
 __all__ = ["Verification", "VerificationRow", "verify_symmetries"]
 
@@ -131,14 +131,9 @@ def verify_symmetries(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tens
     if logits is None:
         logits = any(sym.kind is Kind.TRANSLATION for sym in symmetries)
     try:
-        exact_values = exact_defects(model, inputs, list(symmetries), logits=logits, seed=seed, samples=exact_samples)
-        has_batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-        traced = export_model(model, inputs, training=has_batch_norm)
-        for name, position in epsilon_nodes(traced.graph).items():
-            node = next(n for n in traced.graph.nodes if n.name == name)
-            value = node.args[position] if position < len(node.args) else node.kwargs.get("eps")
-            if isinstance(value, (int, float)):
-                breakers[f"eps:{name}"] = float(value)
+        exact_values, epsilons = exact_check(model, inputs, list(symmetries), logits=logits, seed=seed,
+                                             samples=exact_samples)
+        breakers.update({f"eps:{name}": value for name, value in epsilons.items()})
         error = ""
     except (TraceError, ValueError) as failure:
         exact_values, error = {}, str(failure)
