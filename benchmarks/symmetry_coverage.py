@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 import shockwatch as sw
 from shockwatch.models import huggingface
-from shockwatch.symmetry.trace import model_output
+from shockwatch.symmetry.trace import call_arguments, model_output
 
 OUT = Path(__file__).parent / "results" / "symmetry_coverage.json"
 
@@ -51,8 +51,9 @@ def measure(architecture: str, size: str, verify: bool) -> dict:
         "find_symmetries_s": find_s,
     }
     if verify:
+        args, kwargs = call_arguments(model, inputs)
         with torch.no_grad():
-            logits = model_output(model(**inputs, **({"use_cache": False} if architecture != "vit" and architecture != "bert" else {})))
+            logits = model_output(model(*args, **kwargs))
         targets = torch.randint(0, logits.shape[-1], tuple(logits.shape[:-1]))
 
         def loss(outputs, labels):

@@ -73,7 +73,7 @@ def _takes_hooks(optimizer) -> bool:
     return True
 
 
-def _unwrapped(optimizer):
+def unwrapped_optimizer(optimizer):
     """The optimizer that takes the steps: ``optimizer.optimizer`` for wrappers that hold one
     (Accelerate's AcceleratedOptimizer, Lightning's LightningOptimizer)."""
     inner = getattr(optimizer, "optimizer", None)
@@ -187,7 +187,7 @@ class ConservationTracker:
             raise ValueError(f"record_every must be >= 1, got {record_every}")
         if not (isinstance(size_floor, (int, float)) and 0 < size_floor < float("inf")):
             raise ValueError(f"size_floor must be a positive finite number (parameter units), got {size_floor!r}")
-        optimizer = _unwrapped(optimizer)
+        optimizer = unwrapped_optimizer(optimizer)
         self.model, self.optimizer, self.symmetries, self.record_every = model, optimizer, symmetries, record_every
         self.size_floor = float(size_floor)
         self._map_groups()

@@ -51,7 +51,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ..mechanics import ConservationTracker
+from ..mechanics import ConservationTracker, unwrapped_optimizer
 from ..quotient import horizontal_projector
 from ..symmetry import Kind, SymmetrySet, _native, find_symmetries
 from ._engine import Engine
@@ -134,11 +134,7 @@ _requires_grad = attrgetter("requires_grad")
 def _unwrap(optimizer):
     """The torch optimizer inside wrappers that hold it as ``.optimizer`` and step it from their own
     step() (Accelerate's AcceleratedOptimizer, Lightning's LightningOptimizer): the hook goes on it."""
-    for _ in range(8):
-        inner = getattr(optimizer, "optimizer", None)
-        if not isinstance(inner, torch.optim.Optimizer) or inner is optimizer:
-            break
-        optimizer = inner
+    optimizer = unwrapped_optimizer(optimizer)
     if not isinstance(optimizer, torch.optim.Optimizer) or not hasattr(optimizer, "register_step_pre_hook"):
         raise TypeError(f"optimizer must be a torch.optim.Optimizer or a wrapper holding one as .optimizer, "
                         f"got {type(optimizer).__name__}")
