@@ -30,10 +30,13 @@ def expected_llama_counts(layers=LAYERS):
     (k_i, k_{i+4}) (2 x 4). Model: the final norm's gain against lm_head's columns (32 rescales),
     lm_head's 32 columns (translations; untied, no bias); the residual stream's scale (the embedding,
     o_proj's and down_proj's rows of every layer times a: every RMSNorm, the final one included, reads
-    a x; 1 scale). No query/key GL (rotary), no head permutation (two query heads share each key)."""
+    a x; 1 scale) and its permutation (the embedding's columns, o_proj's and down_proj's rows, every
+    RMSNorm gain, and the columns of every (q, k, v), (gate, up) and lm_head: 1 permutation; a sum and
+    x / rms(x) commute with it). No query/key GL (rotary), no head permutation (two query heads share
+    each key)."""
     per_layer_rescale = INTER + 2 * HIDDEN + KV_HEADS * (D_HEAD // 2)
     return {"translation": HIDDEN, "scale": 1, "rescale": layers * per_layer_rescale + HIDDEN,
-            "permutation": layers, "gl": layers * KV_HEADS}
+            "permutation": layers + 1, "gl": layers * KV_HEADS}
 
 
 def llama(seed=0):
@@ -243,3 +246,98 @@ def test_verification_tells_an_eps_breaking_from_a_false_symmetry():
     assert report.accepted(scale.label) and not report.accepted("permutation/false/depthwise")
     assert set(report.refuted()) == {"permutation/false/depthwise", "joint/permutation"}
     assert any(k.startswith("eps:") and math.isclose(v, 0.1) for k, v in report.breakers.items())
+
+
+def test_bert_post_norm_stream_permutation_covers_every_parameter():
+    """Truth: the definition on the model's own float64 logits. Post-norm BERT: the stream is
+    LayerNorm(x + branch(x)); a LayerNorm commutes with a permutation of its features once gamma
+    and beta are permuted, so the word, position and token-type embeddings' columns, every
+    LayerNorm and every branch output's rows permuted together (with the columns of q, k, v, the
+    MLP input and the pooler) leave the logits unchanged. With it nothing is left unanalysed."""
+    torch.manual_seed(4)
+    config = transformers.BertConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=HEADS,
+                                     intermediate_size=INTER, max_position_embeddings=32, num_labels=3)
+    model = transformers.BertForSequenceClassification(config).eval()
+    inputs = {"input_ids": torch.randint(0, VOCAB, (2, 8)), "attention_mask": torch.ones(2, 8, dtype=torch.long)}
+    syms = sw.find_symmetries(model, inputs)
+    assert syms.unanalysed == () and syms.reasons == ()
+    stream = next(s for s in syms if s.label == "permutation/residual_stream")
+    params = {slot.param for slot in stream.slots}
+    assert {"bert.embeddings.word_embeddings.weight", "bert.embeddings.token_type_embeddings.weight",
+            "bert.embeddings.LayerNorm.weight", "bert.encoder.layer.1.output.LayerNorm.bias",
+            "bert.pooler.dense.weight"} <= params
+    double = model.double()
+    values = {k: v.detach() for k, v in double.named_parameters()}
+    base = model_logprobs(double, values, inputs)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        order = torch.randperm(HIDDEN, generator=generator)
+        assert float((model_logprobs(double, permute(stream, values, order), inputs) - base).abs().max()) < 1e-12
+    # a half permutation (the embeddings only) is not one: the check can fail
+    half = Symmetry(Kind.PERMUTATION, "half", tuple(s for s in stream.incoming if "embeddings" in s.param),
+                    stream.outgoing[:1], units=HIDDEN)
+    assert float((model_logprobs(double, permute(half, values, order), inputs) - base).abs().max()) > 1e-3
+
+
+def test_t5_relative_bias_translations_and_the_shared_embedding():
+    """Truth: the model's own float64 logits. T5 adds a learned bias per (bucket, head) to every
+    layer's attention scores: adding c to head h's column shifts all its scores equally, and the
+    softmax over keys absorbs it (one translation per head, per stack). The shared embedding feeds
+    the encoder, the decoder and (tied) the head: the two streams are permuted by one permutation."""
+    torch.manual_seed(5)
+    config = transformers.T5Config(vocab_size=VOCAB, d_model=HIDDEN, d_kv=D_HEAD, d_ff=INTER, num_layers=2,
+                                   num_heads=HEADS, relative_attention_num_buckets=8)
+    model = transformers.T5ForConditionalGeneration(config).eval()
+    inputs = {"input_ids": torch.randint(0, VOCAB, (2, 8)), "decoder_input_ids": torch.randint(0, VOCAB, (2, 6))}
+    syms = sw.find_symmetries(model, inputs)
+    assert syms.unanalysed == () and syms.reasons == ()
+    biases = [s for s in syms.of_kind(Kind.TRANSLATION) if "relative_attention_bias" in s.label]
+    assert len(biases) == 2 * HEADS
+    stream = next(s for s in syms if s.label == "permutation/residual_stream")
+    assert Slot("shared.weight", 1, 0, HIDDEN) in stream.incoming
+    double = model.double()
+    values = {k: v.detach() for k, v in double.named_parameters()}
+    base = model_logprobs(double, values, inputs)
+    for sym in biases:
+        assert float((model_logprobs(double, act(sym, values, 3.0), inputs) - base).abs().max()) < 1e-12
+    # T5's norm sums x^2 in float32 whatever the dtype: a permuted sum order is round-off ~1e-7 here,
+    order = torch.randperm(HIDDEN, generator=torch.Generator().manual_seed(1))
+    assert float((model_logprobs(double, permute(stream, values, order), inputs) - base).abs().max()) < 1e-5
+    assert exact_defects(model, inputs, [stream, *biases])[stream.label] < EXACT_TOLERANCE  # and exact in float64
+    # the same shift on one row (one bucket) only is not absorbed: the check can fail
+    row = Symmetry(Kind.TRANSLATION, "row", (Slot(biases[0].incoming[0].param, 0, 0, 1),))
+    assert float((model_logprobs(double, act(row, values, 3.0), inputs) - base).abs().max()) > 1e-4
+
+
+class Sinusoidal(nn.Module):
+    """An embedding plus a fixed sinusoidal position code (a buffer that varies across features)."""
+
+    def __init__(self):
+        super().__init__()
+        self.table = nn.Embedding(VOCAB, HIDDEN)
+        self.block = nn.Sequential(nn.LayerNorm(HIDDEN), nn.Linear(HIDDEN, HIDDEN))
+        self.norm, self.head = nn.LayerNorm(HIDDEN), nn.Linear(HIDDEN, VOCAB)
+        position = torch.arange(8).double().unsqueeze(1) / 10000 ** (torch.arange(HIDDEN).double() / HIDDEN)
+        self.register_buffer("code", position.sin().float())
+
+    def forward(self, ids):
+        x = self.table(ids) + self.code
+        x = x + self.block(x)
+        return self.head(self.norm(x))
+
+
+def test_no_stream_permutation_through_a_fixed_code_that_varies_across_features():
+    """A buffer added to the stream would have to be permuted too, and buffers do not move: no
+    stream permutation is claimed, the embedding stays unanalysed with the add named, and the
+    hand-made candidate is refuted by the exact check."""
+    torch.manual_seed(6)
+    model, ids = Sinusoidal().eval(), torch.randint(0, VOCAB, (2, 8))
+    syms = sw.find_symmetries(model, ids)
+    assert not any(s.label == "permutation/residual_stream" for s in syms)
+    assert "add" in dict(syms.reasons)["table.weight"]
+    false = Symmetry(Kind.PERMUTATION, "permutation/false/stream",
+                     (Slot("table.weight", 1, 0, HIDDEN), Slot("block.0.weight", 0, 0, HIDDEN), Slot("block.0.bias", 0, 0, HIDDEN),
+                      Slot("block.1.weight", 0, 0, HIDDEN), Slot("block.1.bias", 0, 0, HIDDEN), Slot("norm.weight", 0, 0, HIDDEN),
+                      Slot("norm.bias", 0, 0, HIDDEN)),
+                     (Slot("block.1.weight", 1, 0, HIDDEN), Slot("head.weight", 1, 0, HIDDEN)), units=HIDDEN)
+    assert exact_defects(model, ids, [false])["permutation/false/stream"] > 1e3 * EXACT_TOLERANCE

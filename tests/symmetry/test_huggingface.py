@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import shockwatch as sw
-from shockwatch.symmetry import Kind, act_gl
+from shockwatch.symmetry import Kind, Slot, act_gl
 
 transformers = pytest.importorskip("transformers")
 
@@ -33,11 +33,17 @@ def test_gpt2_symmetries_found_and_verified():
     1 head permutation, 1 MLP-unit permutation; the tied lm_head/wte has no translation symmetry
     (shifting an embedding column also moves the inputs), so none is claimed. Norm affine: ln_1 and
     ln_2 of each layer against the columns of c_attn / c_fc: 2 x 2 x 16 = 64 rescales; ln_f feeds the
-    tied head, which cannot compensate alone: none."""
+    tied head, which cannot compensate alone: none. The residual stream's permutation: wte's and wpe's
+    columns, every c_proj's rows and bias, every LayerNorm's gamma and beta, c_attn's and c_fc's input
+    rows (Conv1D stores W as (in, out)); the tied head reads the very columns of wte the embedding
+    permutes, so it needs nothing more: 1 permutation, and every parameter is covered."""
     model, tokens, targets = gpt2()
     syms = sw.find_symmetries(model, tokens)
-    assert syms.counts() == {"translation": 32, "scale": 0, "rescale": 64, "permutation": 4, "gl": 8}
-    assert set(syms.unanalysed) == {"transformer.wte", "transformer.wpe", "transformer.ln_f"}
+    assert syms.counts() == {"translation": 32, "scale": 0, "rescale": 64, "permutation": 5, "gl": 8}
+    assert syms.unanalysed == () and syms.reasons == ()
+    stream = next(s for s in syms.of_kind(Kind.PERMUTATION) if s.label == "permutation/residual_stream")
+    assert Slot("transformer.wte.weight", 1, 0, 16) in stream.incoming
+    assert not any(slot.param == "transformer.wte.weight" for slot in stream.outgoing)
     report = sw.verify_symmetries(model, lm_loss, (tokens, targets), syms, train_mode=False)
     assert report.max_loss_change() < 1e-10, report.worst(3)
     assert report.max_gradient_alignment() < 1e-10, report.worst(3)

@@ -29,15 +29,20 @@ def test_gpt_counts_and_invariances(pre_ln):
     and ln_2 (MLP) of each layer and ln_f (lm_head): 5 x 12 = 60; post-LN, every block's norm output
     is the residual stream (added to a branch) or feeds ln_f, so only ln_f -> lm_head: 12. Pre-LN
     only: the residual stream's scale (wte, wpe, o's and the MLP output's rows: every norm reads a x).
+    Both: the residual stream's permutation (wte's and wpe's columns, o's and the MLP output's rows
+    and biases, every norm's gamma and beta, the columns of q, k, v, the MLP input and lm_head: a sum
+    and a LayerNorm commute with it), 1 more permutation, and with it every parameter is covered.
     Every one leaves the loss unchanged (float64 round-off) and is orthogonal to the gradient."""
     config, model, tokens, targets = setup(pre_ln)
     syms = sw.find_symmetries(model, tokens)
     assert syms.counts() == {"translation": 13 + 2 * 12, "scale": 1 if pre_ln else 0, "rescale": 60 if pre_ln else 12,
-                             "permutation": 4, "gl": 12}
-    # post-LN: a block's norm output is the residual stream, so its affine map has no symmetry, except
-    # the last block's ln_2, which feeds lm_head directly (the 12 rescales; ln_f is the identity here)
-    assert set(syms.unanalysed) == (set() if pre_ln else {"wte", "wpe", "blocks.0.ln_1", "blocks.0.ln_2",
-                                                                    "blocks.1.ln_1"})
+                             "permutation": 5, "gl": 12}
+    # post-LN: a block's norm output is the residual stream, so its affine map has no rescale, except
+    # the last block's ln_2, which feeds lm_head directly (the 12 rescales; ln_f is the identity here);
+    # the stream's permutation covers the rest
+    assert syms.unanalysed == ()
+    stream = next(s for s in syms.of_kind(Kind.PERMUTATION) if s.label == "permutation/residual_stream")
+    assert {slot.param for slot in stream.slots} >= {"wte.weight", "wpe.weight", "blocks.0.ln_1.weight", "lm_head.weight"}
     report = sw.verify_symmetries(model, lm_loss, (tokens, targets), syms)
     # the residual stream's scale is exact only at eps = 0 (LayerNorm's eps 1e-5 against a stream
     # scaled by e^-4.6): broken visibly as the model is, round-off in the exact check

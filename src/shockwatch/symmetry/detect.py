@@ -45,7 +45,8 @@ from torch import Tensor, fx, nn
 from .flow import (Consumer, Mode, Producer, Walk, find_producers, norm_affine_sources, parameter_uses, shape,
                    stream_sources, unit_index, walk)
 from .group import Kind, Slot, Symmetry, SymmetrySet, act, act_gl, permute, random_gl_element
-from .trace import EXACT_TOLERANCE, ExactEvaluator, TracedModel, TraceError, epsilon_nodes, call_arguments, export_model
+from .trace import (EXACT_TOLERANCE, ExactEvaluator, TracedModel, TraceError, call_arguments, epsilon_nodes, export_model,
+                    packet)
 
 __all__ = ["exact_check", "exact_defects", "find_symmetries"]
 
@@ -235,8 +236,8 @@ def _candidates(traced: TracedModel, logits: bool) -> tuple[list[Symmetry], dict
 
     uses = parameter_uses(traced)
 
-    def run(seeds, mode, units):
-        return walk(traced, seeds, mode, logits=logits, units=units, epsilons=epsilons, uses=uses)
+    def run(seeds, mode, units, uses_=uses):
+        return walk(traced, seeds, mode, logits=logits, units=units, epsilons=epsilons, uses=uses_)
 
     gl_done: set[fx.Node] = set()
     stream: list[Producer] = []  # producers whose output is added to a residual stream
@@ -298,7 +299,9 @@ def _candidates(traced: TracedModel, logits: bool) -> tuple[list[Symmetry], dict
     where[0] = len(position)  # head permutations, the stream's scale and key biases: after the rest
     _emit_head_permutations(attention, emit)
     _emit_stream_scale(traced, stream, run, emit)
+    _emit_stream_permutation(traced, stream, by_node, run, emit, note)
     _emit_key_biases(attention, producers, run, emit)
+    _emit_embedding_translations(traced, run, emit)
     for name in traced.parameters.values():
         why.setdefault(name, "no symmetry found for it")
     return [sym for _, _, sym in sorted(out, key=lambda entry: entry[:2])], why
@@ -406,13 +409,22 @@ def _emit_affine(diag: Walk, node: fx.Node, params: list[str], size: int, emit) 
 
 
 def _emit_permutation(perm: Walk, members: list[Producer], units: int, emit) -> None:
-    incoming: list[Slot] = []
-    for producer in members:
-        incoming.extend(_rows(producer, 0, units))
+    incoming = [slot for producer in members for slot in _rows(producer, 0, units)]
+    slots = _permuted_slots(perm, units)
+    if slots is None or not slots[1]:
+        return
+    emit(Symmetry(Kind.PERMUTATION, f"permutation/{_module_of(members[0].weight)}", tuple(_merge(incoming + slots[0])),
+                  tuple(slots[1]), units=units))
+
+
+def _permuted_slots(perm: Walk, units: int) -> tuple[list[Slot], list[Slot]] | None:
+    """(the norms' affine slots, the consumers' column slots) a PERM walk permuted with the units, or
+    None where one of them does not read all the units in order (unit-major blocks of columns)."""
+    norms: list[Slot] = []
     for param, dim, index in perm.norm_slots:
         if not torch.equal(index, torch.arange(units)):
-            return
-        incoming.append(Slot(param, dim, 0, units))
+            return None
+        norms.append(Slot(param, dim, 0, units))
     outgoing: list[Slot] = []
     for consumer in perm.consumers:
         columns = consumer.columns
@@ -423,12 +435,71 @@ def _emit_permutation(perm: Walk, members: list[Producer], units: int, emit) -> 
         block = (stop - start) // units
         expected = torch.arange(units).repeat_interleave(block)
         if stop - start != units * block or not torch.equal(columns[start:stop], expected):
-            return
+            return None
         outgoing.append(Slot(consumer.weight, consumer.in_dim, start, stop))
-    if not outgoing:
+    return norms, outgoing
+
+
+def _emit_stream_permutation(traced: TracedModel, stream: list[Producer], by_node: dict, run, emit, note) -> None:
+    """The residual stream's permutation: reorder the features of the stream x (the embeddings'
+    columns, the rows of every branch output added to it, the affine parameters of every norm over
+    it) and the input columns of every linear map reading it. Sums commute with it, and so does a
+    norm over the features (mean, variance and mean square are symmetric functions of them) once its
+    gain and bias are permuted, so the output is unchanged. A head tied to the token embedding reads
+    the same columns the embedding permutes: one permutation, exact, where the stream's scale is not.
+    One PERM walk from every stream producer and source; a branch output the walk meets added to the
+    stream joins the seeds, and a source off this stream (an embedding of other width or meaning, a
+    relative position bias) is dropped where the walk fails without it."""
+    if not stream:
         return
-    emit(Symmetry(Kind.PERMUTATION, f"permutation/{_module_of(members[0].weight)}", tuple(_merge(incoming)),
-                  tuple(outgoing), units=units))
+    units = stream[0].units
+    if any(p.units != units for p in stream):
+        return
+    sources = [(node, name) for node, name in stream_sources(traced, tied=True) if shape(node)[-1] == units]
+    tied = {name for _, name in sources}
+    uses = {**parameter_uses(traced), **{name: 1 for name in tied}}
+    members = list(stream)
+
+    def attempt(kept_sources):
+        seeds = {p.node: unit_index(shape(p.node), p.axis, p.units) for p in members}
+        for node, _ in kept_sources:
+            seeds[node] = unit_index(shape(node), len(shape(node)) - 1, units)
+        return run(seeds, Mode.PERM, units, uses)
+
+    for _ in range(8):
+        perm = attempt(sources)
+        partner = _producer_behind(perm.partner, by_node) if perm.partner is not None else None
+        if perm.ok or partner is None or partner in members or partner.units != units:
+            break
+        members.append(partner)
+    if not perm.ok:
+        failed = perm
+        for left_out in list(sources):
+            kept = [s for s in sources if s is not left_out]
+            if (perm := attempt(kept)).ok:
+                sources = kept
+                break
+        else:
+            for _, name in sources:
+                note(name, failed)
+            return
+    slots = _permuted_slots(perm, units)
+    if slots is None:
+        return
+    incoming = [slot for p in members for slot in _rows(p, 0, units)] + slots[0]
+    for node, name in sources:
+        incoming.append(Slot(name, 1 if packet(node) == "embedding" else len(shape(node)) - 1, 0, units))
+    incoming = list(dict.fromkeys(incoming))
+    outgoing = []
+    for slot in slots[1]:
+        if slot.param in tied:  # a head tied to an embedding: the columns the embedding permutes
+            if slot not in incoming:
+                return
+            continue
+        outgoing.append(slot)
+    if outgoing:
+        emit(Symmetry(Kind.PERMUTATION, "permutation/residual_stream", tuple(_merge(incoming)), tuple(outgoing),
+                      units=units))
 
 
 def _block_slots(block: Tensor, members: list[Producer]) -> list[Slot] | None:
@@ -499,6 +570,29 @@ def _emit_stream_scale(traced: TracedModel, stream: list[Producer], run, emit) -
         node = next(weights[k] for k, v in traced.parameters.items() if v == name)
         incoming.append(Slot(name, 0, 0, shape(node)[0]))
     emit(Symmetry(Kind.SCALE, "scale/residual_stream", tuple(incoming)))
+
+
+def _emit_embedding_translations(traced: TracedModel, run, emit) -> None:
+    """An embedding table E whose lookups only ever shift the scores of a softmax (a relative
+    position bias, T5): E[:, j] -> E[:, j] + c adds c to every looked-up entry of feature j, and
+    where that is constant along the softmax axis, softmax(s + c) = softmax(s). One translation per
+    column (a SHIFT walk with a random shift per column; every lookup of the table at once)."""
+    lookups: dict[str, list[fx.Node]] = {}
+    for node, name in stream_sources(traced, tied=True):
+        if packet(node) == "embedding":
+            lookups.setdefault(name, []).append(node)
+    uses = parameter_uses(traced)
+    generator = torch.Generator().manual_seed(2)
+    for name, nodes in lookups.items():
+        if uses.get(name) != len(nodes):
+            continue  # also read by something other than a lookup (a tied output head)
+        width = shape(nodes[0])[-1]
+        probe = torch.randn(width, dtype=torch.float64, generator=generator)
+        seeds = {node: probe.expand(shape(node)).clone() for node in nodes}
+        shifted = run(seeds, Mode.SHIFT, width)
+        if shifted.ok and shifted.absorbed:
+            for j in range(width):
+                emit(Symmetry(Kind.TRANSLATION, f"translation/{_module_of(name)}/column{j}", (Slot(name, 1, j, j + 1),)))
 
 
 def _emit_key_biases(attention: dict, producers: list[Producer], run, emit) -> None:

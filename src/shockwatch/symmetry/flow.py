@@ -295,16 +295,17 @@ def norm_affine_sources(traced: TracedModel) -> list[tuple[fx.Node, int, list[st
     return out
 
 
-def stream_sources(traced: TracedModel) -> list[tuple[fx.Node, str]]:
+def stream_sources(traced: TracedModel, *, tied: bool = False) -> list[tuple[fx.Node, str]]:
     """Where parameters enter a residual stream directly: an embedding lookup of a weight read nowhere
-    else, and a parameter added or concatenated as it is (a class token, learned positions)."""
+    else (``tied``: or read elsewhere too, an output head tied to it), and a parameter added or
+    concatenated as it is (a class token, learned positions)."""
     uses = parameter_uses(traced)
     out = []
     for node in traced.graph.nodes:
         kind = packet(node)
         if kind == "embedding":
             found = _param(node.args[0], traced)
-            if found and uses.get(found[0]) == 1:
+            if found and found[1] == (0, 1) and (tied or uses.get(found[0]) == 1):
                 out.append((node, found[0]))
         elif node.op == "placeholder" and node.name in traced.parameters:
             name = traced.parameters[node.name]
@@ -732,7 +733,9 @@ def _attention(node, tags, mode, result):
     q, k, v = node.args[0], node.args[1], node.args[2]
     mask = node.args[3] if len(node.args) > 3 else node.kwargs.get("attn_mask")
     if isinstance(mask, fx.Node) and mask in tags:
-        return result.fail(node, "a transformed attention mask") and None
+        if not (mode is Mode.SHIFT and _constant_along(tags[mask].value, -1)):
+            return result.fail(node, "a transformed attention mask") and None
+        result.absorbed = True  # an additive mask shifted equally along the keys: softmax absorbs it
     tq, tk, tv = tags.get(q), tags.get(k), tags.get(v)
     out = None
     if tq is not None or tk is not None:
