@@ -341,3 +341,45 @@ def test_no_stream_permutation_through_a_fixed_code_that_varies_across_features(
                       Slot("norm.bias", 0, 0, HIDDEN)),
                      (Slot("block.1.weight", 1, 0, HIDDEN), Slot("head.weight", 1, 0, HIDDEN)), units=HIDDEN)
     assert exact_defects(model, ids, [false])["permutation/false/stream"] > 1e3 * EXACT_TOLERANCE
+
+
+def test_partial_rotary_keeps_full_gl_on_the_dimensions_no_rotation_touches():
+    """Truth: the hand count for Hugging Face Phi (partial_rotary_factor 0.5, d_head 8: dimensions
+    0-3 rotated in the frequency pairs (0, 2), (1, 3), dimensions 4-7 passed through), and the
+    definition on the model's own float64 logits. Per layer: per key-value group (2), GL(4) on the
+    pass-through query rows of both query heads against the key rows (q.k over those dimensions is
+    q^T M^T M^-T k), one rescale per frequency pair (2 x 2), value/output GL(8) (2); one LayerNorm
+    feeding q, k, v and fc1 (32 rescales); fc1's GELU units permuted (1); key-bias translations on
+    the pass-through key dimensions only (a rotation follows the others: 2 x 4). Model: final norm
+    against lm_head (32), lm_head's 32 columns and its bias (33 translations), the residual stream's
+    scale and permutation. GL over a whole head (rotated dimensions included) is refuted."""
+    torch.manual_seed(7)
+    config = transformers.PhiConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+                                    num_key_value_heads=KV_HEADS, intermediate_size=INTER, partial_rotary_factor=0.5,
+                                    max_position_embeddings=32)
+    model = transformers.PhiForCausalLM(config).eval()
+    inputs = {"input_ids": torch.randint(0, VOCAB, (2, 8))}
+    syms = sw.find_symmetries(model, inputs)
+    per_layer_rescale = KV_HEADS * 2 + HIDDEN
+    assert syms.counts() == {"translation": HIDDEN + 1 + LAYERS * KV_HEADS * 4, "scale": 1,
+                             "rescale": LAYERS * per_layer_rescale + HIDDEN, "permutation": LAYERS + 1,
+                             "gl": LAYERS * 2 * KV_HEADS}
+    assert syms.rejected == () and syms.unanalysed == ()
+    qk = [s for s in syms.of_kind(Kind.GL) if s.label.endswith("/qk")]
+    assert all(s.unit_count == D_HEAD // 2 for s in qk)
+    # head 0 of layer 0: rows 4-7 (and 12-15 of query head 1) against key rows 4-7 of key head 0
+    first = next(s for s in qk if s.label.startswith("gl/model.layers.0."))
+    assert {(s.param.rsplit(".", 2)[-2], s.start, s.stop) for s in first.slots if s.param.endswith("weight")} == \
+        {("q_proj", 4, 8), ("q_proj", 12, 16), ("k_proj", 4, 8)}
+    double = model.double()
+    values = {k: v.detach() for k, v in double.named_parameters()}
+    base = model_logprobs(double, values, inputs)
+    generator = torch.Generator().manual_seed(0)
+    for sym in qk:
+        assert float((model_logprobs(double, moved(sym, values, generator), inputs) - base).abs().max()) < 1e-10
+    whole = Symmetry(Kind.GL, "gl/false/whole_head", (Slot("model.layers.0.self_attn.q_proj.weight", 0, 0, D_HEAD),
+                                                       Slot("model.layers.0.self_attn.q_proj.weight", 0, D_HEAD, 2 * D_HEAD)),
+                     (Slot("model.layers.0.self_attn.k_proj.weight", 0, 0, D_HEAD),), units=D_HEAD)
+    defects = exact_defects(model, inputs, [whole, *qk])
+    assert defects["gl/false/whole_head"] > 1e3 * EXACT_TOLERANCE
+    assert max(v for k, v in defects.items() if "false" not in k) < EXACT_TOLERANCE

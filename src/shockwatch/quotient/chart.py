@@ -10,7 +10,8 @@ and the units of every permutation symmetry are sorted by decreasing norm. Phi i
 orbits and leaves the realised function unchanged. These conditions are <theta, xi_k> = 0 (or
 |theta_A| = 1), whose tangent space is exactly the horizontal space {v: <xi_k, v> = 0}: so at a
 canonical point D Phi = P_H, and elsewhere D Phi(theta) v = P_H(Phi theta)[g_* v], with g the group
-element that carried theta there (an entrywise scaling and a permutation: g_* v = perm(a * v)).
+element that carried theta there (entrywise scalings, GL matrices on heads and permutations, each
+linear, so g_* is g itself: ``Canonical.carry``).
 
 GL(d) groups of attention heads (A_in, A_out) -> (M A_in, M^-T A_out) are fixed by the balanced
 SVD form: with the invariant A_in^T A_out = U S V^T (thin, rank d), A_in = S^{1/2} U^T and
@@ -40,29 +41,50 @@ __all__ = ["Canonical", "canonical", "gl_invariant", "push_forward", "relu_unit_
 @dataclass(frozen=True)
 class Canonical:
     params: dict[str, Tensor]  # Phi(theta), float64
-    factors: dict[str, Tensor]  # a, in theta's layout: Phi(theta) = perm(a * theta + shift), entrywise
-    orders: tuple[tuple[Symmetry, Tensor], ...]  # the permutations applied, in order
+    steps: tuple[tuple, ...]  # g, in the order applied: ("factors", {name: a}) entrywise, ("gl", sym, M)
+    orders: tuple[tuple[Symmetry, Tensor], ...]  # the permutations applied last, in order
     sweeps: int
     imbalance: float  # max over the conditions of their relative violation at the end
-    gl_matrices: tuple[tuple[Symmetry, Tensor], ...] = ()  # M carrying each head to its balanced form
+
+    def carry(self, vectors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """g_* v: the differential of the group element that carried theta to Phi(theta), applied to
+        tangent vectors (a dict over every parameter; float64). Each step is linear in theta (an
+        entrywise scaling, a GL matrix on a head, a permutation), so its differential is itself;
+        translations shift theta by a constant and have the identity as differential."""
+        moved = {name: v.detach().to(torch.float64) for name, v in vectors.items()}
+        for step in self.steps:
+            if step[0] == "factors":
+                moved = {name: v * step[1][name] for name, v in moved.items()}
+            else:
+                moved = act_gl(step[1], moved, step[2])
+        for sym, order in self.orders:
+            moved = permute(sym, moved, order)
+        return moved
 
 
 def canonical(symmetries: SymmetrySet, params: Mapping[str, Tensor], *, tol: float = 1e-13,
               max_sweeps: int = 10_000) -> Canonical:
-    r"""Phi(theta): alternate the three conditions (each is the exact minimiser or normaliser of
-    its own group) until every one holds to ``tol`` relative; then sort permutable units.
+    r"""Phi(theta): alternate the conditions (each the exact minimiser or normaliser of its own
+    group) until every one holds to ``tol`` relative; then sort permutable units.
 
     Scheme: one sweep = normalise every scale group, centre every translation group, balance
-    every rescale unit (a = (|out|/|in|)^{1/2}) in model order. Each step solves its own condition
-    exactly; sweeps are needed only where groups share parameters (e.g. the last hidden layer's
-    rescale and the logits' translations both act on the classifier's columns).
+    every rescale unit (a = (|out|/|in|)^{1/2}), then put every GL group in its balanced SVD form
+    (A_in A_in^T = A_out A_out^T), in model order. Each step solves its own condition exactly;
+    sweeps are needed only where groups share parameters: the last hidden layer's rescale and the
+    logits' translations on the classifier's columns, a norm's affine rescales against the
+    columns of q, k and v whose rows a head's GL moves, the residual stream's scale on o's rows
+    whose columns the value/output GL moves. Rescale, translation and GL steps each lower
+    |theta|^2 within their own orbit, so with overlaps the sweeps descend to the joint balanced
+    point (the zero of the joint moment map), where every condition holds at once.
     Raises: RuntimeError if the conditions do not converge within ``max_sweeps``.
     """
     theta = {name: p.detach().to(torch.float64).clone() for name, p in params.items()}
     factors = {name: torch.ones_like(p) for name, p in theta.items()}
+    steps: list[tuple] = []
     scale_groups = symmetries.of_kind(Kind.SCALE)
     translations = symmetries.of_kind(Kind.TRANSLATION)
     rescales = symmetries.of_kind(Kind.RESCALE)
+    gl_groups = symmetries.of_kind(Kind.GL)
     imbalance, sweeps = float("inf"), 0
     while sweeps < max_sweeps:
         sweeps += 1
@@ -88,25 +110,51 @@ def canonical(symmetries: SymmetrySet, params: Mapping[str, Tensor], *, tol: flo
                 for slot in sym.outgoing:
                     slot.view(theta).div_(a)
                     slot.view(factors).div_(a)
-        imbalance = _violation(symmetries, theta)
+        for sym in gl_groups:  # every sweep: balanced is an O(d) orbit, the SVD form fixes a point of it
+            matrix = _gl_balancing(sym, theta)
+            if float((matrix - torch.eye(len(matrix), dtype=matrix.dtype)).abs().max()) <= 1e-15:
+                continue  # already in the SVD form: g_* needs no step
+            if any(bool((f != 1).any()) for f in factors.values()):
+                steps.append(("factors", factors))
+                factors = {name: torch.ones_like(p) for name, p in theta.items()}
+            steps.append(("gl", sym, matrix))
+        imbalance = max([_violation(symmetries, theta)] + [_gl_imbalance(sym, theta) for sym in gl_groups])
         if imbalance <= tol:
             break
     else:
         raise RuntimeError(f"canonical: the gauge conditions did not converge in {max_sweeps} sweeps "
                            f"(violation {imbalance:.2e} > tol {tol:.0e})")
-    gl_matrices = []
-    for sym in symmetries.of_kind(Kind.GL):
-        before = unit_matrix(sym, sym.incoming, theta)
-        theta = _gl_balanced(sym, theta)
-        after = unit_matrix(sym, sym.incoming, theta)  # after = M before: M by least squares (exact, full rank)
-        gl_matrices.append((sym, torch.linalg.lstsq(before.T, after.T).solution.T))
+    steps.append(("factors", factors))
     orders = []
     for sym in symmetries.of_kind(Kind.PERMUTATION):
         key = sum(unit_matrix(sym, (slot,), theta).square().sum(1) for slot in sym.slots)
         order = torch.argsort(key, descending=True, stable=True)
         theta = permute(sym, theta, order)
-        orders.append((sym, order))  # factors stay in theta's own layout: g_* v = perm(a * v)
-    return Canonical(theta, factors, tuple(orders), sweeps, imbalance, tuple(gl_matrices))
+        orders.append((sym, order))
+    return Canonical(theta, tuple(steps), tuple(orders), sweeps, imbalance)
+
+
+def _gl_balancing(sym: Symmetry, theta: dict[str, Tensor]) -> Tensor:
+    """Put ``sym``'s heads in their balanced form in ``theta``; the M with (A_in, A_out) -> (M A_in,
+    M^-T A_out) that did it (least squares, exact where the head has full rank).
+    Raises: RuntimeError where the balancing is no group element (a rank-deficient head)."""
+    a_in, a_out = unit_matrix(sym, sym.incoming, theta), unit_matrix(sym, sym.outgoing, theta)
+    theta = _gl_balanced(sym, theta)
+    b_in, b_out = unit_matrix(sym, sym.incoming, theta), unit_matrix(sym, sym.outgoing, theta)
+    matrix = torch.linalg.lstsq(a_in.T, b_in.T).solution.T
+    error = max(float((matrix @ a_in - b_in).abs().max()) / float(b_in.abs().max()),
+                float((torch.linalg.inv(matrix).T @ a_out - b_out).abs().max()) / float(b_out.abs().max()))
+    if error > 1e-6:
+        raise RuntimeError(f"{sym.label}: the GL balancing is not a group element here "
+                           f"(relative residual {error:.1e}; rank-deficient head?)")
+    return matrix
+
+
+def _gl_imbalance(sym: Symmetry, theta: Mapping[str, Tensor]) -> float:
+    """|A_in A_in^T - A_out A_out^T|_F / (|A_in|^2 + |A_out|^2): zero exactly at the balanced form."""
+    a_in, a_out = unit_matrix(sym, sym.incoming, theta), unit_matrix(sym, sym.outgoing, theta)
+    size = float(a_in.square().sum() + a_out.square().sum())
+    return float((a_in @ a_in.T - a_out @ a_out.T).norm()) / size if size > 0 else 0.0
 
 
 def _gl_balanced(sym: Symmetry, theta: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -150,20 +198,16 @@ def _violation(symmetries: SymmetrySet, theta: Mapping[str, Tensor]) -> float:
 
 def push_forward(symmetries: SymmetrySet, params: Mapping[str, Tensor], vectors: Mapping[str, Tensor],
                  *, point: Canonical | None = None) -> dict[str, Tensor]:
-    r"""D Phi(theta) v = P_H(Phi theta)[perm(M (a * v))]: a tangent vector carried to the quotient chart
-    (a the entrywise factors, M the GL matrices of the heads' balancing; for models with GL groups
+    r"""D Phi(theta) v = P_H(Phi theta)[g_* v]: a tangent vector carried to the quotient chart (g the
+    group element that carried theta to Phi(theta), ``Canonical.carry``; for models with GL groups
     the result is the horizontal lift at Phi(theta), see the module docstring).
 
     The drift of Thm 2.2 is b = D Phi grad L. ``point``: a ``canonical(...)`` result for ``params``
     to reuse. Returns float64 tensors for every key of ``vectors``.
     """
     point = point or canonical(symmetries, params)
-    moved = {name: point.factors[name] * (vectors[name].detach().to(torch.float64) if name in vectors
-                                          else torch.zeros_like(point.factors[name])) for name in point.factors}
-    for sym, matrix in point.gl_matrices:  # the GL action is linear: its tangent map is itself
-        moved = act_gl(sym, moved, matrix)
-    for sym, order in point.orders:
-        moved = permute(sym, moved, order)
+    moved = point.carry({name: vectors[name] if name in vectors else torch.zeros_like(value)
+                         for name, value in point.params.items()})
     projected = horizontal_projection(symmetries, point.params, moved)
     return {name: projected[name] for name in vectors}
 

@@ -232,36 +232,23 @@ def quotient_moments(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tenso
 
 
 class _Chart:
-    """D Phi(theta) on flat vectors: factors, GL matrices, permutations, then P_H at Phi (dense)."""
+    """D Phi(theta) on flat vectors: the steps of ``Canonical.carry`` (factors, GL matrices,
+    permutations) as index maps, then P_H at Phi (dense)."""
 
     def __init__(self, syms: SymmetrySet, params: Mapping[str, Tensor], names: tuple[str, ...]) -> None:
         self.names = names
         self.shapes = [params[name].shape for name in names]
         full = canonical(syms, params)
         self.point = self._flat(full.params)
-        self.factors = self._flat(full.factors)
-        # GL: the matrix that carried each head from its pre-GL state to its balanced form
-        self.gl: list[tuple[Symmetry, Tensor, Tensor, tuple[Tensor, Tensor]]] = []
-        gl_groups = syms.of_kind(Kind.GL)
-        if gl_groups:
-            one_parameter = tuple(s for s in syms if s.kind.one_parameter)
-            before = canonical(SymmetrySet(one_parameter, syms.device), params).params
-            after = canonical(SymmetrySet(one_parameter + gl_groups, syms.device), params).params
-            positions = self._positions()
-            for sym in gl_groups:
-                a_in, b_in = unit_matrix(sym, sym.incoming, before), unit_matrix(sym, sym.incoming, after)
-                a_out, b_out = unit_matrix(sym, sym.outgoing, before), unit_matrix(sym, sym.outgoing, after)
-                matrix = torch.linalg.lstsq(a_in.T, b_in.T).solution.T  # b_in = M a_in
-                inverse_t = torch.linalg.inv(matrix).T
-                error = max(float((matrix @ a_in - b_in).abs().max()) / float(b_in.abs().max()),
-                            float((inverse_t @ a_out - b_out).abs().max()) / float(b_out.abs().max()))
-                if error > 1e-6:
-                    raise RuntimeError(f"{sym.label}: the GL balancing is not a group element here "
-                                       f"(relative residual {error:.1e}; rank-deficient head?)")
-                index_in = unit_matrix(sym, sym.incoming, positions).round().long()
-                index_out = unit_matrix(sym, sym.outgoing, positions).round().long()
-                self.gl.append((sym, matrix, inverse_t, (index_in, index_out)))
         positions = self._positions()
+        self.steps: list[tuple] = []  # ("factors", flat a) or ("gl", M, M^-T, (index_in, index_out))
+        for step in full.steps:
+            if step[0] == "factors":
+                self.steps.append(("factors", self._flat(step[1])))
+            else:
+                sym, matrix = step[1], step[2]
+                index = tuple(unit_matrix(sym, slots, positions).round().long() for slots in (sym.incoming, sym.outgoing))
+                self.steps.append(("gl", matrix, torch.linalg.inv(matrix).T, index))
         for sym, order in full.orders:
             positions = permute(sym, positions, order)
         self.order = self._flat(positions).round().long()  # (perm v)[i] = v[order[i]]
@@ -300,8 +287,12 @@ class _Chart:
 
     def push(self, vectors: Tensor) -> Tensor:
         """D Phi(theta) applied to the rows of ``vectors`` (n, D)."""
-        moved = vectors * self.factors
-        for _, matrix, inverse_t, index in self.gl:
+        moved = vectors
+        for step in self.steps:
+            if step[0] == "factors":
+                moved = moved * step[1]
+                continue
+            _, matrix, inverse_t, index = step
             for transform, where in ((matrix, index[0]), (inverse_t, index[1])):
                 moved[:, where] = torch.einsum("ij,njr->nir", transform, moved[:, where])  # (n, units, rest)
         moved = moved[:, self.order]

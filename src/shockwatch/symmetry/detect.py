@@ -262,10 +262,15 @@ def _candidates(traced: TracedModel, logits: bool) -> tuple[list[Symmetry], dict
         # GL: attention blocks (query/key pairs, value blocks); else a per-unit action
         has_scale = False
         if node not in gl_done:
-            gl, members = _walk_with_partner(run, producer, seed, Mode.GL, by_node, gl_done)
+            gl, members, rotated = _walk_gl(run, producer, seed, by_node, gl_done)
             if gl.ok and (gl.pairs or gl.value_blocks):
                 gl_done.update(m.node for m in members)
                 _emit_gl(gl, members, emit, attention)
+                if rotated:  # the rotated dimensions of a partial rotary embedding: their frequency pairs
+                    diag = run({m.node: unit_index(shape(m.node), m.axis, m.units, offset)
+                                for m, offset in zip(members, _offsets(members))}, Mode.DIAG, sum(m.units for m in members))
+                    if diag.ok and not diag.links.broken:
+                        _emit_diag(diag, members, emit, label="pair", only=rotated)
             else:
                 diag, members = _walk_with_partner(run, producer, seed, Mode.DIAG, by_node, gl_done)
                 if diag.ok and not diag.links.broken:
@@ -308,10 +313,11 @@ def _candidates(traced: TracedModel, logits: bool) -> tuple[list[Symmetry], dict
 
 
 def _walk_with_partner(run, producer: Producer, seed: Tensor, mode: Mode, by_node: dict, done: set,
-                       same_units: bool = False) -> tuple[Walk, list[Producer]]:
+                       same_units: bool = False, masked: frozenset[int] = frozenset()) -> tuple[Walk, list[Producer]]:
     """A walk from ``producer``; where it fails for want of a second producer's output (the key of a
-    query, the up projection of a gate), the walk from both together, units numbered one after the other."""
-    result = run({producer.node: seed}, mode, producer.units)
+    query, the up projection of a gate), the walk from both together, units numbered one after the
+    other. ``masked``: units left untransformed (-1 in the seeds)."""
+    result = run({producer.node: _without(seed, masked)}, mode, producer.units)
     if result.ok or result.partner is None:
         return result, [producer]
     if mode is not Mode.PERM and "without its" not in result.reason:
@@ -320,10 +326,33 @@ def _walk_with_partner(run, producer: Producer, seed: Tensor, mode: Mode, by_nod
     if partner is None or partner is producer or partner.node in done or (same_units and partner.units != producer.units):
         return result, [producer]
     offset = 0 if same_units else producer.units
-    seeds = {producer.node: seed,
-             partner.node: unit_index(shape(partner.node), partner.axis, partner.units, offset)}
+    seeds = {producer.node: _without(seed, masked),
+             partner.node: _without(unit_index(shape(partner.node), partner.axis, partner.units, offset), masked)}
     joint = run(seeds, mode, producer.units + (0 if same_units else partner.units))
-    return (joint, [producer, partner]) if joint.ok else (result, [producer])
+    return (joint, [producer, partner]) if joint.ok or joint.blocked else (result, [producer])
+
+
+def _walk_gl(run, producer: Producer, seed: Tensor, by_node: dict, done: set
+             ) -> tuple[Walk, list[Producer], frozenset[int]]:
+    """The GL walk; where a factor that varies across the units multiplies some of them (the cos and
+    sin of a rotary embedding), again with those units left out, so that the dimensions of a partial
+    rotary embedding that no rotation touches keep their full GL(d_pass) (at most 4 rounds).
+    Returns the walk, its producers and the units left out."""
+    masked: frozenset[int] = frozenset()
+    for _ in range(4):
+        gl, members = _walk_with_partner(run, producer, seed, Mode.GL, by_node, done, masked=masked)
+        if gl.ok or not gl.blocked or gl.blocked <= masked:
+            break
+        masked |= gl.blocked
+    return gl, members, (masked if gl.ok else frozenset())
+
+
+def _without(seed: Tensor, masked: frozenset[int]) -> Tensor:
+    return seed.masked_fill(torch.isin(seed, torch.tensor(sorted(masked), dtype=seed.dtype)), -1) if masked else seed
+
+
+def _offsets(members: list[Producer]) -> list[int]:
+    return [sum(m.units for m in members[:i]) for i in range(len(members))]
 
 
 def _in_size(traced: TracedModel, producer: Producer) -> int:
@@ -378,12 +407,15 @@ def _merge(slots: list[Slot]) -> list[Slot]:
     return merged
 
 
-def _emit_diag(diag: Walk, members: list[Producer], emit, *, label: str) -> bool:
-    """One scale or rescale symmetry per class of units that must share a factor."""
+def _emit_diag(diag: Walk, members: list[Producer], emit, *, label: str, only: frozenset[int] | None = None) -> bool:
+    """One scale or rescale symmetry per class of units that must share a factor (``only``: the
+    classes within those units)."""
     made_scale = False
     classes = diag.links.classes()
     module = _module_of(members[0].weight)
     for root, members_of_class in sorted(classes.items(), key=lambda kv: min(u for u, _ in kv[1])):
+        if only is not None and not all(u in only for u, _ in members_of_class):
+            continue
         incoming = _unit_slots([u for u, p in members_of_class if p == 0], members)
         outgoing = _unit_slots([u for u, p in members_of_class if p == 1], members)
         for consumer in diag.consumers:
@@ -728,9 +760,8 @@ def _measure(evaluate: ExactEvaluator, model: nn.Module, symmetries: list[Symmet
         for kind, members in by_kind.items():
             touched = {slot.param for sym in members for slot in sym.slots}
             joint = {k: (v.clone() if k in touched else v) for k, v in params.items()}
-            for sym in members:  # one-parameter actions in place on the copies: no copy per symmetry
-                joint = act(sym, joint, _CHECK_AMOUNT[sym.kind], copy=False) if sym.kind.one_parameter \
-                    else _moved(sym, joint, random)
+            for sym in members:  # in place on the copies: no copy per symmetry
+                joint = _moved(sym, joint, random, copy=False)
             out[f"joint/{kind.value}"] = change = _relative_change(output(joint), reference)
             step = max(1, len(members) // max(samples, 1))
             alone += members if change > EXACT_TOLERANCE else members[::step][:samples]
@@ -767,10 +798,11 @@ def _relative_change(moved: Tensor, reference: Tensor) -> float:
     return change if change == change else float("inf")
 
 
-def _moved(sym: Symmetry, values: dict, random: torch.Generator) -> dict:
-    """``values`` moved by one finite element of ``sym``'s group (new tensors where touched)."""
+def _moved(sym: Symmetry, values: dict, random: torch.Generator, *, copy: bool = True) -> dict:
+    """``values`` moved by one finite element of ``sym``'s group (new tensors where touched; without
+    ``copy``, in place)."""
     if sym.kind.one_parameter:
-        return act(sym, values, _CHECK_AMOUNT[sym.kind])
+        return act(sym, values, _CHECK_AMOUNT[sym.kind], copy=copy)
     if sym.kind is Kind.PERMUTATION:
-        return permute(sym, values, torch.randperm(sym.unit_count, generator=random))
-    return act_gl(sym, values, random_gl_element(sym.unit_count, 0.3, random))
+        return permute(sym, values, torch.randperm(sym.unit_count, generator=random), copy=copy)
+    return act_gl(sym, values, random_gl_element(sym.unit_count, 0.3, random), copy=copy)

@@ -167,6 +167,7 @@ class Walk:
     value_blocks: list[tuple[fx.Node, Tensor]] = field(default_factory=list)  # GL: (attention, value block)
     absorbed: bool = False
     partner: fx.Node | None = None  # where a second producer is needed (the other operand)
+    blocked: frozenset[int] = frozenset()  # GL: the units a factor varying across them multiplies (rotary dims)
     links: Parity | None = None
     uses: dict[str, int] = field(default_factory=dict)
 
@@ -559,6 +560,8 @@ def _binary(node, tags, mode, result, epsilons, traced):
         if bool((index >= 0).all()):  # a gain on the units: permuted with them
             result.norm_slots.append((gain[0], 0, index.clone()))
             return _Tag(value.expand(out_shape) if out_shape else value, tag.degree)
+    if mode is Mode.GL and result.ok:
+        result.blocked = frozenset(int(u) for u in value[value >= 0].unique().tolist())
     return result.fail(node, "multiplies the units by a tensor that varies across them", partner=other)
 
 
@@ -713,10 +716,15 @@ def _pair(node, q: Tensor, k: Tensor, mode: Mode, result: Walk):
         return result.fail(node, "query/key units vary along the sequence") and None
     q_rows = q.narrow(-2, 0, 1).reshape(-1, q.shape[-1])
     k_rows = k.narrow(-2, 0, 1).expand(*q.shape[:-2], 1, k.shape[-1]).reshape(-1, k.shape[-1])
-    if bool((q_rows < 0).any()) or bool((k_rows < 0).any()):
-        return result.fail(node, "a query or key with untransformed dimensions") and None
+    untransformed = q_rows < 0
+    if bool(untransformed.any()) or bool((k_rows < 0).any()):
+        # GL on part of a head (the dimensions of a partial rotary embedding that no rotation
+        # multiplies): the untransformed dimensions of query and key must meet each other
+        if mode is not Mode.GL or not torch.equal(untransformed, k_rows < 0) or bool(untransformed.all(-1).any()):
+            return result.fail(node, "a query or key with untransformed dimensions") and None
     seen = set()
-    for qr, kr in zip(q_rows, k_rows):
+    for qr, kr, skip in zip(q_rows, k_rows, untransformed):
+        qr, kr = qr[~skip], kr[~skip]
         key = (tuple(qr.tolist()), tuple(kr.tolist()))
         if key in seen:
             continue

@@ -747,10 +747,11 @@ def _writable(moved: dict[str, Tensor], params: Mapping[str, Tensor], name: str)
     return moved[name]
 
 
-def permute(sym: Symmetry, params: Mapping[str, Tensor], order: Tensor) -> dict[str, Tensor]:
-    """Parameters with the units of a PERMUTATION symmetry reordered by ``order`` (new tensors):
-    unit order[i] moves to position i in every incoming slot, and its block of columns with it in
-    every outgoing slot (blocks of outgoing length / units columns, e.g. a channel's pixels)."""
+def permute(sym: Symmetry, params: Mapping[str, Tensor], order: Tensor, *, copy: bool = True) -> dict[str, Tensor]:
+    """Parameters with the units of a PERMUTATION symmetry reordered by ``order`` (new tensors;
+    without ``copy``, in place, as ``act``): unit order[i] moves to position i in every incoming
+    slot, and its block of columns with it in every outgoing slot (blocks of outgoing length /
+    units columns, e.g. a channel's pixels)."""
     if sym.kind is not Kind.PERMUTATION:
         raise ValueError(f"{sym.label}: permute needs a PERMUTATION symmetry, got {sym.kind}")
     order = torch.as_tensor(order, dtype=torch.long)
@@ -760,7 +761,7 @@ def permute(sym: Symmetry, params: Mapping[str, Tensor], order: Tensor) -> dict[
     for slot in sym.slots:
         block = (slot.stop - slot.start) // sym.unit_count
         index = (order.unsqueeze(1) * block + torch.arange(block)).reshape(-1) + slot.start
-        tensor = _writable(moved, params, slot.param)
+        tensor = _writable(moved, params, slot.param) if copy else moved[slot.param]
         source = tensor.index_select(slot.dim, index.to(tensor.device))
         tensor.narrow(slot.dim, slot.start, slot.stop - slot.start).copy_(source)
     return moved
@@ -809,10 +810,11 @@ def gl_generator_combination(sym: Symmetry, params: Mapping[str, Tensor], coeffi
     return out
 
 
-def act_gl(sym: Symmetry, params: Mapping[str, Tensor], matrix: Tensor) -> dict[str, Tensor]:
+def act_gl(sym: Symmetry, params: Mapping[str, Tensor], matrix: Tensor, *, copy: bool = True) -> dict[str, Tensor]:
     """Parameters moved by M in GL(units): incoming -> M incoming, outgoing -> M^-T outgoing, along
     the unit axis (so (W_Q, W_K) -> (M W_Q, M^-T W_K) keeps every score q.k, and (W_V, W_O) ->
-    (M W_V, W_O M^-1) keeps every head output). New tensors; the rest returned as they are."""
+    (M W_V, W_O M^-1) keeps every head output). New tensors (without ``copy``: in place, as ``act``);
+    the rest returned as they are."""
     if sym.kind is not Kind.GL:
         raise ValueError(f"{sym.label}: act_gl needs a GL symmetry, got {sym.kind}")
     count = sym.unit_count
@@ -823,7 +825,7 @@ def act_gl(sym: Symmetry, params: Mapping[str, Tensor], matrix: Tensor) -> dict[
     moved = dict(params)
     for transform, slots in ((matrix, sym.incoming), (inverse_transpose, sym.outgoing)):
         for slot in slots:
-            tensor = _writable(moved, params, slot.param)
+            tensor = _writable(moved, params, slot.param) if copy else moved[slot.param]
             target = tensor.narrow(slot.dim, slot.start, slot.stop - slot.start).movedim(slot.dim, 0)
             flat = target.reshape(count, -1)
             target.copy_((transform.to(flat.dtype) @ flat).reshape(target.shape))
