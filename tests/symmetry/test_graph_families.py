@@ -383,3 +383,56 @@ def test_partial_rotary_keeps_full_gl_on_the_dimensions_no_rotation_touches():
     defects = exact_defects(model, inputs, [whole, *qk])
     assert defects["gl/false/whole_head"] > 1e3 * EXACT_TOLERANCE
     assert max(v for k, v in defects.items() if "false" not in k) < EXACT_TOLERANCE
+
+
+def test_norm_affine_units_linked_by_the_graph_share_one_factor():
+    """A LayerNorm whose output halves are added before the next linear map: gamma_i and gamma_{i+4}
+    (and the betas) reach column i together, so one rescale per class {i, i+4} against column i
+    (truth: by hand, and the exact check); unit i alone against column i would be false."""
+    class Folded(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm, self.out = nn.LayerNorm(8), nn.Linear(4, 3)
+
+        def forward(self, x):
+            h = self.norm(x)
+            return self.out(h[..., :4] + h[..., 4:])
+
+    torch.manual_seed(8)
+    model, x = Folded(), torch.randn(6, 8)
+    syms = sw.find_symmetries(model, x)
+    affine = [s for s in syms.of_kind(Kind.RESCALE) if s.incoming[0].param.startswith("norm.")]
+    assert {(frozenset(s.incoming), s.outgoing) for s in affine} == {
+        (frozenset({Slot("norm.weight", 0, i, i + 1), Slot("norm.bias", 0, i, i + 1), Slot("norm.weight", 0, i + 4, i + 5),
+                    Slot("norm.bias", 0, i + 4, i + 5)}), (Slot("out.weight", 1, i, i + 1),)) for i in range(4)}
+    alone = Symmetry(Kind.RESCALE, "rescale/false/alone", (Slot("norm.weight", 0, 0, 1), Slot("norm.bias", 0, 0, 1)),
+                     (Slot("out.weight", 1, 0, 1),))
+    defects = exact_defects(model, x, [alone, *affine])
+    assert defects["rescale/false/alone"] > 1e3 * EXACT_TOLERANCE
+    assert max(v for k, v in defects.items() if "false" not in k) < EXACT_TOLERANCE
+
+
+class Branchy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        if h.sum() > 0:  # data-dependent control flow: torch.export cannot trace it
+            h = h * 2
+        return self.b(h)
+
+
+def test_an_untraceable_model_names_the_line_that_blocks_it(capfd):
+    """Every parameter's reason names the operation that stopped the trace and the user's line, and
+    torch's partial graph is not dumped on stderr."""
+    torch.manual_seed(9)
+    syms = sw.find_symmetries(Branchy(), torch.randn(5, 4))
+    assert syms.partial == ("<model>",)
+    reasons = dict(syms.reasons)
+    assert set(reasons) == {"a.weight", "a.bias", "b.weight", "b.bias"}
+    for reason in reasons.values():
+        assert "could not be traced whole" in reason and "data-dependent" in reason
+        assert "if h.sum() > 0" in reason and "test_graph_families.py" in reason
+    assert "def forward" not in capfd.readouterr().err

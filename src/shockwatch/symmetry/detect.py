@@ -144,6 +144,15 @@ def _analyse(module: nn.Module, example_input, logits: bool, prefix: str, found:
                 reasons.setdefault(f"{qualified}.{param}", "never called with a single tensor input in the example forward pass")
             continue
         _analyse(child, child_input, False, qualified + ".", found, rejected, partial, reasons, samples, inputs)
+    # what a child's analysis says stops at the child's edge: name why the child stood alone
+    context = (f"{prefix.rstrip('.') or 'the model'} could not be traced whole ({blocking}), so its children "
+               "were analysed one by one and no symmetry crosses between them")
+    for name, _ in module.named_parameters():
+        reason = reasons.get(prefix + name)
+        if reason is None:
+            reasons[prefix + name] = context
+        elif "could not be traced whole" not in reason and reason != blocking:
+            reasons[prefix + name] = f"{reason}; {context}"
 
 
 def _descendant_inputs(root: nn.Module, example_input) -> dict[str, object]:
@@ -297,7 +306,7 @@ def _candidates(traced: TracedModel, logits: bool) -> tuple[list[Symmetry], dict
         size = shape(node)[axis]
         diag = run({node: unit_index(shape(node), axis, size)}, Mode.DIAG, size)
         if diag.ok and not diag.links.broken:
-            _emit_affine(diag, node, params, size, emit)
+            _emit_affine(diag, params, emit)
         else:
             for param in params:
                 why.setdefault(param, diag.reason)
@@ -408,36 +417,44 @@ def _merge(slots: list[Slot]) -> list[Slot]:
 
 
 def _emit_diag(diag: Walk, members: list[Producer], emit, *, label: str, only: frozenset[int] | None = None) -> bool:
-    """One scale or rescale symmetry per class of units that must share a factor (``only``: the
-    classes within those units)."""
+    """One scale or rescale symmetry per class of the producers' units that must share a factor
+    (``only``: the classes within those units). True where a scale was emitted."""
+    return _emit_classes(diag, lambda units: _unit_slots(units, members), _module_of(members[0].weight), emit,
+                         label=label, only=only, scales=True)
+
+
+def _emit_affine(diag: Walk, params: list[str], emit) -> None:
+    """A norm's affine map against its consumers' columns: one rescale per class of units that must
+    share a factor (unit i alone, unless the walk linked it to others)."""
+    def rows(units):
+        return _merge([Slot(p, 0, u, u + 1) for u in sorted(units) for p in params])
+    _emit_classes(diag, rows, _module_of(params[0]), emit, label="unit", only=None, scales=False)
+
+
+def _emit_classes(diag: Walk, rows, module: str, emit, *, label: str, only: frozenset[int] | None,
+                  scales: bool) -> bool:
+    """The classes of ``diag``'s parity links as symmetries: a unit of parity 0 takes a, of parity 1
+    takes 1/a, and a consumer's columns the inverse of the unit they read; ``rows(units)``: the
+    source slots of those units. A class nothing compensates is a scale (where ``scales``)."""
     made_scale = False
-    classes = diag.links.classes()
-    module = _module_of(members[0].weight)
-    for root, members_of_class in sorted(classes.items(), key=lambda kv: min(u for u, _ in kv[1])):
+    for root, members_of_class in sorted(diag.links.classes().items(), key=lambda kv: min(u for u, _ in kv[1])):
         if only is not None and not all(u in only for u, _ in members_of_class):
             continue
-        incoming = _unit_slots([u for u, p in members_of_class if p == 0], members)
-        outgoing = _unit_slots([u for u, p in members_of_class if p == 1], members)
+        incoming = list(rows([u for u, p in members_of_class if p == 0]))
+        outgoing = list(rows([u for u, p in members_of_class if p == 1]))
         for consumer in diag.consumers:
             for unit, parity in members_of_class:
                 for start, stop in _runs(consumer, [unit]) or []:
                     (outgoing if parity == 0 else incoming).append(Slot(consumer.weight, consumer.in_dim, start, stop))
         first = min(u for u, _ in members_of_class)
+        if not incoming:
+            continue
         if outgoing:
             emit(Symmetry(Kind.RESCALE, f"rescale/{module}/{label}{first}", tuple(incoming), tuple(_merge(outgoing))))
-        else:
+        elif scales:
             emit(Symmetry(Kind.SCALE, f"scale/{module}/{label}{first}", tuple(incoming)))
             made_scale = True
     return made_scale
-
-
-def _emit_affine(diag: Walk, node: fx.Node, params: list[str], size: int, emit) -> None:
-    module = _module_of(params[0])
-    for unit in range(size):
-        incoming = [Slot(p, 0, unit, unit + 1) for p in params]
-        outgoing = [Slot(c.weight, c.in_dim, a, b) for c in diag.consumers for a, b in _runs(c, [unit]) or []]
-        if outgoing:
-            emit(Symmetry(Kind.RESCALE, f"rescale/{module}/unit{unit}", tuple(incoming), tuple(outgoing)))
 
 
 def _emit_permutation(perm: Walk, members: list[Producer], units: int, emit) -> None:

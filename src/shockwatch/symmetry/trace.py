@@ -15,11 +15,17 @@ follows from round-off (see ``EXACT_TOLERANCE``), not from a guess like 1e-2.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
+import io
+import logging
 import operator
+import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor, fx, nn
@@ -124,10 +130,10 @@ def export_model(model: nn.Module, example_input, *, training: bool) -> TracedMo
     shadow.train(training)
     wrapped = _Selected(shadow)
     try:
-        exported = torch.export.export(wrapped, args, kwargs, strict=False)
+        with _quiet_torch_logs():
+            exported = torch.export.export(wrapped, args, kwargs, strict=False)
     except Exception as error:  # torch.export raises many types; the first line names the operation
-        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise TraceError(f"torch.export could not trace {type(model).__name__}: {type(error).__name__}: {first[:300]}") from None
+        raise TraceError(f"torch.export could not trace {type(model).__name__}: {_blocking(error)}") from None
     signature = exported.graph_signature
     strip = lambda name: name[len("model."):] if name.startswith("model.") else name  # noqa: E731
     # tied weights (an embedding shared with the output head) appear under one of their names:
@@ -142,6 +148,38 @@ def export_model(model: nn.Module, example_input, *, training: bool) -> TracedMo
     inputs = tuple(spec.arg.name for spec in signature.input_specs
                    if spec.kind == torch.export.graph_signature.InputKind.USER_INPUT)
     return TracedModel(exported.graph_module, parameters, buffers, constants, inputs, args, kwargs, training)
+
+
+def _blocking(error: Exception) -> str:
+    """One line from a torch.export error: its kind, first line, and the user's line that raised it
+    (torch names it after "The following call raised this error:")."""
+    text = str(error).strip()
+    first = text.splitlines()[0][:200] if text else ""
+    where = re.search(r'raised this error:\s*File "([^"]+)", line (\d+), in (\S+)\s*\n\s*(.*)', text)
+    if where:
+        path, line, function, code = where.groups()
+        code = f": {code.strip()[:120]}" if code.strip() and not code.lstrip().startswith("The error") else ""
+        return f"{type(error).__name__}: {first} (at {Path(path).name}:{line} in {function}{code})"
+    return f"{type(error).__name__}: {first}"
+
+
+@contextlib.contextmanager
+def _quiet_torch_logs():
+    """A failed torch.export prints its partial graph to stderr and logs warnings about it; our
+    TraceError names what stopped it instead. stderr is held back while tracing (and passed on
+    if the trace succeeds) and torch's loggers are raised to ERROR."""
+    loggers = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict) if name.startswith("torch")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    held = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(held):
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+    sys.stderr.write(held.getvalue())  # reached only when the trace succeeded
 
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
