@@ -8,6 +8,7 @@ and how many the exact check refutes.
 
     .venv/bin/python benchmarks/symmetry_coverage.py                 # small configs
     .venv/bin/python benchmarks/symmetry_coverage.py --published gpt2 bert t5 vit qwen2
+    .venv/bin/python benchmarks/symmetry_coverage.py --published --depth 2 llama mistral   # published widths
 
 writes benchmarks/results/symmetry_coverage.json (merged with earlier rows of other models).
 """
@@ -31,9 +32,10 @@ from shockwatch.symmetry.trace import call_arguments, model_output
 OUT = Path(__file__).parent / "results" / "symmetry_coverage.json"
 
 
-def measure(architecture: str, size: str, verify: bool) -> dict:
+def measure(architecture: str, size: str, verify: bool, depth: int | None = None) -> dict:
     built = huggingface.build(architecture, size=size, tokens=16 if size == "small" else 8,
-                              batch=2 if size == "small" else 1, kv_heads=2 if architecture in ("llama", "qwen2", "mistral") else None)
+                              batch=2 if size == "small" else 1, kv_heads=2 if architecture in ("llama", "qwen2", "mistral") else None,
+                              depth=depth)
     model, inputs = built.model, built.example_input
     params = dict(model.named_parameters())
     start = time.perf_counter()
@@ -43,7 +45,8 @@ def measure(architecture: str, size: str, verify: bool) -> dict:
     total = sum(p.numel() for p in params.values())
     matrices = [n for n, p in params.items() if p.ndim >= 2]
     row = {
-        "architecture": architecture, "size": size, "description": built.description,
+        "architecture": architecture, "size": size if depth is None else f"published/{depth} layers",
+        "description": built.description,
         "parameters": total, "counts": syms.counts(),
         "covered_fraction": sum(p.numel() for n, p in params.items() if n in covered) / total,
         "weight_matrices": len(matrices), "weight_matrices_covered": sum(n in covered for n in matrices),
@@ -75,14 +78,16 @@ def main() -> None:
     parser.add_argument("architectures", nargs="*", default=list(huggingface.ARCHITECTURES))
     parser.add_argument("--published", action="store_true", help="the smallest published size instead of a small config")
     parser.add_argument("--no-verify", action="store_true", help="time find_symmetries only")
+    parser.add_argument("--depth", type=int, default=None,
+                        help="with --published: that many of the published layers (a model too big for this machine)")
     args = parser.parse_args()
     size = "published" if args.published else "small"
     torch.set_num_threads(2)
     results = json.loads(OUT.read_text()) if OUT.exists() else {"rows": []}
     results["machine"] = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     for architecture in args.architectures:
-        row = measure(architecture, size, not args.no_verify)
-        results["rows"] = [r for r in results["rows"] if (r["architecture"], r["size"]) != (architecture, size)] + [row]
+        row = measure(architecture, size, not args.no_verify, args.depth)
+        results["rows"] = [r for r in results["rows"] if (r["architecture"], r["size"]) != (architecture, row["size"])] + [row]
         print(json.dumps({k: v for k, v in row.items() if k != "reasons"}))
         OUT.parent.mkdir(parents=True, exist_ok=True)
         OUT.write_text(json.dumps(results, indent=1))

@@ -52,7 +52,7 @@ def test_symmetries_of_a_built_in_model_as_json():
     result = runner.invoke(app, ["symmetries", "mlp", "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert data["counts"] == {"translation": 65, "scale": 0, "rescale": 128, "permutation": 2, "gl": 0}
+    assert data["counts"] == {"translation": 65, "scale": 0, "rescale": 128, "permutation": 2, "gl": 0, "rotation": 0}
     assert data["verification"]["rescale"]["max_loss_change"] < 1e-5
 
 
@@ -75,5 +75,30 @@ def test_symmetries_of_the_built_in_gpt():
     result = runner.invoke(app, ["symmetries", "gpt", "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert data["counts"] == {"translation": 97, "scale": 1, "rescale": 160, "permutation": 5, "gl": 16}
+    assert data["counts"] == {"translation": 97, "scale": 1, "rescale": 160, "permutation": 5, "gl": 16, "rotation": 0}
     assert data["unanalysed"] == [] and data["refuted"] == []
+
+
+def test_symmetries_of_a_hugging_face_llama():
+    """Truth: by hand for Llama with 1 layer, hidden 16, 2 query heads sharing 1 key-value head (d 8),
+    intermediate 32, vocabulary 128: SwiGLU up/down rescales 32 and one joint permutation; two RMSNorm
+    gains against their consumers' columns 2 x 16; one rescale and one rotation per rotary frequency
+    pair 4 + 4; value/
+    output GL 1; final norm against lm_head 16 and lm_head's 16 column translations; the residual
+    stream's scale and permutation."""
+    pytest.importorskip("transformers")
+    result = runner.invoke(app, ["symmetries", "hf:llama", "--layers", "1", "--hidden", "16", "--heads", "2",
+                                 "--kv-heads", "1", "--tokens", "8", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["counts"] == {"translation": 16, "scale": 1, "rescale": 32 + 32 + 4 + 16, "permutation": 2, "gl": 1, "rotation": 4}
+    assert data["unanalysed"] == [] and data["refuted"] == []
+
+
+def test_hugging_face_build_rejects_a_depth_it_cannot_give():
+    from shockwatch.models.huggingface import build
+
+    with pytest.raises(ValueError, match="size='published' only"):
+        build("llama", depth=1)
+    with pytest.raises(ValueError, match=r"depth must be in \[1, 32\] for mistral"):
+        build("mistral", size="published", depth=40)

@@ -147,12 +147,15 @@ def symmetries(
     tokens: int = typer.Option(16, help="hf: tokens per example."),
     size: str = typer.Option("small", help="hf: 'small' (the options above) or 'published' (the family's "
                                            "smallest published size, e.g. GPT-2 124M)."),
+    depth: int = typer.Option(0, help="hf with --size published: keep this many of the published layers "
+                                      "(0: all), e.g. Mistral 7B's width at 1 layer."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON instead of tables."),
 ) -> None:
     """Find and verify the symmetries of a model: counts per kind and layer, errors, unanalysed modules.
 
     Example: shockwatch symmetries vgg11-bn
     Example: shockwatch symmetries hf:llama --layers 2 --hidden 64
+    Example: shockwatch symmetries hf:mistral --size published --depth 1
     Example: shockwatch symmetries mypackage.nets:make_net --input-shape 3,32,32
     """
     import importlib
@@ -171,7 +174,8 @@ def symmetries(
     try:
         if model.startswith("hf:"):
             built = zoo.huggingface.build(model[3:], size=size, layers=layers, hidden=hidden, heads=heads,
-                                          kv_heads=kv_heads or None, tokens=tokens, batch=min(batch, 2))
+                                          kv_heads=kv_heads or None, tokens=tokens, batch=min(batch, 2),
+                                          depth=depth or None)
             network, inputs = built.model, built.example_input
             generator = torch.Generator().manual_seed(0)
         elif ":" in model:

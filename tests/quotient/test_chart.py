@@ -9,7 +9,7 @@ from torch import nn
 
 import shockwatch as sw
 from shockwatch.quotient import OrbitOperator, canonical, gl_invariant, horizontal_projection, push_forward
-from shockwatch.symmetry import Kind, act, act_gl, permute, unit_matrix
+from shockwatch.symmetry import Kind, act, act_gl, act_rotation, permute, unit_matrix
 from helpers import exact_norms
 
 
@@ -330,6 +330,9 @@ def test_one_joint_gauge_where_groups_overlap():
     for sym in syms.of_kind(Kind.GL):
         moved = act_gl(sym, moved, torch.linalg.matrix_exp(0.5 * torch.randn(sym.unit_count, sym.unit_count, generator=g,
                                                                              dtype=torch.float64)))
+    assert syms.of_kind(Kind.ROTATION)  # the rotary pairs' rotations, fixed on their principal axes
+    for sym in syms.of_kind(Kind.ROTATION):
+        moved = act_rotation(sym, moved, float(6 * torch.rand((), generator=g, dtype=torch.float64) - 3))
     phi, other = canonical(syms, params), canonical(syms, moved)
     assert phi.sweeps > 1  # the overlap needs the alternation
     for key in params:
@@ -342,6 +345,10 @@ def test_one_joint_gauge_where_groups_overlap():
         inner = sum(float(s.view(point).square().sum()) for s in sym.incoming)
         outer = sum(float(s.view(point).square().sum()) for s in sym.outgoing)
         assert abs(inner - outer) < 1e-10 * (inner + outer)
+    for sym in syms.of_kind(Kind.ROTATION):
+        x = torch.cat([s.view(point).reshape(-1) for s in sym.incoming])
+        y = torch.cat([s.view(point).reshape(-1) for s in sym.outgoing])
+        assert abs(float(x @ y)) < 1e-12 * float(x @ x) and float(x @ x) >= float(y @ y)
     stream = next(s for s in syms if s.label == "scale/residual_stream")
     assert math.isclose(sum(float(s.view(point).square().sum()) for s in stream.incoming), 1.0, rel_tol=1e-10)
 
@@ -360,3 +367,35 @@ def test_one_joint_gauge_where_groups_overlap():
         d_in, d_out = unit_matrix(sym, sym.incoming, pushed), unit_matrix(sym, sym.outgoing, pushed)
         along = d_in.T @ a_out + a_in.T @ d_out
         assert float((along - difference).abs().max()) < 1e-6 * float(difference.abs().max()), sym.label
+
+
+def test_rotations_are_orbit_directions_of_the_projection():
+    """Truth: the definition of the horizontal space and of the adjoint, with rotary rotations in the
+    set: P_H v is orthogonal to every generator (rotations included), the dense projector and the
+    CG projection agree, and <J v, c> = <v, J^T c>."""
+    transformers = pytest.importorskip("transformers")
+    from shockwatch.quotient import horizontal_projector
+    from shockwatch.symmetry import generator
+
+    torch.manual_seed(34)
+    config = transformers.LlamaConfig(vocab_size=24, hidden_size=16, intermediate_size=24, num_hidden_layers=1,
+                                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=16)
+    model = transformers.LlamaForCausalLM(config).double().eval()
+    syms = sw.find_symmetries(model, {"input_ids": torch.randint(0, 24, (2, 6))})
+    assert syms.of_kind(Kind.ROTATION)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    g = torch.Generator().manual_seed(35)
+    v = {k: torch.randn(p.shape, generator=g, dtype=torch.float64) for k, p in params.items()}
+    projected = horizontal_projection(syms, params, v)
+    for sym in syms.of_kind(Kind.ROTATION):
+        xi = generator(sym, params)
+        inner = sum(float((xi[k] * projected[k]).sum()) for k in xi)
+        sizes = sum(float(xi[k].square().sum()) for k in xi) ** 0.5 * sum(float(v[k].square().sum()) for k in xi) ** 0.5
+        assert abs(inner) < 1e-10 * sizes
+    dense = horizontal_projector(syms, params)(torch.cat([v[k].reshape(-1) for k in params]).numpy())
+    flat = torch.cat([projected[k].reshape(-1) for k in params])
+    assert float((torch.from_numpy(dense) - flat).abs().max()) < 1e-8 * float(flat.abs().max())
+    operator = OrbitOperator(syms, params)
+    c = torch.randn(sum(operator.sizes), generator=g, dtype=torch.float64)
+    back = operator.rmatvec(c)
+    assert math.isclose(float(operator.matvec(v) @ c), sum(float((v[k] * back[k]).sum()) for k in back), rel_tol=1e-12)

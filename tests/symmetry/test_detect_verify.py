@@ -30,7 +30,7 @@ def expected_mlp_counts(widths, activation, bias, norm):
     scale = {"none": 0, "batch": sum(hidden), "layer": len(hidden), "rms": len(hidden)}[norm]
     rescale = sum(hidden) if activation in HOMOGENEOUS else 0
     permutation = sum(1 for width in hidden if width >= 2)  # any elementwise activation commutes
-    return {"translation": translation, "scale": scale, "rescale": rescale, "permutation": permutation, "gl": 0}
+    return {"translation": translation, "scale": scale, "rescale": rescale, "permutation": permutation, "gl": 0, "rotation": 0}
 
 
 def data(in_features, classes, n=24, seed=0):
@@ -70,7 +70,7 @@ def test_vgg_counts_and_invariance(batch_norm):
     x = torch.randn(6, 3, 8, 8, dtype=torch.float64)
     y = torch.randint(0, 10, (6,))
     syms = sw.find_symmetries(model, x)
-    assert syms.counts() == {"translation": 17, "scale": 12 if batch_norm else 0, "rescale": 28, "permutation": 3, "gl": 0}
+    assert syms.counts() == {"translation": 17, "scale": 12 if batch_norm else 0, "rescale": 28, "permutation": 3, "gl": 0, "rotation": 0}
     flatten_units = [s for s in syms.of_kind("rescale") if s.outgoing[0].param.startswith(f"{len(model) - 3}.")]
     assert len(flatten_units) == 8 and all(s.outgoing[0].stop - s.outgoing[0].start == 4 for s in flatten_units)
     report = sw.verify_symmetries(model, F.cross_entropy, (x, y), syms)
@@ -201,7 +201,7 @@ def test_residual_branches_are_not_guessed():
             return self.head(h + self.b(h))
 
     syms = sw.find_symmetries(Residual(), torch.randn(2, 4))
-    assert syms.counts() == {"translation": 5, "scale": 0, "rescale": 0, "permutation": 0, "gl": 0}
+    assert syms.counts() == {"translation": 5, "scale": 0, "rescale": 0, "permutation": 0, "gl": 0, "rotation": 0}
 
 
 def test_unanalysed_modules_are_named():
@@ -259,7 +259,7 @@ def test_resnet_counts_by_hand():
     model = exact_norms(sw.models.resnet(channels=8, blocks=2).double())
     x, y = torch.randn(4, 3, 8, 8, dtype=torch.float64), torch.randint(0, 10, (4,))
     syms = sw.find_symmetries(model, x)
-    assert syms.counts() == {"translation": 9, "scale": 40, "rescale": 16, "permutation": 2, "gl": 0}
+    assert syms.counts() == {"translation": 9, "scale": 40, "rescale": 16, "permutation": 2, "gl": 0, "rotation": 0}
     report = sw.verify_symmetries(model, F.cross_entropy, (x, y), syms)
     assert report.max_loss_change() < 1e-10 and report.max_gradient_alignment() < 1e-10
     assert report.max_hessian_residual() < 1e-10
@@ -283,7 +283,7 @@ def test_untraceable_model_is_analysed_child_by_child():
     x, y = data(4, 3)
     syms = sw.find_symmetries(model, x)
     assert syms.partial == ("<model>",)
-    assert syms.counts() == {"translation": 0, "scale": 0, "rescale": 16, "permutation": 2, "gl": 0}
+    assert syms.counts() == {"translation": 0, "scale": 0, "rescale": 16, "permutation": 2, "gl": 0, "rotation": 0}
     assert all(s.incoming[0].param.startswith("body.") for s in syms)
     report = sw.verify_symmetries(model, F.cross_entropy, (x, y), syms)
     assert report.max_loss_change() < 1e-10 and report.max_gradient_alignment() < 1e-10
@@ -314,7 +314,7 @@ def test_random_cnns_counts_and_invariance(channels, pools, batch_norm, hidden):
     syms = sw.find_symmetries(model, x)
     units = [*channels, hidden]
     assert syms.counts() == {"translation": hidden + 1, "scale": sum(channels) if batch_norm else 0,
-                             "rescale": sum(units), "permutation": sum(1 for u in units if u >= 2), "gl": 0}
+                             "rescale": sum(units), "permutation": sum(1 for u in units if u >= 2), "gl": 0, "rotation": 0}
     report = sw.verify_symmetries(model, F.cross_entropy, (x, y), syms, hessian_samples=4)
     assert report.max_loss_change() < 1e-9 and report.max_gradient_alignment() < 1e-9, report.worst(3)
     assert report.max_hessian_residual() < 1e-9, report.worst(3)

@@ -15,7 +15,8 @@ from torch import nn
 from torch.func import functional_call
 
 import shockwatch as sw
-from shockwatch.symmetry import EXACT_TOLERANCE, Kind, Slot, Symmetry, act, act_gl, exact_defects, permute
+from shockwatch.symmetry import (EXACT_TOLERANCE, Kind, Slot, Symmetry, SymmetrySet, act, act_gl, act_rotation, exact_defects,
+                                 permute)
 
 transformers = pytest.importorskip("transformers")
 
@@ -27,7 +28,8 @@ def expected_llama_counts(layers=LAYERS):
     (gate, up, down) permutation (1); two RMSNorm gains against the columns of (q, k, v) and of
     (gate, up) (2 x 32 rescales); value/output GL(8) per key-value group (2); rotary keeps, per
     key-value group, one rescale per frequency pair (q_i, q_{i+4} of both query heads) against
-    (k_i, k_{i+4}) (2 x 4). Model: the final norm's gain against lm_head's columns (32 rescales),
+    (k_i, k_{i+4}) (2 x 4), and its rotation part: (q_i, q_{i+4}) and (k_i, k_{i+4}) turned by one
+    R(a) (2 x 4 rotations; rotations commute with the positional ones). Model: the final norm's gain against lm_head's columns (32 rescales),
     lm_head's 32 columns (translations; untied, no bias); the residual stream's scale (the embedding,
     o_proj's and down_proj's rows of every layer times a: every RMSNorm, the final one included, reads
     a x; 1 scale) and its permutation (the embedding's columns, o_proj's and down_proj's rows, every
@@ -36,7 +38,8 @@ def expected_llama_counts(layers=LAYERS):
     each key)."""
     per_layer_rescale = INTER + 2 * HIDDEN + KV_HEADS * (D_HEAD // 2)
     return {"translation": HIDDEN, "scale": 1, "rescale": layers * per_layer_rescale + HIDDEN,
-            "permutation": layers + 1, "gl": layers * KV_HEADS}
+            "permutation": layers + 1, "gl": layers * KV_HEADS,
+            "rotation": layers * KV_HEADS * (D_HEAD // 2)}
 
 
 def llama(seed=0):
@@ -62,6 +65,8 @@ def moved(sym, params, generator):
         return act(sym, params, 0.7)
     if sym.kind is Kind.PERMUTATION:
         return permute(sym, params, torch.randperm(sym.unit_count, generator=generator))
+    if sym.kind is Kind.ROTATION:
+        return act_rotation(sym, params, 2.0)
     return act_gl(sym, params, sw.symmetry.group.random_gl_element(sym.unit_count, 0.5, generator))
 
 
@@ -348,7 +353,7 @@ def test_partial_rotary_keeps_full_gl_on_the_dimensions_no_rotation_touches():
     0-3 rotated in the frequency pairs (0, 2), (1, 3), dimensions 4-7 passed through), and the
     definition on the model's own float64 logits. Per layer: per key-value group (2), GL(4) on the
     pass-through query rows of both query heads against the key rows (q.k over those dimensions is
-    q^T M^T M^-T k), one rescale per frequency pair (2 x 2), value/output GL(8) (2); one LayerNorm
+    q^T M^T M^-T k), one rescale and one rotation per frequency pair (2 x 2 each), value/output GL(8) (2); one LayerNorm
     feeding q, k, v and fc1 (32 rescales); fc1's GELU units permuted (1); key-bias translations on
     the pass-through key dimensions only (a rotation follows the others: 2 x 4). Model: final norm
     against lm_head (32), lm_head's 32 columns and its bias (33 translations), the residual stream's
@@ -363,7 +368,7 @@ def test_partial_rotary_keeps_full_gl_on_the_dimensions_no_rotation_touches():
     per_layer_rescale = KV_HEADS * 2 + HIDDEN
     assert syms.counts() == {"translation": HIDDEN + 1 + LAYERS * KV_HEADS * 4, "scale": 1,
                              "rescale": LAYERS * per_layer_rescale + HIDDEN, "permutation": LAYERS + 1,
-                             "gl": LAYERS * 2 * KV_HEADS}
+                             "gl": LAYERS * 2 * KV_HEADS, "rotation": LAYERS * KV_HEADS * 2}
     assert syms.rejected == () and syms.unanalysed == ()
     qk = [s for s in syms.of_kind(Kind.GL) if s.label.endswith("/qk")]
     assert all(s.unit_count == D_HEAD // 2 for s in qk)
@@ -436,3 +441,40 @@ def test_an_untraceable_model_names_the_line_that_blocks_it(capfd):
         assert "could not be traced whole" in reason and "data-dependent" in reason
         assert "if h.sum() > 0" in reason and "test_graph_families.py" in reason
     assert "def forward" not in capfd.readouterr().err
+
+
+def test_rotation_of_a_frequency_pair_generator_inverse_and_false_variants():
+    """Truth: the group law and the definition. act_rotation(a) then act_rotation(-a) is the identity;
+    (act_rotation(eps) - theta) / eps -> the generator (-y, x) at O(eps); on HF Llama every found
+    rotation keeps the float64 exact output, while turning only the query pair, or the key pair the
+    other way (R(a) on q, R(-a) on k), is refuted; verify_symmetries reports each rotation with a
+    float32 loss change and a gradient alignment at round-off."""
+    model, inputs = llama(seed=3)
+    syms = sw.find_symmetries(model, inputs)
+    rotations = syms.of_kind(Kind.ROTATION)
+    assert len(rotations) == LAYERS * KV_HEADS * (D_HEAD // 2)
+    sym = rotations[0]
+    params = {k: v.detach().double() for k, v in model.named_parameters()}
+    back = act_rotation(sym, act_rotation(sym, params, 0.9), -0.9)
+    assert max(float((back[k] - params[k]).abs().max()) for k in params) < 1e-15
+    xi = sw.symmetry.generator(sym, params)
+    for eps in (1e-4, 1e-5):
+        step = act_rotation(sym, params, eps)
+        error = max(float(((step[k] - params[k]) / eps - xi[k]).abs().max()) for k in xi)
+        assert error < 2 * eps * max(float(v.abs().max()) for v in xi.values())
+    q_only = Symmetry(Kind.ROTATION, "rotation/false/q_only", tuple(s for s in sym.incoming if "q_proj" in s.param),
+                      tuple(s for s in sym.outgoing if "q_proj" in s.param))
+    opposite = Symmetry(Kind.ROTATION, "rotation/false/opposite",  # k's x and y exchanged: R(-a) on (k_x, k_y)
+                        tuple(s for s in sym.incoming if "q_proj" in s.param) + tuple(s for s in sym.outgoing if "k_proj" in s.param),
+                        tuple(s for s in sym.outgoing if "q_proj" in s.param) + tuple(s for s in sym.incoming if "k_proj" in s.param))
+    defects = exact_defects(model, inputs, [q_only, opposite, *rotations])
+    assert min(defects["rotation/false/q_only"], defects["rotation/false/opposite"]) > 1e3 * EXACT_TOLERANCE
+    assert max(v for k, v in defects.items() if "false" not in k) < EXACT_TOLERANCE
+    targets = torch.randint(0, VOCAB, (2, 8))
+
+    def loss(outputs, labels):
+        return F.cross_entropy(outputs.logits.reshape(-1, VOCAB), labels.reshape(-1))
+
+    report = sw.verify_symmetries(model, loss, (inputs, targets), SymmetrySet(rotations, torch.device("cpu")),
+                                  train_mode=False, exact=False)
+    assert report.max_loss_change("rotation") < 1e-5 and report.max_gradient_alignment("rotation") < 1e-5

@@ -76,7 +76,7 @@ def expected(kinds, widths):
       so the permutation counts once the norm is followed by a linear map (always, here).
     An RMS norm's gain (d units) against the next linear map's columns: d rescales.
     The first block's input is the data; the head: its d columns and its bias (translations)."""
-    counts = dict.fromkeys(("translation", "scale", "rescale", "permutation", "gl"), 0)
+    counts = dict.fromkeys(("translation", "scale", "rescale", "permutation", "gl", "rotation"), 0)
     d = 5
     for i, kind in enumerate(kinds):
         following = kinds[i + 1] if i + 1 < len(kinds) else "head"

@@ -39,7 +39,7 @@ def test_gpt2_symmetries_found_and_verified():
     permutes, so it needs nothing more: 1 permutation, and every parameter is covered."""
     model, tokens, targets = gpt2()
     syms = sw.find_symmetries(model, tokens)
-    assert syms.counts() == {"translation": 32, "scale": 0, "rescale": 64, "permutation": 5, "gl": 8}
+    assert syms.counts() == {"translation": 32, "scale": 0, "rescale": 64, "permutation": 5, "gl": 8, "rotation": 0}
     assert syms.unanalysed == () and syms.reasons == ()
     stream = next(s for s in syms.of_kind(Kind.PERMUTATION) if s.label == "permutation/residual_stream")
     assert Slot("transformer.wte.weight", 1, 0, 16) in stream.incoming

@@ -36,7 +36,7 @@ def test_gpt_counts_and_invariances(pre_ln):
     config, model, tokens, targets = setup(pre_ln)
     syms = sw.find_symmetries(model, tokens)
     assert syms.counts() == {"translation": 13 + 2 * 12, "scale": 1 if pre_ln else 0, "rescale": 60 if pre_ln else 12,
-                             "permutation": 5, "gl": 12}
+                             "permutation": 5, "gl": 12, "rotation": 0}
     # post-LN: a block's norm output is the residual stream, so its affine map has no rescale, except
     # the last block's ln_2, which feeds lm_head directly (the 12 rescales; ln_f is the identity here);
     # the stream's permutation covers the rest

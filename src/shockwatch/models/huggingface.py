@@ -41,14 +41,18 @@ class HFModel:
 
 
 def build(architecture: str, *, size: str = "small", layers: int = 2, hidden: int = 64, heads: int = 4,
-          kv_heads: int | None = None, tokens: int = 16, batch: int = 2, seed: int = 0) -> HFModel:
+          kv_heads: int | None = None, tokens: int = 16, batch: int = 2, seed: int = 0,
+          depth: int | None = None) -> HFModel:
     """A Hugging Face model of ``architecture`` from its config, in eval mode, and an example input.
 
     ``size``: "small" (``layers``, ``hidden``, ``heads``, ``kv_heads`` for Llama/Qwen2/Mistral,
     intermediate 2 x hidden, vocabulary 128, images 32 px in patches of 8) or "published" (the
     family's smallest published size; see ``_PUBLISHED``). ``tokens`` x ``batch`` token inputs
-    (pixels for ViT; T5 gets decoder inputs of the same length).
-    Raises: ValueError for an unknown architecture or size, or a width heads do not divide.
+    (pixels for ViT; T5 gets decoder inputs of the same length). ``depth`` (published only): keep
+    that many of the published layers, every width as published (a model beyond this machine's
+    memory at full depth, Mistral 7B; the symmetries of each layer are the same).
+    Raises: ValueError for an unknown architecture or size, a width heads do not divide, or a depth
+    outside [1, the published depth].
     """
     if architecture not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {architecture!r}; accepted: {', '.join(ARCHITECTURES)}")
@@ -60,8 +64,16 @@ def build(architecture: str, *, size: str = "small", layers: int = 2, hidden: in
 
     torch.manual_seed(seed)
     vocab = 128
+    if depth is not None and size != "published":
+        raise ValueError(f"depth applies to size='published' only (got size {size!r}); use layers for a small config")
     if size == "published":
         fields = dict(_PUBLISHED[architecture])
+        key = next(k for k in ("n_layer", "num_layers", "num_hidden_layers") if k in fields)
+        published_depth = fields[key]
+        if depth is not None:
+            if not 1 <= depth <= published_depth:
+                raise ValueError(f"depth must be in [1, {published_depth}] for {architecture}, got {depth}")
+            fields[key] = depth
     elif architecture == "gpt2":
         fields = dict(n_layer=layers, n_embd=hidden, n_head=heads, vocab_size=vocab, n_positions=max(64, tokens))
     elif architecture in ("llama", "qwen2", "mistral"):
@@ -102,4 +114,5 @@ def build(architecture: str, *, size: str = "small", layers: int = 2, hidden: in
         if architecture == "bert":
             example["attention_mask"] = torch.ones(batch, tokens, dtype=torch.long)
     count = sum(p.numel() for p in model.parameters())
-    return HFModel(model, example, True, f"{architecture} ({size}, {count / 1e6:.1f}M parameters)")
+    label = size if depth is None or size != "published" else f"published width, {depth} of {published_depth} layers"
+    return HFModel(model, example, True, f"{architecture} ({label}, {count / 1e6:.1f}M parameters)")

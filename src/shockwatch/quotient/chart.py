@@ -13,6 +13,10 @@ canonical point D Phi = P_H, and elsewhere D Phi(theta) v = P_H(Phi theta)[g_* v
 element that carried theta there (entrywise scalings, GL matrices on heads and permutations, each
 linear, so g_* is g itself: ``Canonical.carry``).
 
+Rotations of rotary frequency pairs (x, y) -> R(a)(x, y) keep every norm the other conditions
+read; each is fixed once at the end by turning (x, y) onto their principal axes (<x, y> = 0,
+|x| >= |y|, the largest entry of x positive); like the GL form, that section is not orthogonal.
+
 GL(d) groups of attention heads (A_in, A_out) -> (M A_in, M^-T A_out) are fixed by the balanced
 SVD form: with the invariant A_in^T A_out = U S V^T (thin, rank d), A_in = S^{1/2} U^T and
 A_out = S^{1/2} V^T, each singular pair's sign fixed by its largest entry; then heads are sorted
@@ -26,13 +30,14 @@ gamma_j = a_j |u_j| and s_j = u_j / |u_j| (``relu_unit_coordinates``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from ..symmetry import Kind, Symmetry, SymmetrySet, act_gl, permute, unit_matrix
+from ..symmetry import Kind, Symmetry, SymmetrySet, act_gl, act_rotation, permute, unit_matrix
 from .projection import horizontal_projection
 
 __all__ = ["Canonical", "canonical", "gl_invariant", "push_forward", "relu_unit_coordinates"]
@@ -41,7 +46,7 @@ __all__ = ["Canonical", "canonical", "gl_invariant", "push_forward", "relu_unit_
 @dataclass(frozen=True)
 class Canonical:
     params: dict[str, Tensor]  # Phi(theta), float64
-    steps: tuple[tuple, ...]  # g, in the order applied: ("factors", {name: a}) entrywise, ("gl", sym, M)
+    steps: tuple[tuple, ...]  # g, in order: ("factors", {name: a}) entrywise, ("gl", sym, M), ("rotation", sym, a)
     orders: tuple[tuple[Symmetry, Tensor], ...]  # the permutations applied last, in order
     sweeps: int
     imbalance: float  # max over the conditions of their relative violation at the end
@@ -55,6 +60,8 @@ class Canonical:
         for step in self.steps:
             if step[0] == "factors":
                 moved = {name: v * step[1][name] for name, v in moved.items()}
+            elif step[0] == "rotation":
+                moved = act_rotation(step[1], moved, step[2])
             else:
                 moved = act_gl(step[1], moved, step[2])
         for sym, order in self.orders:
@@ -125,6 +132,10 @@ def canonical(symmetries: SymmetrySet, params: Mapping[str, Tensor], *, tol: flo
         raise RuntimeError(f"canonical: the gauge conditions did not converge in {max_sweeps} sweeps "
                            f"(violation {imbalance:.2e} > tol {tol:.0e})")
     steps.append(("factors", factors))
+    for sym in symmetries.of_kind(Kind.ROTATION):  # norms are unchanged by it: no sweep needs it again
+        angle = _principal_angle(sym, theta)
+        act_rotation(sym, theta, angle, copy=False)
+        steps.append(("rotation", sym, angle))
     orders = []
     for sym in symmetries.of_kind(Kind.PERMUTATION):
         key = sum(unit_matrix(sym, (slot,), theta).square().sum(1) for slot in sym.slots)
@@ -148,6 +159,17 @@ def _gl_balancing(sym: Symmetry, theta: dict[str, Tensor]) -> Tensor:
         raise RuntimeError(f"{sym.label}: the GL balancing is not a group element here "
                            f"(relative residual {error:.1e}; rank-deficient head?)")
     return matrix
+
+
+def _principal_angle(sym: Symmetry, theta: Mapping[str, Tensor]) -> float:
+    """The rotation angle a that puts a rotation's (x, y) on their principal axes: <x', y'> = 0 with
+    |x'| >= |y'| (a = atan2(-2<x,y>, |x|^2 - |y|^2) / 2), and the largest entry of x' positive
+    (a + pi otherwise): one point of each orbit, as the SVD form is for GL."""
+    x = torch.cat([slot.view(theta).reshape(-1) for slot in sym.incoming])
+    y = torch.cat([slot.view(theta).reshape(-1) for slot in sym.outgoing])
+    angle = 0.5 * math.atan2(-2.0 * float(x @ y), float(x @ x - y @ y))
+    turned = math.cos(angle) * x - math.sin(angle) * y
+    return angle + math.pi if float(turned[turned.abs().argmax()]) < 0 else angle
 
 
 def _gl_imbalance(sym: Symmetry, theta: Mapping[str, Tensor]) -> float:

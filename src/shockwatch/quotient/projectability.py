@@ -68,6 +68,7 @@ from ..symmetry import (
     SymmetrySet,
     act,
     act_gl,
+    act_rotation,
     generator,
     gl_generator_combination,
     permute,
@@ -78,7 +79,7 @@ from .chart import canonical
 
 __all__ = ["Projectability", "QuotientMoments", "projectability", "quotient_moments"]
 
-_CONTINUOUS = (Kind.TRANSLATION, Kind.SCALE, Kind.RESCALE, Kind.GL)
+_CONTINUOUS = (Kind.TRANSLATION, Kind.SCALE, Kind.RESCALE, Kind.ROTATION, Kind.GL)
 
 Element = Mapping[str, "float | Tensor"]  # symmetry label -> amount (one-parameter), matrix (GL), order (permutation)
 
@@ -245,6 +246,11 @@ class _Chart:
         for step in full.steps:
             if step[0] == "factors":
                 self.steps.append(("factors", self._flat(step[1])))
+            elif step[0] == "rotation":
+                sym, angle = step[1], step[2]
+                index = tuple(torch.cat([slot.view(positions).reshape(-1) for slot in slots]).round().long()
+                              for slots in (sym.incoming, sym.outgoing))
+                self.steps.append(("rotation", math.cos(angle), math.sin(angle), index))
             else:
                 sym, matrix = step[1], step[2]
                 index = tuple(unit_matrix(sym, slots, positions).round().long() for slots in (sym.incoming, sym.outgoing))
@@ -269,7 +275,7 @@ class _Chart:
         """An orthonormal basis (D, k) of the span of the orbit generators at Phi."""
         columns = []
         for sym in syms:
-            if sym.kind.one_parameter:
+            if sym.kind.one_parameter or sym.kind is Kind.ROTATION:
                 dense = generator(sym, point)
                 columns.append(self._flat({name: dense.get(name, torch.zeros_like(point[name])) for name in self.names}))
             elif sym.kind is Kind.GL:
@@ -287,10 +293,15 @@ class _Chart:
 
     def push(self, vectors: Tensor) -> Tensor:
         """D Phi(theta) applied to the rows of ``vectors`` (n, D)."""
-        moved = vectors
+        moved = vectors.clone()
         for step in self.steps:
             if step[0] == "factors":
                 moved = moved * step[1]
+                continue
+            if step[0] == "rotation":
+                _, c, s, (x, y) = step
+                moved_x, moved_y = moved[:, x], moved[:, y]
+                moved[:, x], moved[:, y] = c * moved_x - s * moved_y, s * moved_x + c * moved_y
                 continue
             _, matrix, inverse_t, index = step
             for transform, where in ((matrix, index[0]), (inverse_t, index[1])):
@@ -367,6 +378,8 @@ def _random_element(syms: SymmetrySet, params: Mapping[str, Tensor], kinds: tupl
             element[sym.label] = random_gl_element(sym.unit_count, strength, generator_)
         elif sym.kind is Kind.PERMUTATION and permute_units:
             element[sym.label] = torch.randperm(sym.unit_count, generator=generator_)
+        elif sym.kind in kinds and sym.kind is Kind.ROTATION:
+            element[sym.label] = float(math.pi * (2 * torch.rand((), generator=generator_, dtype=torch.float64) - 1))
     return element
 
 
@@ -377,6 +390,9 @@ def _apply(syms: SymmetrySet, by_label: Mapping[str, Symmetry], params: Mapping[
     for sym in syms:
         if sym.label in element and sym.kind.one_parameter:
             act(sym, moved, float(element[sym.label]), copy=False)
+    for sym in syms.of_kind(Kind.ROTATION):
+        if sym.label in element:
+            act_rotation(sym, moved, float(element[sym.label]), copy=False)
     for sym in syms.of_kind(Kind.GL):
         if sym.label in element:
             moved = act_gl(sym, moved, torch.as_tensor(element[sym.label], dtype=torch.float64))

@@ -72,12 +72,20 @@ class OrbitOperator:
 
     @property
     def sizes(self) -> tuple[int, ...]:
-        """Rows per block: one per one-parameter kind, then d^2 per GL group."""
+        """Rows per block: one per one-parameter kind, one for all rotations, then d^2 per GL group."""
         return (tuple(len(self.symmetries.of_kind(kind)) for kind in _KINDS)
+                + (len(self.symmetries.of_kind(Kind.ROTATION)),)
                 + tuple(sym.unit_count**2 for sym in self.symmetries.of_kind(Kind.GL)))
+
+    def _rotation_generators(self) -> list[dict[str, Tensor]]:
+        return [generator(sym, self.params) for sym in self.symmetries.of_kind(Kind.ROTATION)]
 
     def matvec(self, vectors: Mapping[str, Tensor]) -> Tensor:
         parts = [self.symmetries.generator_inner(kind, self.params, vectors) for kind, n in zip(_KINDS, self.sizes) if n]
+        rotations = self._rotation_generators()
+        if rotations:
+            parts.append(torch.stack([sum((xi[name].double() * vectors[name].double()).sum() for name in xi)
+                                      for xi in rotations]).to(torch.float64))
         parts += [gl_generator_inner(sym, self.params, vectors).reshape(-1) for sym in self.symmetries.of_kind(Kind.GL)]
         return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
 
@@ -86,8 +94,10 @@ class OrbitOperator:
         blocks = torch.split(coefficients, self.sizes)
         pieces = [self.symmetries.generator_combination(kind, self.params, part)
                   for kind, part in zip(_KINDS, blocks) if part.numel()]
+        pieces += [{name: float(c) * dense.double() for name, dense in xi.items()}
+                   for xi, c in zip(self._rotation_generators(), blocks[len(_KINDS)])]
         pieces += [gl_generator_combination(sym, self.params, part)
-                   for sym, part in zip(self.symmetries.of_kind(Kind.GL), blocks[len(_KINDS):])]
+                   for sym, part in zip(self.symmetries.of_kind(Kind.GL), blocks[len(_KINDS) + 1:])]
         for piece in pieces:
             for name, dense in piece.items():
                 out[name] = out[name] + dense if name in out else dense
@@ -102,6 +112,8 @@ class OrbitOperator:
                     values.append(float(sum(s.view(self.params).numel() for s in sym.incoming)))
                 else:
                     values.append(float(sum(s.view(self.params).double().square().sum() for s in sym.slots)))
+        values += [float(sum(s.view(self.params).double().square().sum() for s in sym.slots))  # |(-y, x)|^2
+                   for sym in self.symmetries.of_kind(Kind.ROTATION)]
         diagonal = [torch.tensor(values, dtype=torch.float64)]
         for sym in self.symmetries.of_kind(Kind.GL):  # |xi_{E_ab}|^2 = |A_in row b|^2 + |A_out row a|^2
             rows_in = unit_matrix(sym, sym.incoming, self.params).double().square().sum(1)
@@ -199,7 +211,7 @@ def horizontal_projector(symmetries: SymmetrySet, params: Mapping[str, Tensor], 
             generators[offsets[name]:offsets[name] + values.numel(), column] = values.reshape(-1).cpu().numpy()
 
     column = 0
-    for kind in _KINDS:  # OrbitOperator's row order
+    for kind in (*_KINDS, Kind.ROTATION):  # OrbitOperator's row order
         for sym in symmetries.of_kind(kind):
             put(column, generator(sym, params))
             column += 1

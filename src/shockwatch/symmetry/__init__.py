@@ -12,6 +12,7 @@ from .group import (
     SymmetrySet,
     act,
     act_gl,
+    act_rotation,
     generator,
     gl_charges,
     gl_generator_combination,
@@ -22,5 +23,5 @@ from .group import (
 from .trace import EXACT_TOLERANCE
 from .verify import Verification, VerificationRow, verify_symmetries
 
-__all__ = ["EXACT_TOLERANCE", "Kind", "Slot", "Symmetry", "SymmetrySet", "Verification", "VerificationRow", "act", "act_gl", "gl_charges", "gl_generator_combination", "gl_generator_inner",
+__all__ = ["EXACT_TOLERANCE", "Kind", "Slot", "Symmetry", "SymmetrySet", "Verification", "VerificationRow", "act", "act_gl", "act_rotation", "gl_charges", "gl_generator_combination", "gl_generator_inner",
            "exact_defects", "find_symmetries", "generator", "permute", "unit_matrix", "verify_symmetries"]

@@ -23,9 +23,17 @@ candidate action through the graph). The families, each derived by hand:
   head h -> (M W_Q, M^{-T} W_K); under grouped-query attention one M acts on the shared key block
   and on every query head that reads it. softmax(.) v_h W_O[:, h] = softmax(.) (M v_h) (W_O M^{-1}):
   one M on the value block and the output columns of every query head that reads it. With rotary
-  embeddings only the subgroup commuting with the rotations survives on (q, k): the analysis finds
-  the per-frequency-pair rescale (q_i, q_{i+d/2}) x a against (k_i, k_{i+d/2}) / a (the rotation
-  part of each 2x2 rotation-scaling has an antisymmetric generator and no Noether charge).
+  embeddings only the subgroup commuting with the rotations survives on (q, k): per frequency pair
+  the rotation-scalings a R(b), found as the rescale (q_i, q_{i+d/2}) x a against (k_i, k_{i+d/2}) / a
+  and the rotation (``Kind.ROTATION``) of both pairs by one R(b) (its generator is antisymmetric, so
+  it has no Noether charge, but it is an orbit direction the quotient removes). With a partial rotary
+  embedding the dimensions no rotation multiplies keep the full GL(d_pass): the GL walk is run again
+  with the rotated units left out.
+- the residual stream (pre- or post-norm): its scale where every path ends in a norm, and its
+  permutation (embeddings' columns, branch outputs' rows, every norm's affine parameters, readers'
+  columns; a head tied to the embedding reads the columns the embedding permutes).
+- a relative position bias table whose lookups only shift attention scores: one translation per
+  column (T5).
 - head permutations: the heads of an attention with one key per query head, q, k, v rows and the
   output columns together.
 
@@ -44,7 +52,7 @@ from torch import Tensor, fx, nn
 
 from .flow import (Consumer, Mode, Producer, Walk, find_producers, norm_affine_sources, parameter_uses, shape,
                    stream_sources, unit_index, walk)
-from .group import Kind, Slot, Symmetry, SymmetrySet, act, act_gl, permute, random_gl_element
+from .group import Kind, Slot, Symmetry, SymmetrySet, act, act_gl, act_rotation, permute, random_gl_element
 from .trace import (EXACT_TOLERANCE, ExactEvaluator, TracedModel, TraceError, call_arguments, epsilon_nodes, export_model,
                     packet)
 
@@ -280,10 +288,12 @@ def _candidates(traced: TracedModel, logits: bool) -> tuple[list[Symmetry], dict
                                 for m, offset in zip(members, _offsets(members))}, Mode.DIAG, sum(m.units for m in members))
                     if diag.ok and not diag.links.broken:
                         _emit_diag(diag, members, emit, label="pair", only=rotated)
+                        _emit_rotations(diag, members, emit, only=rotated)
             else:
                 diag, members = _walk_with_partner(run, producer, seed, Mode.DIAG, by_node, gl_done)
                 if diag.ok and not diag.links.broken:
                     has_scale = _emit_diag(diag, members, emit, label="unit" if len(members) == 1 else "pair")
+                    _emit_rotations(diag, members, emit)
                     if len(members) == 2:  # a query/key pair that only a subgroup of GL keeps (rotary)
                         gl_done.update(m.node for m in members)
                 else:
@@ -429,6 +439,30 @@ def _emit_affine(diag: Walk, params: list[str], emit) -> None:
     def rows(units):
         return _merge([Slot(p, 0, u, u + 1) for u in sorted(units) for p in params])
     _emit_classes(diag, rows, _module_of(params[0]), emit, label="unit", only=None, scales=False)
+
+
+def _emit_rotations(diag: Walk, members: list[Producer], emit, *, only: frozenset[int] | None = None) -> None:
+    """The rotation part of each rotary frequency pair's rotation-scaling: a class of linked units
+    holding query units (parity 0) and key units (parity 1), two per head of each producer (the
+    pair the positional rotation turns). Both sides turn by the same R(a): q.R_(n-m) k is unchanged
+    because 2-d rotations commute. x: the lower unit of each pair, y: the higher, in both."""
+    module = _module_of(members[0].weight)
+    for root, members_of_class in sorted(diag.links.classes().items(), key=lambda kv: min(u for u, _ in kv[1])):
+        units = [u for u, _ in members_of_class]
+        if (only is not None and not all(u in only for u in units)) or {p for _, p in members_of_class} != {0, 1}:
+            continue
+        by_producer: dict[int, list[int]] = {}
+        for unit in sorted(units):
+            producer, local = _owner(unit, members)
+            by_producer.setdefault(members.index(producer), []).append(local)
+        if any(len(locals_) % 2 for locals_ in by_producer.values()):
+            continue
+        incoming, outgoing = [], []
+        for index, locals_ in by_producer.items():
+            for x, y in zip(locals_[0::2], locals_[1::2]):
+                incoming.extend(_rows(members[index], x, x + 1))
+                outgoing.extend(_rows(members[index], y, y + 1))
+        emit(Symmetry(Kind.ROTATION, f"rotation/{module}/pair{min(units)}", tuple(incoming), tuple(outgoing)))
 
 
 def _emit_classes(diag: Walk, rows, module: str, emit, *, label: str, only: frozenset[int] | None,
@@ -822,4 +856,6 @@ def _moved(sym: Symmetry, values: dict, random: torch.Generator, *, copy: bool =
         return act(sym, values, _CHECK_AMOUNT[sym.kind], copy=copy)
     if sym.kind is Kind.PERMUTATION:
         return permute(sym, values, torch.randperm(sym.unit_count, generator=random), copy=copy)
+    if sym.kind is Kind.ROTATION:
+        return act_rotation(sym, values, 0.5, copy=copy)
     return act_gl(sym, values, random_gl_element(sym.unit_count, 0.3, random), copy=copy)

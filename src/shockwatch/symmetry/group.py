@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Kind", "Slot", "Symmetry", "SymmetrySet", "act", "act_gl", "generator", "gl_charges", "gl_generator_combination",
-           "gl_generator_inner", "permute", "random_gl_element", "unit_matrix"]
+__all__ = ["Kind", "Slot", "Symmetry", "SymmetrySet", "act", "act_gl", "act_rotation", "generator", "gl_charges",
+           "gl_generator_combination", "gl_generator_inner", "permute", "random_gl_element", "unit_matrix"]
 
 
 class Kind(enum.StrEnum):
@@ -42,6 +42,9 @@ class Kind(enum.StrEnum):
     PERMUTATION = "permutation"  # discrete: reorder a layer's units (rows in, columns out); no charge
     GL = "gl"  # (in, out) -> (M in, M^-T out) along the unit axis: one attention head's (W_Q, W_K)
     # or (W_V, W_O^T); its charge is the matrix in in^T - out out^T
+    ROTATION = "rotation"  # (x, y) -> (x cos a - y sin a, x sin a + y cos a), slot i of incoming (x)
+    # with slot i of outgoing (y): the rotation part of a rotary frequency pair's rotation-scaling (query
+    # and key rotated together); its generator (-y, x) is antisymmetric, so it has no Noether charge
 
     @property
     def one_parameter(self) -> bool:
@@ -80,9 +83,13 @@ class Symmetry:
     def __post_init__(self) -> None:
         if not self.incoming:
             raise ValueError(f"{self.label}: a symmetry must act on some parameters")
-        if bool(self.outgoing) != (self.kind in (Kind.RESCALE, Kind.PERMUTATION, Kind.GL)):
-            raise ValueError(f"{self.label}: only RESCALE, PERMUTATION and GL symmetries have outgoing slots "
-                             f"(kind {self.kind})")
+        if bool(self.outgoing) != (self.kind in (Kind.RESCALE, Kind.PERMUTATION, Kind.GL, Kind.ROTATION)):
+            raise ValueError(f"{self.label}: only RESCALE, PERMUTATION, GL and ROTATION symmetries have outgoing "
+                             f"slots (kind {self.kind})")
+        if self.kind is Kind.ROTATION and (len(self.incoming) != len(self.outgoing) or any(
+                (x.dim, x.stop - x.start) != (y.dim, y.stop - y.start) for x, y in zip(self.incoming, self.outgoing))):
+            raise ValueError(f"{self.label}: a rotation pairs incoming slot i with outgoing slot i, along the same "
+                             "dim and of equal lengths")
         if self.kind in (Kind.PERMUTATION, Kind.GL):
             count = self.unit_count
             if count < 1 or any((slot.stop - slot.start) % count for slot in self.slots):
@@ -697,8 +704,17 @@ def generator(sym: Symmetry, params: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """The Lie-algebra generator xi(theta) of ``sym`` as one dense tensor per touched parameter.
 
     d/dc (action at c)|_{c=0}: 1 on the slots (translation), theta_A (scale), (theta_A1, -theta_A2)
-    (rescale). <grad L, xi> = 0 is the infinitesimal statement of the symmetry.
+    (rescale), (-y, x) on the paired slots (rotation). <grad L, xi> = 0 is the infinitesimal
+    statement of the symmetry.
     """
+    if sym.kind is Kind.ROTATION:
+        out = {}
+        for sign, targets, sources in ((-1.0, sym.incoming, sym.outgoing), (1.0, sym.outgoing, sym.incoming)):
+            for target_slot, source_slot in zip(targets, sources):
+                dense = out.setdefault(target_slot.param, torch.zeros_like(params[target_slot.param]))
+                dense.narrow(target_slot.dim, target_slot.start, target_slot.stop - target_slot.start).add_(
+                    sign * source_slot.view(params).detach())
+        return out
     if not sym.kind.one_parameter:
         raise ValueError(f"{sym.label}: {sym.kind.value} is not a one-parameter group; see act_gl / permute")
     out: dict[str, Tensor] = {}
@@ -731,6 +747,24 @@ def act(sym: Symmetry, params: Mapping[str, Tensor], amount: float, *, copy: boo
                 block.add_(amount)
             else:
                 block.mul_(factor if sign > 0 else 1.0 / factor)
+    return moved
+
+
+def act_rotation(sym: Symmetry, params: Mapping[str, Tensor], angle: float, *, copy: bool = True) -> dict[str, Tensor]:
+    """Parameters moved by the rotation exp(angle J): x -> x cos a - y sin a, y -> x sin a + y cos a
+    for every (incoming x, outgoing y) slot pair. New tensors (without ``copy``: in place, as ``act``)."""
+    if sym.kind is not Kind.ROTATION:
+        raise ValueError(f"{sym.label}: act_rotation needs a ROTATION symmetry, got {sym.kind}")
+    moved = dict(params)
+    c, s = math.cos(angle), math.sin(angle)
+    for x_slot, y_slot in zip(sym.incoming, sym.outgoing):
+        for slot in (x_slot, y_slot):
+            if copy:
+                _writable(moved, params, slot.param)
+        x, y = x_slot.view(moved), y_slot.view(moved)
+        x0, y0 = x.clone(), y.clone()
+        x.copy_(c * x0 - s * y0)
+        y.copy_(s * x0 + c * y0)
     return moved
 
 

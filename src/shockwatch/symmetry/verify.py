@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from .detect import exact_check
-from .group import Kind, Symmetry, SymmetrySet, act, act_gl, generator, permute, random_gl_element, unit_matrix
+from .group import Kind, Symmetry, SymmetrySet, act, act_gl, act_rotation, generator, permute, random_gl_element, unit_matrix
 from .trace import EXACT_TOLERANCE, TraceError, call_arguments
 
 __all__ = ["Verification", "VerificationRow", "verify_symmetries"]
@@ -181,6 +181,9 @@ def _verify(model, loss_fn, batch, symmetries, train_mode, seed, hessian_samples
             if sym.kind is Kind.GL:
                 rows.append(_verify_gl(sym, params, grads, grad_norm, base_value, scale, loss_at, random))
                 continue
+            if sym.kind is Kind.ROTATION:
+                rows.append(_verify_rotation(sym, params, grads, grad_norm, base_value, scale, loss_at))
+                continue
             if not sym.kind.one_parameter:
                 with torch.no_grad():
                     change = max(abs(float(loss_at(permute(sym, params, torch.randperm(sym.unit_count, generator=random))))
@@ -234,6 +237,20 @@ def _verify_gl(sym: Symmetry, params, grads, grad_norm: float, base_value: float
     identity = g_in @ a_in.T - a_out @ g_out.T
     size = grad_norm * float((a_in.square().sum() + a_out.square().sum()).sqrt())
     alignment = float(identity.norm()) / size if size > 0 else 0.0
+    return VerificationRow(sym.label, sym.kind, change, alignment, None)
+
+
+def _verify_rotation(sym: Symmetry, params, grads, grad_norm: float, base_value: float, scale: float,
+                     loss_at) -> VerificationRow:
+    """A rotation: the loss at angles 0.3, 1 and 2.5, and |<grad L, xi>| / (|grad L| |xi|) with
+    xi = (-y, x) on the paired slots."""
+    with torch.no_grad():
+        change = max(abs(float(loss_at(act_rotation(sym, params, angle))) - base_value) / scale
+                     for angle in (0.3, 1.0, 2.5))
+    xi = generator(sym, params)
+    inner = sum(float((xi[name] * grads[name].detach()).sum()) for name in xi)
+    xi_norm = sum(float(v.square().sum()) for v in xi.values()) ** 0.5
+    alignment = abs(inner) / (grad_norm * xi_norm) if grad_norm > 0 and xi_norm > 0 else 0.0
     return VerificationRow(sym.label, sym.kind, change, alignment, None)
 
 
