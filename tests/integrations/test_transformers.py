@@ -1,0 +1,97 @@
+"""The Hugging Face Trainer with ShockwatchCallback: small Llama, Qwen2 and GPT-2 from configs, CPU.
+
+Truth: the Trainer's own log (its loss per optimizer step, the window's objective, and its gradient
+norm, logged every step) and the definition of the run store (one row per optimizer step)."""
+
+import sqlite3
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("accelerate")
+
+from shockwatch.integrations.transformers import ShockwatchCallback  # noqa: E402
+
+VOCAB, TOKENS = 64, 12
+
+
+def model_of(architecture, seed=0):
+    torch.manual_seed(seed)
+    if architecture == "gpt2":
+        config = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=16, vocab_size=VOCAB, n_positions=32,
+                                         bos_token_id=0, eos_token_id=0)
+        return transformers.GPT2LMHeadModel(config)
+    config_class, model_class = {"llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+                                 "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM)}[architecture]
+    config = config_class(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                          num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32)
+    return model_class(config)
+
+
+def dataset(count=96, seed=1):
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, VOCAB, (count, TOKENS), generator=generator)
+    return [{"input_ids": row, "labels": row.clone()} for row in ids]
+
+
+def train(tmp_path, architecture, steps=20, accumulation=2, **arguments):
+    model = model_of(architecture)
+    callback = ShockwatchCallback(tmp_path / "run")
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, gradient_accumulation_steps=accumulation,
+        max_steps=steps, learning_rate=3e-3, weight_decay=0.01, warmup_steps=3, lr_scheduler_type="cosine",
+        logging_steps=1, max_grad_norm=1e9, report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True,
+        dataloader_num_workers=0, seed=0, **arguments)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=dataset(), callbacks=[callback])
+    trainer.train()
+    return trainer, callback
+
+
+def read(log_dir):
+    db = sqlite3.connect(log_dir / "run.sqlite")
+    scalars = {}
+    for step, name, value in db.execute("SELECT step, name, value FROM scalars"):
+        scalars.setdefault(name, {})[step] = value
+    events = db.execute("SELECT step, kind FROM events").fetchall()
+    db.close()
+    return scalars, events
+
+
+@pytest.mark.parametrize("architecture", ["llama", "qwen2", "gpt2"])
+def test_every_optimizer_step_with_the_loss_the_trainer_minimised(tmp_path, architecture):
+    """20 optimizer steps of 2 micro-batches each, the Trainer's AdamW with its decay / no-decay
+    groups, warmup and cosine decay: one row per optimizer step; its loss is the Trainer's logged
+    loss for that step and its gradient norm the Trainer's (clipping off); the symmetries were found
+    on the model (every parameter in one); AdamW has no conservation law, which is recorded."""
+    trainer, callback = train(tmp_path, architecture)
+    scalars, events = read(tmp_path / "run")
+    logged = {entry["step"]: entry for entry in trainer.state.log_history if "loss" in entry}
+    assert sorted(scalars["loss"]) == list(range(1, 21)) == sorted(logged)
+    assert [scalars["loss"][s] for s in range(1, 21)] == pytest.approx([logged[s]["loss"] for s in range(1, 21)],
+                                                                      rel=1e-5)
+    assert [scalars["grad_norm"][s] for s in range(1, 21)] == pytest.approx(
+        [logged[s]["grad_norm"] for s in range(1, 21)], rel=1e-4)
+    monitor = callback.monitor
+    assert monitor is not None and monitor.model is trainer.model
+    assert monitor.symmetries is not None and len(monitor.symmetries) > 0 and monitor.symmetries.unanalysed == ()
+    assert len(trainer.optimizer.param_groups) == 2  # the Trainer's decay / no-decay split
+    assert any(kind == "no-law" for _, kind in events)
+    assert callback._hook is None  # the forward hook is removed at train end
+    inner = trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer") else trainer.optimizer
+    assert not inner._optimizer_step_pre_hooks and not inner._optimizer_step_post_hooks
+
+
+def test_without_gradient_accumulation_and_in_bf16(tmp_path):
+    """bf16 autocast on the CPU, one micro-batch per step: the rows still match the Trainer's log
+    (its loss in bf16 autocast, read as the model returned it)."""
+    trainer, _ = train(tmp_path, "llama", steps=8, accumulation=1, bf16=True)
+    scalars, _ = read(tmp_path / "run")
+    logged = {entry["step"]: entry["loss"] for entry in trainer.state.log_history if "loss" in entry}
+    assert sorted(scalars["loss"]) == list(range(1, 9))
+    assert [scalars["loss"][s] for s in range(1, 9)] == pytest.approx([logged[s] for s in range(1, 9)], rel=1e-5)
+
+
+def test_a_model_without_a_loss_is_refused_in_one_line(tmp_path):
+    with pytest.raises(TypeError, match="loss_from must be a function"):
+        ShockwatchCallback(tmp_path / "run", loss_from=3)
