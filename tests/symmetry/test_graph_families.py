@@ -478,3 +478,35 @@ def test_rotation_of_a_frequency_pair_generator_inverse_and_false_variants():
     report = sw.verify_symmetries(model, loss, (inputs, targets), SymmetrySet(rotations, torch.device("cpu")),
                                   train_mode=False, exact=False)
     assert report.max_loss_change("rotation") < 1e-5 and report.max_gradient_alignment("rotation") < 1e-5
+
+
+@pytest.mark.parametrize("architecture", ["falcon", "gemma"])
+def test_in_place_sums_transposed_weights_and_one_plus_w_gains(architecture):
+    """Falcon sums its parallel branches in place (mlp_out += attn_out) and reads weights as W.T;
+    Gemma's RMSNorm multiplies by (1 + w), a function of w alone, and asserts its dtype. None of it
+    stops the analysis: every parameter is in a symmetry, and the residual stream's permutation
+    keeps the model's own float64 logits (truth: the definition; Gemma's norm sums in float32, so
+    1e-5 there, and the exact float64 check below). The input holds the padding token, whose
+    embedding row is zero: at eps = 0 exactly its norm would be 0 / 0 and every candidate refuted
+    (it was, before the exact graph's eps became 1e-300)."""
+    torch.manual_seed(10)
+    if architecture == "falcon":
+        config = transformers.FalconConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=HEADS)
+        model = transformers.FalconForCausalLM(config).eval()
+    else:
+        config = transformers.GemmaConfig(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=INTER, num_hidden_layers=2,
+                                          num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, head_dim=D_HEAD)
+        model = transformers.GemmaForCausalLM(config).eval()
+    inputs = {"input_ids": torch.randint(1, VOCAB, (2, 8))}
+    inputs["input_ids"][0, 3] = config.pad_token_id if config.pad_token_id is not None else 0
+    if config.pad_token_id is not None:
+        assert float(model.get_input_embeddings().weight[config.pad_token_id].abs().max()) == 0.0
+    syms = sw.find_symmetries(model, inputs)
+    assert syms.unanalysed == () and syms.rejected == ()
+    stream = next(s for s in syms if s.label == "permutation/residual_stream")
+    double = model.double()
+    values = {k: v.detach() for k, v in double.named_parameters()}
+    base = model_logprobs(double, values, inputs)
+    order = torch.randperm(HIDDEN, generator=torch.Generator().manual_seed(2))
+    assert float((model_logprobs(double, permute(stream, values, order), inputs) - base).abs().max()) < 1e-5
+    assert exact_defects(model, inputs, [stream])[stream.label] < EXACT_TOLERANCE

@@ -65,12 +65,12 @@ def shape(node) -> tuple[int, ...] | None:
 
 
 _IDENTITY = {"clone", "contiguous", "alias", "detach", "to", "_to_copy", "type_as", "lift_fresh_copy", "dropout",
-             "feature_dropout", "alpha_dropout", "identity", "_assert_tensor_metadata"}
+             "feature_dropout", "alpha_dropout", "identity"}
 _SHAPE = {"view", "reshape", "_unsafe_view", "transpose", "t", "permute", "unsqueeze", "squeeze", "expand",
           "expand_as", "flatten", "unflatten", "slice", "select", "narrow", "split", "split_with_sizes", "chunk",
           "unbind", "cat", "stack", "repeat_interleave", "movedim", "swapaxes", "getitem", "repeat"}
 _SHAPE_ONLY = {"new_ones", "new_zeros", "new_empty", "new_full", "zeros_like", "ones_like", "empty_like", "full_like",
-               "sym_size", "size", "_shape_as_tensor", "sym_numel"}
+               "sym_size", "size", "_shape_as_tensor", "sym_numel", "_assert_tensor_metadata"}
 _POSITIVE = {"relu", "relu_", "leaky_relu", "leaky_relu_", "neg"}
 _NONLINEAR = {"gelu", "silu", "tanh", "sigmoid", "elu", "selu", "celu", "softplus", "mish", "hardswish",
               "hardsigmoid", "hardtanh", "relu6", "erf", "exp", "log", "sin", "cos", "logsigmoid", "softsign",
@@ -177,6 +177,10 @@ class Walk:
         return self
 
 
+_CASTS = ("to", "_to_copy", "alias", "detach", "contiguous", "clone", "type_as", "lift_fresh_copy")
+_TRANSPOSES = ("t", "transpose", "permute", "numpy_T")
+
+
 def _param(node, traced: TracedModel) -> tuple[str, tuple[int, ...]] | None:
     """(parameter name, dims of the node in parameter order) for a parameter seen through casts and
     transposes, else None."""
@@ -189,9 +193,9 @@ def _param(node, traced: TracedModel) -> tuple[str, tuple[int, ...]] | None:
             rank = len(shape(node) or ())
             return name, order if order is not None else tuple(range(rank))
         kind = packet(node)
-        if kind in ("to", "_to_copy", "alias", "detach", "contiguous", "clone", "type_as", "lift_fresh_copy"):
+        if kind in _CASTS:
             node = node.args[0]
-        elif kind in ("t", "transpose", "permute", "numpy_T"):
+        elif kind in _TRANSPOSES:
             rank = len(shape(node) or ())
             if kind == "permute":
                 perm = tuple(d % rank for d in node.args[1])
@@ -209,14 +213,26 @@ def _param(node, traced: TracedModel) -> tuple[str, tuple[int, ...]] | None:
     return None
 
 
+def _elementwise_param(node, traced: TracedModel) -> tuple[str, tuple[int, ...]] | None:
+    """A parameter seen through casts, transposes and elementwise maps with constants (Gemma's gain
+    1 + w): permuting the parameter permutes the result the same way."""
+    found = _param(node, traced)
+    if found is not None or not isinstance(node, fx.Node):
+        return found
+    if packet(node) in _BINARY and len(node.args) == 2:
+        tensors = [a for a in node.args if isinstance(a, fx.Node)]
+        if len(tensors) == 1 and all(isinstance(a, (int, float)) for a in node.args if a is not tensors[0]):
+            return _elementwise_param(tensors[0], traced)
+    return None
+
+
 def parameter_uses(traced: TracedModel) -> dict[str, int]:
     """How many operations read each parameter (through casts and transposes): a tied weight is read
     twice, and no action on it can be compensated in one place only."""
     uses: dict[str, int] = {}
     for node in traced.graph.nodes:
-        if packet(node) in ("to", "_to_copy", "alias", "detach", "contiguous", "clone", "type_as", "t", "transpose",
-                            "permute", "lift_fresh_copy"):
-            continue
+        if packet(node) in _CASTS or packet(node) in _TRANSPOSES or packet(node) in _SHAPE_ONLY:
+            continue  # seen through by _param (the op that reads their output is the use), or metadata
         for arg in node.all_input_nodes:
             found = _param(arg, traced)
             if found:
@@ -409,7 +425,9 @@ def _step(node, tags, mode: Mode, result: Walk, traced: TracedModel, epsilons) -
         return _pool(node, tag, mode, result)
     if kind in _REDUCE:
         return _reduce(node, tag, mode, result)
-    if kind in _BINARY:
+    if kind in _BINARY or (kind.endswith("_") and kind[:-1] in _BINARY):
+        if kind.endswith("_") and _read_again(first, node):
+            return result.fail(node, "an in-place update of a tensor that is read again after it") and None
         return _binary(node, tags, mode, result, epsilons, traced)
     if kind in ("where", "masked_fill"):
         return _masked(node, tags, mode, result)
@@ -477,8 +495,20 @@ def _broadcast_constant_on_units(other_shape, value: Tensor) -> bool:
     return all(padded[a] == 1 or _constant_along(value, a) for a in range(rank))
 
 
+def _read_again(tensor, node: fx.Node) -> bool:
+    """Whether ``tensor`` has a user after ``node`` in graph order (an in-place ``node`` then changes
+    what that user reads; otherwise the update is its own value, as ``x = x + y`` is)."""
+    if not isinstance(tensor, fx.Node):
+        return False
+    later, current = set(), node.next
+    while current.op != "root":
+        later.add(current)
+        current = current.next
+    return any(user in later for user in tensor.users if user is not node)
+
+
 def _binary(node, tags, mode, result, epsilons, traced):
-    kind = packet(node)
+    kind = packet(node).removesuffix("_")  # add_ (x += y) as add where nothing reads x again
     a, b = node.args[0], node.args[1] if len(node.args) > 1 else None
     ta, tb = tags.get(a) if isinstance(a, fx.Node) else None, tags.get(b) if isinstance(b, fx.Node) else None
     out_shape = shape(node)
@@ -553,7 +583,7 @@ def _binary(node, tags, mode, result, epsilons, traced):
         return _Tag(value.expand(out_shape) if out_shape else value, tag.degree)
     if _broadcast_constant_on_units(other_shape, value):
         return _Tag(value.expand(out_shape) if out_shape else value, tag.degree)
-    gain = _param(other, traced) if mode is Mode.PERM and kind == "mul" else None
+    gain = _elementwise_param(other, traced) if mode is Mode.PERM and kind == "mul" else None
     if gain is not None and result.uses.get(gain[0]) == 1 and other_shape == (value.shape[-1],) \
             and all(_constant_along(value, a) for a in range(value.dim() - 1)):
         index = value.reshape(-1, value.shape[-1])[0]

@@ -7,7 +7,8 @@ models return them (a tensor, a tuple, a ``ModelOutput`` with ``.logits`` or
 takes it (their ``DynamicCache`` does not export).
 
 ``ExactEvaluator`` runs the exported graph with every floating tensor in float64, every dtype cast
-to a lower precision turned into float64, and every normalisation's epsilon set to 0 (the known
+to a lower precision turned into float64, and every normalisation's epsilon set to 0 in effect
+(``EXACT_EPSILON``, 1e-300, which keeps a zero vector at 0 rather than 0 / 0; the known
 breaker of the scale symmetries: x / sqrt(var + eps) is homogeneous of degree 0 only at eps = 0).
 A true symmetry then leaves the output unchanged to float64 round-off, so the acceptance threshold
 follows from round-off (see ``EXACT_TOLERANCE``), not from a guess like 1e-2.
@@ -39,6 +40,10 @@ __all__ = ["EXACT_TOLERANCE", "ExactEvaluator", "TraceError", "TracedModel", "ca
 # construct (depthwise-conv permutation, GELU rescale, query/key GL under rotary embeddings, a gain
 # that enters as (1 + w)) by 1e-5..1. 1e-9 leaves four orders of magnitude on either side.
 EXACT_TOLERANCE = 1e-9
+# the epsilon every normalisation gets in the exact graph: 0 in effect (below 1e-280 of any mean square
+# a float64 activation has, so x / sqrt(mean x^2 + eps) is degree 0 to round-off), yet an all-zero
+# vector (a padding token's embedding) stays 0 / sqrt(eps) = 0 instead of 0 / 0
+EXACT_EPSILON = 1e-300
 
 
 class TraceError(ValueError):
@@ -248,10 +253,10 @@ def _exact_graph(graph_module: fx.GraphModule) -> tuple[fx.GraphModule, dict[str
         position = zero.get(node.name)
         if position is not None and position < len(node.args) and isinstance(node.args[position], (int, float)):
             record[node.name] = float(node.args[position])
-            node.args = node.args[:position] + (0.0,) + node.args[position + 1:]
+            node.args = node.args[:position] + (EXACT_EPSILON,) + node.args[position + 1:]
         elif position is not None and isinstance(node.kwargs.get("eps"), (int, float)):
             record[node.name] = float(node.kwargs["eps"])
-            node.kwargs = {**node.kwargs, "eps": 0.0}
+            node.kwargs = {**node.kwargs, "eps": EXACT_EPSILON}
         if name in ("dropout", "feature_dropout", "alpha_dropout"):
             node.replace_all_uses_with(node.args[0])
             copied.graph.erase_node(node)
