@@ -345,8 +345,14 @@ def test_a_structural_candidate_that_fails_the_check_is_rejected():
     torch.manual_seed(10)
     syms = sw.find_symmetries(nn.Sequential(GPT2MLP(), nn.Linear(4, 3)), torch.randn(5, 4))
     assert syms.rejected == ()
-    assert syms.counts()["permutation"] == 0 and syms.counts()["translation"] == 5
+    assert not any(slot.param.startswith("0.c_fc") for s in syms.of_kind("permutation") for slot in s.slots)
+    assert syms.counts()["translation"] == 5
     assert "adds an untransformed tensor" in dict(syms.reasons)["0.c_fc.weight"]
+    # c_proj's outputs (x W + b, the bias added as a parameter) feed only the last linear map: they
+    # permute with its columns, a true symmetry found from the graph (checked exactly)
+    (output,) = syms.of_kind("permutation")
+    assert {slot.param for slot in output.slots} == {"0.c_proj.weight", "0.c_proj.bias", "1.weight"}
+    assert output.defect is not None and output.defect < 1e-12
 
 
 def test_weight_decay_inside_the_loss_breaking_is_reported():

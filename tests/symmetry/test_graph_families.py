@@ -510,3 +510,32 @@ def test_in_place_sums_transposed_weights_and_one_plus_w_gains(architecture):
     order = torch.randperm(HIDDEN, generator=torch.Generator().manual_seed(2))
     assert float((model_logprobs(double, permute(stream, values, order), inputs) - base).abs().max()) < 1e-5
     assert exact_defects(model, inputs, [stream])[stream.label] < EXACT_TOLERANCE
+
+
+def test_a_narrow_embedding_projected_into_the_stream_is_a_stream_of_its_own():
+    """ELECTRA embeds in 16 dimensions, normalises, and projects into the 32-wide stream: the 16
+    embedding features permute with the norm's gain and bias and the projection's input columns
+    (truth: the model's own float64 logits), the 32 stream features as BERT's; every parameter is
+    covered. ALBERT shares one layer's weights across layers: those are named, not guessed."""
+    torch.manual_seed(11)
+    config = transformers.ElectraConfig(vocab_size=VOCAB, embedding_size=16, hidden_size=HIDDEN, intermediate_size=INTER,
+                                        num_hidden_layers=2, num_attention_heads=HEADS, num_labels=3)
+    model = transformers.ElectraForSequenceClassification(config).eval()
+    inputs = {"input_ids": torch.randint(1, VOCAB, (2, 8))}
+    syms = sw.find_symmetries(model, inputs)
+    assert syms.unanalysed == () and syms.rejected == ()
+    narrow = next(s for s in syms if s.label == "permutation/residual_stream/width16")
+    assert Slot("electra.embeddings.word_embeddings.weight", 1, 0, 16) in narrow.incoming
+    assert Slot("electra.embeddings_project.weight", 1, 0, 16) in narrow.outgoing
+    double = model.double()
+    values = {k: v.detach() for k, v in double.named_parameters()}
+    base = model_logprobs(double, values, inputs)
+    for sym in (narrow, next(s for s in syms if s.label == "permutation/residual_stream")):
+        order = torch.randperm(sym.unit_count, generator=torch.Generator().manual_seed(3))
+        assert float((model_logprobs(double, permute(sym, values, order), inputs) - base).abs().max()) < 1e-12
+    albert = transformers.AlbertForSequenceClassification(transformers.AlbertConfig(
+        vocab_size=VOCAB, embedding_size=16, hidden_size=HIDDEN, intermediate_size=INTER, num_hidden_layers=2,
+        num_attention_heads=HEADS, num_labels=3)).eval()
+    reasons = dict(sw.find_symmetries(albert, inputs).reasons)
+    shared = "albert.encoder.albert_layer_groups.0.albert_layers.0.attention.query.weight"
+    assert "read by 2 operations (shared or tied)" in reasons[shared]

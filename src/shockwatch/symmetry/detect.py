@@ -326,6 +326,10 @@ def _candidates(traced: TracedModel, logits: bool) -> tuple[list[Symmetry], dict
     _emit_stream_permutation(traced, stream, by_node, run, emit, note)
     _emit_key_biases(attention, producers, run, emit)
     _emit_embedding_translations(traced, run, emit)
+    for name, count in uses.items():
+        if count > 1:  # a weight shared across layers (ALBERT) or tied to a second use
+            why.setdefault(name, f"read by {count} operations (shared or tied): only a weight read once is the "
+                                 "start of a candidate, so nothing acting on it alone is proposed")
     for name in traced.parameters.values():
         why.setdefault(name, "no symmetry found for it")
     return [sym for _, _, sym in sorted(out, key=lambda entry: entry[:2])], why
@@ -532,13 +536,24 @@ def _emit_stream_permutation(traced: TracedModel, stream: list[Producer], by_nod
     the same columns the embedding permutes: one permutation, exact, where the stream's scale is not.
     One PERM walk from every stream producer and source; a branch output the walk meets added to the
     stream joins the seeds, and a source off this stream (an embedding of other width or meaning, a
-    relative position bias) is dropped where the walk fails without it."""
-    if not stream:
+    relative position bias) is dropped where the walk fails without it. One walk per width: an
+    embedding narrower than the stream, projected into it (ELECTRA, ALBERT), is a stream of its own
+    (its columns, its norm's parameters, the projection's input columns)."""
+    found = stream_sources(traced, tied=True)
+    widths = {p.units for p in stream} | {shape(node)[-1] for node, _ in found}
+    main = max(widths, key=lambda w: sum(p.units == w for p in stream), default=None)
+    for units in sorted(widths):
+        label = "permutation/residual_stream" if units == main else f"permutation/residual_stream/width{units}"
+        _stream_permutation(traced, [p for p in stream if p.units == units],
+                            [(node, name) for node, name in found if shape(node)[-1] == units], units, label,
+                            by_node, run, emit, note)
+
+
+def _stream_permutation(traced: TracedModel, stream: list[Producer], sources: list, units: int, label: str,
+                        by_node: dict, run, emit, note) -> None:
+    """``_emit_stream_permutation`` for the producers and sources of one width."""
+    if not stream and not sources:
         return
-    units = stream[0].units
-    if any(p.units != units for p in stream):
-        return
-    sources = [(node, name) for node, name in stream_sources(traced, tied=True) if shape(node)[-1] == units]
     tied = {name for _, name in sources}
     uses = {**parameter_uses(traced), **{name: 1 for name in tied}}
     members = list(stream)
@@ -580,9 +595,8 @@ def _emit_stream_permutation(traced: TracedModel, stream: list[Producer], by_nod
                 return
             continue
         outgoing.append(slot)
-    if outgoing:
-        emit(Symmetry(Kind.PERMUTATION, "permutation/residual_stream", tuple(_merge(incoming)), tuple(outgoing),
-                      units=units))
+    if outgoing and units >= 2:
+        emit(Symmetry(Kind.PERMUTATION, label, tuple(_merge(incoming)), tuple(outgoing), units=units))
 
 
 def _block_slots(block: Tensor, members: list[Producer]) -> list[Slot] | None:
