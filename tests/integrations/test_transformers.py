@@ -16,6 +16,15 @@ from shockwatch.integrations.transformers import ShockwatchCallback  # noqa: E40
 VOCAB, TOKENS = 64, 12
 
 
+@pytest.fixture(autouse=True)
+def fresh_accelerator_state():
+    """The Trainer sets Accelerate's process-wide state (bf16 included); later tests start clean."""
+    yield
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+
+
 def model_of(architecture, seed=0):
     torch.manual_seed(seed)
     if architecture == "gpt2":
@@ -84,8 +93,10 @@ def test_every_optimizer_step_with_the_loss_the_trainer_minimised(tmp_path, arch
 
 def test_without_gradient_accumulation_and_in_bf16(tmp_path):
     """bf16 autocast on the CPU, one micro-batch per step: the rows still match the Trainer's log
-    (its loss in bf16 autocast, read as the model returned it)."""
-    trainer, _ = train(tmp_path, "llama", steps=8, accumulation=1, bf16=True)
+    (its loss in bf16 autocast, read as the model returned it), and the symmetries are found through
+    Accelerate's autocast wrapper of forward (every parameter in one)."""
+    trainer, callback = train(tmp_path, "llama", steps=8, accumulation=1, bf16=True)
+    assert len(callback.monitor.symmetries) > 0 and callback.monitor.symmetries.unanalysed == ()
     scalars, _ = read(tmp_path / "run")
     logged = {entry["step"]: entry["loss"] for entry in trainer.state.log_history if "loss" in entry}
     assert sorted(scalars["loss"]) == list(range(1, 9))

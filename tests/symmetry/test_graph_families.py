@@ -6,6 +6,7 @@ in float64 (functional_call, not our graph evaluator); constructed false candida
 exact float64 output on every one of 20 seeds.
 """
 
+import copy
 import math
 
 import pytest
@@ -539,3 +540,34 @@ def test_a_narrow_embedding_projected_into_the_stream_is_a_stream_of_its_own():
     reasons = dict(sw.find_symmetries(albert, inputs).reasons)
     shared = "albert.encoder.albert_layer_groups.0.albert_layers.0.attention.query.weight"
     assert "read by 2 operations (shared or tied)" in reasons[shared]
+
+
+def test_mixed_precision_wrappers_and_autocast_regions():
+    """Accelerate's bf16 prepare() wraps forward in autocast: the symmetries are the model's own (the
+    same counts as the unwrapped model). A forward that enters torch.autocast itself is one opaque
+    operation to torch.export: every parameter's reason says so (never a silent "none")."""
+    accelerate = pytest.importorskip("accelerate")
+    from accelerate.state import AcceleratorState
+
+    torch.manual_seed(12)
+    plain = sw.models.mlp((4, 12, 12, 3), norm="layer")
+    x = torch.randn(16, 4)
+    expected = sw.find_symmetries(plain, x).counts()
+    try:
+        prepared = accelerate.Accelerator(cpu=True, mixed_precision="bf16").prepare(copy.deepcopy(plain))
+        assert "_original_forward" in vars(prepared)
+        assert sw.find_symmetries(prepared, x).counts() == expected
+    finally:
+        AcceleratorState._reset_state(True)
+
+    class Autocast(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = plain
+
+        def forward(self, x):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return self.inner(x)
+
+    found = sw.find_symmetries(Autocast(), x)
+    assert all("torch.autocast" in reason for _, reason in found.reasons) and found.reasons

@@ -326,6 +326,11 @@ def _candidates(traced: TracedModel, logits: bool) -> tuple[list[Symmetry], dict
     _emit_stream_permutation(traced, stream, by_node, run, emit, note)
     _emit_key_biases(attention, producers, run, emit)
     _emit_embedding_translations(traced, run, emit)
+    opaque = [node for node in traced.graph.nodes if node.op == "call_function" and "autocast" in str(node.target)]
+    if opaque:  # torch.autocast inside forward: torch.export keeps the region as one higher-order op
+        for name in traced.parameters.values():
+            why.setdefault(name, f"the forward runs under torch.autocast, which torch.export keeps as one opaque "
+                                 f"operation ({opaque[0].target}): run detection on the model without autocast")
     for name, count in uses.items():
         if count > 1:  # a weight shared across layers (ALBERT) or tied to a second use
             why.setdefault(name, f"read by {count} operations (shared or tied): only a weight read once is the "

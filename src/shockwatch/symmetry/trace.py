@@ -133,6 +133,11 @@ def export_model(model: nn.Module, example_input, *, training: bool) -> TracedMo
     args, kwargs = call_arguments(model, example_input)
     shadow = copy.deepcopy(model)
     shadow.train(training)
+    if "_original_forward" in vars(shadow):
+        # Accelerate's mixed precision replaces forward by an autocast wrapper (torch.export keeps
+        # an autocast region as one opaque higher-order op) and keeps the model's own forward; the
+        # symmetries are those of the model's arithmetic, so the copy is traced without it
+        shadow.forward = vars(shadow)["_original_forward"]
     wrapped = _Selected(shadow)
     try:
         with _quiet_torch_logs():
