@@ -553,6 +553,7 @@ def test_mixed_precision_wrappers_and_autocast_regions():
     plain = sw.models.mlp((4, 12, 12, 3), norm="layer")
     x = torch.randn(16, 4)
     expected = sw.find_symmetries(plain, x).counts()
+    AcceleratorState._reset_state(True)  # an earlier test's Accelerator would refuse a new precision
     try:
         prepared = accelerate.Accelerator(cpu=True, mixed_precision="bf16").prepare(copy.deepcopy(plain))
         assert "_original_forward" in vars(prepared)
