@@ -181,8 +181,9 @@ def _verify(model, loss_fn, batch, symmetries, train_mode, seed, hessian_samples
             if sym.kind is Kind.GL:
                 rows.append(_verify_gl(sym, params, grads, grad_norm, base_value, scale, loss_at, random))
                 continue
-            if sym.kind is Kind.ROTATION:
-                rows.append(_verify_rotation(sym, params, grads, grad_norm, base_value, scale, loss_at))
+            if sym.kind is Kind.ROTATION:  # the loss moved only for the sampled ones, as for one-parameter kinds
+                rows.append(_verify_rotation(sym, params, grads, grad_norm, base_value, scale,
+                                             loss_at if sampled is None or sym.label in sampled else None))
                 continue
             if not sym.kind.one_parameter:
                 with torch.no_grad():
@@ -242,11 +243,13 @@ def _verify_gl(sym: Symmetry, params, grads, grad_norm: float, base_value: float
 
 def _verify_rotation(sym: Symmetry, params, grads, grad_norm: float, base_value: float, scale: float,
                      loss_at) -> VerificationRow:
-    """A rotation: the loss at angles 0.3, 1 and 2.5, and |<grad L, xi>| / (|grad L| |xi|) with
-    xi = (-y, x) on the paired slots."""
-    with torch.no_grad():
-        change = max(abs(float(loss_at(act_rotation(sym, params, angle))) - base_value) / scale
-                     for angle in (0.3, 1.0, 2.5))
+    """A rotation: the loss at angles 0.3, 1 and 2.5 (where ``loss_at`` is given: a sampled one), and
+    |<grad L, xi>| / (|grad L| |xi|) with xi = (-y, x) on the paired slots."""
+    change = None
+    if loss_at is not None:
+        with torch.no_grad():
+            change = max(abs(float(loss_at(act_rotation(sym, params, angle))) - base_value) / scale
+                         for angle in (0.3, 1.0, 2.5))
     xi = generator(sym, params)
     inner = sum(float((xi[name] * grads[name].detach()).sum()) for name in xi)
     xi_norm = sum(float(v.square().sum()) for v in xi.values()) ** 0.5
