@@ -10,6 +10,16 @@ import shockwatch as sw
 from shockwatch.monitor import RunStore
 
 
+
+def train(mon, opt, loss_of, steps):
+    """``steps`` optimizer steps of ``loss_of()``, each observed by ``mon``."""
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = loss_of()
+        loss.backward()
+        opt.step()
+        mon.step(loss)
+
 def test_a_regression_model_gets_no_output_translation(tmp_path):
     """Truth: a regression head's output is not shifted away by a softmax, so translating its columns
     changes the prediction; with logits=False none is found, and the laws of the rest hold exactly."""
@@ -19,12 +29,7 @@ def test_a_regression_model_gets_no_output_translation(tmp_path):
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     with sw.Monitor(model, opt, tmp_path / "run", example_input=x, logits=False, tensorboard=False) as mon:
         assert mon.symmetries.counts()["translation"] == 0 and mon.symmetries.counts()["rescale"] == 8
-        for _ in range(5):
-            opt.zero_grad()
-            loss = F.mse_loss(model(x), y)
-            loss.backward()
-            opt.step()
-            mon.step(loss)
+        train(mon, opt, lambda: F.mse_loss(model(x), y), 5)
     series = RunStore(tmp_path / "run" / "run.sqlite", read_only=True).series()
     assert not any(name.endswith("/translation") for name in series)
     assert max(series["charge_law_error/rescale"][1]) < 1e-10
@@ -42,12 +47,7 @@ def test_a_hugging_face_llama_with_decay_groups_and_keyword_inputs(tmp_path):
     with sw.Monitor(model, opt, tmp_path / "run", example_input=batch, tensorboard=False) as mon:
         counts = mon.symmetries.counts()
         assert counts["gl"] == 2 and counts["scale"] == 1
-        for _ in range(4):
-            opt.zero_grad()
-            loss = model(**batch, labels=batch["input_ids"]).loss
-            loss.backward()
-            opt.step()
-            mon.step(loss)
+        train(mon, opt, lambda: model(**batch, labels=batch["input_ids"]).loss, 4)
     store = RunStore(tmp_path / "run" / "run.sqlite", read_only=True)
     series = store.series()
     no_law = [message for _, kind, message in store.events() if kind == "no-law"]
@@ -68,12 +68,7 @@ def test_charges_that_start_at_zero_have_finite_relative_errors(tmp_path, engine
     x, y = torch.randn(16, 4, dtype=torch.float64), torch.randint(0, 3, (16,))
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     with sw.Monitor(model, opt, tmp_path / "run", example_input=x, tensorboard=False, engine=engine) as mon:
-        for _ in range(6):
-            opt.zero_grad()
-            loss = F.cross_entropy(model(x), y)
-            loss.backward()
-            opt.step()
-            mon.step(loss)
+        train(mon, opt, lambda: F.cross_entropy(model(x), y), 6)
     series = RunStore(tmp_path / "run" / "run.sqlite", read_only=True).series()
     assert max(series["charge_drift/translation"][1]) < 1e3
     assert max(series["charge_law_error/translation"][1]) < 1e-9

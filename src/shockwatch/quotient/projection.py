@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 import enum
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,12 +78,14 @@ class OrbitOperator:
                 + (len(self.symmetries.of_kind(Kind.ROTATION)),)
                 + tuple(sym.unit_count**2 for sym in self.symmetries.of_kind(Kind.GL)))
 
+    @functools.cached_property
     def _rotation_generators(self) -> list[dict[str, Tensor]]:
+        """Dense (-y, x) of every rotation at ``params``: built once, read by every CG iteration."""
         return [generator(sym, self.params) for sym in self.symmetries.of_kind(Kind.ROTATION)]
 
     def matvec(self, vectors: Mapping[str, Tensor]) -> Tensor:
         parts = [self.symmetries.generator_inner(kind, self.params, vectors) for kind, n in zip(_KINDS, self.sizes) if n]
-        rotations = self._rotation_generators()
+        rotations = self._rotation_generators
         if rotations:
             parts.append(torch.stack([sum((xi[name].double() * vectors[name].double()).sum() for name in xi)
                                       for xi in rotations]).to(torch.float64))
@@ -95,7 +98,7 @@ class OrbitOperator:
         pieces = [self.symmetries.generator_combination(kind, self.params, part)
                   for kind, part in zip(_KINDS, blocks) if part.numel()]
         pieces += [{name: float(c) * dense.double() for name, dense in xi.items()}
-                   for xi, c in zip(self._rotation_generators(), blocks[len(_KINDS)])]
+                   for xi, c in zip(self._rotation_generators, blocks[len(_KINDS)])]
         pieces += [gl_generator_combination(sym, self.params, part)
                    for sym, part in zip(self.symmetries.of_kind(Kind.GL), blocks[len(_KINDS) + 1:])]
         for piece in pieces:

@@ -323,9 +323,9 @@ def _candidates(traced: TracedModel, logits: bool) -> tuple[list[Symmetry], dict
     where[0] = len(position)  # head permutations, the stream's scale and key biases: after the rest
     _emit_head_permutations(attention, emit)
     _emit_stream_scale(traced, stream, run, emit)
-    _emit_stream_permutation(traced, stream, by_node, run, emit, note)
+    _emit_stream_permutation(traced, stream, by_node, run, emit, note, uses)
     _emit_key_biases(attention, producers, run, emit)
-    _emit_embedding_translations(traced, run, emit)
+    _emit_embedding_translations(traced, run, emit, uses)
     opaque = [node for node in traced.graph.nodes if node.op == "call_function" and "autocast" in str(node.target)]
     if opaque:  # torch.autocast inside forward: torch.export keeps the region as one higher-order op
         for name in traced.parameters.values():
@@ -532,7 +532,8 @@ def _permuted_slots(perm: Walk, units: int) -> tuple[list[Slot], list[Slot]] | N
     return norms, outgoing
 
 
-def _emit_stream_permutation(traced: TracedModel, stream: list[Producer], by_node: dict, run, emit, note) -> None:
+def _emit_stream_permutation(traced: TracedModel, stream: list[Producer], by_node: dict, run, emit, note,
+                             uses: dict[str, int]) -> None:
     """The residual stream's permutation: reorder the features of the stream x (the embeddings'
     columns, the rows of every branch output added to it, the affine parameters of every norm over
     it) and the input columns of every linear map reading it. Sums commute with it, and so does a
@@ -551,16 +552,16 @@ def _emit_stream_permutation(traced: TracedModel, stream: list[Producer], by_nod
         label = "permutation/residual_stream" if units == main else f"permutation/residual_stream/width{units}"
         _stream_permutation(traced, [p for p in stream if p.units == units],
                             [(node, name) for node, name in found if shape(node)[-1] == units], units, label,
-                            by_node, run, emit, note)
+                            by_node, run, emit, note, uses)
 
 
 def _stream_permutation(traced: TracedModel, stream: list[Producer], sources: list, units: int, label: str,
-                        by_node: dict, run, emit, note) -> None:
+                        by_node: dict, run, emit, note, uses: dict[str, int]) -> None:
     """``_emit_stream_permutation`` for the producers and sources of one width."""
     if not stream and not sources:
         return
     tied = {name for _, name in sources}
-    uses = {**parameter_uses(traced), **{name: 1 for name in tied}}
+    uses = {**uses, **{name: 1 for name in tied}}
     members = list(stream)
 
     def attempt(kept_sources):
@@ -674,7 +675,7 @@ def _emit_stream_scale(traced: TracedModel, stream: list[Producer], run, emit) -
     emit(Symmetry(Kind.SCALE, "scale/residual_stream", tuple(incoming)))
 
 
-def _emit_embedding_translations(traced: TracedModel, run, emit) -> None:
+def _emit_embedding_translations(traced: TracedModel, run, emit, uses: dict[str, int]) -> None:
     """An embedding table E whose lookups only ever shift the scores of a softmax (a relative
     position bias, T5): E[:, j] -> E[:, j] + c adds c to every looked-up entry of feature j, and
     where that is constant along the softmax axis, softmax(s + c) = softmax(s). One translation per
@@ -683,7 +684,6 @@ def _emit_embedding_translations(traced: TracedModel, run, emit) -> None:
     for node, name in stream_sources(traced, tied=True):
         if packet(node) == "embedding":
             lookups.setdefault(name, []).append(node)
-    uses = parameter_uses(traced)
     generator = torch.Generator().manual_seed(2)
     for name, nodes in lookups.items():
         if uses.get(name) != len(nodes):
