@@ -41,7 +41,11 @@ def test_demo_end_to_end(tmp_path):
     assert "'rescale': 512" in db.execute("SELECT value FROM meta WHERE key = 'symmetries'").fetchone()[0]
     assert db.execute("SELECT MAX(value) FROM scalars WHERE name = 'charge_law_error/rescale'").fetchone()[0] < 1e-5
     assert any((out / "tensorboard").iterdir()) and (out / "report.html").stat().st_size > 10_000
-    assert "transition (loss" in done.stderr and "warnings shock/quotient" in done.stderr
+    # the summary's warnings are those the monitor wrote to the store live, as events of kind "warning"
+    raised = db.execute("SELECT COUNT(*) FROM events WHERE kind = 'warning' AND message LIKE 'shock quotient:%'").fetchone()[0]
+    assert "transition (loss" in done.stderr and "shock quotient" in done.stderr and raised >= 1
+    total = db.execute("SELECT COUNT(*) FROM events WHERE kind = 'warning'").fetchone()[0]
+    assert f"live warnings in the run store: {total}" in done.stderr
     again = subprocess.run([sys.executable, "-m", "shockwatch", "demo", "--out", str(out)], check=True, timeout=600,
                            capture_output=True, text=True)
     assert (tmp_path / "demo-2" / "run.sqlite").exists() and "holds a run already" in again.stderr

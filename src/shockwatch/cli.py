@@ -57,7 +57,8 @@ def demo(
     from rich.progress import Progress
 
     from .experiments import falsifiable_prediction as fp
-    from .monitor import RunStore
+    from .monitor import RunStore, score
+    from .monitor.warnings import warnings_in
     from .report import write_report
 
     try:
@@ -77,6 +78,7 @@ def demo(
         meta, names = store.meta(), store.names()
         law = {n.split("/")[1]: max(store.scalars(n)[1]) for n in names if n.startswith("charge_law_error/")}
         drift = {n.split("/")[1]: store.scalars(n)[1][-1] for n in names if n.startswith("charge_drift/")}
+        raised = warnings_in(store.events())  # what the monitor warned of live, as it trained
     console.print(f"[bold]{testbed}[/bold] ({outcome.steps} steps, lr {outcome.lr:g}, {outcome.runtime_s:.0f} s): "
                   f"{outcome.published}")
     console.print(f"symmetries found: {meta['symmetries']}; optimizer law: {meta['law']}")
@@ -85,9 +87,14 @@ def demo(
                    else "; no exact law for this optimizer")
         console.print(f"  {kind:<12} charge drift {drift[kind]:.2e} (relative to the start){against}")
     console.print(f"transition ({outcome.transition_curve}, abrupt changes): steps {outcome.events or 'none detected'}")
-    for key, found in outcome.warnings.items():
-        leads = ", ".join("-" if math.isnan(t) else f"{t:.0f}" for t in outcome.lead_times[key])
-        console.print(f"  warnings {key:<20} at {found[:8]}{' ...' if len(found) > 8 else ''}; "
+    console.print(f"live warnings in the run store: {len(raised)}")
+    for key in sorted({(w.rule, w.signal) for w in raised}):
+        found = [w for w in raised if (w.rule, w.signal) == key]
+        forecasts = [w.forecast for w in found if w.forecast is not None]
+        scored = score([w.step for w in found], outcome.events, horizon=outcome.horizon)
+        leads = ", ".join("-" if math.isnan(t) else f"{t:.0f}" for t in scored.lead_times)
+        console.print(f"  {key[0] + ' ' + key[1]:<20} at steps {[w.step for w in found][:8]}{' ...' if len(found) > 8 else ''}"
+                      f"{f', forecast steps {forecasts[:8]}' if forecasts else ''}; "
                       f"lead times per event [{leads}] (horizon {outcome.horizon})")
     console.print(f"wrote {target / 'run.sqlite'}, {target / 'tensorboard'}, {report}")
 

@@ -155,7 +155,7 @@ def test_model_without_symmetries_logs_raw_observables_and_says_why(tmp_path):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     monitor = sw.Monitor(model, opt, tmp_path / "run")
     logged = train(monitor, model, opt, x, y, 2)
-    assert set(logged[-1]) == {"loss", "grad_norm", "param_norm", "update_norm", "update_ratio"}
+    assert set(logged[-1]) == {"loss", "grad_norm", "param_norm", "update_norm", "update_ratio", "lr"}
     assert monitor.store.events()[0][1] == "no-symmetries"
 
 

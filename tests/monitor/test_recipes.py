@@ -543,7 +543,7 @@ def test_an_error_of_the_monitor_inside_a_step_is_an_event_and_the_laws_start_ag
             logged = monitor.step(loss)
             assert math.isclose(logged["grad_norm"], truth[0], rel_tol=1e-10)
             if step == 2:
-                assert set(logged) == {"loss", "grad_norm"}
+                assert set(logged) == {"loss", "grad_norm", "lr"}
         assert max(v for k, v in logged.items() if k.startswith("charge_law_error/")) < 1e-10, logged
         events = [(s, k) for s, k, _ in monitor.store.events()]
         assert (3, "monitor-error") in events and (4, "rebound") in events
@@ -600,5 +600,5 @@ def test_a_nan_in_a_loaded_momentum_buffer_is_caught_before_the_step(tmp_path, e
             else:
                 loss, truth = truth_step(model, opt, x, y)
                 logged = monitor.step(loss)
-                assert set(logged) == {"loss", "grad_norm"} and math.isclose(logged["grad_norm"], truth[0], rel_tol=1e-10)
+                assert set(logged) == {"loss", "grad_norm", "lr"} and math.isclose(logged["grad_norm"], truth[0], rel_tol=1e-10)
             assert [(s, k) for s, k, _ in monitor.store.events() if k == "nonfinite"] == [(3, "nonfinite")]

@@ -5,7 +5,23 @@ import math
 import numpy as np
 import pytest
 
-from shockwatch.monitor.warnings import abrupt_changes, midpoint_crossing, score, threshold_warnings
+from shockwatch.monitor.warnings import (
+    Approach,
+    Crossing,
+    EarlyWarning,
+    MaxRatioSpike,
+    RatioSpike,
+    RelativeSpike,
+    SigmaSpike,
+    abrupt_changes,
+    default_rules,
+    midpoint_crossing,
+    replay,
+    score,
+    stability_threshold,
+    threshold_warnings,
+    warnings_in,
+)
 
 
 def test_abrupt_changes_finds_known_transitions_and_ignores_noise_and_spikes():
@@ -50,3 +66,96 @@ def test_midpoint_crossing_marks_one_rise_through_setbacks():
     assert len(found) == 1 and abs(found[0] - 500) <= 25, found
     assert midpoint_crossing(steps, 0.01 + 0.01 * rng.standard_normal(len(steps))) == []  # noise: no rise
     assert midpoint_crossing(steps[:3], values[:3]) == []  # too short to tell
+
+
+# ---- live rules: each against a curve whose crossing step is known in closed form ----
+
+
+
+def _run(rule, values, name="x", start=0):
+    return replay(rule, {name: (list(range(start, start + len(values))), list(values))})
+
+
+def test_approach_forecasts_a_linear_rise_at_its_crossing_step():
+    """Truth: x_t = t / 4 reaches the bound 16 at t = 64 exactly; the trend trigger (horizon 20) holds
+    from t = 44, where the lead (16 - t/4) / (1/4) = 64 - t first is <= 20; one warning only, though x
+    keeps rising to the bound and then sits on it (the edge of stability)."""
+    values = [t / 4 for t in range(64)] + [16.0 + 0.2 * (-1) ** t for t in range(100)]
+    found = _run(Approach("stability", "x", bound=16.0, margin=None, horizon=20), values)
+    assert [(w.step, w.forecast, w.lead) for w in found] == [(44, 64, 20)]
+    assert found[0].message == "stability raw: x = 11; approaching the bound 16; forecast step 64"
+    # the margin trigger alone: x within 10 % of 16, i.e. x >= 14.4, first at t = 58 (forecast from the line)
+    found = _run(Approach("stability", "x", bound=16.0, margin=0.1, horizon=None), values)
+    assert [(w.step, w.forecast) for w in found] == [(58, 64)]
+
+
+def test_approach_in_log_space_forecasts_exponential_growth():
+    """Truth: x_t = e^{t/10} reaches e^5 at t = 50; a log-linear fit is exact, so with horizon 10 the
+    rule fires at t = 40 with forecast 50; the same rule falling (rising=False) towards e^-5 likewise."""
+    up = [math.exp(t / 10) for t in range(60)]
+    found = _run(Approach("attention-logits", "x", "quotient", bound=math.exp(5), margin=None, horizon=10, log=True), up)
+    assert [(w.step, w.forecast, w.signal) for w in found] == [(40, 50, "quotient")]
+    down = [math.exp(-t / 10) for t in range(60)]
+    found = _run(Approach("entropy", "x", bound=math.exp(-5), rising=False, margin=None, horizon=10, log=True), down)
+    assert [(w.step, w.forecast) for w in found] == [(40, 50)]
+
+
+def test_approach_never_fires_on_the_crossing_and_rearms_after_moving_away():
+    """A jump straight past the bound is no forecast: no warning. A second approach after the value
+    has gone back well below the bound gives a second warning; NaN samples are skipped."""
+    jump = [0.0] * 10 + [5.0] * 10
+    assert _run(Approach("a", "x", bound=2.0, margin=0.1, horizon=5), jump) == []
+    twice = [1.85] * 5 + [1.0] * 5 + [math.nan] + [1.9] * 5
+    found = _run(Approach("a", "x", bound=2.0, margin=0.1), twice)
+    assert [w.step for w in found] == [0, 11]
+
+
+def test_crossing_forecast_and_scale():
+    """Crossing with forecast=True adds the value (a number of steps) to the step; scale multiplies
+    by another logged value (lr * sharpness against the bound 2)."""
+    rule = Crossing("shock", "shock_steps/raw", level=10, refractory=5, forecast=True)
+    found = replay(rule, {"shock_steps/raw": ([0, 1, 2, 8], [50.0, 7.2, 3.0, 4.0])})
+    assert [(w.step, w.forecast) for w in found] == [(1, 9), (8, 12)]
+    rule = Crossing("stability", "curvature/raw_max", level=2.0, below=False, scale="lr", refractory=0)
+    found = replay(rule, {"curvature/raw_max": ([0, 1], [30.0, 30.0]), "lr": ([0, 1], [0.05, 0.1])})
+    assert [(w.step, w.observable, w.value) for w in found] == [(1, "lr*curvature/raw_max", 3.0)]
+
+
+def test_production_spike_detectors_on_hand_made_losses():
+    """Truth: each detector's stated rule worked by hand on the curve."""
+    base = [1.0 + 0.01 * (-1) ** t for t in range(200)]  # mean 1, std 0.01
+    sigma = base[:150] + [1.05] + base[151:170] + [1.2] + base[171:]  # 5 and 20 sigma
+    assert [w.step for w in _run(SigmaSpike(), sigma, "loss")] == [170]
+    ratio = [1.0] * 100 + [2.5] * 3 + [1.0] + [2.5] * 4 + [1.0] * 5  # 3 in a row, then 4
+    assert [w.step for w in _run(RatioSpike(), ratio, "loss")] == [107]
+    relative = [1.0] * 10 + [2.99] + [1.0] * 10 + [3.2]  # (x - mean) / mean 1.99 then 2.2 (mean 1.0)
+    assert [w.step for w in _run(RelativeSpike(), relative, "loss")] == [21]
+    largest = [0.5] * 99 + [1.0] + [9.9, 99.5]  # 100 samples seen, largest 1.0; then 9.9 the largest
+    assert [w.step for w in _run(MaxRatioSpike(), largest, "loss")] == [101]
+
+
+def test_warning_messages_round_trip_and_bad_rules_are_refused():
+    warning = EarlyWarning("stability", "quotient", 7, "lr*curvature/quotient_max", 1.83, 19, "within 10% of the bound 2")
+    assert warning.message == "stability quotient: lr*curvature/quotient_max = 1.83; within 10% of the bound 2; forecast step 19"
+    assert EarlyWarning.from_event(7, warning.message) == warning
+    # a hand-written "warning" event is not one of ours: left out, not an error
+    assert warnings_in([(3, "warning", "look here"), (7, "warning", warning.message), (8, "nonfinite", "x")]) == [warning]
+    with pytest.raises(ValueError, match="signal must be one of"):
+        Approach("a", "x", "quotiënt")
+    with pytest.raises(ValueError, match="needs a margin, a horizon or both"):
+        Approach("a", "x", margin=None)
+    with pytest.raises(ValueError, match="one word"):
+        Crossing("two words", "x")
+
+
+def test_default_rules_follow_the_optimizer():
+    """The stability bound: 2 for SGD, Adam's (2 + 2 beta1) / (1 - beta1) on the preconditioned
+    sharpness; a rule per signal."""
+    import torch
+
+    p = [torch.nn.Parameter(torch.zeros(2))]
+    adam = default_rules(torch.optim.AdamW(p, betas=(0.8, 0.99)))
+    stability = [r for r in adam if r.name == "stability"]
+    assert {r.signal for r in stability} == {"raw", "quotient"}
+    assert all(r.bound == pytest.approx(18.0) and r.observable.startswith("curvature/preconditioned_") for r in stability)
+    assert stability_threshold(torch.optim.SGD(p, lr=0.1)) == 2.0

@@ -18,7 +18,8 @@ of stability (training loss) its ``abrupt_changes``. Warning rules, the same rul
 Under AdamW (the grokking testbeds) both use the preconditioned curvature D^{1/2} H D^{1/2},
 D = 1/(sqrt(v_hat) + eps) (the monitor's forecast; ``curvature.adam_preconditioner``), and the
 stability bound is Adam's 38 at beta1 = 0.9 (``stability_threshold``): Adam's step is eta D g.
-Each rule fires at most once per horizon (refractory). Scores (``score``): per event the lead time
+Each rule fires at most once per horizon (refractory); the Monitor runs both live (``monitor.warnings.Crossing``)
+and the warnings scored are the ones it wrote to the run store. Scores (``score``): per event the lead time
 (steps from the latest warning within the horizon before it), precision (warnings followed by an
 event within the horizon) and recall (events preceded by a warning). Whatever comes out is reported.
 """
@@ -36,15 +37,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..monitor import (
-    Monitor,
-    RunStore,
-    Schedule,
-    abrupt_changes,
-    midpoint_crossing,
-    score,
-    threshold_warnings,
-)
+from ..monitor import Monitor, Schedule, abrupt_changes, midpoint_crossing, score
+from ..monitor.warnings import Crossing, stability_threshold, warnings_in
 from ..symmetry import find_symmetries
 from . import testbeds as tb
 from ._files import write_result
@@ -119,40 +113,19 @@ def _events(curves: dict[str, list[float]], bed: tb.Testbed, threshold: float) -
     return abrupt_changes(steps, values, window=window, threshold=threshold)
 
 
-def stability_threshold(optimizer: torch.optim.Optimizer) -> float:
-    """The bound on eta lambda_max past which the step is unstable along the top eigenvector of a
-    quadratic (where the linear map's characteristic root crosses -1): 2 for gradient descent;
-    (2 + 2 mu)/(1 - tau) for torch's SGD with momentum mu and dampening tau (b' = mu b + (1 - tau) g),
-    (2 + 2 mu)/((1 + 2 mu)(1 - tau)) with Nesterov; for Adam/AdamW, on the preconditioned sharpness,
-    (2 + 2 beta1)/(1 - beta1) (38 at beta1 = 0.9; Cohen et al. 2022, "Adaptive gradient methods at the
-    edge of stability"). Other optimizers: 2."""
-    group = optimizer.param_groups[0]
-    if type(optimizer) in (torch.optim.Adam, torch.optim.AdamW):
-        beta = group["betas"][0]
-        return (2 + 2 * beta) / (1 - beta)
-    if not isinstance(optimizer, torch.optim.SGD):
-        return 2.0
-    momentum, dampening = group.get("momentum") or 0.0, group.get("dampening") or 0.0
-    bound = 2 + 2 * momentum
-    if group.get("nesterov"):
-        bound /= 1 + 2 * momentum
-    return bound / (1 - dampening) if momentum else bound
-
-
-def _warnings(store: RunStore, lr: float, horizon: int, threshold: float, names: set[str]) -> dict[str, list[int]]:
-    """Both rules on both signals; ``names``: the store's observable names (read once by the caller)."""
-    found = {}
+def _rules(bed: tb.Testbed, horizon: int, names_adam: bool) -> list:
+    """Both rules on both signals, run live by the Monitor: the shock forecast within the horizon
+    (``Crossing`` with ``forecast``), eta lambda_max above the stability bound (preconditioned under Adam)."""
+    rules = []
     for signal in SIGNALS:
-        # the monitor's forecast -1/(eta lambda_min), preconditioned under Adam; "no crossing" (inf) is
-        # stored as NULL, read as NaN, which never fires
-        steps, forecast = store.scalars(f"shock_steps/{signal}")
+        # the monitor's forecast -1/(eta lambda_min), preconditioned under Adam; "no crossing" (inf)
+        # never fires
+        rules.append(Crossing("shock", f"shock_steps/{signal}", signal, level=horizon, refractory=horizon, forecast=True))
         # under Adam the step is eta D g: its stability is that of the preconditioned sharpness
-        sharpness = f"curvature/preconditioned_{signal}_max"
-        _, maximum = store.scalars(sharpness if sharpness in names else f"curvature/{signal}_max")
-        found[f"shock/{signal}"] = threshold_warnings(steps, forecast, horizon, below=True, refractory=horizon)
-        found[f"stability/{signal}"] = threshold_warnings(steps, [lr * value for value in maximum], threshold,
-                                                          below=False, refractory=horizon)
-    return found
+        sharpness = f"curvature/{'preconditioned_' if names_adam else ''}{signal}_max"
+        rules.append(Crossing("stability", sharpness, signal, scale="lr", level=stability_threshold(bed.optimizer),
+                              below=False, refractory=horizon))
+    return rules
 
 
 def run_testbed(name: str, config: Config, log_dir: Path, *, bar=None, tensorboard: bool = False) -> TestbedOutcome:
@@ -164,9 +137,11 @@ def run_testbed(name: str, config: Config, log_dir: Path, *, bar=None, tensorboa
     every = max(1, bed.steps // config.curvature_samples)
     # softmax cross-entropy is blind to a common shift of the logits; a squared error is not
     symmetries = find_symmetries(bed.model, first[0], logits=bed.loss_fn is F.cross_entropy)
+    horizon = max(2 * every, round(config.horizon_fraction * bed.steps))
+    adam = type(bed.optimizer) in (torch.optim.Adam, torch.optim.AdamW)
     monitor = Monitor(bed.model, bed.optimizer, log_dir, symmetries=symmetries, example_input=first[0],
                       loss_fn=bed.loss_fn, schedule=Schedule(quotient=every, curvature=every, early=config.early_samples),
-                      tensorboard=tensorboard, curvature_tol=config.curvature_tol)
+                      tensorboard=tensorboard, curvature_tol=config.curvature_tol, warnings=_rules(bed, horizon, adam))
     advance = None
     if bar is not None:
         task = bar.add_task(name, total=bed.steps)
@@ -174,9 +149,11 @@ def run_testbed(name: str, config: Config, log_dir: Path, *, bar=None, tensorboa
     with monitor:
         curves = tb.train(bed, on_step=lambda step, loss, batch: monitor.step(loss, batch=batch), progress=advance)
         events = _events(curves, bed, config.event_threshold)
-        horizon = max(2 * every, round(config.horizon_fraction * bed.steps))
         names = set(monitor.store.names())
-        warnings = _warnings(monitor.store, bed.lr, horizon, stability_threshold(bed.optimizer), names)
+        # the warnings the monitor raised live, read back from the store
+        warnings = {f"{rule}/{signal}": [] for rule in RULES for signal in SIGNALS}
+        for warning in warnings_in(monitor.store.events()):
+            warnings[f"{warning.rule}/{warning.signal}"].append(warning.step)
         kinds = ("", "preconditioned_") if "curvature/preconditioned_raw_min" in names else ("",)
         series = {f"curvature/{kind}{s}_{end}": monitor.store.scalars(f"curvature/{kind}{s}_{end}")
                   for kind in kinds for s in SIGNALS for end in ("min", "max")}

@@ -7,8 +7,21 @@ from .monitor import Monitor, Schedule
 from .path_norm import path_norm, path_norm_unsupported
 from .sinks import MLflowSink, Sink, TensorBoardSink
 from .store import RunStore
-from .warnings import Score, abrupt_changes, midpoint_crossing, score, threshold_warnings
+from .warnings import (
+    Approach,
+    Crossing,
+    EarlyWarning,
+    Rule,
+    Score,
+    abrupt_changes,
+    default_rules,
+    midpoint_crossing,
+    score,
+    threshold_warnings,
+    warnings_in,
+)
 
-__all__ = ["Curvature", "MLflowSink", "Monitor", "RunStore", "Schedule", "Score", "Sink", "TensorBoardSink",
-           "abrupt_changes", "adam_preconditioner", "attention_observables", "curvature", "midpoint_crossing", "path_norm", "path_norm_unsupported", "score",
-           "threshold_warnings"]
+__all__ = ["Approach", "Crossing", "Curvature", "EarlyWarning", "MLflowSink", "Monitor", "Rule", "RunStore", "Schedule",
+           "Score", "Sink", "TensorBoardSink", "abrupt_changes", "adam_preconditioner", "attention_observables", "curvature",
+           "default_rules", "midpoint_crossing", "path_norm", "path_norm_unsupported", "score", "threshold_warnings",
+           "warnings_in"]

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from operator import attrgetter
@@ -55,12 +55,13 @@ from ..mechanics import ConservationTracker, unwrapped_optimizer
 from ..quotient import horizontal_projector
 from ..symmetry import Kind, SymmetrySet, _native, find_symmetries
 from ._engine import Engine
-from .attention import attention_observables
 from ._preserved import preserved
+from .attention import attention_observables
 from .curvature import CURVATURE_PATH, adam_preconditioner, curvature
 from .path_norm import path_norm, path_norm_unsupported
 from .sinks import Sink, TensorBoardSink
 from .store import RunStore
+from .warnings import EarlyWarning, Rule, default_rules
 
 __all__ = ["Monitor", "Schedule"]
 
@@ -202,6 +203,18 @@ class Monitor:
     A constructor that fails leaves no file behind; after ``close()`` every method but ``close``
     raises RuntimeError.
 
+    Live warnings: after each step's values are logged (``lr``, the first param group's learning
+    rate as the step used it, among them), the rules in ``warnings`` (``monitor.warnings``: ``Approach``
+    forecasts, ``Crossing``, the production spike detectors) see them; each warning is written as an
+    event of kind "warning" (its message starts with the rule's name and "raw" or "quotient", then
+    the forecast step where the rule gives one), reaches the sinks (TensorBoard: as text) and is passed
+    to ``on_warning(warning)`` in the training thread, on rank 0. ``warnings=None`` is
+    ``default_rules``: every step the loss's 6-sigma spike detector (a detection, which forecasts
+    nothing), and the stability, shock and attention forecasts on the steps their schedules log
+    (curvature and attention are off by default: a curvature sample costs hundreds of plain steps on
+    the small models measured, so the default forecasts nothing until a schedule turns them on).
+    Measured cost of the default rules: a few microseconds a step. ``warnings=()`` turns them off.
+
     Cost per step: one pass over (theta, g, momentum buffer) in an optimizer pre-step hook, copying
     theta_t as it goes, and one over theta after the step, measuring the update against that copy
     (``SymmetrySet.fused_sums``: on the CPU a C kernel built at first use, each tensor read once);
@@ -221,10 +234,17 @@ class Monitor:
                  symmetries: SymmetrySet | None = None, example_input=None, logits: bool = True,
                  schedule: Schedule | None = None, loss_fn=None, raise_on_nonfinite: bool = False,
                  resume: bool = False, tensorboard: bool = True, sinks: Sequence[Sink] = (),
-                 curvature_tol: float = 1e-6, compile: bool = False, engine: bool = True) -> None:
+                 curvature_tol: float = 1e-6, compile: bool = False, engine: bool = True,
+                 warnings: Sequence[Rule] | None = None,
+                 on_warning: Callable[[EarlyWarning], object] | None = None) -> None:
         schedule = Schedule() if schedule is None else schedule
         if not isinstance(schedule, Schedule):
             raise TypeError(f"schedule must be a shockwatch.monitor.Schedule, got {type(schedule).__name__}")
+        if on_warning is not None and not callable(on_warning):
+            raise TypeError(f"on_warning must be a callable taking an EarlyWarning, got {type(on_warning).__name__}")
+        if warnings is not None and not all(isinstance(rule, Rule) for rule in warnings):
+            raise TypeError("warnings must be a sequence of shockwatch.monitor.warnings.Rule (Approach, Crossing, "
+                            f"SigmaSpike, ...), got {[type(rule).__name__ for rule in warnings]}")
         if schedule.curvature is not None and loss_fn is None:
             raise ValueError("schedule.curvature needs loss_fn=(outputs, targets) -> loss")
         if isinstance(model, nn.parallel.DistributedDataParallel):
@@ -253,6 +273,10 @@ class Monitor:
         # the path norm needs one tensor input's shape; dict / tuple inputs (Hugging Face) have none
         self._input_shape = tuple(example_input.shape[1:]) if isinstance(example_input, Tensor) else None
         self._path_norm = False
+        if warnings is None:  # the trend rules look a few samples of the sparsest schedule ahead
+            periods = [every for every in (schedule.curvature, schedule.attention) if every is not None]
+            warnings = default_rules(_unwrap(optimizer), horizon=max(50, 4 * max(periods, default=0)))
+        self.rules, self.on_warning = list(warnings), on_warning
         self._bind_parameters()
         if self.rank != 0:  # computed once, on rank 0: other ranks only take part in the loss average
             return
@@ -486,11 +510,11 @@ class Monitor:
                 if self.raise_on_nonfinite:
                     raise FloatingPointError(f"step {self._step}: non-finite loss {value} (|g| {pre['grad_norm']})")
             # the laws skip the step: what it did to the parameters is not a law's to predict
-            values = {"loss": value, "grad_norm": pre["grad_norm"]}
+            values = {"loss": value, "grad_norm": pre["grad_norm"], "lr": self._lr(settings)}
             self._write(values)
             self._versions = list(map(_version, self._stepped_params))
             return values
-        values = {"loss": value, **pre}
+        values = {"loss": value, **pre, "lr": self._lr(settings)}
         with _settings_restored(self.optimizer, settings):  # the laws read the settings the step used
             if not self._failed:  # after a failed pre-step pass: the raw values only, and no law advances
                 try:
@@ -515,7 +539,7 @@ class Monitor:
         """``step()`` where the optimizer took no step since the last call (see ``step``)."""
         grads = [p.grad for _, p in self._named if p.grad is not None]
         grad_norm = _total_norm(grads) if grads else 0.0
-        values = {"loss": value, "grad_norm": grad_norm}
+        values = {"loss": value, "grad_norm": grad_norm, "lr": self._lr(None)}
         if list(map(_version, self._stepped_params)) != self._versions:  # something else moved the parameters
             message = (f"step {self._step}: the parameters changed but {type(self.optimizer).__name__}, the optimizer "
                        "this monitor observes, did not step: for a new optimizer call mon.attach(optimizer)")
@@ -826,10 +850,33 @@ class Monitor:
                                                              np.maximum(size_all[columns], self._floors[columns]))
         return out
 
+    def _lr(self, settings: list[dict] | None) -> float:
+        """The first param group's learning rate as the step used it (captured before the step)."""
+        group = settings[0] if settings else self.optimizer.param_groups[0]
+        return float(group.get("lr", math.nan))
+
     def _write(self, values: dict[str, float]) -> None:
+        """Log the step's values, then run the warning rules on them: each warning an event of kind
+        "warning", then ``on_warning`` with each, in this thread (an error of the user's hook is
+        raised after everything of the step is written)."""
         self.store.log(self._step, values)
         for sink in self.sinks:
             sink.log(self._step, values)
+        fired = []
+        for rule in list(self.rules):
+            try:
+                warning = rule.observe(self._step, values)
+            except Exception as error:  # a rule's error must not end the run: the rule is dropped
+                self.rules.remove(rule)
+                self._event(self._step, "warning-rule-failed",
+                            f"{rule.name} {rule.signal} dropped: {type(error).__name__}: {error}"[:500])
+                continue
+            if warning is not None:
+                self._event(self._step, "warning", warning.message)
+                fired.append(warning)
+        if self.on_warning is not None:
+            for warning in fired:
+                self.on_warning(warning)
 
     def _event(self, step: int, kind: str, message: str) -> None:
         if self.store is None:  # in the constructor, before the store is open

@@ -13,17 +13,44 @@ r"""Early warnings and the ground truth they are scored against (Miyagawa 2026 Â
   characteristic crossing), or the same rule on the raw curvature.
 - ``score``: each event's lead time (event step - the latest warning before it within ``horizon``),
   precision (warnings followed by an event within the horizon) and recall (events preceded by one).
+
+Live rules (``Rule``): each sees one step's logged values at a time (``observe(step, values)``) and
+returns an ``EarlyWarning`` or None; the Monitor runs them in the training thread and writes each
+warning as an event of kind "warning" whose message starts with the rule's name and "raw" or
+"quotient". ``replay`` runs a fresh copy of a rule over a stored run: the same definition offline.
+- ``Approach``: a *forecast*. It fires while a value approaches a bound, before it crosses it: when
+  the value is within ``margin`` of the bound, or when the least-squares line through its last
+  ``window`` samples reaches the bound within ``horizon`` steps; the forecast step is where that
+  line meets the bound, lead = (bound - x_t) / slope. Once fired it stays quiet until the value has
+  moved back past twice the margin, so a value that sits at the bound (edge of stability) gives one
+  warning, not one per sample. A crossing itself never fires it.
+- ``Crossing``: the value crosses a level (one warning per ``refractory`` steps): a detection,
+  unless the value is itself a forecast in steps (the shock forecast -1/(eta lambda_min)), in which
+  case ``forecast=True`` adds it to the step.
+- The production spike detectors, detections after the fact, for comparison (each on the loss):
+  ``SigmaSpike`` (OLMo-core: loss above the mean of the last 128 steps by 6 standard deviations),
+  ``RatioSpike`` (LLM Foundry's KillLossSpike: loss above twice the mean of the last 100 steps,
+  ``patience`` = 4 such steps in a row), ``RelativeSpike`` (Lightning's SpikeDetection: loss - mean
+  over the last 10 steps above rtol = 2 times that mean), ``MaxRatioSpike`` (Megatron-LM's
+  ``--check-for-spiky-loss``: loss above 10 times the largest seen so far, after 100 samples).
+  Written from their documented rules, not imported: none of those libraries is a dependency.
+- ``stability_threshold``: the bound on eta lambda_max of gradient descent, momentum and Adam.
+- ``default_rules``: what the Monitor watches unless told otherwise (see there).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+import re
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-__all__ = ["Score", "abrupt_changes", "midpoint_crossing", "score", "threshold_warnings"]
+__all__ = ["Approach", "Crossing", "EarlyWarning", "MaxRatioSpike", "RatioSpike", "RelativeSpike", "Rule", "Score",
+           "SigmaSpike", "abrupt_changes", "default_rules", "midpoint_crossing", "replay", "score",
+           "stability_threshold", "threshold_warnings", "warnings_in"]
 
 
 def _running_median(values: np.ndarray, half: int) -> np.ndarray:
@@ -87,18 +114,9 @@ def midpoint_crossing(steps: Sequence[int], values: Sequence[float], *, window: 
 def threshold_warnings(steps: Sequence[int], values: Sequence[float], level: float, *, below: bool = True,
                        refractory: int = 50) -> list[int]:
     """Steps where ``values`` first crosses ``level`` (from above if ``below``), at most one per
-    ``refractory`` steps; NaN values never fire."""
-    if refractory < 0:
-        raise ValueError(f"refractory must be >= 0, got {refractory}")
-    warnings, last = [], -math.inf
-    for step, value in zip(steps, values):
-        if not math.isfinite(value):
-            continue
-        crossed = value < level if below else value > level
-        if crossed and step - last > refractory:
-            warnings.append(int(step))
-            last = step
-    return warnings
+    ``refractory`` steps; NaN values never fire: ``Crossing`` replayed over the curve."""
+    rule = Crossing("threshold", "value", level=level, below=below, refractory=refractory)
+    return [w.step for w in replay(rule, {"value": (steps, values)})]
 
 
 @dataclass(frozen=True)
@@ -120,3 +138,440 @@ def score(warnings: Sequence[int], events: Sequence[int], *, horizon: int) -> Sc
     precision = len(useful) / len(warnings) if warnings else math.nan
     recall = sum(not math.isnan(t) for t in lead) / len(events) if events else math.nan
     return Score(lead, precision, recall)
+
+
+# ---- live rules --------------------------------------------------------------------------------
+
+SIGNALS = ("raw", "quotient")
+_MESSAGE = re.compile(r"^(?P<rule>\S+) (?P<signal>raw|quotient): (?P<observable>\S+) = (?P<value>[^;\s]+)"
+                      r"(?:; (?P<detail>.*?))??(?:; forecast step (?P<forecast>-?\d+))?$", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class EarlyWarning:
+    """One warning: which rule fired on which signal at which step, the value it saw and, for a
+    forecast, the step it expects the transition at (``lead`` = forecast - step)."""
+
+    rule: str
+    signal: str  # "raw" | "quotient"
+    step: int
+    observable: str  # what the rule read ("lr*curvature/quotient_max": the scale times the value)
+    value: float
+    forecast: int | None = None  # None: a detection, which forecasts nothing
+    detail: str = ""
+
+    @property
+    def lead(self) -> int | None:
+        return None if self.forecast is None else self.forecast - self.step
+
+    @property
+    def message(self) -> str:
+        """"<rule> <signal>: <observable> = <value>[; detail][; forecast step N]": the event's text,
+        which ``warnings_in`` reads back."""
+        text = f"{self.rule} {self.signal}: {self.observable} = {self.value:.6g}"
+        if self.detail:
+            text += f"; {self.detail}"
+        if self.forecast is not None:
+            text += f"; forecast step {self.forecast}"
+        return text
+
+    @classmethod
+    def from_event(cls, step: int, message: str) -> EarlyWarning:
+        """The warning a "warning" event's message was written from (``message``'s format)."""
+        found = _MESSAGE.match(message)
+        if found is None:
+            raise ValueError(f"not a warning message: {message!r}; expected '<rule> raw|quotient: <observable> = <value>...'")
+        forecast = found["forecast"]
+        return cls(found["rule"], found["signal"], int(step), found["observable"], float(found["value"]),
+                   None if forecast is None else int(forecast), found["detail"] or "")
+
+
+def warnings_in(events: Sequence[tuple[int, str, str]]) -> list[EarlyWarning]:
+    """The warnings among a run store's events (``RunStore.events()``), in the order written; an event
+    of kind "warning" whose message is not in ``EarlyWarning.message``'s format (written by hand) is
+    left out."""
+    return [EarlyWarning.from_event(step, message) for step, kind, message in events
+            if kind == "warning" and _MESSAGE.match(message)]
+
+
+@dataclass
+class Rule:
+    """A live warning rule: ``observe(step, values)`` once per logged step, with every value logged
+    at that step; returns an ``EarlyWarning`` or None. ``observable`` names one logged value, or ends
+    in "*" to read the largest (``reduce="max"``) or smallest of every value whose name starts with
+    what precedes it ("logit_max/*": every layer's); ``scale`` names a value it is multiplied by
+    ("lr"). A step without the value (not scheduled there) or with a non-finite one is skipped.
+    ``fresh()``: the same rule with no history."""
+
+    name: str
+    observable: str
+    signal: str = "raw"
+    scale: str | None = None
+    reduce: str = "max"
+
+    def __post_init__(self) -> None:
+        if self.signal not in SIGNALS:
+            raise ValueError(f"signal must be one of {SIGNALS}, got {self.signal!r}")
+        if self.reduce not in ("max", "min"):
+            raise ValueError(f"reduce must be 'max' or 'min', got {self.reduce!r}")
+        if not self.name or " " in self.name:
+            raise ValueError(f"a rule's name must be one word (it starts the warning's message), got {self.name!r}")
+
+    @property
+    def label(self) -> str:
+        return self.observable if self.scale is None else f"{self.scale}*{self.observable}"
+
+    def read(self, values: Mapping[str, float]) -> float | None:
+        if self.observable.endswith("*"):
+            prefix = self.observable[:-1]
+            found = [float(v) for name, v in values.items() if name.startswith(prefix) and math.isfinite(v)]
+            if not found:
+                return None
+            x = max(found) if self.reduce == "max" else min(found)
+        else:
+            x = values.get(self.observable)
+            if x is None:
+                return None
+            x = float(x)
+        if self.scale is not None:
+            factor = values.get(self.scale)
+            if factor is None:
+                return None
+            x *= float(factor)
+        return x if math.isfinite(x) else None
+
+    def observe(self, step: int, values: Mapping[str, float]) -> EarlyWarning | None:
+        raise NotImplementedError
+
+    def fresh(self) -> Rule:
+        return replace(self)
+
+    def _warn(self, step: int, x: float, forecast: int | None = None, detail: str = "") -> EarlyWarning:
+        return EarlyWarning(self.name, self.signal, int(step), self.label, x, forecast, detail)
+
+
+def _slope(steps: Sequence[float], values: Sequence[float]) -> float:
+    """The least-squares slope of values against steps."""
+    t = np.asarray(steps, dtype=np.float64)
+    y = np.asarray(values, dtype=np.float64)
+    t = t - t.mean()
+    denominator = float(t @ t)
+    return float(t @ (y - y.mean())) / denominator if denominator > 0 else 0.0
+
+
+@dataclass
+class Approach(Rule):
+    r"""A forecast: x (the observable times ``scale``) approaches ``bound`` from below (``rising``)
+    or from above, and has not crossed it. It fires when x is within ``margin`` |bound| of the bound,
+    or when the least-squares line through the last ``window`` samples of x (of log x with
+    ``log=True``: exponential growth) meets the bound within ``horizon`` steps:
+        lead = (b - x_t) / slope  (log: (log b - log x_t) / slope of log x),   forecast = t + lead.
+    After firing it waits until the line no longer meets the bound within the horizon and x is
+    beyond 2 ``margin`` |bound| (0.2 |bound| without a margin) from the bound before it can fire
+    again, so a value that reaches the bound and sits on it gives one warning; a crossing never
+    fires it."""
+
+    bound: float = 1.0
+    rising: bool = True
+    margin: float | None = 0.1
+    horizon: int | None = None
+    window: int = 4
+    log: bool = False
+    _history: deque = field(init=False, repr=False)
+    _armed: bool = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not math.isfinite(self.bound) or (self.log and self.bound <= 0):
+            raise ValueError(f"bound must be finite{' and > 0 with log=True' if self.log else ''}, got {self.bound}")
+        if self.margin is None and self.horizon is None:
+            raise ValueError("an Approach needs a margin, a horizon or both")
+        if self.margin is not None and not 0 < self.margin < 0.5:
+            raise ValueError(f"margin must be in (0, 0.5), got {self.margin}")
+        if self.horizon is not None and self.horizon < 1:
+            raise ValueError(f"horizon must be >= 1 step, got {self.horizon}")
+        if self.window < 2:
+            raise ValueError(f"window must be >= 2 samples (a line needs two), got {self.window}")
+        self._history = deque(maxlen=self.window)
+        self._armed = True
+
+    def observe(self, step: int, values: Mapping[str, float]) -> EarlyWarning | None:
+        x = self.read(values)
+        if x is None or (self.log and x <= 0):
+            return None
+        sign = 1.0 if self.rising else -1.0
+        gap = sign * (self.bound - x)  # > 0: not crossed yet
+        u, target = (math.log(x), math.log(self.bound)) if self.log else (x, self.bound)
+        self._history.append((step, u))
+        lead = None
+        if len(self._history) == self.window:
+            slope = sign * _slope(*zip(*self._history))
+            if slope > 0:  # (round-off below 1e-9 step is not a step later: ceil below)
+                lead = sign * (target - u) / slope - 1e-9
+        near = self.margin is not None and 0 < gap <= self.margin * abs(self.bound)
+        soon = self.horizon is not None and lead is not None and 0 < lead <= self.horizon
+        if not self._armed:
+            # re-armed once neither trigger would fire and x is clear of the bound by twice the
+            # margin (20 % without one): a value sitting at the bound does not fire again and again
+            clear = 2 * (self.margin if self.margin is not None else 0.1)
+            self._armed = not soon and gap > clear * abs(self.bound)
+            return None
+        if gap <= 0 or not (near or soon):
+            return None
+        self._armed = False
+        forecast = step + math.ceil(lead) if lead is not None and gap > 0 else None
+        detail = f"{'within ' + format(self.margin, '.0%') + ' of' if near else 'approaching'} the bound {self.bound:.6g}"
+        return self._warn(step, x, forecast, detail)
+
+
+@dataclass
+class Crossing(Rule):
+    """x (the observable times ``scale``) below ``level`` (above it with ``below=False``), at most one
+    warning per ``refractory`` steps. ``forecast=True``: x is itself a number of steps ahead (the
+    shock forecast), and the warning forecasts step + x."""
+
+    level: float = 0.0
+    below: bool = True
+    refractory: int = 50
+    forecast: bool = False
+    _last: float = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.refractory < 0:
+            raise ValueError(f"refractory must be >= 0, got {self.refractory}")
+        self._last = -math.inf
+
+    def observe(self, step: int, values: Mapping[str, float]) -> EarlyWarning | None:
+        x = self.read(values)
+        if x is None:
+            return None
+        crossed = x < self.level if self.below else x > self.level
+        if not crossed or step - self._last <= self.refractory:
+            return None
+        self._last = step
+        forecast = step + math.ceil(x) if self.forecast else None
+        return self._warn(step, x, forecast, f"{'below' if self.below else 'above'} {self.level:.6g}")
+
+
+@dataclass
+class _Detector(Rule):
+    """A detector on the loss after the fact: at most one warning per ``refractory`` steps."""
+
+    observable: str = "loss"
+    refractory: int = 10
+    _last: float = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.refractory < 0:
+            raise ValueError(f"refractory must be >= 0, got {self.refractory}")
+        self._last = -math.inf
+
+    def observe(self, step: int, values: Mapping[str, float]) -> EarlyWarning | None:
+        x = self.read(values)
+        if x is None:
+            return None
+        detail = self._spike(x)
+        if detail is None or step - self._last <= self.refractory:
+            return None
+        self._last = step
+        return self._warn(step, x, None, detail)
+
+    def _spike(self, x: float) -> str | None:
+        raise NotImplementedError
+
+
+@dataclass
+class SigmaSpike(_Detector):
+    """OLMo-core's rule: x > mean + ``sigmas`` std over the previous ``window`` values (at least
+    ``min_samples`` of them); every value enters the window. The mean and variance come from running
+    sums over the window, summed afresh every ``window`` steps (no drift from the subtractions)."""
+
+    name: str = "spike-sigma"
+    window: int = 128
+    sigmas: float = 6.0
+    min_samples: int = 10
+    _seen: deque = field(init=False, repr=False)
+    _sums: list = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.window < 2 or self.sigmas <= 0 or not 2 <= self.min_samples <= self.window:
+            raise ValueError(f"need window >= 2, sigmas > 0, 2 <= min_samples <= window; got {self.window}, "
+                             f"{self.sigmas}, {self.min_samples}")
+        self._seen = deque(maxlen=self.window)
+        self._sums = [0.0, 0.0, 0]  # sum x, sum x^2 over the window; values added since summed afresh
+
+    def _spike(self, x: float) -> str | None:
+        seen, sums = self._seen, self._sums
+        count = len(seen)
+        found = None
+        if count >= self.min_samples:
+            mean = sums[0] / count
+            std = math.sqrt(max(sums[1] / count - mean * mean, 0.0))
+            if x > mean + self.sigmas * std:
+                found = f"{(x - mean) / max(std, 1e-300):.1f} sigma above the last {count} steps' mean {mean:.4g}"
+        if count == self.window:  # the oldest value leaves
+            old = seen[0]
+            sums[0] -= old
+            sums[1] -= old * old
+        seen.append(x)
+        sums[0] += x
+        sums[1] += x * x
+        sums[2] += 1
+        if sums[2] >= self.window:
+            sums[:] = [math.fsum(seen), math.fsum(v * v for v in seen), 0]
+        return found
+
+
+@dataclass
+class RatioSpike(_Detector):
+    """LLM Foundry's KillLossSpike rule: x > ``multiplier`` times the mean of the last ``window``
+    values that were not outliers (the window full), ``patience`` outliers in a row."""
+
+    name: str = "spike-ratio"
+    window: int = 100
+    multiplier: float = 2.0
+    patience: int = 4
+    _seen: deque = field(init=False, repr=False)
+    _run: int = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.window < 1 or self.multiplier <= 1 or self.patience < 1:
+            raise ValueError(f"need window >= 1, multiplier > 1, patience >= 1; got {self.window}, "
+                             f"{self.multiplier}, {self.patience}")
+        self._seen, self._run = deque(maxlen=self.window), 0
+
+    def _spike(self, x: float) -> str | None:
+        if len(self._seen) < self.window:
+            self._seen.append(x)
+            return None
+        mean = sum(self._seen) / len(self._seen)
+        if x <= self.multiplier * mean:
+            self._seen.append(x)
+            self._run = 0
+            return None
+        self._run += 1
+        if self._run < self.patience:
+            return None
+        self._run = 0
+        return f"{self.patience} steps in a row above {self.multiplier:g} x the last {self.window} steps' mean {mean:.4g}"
+
+
+@dataclass
+class RelativeSpike(_Detector):
+    """Lightning's SpikeDetection rule: x - mean > ``rtol`` |mean| over the previous ``window``
+    values (the window full); every value enters the window."""
+
+    name: str = "spike-relative"
+    window: int = 10
+    rtol: float = 2.0
+    _seen: deque = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.window < 1 or self.rtol <= 0:
+            raise ValueError(f"need window >= 1 and rtol > 0; got {self.window}, {self.rtol}")
+        self._seen = deque(maxlen=self.window)
+
+    def _spike(self, x: float) -> str | None:
+        full = len(self._seen) == self.window
+        mean = sum(self._seen) / len(self._seen) if self._seen else 0.0
+        self._seen.append(x)
+        if full and x - mean > self.rtol * abs(mean):
+            return f"{x / mean if mean else math.inf:.3g} x the last {self.window} steps' mean {mean:.4g}"
+        return None
+
+
+@dataclass
+class MaxRatioSpike(_Detector):
+    """Megatron-LM's ``--check-for-spiky-loss`` rule: |x| > ``factor`` times the largest |x| seen
+    before, once ``samples`` values have been seen."""
+
+    name: str = "spike-max"
+    factor: float = 10.0
+    samples: int = 100
+    _largest: float = field(init=False, repr=False)
+    _count: int = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.factor <= 1 or self.samples < 1:
+            raise ValueError(f"need factor > 1 and samples >= 1; got {self.factor}, {self.samples}")
+        self._largest, self._count = 0.0, 0
+
+    def _spike(self, x: float) -> str | None:
+        largest = self._largest
+        self._count += 1
+        self._largest = max(largest, abs(x))
+        if self._count > self.samples and abs(x) > self.factor * largest:
+            return f"{abs(x) / largest:.3g} x the largest loss before, {largest:.4g}"
+        return None
+
+
+def replay(rule: Rule, series: Mapping[str, tuple[Sequence[int], Sequence[float]]]) -> list[EarlyWarning]:
+    """A fresh copy of ``rule`` run over stored curves, ``{name: (steps, values)}`` (``RunStore.series()``):
+    at each step it sees every value logged there, as the Monitor showed it live."""
+    rule = rule.fresh()
+    by_step: dict[int, dict[str, float]] = {}
+    for name, (steps, values) in series.items():
+        if len(steps) != len(values):
+            raise ValueError(f"{name}: steps and values differ in length: {len(steps)} vs {len(values)}")
+        for step, value in zip(steps, values):
+            by_step.setdefault(int(step), {})[name] = value
+    found = (rule.observe(step, by_step[step]) for step in sorted(by_step))
+    return [warning for warning in found if warning is not None]
+
+
+def stability_threshold(optimizer) -> float:
+    """The bound on eta lambda_max past which the step is unstable along the top eigenvector of a
+    quadratic (where the linear map's characteristic root crosses -1): 2 for gradient descent;
+    (2 + 2 mu)/(1 - tau) for torch's SGD with momentum mu and dampening tau (b' = mu b + (1 - tau) g),
+    (2 + 2 mu)/((1 + 2 mu)(1 - tau)) with Nesterov; for Adam/AdamW, on the preconditioned sharpness,
+    (2 + 2 beta1)/(1 - beta1) (38 at beta1 = 0.9; Cohen et al. 2022, "Adaptive gradient methods at the
+    edge of stability"). Other optimizers: 2."""
+    import torch
+
+    group = optimizer.param_groups[0]
+    if type(optimizer) in (torch.optim.Adam, torch.optim.AdamW):
+        beta = group["betas"][0]
+        return (2 + 2 * beta) / (1 - beta)
+    if not isinstance(optimizer, torch.optim.SGD):
+        return 2.0
+    momentum, dampening = group.get("momentum") or 0.0, group.get("dampening") or 0.0
+    bound = 2 + 2 * momentum
+    if group.get("nesterov"):
+        bound /= 1 + 2 * momentum
+    return bound / (1 - dampening) if momentum else bound
+
+
+def default_rules(optimizer, *, horizon: int = 50) -> list[Rule]:
+    """What the Monitor watches unless given ``warnings=``, each on what its schedule logs (a rule
+    whose values are not logged never fires, and costs one dictionary lookup a step):
+
+    - every step, on the loss: ``SigmaSpike`` (a detection, "spike-sigma raw");
+    - with ``Schedule.curvature``, raw and quotient: ``Approach("stability")`` on eta lambda_max
+      (eta D^1/2 H D^1/2's under Adam) towards ``stability_threshold``, margin 10 %, trend over 4
+      samples within ``horizon`` steps; ``Crossing("shock", forecast=True)`` on the shock forecast
+      -1/(eta lambda_min) below ``horizon`` steps (under Adam the preconditioned forecast, which
+      measured as a permanent alarm: read its false-alarm rate before trusting it);
+    - with ``Schedule.attention``: ``Approach("attention-logits")`` of the largest attention logit
+      (GL-invariant, "quotient") and of |W_Q||W_K| (its raw counterpart) growing exponentially
+      (log trend over 4 samples) towards 50 within ``horizon`` steps, and
+      ``Approach("attention-entropy")`` of the smallest attention entropy falling to 0.1 nats."""
+    import torch
+
+    adam = type(optimizer) in (torch.optim.Adam, torch.optim.AdamW)
+    bound = stability_threshold(optimizer)
+    rules: list[Rule] = [SigmaSpike()]
+    for signal in SIGNALS:
+        sharpness = f"curvature/{'preconditioned_' if adam else ''}{signal}_max"
+        rules.append(Approach("stability", sharpness, signal, scale="lr", bound=bound, horizon=horizon))
+        rules.append(Crossing("shock", f"shock_steps/{signal}", signal, level=horizon, refractory=horizon, forecast=True))
+    rules.append(Approach("attention-logits", "logit_max/*", "quotient", bound=50.0, margin=None, horizon=horizon, log=True))
+    rules.append(Approach("attention-logits", "qk_weight_norm/*", "raw", bound=50.0, margin=None, horizon=horizon, log=True))
+    rules.append(Approach("attention-entropy", "entropy_min/*", "quotient", reduce="min", bound=0.1, rising=False,
+                          margin=None, horizon=horizon))
+    return rules

@@ -4,8 +4,8 @@ One plot per logged observable, in rows: a raw observable on the left beside its
 counterpart on the right (|g| and |P_H g|, |theta| and the path norm, raw and quotient curvature and
 shock forecasts, |W_Q||W_K| and the attention logit maximum), then the observables with no raw
 counterpart (gradient breaking, charge drift, exact-law error, per kind) on the right and those with
-no quotient counterpart on the left. Events (non-finite steps, warnings) are marked on the loss curve
-and listed. Reads the run store only: nothing is recomputed here.
+no quotient counterpart on the left. Events (non-finite steps) and the live warnings are marked on
+the loss curve and listed, the warnings in a table of their own (rule, signal, forecast step, lead). Reads the run store only: nothing is recomputed here.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import math
 from pathlib import Path
 
 from ..monitor import RunStore
+from ..monitor.warnings import warnings_in
 
 __all__ = ["write_report"]
 
@@ -58,7 +59,10 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         names = list(series)
     finally:
         store.close()
-    marked = [step for step, kind, _ in events if not kind.startswith("no-")]  # "no-..." only explains what is absent
+    # "no-..." only explains what is absent; the live warnings are drawn apart from the other events
+    raised = warnings_in(events)
+    drawn = {(w.step, w.message) for w in raised}
+    marked = [step for step, kind, message in events if not kind.startswith("no-") and (step, message) not in drawn]
 
     def plot(name: str):
         steps, values = series[name]
@@ -68,6 +72,9 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
             if name == "loss":
                 for step in marked:
                     ax.axvline(step, color="red", lw=0.8, ls="--")
+                for warning in raised:  # quotient-signal warnings in one colour, raw ones in another
+                    ax.axvline(warning.step, color="tab:orange" if warning.signal == "quotient" else "tab:purple",
+                               lw=0.8, ls=":")
             if name != "loss" and all(v > 0 for v in values if not math.isnan(v)):
                 ax.set_yscale("log")
             ax.set_title(name, fontsize=9)
@@ -85,6 +92,10 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     grid = "".join(f"<tr><td>{plot(raw) if raw in series else ''}</td><td>{plot(aware) if aware in series else ''}</td></tr>"
                    for raw, aware in rows_of_plots)
     rows = "".join(f"<tr><td>{s}</td><td>{html.escape(k)}</td><td>{html.escape(m)}</td></tr>" for s, k, m in events)
+    warning_rows = "".join(
+        f"<tr><td>{w.step}</td><td>{html.escape(w.rule)}</td><td>{w.signal}</td><td>{html.escape(w.observable)}</td>"
+        f"<td>{w.value:.4g}</td><td>{'' if w.forecast is None else w.forecast}</td>"
+        f"<td>{'' if w.lead is None else w.lead}</td></tr>" for w in raised)
     meta_rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in sorted(meta.items()))
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>shockwatch report: {html.escape(run_dir.name)}</title>
@@ -94,6 +105,10 @@ table.plots td{{border:none;vertical-align:top}}</style></head>
 <body><h1>shockwatch report: {html.escape(run_dir.name)}</h1>
 <table>{meta_rows}</table>
 <table class="plots"><tr><th>raw</th><th>symmetry-aware</th></tr>{grid}</table>
+<h2>warnings ({len(raised)})</h2><p>Raised live by the monitor's rules; on the loss curve as dotted lines
+(orange: a quotient signal, purple: a raw one; other events red dashed).</p>
+<table><tr><td>step</td><td>rule</td><td>signal</td><td>observable</td><td>value</td><td>forecast step</td>
+<td>lead</td></tr>{warning_rows}</table>
 <h2>events</h2><table><tr><td>step</td><td>kind</td><td>message</td></tr>{rows}</table>
 </body></html>
 """
