@@ -57,3 +57,38 @@ def test_entropies_are_bounded_and_uniform_attention_attains_the_bound():
 
 def test_models_without_our_attention_give_nothing():
     assert attention_observables(sw.models.mlp((4, 5, 3)), torch.randn(2, 4)) == {}
+
+
+def test_gl_invariants_of_a_hugging_face_llama_are_invariant_and_match_the_dense_product():
+    """Truth: |W_Q^h^T W_K^h|_2 by a dense SVD of the product of the head's rows (Llama: no biases),
+    and its invariance under a random GL element per head in float64 (the raw |W_Q^h||W_K^h| moves)."""
+    import pytest
+
+    from shockwatch.monitor.attention import gl_invariants
+
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).double().eval()
+    ids = torch.randint(0, 40, (2, 8))
+    syms = sw.find_symmetries(model, ids)
+    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+    before = gl_invariants(syms, params)
+    assert set(before) >= {"attention/vo_product_max", "attention/vo_weight_max"}
+    # the value-output pair: W_O^h W_V^h, head h's rows of v_proj and columns of o_proj, by dense SVD
+    d = 8
+    dense = max(float(torch.linalg.matrix_norm(params[f"model.layers.{layer}.self_attn.o_proj.weight"][:, h * d:(h + 1) * d]
+                                               @ params[f"model.layers.{layer}.self_attn.v_proj.weight"][h * d:(h + 1) * d],
+                                               ord=2)) for layer in range(2) for h in range(2))
+    assert math.isclose(before["attention/vo_product_max"], dense, rel_tol=1e-12)
+    g = torch.Generator().manual_seed(3)
+    for sym in syms.of_kind(Kind.GL):
+        units = sym.unit_count
+        params = act_gl(sym, params, torch.linalg.matrix_exp(0.5 * torch.randn(units, units, generator=g, dtype=torch.float64)))
+    after = gl_invariants(syms, params)
+    for key, value in before.items():
+        if "_product_" in key:
+            assert math.isclose(after[key], value, rel_tol=1e-10), key
+        else:
+            assert abs(after[key] - value) > 1e-3 * value, key

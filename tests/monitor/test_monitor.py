@@ -238,6 +238,15 @@ def test_attention_observables_on_their_schedule(tmp_path):
     names = monitor.store.names()
     logit = [n for n in names if n.startswith("logit_max/")]
     assert logit and monitor.store.scalars(logit[0])[0] == [2, 4]
+    # the heads' GL-invariant products, from the symmetries (no batch needed), on the same steps;
+    # truth: |W_Q^h^T W_K^h|_2 (with the bias columns) by a dense SVD, at the end
+    steps, products = monitor.store.scalars("attention/qk_product_max")
+    assert steps == [2, 4]
+    dense = max(float(torch.linalg.matrix_norm(torch.cat([a.weight[h * 4:(h + 1) * 4], a.bias[h * 4:(h + 1) * 4, None]], 1).T
+                                               @ torch.cat([b.weight[h * 4:(h + 1) * 4], b.bias[h * 4:(h + 1) * 4, None]], 1),
+                                               ord=2))
+                for block in model.blocks for a, b in [(block.attn.q, block.attn.k)] for h in range(2))
+    assert math.isclose(products[-1], dense, rel_tol=1e-10)
     with pytest.raises(ValueError, match="schedule.attention"):
         sw.Schedule(attention=0)
 

@@ -24,6 +24,9 @@ class GPTConfig:
     n_head: int = 2
     d_model: int = 16
     pre_ln: bool = True
+    # LayerNorm over each head's queries and keys before their product (qk-layernorm: Dehghani et
+    # al. 2023; Wortsman et al. 2023): bounds the attention logits by the norms' gains
+    qk_norm: bool = False
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_head:
@@ -42,6 +45,9 @@ class CausalSelfAttention(nn.Module):
         d = config.d_model
         self.n_head, self.d_head = config.n_head, d // config.n_head
         self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+        # shared by the heads (one gain per head dimension), as in Wortsman et al.'s qk-layernorm
+        self.q_norm, self.k_norm = ((nn.LayerNorm(self.d_head), nn.LayerNorm(self.d_head)) if config.qk_norm
+                                    else (nn.Identity(), nn.Identity()))
 
     def attention(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Per head: the scaled scores q.k/sqrt(d_head) (before the causal mask), the causal softmax
@@ -50,7 +56,7 @@ class CausalSelfAttention(nn.Module):
 
         def heads(t: Tensor) -> Tensor:
             return t.view(batch, length, self.n_head, self.d_head).transpose(1, 2)
-        q, k, v = heads(self.q(x)), heads(self.k(x)), heads(self.v(x))
+        q, k, v = self.q_norm(heads(self.q(x))), self.k_norm(heads(self.k(x))), heads(self.v(x))
         # explicit softmax, not scaled_dot_product_attention: its CPU kernel has no double backward,
         # which Hessian-vector products need; the mask is built here so that torch.fx traces it
         causal = x.new_ones((length, length), dtype=torch.bool).tril()

@@ -11,19 +11,32 @@ For each ``models.CausalSelfAttention`` (recomputed by its own ``attention`` fro
 and, for each ``models.gpt`` Block, branch_balance/<layer> = |attention branch| / (|attention branch|
 + |MLP branch|) (mean norms over tokens). Raw counterpart: qk_weight_norm/<layer> = |W_Q| |W_K|, which
 a GL element changes while leaving every logit as it was.
+
+``gl_invariants`` needs no batch and no class names: for every GL symmetry ``find_symmetries`` found
+(any model: its labels end in "/qk" for a query-key pair, "/vo" for a value-output pair), with
+A_in, A_out its slots as (units x rest) matrices (``symmetry.unit_matrix``) and (A_in, A_out) ->
+(M A_in, M^-T A_out) the group action, the product A_in^T A_out (W_Q^h^T W_K^h, the bilinear form of
+the head's logits; W_V^h^T W_O^h^T, its value-output map) is invariant:
+    attention/qk_product_max = max over qk heads of |A_in^T A_out|_2   (symmetry-corrected)
+    attention/qk_weight_max  = max over qk heads of |A_in|_F |A_out|_F (raw: a GL element moves it,
+                               and |A_in^T A_out|_2 <= |A_in|_2 |A_out|_2 <= |A_in|_F |A_out|_F)
+and the same for vo. The spectral norm comes from the small (units x units) side: with A_in^T = Q R,
+|A_in^T A_out|_2 = |R A_out|_2, in float64.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
 
 from ..models.gpt import Block, CausalSelfAttention
+from ..symmetry import Kind, SymmetrySet, unit_matrix
 from ._preserved import preserved
 
-__all__ = ["attention_observables"]
+__all__ = ["attention_observables", "gl_invariants"]
 
 
 @torch.no_grad()
@@ -75,3 +88,23 @@ def attention_observables(model: nn.Module, inputs: Tensor) -> dict[str, float]:
         total = norms.get("attention", 0.0) + norms.get("mlp", 0.0)
         seen[f"branch_balance/{name}"] = norms.get("attention", 0.0) / total if total > 0 else math.nan
     return seen
+
+
+@torch.no_grad()
+def gl_invariants(symmetries: SymmetrySet, params: Mapping[str, Tensor]) -> dict[str, float]:
+    """The GL-invariant head products and their raw counterparts (module docstring); {} without GL
+    symmetries. One QR and one SVD per head, on (units x units) and (units x rest) matrices."""
+    products: dict[str, list[float]] = {}
+    weights: dict[str, list[float]] = {}
+    for sym in symmetries.of_kind(Kind.GL):
+        pair = "qk" if sym.label.endswith("/qk") else "vo" if sym.label.endswith("/vo") else "gl"
+        a_in = unit_matrix(sym, sym.incoming, params).double()
+        a_out = unit_matrix(sym, sym.outgoing, params).double()
+        r = torch.linalg.qr(a_in.T, mode="r").R  # A_in^T = Q R, R (units x units)
+        products.setdefault(pair, []).append(float(torch.linalg.matrix_norm(r @ a_out, ord=2)))
+        weights.setdefault(pair, []).append(float(a_in.norm() * a_out.norm()))
+    out = {}
+    for pair in products:
+        out[f"attention/{pair}_product_max"] = max(products[pair])
+        out[f"attention/{pair}_weight_max"] = max(weights[pair])
+    return out

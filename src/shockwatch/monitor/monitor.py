@@ -22,7 +22,8 @@ Hessian eigenvalues and the shock-step forecasts -1/(eta lambda_min) (``curvatur
 AdamW also those of D^{1/2} H D^{1/2}, D = 1/(sqrt(v_hat) + eps) (``curvature/preconditioned_*``),
 whose lambda_min the forecasts then use (the step is eta D g, not eta g). Every
 ``Schedule.attention`` steps (attention models): GL-invariant attention observables
-(``attention_observables``) beside the raw |W_Q||W_K|.
+(``attention_observables``, with the step's batch) beside the raw |W_Q||W_K|, and for any model with GL
+symmetries the head products' invariant norms beside their raw ones (``gl_invariants``: no batch).
 
 A non-finite gradient is caught in the optimizer's pre-step hook, on every path (the C engine's
 included): a "nonfinite" event at the step it appears in, the laws skip the step, and with
@@ -56,7 +57,7 @@ from ..quotient import horizontal_projector
 from ..symmetry import Kind, SymmetrySet, _native, find_symmetries
 from ._engine import Engine
 from ._preserved import preserved
-from .attention import attention_observables
+from .attention import attention_observables, gl_invariants
 from .curvature import CURVATURE_PATH, adam_preconditioner, curvature
 from .path_norm import path_norm, path_norm_unsupported
 from .sinks import Sink, TensorBoardSink
@@ -525,8 +526,11 @@ class Monitor:
                 values.update(self._optional("path_norm", lambda: {"path_norm": path_norm(self.model, self._input_shape)}))
             if self.schedule.due("curvature", self._step) and batch is not None and self.symmetries is not None:
                 values.update(self._curvature(batch))
-        if self.schedule.due("attention", self._step) and batch is not None:
-            values.update(self._optional("attention", lambda: attention_observables(self.model, batch[0])))
+        if self.schedule.due("attention", self._step):
+            if batch is not None:
+                values.update(self._optional("attention", lambda: attention_observables(self.model, batch[0])))
+            if self.symmetries is not None and self.symmetries.of_kind(Kind.GL):  # any model's heads, no batch
+                values.update(self._optional("gl-invariants", lambda: gl_invariants(self.symmetries, self._named_params)))
         # one conversion for every value still held as a tensor (a single device sync on a GPU)
         held = [name for name, v in values.items() if isinstance(v, Tensor)]
         if held:

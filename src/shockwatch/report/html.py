@@ -27,7 +27,8 @@ _PAIRS = (("grad_norm", "grad_norm/quotient"), ("update_norm", "update_norm/quot
           # under Adam: D^1/2 H D^1/2 and its quotient, what the shock forecasts used
           ("curvature/preconditioned_raw_min", "curvature/preconditioned_quotient_min"),
           ("curvature/preconditioned_raw_max", "curvature/preconditioned_quotient_max"),
-          ("shock_steps/raw", "shock_steps/quotient"))
+          ("shock_steps/raw", "shock_steps/quotient"),
+          ("attention/qk_weight_max", "attention/qk_product_max"), ("attention/vo_weight_max", "attention/vo_product_max"))
 _PREFIX_PAIRS = (("qk_weight_norm/", "logit_max/"),)
 _RAW_ONLY = ("loss", "update_ratio")
 
