@@ -110,3 +110,23 @@ def test_report_lists_the_warnings(tmp_path):
         _train(monitor, model, opt, x, y, 40, spike_at=20)
     page = write_report(tmp_path / "run").read_text()
     assert "warnings (1)" in page and "<td>20</td><td>spike-sigma</td><td>raw</td><td>loss</td>" in page
+
+
+def test_tensorboard_gets_the_warning_as_text(tmp_path):
+    """Truth: TensorBoard's own reader on the files the sink wrote, against the store's event."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    torch.manual_seed(0)
+    model = sw.models.mlp((4, 16, 3))
+    x = torch.randn(64, 4)
+    y = (x[:, 0] > 0).long()
+    opt = torch.optim.SGD(model.parameters(), lr=0.2)
+    with sw.Monitor(model, opt, tmp_path / "run", example_input=x) as monitor:
+        _train(monitor, model, opt, x, y, 40, spike_at=25)
+    stored = warnings_in(RunStore(tmp_path / "run" / "run.sqlite", read_only=True).events())
+    accumulator = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    accumulator.Reload()
+    texts = accumulator.Tensors("events/warning/text_summary")
+    assert [(t.step, t.tensor_proto.string_val[0].decode()) for t in texts] == [(w.step, w.message) for w in stored]
+    assert [w.step for w in stored] == [25]

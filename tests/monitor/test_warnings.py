@@ -159,3 +159,23 @@ def test_default_rules_follow_the_optimizer():
     assert {r.signal for r in stability} == {"raw", "quotient"}
     assert all(r.bound == pytest.approx(18.0) and r.observable.startswith("curvature/preconditioned_") for r in stability)
     assert stability_threshold(torch.optim.SGD(p, lr=0.1)) == 2.0
+
+
+def test_scoring_at_a_matched_false_alarm_rate():
+    """Truth: worked by hand. A spike run whose signal rises linearly from step 0 and an event at 50;
+    a control run with the same signal flat at 0.5. A Crossing above the knob fires on the spike run
+    at the first step where t / 100 > knob, and on the control run only when knob < 0.5."""
+    from shockwatch.monitor.warnings import Run, at_false_alarm_rate, event_leads, score_rule
+
+    assert event_leads([10, 45, 52], [50, 90], horizon=20, late=5) == [5.0, math.nan]
+    spike = Run({"x": (list(range(100)), [t / 100 for t in range(100)])}, (50,), 100)
+    control = Run({"x": (list(range(100)), [0.5] * 100)}, (), 100)
+    scores = score_rule(lambda knob: Crossing("level", "x", level=knob, below=False, refractory=1000),
+                        [0.2, 0.3, 0.45, 0.6], [spike], [control], horizon=25)
+    # knob 0.2: first warning at 21 (lead 29 > horizon: not caught); 0.3 -> 31 (lead 19); 0.45 -> 46 (4);
+    # 0.6 -> 61 (after the event, not caught); the control run fires once (step 0) for every knob < 0.5
+    assert [s.leads for s in scores] == [(math.nan,), (19.0,), (4.0,), (math.nan,)]
+    assert [s.false_alarm_rate for s in scores] == [10.0, 10.0, 10.0, 0.0]
+    assert at_false_alarm_rate(scores, 10.0).knob == 0.3
+    assert at_false_alarm_rate(scores, 1.0).knob == 0.6 and at_false_alarm_rate(scores, 1.0).recall == 0.0
+    assert at_false_alarm_rate([s for s in scores if s.knob < 0.5], 1.0) is None

@@ -36,6 +36,12 @@ warning as an event of kind "warning" whose message starts with the rule's name 
   Written from their documented rules, not imported: none of those libraries is a dependency.
 - ``stability_threshold``: the bound on eta lambda_max of gradient descent, momentum and Adam.
 - ``default_rules``: what the Monitor watches unless told otherwise (see there).
+
+Scoring at a matched false-alarm rate (``score_rule``, ``at_false_alarm_rate``): a rule with one knob
+(a bound, a number of sigmas) is replayed over recorded spike runs and control runs (no spike) for
+each knob value; per setting, each event's lead (event - the earliest warning within ``horizon``
+before it, or up to ``late`` steps after, negative then) and the warnings per 1000 control steps.
+Rules are compared at the setting that keeps them below the same false-alarm rate.
 """
 
 from __future__ import annotations
@@ -48,9 +54,10 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-__all__ = ["Approach", "Crossing", "EarlyWarning", "MaxRatioSpike", "RatioSpike", "RelativeSpike", "Rule", "Score",
-           "SigmaSpike", "abrupt_changes", "default_rules", "midpoint_crossing", "replay", "score",
-           "stability_threshold", "threshold_warnings", "warnings_in"]
+__all__ = ["Approach", "Crossing", "EarlyWarning", "MaxRatioSpike", "RatioSpike", "RelativeSpike", "Rule", "RuleScore",
+           "Run", "Score", "SigmaSpike", "abrupt_changes", "at_false_alarm_rate", "default_rules", "event_leads",
+           "midpoint_crossing", "replay", "score", "score_rule", "stability_threshold", "threshold_warnings",
+           "warnings_in"]
 
 
 def _running_median(values: np.ndarray, half: int) -> np.ndarray:
@@ -575,3 +582,84 @@ def default_rules(optimizer, *, horizon: int = 50) -> list[Rule]:
     rules.append(Approach("attention-entropy", "entropy_min/*", "quotient", reduce="min", bound=0.1, rising=False,
                           margin=None, horizon=horizon))
     return rules
+
+
+# ---- scoring rules at a matched false-alarm rate ---------------------------------------------------
+
+Series = Mapping[str, tuple[Sequence[int], Sequence[float]]]
+
+
+@dataclass(frozen=True)
+class Run:
+    """One recorded run for scoring: its curves (``RunStore.series()``), its ground-truth events (none
+    on a control run) and its length in steps."""
+
+    series: Series
+    events: tuple[int, ...]
+    steps: int
+
+
+@dataclass(frozen=True)
+class RuleScore:
+    """A rule at one setting of its knob over spike and control runs. Per event, the lead is
+    event - the earliest warning in [event - horizon, event + late] (negative: after the onset, as
+    every detector is); ``false_alarms`` counts the warnings on the control runs, and
+    ``false_alarm_rate`` is that per 1000 control steps."""
+
+    knob: float
+    leads: tuple[float, ...]  # per event on the spike runs; nan: not caught
+    false_alarms: int
+    false_alarm_rate: float
+    warnings_on_spike_runs: int
+
+    @property
+    def caught(self) -> int:
+        return sum(not math.isnan(t) for t in self.leads)
+
+    @property
+    def recall(self) -> float:
+        return self.caught / len(self.leads) if self.leads else math.nan
+
+    @property
+    def median_lead(self) -> float:
+        caught = [t for t in self.leads if not math.isnan(t)]
+        return float(np.median(caught)) if caught else math.nan
+
+
+def event_leads(warnings: Sequence[int], events: Sequence[int], *, horizon: int, late: int = 0) -> list[float]:
+    """Per event, event - the earliest warning step in [event - horizon, event + late]; nan if none."""
+    if horizon < 1 or late < 0:
+        raise ValueError(f"need horizon >= 1 and late >= 0, got {horizon}, {late}")
+    leads = []
+    for event in events:
+        inside = [w for w in warnings if event - horizon <= w <= event + late]
+        leads.append(float(event - min(inside)) if inside else math.nan)
+    return leads
+
+
+def score_rule(make, knobs: Sequence[float], spike_runs: Sequence[Run], control_runs: Sequence[Run], *,
+               horizon: int, late: int = 0) -> list[RuleScore]:
+    """``make(knob)`` -> a Rule, replayed over every run for each knob: its leads on the spike runs'
+    events and its false alarms on the control runs (``RuleScore``)."""
+    control_steps = sum(run.steps for run in control_runs)
+    scores = []
+    for knob in knobs:
+        rule = make(knob)
+        leads, on_spike_runs = [], 0
+        for run in spike_runs:
+            steps = [w.step for w in replay(rule, run.series)]
+            on_spike_runs += len(steps)
+            leads += event_leads(steps, run.events, horizon=horizon, late=late)
+        false = sum(len(replay(rule, run.series)) for run in control_runs)
+        rate = 1000.0 * false / control_steps if control_steps else math.nan
+        scores.append(RuleScore(float(knob), tuple(leads), false, rate, on_spike_runs))
+    return scores
+
+
+def at_false_alarm_rate(scores: Sequence[RuleScore], rate: float) -> RuleScore | None:
+    """The setting whose control false-alarm rate is at most ``rate`` (per 1000 steps) that catches
+    the most events, then with the longest median lead; None if no setting is that quiet."""
+    quiet = [s for s in scores if s.false_alarm_rate <= rate]
+    if not quiet:
+        return None
+    return max(quiet, key=lambda s: (s.caught, -math.inf if math.isnan(s.median_lead) else s.median_lead))
