@@ -132,3 +132,41 @@ def test_adam_preconditioner_is_the_step_torch_takes_and_the_preconditioned_spec
     with pytest.raises(ValueError, match="no diagonal for"):
         curvature(model, F.cross_entropy, (x, y), syms, preconditioner={names[0]: diagonal[names[0]]})
     assert adam_preconditioner(torch.optim.SGD(model.parameters(), lr=0.1), model) is None
+
+
+def test_curvature_along_the_update_is_the_dense_rayleigh_quotient_raw_and_horizontal():
+    """Truth: u^T H u / u^T D^-1 u with the dense float64 Hessian, for u the last AdamW update (with
+    weight decay: a vertical part) and u_H = P u with the dense orbit projector; along an orbit
+    direction alone the horizontal part is zero (NaN), the raw one is not."""
+    from shockwatch.monitor import adam_preconditioner
+    from shockwatch.monitor.curvature import update_curvature
+
+    torch.manual_seed(1)
+    model = sw.models.mlp((3, 5, 3)).double()
+    x = torch.randn(32, 3, dtype=torch.float64)
+    y = torch.randint(0, 3, (32,))
+    opt = torch.optim.AdamW(model.parameters(), lr=0.05, weight_decay=0.1)
+    for _ in range(15):
+        before = [p.detach().clone() for p in model.parameters()]
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    names = [n for n, _ in model.named_parameters()]
+    update = {n: p.detach() - b for (n, p), b in zip(model.named_parameters(), before)}
+    syms = sw.find_symmetries(model, x)
+    dense, projector, _ = _dense_truth(model, x, y, syms)
+    u = torch.cat([update[n].reshape(-1) for n in names])
+    d = adam_preconditioner(opt, model)
+    inverse = 1 / torch.cat([d[n].reshape(-1) for n in names])
+    u_h = projector @ u
+    found = update_curvature(model, F.cross_entropy, (x, y), update, syms, preconditioner=d)
+    assert math.isclose(found.raw, float(u @ dense @ u / (u @ (inverse * u))), rel_tol=1e-9)
+    assert math.isclose(found.quotient, float(u_h @ dense @ u_h / (u_h @ (inverse * u_h))), rel_tol=1e-6)
+    assert found.preconditioned and abs(found.quotient - found.raw) > 1e-3 * abs(found.raw)
+    plain = update_curvature(model, F.cross_entropy, (x, y), update, syms)
+    assert math.isclose(plain.raw, float(u @ dense @ u / (u @ u)), rel_tol=1e-9)
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    along = generator(next(s for s in syms if s.kind == "rescale"), params)
+    orbit = update_curvature(model, F.cross_entropy, (x, y), {n: along.get(n, torch.zeros_like(p)) for n, p in params.items()},
+                             syms)
+    assert math.isnan(orbit.quotient) and math.isfinite(orbit.raw)

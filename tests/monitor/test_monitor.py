@@ -308,3 +308,36 @@ def test_the_torch_path_logs_what_the_c_kernel_logs(tmp_path, monkeypatch):
     for ours, theirs in zip(native, eager):
         for name, value in ours.items():
             assert math.isclose(value, theirs[name], rel_tol=1e-9, abs_tol=1e-12), name
+
+
+def test_update_curvature_on_its_schedule_is_the_dense_rayleigh_quotient(tmp_path):
+    """Truth: u^T H u / u^T u with the dense float64 Hessian at theta_{t+1} and u = theta_{t+1} - theta_t
+    saved by the test, on the steps the schedule names (SGD: no preconditioner)."""
+    from torch.func import functional_call, hessian
+
+    model, opt, x, y, _ = setup(tmp_path / "unused", norm="none")
+    monitor = sw.Monitor(model, opt, tmp_path / "run", example_input=x, loss_fn=F.cross_entropy, tensorboard=False,
+                         schedule=sw.Schedule(update_curvature=3))
+    for _ in range(6):
+        before = [p.detach().clone() for p in model.parameters()]
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        logged = monitor.step(loss, batch=(x, y))
+    names = [n for n, _ in model.named_parameters()]
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    sizes = [p.numel() for p in params.values()]
+    u = torch.cat([(p.detach() - b).reshape(-1) for p, b in zip(model.parameters(), before)])
+
+    def loss_flat(vector):
+        pieces = {n: piece.reshape(params[n].shape) for piece, n in zip(vector.split(sizes), names)}
+        return F.cross_entropy(functional_call(model, pieces, (x,)), y)
+
+    dense = hessian(loss_flat)(torch.cat([params[n].reshape(-1) for n in names]))
+    assert monitor.store.scalars("update_curvature/raw")[0] == [3, 6]
+    assert math.isclose(logged["update_curvature/raw"], float(u @ dense @ u / (u @ u)), rel_tol=1e-6)
+    assert math.isfinite(logged["update_curvature/quotient"])
+    monitor.close()
+    with pytest.raises(ValueError, match="schedule.update_curvature needs loss_fn"):
+        sw.Monitor(model, opt, tmp_path / "other", schedule=sw.Schedule(update_curvature=2))

@@ -35,7 +35,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from ..quotient import horizontal_projector
 from ..symmetry import SymmetrySet
 
-__all__ = ["CURVATURE_PATH", "Curvature", "adam_preconditioner", "curvature"]
+__all__ = ["CURVATURE_PATH", "Curvature", "UpdateCurvature", "adam_preconditioner", "curvature", "update_curvature"]
 
 # what the run's meta records as the curvature's method
 CURVATURE_PATH = ("Hessian-vector products reverse-over-reverse in float64 on a copy of the model; "
@@ -77,56 +77,12 @@ def curvature(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], bat
     ``preconditioner``: a positive diagonal D per parameter (name -> tensor of its shape, e.g.
     ``adam_preconditioner(optimizer, model)``); then also the extremes of S H S and S P_H H P_H S with
     S = D^{1/2} (``Curvature.preconditioned``), at twice the Lanczos cost."""
-    inputs, targets = batch
-    model = copy.deepcopy(model).double()  # a float64 reference copy: the caller's model is not touched
-    names = [name for name, _ in model.named_parameters()]
-    params = {name: p.detach() for name, p in model.named_parameters()}
-    buffers = {name: b.detach() for name, b in model.named_buffers()}
-    shapes = [params[name].shape for name in names]
-    sizes = [math.prod(shape) for shape in shapes]
-    double = [t.double() if t.is_floating_point() else t for t in (inputs, targets)]
-
+    hessian = _Hessian(model, loss_fn, batch)
+    params, hvp, dimension = hessian.params, hessian.hvp, hessian.dimension
     scale = None  # S = D^{1/2}, flat, checked before any Lanczos run
     if preconditioner is not None:
-        missing = [name for name in names if name not in preconditioner]
-        if missing:
-            raise ValueError(f"preconditioner has no diagonal for {missing[:3]}: give one per parameter (name -> tensor)")
-        diagonal = torch.cat([preconditioner[name].detach().to("cpu", torch.float64).reshape(-1) for name in names])
-        if diagonal.shape[0] != sum(sizes) or not bool((torch.isfinite(diagonal) & (diagonal > 0)).all()):
-            raise ValueError("preconditioner must be finite and positive everywhere (a diagonal D > 0), one value per entry")
-        scale = diagonal.sqrt().numpy()
+        scale = hessian.flat_diagonal(preconditioner).sqrt().numpy()
 
-    # the gradient's graph is built once; each Hessian-vector product is one backward through it
-    # (reverse-over-reverse), about 4x cheaper here than re-running forward-over-reverse per product
-    # Fused attention kernels (the flash kernel on the CPU) have no double backward: the forward runs on
-    # the math backend, whose graph differentiates twice. Dropout draws in the copy's forward come from
-    # a forked RNG: the caller's random stream is left where it was.
-    leaves = [p.detach().requires_grad_(True) for p in params.values()]
-    devices = sorted({p.device.index or 0 for p in leaves if p.device.type == "cuda"})
-    with torch.enable_grad(), torch.random.fork_rng(devices=devices), sdpa_kernel(SDPBackend.MATH):
-        outputs = functional_call(model, {**dict(zip(names, leaves)), **buffers}, (double[0],))
-        gradient = torch.autograd.grad(loss_fn(outputs, double[1]), leaves, create_graph=True, allow_unused=True)
-    gradient = [g if g is not None else torch.zeros_like(p) for g, p in zip(gradient, leaves)]
-    count = [0]
-
-    def unflat(vector: np.ndarray) -> dict[str, Tensor]:
-        pieces = torch.from_numpy(np.ascontiguousarray(vector, dtype=np.float64)).split(sizes)
-        return {name: piece.reshape(shape) for name, piece, shape in zip(names, pieces, shapes)}
-
-    def flat(tensors: Mapping[str, Tensor]) -> np.ndarray:
-        return torch.cat([tensors[name].reshape(-1) for name in names]).numpy()
-
-    def hvp(vector: np.ndarray) -> np.ndarray:
-        count[0] += 1
-        direction = unflat(vector)
-        with torch.enable_grad():
-            inner = sum((g * direction[name]).sum() for g, name in zip(gradient, names) if g.requires_grad)
-            if not isinstance(inner, Tensor):  # the loss is linear in every parameter: H = 0
-                return np.zeros_like(vector)
-            out = torch.autograd.grad(inner, leaves, retain_graph=True, allow_unused=True)
-        return flat({name: o if o is not None else torch.zeros_like(p) for name, o, p in zip(names, out, leaves)})
-
-    dimension = sum(sizes)
     # the projection's own CG tolerance (where CG is used): well below Lanczos' so it does not limit
     # the eigenvalues
     project = horizontal_projector(symmetries, params, rtol=min(1e-8, 1e-3 * tol), max_dense_entries=max_dense_entries)
@@ -142,7 +98,108 @@ def curvature(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], bat
         raw_scaled = _extremes(operator(lambda v: scale * hvp(scale * v)), tol, max_matvecs)
         quotient_scaled = _extremes(operator(lambda v: scale * projected(scale * v)), tol, max_matvecs)
         preconditioned = Curvature(raw_scaled[1], raw_scaled[0], quotient_scaled[1], quotient_scaled[0], 0)
-    return Curvature(raw[1], raw[0], quotient[1], quotient[0], count[0], preconditioned)
+    return Curvature(raw[1], raw[0], quotient[1], quotient[0], hessian.count, preconditioned)
+
+
+@dataclass(frozen=True)
+class UpdateCurvature:
+    """The curvature along the last update, raw and along its horizontal part (``update_curvature``);
+    ``preconditioned``: whether a diagonal D weighted the denominator."""
+
+    raw: float
+    quotient: float
+    preconditioned: bool
+
+
+def update_curvature(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], batch: Sequence[Tensor],
+                     update: Mapping[str, Tensor], symmetries: SymmetrySet, *,
+                     preconditioner: Mapping[str, Tensor] | None = None) -> UpdateCurvature:
+    r"""The loss's curvature along the optimizer's update u (name -> tensor, e.g. theta_{t+1} - theta_t),
+    raw and reduced, at the model's parameters:
+
+        raw      = u^T H u / u^T D^{-1} u,
+        quotient = u_H^T H u_H / u_H^T D^{-1} u_H,   u_H = P_H u (``quotient.horizontal_projector``).
+
+    With D = I these are Rayleigh quotients of H; with Adam's D (``adam_preconditioner``) they are
+    those of D^{1/2} H D^{1/2} at v = D^{-1/2} u, the update in the coordinates where Adam's step is a
+    gradient step (Cohen et al. 2022's preconditioned sharpness is its largest eigenvalue). Each is a
+    lower bound on that top eigenvalue, read along the direction training actually moves, for two
+    Hessian-vector products instead of Lanczos' hundreds; eta times it is compared with the stability
+    bound. Along an orbit the loss is flat only to first order: the vertical part of u (weight decay's
+    radial shrink, momentum along an orbit) adds curvature that says nothing about the quotient,
+    which the projection removes. NaN where u is zero, or u_H is (|u_H| <= 1e-8 |u|)."""
+    hessian = _Hessian(model, loss_fn, batch)
+    weight = hessian.flat_diagonal(preconditioner).reciprocal().numpy() if preconditioner is not None else None
+    u = hessian.flat(update)
+    project = horizontal_projector(symmetries, hessian.params, rtol=1e-10)
+
+    def rayleigh(vector: np.ndarray) -> float:
+        denominator = float(vector @ (vector if weight is None else weight * vector))
+        return float(vector @ hessian.hvp(vector)) / denominator if denominator > 0 else math.nan
+
+    horizontal = project(u)
+    # a horizontal part at the projection's round-off is none: its direction would be noise
+    flat = np.linalg.norm(horizontal) <= 1e-8 * np.linalg.norm(u)
+    return UpdateCurvature(rayleigh(u), math.nan if flat else rayleigh(horizontal), preconditioner is not None)
+
+
+class _Hessian:
+    """Hessian-vector products of loss_fn(model(inputs), targets) at the model's parameters, on a
+    float64 copy of the model (buffers as they are, the model's train/eval mode used): the
+    gradient's graph is built once and each product is one backward through it (reverse-over-reverse,
+    about 4x cheaper here than forward-over-reverse per product). Fused attention kernels (the flash
+    kernel on the CPU) have no double backward: the forward runs on the math backend. Dropout draws
+    in the copy's forward come from a forked RNG: the caller's random stream is left where it was.
+    Vectors are flat float64 NumPy arrays in ``names`` order; ``count`` the products taken."""
+
+    def __init__(self, model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], batch: Sequence[Tensor]) -> None:
+        inputs, targets = batch
+        model = copy.deepcopy(model).double()  # a float64 reference copy: the caller's model is not touched
+        self.names = [name for name, _ in model.named_parameters()]
+        self.params = {name: p.detach() for name, p in model.named_parameters()}
+        buffers = {name: b.detach() for name, b in model.named_buffers()}
+        self.shapes = [self.params[name].shape for name in self.names]
+        self.sizes = [math.prod(shape) for shape in self.shapes]
+        double = [t.double() if t.is_floating_point() else t for t in (inputs, targets)]
+        self._leaves = leaves = [p.detach().requires_grad_(True) for p in self.params.values()]
+        devices = sorted({p.device.index or 0 for p in leaves if p.device.type == "cuda"})
+        with torch.enable_grad(), torch.random.fork_rng(devices=devices), sdpa_kernel(SDPBackend.MATH):
+            outputs = functional_call(model, {**dict(zip(self.names, leaves)), **buffers}, (double[0],))
+            gradient = torch.autograd.grad(loss_fn(outputs, double[1]), leaves, create_graph=True, allow_unused=True)
+        self._gradient = [g if g is not None else torch.zeros_like(p) for g, p in zip(gradient, leaves)]
+        self.count = 0
+
+    @property
+    def dimension(self) -> int:
+        return sum(self.sizes)
+
+    def unflat(self, vector: np.ndarray) -> dict[str, Tensor]:
+        pieces = torch.from_numpy(np.ascontiguousarray(vector, dtype=np.float64)).split(self.sizes)
+        return {name: piece.reshape(shape) for name, piece, shape in zip(self.names, pieces, self.shapes)}
+
+    def flat(self, tensors: Mapping[str, Tensor]) -> np.ndarray:
+        return torch.cat([tensors[name].detach().to("cpu", torch.float64).reshape(-1) for name in self.names]).numpy()
+
+    def flat_diagonal(self, diagonal: Mapping[str, Tensor]) -> Tensor:
+        """A positive diagonal given per parameter (name -> tensor of its shape), flat, checked."""
+        missing = [name for name in self.names if name not in diagonal]
+        if missing:
+            raise ValueError(f"preconditioner has no diagonal for {missing[:3]}: give one per parameter (name -> tensor)")
+        flat = torch.cat([diagonal[name].detach().to("cpu", torch.float64).reshape(-1) for name in self.names])
+        if flat.shape[0] != self.dimension or not bool((torch.isfinite(flat) & (flat > 0)).all()):
+            raise ValueError("preconditioner must be finite and positive everywhere (a diagonal D > 0), one value per entry")
+        return flat
+
+    def hvp(self, vector: np.ndarray) -> np.ndarray:
+        self.count += 1
+        direction = self.unflat(vector)
+        with torch.enable_grad():
+            inner = sum((g * direction[name]).sum() for g, name in zip(self._gradient, self.names) if g.requires_grad)
+            if not isinstance(inner, Tensor):  # the loss is linear in every parameter: H = 0
+                return np.zeros_like(vector)
+            out = torch.autograd.grad(inner, self._leaves, retain_graph=True, allow_unused=True)
+        return self.flat({name: o if o is not None else torch.zeros_like(p)
+                          for name, o, p in zip(self.names, out, self._leaves)})
 
 
 def adam_preconditioner(optimizer: torch.optim.Optimizer, model: nn.Module) -> dict[str, Tensor] | None:

@@ -21,6 +21,9 @@ Every ``Schedule.curvature`` steps (with ``loss_fn`` and the step's batch): extr
 Hessian eigenvalues and the shock-step forecasts -1/(eta lambda_min) (``curvature``); under Adam or
 AdamW also those of D^{1/2} H D^{1/2}, D = 1/(sqrt(v_hat) + eps) (``curvature/preconditioned_*``),
 whose lambda_min the forecasts then use (the step is eta D g, not eta g). Every
+``Schedule.update_curvature`` steps (with ``loss_fn`` and the batch): the curvature along the last
+update, raw and horizontal, preconditioned under Adam (``curvature.update_curvature``: two
+Hessian-vector products). Every
 ``Schedule.attention`` steps (attention models): GL-invariant attention observables
 (``attention_observables``, with the step's batch) beside the raw |W_Q||W_K|, and for any model with GL
 symmetries the head products' invariant norms beside their raw ones (``gl_invariants``: no batch).
@@ -58,7 +61,7 @@ from ..symmetry import Kind, SymmetrySet, _native, find_symmetries
 from ._engine import Engine
 from ._preserved import preserved
 from .attention import attention_observables, gl_invariants
-from .curvature import CURVATURE_PATH, adam_preconditioner, curvature
+from .curvature import CURVATURE_PATH, adam_preconditioner, curvature, update_curvature
 from .path_norm import path_norm, path_norm_unsupported
 from .sinks import Sink, TensorBoardSink
 from .store import RunStore
@@ -76,7 +79,8 @@ class Schedule:
 
     charges: the tracker's record (charge drift and law error); quotient: horizontal gradient and
     update norms and the path norm; curvature: Lanczos on the raw and projected Hessian (needs the
-    monitor's ``loss_fn`` and the step's batch); attention: the attention observables (needs the batch).
+    monitor's ``loss_fn`` and the step's batch); attention: the attention observables (needs the batch);
+    update_curvature: the curvature along the last update (needs ``loss_fn`` and the batch).
     early: the last three also at steps 1, 2, 4, 8, ... below their period.
     """
 
@@ -86,6 +90,9 @@ class Schedule:
     quotient: int | None = 50
     curvature: int | None = None
     attention: int | None = None
+    # the curvature along the last update, raw and horizontal (two Hessian-vector products; needs
+    # loss_fn and the batch): a cheap stand-in for the top eigenvalue between Lanczos samples
+    update_curvature: int | None = None
     # also at steps 1, 2, 4, 8, ... below each period (quotient, curvature, attention): a transition
     # in the first steps (the catapult's loss spike comes within ~10) falls before the first evenly
     # spaced sample; log2(period) samples more
@@ -246,8 +253,9 @@ class Monitor:
         if warnings is not None and not all(isinstance(rule, Rule) for rule in warnings):
             raise TypeError("warnings must be a sequence of shockwatch.monitor.warnings.Rule (Approach, Crossing, "
                             f"SigmaSpike, ...), got {[type(rule).__name__ for rule in warnings]}")
-        if schedule.curvature is not None and loss_fn is None:
-            raise ValueError("schedule.curvature needs loss_fn=(outputs, targets) -> loss")
+        for needs in ("curvature", "update_curvature"):
+            if getattr(schedule, needs) is not None and loss_fn is None:
+                raise ValueError(f"schedule.{needs} needs loss_fn=(outputs, targets) -> loss")
         if isinstance(model, nn.parallel.DistributedDataParallel):
             model = model.module  # the same parameter tensors; DDP averages their gradients
         if not 0 < curvature_tol < 1:
@@ -526,6 +534,9 @@ class Monitor:
                 values.update(self._optional("path_norm", lambda: {"path_norm": path_norm(self.model, self._input_shape)}))
             if self.schedule.due("curvature", self._step) and batch is not None and self.symmetries is not None:
                 values.update(self._curvature(batch))
+            if (self.schedule.due("update_curvature", self._step) and batch is not None and self.symmetries is not None
+                    and self._have_before and self._before is not None):
+                values.update(self._optional("update_curvature", lambda: self._update_curvature(batch)))
         if self.schedule.due("attention", self._step):
             if batch is not None:
                 values.update(self._optional("attention", lambda: attention_observables(self.model, batch[0])))
@@ -584,6 +595,14 @@ class Monitor:
                            "curvature/preconditioned_quotient_max": scaled.quotient_max,
                            "curvature/preconditioned_quotient_min": scaled.quotient_min})
         return values
+
+    def _update_curvature(self, batch) -> dict[str, float]:
+        """``update_curvature`` along theta_{t+1} - theta_t (preconditioned under Adam), at theta_{t+1}."""
+        update = {name: p.detach() - before for (name, p), before in zip(self._named, self._before)}
+        preconditioner = adam_preconditioner(self.optimizer, self.model)
+        found = update_curvature(self.model, self.loss_fn, batch, update, self.symmetries, preconditioner=preconditioner)
+        kind = "preconditioned_" if found.preconditioned else ""
+        return {f"update_curvature/{kind}raw": found.raw, f"update_curvature/{kind}quotient": found.quotient}
 
     def _mean_loss(self, loss: Tensor | float) -> float:
         if not (dist.is_available() and dist.is_initialized()):
@@ -659,7 +678,8 @@ class Monitor:
         either: entering one costs microseconds), else ``_pass``."""
         self._engine_step = False
         # the quotient norms need the projector at theta_t, which only the Python path makes
-        if self._engine is not None and not self.schedule.due("quotient", self._step + 1):
+        if self._engine is not None and not any(self.schedule.due(name, self._step + 1)
+                                                for name in ("quotient", "update_curvature")):
             pre = self._engine.pre()
             if pre is None and self._engine.stale:
                 # the parameters or their copies left the storage, dtype or shape the plan holds

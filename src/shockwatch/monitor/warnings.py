@@ -564,6 +564,9 @@ def default_rules(optimizer, *, horizon: int = 50) -> list[Rule]:
       samples within ``horizon`` steps; ``Crossing("shock", forecast=True)`` on the shock forecast
       -1/(eta lambda_min) below ``horizon`` steps (under Adam the preconditioned forecast, which
       measured as a permanent alarm: read its false-alarm rate before trusting it);
+    - with ``Schedule.update_curvature``: ``Approach("update-stability")`` on eta times the curvature
+      along the last update (a lower bound on eta lambda_max for two Hessian-vector products), raw
+      and quotient, towards the same bound;
     - with ``Schedule.attention``: ``Approach("attention-logits")`` of the largest attention logit
       (GL-invariant, "quotient") and of |W_Q||W_K| (its raw counterpart) growing exponentially
       (log trend over 4 samples) towards 50 within ``horizon`` steps, and
@@ -576,6 +579,8 @@ def default_rules(optimizer, *, horizon: int = 50) -> list[Rule]:
     for signal in SIGNALS:
         sharpness = f"curvature/{'preconditioned_' if adam else ''}{signal}_max"
         rules.append(Approach("stability", sharpness, signal, scale="lr", bound=bound, horizon=horizon))
+        along = f"update_curvature/{'preconditioned_' if adam else ''}{signal}"
+        rules.append(Approach("update-stability", along, signal, scale="lr", bound=bound, horizon=horizon))
         rules.append(Crossing("shock", f"shock_steps/{signal}", signal, level=horizon, refractory=horizon, forecast=True))
     rules.append(Approach("attention-logits", "logit_max/*", "quotient", bound=50.0, margin=None, horizon=horizon, log=True))
     rules.append(Approach("attention-logits", "qk_weight_norm/*", "raw", bound=50.0, margin=None, horizon=horizon, log=True))
