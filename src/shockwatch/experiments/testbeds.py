@@ -93,8 +93,10 @@ class Testbed:
     eval_every: int
     transition: str  # the evaluate() key (or "loss") whose curve carries the published transition
     published: str
-    lr: float
+    lr: float  # the peak learning rate (the scheduler's multiplier 1)
     notes: dict[str, float] = field(default_factory=dict)
+    # stepped once after every optimizer step (and after on_step): warmup and decay, as recipes do
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
 
 
 # ----------------------------------------------------------------------------------- curvature
@@ -445,6 +447,8 @@ def train(bed: Testbed, *, on_step: Callable[[int, Tensor, Batch], None] | None 
         curves["loss"].append(value)
         if on_step is not None:
             on_step(step, loss.detach(), batch)
+        if bed.scheduler is not None:
+            bed.scheduler.step()
         if step % bed.eval_every == 0 or step == bed.steps:
             record_eval(step)
         if progress is not None:
