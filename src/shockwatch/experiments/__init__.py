@@ -2,9 +2,20 @@
 
 from types import ModuleType
 
-from . import burgers_shock, closure, falsifiable_prediction, hopf_cole_relu, mean_field, neural_mechanics, quotient_sde, testbeds
+from . import (
+    burgers_shock,
+    closure,
+    falsifiable_prediction,
+    hopf_cole_relu,
+    mean_field,
+    neural_mechanics,
+    quotient_sde,
+    testbeds,
+    transformer_spikes,
+)
 
-EXPERIMENTS: dict[str, ModuleType] = {module.NAME: module for module in (burgers_shock, neural_mechanics, hopf_cole_relu, quotient_sde, closure, mean_field, falsifiable_prediction)}
+EXPERIMENTS: dict[str, ModuleType] = {module.NAME: module for module in (burgers_shock, neural_mechanics, hopf_cole_relu, quotient_sde, closure, mean_field, falsifiable_prediction,
+                                                                     transformer_spikes)}
 
 __all__ = ["EXPERIMENTS", "burgers_shock", "closure", "falsifiable_prediction", "hopf_cole_relu", "mean_field", "neural_mechanics",
-           "quotient_sde", "testbeds"]
+           "quotient_sde", "testbeds", "transformer_spikes"]

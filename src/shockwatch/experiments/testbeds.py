@@ -71,9 +71,12 @@ from torch import Tensor, nn
 
 from ..models.gpt import GPT, GPTConfig
 
-__all__ = ["SCALES", "TESTBEDS", "Testbed", "make_testbed", "sharpness", "top_hessian_eigenvalue", "train"]
+__all__ = ["SCALES", "SPIKE_TESTBEDS", "TESTBEDS", "Testbed", "make_testbed", "sharpness", "top_hessian_eigenvalue", "train"]
 
 TESTBEDS: tuple[str, ...] = ("grokking-mlp", "grokking-transformer", "catapult", "edge-of-stability")
+# Transformer loss spikes, each with its control (the same run with the published fix): issue 18
+SPIKE_TESTBEDS: tuple[str, ...] = ("attention-spike", "attention-spike-qknorm", "logit-divergence",
+                                   "logit-divergence-zloss")
 SCALES: tuple[str, ...] = ("default", "tiny")
 
 Batch = tuple[Tensor, Tensor]
@@ -295,6 +298,25 @@ _CATAPULT = {
     "default": {"width": 4096, "samples": 128, "d": 32, "steps": 300, "eval_every": 10},
     "tiny": {"width": 512, "samples": 32, "d": 16, "steps": 60, "eval_every": 2},
 }
+# Transformer spike beds (issue 18): sizes and rates chosen by measurement (module docstring)
+_SPIKES = {
+    "attention-spike": {
+        "default": {"vocab": 64, "block": 64, "batch": 32, "sequences": 4096, "branching": 4, "copy_fraction": 0.5,
+                    "d_model": 64, "n_layer": 2, "n_head": 4, "lr": 3e-2, "weight_decay": 0.1, "warmup": 100,
+                    "z_loss": 0.0, "steps": 600, "eval_every": 50},
+        "tiny": {"vocab": 32, "block": 32, "batch": 16, "sequences": 1024, "branching": 4, "copy_fraction": 0.5,
+                 "d_model": 32, "n_layer": 2, "n_head": 4, "lr": 3e-2, "weight_decay": 0.1, "warmup": 50,
+                 "z_loss": 0.0, "steps": 300, "eval_every": 50},
+    },
+    "logit-divergence": {
+        "default": {"vocab": 64, "block": 64, "batch": 32, "sequences": 4096, "branching": 4, "copy_fraction": 0.5,
+                    "d_model": 64, "n_layer": 2, "n_head": 4, "lr": 3e-2, "weight_decay": 0.0, "warmup": 100,
+                    "z_loss": 1e-4, "steps": 600, "eval_every": 50},
+        "tiny": {"vocab": 32, "block": 32, "batch": 16, "sequences": 1024, "branching": 4, "copy_fraction": 0.5,
+                 "d_model": 32, "n_layer": 2, "n_head": 4, "lr": 3e-2, "weight_decay": 0.0, "warmup": 50,
+                 "z_loss": 1e-4, "steps": 300, "eval_every": 50},
+    },
+}
 _EDGE_OF_STABILITY = {
     "default": {"samples": 1000, "d": 10, "classes": 4, "width": 64,
                 "depth": 2, "lr": 0.3, "steps": 4000, "eval_every": 20},
@@ -381,12 +403,112 @@ def _edge_of_stability(seed: int, cfg: dict, lr: float | None, steps: int | None
                    notes={"lambda0": lambda0, "eta_lambda0": lr * lambda0, "two_over_eta": 2.0 / lr})
 
 
+def _markov_text(vocab: int, length: int, count: int, branching: int, copy_fraction: float,
+                 generator: torch.Generator) -> Tensor:
+    """``count`` token sequences of ``length``: a random first-order Markov chain over ``vocab``
+    tokens, each token with ``branching`` successors (probabilities u^2 normalised, u uniform), and
+    on a ``copy_fraction`` of the rows a uniformly random first half repeated as the second half (only
+    attending back to the copy predicts it: what makes attention sharpen)."""
+    successors = torch.stack([torch.randperm(vocab, generator=generator)[:branching] for _ in range(vocab)])
+    weights = torch.rand(vocab, branching, generator=generator) ** 2 + 1e-3
+    weights = weights / weights.sum(dim=1, keepdim=True)
+    text = torch.empty(count, length, dtype=torch.long)
+    text[:, 0] = torch.randint(vocab, (count,), generator=generator)
+    for t in range(1, length):
+        choice = torch.multinomial(weights[text[:, t - 1]], 1, generator=generator).squeeze(1)
+        text[:, t] = successors[text[:, t - 1], choice]
+    copies, half = round(copy_fraction * count), length // 2
+    if copies:
+        segment = torch.randint(vocab, (copies, half), generator=generator)
+        text[:copies, :half] = segment
+        text[:copies, half:2 * half] = segment
+    return text[torch.randperm(count, generator=generator)]
+
+
+def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """The recipes' two AdamW param groups (nanoGPT, the Hugging Face Trainer): decay on every
+    matrix but the embeddings, none on biases, norm gains and embeddings."""
+    decay, rest = [], []
+    for _, module in model.named_modules():
+        for name, p in module.named_parameters(recurse=False):
+            embedding = isinstance(module, nn.Embedding)
+            (decay if p.dim() >= 2 and not embedding else rest).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup: int, steps: int,
+                  floor: float = 0.1) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup over ``warmup`` steps to the peak, then cosine decay to ``floor`` x peak at ``steps``."""
+    def multiplier(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, steps - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
+
+
+def language_loss(z_loss: float = 0.0) -> Callable[[Tensor, Tensor], Tensor]:
+    """Next-token cross-entropy over every position, plus ``z_loss`` mean(log Z^2), log Z =
+    logsumexp of a position's logits (PaLM's auxiliary loss, Wortsman et al.'s fix for output-logit
+    divergence); computed in float32 at least."""
+    def loss(logits: Tensor, targets: Tensor) -> Tensor:
+        logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+        value = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
+        if z_loss:
+            value = value + z_loss * torch.logsumexp(logits, dim=-1).square().mean()
+        return value
+    return loss
+
+
+def _language_model(name: str, seed: int, cfg: dict, lr: float | None, steps: int | None) -> Testbed:
+    generator = torch.Generator().manual_seed(seed)
+    steps = cfg["steps"] if steps is None else steps
+    block, batch = cfg["block"], cfg["batch"]
+    text = _markov_text(cfg["vocab"], block + 1, cfg["sequences"], cfg["branching"], cfg["copy_fraction"], generator)
+    held_out = _markov_text(cfg["vocab"], block + 1, 4 * batch, cfg["branching"], cfg["copy_fraction"],
+                            torch.Generator().manual_seed(seed + 10_000))
+    qk_norm = name.endswith("-qknorm")
+    config = GPTConfig(vocab_size=cfg["vocab"], block_size=block, n_layer=cfg["n_layer"], n_head=cfg["n_head"],
+                       d_model=cfg["d_model"], qk_norm=qk_norm)
+    model = _seeded_init(seed, lambda: GPT(config))
+    lr = cfg["lr"] if lr is None else lr
+    optimizer = torch.optim.AdamW(decay_groups(model, cfg["weight_decay"]), lr=lr, betas=(0.9, 0.95), eps=1e-8)
+    scheduler = warmup_cosine(optimizer, cfg["warmup"], steps)
+    loss_fn = language_loss(cfg["z_loss"] if name.endswith("-zloss") else 0.0)
+
+    def train_batch(step: int) -> Batch:
+        rows = torch.arange((step - 1) * batch, step * batch) % len(text)  # epochs through a fixed corpus
+        chunk = text[rows]
+        return chunk[:, :-1], chunk[:, 1:]
+
+    def evaluate() -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            value = float(F.cross_entropy(model(held_out[:, :-1]).reshape(-1, cfg["vocab"]), held_out[:, 1:].reshape(-1)))
+        model.train(was_training)
+        return {"held_out_loss": value}
+
+    spike = name.startswith("attention-spike")
+    published = ("A small decoder under AdamW at a high learning rate: attention logits grow until attention "
+                 "collapses and the loss spikes; qk-layernorm prevents it (Wortsman et al. 2023; Dehghani et al. "
+                 "2023)." if spike else
+                 "A small decoder whose output logits drift (log Z grows) until the loss degrades or spikes; the "
+                 "z-loss keeps log Z near 0 and prevents it (Wortsman et al. 2023; Chowdhery et al. 2022).")
+    notes = {key: float(cfg[key]) for key in ("vocab", "block", "batch", "d_model", "n_layer", "n_head", "warmup",
+                                              "weight_decay", "z_loss")}
+    notes["control"] = float(name.endswith(("-qknorm", "-zloss")))
+    return Testbed(name=name, model=model, optimizer=optimizer, loss_fn=loss_fn, train_batch=train_batch,
+                   evaluate=evaluate, steps=steps, eval_every=cfg["eval_every"], transition="loss",
+                   published=published, lr=lr, notes=notes, scheduler=scheduler)
+
+
 def make_testbed(name: str, *, seed: int = 0, scale: str = "default", lr: float | None = None,
                  eta_lambda0: float | None = None, steps: int | None = None) -> Testbed:
     """A fresh testbed. ``lr`` overrides the learning rate (not for catapult, whose rate is
     ``eta_lambda0 / lambda0``; default eta_lambda0 = 3); ``steps`` overrides the run length."""
-    if name not in TESTBEDS:
-        raise ValueError(f"unknown testbed {name!r}; accepted: {', '.join(TESTBEDS)}")
+    if name not in TESTBEDS + SPIKE_TESTBEDS:
+        raise ValueError(f"unknown testbed {name!r}; accepted: {', '.join(TESTBEDS + SPIKE_TESTBEDS)}")
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}; accepted: {', '.join(SCALES)}")
     if lr is not None and not (math.isfinite(lr) and lr > 0):
@@ -402,6 +524,8 @@ def make_testbed(name: str, *, seed: int = 0, scale: str = "default", lr: float 
         return _catapult(seed, _CATAPULT[scale], c, steps)
     if eta_lambda0 is not None:
         raise ValueError(f"eta_lambda0 applies to catapult only, not {name!r}; pass lr")
+    if name in SPIKE_TESTBEDS:
+        return _language_model(name, seed, _SPIKES[name.removesuffix("-qknorm").removesuffix("-zloss")][scale], lr, steps)
     if name == "edge-of-stability":
         return _edge_of_stability(seed, _EDGE_OF_STABILITY[scale], lr, steps)
     table = _GROKKING_MLP if name == "grokking-mlp" else _GROKKING_TRANSFORMER

@@ -3,9 +3,10 @@ r"""Attention observables of the paper's §5.4 and §6, invariant under the head
 For each ``models.CausalSelfAttention`` (recomputed by its own ``attention`` from the input its forward hook sees):
     logit_max/<layer>       max |q_i . k_j| / sqrt(d_head) over heads and causal pairs: unchanged
                             by (W_Q, W_K) -> (M W_Q, M^-T W_K) per head (with the key bias shift)
-    entropy_min/<layer>, entropy_mean/<layer>
-                            softmax entropies of the causal attention rows (0 = one-hot, the
-                            collapse of §6; at most log(position + 1))
+    entropy_min/<layer>     min over heads of the head's mean softmax entropy over the causal rows
+                            with two keys or more (0 = one-hot: the entropy collapse of §6 and of
+                            Zhai et al. 2023; a row at position t has at most log(t + 1))
+    entropy_mean/<layer>    the mean entropy over every row and head
     head_energy_max/<layer> max over heads of mean |W_O^h y_h|^2, a head's contribution to the output:
                             unchanged by (W_V, W_O) -> (M W_V, W_O M^-1)
 and, for each ``models.gpt`` Block, branch_balance/<layer> = |attention branch| / (|attention branch|
@@ -60,7 +61,9 @@ def attention_observables(model: nn.Module, inputs: Tensor) -> dict[str, float]:
         energy = contribution.square().sum(-1).mean(dim=(0, 2))
         name = names[module]
         seen[f"logit_max/{name}"] = float(scores.masked_fill(~causal, 0.0).abs().max())
-        seen[f"entropy_min/{name}"] = float(entropy.min())
+        # per head, the mean entropy over the rows with two keys or more (the first has one: always 0)
+        per_head = entropy[..., 1:].mean(dim=(0, 2)) if length > 1 else entropy.mean(dim=(0, 2))
+        seen[f"entropy_min/{name}"] = float(per_head.min())
         seen[f"entropy_mean/{name}"] = float(entropy.mean())
         seen[f"head_energy_max/{name}"] = float(energy.max())
         seen[f"qk_weight_norm/{name}"] = float(module.q.weight.norm() * module.k.weight.norm())

@@ -131,7 +131,8 @@ def update_curvature(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tenso
     hessian = _Hessian(model, loss_fn, batch)
     weight = hessian.flat_diagonal(preconditioner).reciprocal().numpy() if preconditioner is not None else None
     u = hessian.flat(update)
-    project = horizontal_projector(symmetries, hessian.params, rtol=1e-10)
+    # one vector: a CG solve, not the dense Gram pseudo-inverse (an eigh of K x K, seconds at K ~ 1e3)
+    project = horizontal_projector(symmetries, hessian.params, rtol=1e-10, max_dense_entries=0)
 
     def rayleigh(vector: np.ndarray) -> float:
         denominator = float(vector @ (vector if weight is None else weight * vector))

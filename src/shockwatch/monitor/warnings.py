@@ -55,7 +55,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 __all__ = ["Approach", "Crossing", "EarlyWarning", "MaxRatioSpike", "RatioSpike", "RelativeSpike", "Rule", "RuleScore",
-           "Run", "Score", "SigmaSpike", "abrupt_changes", "at_false_alarm_rate", "default_rules", "event_leads",
+           "Run", "Score", "SigmaSpike", "abrupt_changes", "at_false_alarm_rate", "by_step", "default_rules", "event_leads",
            "midpoint_crossing", "replay", "score", "score_rule", "stability_threshold", "threshold_warnings",
            "warnings_in"]
 
@@ -150,6 +150,7 @@ def score(warnings: Sequence[int], events: Sequence[int], *, horizon: int) -> Sc
 # ---- live rules --------------------------------------------------------------------------------
 
 SIGNALS = ("raw", "quotient")
+Series = Mapping[str, tuple[Sequence[int], Sequence[float]]]  # RunStore.series(): name -> (steps, values)
 _MESSAGE = re.compile(r"^(?P<rule>\S+) (?P<signal>raw|quotient): (?P<observable>\S+) = (?P<value>[^;\s]+)"
                       r"(?:; (?P<detail>.*?))??(?:; forecast step (?P<forecast>-?\d+))?$", re.DOTALL)
 
@@ -518,18 +519,24 @@ class MaxRatioSpike(_Detector):
         return None
 
 
-def replay(rule: Rule, series: Mapping[str, tuple[Sequence[int], Sequence[float]]]) -> list[EarlyWarning]:
+def replay(rule: Rule, series: Series) -> list[EarlyWarning]:
     """A fresh copy of ``rule`` run over stored curves, ``{name: (steps, values)}`` (``RunStore.series()``):
     at each step it sees every value logged there, as the Monitor showed it live."""
     rule = rule.fresh()
-    by_step: dict[int, dict[str, float]] = {}
+    found = (rule.observe(step, values) for step, values in by_step(series))
+    return [warning for warning in found if warning is not None]
+
+
+def by_step(series: Series) -> list[tuple[int, dict[str, float]]]:
+    """Stored curves ``{name: (steps, values)}`` regrouped as [(step, {name: value logged there})],
+    in step order: what the Monitor showed its rules at each step."""
+    grouped: dict[int, dict[str, float]] = {}
     for name, (steps, values) in series.items():
         if len(steps) != len(values):
             raise ValueError(f"{name}: steps and values differ in length: {len(steps)} vs {len(values)}")
         for step, value in zip(steps, values):
-            by_step.setdefault(int(step), {})[name] = value
-    found = (rule.observe(step, by_step[step]) for step in sorted(by_step))
-    return [warning for warning in found if warning is not None]
+            grouped.setdefault(int(step), {})[name] = value
+    return sorted(grouped.items())
 
 
 def stability_threshold(optimizer) -> float:
@@ -590,8 +597,6 @@ def default_rules(optimizer, *, horizon: int = 50) -> list[Rule]:
 
 
 # ---- scoring rules at a matched false-alarm rate ---------------------------------------------------
-
-Series = Mapping[str, tuple[Sequence[int], Sequence[float]]]
 
 
 @dataclass(frozen=True)
