@@ -35,6 +35,14 @@ def test_warnings_lead_times_and_scores_follow_from_the_curves(result):
         tops = c[f"curvature/{signal}_max"]
         unstable = [s for s, lam in zip(c["curvature_step"], tops) if outcome.lr * lam > 2.0]
         assert outcome.warnings[f"stability/{signal}"][:1] == ([int(unstable[0])] if unstable else [])
+        # the approach rule forecasts: never on a sample past the bound, and (with its 10 % margin) no
+        # later than the first sample inside the margin that precedes the first crossing
+        level = {s: outcome.lr * lam for s, lam in zip(c["curvature_step"], tops)}
+        approach = outcome.warnings[f"approach/{signal}"]
+        assert all(level[w] < 2.0 for w in approach)
+        inside = [s for s in c["curvature_step"] if 1.8 <= level[s] < 2.0 and (not unstable or s < unstable[0])]
+        if inside:
+            assert approach and approach[0] <= inside[0]
     for key, found in outcome.warnings.items():
         for event, lead in zip(outcome.events, outcome.lead_times[key]):
             before = [w for w in found if 0 <= event - w <= outcome.horizon]

@@ -116,6 +116,10 @@ def test_crossing_forecast_and_scale():
     rule = Crossing("shock", "shock_steps/raw", level=10, refractory=5, forecast=True)
     found = replay(rule, {"shock_steps/raw": ([0, 1, 2, 8], [50.0, 7.2, 3.0, 4.0])})
     assert [(w.step, w.forecast) for w in found] == [(1, 9), (8, 12)]
+    # hysteresis: a forecast that stays inside the horizon warns once, until it leaves and comes back
+    rule = Crossing("shock", "s", level=10, refractory=0, forecast=True, hysteresis=True)
+    found = replay(rule, {"s": ([0, 1, 2, 3, 4, 5], [5.0, 4.0, 3.0, 20.0, 2.0, 1.0])})
+    assert [(w.step, w.forecast) for w in found] == [(0, 5), (4, 6)]
     rule = Crossing("stability", "curvature/raw_max", level=2.0, below=False, scale="lr", refractory=0)
     found = replay(rule, {"curvature/raw_max": ([0, 1], [30.0, 30.0]), "lr": ([0, 1], [0.05, 0.1])})
     assert [(w.step, w.observable, w.value) for w in found] == [(1, "lr*curvature/raw_max", 3.0)]

@@ -11,17 +11,20 @@ accuracy) the step where it rises halfway from its start to its maximum (``midpo
 event, the grokking step, however many setbacks the rise has; the transformer's runs through
 "slingshot" loss spikes that ``abrupt_changes`` split into several or none); for the catapult and edge
 of stability (training loss) its ``abrupt_changes``. Warning rules, the same rule on each signal:
-    shock:     the forecast shock is within the horizon, -1/(eta lambda_min) < horizon (§6: a
-               characteristic crossing ahead), i.e. lambda_min < -1/(eta horizon);
-    stability: eta lambda_max > 2 (the classical gradient-descent stability bound; the baseline every
-               curvature-based forecast has to beat on catapult and edge-of-stability runs).
+    shock:     the forecast shock enters the horizon, -1/(eta lambda_min) < horizon (§6: a
+               characteristic crossing ahead), i.e. lambda_min < -1/(eta horizon); once per entry;
+    stability: eta lambda_max > 2 (the classical gradient-descent stability bound; a detection of
+               the crossing, the baseline every curvature-based forecast has to beat);
+    approach:  eta lambda_max approaching 2: within 10 % of it, or the line through its last 3
+               samples reaching it within the horizon (a forecast: never on the crossing itself).
 Under AdamW (the grokking testbeds) both use the preconditioned curvature D^{1/2} H D^{1/2},
 D = 1/(sqrt(v_hat) + eps) (the monitor's forecast; ``curvature.adam_preconditioner``), and the
 stability bound is Adam's 38 at beta1 = 0.9 (``stability_threshold``): Adam's step is eta D g.
 Each rule fires at most once per horizon (refractory); the Monitor runs both live (``monitor.warnings.Crossing``)
 and the warnings scored are the ones it wrote to the run store. Scores (``score``): per event the lead time
 (steps from the latest warning within the horizon before it), precision (warnings followed by an
-event within the horizon) and recall (events preceded by a warning). Whatever comes out is reported.
+event within the horizon), recall (events preceded by a warning) and the false-alarm rate (warnings
+followed by no event within the horizon, per 1000 steps). Whatever comes out is reported.
 """
 
 from __future__ import annotations
@@ -38,14 +41,14 @@ import torch
 import torch.nn.functional as F
 
 from ..monitor import Monitor, Schedule, abrupt_changes, midpoint_crossing, score
-from ..monitor.warnings import Crossing, stability_threshold, warnings_in
+from ..monitor.warnings import Approach, Crossing, stability_threshold, warnings_in
 from ..symmetry import find_symmetries
 from . import testbeds as tb
 from ._files import write_result
 
 NAME = "falsifiable-prediction"
 SIGNALS = ("quotient", "raw")
-RULES = ("shock", "stability")
+RULES = ("shock", "stability", "approach")
 
 
 @dataclass(frozen=True)
@@ -113,18 +116,24 @@ def _events(curves: dict[str, list[float]], bed: tb.Testbed, threshold: float) -
     return abrupt_changes(steps, values, window=window, threshold=threshold)
 
 
-def _rules(bed: tb.Testbed, horizon: int, names_adam: bool) -> list:
-    """Both rules on both signals, run live by the Monitor: the shock forecast within the horizon
-    (``Crossing`` with ``forecast``), eta lambda_max above the stability bound (preconditioned under Adam)."""
+def _rules(bed: tb.Testbed, horizon: int, adam: bool) -> list:
+    """The three rules on both signals, run live by the Monitor: the shock forecast entering the
+    horizon (``Crossing`` with ``forecast`` and hysteresis: a forecast that stays inside the horizon
+    warns once, not once a horizon), eta lambda_max above the stability bound (a detection of the
+    crossing), and eta lambda_max approaching that bound (``Approach``: within 10 % of it, or its line
+    through the last 3 samples reaching it within the horizon; the forecast). Preconditioned under Adam."""
     rules = []
+    bound = stability_threshold(bed.optimizer)
     for signal in SIGNALS:
         # the monitor's forecast -1/(eta lambda_min), preconditioned under Adam; "no crossing" (inf)
         # never fires
-        rules.append(Crossing("shock", f"shock_steps/{signal}", signal, level=horizon, refractory=horizon, forecast=True))
+        rules.append(Crossing("shock", f"shock_steps/{signal}", signal, level=horizon, refractory=horizon,
+                              forecast=True, hysteresis=True))
         # under Adam the step is eta D g: its stability is that of the preconditioned sharpness
-        sharpness = f"curvature/{'preconditioned_' if names_adam else ''}{signal}_max"
-        rules.append(Crossing("stability", sharpness, signal, scale="lr", level=stability_threshold(bed.optimizer),
-                              below=False, refractory=horizon))
+        sharpness = f"curvature/{'preconditioned_' if adam else ''}{signal}_max"
+        rules.append(Crossing("stability", sharpness, signal, scale="lr", level=bound, below=False, refractory=horizon))
+        rules.append(Approach("approach", sharpness, signal, scale="lr", bound=bound, margin=0.1, horizon=horizon,
+                              window=3))
     return rules
 
 
@@ -178,7 +187,10 @@ def _totals(outcomes: list[TestbedOutcome]) -> dict[str, dict[str, float]]:
             events = sum(len(o.events) for o in outcomes)
             caught = sum(sum(not math.isnan(t) for t in o.lead_times[key]) for o in outcomes)
             leads = [t for o in outcomes for t in o.lead_times[key] if not math.isnan(t)]
+            steps = sum(o.steps for o in outcomes)
             totals[key] = {"warnings": fired, "useful": useful, "events": events, "caught": caught,
+                           # warnings followed by no event within the horizon, per 1000 steps
+                           "false_alarm_rate": 1000.0 * (fired - useful) / steps,
                            "precision": useful / fired if fired else math.nan,
                            "recall": caught / events if events else math.nan,
                            "median_lead": float(np.median(leads)) if leads else math.nan}

@@ -335,27 +335,32 @@ class Approach(Rule):
 @dataclass
 class Crossing(Rule):
     """x (the observable times ``scale``) below ``level`` (above it with ``below=False``), at most one
-    warning per ``refractory`` steps. ``forecast=True``: x is itself a number of steps ahead (the
-    shock forecast), and the warning forecasts step + x."""
+    warning per ``refractory`` steps; with ``hysteresis`` only on entering that state (a value that
+    stays across the level warns once, not once a refractory period). ``forecast=True``: x is itself
+    a number of steps ahead (the shock forecast), and the warning forecasts step + x."""
 
     level: float = 0.0
     below: bool = True
     refractory: int = 50
     forecast: bool = False
+    hysteresis: bool = False
     _last: float = field(init=False, repr=False)
+    _inside: bool = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.refractory < 0:
             raise ValueError(f"refractory must be >= 0, got {self.refractory}")
-        self._last = -math.inf
+        self._last, self._inside = -math.inf, False
 
     def observe(self, step: int, values: Mapping[str, float]) -> EarlyWarning | None:
         x = self.read(values)
         if x is None:
             return None
         crossed = x < self.level if self.below else x > self.level
-        if not crossed or step - self._last <= self.refractory:
+        entering = crossed and not self._inside
+        self._inside = crossed
+        if not crossed or step - self._last <= self.refractory or (self.hysteresis and not entering):
             return None
         self._last = step
         forecast = step + math.ceil(x) if self.forecast else None
