@@ -84,3 +84,12 @@ def test_stability_thresholds_are_where_the_linear_step_map_turns_unstable():
             assert (abs(float(x.detach())) > 1) == grows, (settings, factor, float(x.detach()))
     adam = torch.optim.AdamW([torch.zeros(1, requires_grad=True)], betas=(0.9, 0.98))
     assert stability_threshold(adam) == pytest.approx(38.0)
+
+
+def test_rescoring_a_saved_outcome_gives_the_warnings_raised_live(result):
+    """Truth: the monitor's own live warnings on this run; ``rescore`` rebuilds them from the saved
+    curves alone (how the README's older runs were re-scored with today's rules)."""
+    from dataclasses import asdict
+
+    outcome = result.outcomes[0]
+    assert fp.rescore(asdict(outcome), 2.0) == outcome.warnings

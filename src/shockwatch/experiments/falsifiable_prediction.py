@@ -41,7 +41,8 @@ import torch
 import torch.nn.functional as F
 
 from ..monitor import Monitor, Schedule, abrupt_changes, midpoint_crossing, score
-from ..monitor.warnings import Approach, Crossing, stability_threshold, warnings_in
+from ..monitor.curvature import Curvature
+from ..monitor.warnings import Approach, Crossing, replay, stability_threshold, warnings_in
 from ..symmetry import find_symmetries
 from . import testbeds as tb
 from ._files import write_result
@@ -116,14 +117,13 @@ def _events(curves: dict[str, list[float]], bed: tb.Testbed, threshold: float) -
     return abrupt_changes(steps, values, window=window, threshold=threshold)
 
 
-def _rules(bed: tb.Testbed, horizon: int, adam: bool) -> list:
+def _rules(bound: float, horizon: int, adam: bool) -> list:
     """The three rules on both signals, run live by the Monitor: the shock forecast entering the
     horizon (``Crossing`` with ``forecast`` and hysteresis: a forecast that stays inside the horizon
-    warns once, not once a horizon), eta lambda_max above the stability bound (a detection of the
-    crossing), and eta lambda_max approaching that bound (``Approach``: within 10 % of it, or its line
-    through the last 3 samples reaching it within the horizon; the forecast). Preconditioned under Adam."""
+    warns once, not once a horizon), eta lambda_max above the stability ``bound`` (a detection of the
+    crossing), and eta lambda_max approaching it (``Approach``: within 10 % of it, or its line through
+    the last 3 samples reaching it within the horizon; the forecast). Preconditioned under Adam."""
     rules = []
-    bound = stability_threshold(bed.optimizer)
     for signal in SIGNALS:
         # the monitor's forecast -1/(eta lambda_min), preconditioned under Adam; "no crossing" (inf)
         # never fires
@@ -135,6 +135,31 @@ def _rules(bed: tb.Testbed, horizon: int, adam: bool) -> list:
         rules.append(Approach("approach", sharpness, signal, scale="lr", bound=bound, margin=0.1, horizon=horizon,
                               window=3))
     return rules
+
+
+def rescore(outcome: dict, bound: float) -> dict[str, list[int]]:
+    """The warnings today's rules give on a saved outcome (``TestbedOutcome.to_json`` of an earlier
+    run, with its curvature curves): each rule replayed over the curves it would have seen live, the
+    learning rate constant (the testbeds have no schedule); preconditioned where the curves are.
+    ``bound``: the stability bound of the run's optimizer (``stability_threshold``)."""
+    curves, lr, horizon = outcome["curves"], outcome["lr"], outcome["horizon"]
+    steps = [int(step) for step in curves["curvature_step"]]
+    adam = "curvature/preconditioned_raw_min" in curves
+    series = {"lr": (steps, [lr] * len(steps))}
+    kinds = ("", "preconditioned_") if adam else ("",)
+    for kind in kinds:
+        for signal in SIGNALS:
+            for end in ("min", "max"):
+                series[f"curvature/{kind}{signal}_{end}"] = (steps, curves[f"curvature/{kind}{signal}_{end}"])
+    for signal in SIGNALS:  # the forecast as the monitor logged it (``Curvature.shock_steps``)
+        kind = "preconditioned_" if adam else ""
+        forecasts = [Curvature(math.nan, math.nan, math.nan, low, 0).shock_steps(lr) for low in
+                     curves[f"curvature/{kind}{signal}_min"]]
+        series[f"shock_steps/{signal}"] = (steps, forecasts)
+    found = {f"{rule}/{signal}": [] for rule in RULES for signal in SIGNALS}
+    for rule in _rules(bound, horizon, adam):
+        found[f"{rule.name}/{rule.signal}"] = [w.step for w in replay(rule, series)]
+    return found
 
 
 def run_testbed(name: str, config: Config, log_dir: Path, *, bar=None, tensorboard: bool = False) -> TestbedOutcome:
@@ -150,7 +175,7 @@ def run_testbed(name: str, config: Config, log_dir: Path, *, bar=None, tensorboa
     adam = type(bed.optimizer) in (torch.optim.Adam, torch.optim.AdamW)
     monitor = Monitor(bed.model, bed.optimizer, log_dir, symmetries=symmetries, example_input=first[0],
                       loss_fn=bed.loss_fn, schedule=Schedule(quotient=every, curvature=every, early=config.early_samples),
-                      tensorboard=tensorboard, curvature_tol=config.curvature_tol, warnings=_rules(bed, horizon, adam))
+                      tensorboard=tensorboard, curvature_tol=config.curvature_tol, warnings=_rules(stability_threshold(bed.optimizer), horizon, adam))
     advance = None
     if bar is not None:
         task = bar.add_task(name, total=bed.steps)
