@@ -33,6 +33,8 @@ Signals, raw beside symmetry-corrected (``Monitor``'s names), each watched by on
                        counterpart)
     update-stability   eta times the curvature along the update, Adam-preconditioned, raw vs along
                        its horizontal part (``update_curvature/preconditioned_*``); linear trend
+    charge-breaking    the largest gradient breaking of a scale or rescale symmetry
+                       (``gradient_breaking/*``: max_k |<xi_k, g>| / (|xi_k| |g|)), rising
 and the production detectors on the loss, detections after the fact (``monitor.warnings``: OLMo-core's
 sigma rule, LLM Foundry's ratio rule, Lightning's relative rule, Megatron-LM's max rule). Every rule
 has one knob (the bound it forecasts against, or the detector's threshold), swept over a grid; each is
@@ -254,6 +256,7 @@ def _families(runs: list[Run], config: Config) -> list[tuple[str, str, Callable[
         approach("vo-product", "attention/vo_weight_max", "raw"),
         approach("vo-product", "attention/vo_product_max", "quotient"),
         approach("attention-entropy", "entropy_min/*", "quotient", rising=False, reduce="min"),
+        approach("charge-breaking", "gradient_breaking/*", "quotient"),
         approach("update-stability", "update_curvature/preconditioned_raw", "raw", log=False, scale="lr"),
         approach("update-stability", "update_curvature/preconditioned_quotient", "quotient", log=False, scale="lr"),
         ("spike-sigma", "raw", lambda k: SigmaSpike(sigmas=k), list(np.geomspace(2.0, 12.0, config.knobs))),
