@@ -87,5 +87,5 @@ def test_the_experiment_end_to_end_on_short_runs():
     for row in result.rows:
         assert row.events == sum(len(o.events) for o in result.runs if o.events)
         if row.knob is not None:
-            assert row.false_alarm_rate <= config.false_alarm_rate and len(row.leads) == row.events
+            assert row.false_alarm_rate <= row.rate_cap and len(row.leads) == row.events
     assert result.verdict and set(result.sweeps) == {f"{r.family}/{r.signal}" for r in result.rows}

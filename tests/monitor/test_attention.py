@@ -95,3 +95,14 @@ def test_gl_invariants_of_a_hugging_face_llama_are_invariant_and_match_the_dense
             assert math.isclose(after[key], value, rel_tol=1e-10), key
         else:
             assert abs(after[key] - value) > 1e-3 * value, key
+
+
+def test_entropies_are_finite_in_float32():
+    """A float32 model: the causal mask's exact zeros give 0 log 0 = 0, not NaN (a clamp at 1e-300
+    underflowed to 0 in float32 and made every entropy NaN). Truth: the float64 entropies."""
+    model, tokens = gpt(3)
+    exact = attention_observables(model, tokens)
+    single = attention_observables(model.float(), tokens)
+    for key, value in exact.items():
+        if key.startswith("entropy_"):
+            assert math.isfinite(single[key]) and math.isclose(single[key], value, rel_tol=1e-5), key

@@ -38,8 +38,8 @@ Signals, raw beside symmetry-corrected (``Monitor``'s names), each watched by on
 and the production detectors on the loss, detections after the fact (``monitor.warnings``: OLMo-core's
 sigma rule, LLM Foundry's ratio rule, Lightning's relative rule, Megatron-LM's max rule). Every rule
 has one knob (the bound it forecasts against, or the detector's threshold), swept over a grid; each is
-scored at the setting that keeps its false alarms at most ``false_alarm_rate`` per 1000 steps of the
-runs without an instability (``monitor.warnings.at_false_alarm_rate``): per instability, the lead =
+scored at the setting that keeps its false alarms at most each of ``false_alarm_rates`` per 1000 steps
+of the runs without an instability (``monitor.warnings.at_false_alarm_rate``): per instability, the lead =
 onset - the earliest warning within ``horizon`` steps before it (or up to ``late`` after: negative, a
 detection). Whatever comes out is reported, the verdict on the paper's claim included.
 """
@@ -88,7 +88,9 @@ class Config:
     steps: int | None = None  # None: the testbed's own length
     horizon: int = 50  # a warning up to this many steps before a spike's onset counts, with its lead
     late: int = 5  # ... and up to this many after it (negative lead: the detectors')
-    false_alarm_rate: float = 2.0  # warnings per 1000 steps of the runs without a spike
+    # warnings per 1000 steps of the runs without an instability: every rule is compared at each
+    # cap (one rate alone is fragile: a rule just above it drops out)
+    false_alarm_rates: tuple[float, ...] = (1.0, 2.0, 3.0, 5.0)
     attention_every: int = 1
     update_curvature_every: int = 10  # a sample costs ~18 plain steps here (float64 HVPs and a CG projection)
     spike_ratio: float = 1.5  # the instability: the smoothed loss above 1.5 x its best ...
@@ -103,9 +105,10 @@ class Config:
         unknown = [bed for bed in self.beds if bed not in CONTROLS]
         if unknown or not self.beds:
             raise ValueError(f"beds must be a non-empty subset of {', '.join(CONTROLS)}; got {self.beds}")
-        if not self.seeds or self.horizon < 1 or self.late < 0 or self.false_alarm_rate < 0 or self.knobs < 2:
-            raise ValueError(f"need seeds, horizon >= 1, late >= 0, false_alarm_rate >= 0, knobs >= 2; got {self.seeds}, "
-                             f"{self.horizon}, {self.late}, {self.false_alarm_rate}, {self.knobs}")
+        if (not self.seeds or self.horizon < 1 or self.late < 0 or not self.false_alarm_rates
+                or min(self.false_alarm_rates) < 0 or self.knobs < 2):
+            raise ValueError(f"need seeds, horizon >= 1, late >= 0, false_alarm_rates >= 0, knobs >= 2; got {self.seeds}, "
+                             f"{self.horizon}, {self.late}, {self.false_alarm_rates}, {self.knobs}")
         if self.scale not in tb.SCALES:
             raise ValueError(f"scale must be one of {', '.join(tb.SCALES)}, got {self.scale!r}")
 
@@ -125,7 +128,8 @@ class RunOutcome:
 class Row:
     family: str
     signal: str  # "raw" | "quotient" (the detectors: "raw")
-    knob: float | None  # the setting chosen at the matched false-alarm rate (None: none that quiet)
+    rate_cap: float  # the false-alarm rate (per 1000 quiet steps) the setting had to stay within
+    knob: float | None  # the setting chosen at that rate (None: none that quiet)
     false_alarm_rate: float
     caught: int
     events: int
@@ -228,9 +232,10 @@ def _families(runs: list[Run], config: Config) -> list[tuple[str, str, Callable[
     falling signal from its median down to half its smallest)."""
     horizon = config.horizon
 
-    def bounds(observable: str, scale: str | None = None, rising: bool = True, reduce: str = "max") -> list[float]:
+    def bounds(observable: str, scale: str | None = None, rising: bool = True, reduce: str = "max",
+               log: bool = True) -> list[float]:
         values = _values(runs, observable, scale, reduce)
-        values = values[np.isfinite(values)]
+        values = values[np.isfinite(values) & (values > 0)] if log else values[np.isfinite(values)]
         if len(values) == 0:
             return []
         if rising:
@@ -243,7 +248,7 @@ def _families(runs: list[Run], config: Config) -> list[tuple[str, str, Callable[
 
     def approach(name: str, observable: str, signal: str, *, log: bool = True, scale: str | None = None,
                  rising: bool = True, reduce: str = "max"):
-        grid = bounds(observable, scale, rising, reduce)
+        grid = bounds(observable, scale, rising, reduce, log)
         make = lambda knob: Approach(name, observable, signal, scale=scale, reduce=reduce, bound=knob, rising=rising,
                                      margin=None, horizon=horizon, log=log)
         return name, signal, make, grid
@@ -269,30 +274,33 @@ def _families(runs: list[Run], config: Config) -> list[tuple[str, str, Callable[
     return [family for family in families if family[3]]
 
 
-def _row(family: str, signal: str, chosen: RuleScore | None, events: int) -> Row:
+def _row(family: str, signal: str, cap: float, chosen: RuleScore | None, events: int) -> Row:
     if chosen is None:
-        return Row(family, signal, None, math.nan, 0, events, math.nan, [])
-    return Row(family, signal, chosen.knob, chosen.false_alarm_rate, chosen.caught, events, chosen.median_lead,
+        return Row(family, signal, cap, None, math.nan, 0, events, math.nan, [])
+    return Row(family, signal, cap, chosen.knob, chosen.false_alarm_rate, chosen.caught, events, chosen.median_lead,
                list(chosen.leads))
 
 
 def _verdict(rows: list[Row], events: int) -> str:
+    """Per family, quotient against raw: how many instabilities each forecast (lead > 0) at every
+    false-alarm cap, summed over the caps (a family better at one cap and worse at another is mixed)."""
     if events == 0:
-        return "no spike in any run: the prediction was not tested"
-    by_key = {(row.family, row.signal): row for row in rows}
+        return "no instability in any run: the prediction was not tested"
+    forecast = lambda row: sum(1 for t in row.leads if not math.isnan(t) and t > 0)
     compared = []
     for family in ("attention-logit", "qk-product", "vo-product", "update-stability"):
-        raw, quotient = by_key.get((family, "raw")), by_key.get((family, "quotient"))
-        if raw is None or quotient is None:
+        pairs = [(raw, quotient) for raw in rows for quotient in rows if raw.family == quotient.family == family
+                 and raw.signal == "raw" and quotient.signal == "quotient" and raw.rate_cap == quotient.rate_cap]
+        if not pairs:
             continue
-        forecast = lambda row: sum(1 for t in row.leads if not math.isnan(t) and t > 0)
-        if forecast(quotient) > forecast(raw):
-            compared.append(f"{family}: quotient better ({forecast(quotient)} vs {forecast(raw)} spikes forecast)")
-        elif forecast(quotient) < forecast(raw):
-            compared.append(f"{family}: raw better ({forecast(raw)} vs {forecast(quotient)} spikes forecast)")
-        else:
-            compared.append(f"{family}: no difference ({forecast(raw)} spikes forecast each)")
-    return (f"over {events} spikes, at the same false-alarm rate, symmetry-corrected against raw: " + "; ".join(compared))
+        better = sum(forecast(q) > forecast(r) for r, q in pairs)
+        worse = sum(forecast(q) < forecast(r) for r, q in pairs)
+        counts = ", ".join(f"{forecast(q)} vs {forecast(r)} at {r.rate_cap:g}" for r, q in pairs)
+        word = ("quotient better" if better and not worse else "raw better" if worse and not better
+                else "mixed" if better else "no difference")
+        compared.append(f"{family}: {word} (quotient vs raw forecasts per false-alarm cap: {counts})")
+    return (f"over {events} instabilities, symmetry-corrected against raw at matched false-alarm rates: "
+            + "; ".join(compared))
 
 
 def run(config: Config = Config(), progress: bool = False) -> Result:
@@ -322,7 +330,8 @@ def run(config: Config = Config(), progress: bool = False) -> Result:
         scores = score_rule(make, grid, spike_runs, quiet_runs, horizon=config.horizon, late=config.late)
         sweeps[f"{family}/{signal}"] = [{"knob": s.knob, "false_alarm_rate": s.false_alarm_rate, "caught": s.caught,
                                          "median_lead": s.median_lead} for s in scores]
-        rows.append(_row(family, signal, at_false_alarm_rate(scores, config.false_alarm_rate), events))
+        for cap in config.false_alarm_rates:
+            rows.append(_row(family, signal, cap, at_false_alarm_rate(scores, cap), events))
     return Result(config, outcomes, rows, sweeps, _verdict(rows, events), time.perf_counter() - start)
 
 

@@ -54,7 +54,8 @@ def attention_observables(model: nn.Module, inputs: Tensor) -> dict[str, float]:
         length, d = x.shape[1], x.shape[2]
         scores, probabilities, v = module.attention(x)
         causal = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
-        entropy = -(probabilities * torch.log(probabilities.clamp(min=1e-300))).sum(-1)
+        # xlogy: 0 log 0 = 0 in any dtype (a clamp at 1e-300 underflows to 0 in float32: NaN)
+        entropy = -torch.special.xlogy(probabilities, probabilities).sum(-1)
         y = probabilities @ v  # (batch, heads, length, d_head)
         w_o = module.o.weight.view(d, module.n_head, module.d_head)
         contribution = torch.einsum("ohe,bhte->bhto", w_o, y)
