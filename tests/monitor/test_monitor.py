@@ -242,10 +242,11 @@ def test_attention_observables_on_their_schedule(tmp_path):
     # truth: |W_Q^h^T W_K^h|_2 (with the bias columns) by a dense SVD, at the end
     steps, products = monitor.store.scalars("attention/qk_product_max")
     assert steps == [2, 4]
-    dense = max(float(torch.linalg.matrix_norm(torch.cat([a.weight[h * 4:(h + 1) * 4], a.bias[h * 4:(h + 1) * 4, None]], 1).T
-                                               @ torch.cat([b.weight[h * 4:(h + 1) * 4], b.bias[h * 4:(h + 1) * 4, None]], 1),
-                                               ord=2))
-                for block in model.blocks for a, b in [(block.attn.q, block.attn.k)] for h in range(2))
+    with torch.no_grad():
+        dense = max(float(torch.linalg.matrix_norm(torch.cat([a.weight[h * 4:(h + 1) * 4], a.bias[h * 4:(h + 1) * 4, None]], 1).T
+                                                   @ torch.cat([b.weight[h * 4:(h + 1) * 4], b.bias[h * 4:(h + 1) * 4, None]], 1),
+                                                   ord=2))
+                    for block in model.blocks for a, b in [(block.attn.q, block.attn.k)] for h in range(2))
     assert math.isclose(products[-1], dense, rel_tol=1e-10)
     with pytest.raises(ValueError, match="schedule.attention"):
         sw.Schedule(attention=0)
