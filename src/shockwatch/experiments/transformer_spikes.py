@@ -352,5 +352,5 @@ def plot(result: Result):
         ax.set_xlabel("step")
         ax.set_yscale("log")
         ax.legend(fontsize=7)
-    fig.suptitle("training loss; dashed: spike onsets (ground truth)", fontsize=10)
+    fig.suptitle("training loss; dashed: instability onsets (ground truth)", fontsize=10)
     return fig
