@@ -51,7 +51,8 @@ def main() -> None:
     parameter = [torch.nn.Parameter(torch.zeros(1))]
     result = {"command": "benchmarks/warning_rules.py", "steps": args.steps, "values_per_step": len(VALUES),
               "machine": platform.platform(), "python": platform.python_version(),
-              "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()}
+              "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                       check=False).stdout.strip()}
     for name, optimizer in (("sgd", torch.optim.SGD(parameter, lr=0.1)), ("adamw", torch.optim.AdamW(parameter))):
         result[f"{name}_rules"] = len(default_rules(optimizer))
         result[f"{name}_us_per_step"] = statistics.median(per_step(optimizer, args.steps) for _ in range(5))

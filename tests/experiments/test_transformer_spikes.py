@@ -23,7 +23,7 @@ def test_spike_onsets_and_the_instability_onset_by_hand():
     assert ts.spike_onsets([0.01] * 25 + [0.02], ratio=1.5, window=20, min_rise=0.1, start=1) == []  # rise below 0.1
     # the loss falls to 1, spikes for 10 steps and recovers (no instability), then jumps to 2.5 at step
     # 176 and stays: the 10-step mean passes 1.5 at step 179, whose window's first step above 1.5 is 176
-    kept = dict(ratio=1.5, recover=1.2, min_rise=0.1, window=10, start=10)
+    kept = {"ratio": 1.5, "recover": 1.2, "min_rise": 0.1, "window": 10, "start": 10}
     assert ts.instability_onset([3.0] * 20 + [1.0] * 100 + [2.0] * 10 + [1.0] * 50, **kept) == []
     assert ts.instability_onset([3.0] * 20 + [1.0] * 100 + [1.3] * 5 + [1.0] * 50 + [2.5] * 100, **kept) == [176]
     assert ts.instability_onset([3.0] * 20 + [1.0] * 30 + [math.inf], **kept) == [51]  # non-finite: an instability

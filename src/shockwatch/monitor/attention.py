@@ -108,7 +108,7 @@ def gl_invariants(symmetries: SymmetrySet, params: Mapping[str, Tensor]) -> dict
         products.setdefault(pair, []).append(float(torch.linalg.matrix_norm(r @ a_out, ord=2)))
         weights.setdefault(pair, []).append(float(a_in.norm() * a_out.norm()))
     out = {}
-    for pair in products:
-        out[f"attention/{pair}_product_max"] = max(products[pair])
+    for pair, found in products.items():
+        out[f"attention/{pair}_product_max"] = max(found)
         out[f"attention/{pair}_weight_max"] = max(weights[pair])
     return out
