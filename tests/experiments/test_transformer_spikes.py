@@ -89,3 +89,20 @@ def test_the_experiment_end_to_end_on_short_runs():
         if row.knob is not None:
             assert row.false_alarm_rate <= row.rate_cap and len(row.leads) == row.events
     assert result.verdict and set(result.sweeps) == {f"{r.family}/{r.signal}" for r in result.rows}
+
+
+def test_saved_records_score_again_to_the_same_rows(tmp_path):
+    """The recorded curves round-trip through the archive, and scoring them again gives the same rows:
+    what lets a later session add seeds without training the first ones again."""
+    config = ts.Config(seeds=(0,), scale="tiny", steps=40, update_curvature_every=20, spike_ratio=1.02, recover=1.0,
+                       smooth=3, spike_min_rise=0.0, knobs=3, start=5)
+    result = ts.run(config)
+    paths = result.save(tmp_path)
+    assert paths[-1].name == "transformer_spikes_records.npz" and "records" not in result.to_json()
+    loaded = ts.load_records(paths[-1])
+    assert [(r.events, r.steps, sorted(r.series)) for r in loaded] == [(r.events, r.steps, sorted(r.series))
+                                                                          for r in result.records]
+    rows, sweeps, verdict = ts.score_records(loaded, config)
+    assert sweeps == result.sweeps and verdict == result.verdict
+    assert [(r.family, r.signal, r.rate_cap, r.knob, r.caught) for r in rows] == \
+        [(r.family, r.signal, r.rate_cap, r.knob, r.caught) for r in result.rows]

@@ -51,7 +51,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -145,12 +145,48 @@ class Result:
     sweeps: dict[str, list[dict]]  # "<family>/<signal>" -> every setting's score
     verdict: str
     runtime_s: float
+    # every run's recorded curves, the scoring's input: saved beside the JSON (``save_records``) so
+    # that the rules can be scored again, or with more seeds, without training again
+    records: list[Run] = field(default_factory=list, repr=False)
 
     def to_json(self) -> dict:
-        return asdict(self)
+        data = asdict(replace(self, records=[]))  # the curves go to their own archive (``save``)
+        del data["records"]
+        return data
 
     def save(self, out: Path) -> list[Path]:
-        return write_result(out, "transformer_spikes", self.to_json(), plot(self))
+        paths = write_result(out, "transformer_spikes", self.to_json(), plot(self))
+        if self.records:
+            paths.append(save_records(self.records, Path(out) / "transformer_spikes_records.npz"))
+        return paths
+
+
+def save_records(records: list[Run], path: Path) -> Path:
+    """The runs' curves, events and lengths in one compressed NumPy archive (``load_records`` reads it)."""
+    arrays = {}
+    for index, run_ in enumerate(records):
+        arrays[f"{index}/events"] = np.asarray(run_.events, dtype=np.int64)
+        arrays[f"{index}/steps"] = np.asarray([run_.steps], dtype=np.int64)
+        for name, (steps, values) in run_.series.items():
+            arrays[f"{index}/series/{name}/steps"] = np.asarray(steps, dtype=np.int64)
+            arrays[f"{index}/series/{name}/values"] = np.asarray(values, dtype=np.float64)
+    np.savez_compressed(path, **arrays)
+    return path
+
+
+def load_records(path: Path) -> list[Run]:
+    """The runs ``save_records`` wrote, in order."""
+    with np.load(path) as archive:
+        keys = list(archive.keys())
+        count = 1 + max(int(key.split("/", 1)[0]) for key in keys) if keys else 0
+        records = []
+        for index in range(count):
+            prefix = f"{index}/series/"
+            names = sorted({key[len(prefix):].rsplit("/", 1)[0] for key in keys if key.startswith(prefix)})
+            series = {name: (archive[f"{prefix}{name}/steps"].tolist(), archive[f"{prefix}{name}/values"].tolist())
+                      for name in names}
+            records.append(Run(series, tuple(archive[f"{index}/events"].tolist()), int(archive[f"{index}/steps"][0])))
+    return records
 
 
 def spike_onsets(losses: list[float], *, ratio: float, window: int, min_rise: float, start: int) -> list[int]:
@@ -322,6 +358,13 @@ def run(config: Config = Config(), progress: bool = False) -> Result:
                     outcomes.append(outcome)
                     recorded.append(run_)
     torch.set_num_threads(threads)
+    rows, sweeps, verdict = score_records(recorded, config)
+    return Result(config, outcomes, rows, sweeps, verdict, time.perf_counter() - start, recorded)
+
+
+def score_records(recorded: list[Run], config: Config) -> tuple[list[Row], dict[str, list[dict]], str]:
+    """Every rule family swept and scored over recorded runs (``run``'s, or ``load_records``' from one
+    or several saved experiments): the rows at each false-alarm cap, every setting's score, the verdict."""
     spike_runs = [r for r in recorded if r.events]
     quiet_runs = [r for r in recorded if not r.events]
     events = sum(len(r.events) for r in spike_runs)
@@ -332,7 +375,7 @@ def run(config: Config = Config(), progress: bool = False) -> Result:
                                          "median_lead": s.median_lead} for s in scores]
         for cap in config.false_alarm_rates:
             rows.append(_row(family, signal, cap, at_false_alarm_rate(scores, cap), events))
-    return Result(config, outcomes, rows, sweeps, _verdict(rows, events), time.perf_counter() - start)
+    return rows, sweeps, _verdict(rows, events)
 
 
 def plot(result: Result):
