@@ -93,10 +93,9 @@ def demo(
         forecasts = [w.forecast for w in found if w.forecast is not None]
         scored = score([w.step for w in found], outcome.events, horizon=outcome.horizon)
         leads = ", ".join("-" if math.isnan(t) else f"{t:.0f}" for t in scored.lead_times)
-        false = sum(not any(0 <= e - w.step <= outcome.horizon for e in outcome.events) for w in found)
         console.print(f"  {key[0] + ' ' + key[1]:<20} at steps {[w.step for w in found][:8]}{' ...' if len(found) > 8 else ''}"
                       f"{f', forecast steps {forecasts[:8]}' if forecasts else ''}; "
-                      f"lead times per event [{leads}] (horizon {outcome.horizon}); false alarms {false}")
+                      f"lead times per event [{leads}] (horizon {outcome.horizon}); false alarms {scored.false_alarms}")
     console.print(f"wrote {target / 'run.sqlite'}, {target / 'tensorboard'}, {report}")
 
 

@@ -46,7 +46,7 @@ def test_threshold_warnings_and_scores():
     assert warnings == [20, 60]
     result = score(warnings, [25, 90], horizon=10)
     assert result.lead_times[0] == 5.0 and math.isnan(result.lead_times[1])
-    assert result.precision == 0.5 and result.recall == 0.5
+    assert result.precision == 0.5 and result.recall == 0.5 and result.false_alarms == 1  # the warning at 60
     with pytest.raises(ValueError, match="horizon"):
         score(warnings, [25], horizon=0)
     with pytest.raises(ValueError, match="differ in length"):

@@ -20,7 +20,7 @@ of stability (training loss) its ``abrupt_changes``. Warning rules, the same rul
 Under AdamW (the grokking testbeds) both use the preconditioned curvature D^{1/2} H D^{1/2},
 D = 1/(sqrt(v_hat) + eps) (the monitor's forecast; ``curvature.adam_preconditioner``), and the
 stability bound is Adam's 38 at beta1 = 0.9 (``stability_threshold``): Adam's step is eta D g.
-Each rule fires at most once per horizon (refractory); the Monitor runs both live (``monitor.warnings.Crossing``)
+Each rule fires at most once per horizon (refractory); the Monitor runs all three live (``_rules``)
 and the warnings scored are the ones it wrote to the run store. Scores (``score``): per event the lead time
 (steps from the latest warning within the horizon before it), precision (warnings followed by an
 event within the horizon), recall (events preceded by a warning) and the false-alarm rate (warnings

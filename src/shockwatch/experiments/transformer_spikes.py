@@ -68,7 +68,6 @@ from ..monitor.warnings import (
     Run,
     SigmaSpike,
     at_false_alarm_rate,
-    by_step,
     score_rule,
 )
 from ..symmetry import find_symmetries
@@ -258,7 +257,7 @@ def _record(name: str, seed: int, config: Config, log_dir: Path, bar=None) -> tu
 def _values(runs: list[Run], observable: str, scale: str | None, reduce: str = "max") -> np.ndarray:
     """Every value a rule on ``observable`` (times ``scale``) would read, pooled over the runs."""
     probe = Rule("probe", observable, scale=scale, reduce=reduce)
-    found = [probe.read(values) for run in runs for _, values in by_step(run.series)]
+    found = [probe.read(values) for run in runs for _, values in run.by_step]
     return np.asarray([x for x in found if x is not None], dtype=np.float64)
 
 

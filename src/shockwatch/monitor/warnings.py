@@ -46,6 +46,7 @@ Rules are compared at the setting that keeps them below the same false-alarm rat
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections import deque
@@ -131,10 +132,12 @@ class Score:
     lead_times: list[float]  # per event: steps from the latest preceding warning (nan: none in horizon)
     precision: float
     recall: float
+    false_alarms: int = 0  # warnings followed by no event within the horizon
 
 
 def score(warnings: Sequence[int], events: Sequence[int], *, horizon: int) -> Score:
-    """Lead times, precision and recall of ``warnings`` against ``events`` within ``horizon`` steps."""
+    """Lead times, precision, recall and false alarms of ``warnings`` against ``events`` within
+    ``horizon`` steps."""
     if horizon < 1:
         raise ValueError(f"horizon must be >= 1, got {horizon}")
     lead = []
@@ -144,7 +147,7 @@ def score(warnings: Sequence[int], events: Sequence[int], *, horizon: int) -> Sc
     useful = [w for w in warnings if any(0 <= e - w <= horizon for e in events)]
     precision = len(useful) / len(warnings) if warnings else math.nan
     recall = sum(not math.isnan(t) for t in lead) / len(events) if events else math.nan
-    return Score(lead, precision, recall)
+    return Score(lead, precision, recall, len(warnings) - len(useful))
 
 
 # ---- live rules --------------------------------------------------------------------------------
@@ -527,8 +530,13 @@ class MaxRatioSpike(_Detector):
 def replay(rule: Rule, series: Series) -> list[EarlyWarning]:
     """A fresh copy of ``rule`` run over stored curves, ``{name: (steps, values)}`` (``RunStore.series()``):
     at each step it sees every value logged there, as the Monitor showed it live."""
+    return _replay_steps(rule, by_step(series))
+
+
+def _replay_steps(rule: Rule, steps: Sequence[tuple[int, Mapping[str, float]]]) -> list[EarlyWarning]:
+    """``replay`` over curves already regrouped by step (``by_step``)."""
     rule = rule.fresh()
-    found = (rule.observe(step, values) for step, values in by_step(series))
+    found = (rule.observe(step, values) for step, values in steps)
     return [warning for warning in found if warning is not None]
 
 
@@ -613,6 +621,11 @@ class Run:
     events: tuple[int, ...]
     steps: int
 
+    @functools.cached_property
+    def by_step(self) -> list[tuple[int, dict[str, float]]]:
+        """``by_step(series)``, regrouped once: every rule and knob scored replays the same steps."""
+        return by_step(self.series)
+
 
 @dataclass(frozen=True)
 class RuleScore:
@@ -662,10 +675,10 @@ def score_rule(make, knobs: Sequence[float], spike_runs: Sequence[Run], control_
         rule = make(knob)
         leads, on_spike_runs = [], 0
         for run in spike_runs:
-            steps = [w.step for w in replay(rule, run.series)]
+            steps = [w.step for w in _replay_steps(rule, run.by_step)]
             on_spike_runs += len(steps)
             leads += event_leads(steps, run.events, horizon=horizon, late=late)
-        false = sum(len(replay(rule, run.series)) for run in control_runs)
+        false = sum(len(_replay_steps(rule, run.by_step)) for run in control_runs)
         rate = 1000.0 * false / control_steps if control_steps else math.nan
         scores.append(RuleScore(float(knob), tuple(leads), false, rate, on_spike_runs))
     return scores
