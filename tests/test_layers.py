@@ -1,14 +1,14 @@
-"""Data flows one way: pde, models <- symmetry <- quotient <- mechanics/meanfield <- monitor <- experiments/report/cli."""
+"""Data flows one way: pde, models <- symmetry <- quotient <- mechanics/meanfield <- monitor <- control <- experiments/report/cli."""
 
 import ast
 from pathlib import Path
 
 import shockwatch
 
-LAYERS = ["pde", "symmetry", "quotient", "mechanics", "meanfield", "monitor", "experiments", "report", "integrations", "cli"]
+LAYERS = ["pde", "symmetry", "quotient", "mechanics", "meanfield", "monitor", "control", "experiments", "report", "integrations", "cli"]
 RANK = {"pde": 0, "models": 0} | {"symmetry": 1, "quotient": 2, "mechanics": 3, "meanfield": 3,
-                                          "monitor": 4, "experiments": 5, "report": 5, "integrations": 5,
-                                          "cli": 6}
+                                          "monitor": 4, "control": 5, "experiments": 6, "report": 6,
+                                          "integrations": 6, "cli": 7}
 
 
 def test_no_layer_imports_from_a_later_one():

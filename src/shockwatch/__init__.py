@@ -7,12 +7,12 @@ horizontal projection, push-forward, local entropy, projectability, closure), ``
 (conservation laws), ``meanfield`` and the first step of ``monitor``.
 """
 
-from . import meanfield, mechanics, models, monitor, pde, quotient, symmetry
+from . import control, meanfield, mechanics, models, monitor, pde, quotient, symmetry
 from .mechanics import ConservationTracker
 from .monitor import Monitor, Schedule
 from .symmetry import Kind, Symmetry, SymmetrySet, find_symmetries, verify_symmetries
 
 __version__ = "0.1.0"
 
-__all__ = ["ConservationTracker", "Kind", "Monitor", "Schedule", "Symmetry", "SymmetrySet", "__version__", "find_symmetries", "meanfield",
+__all__ = ["ConservationTracker", "Kind", "Monitor", "Schedule", "Symmetry", "SymmetrySet", "__version__", "control", "find_symmetries", "meanfield",
            "mechanics", "models", "monitor", "pde", "quotient", "symmetry", "verify_symmetries"]

@@ -116,6 +116,7 @@ def reproduce(
     Example: shockwatch reproduce mean-field --out runs/mean-field
     Example: shockwatch reproduce falsifiable-prediction --out runs/prediction
     Example: shockwatch reproduce transformer-spikes --out runs/spikes
+    Example: shockwatch reproduce control --out runs/control
     """
     if name not in EXPERIMENTS:
         console.print(f"[red]error:[/red] unknown experiment {name!r}; choose one of: {', '.join(EXPERIMENTS)}")

@@ -4,6 +4,7 @@ from types import ModuleType
 
 from . import (
     burgers_shock,
+    control,
     closure,
     falsifiable_prediction,
     hopf_cole_relu,
@@ -15,7 +16,7 @@ from . import (
 )
 
 EXPERIMENTS: dict[str, ModuleType] = {module.NAME: module for module in (burgers_shock, neural_mechanics, hopf_cole_relu, quotient_sde, closure, mean_field, falsifiable_prediction,
-                                                                     transformer_spikes)}
+                                                                     transformer_spikes, control)}
 
-__all__ = ["EXPERIMENTS", "burgers_shock", "closure", "falsifiable_prediction", "hopf_cole_relu", "mean_field", "neural_mechanics",
+__all__ = ["EXPERIMENTS", "burgers_shock", "closure", "control", "falsifiable_prediction", "hopf_cole_relu", "mean_field", "neural_mechanics",
            "quotient_sde", "testbeds", "transformer_spikes"]

@@ -452,8 +452,10 @@ def language_loss(z_loss: float = 0.0) -> Callable[[Tensor, Tensor], Tensor]:
     return loss
 
 
-def _language_model(name: str, seed: int, cfg: dict, lr: float | None, steps: int | None) -> Testbed:
+def _language_model(name: str, seed: int, cfg: dict, lr: float | None, steps: int | None,
+                    warmup: int | None = None) -> Testbed:
     generator = torch.Generator().manual_seed(seed)
+    cfg = cfg if warmup is None else {**cfg, "warmup": warmup}
     steps = cfg["steps"] if steps is None else steps
     block, batch = cfg["block"], cfg["batch"]
     # fresh text every step (no epochs: the spikes are not a memorisation effect); a held-out sample
@@ -493,9 +495,10 @@ def _language_model(name: str, seed: int, cfg: dict, lr: float | None, steps: in
 
 
 def make_testbed(name: str, *, seed: int = 0, scale: str = "default", lr: float | None = None,
-                 eta_lambda0: float | None = None, steps: int | None = None) -> Testbed:
+                 eta_lambda0: float | None = None, steps: int | None = None, warmup: int | None = None) -> Testbed:
     """A fresh testbed. ``lr`` overrides the learning rate (not for catapult, whose rate is
-    ``eta_lambda0 / lambda0``; default eta_lambda0 = 3); ``steps`` overrides the run length."""
+    ``eta_lambda0 / lambda0``; default eta_lambda0 = 3); ``steps`` overrides the run length;
+    ``warmup`` the warmup steps of a spike bed (a static fix: a longer warmup)."""
     if name not in TESTBEDS + SPIKE_TESTBEDS:
         raise ValueError(f"unknown testbed {name!r}; accepted: {', '.join(TESTBEDS + SPIKE_TESTBEDS)}")
     if scale not in SCALES:
@@ -513,8 +516,11 @@ def make_testbed(name: str, *, seed: int = 0, scale: str = "default", lr: float 
         return _catapult(seed, _CATAPULT[scale], c, steps)
     if eta_lambda0 is not None:
         raise ValueError(f"eta_lambda0 applies to catapult only, not {name!r}; pass lr")
+    if warmup is not None and (name not in SPIKE_TESTBEDS or warmup < 1):
+        raise ValueError(f"warmup applies to the spike beds ({', '.join(SPIKE_TESTBEDS)}) and must be >= 1; "
+                         f"got {warmup} for {name!r}")
     if name in SPIKE_TESTBEDS:
-        return _language_model(name, seed, _SPIKES[name.removesuffix("-qknorm")][scale], lr, steps)
+        return _language_model(name, seed, _SPIKES[name.removesuffix("-qknorm")][scale], lr, steps, warmup)
     if name == "edge-of-stability":
         return _edge_of_stability(seed, _EDGE_OF_STABILITY[scale], lr, steps)
     table = _GROKKING_MLP if name == "grokking-mlp" else _GROKKING_TRANSFORMER

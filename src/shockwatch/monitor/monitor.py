@@ -244,12 +244,17 @@ class Monitor:
                  resume: bool = False, tensorboard: bool = True, sinks: Sequence[Sink] = (),
                  curvature_tol: float = 1e-6, compile: bool = False, engine: bool = True,
                  warnings: Sequence[Rule] | None = None,
-                 on_warning: Callable[[EarlyWarning], object] | None = None) -> None:
+                 on_warning: Callable[[EarlyWarning], object] | None = None, controller=None) -> None:
         schedule = Schedule() if schedule is None else schedule
         if not isinstance(schedule, Schedule):
             raise TypeError(f"schedule must be a shockwatch.monitor.Schedule, got {type(schedule).__name__}")
         if on_warning is not None and not callable(on_warning):
             raise TypeError(f"on_warning must be a callable taking an EarlyWarning, got {type(on_warning).__name__}")
+        if controller is not None and not (callable(controller) and hasattr(controller, "attach")):
+            raise TypeError(f"controller must be a shockwatch.control.Controller, got {type(controller).__name__}")
+        if controller is not None and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            raise ValueError("controller= runs on one process only for now: under torch.distributed its decisions "
+                             "(taken on rank 0, where the warnings are) would have to reach every rank")
         if warnings is not None and not all(isinstance(rule, Rule) for rule in warnings):
             raise TypeError("warnings must be a sequence of shockwatch.monitor.warnings.Rule (Approach, Crossing, "
                             f"SigmaSpike, ...), got {[type(rule).__name__ for rule in warnings]}")
@@ -285,7 +290,7 @@ class Monitor:
         if warnings is None:  # the trend rules look a few samples of the sparsest schedule ahead
             periods = [every for every in (schedule.curvature, schedule.attention) if every is not None]
             warnings = default_rules(_unwrap(optimizer), horizon=max(50, 4 * max(periods, default=0)))
-        self.rules, self.on_warning = list(warnings), on_warning
+        self.rules, self.on_warning, self.controller = list(warnings), on_warning, controller
         self._bind_parameters()
         if self.rank != 0:  # computed once, on rank 0: other ranks only take part in the loss average
             return
@@ -303,6 +308,8 @@ class Monitor:
             self._path_norm = why_not is None and schedule.quotient is not None
             if why_not is not None and schedule.quotient is not None:
                 self._event(0, "no-path-norm", why_not)
+            if controller is not None:  # its hooks first: the step's settings, as captured here, are the ones it used
+                controller.attach(model, optimizer, symmetries=symmetries)
             self._hook = optimizer.register_step_pre_hook(self._before_step)
             self.store = RunStore(path, resume=resume)
             self._step = (self.store.last_step() or 0) if resume else 0
@@ -323,6 +330,8 @@ class Monitor:
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
+        if self.controller is not None:
+            self.controller.close()
         self._release_tracker()
         for sink in self.sinks:
             try:
@@ -485,6 +494,8 @@ class Monitor:
         if self.rank != 0:
             self._bind_parameters()
             return
+        if self.controller is not None:
+            self.controller.attach(self.model, optimizer, symmetries=self._all_symmetries)
         self._hook = optimizer.register_step_pre_hook(self._before_step)
         self._rebind(f"optimizer {type(optimizer).__name__} attached")
 
@@ -519,11 +530,11 @@ class Monitor:
                 if self.raise_on_nonfinite:
                     raise FloatingPointError(f"step {self._step}: non-finite loss {value} (|g| {pre['grad_norm']})")
             # the laws skip the step: what it did to the parameters is not a law's to predict
-            values = {"loss": value, "grad_norm": pre["grad_norm"], "lr": self._lr(settings)}
+            values = {"loss": value, "grad_norm": pre["grad_norm"], "lr": self._lr(settings), **self._control_values()}
             self._write(values)
             self._versions = list(map(_version, self._stepped_params))
             return values
-        values = {"loss": value, **pre, "lr": self._lr(settings)}
+        values = {"loss": value, **pre, "lr": self._lr(settings), **self._control_values()}
         with _settings_restored(self.optimizer, settings):  # the laws read the settings the step used
             if not self._failed:  # after a failed pre-step pass: the raw values only, and no law advances
                 try:
@@ -874,6 +885,9 @@ class Monitor:
                                                              np.maximum(size_all[columns], self._floors[columns]))
         return out
 
+    def _control_values(self) -> dict[str, float]:
+        return {} if self.controller is None else self.controller.values()
+
     def _lr(self, settings: list[dict] | None) -> float:
         """The first param group's learning rate as the step used it (captured before the step)."""
         group = settings[0] if settings else self.optimizer.param_groups[0]
@@ -898,6 +912,13 @@ class Monitor:
             if warning is not None:
                 self._event(self._step, "warning", warning.message)
                 fired.append(warning)
+        for warning in fired if self.controller is not None else ():
+            intervention = self.controller(warning)
+            if intervention is not None:
+                self._event(self._step, "control", f"{', '.join(intervention.actions)} on {warning.rule} {warning.signal}"
+                            + ("; the step was undone" if intervention.reverted else ""))
+                if intervention.reverted:  # the parameters moved back outside the optimizer: no law predicts that
+                    self._rebind(f"step {self._step}: the controller undid the step")
         if self.on_warning is not None:
             for warning in fired:
                 self.on_warning(warning)
@@ -916,6 +937,8 @@ class Monitor:
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
+        if self.controller is not None:
+            self.controller.close()
         close_tracker = getattr(self.tracker, "close", None)  # its own hook, where it has one
         if close_tracker is not None:
             close_tracker()

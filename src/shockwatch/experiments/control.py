@@ -1,0 +1,277 @@
+r"""Control: acting ahead of a forecast Transformer instability (Miyagawa 2026 §6, the third use).
+
+The question: does acting on a forecast (the live warnings of ``monitor.warnings``) help, and does it
+help more when the forecast comes from the symmetry-corrected signal than from the raw one? Measured
+on the attention-spike bed (``testbeds.SPIKE_TESTBEDS``: a small decoder under AdamW with decay /
+no-decay groups, warmup and cosine decay, whose attention logits grow until the loss leaves its best
+level for good in most seeds), with seeds the forecast rules were not tuned on.
+
+Arms (every one trains under the same Monitor and schedule, so the wall times compare the actions):
+    none            the bed as it is
+    quotient-cut    ``CutLR`` on the forecast of the GL-invariant max_h |W_Q^h^T W_K^h|_2
+                    (``attention/qk_product_max``) approaching ``quotient_bound``
+    raw-cut         the same controller on the raw max_h |W_Q^h| |W_K^h| (``attention/qk_weight_max``)
+                    approaching ``raw_bound``
+    quotient-cap    ``CapLogits`` (attention logits soft-capped) on the quotient forecast
+    skip-olmo       ``SkipStep`` on OLMo-core's loss rule (6 sigma over 128 steps): the production
+    skip-foundry    response, after the fact; LLM Foundry's (2x the 100-step mean, patience 4) and
+    skip-lightning  Lightning's (relative tolerance 2 over 10 steps) rules likewise
+    qk-norm         static fixes: qk-layernorm (the bed's control), a longer warmup
+    long-warmup     (``long_warmup`` steps in place of 300), attention logits capped from the first
+    static-cap      step (``cap``). The z-loss is in every arm (the bed's own 1e-4).
+
+The bounds come from the transformer-spikes experiment's sweeps over seeds 0-9 (the settings with
+about 2 false alarms per 1000 quiet steps: 311-542 quotient, 850-991 raw); the seeds here are 10 on.
+
+Measured per run: the instability (``transformer_spikes.instability_onset``: the loss leaving its best
+level for good) and its step, transient spikes, the peak of the smoothed loss over its best before,
+the mean training loss over the last ``final_window`` steps, the held-out loss at the end, the
+interventions, and the wall time (extra compute: against the ``none`` arm of the same seed).
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from ..control import CapLogits, Controller, CutLR, SkipStep
+from ..control.logit_cap import ForwardCap
+from ..monitor import Monitor, Schedule
+from ..monitor.warnings import Approach, RatioSpike, RelativeSpike, SigmaSpike
+from ..symmetry import find_symmetries
+from . import testbeds as tb
+from ._files import write_result
+from .transformer_spikes import instability_onset, spike_onsets
+
+NAME = "control"
+ARMS = ("none", "quotient-cut", "raw-cut", "quotient-cap", "skip-olmo", "skip-foundry", "skip-lightning",
+        "qk-norm", "long-warmup", "static-cap")
+
+
+@dataclass(frozen=True)
+class Config:
+    arms: tuple[str, ...] = ARMS
+    seeds: tuple[int, ...] = (10, 11, 12)  # not among the seeds (0-9) the bounds were read from
+    scale: str = "default"
+    steps: int | None = None
+    quotient_bound: float = 500.0
+    raw_bound: float = 900.0
+    horizon: int = 50
+    cut_factor: float = 0.3
+    cut_hold: int = 50
+    cut_rewarm: int = 100
+    cooldown: int = 100
+    budget: int = 3
+    cap: float = 30.0
+    long_warmup: int = 450
+    final_window: int = 20
+    # the ground truth, as in transformer-spikes
+    spike_ratio: float = 1.5
+    recover: float = 1.2
+    smooth: int = 10
+    spike_window: int = 20
+    spike_min_rise: float = 0.1
+
+    def __post_init__(self) -> None:
+        unknown = [arm for arm in self.arms if arm not in ARMS]
+        if unknown or not self.arms or not self.seeds:
+            raise ValueError(f"arms must be a non-empty subset of {', '.join(ARMS)} and seeds non-empty; got "
+                             f"{self.arms}, {self.seeds}")
+        if self.scale not in tb.SCALES:
+            raise ValueError(f"scale must be one of {', '.join(tb.SCALES)}, got {self.scale!r}")
+        if not (self.quotient_bound > 0 and self.raw_bound > 0 and self.cap > 0 and self.horizon >= 1):
+            raise ValueError("quotient_bound, raw_bound, cap and horizon must be positive")
+
+
+@dataclass(frozen=True)
+class ArmRun:
+    arm: str
+    seed: int
+    onset: int | None  # the instability's step (None: stable)
+    spikes: list[int]
+    peak: float  # max over t of the smoothed loss over its best before t
+    final_loss: float
+    held_out_loss: float
+    interventions: list[int]  # the steps of the warnings acted on
+    skipped: int
+    runtime_s: float
+    loss: list[float] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class ArmRow:
+    arm: str
+    runs: int
+    unstable: int
+    onsets: list[int | None]
+    mean_final_loss: float
+    mean_held_out_loss: float
+    mean_peak: float
+    mean_interventions: float
+    time_ratio: float  # mean wall time over the none arm's (same seeds), 1 without a none arm
+
+
+@dataclass(frozen=True)
+class Result:
+    config: Config
+    runs: list[ArmRun]
+    rows: list[ArmRow]
+    verdict: str
+    runtime_s: float
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    def save(self, out: Path) -> list[Path]:
+        return write_result(out, "control", self.to_json(), plot(self))
+
+
+def _controller(arm: str, config: Config) -> tuple[Controller | None, list]:
+    """The arm's controller and the warning rules that drive it."""
+    if arm in ("quotient-cut", "raw-cut", "quotient-cap"):
+        signal = "raw" if arm == "raw-cut" else "quotient"
+        observable = "attention/qk_weight_max" if signal == "raw" else "attention/qk_product_max"
+        bound = config.raw_bound if signal == "raw" else config.quotient_bound
+        rule = Approach("qk-approach", observable, signal, bound=bound, margin=None, horizon=config.horizon, log=True)
+        action = (CutLR(config.cut_factor, config.cut_hold, config.cut_rewarm) if arm.endswith("cut")
+                  else CapLogits(config.cap, steps=config.cut_hold + config.cut_rewarm))
+        return Controller([action], signals=(signal,), cooldown=config.cooldown, budget=config.budget), [rule]
+    if arm.startswith("skip-"):
+        detector = {"skip-olmo": SigmaSpike(), "skip-foundry": RatioSpike(), "skip-lightning": RelativeSpike()}[arm]
+        return Controller([SkipStep()], signals=("raw",), cooldown=0, budget=None), [detector]
+    return None, []
+
+
+def _peak(losses: list[float], window: int) -> float:
+    values = np.asarray(losses, dtype=np.float64)
+    values = values[: np.flatnonzero(~np.isfinite(values))[0]] if not np.isfinite(values).all() else values
+    if len(values) < 2 * window:
+        return math.nan
+    smooth = np.convolve(values, np.ones(window) / window, mode="valid")
+    best = np.minimum.accumulate(smooth)
+    return float(np.max(smooth[1:] / best[:-1]))
+
+
+def _run_arm(arm: str, seed: int, config: Config, log_dir: Path, bar=None) -> ArmRun:
+    start = time.perf_counter()
+    name = "attention-spike-qknorm" if arm == "qk-norm" else "attention-spike"
+    bed = tb.make_testbed(name, seed=seed, scale=config.scale, steps=config.steps,
+                          warmup=config.long_warmup if arm == "long-warmup" else None)
+    symmetries = find_symmetries(bed.model, bed.train_batch(1)[0])
+    controller, rules = _controller(arm, config)
+    static_cap = ForwardCap(bed.model) if arm == "static-cap" else None
+    if static_cap is not None:
+        static_cap.cap = config.cap
+    monitor = Monitor(bed.model, bed.optimizer, log_dir, symmetries=symmetries, loss_fn=bed.loss_fn,
+                      schedule=Schedule(quotient=None, attention=1), tensorboard=False, warnings=rules,
+                      controller=controller)
+    advance = None
+    if bar is not None:
+        task = bar.add_task(f"{arm} seed {seed}", total=bed.steps)
+        advance = lambda step: bar.update(task, completed=step)
+    diverged = False
+    try:
+        with monitor:
+            try:
+                curves = tb.train(bed, on_step=lambda step, loss, batch: monitor.step(loss, batch=batch), progress=advance)
+            except FloatingPointError:  # a non-finite loss: the run is over, and unstable
+                diverged, curves = True, None
+            losses = monitor.store.series()["loss"][1]
+    finally:
+        if static_cap is not None:
+            static_cap.remove()
+    held_out = math.nan if diverged else curves["held_out_loss"][-1]
+    if diverged:
+        losses = [*losses, math.inf]
+    begin = int(bed.notes["warmup"]) // 2
+    onsets = instability_onset(losses, ratio=config.spike_ratio, recover=config.recover, window=config.smooth,
+                               min_rise=config.spike_min_rise, start=begin)
+    spikes = spike_onsets(losses, ratio=config.spike_ratio, window=config.spike_window,
+                          min_rise=config.spike_min_rise, start=begin)
+    finite = [x for x in losses[-config.final_window:] if math.isfinite(x)]
+    final = float(np.mean(finite)) if len(finite) == config.final_window else math.inf
+    interventions = [] if controller is None else [i.step for i in controller.interventions]
+    skipped = 0 if controller is None else controller.skipped
+    return ArmRun(arm, seed, onsets[0] if onsets else None, spikes, _peak(losses, config.smooth), final, held_out,
+                  interventions, skipped, time.perf_counter() - start, [float(x) for x in losses])
+
+
+def _rows(runs: list[ArmRun], config: Config) -> list[ArmRow]:
+    base = {r.seed: r.runtime_s for r in runs if r.arm == "none"}
+    rows = []
+    for arm in config.arms:
+        mine = [r for r in runs if r.arm == arm]
+        ratios = [r.runtime_s / base[r.seed] for r in mine if r.seed in base]
+        rows.append(ArmRow(arm, len(mine), sum(r.onset is not None for r in mine), [r.onset for r in mine],
+                           float(np.mean([r.final_loss for r in mine])), float(np.mean([r.held_out_loss for r in mine])),
+                           float(np.mean([r.peak for r in mine])), float(np.mean([len(r.interventions) for r in mine])),
+                           float(np.mean(ratios)) if ratios else 1.0))
+    return rows
+
+
+def _verdict(rows: list[ArmRow]) -> str:
+    by = {row.arm: row for row in rows}
+    parts = []
+    none = by.get("none")
+    for arm, row in by.items():
+        if arm == "none" or none is None:
+            continue
+        change = ("fewer than" if row.unstable < none.unstable else "more than" if row.unstable > none.unstable
+                  else "as many as")
+        loss = ("lower" if row.mean_held_out_loss < none.mean_held_out_loss else "higher"
+                if row.mean_held_out_loss > none.mean_held_out_loss else "equal")
+        parts.append(f"{arm}: {row.unstable}/{row.runs} unstable ({change} none's {none.unstable}/{none.runs}), "
+                     f"held-out loss {row.mean_held_out_loss:.3f} ({loss}), {row.time_ratio:.2f}x time")
+    quotient, raw = by.get("quotient-cut"), by.get("raw-cut")
+    if quotient is not None and raw is not None:
+        word = ("quotient-driven control better" if (quotient.unstable, quotient.mean_held_out_loss) < (raw.unstable, raw.mean_held_out_loss)
+                else "raw-driven control better or equal")
+        parts.append(f"quotient vs raw forecast driving the same cut: {word} ({quotient.unstable} vs {raw.unstable} "
+                     f"unstable, held-out {quotient.mean_held_out_loss:.3f} vs {raw.mean_held_out_loss:.3f})")
+    return "; ".join(parts)
+
+
+def run(config: Config = Config(), progress: bool = False) -> Result:
+    start = time.perf_counter()
+    runs: list[ArmRun] = []
+    if progress:
+        from rich.progress import Progress
+
+        bars = Progress(transient=True)
+    else:
+        bars = nullcontext()
+    with tempfile.TemporaryDirectory() as directory, bars as bar:
+        # one short run first, untimed: what is built or loaded once (the C kernel, imports) is not charged to an arm
+        _run_arm("none", config.seeds[0], replace(config, steps=5), Path(directory) / "warm-up")
+        for seed in config.seeds:
+            for arm in config.arms:
+                runs.append(_run_arm(arm, seed, config, Path(directory) / f"{arm}-{seed}", bar))
+    rows = _rows(runs, config)
+    return Result(config, runs, rows, _verdict(rows), time.perf_counter() - start)
+
+
+def plot(result: Result):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    seeds = sorted({r.seed for r in result.runs})
+    fig, axes = plt.subplots(1, len(seeds), figsize=(4.4 * len(seeds), 3.6), layout="constrained", squeeze=False)
+    for ax, seed in zip(axes[0], seeds):
+        for run_ in (r for r in result.runs if r.seed == seed):
+            finite = [x if math.isfinite(x) else np.nan for x in run_.loss]
+            smooth = np.convolve(np.nan_to_num(finite, nan=np.nan), np.ones(10) / 10, mode="valid")
+            ax.plot(range(10, 10 + len(smooth)), smooth, lw=0.9, label=run_.arm)
+        ax.set_title(f"seed {seed}", fontsize=9)
+        ax.set_xlabel("step")
+        ax.set_yscale("log")
+    axes[0][-1].legend(fontsize=6, ncol=2)
+    fig.suptitle("training loss (10-step mean) under each arm", fontsize=10)
+    return fig
