@@ -8,3 +8,15 @@ def exact_norms(model):
         if isinstance(getattr(module, "eps", None), float):
             module.eps = 1e-30
     return model
+
+
+def read_scalars(log_dir):
+    """Every scalar of a run, straight from SQLite (not through RunStore): {name: {step: value}}."""
+    import sqlite3
+
+    db = sqlite3.connect(log_dir / "run.sqlite")
+    out = {}
+    for step, name, value in db.execute("SELECT step, name, value FROM scalars"):
+        out.setdefault(name, {})[step] = value
+    db.close()
+    return out

@@ -117,6 +117,7 @@ def reproduce(
     Example: shockwatch reproduce falsifiable-prediction --out runs/prediction
     Example: shockwatch reproduce transformer-spikes --out runs/spikes
     Example: shockwatch reproduce control --out runs/control
+    Example: shockwatch reproduce sharpening --out runs/sharpening
     """
     if name not in EXPERIMENTS:
         console.print(f"[red]error:[/red] unknown experiment {name!r}; choose one of: {', '.join(EXPERIMENTS)}")

@@ -4,12 +4,12 @@ Truth: the same training without a controller, whose scheduler gives the rate of
 scheduler's rate does not depend on the parameters): with a warning at step 8 and CutLR, the rate
 each step used is that rate times CutLR's formula, and the scheduler's own rate is unchanged."""
 
-import sqlite3
 from dataclasses import dataclass
 
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import read_scalars as read
 from torch.utils.data import DataLoader, TensorDataset
 
 import shockwatch as sw
@@ -34,15 +34,6 @@ WARNED = 8
 
 def expected(base_lr):
     return {step: lr * CUT.multiplier(step - WARNED - 1) for step, lr in base_lr.items()}
-
-
-def read(log_dir):
-    db = sqlite3.connect(log_dir / "run.sqlite")
-    out = {}
-    for step, name, value in db.execute("SELECT step, name, value FROM scalars"):
-        out.setdefault(name, {})[step] = value
-    db.close()
-    return out
 
 
 def options(controlled):

@@ -17,6 +17,8 @@ pl = pytest.importorskip("lightning.pytorch")
 # lightning 2.6 on torch 2.13: a deprecation inside Lightning's own batch handling, nothing of ours
 pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*")
 
+from helpers import read_scalars
+
 import shockwatch as sw
 from shockwatch.integrations.lightning import ShockwatchCallback
 
@@ -102,17 +104,7 @@ def plain_run(log_dir, steps, accumulate=1, scheduled=False):
         if schedule is not None:
             schedule.step()
     monitor.close()
-    return read(log_dir)
-
-
-def read(log_dir):
-    """Every scalar of a run, straight from SQLite: {name: {step: value}}."""
-    db = sqlite3.connect(log_dir / "run.sqlite")
-    out = {}
-    for step, name, value in db.execute("SELECT step, name, value FROM scalars"):
-        out.setdefault(name, {})[step] = value
-    db.close()
-    return out
+    return read_scalars(log_dir)
 
 
 def assert_same_run(got, want):
@@ -143,7 +135,7 @@ def test_one_row_per_step_matches_the_module_and_a_plain_loop(tmp_path):
     module = Net(dtype=torch.float32)
     callback = ShockwatchCallback(tmp_path / "lightning")
     trainer = fit(module, callback, 20, precision="64-true")
-    run = read(tmp_path / "lightning")
+    run = read_scalars(tmp_path / "lightning")
     assert sorted(run["loss"]) == list(range(1, 21))
     assert [run["loss"][s] for s in range(1, 21)] == pytest.approx(module.losses, rel=1e-15)
     assert [run["grad_norm"][s] for s in range(1, 21)] == pytest.approx(module.grad_norms, rel=1e-12)
@@ -160,7 +152,7 @@ def test_gradient_accumulation_logs_optimizer_steps_only(tmp_path):
     callback = ShockwatchCallback(tmp_path / "lightning", example_input=X[:BATCH])
     trainer = fit(module, callback, 12, accumulate_grad_batches=2)
     assert len(module.losses) == 24 and len(module.grad_norms) == 12
-    run = read(tmp_path / "lightning")
+    run = read_scalars(tmp_path / "lightning")
     assert sorted(run["loss"]) == list(range(1, 13))
     means = [(a + b) / 2 for a, b in zip(module.losses[0::2], module.losses[1::2])]
     assert [run["loss"][s] for s in range(1, 13)] == pytest.approx(means, rel=1e-14)
@@ -175,7 +167,7 @@ def test_step_interval_lr_schedule(tmp_path):
     update used (round-off error, the plain loop's values), not the next one."""
     module = Net(scheduled=True)
     fit(module, ShockwatchCallback(tmp_path / "lightning"), 12)
-    run = read(tmp_path / "lightning")
+    run = read_scalars(tmp_path / "lightning")
     assert_exact_laws(run, 12)
     assert_same_run(run, plain_run(tmp_path / "plain", 12, scheduled=True))
 
@@ -192,7 +184,7 @@ def test_resuming_from_a_checkpoint(tmp_path):
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          callbacks=[ShockwatchCallback(tmp_path / "run", resume=True)])
     trainer.fit(module, loader(), ckpt_path=tmp_path / "six.ckpt")
-    run = read(tmp_path / "run")
+    run = read_scalars(tmp_path / "run")
     assert sorted(run["loss"]) == list(range(1, 13))
     means = [(a + b) / 2 for a, b in zip(module.losses[0::2], module.losses[1::2])]
     assert [run["loss"][s] for s in range(7, 13)] == pytest.approx(means, rel=1e-14)
@@ -217,7 +209,7 @@ def test_a_skipped_step_is_a_nonfinite_event_and_the_laws_go_on(tmp_path):
     module = SkipsNonfinite()
     callback = ShockwatchCallback(tmp_path / "run")
     fit(module, callback, 8)
-    run = read(tmp_path / "run")
+    run = read_scalars(tmp_path / "run")
     assert sorted(run["loss"]) == list(range(1, 9)) and run["loss"][4] is None  # SQLite NULL: NaN
     events = sqlite3.connect(tmp_path / "run" / "run.sqlite").execute("SELECT step, kind FROM events").fetchall()
     assert (4, "nonfinite") in events
@@ -232,7 +224,7 @@ def test_exception_closes_and_keeps_the_steps_taken(tmp_path):
                          enable_progress_bar=False, enable_model_summary=False, callbacks=[callback])
     with pytest.raises(RuntimeError, match="boom"):
         trainer.fit(module, loader())
-    assert sorted(read(tmp_path / "run")["loss"]) == [1, 2, 3, 4, 5]
+    assert sorted(read_scalars(tmp_path / "run")["loss"]) == [1, 2, 3, 4, 5]
     assert_hooks_removed(trainer)
 
 

@@ -130,3 +130,16 @@ def test_tensorboard_gets_the_warning_as_text(tmp_path):
     texts = accumulator.Tensors("events/warning/text_summary")
     assert [(t.step, t.tensor_proto.string_val[0].decode()) for t in texts] == [(w.step, w.message) for w in stored]
     assert [w.step for w in stored] == [25]
+
+
+def test_default_rules_look_four_samples_of_the_sparsest_schedule_ahead(tmp_path):
+    """The trend rules' horizon is 4 periods of the sparsest forecasting schedule (50 at least): the
+    update curvature's period counts like the curvature's and the attention's."""
+    model = sw.models.mlp((4, 8, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for schedule, horizon in ((sw.Schedule(update_curvature=30), 120), (sw.Schedule(attention=5), 50),
+                              (sw.Schedule(curvature=20, update_curvature=40), 160)):
+        with sw.Monitor(model, opt, tmp_path / f"run{horizon}", tensorboard=False, schedule=schedule,
+                        loss_fn=F.cross_entropy) as monitor:
+            horizons = {rule.horizon for rule in monitor.rules if isinstance(rule, Approach)}
+        assert horizons == {horizon}

@@ -11,12 +11,13 @@ from . import (
     mean_field,
     neural_mechanics,
     quotient_sde,
+    sharpening,
     testbeds,
     transformer_spikes,
 )
 
 EXPERIMENTS: dict[str, ModuleType] = {module.NAME: module for module in (burgers_shock, neural_mechanics, hopf_cole_relu, quotient_sde, closure, mean_field, falsifiable_prediction,
-                                                                     transformer_spikes, control)}
+                                                                     transformer_spikes, control, sharpening)}
 
 __all__ = ["EXPERIMENTS", "burgers_shock", "closure", "control", "falsifiable_prediction", "hopf_cole_relu", "mean_field", "neural_mechanics",
-           "quotient_sde", "testbeds", "transformer_spikes"]
+           "quotient_sde", "sharpening", "testbeds", "transformer_spikes"]

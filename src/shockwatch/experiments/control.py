@@ -27,6 +27,16 @@ Measured per run: the instability (``transformer_spikes.instability_onset``: the
 level for good) and its step, transient spikes, the peak of the smoothed loss over its best before,
 the mean training loss over the last ``final_window`` steps, the held-out loss at the end, the
 interventions, and the wall time (extra compute: against the ``none`` arm of the same seed).
+
+The classic beds (``classic``: the catapult and edge of stability, full-batch gradient descent at the
+tiny scale) run the arms none, quotient-cut, raw-cut and skip-olmo, the cut driven by the stability
+rules on eta lambda_max (raw Lanczos against the quotient's, every ``curvature_every`` steps and at
+steps 1, 2, 4, ...): ``Approach`` to the bound 2 and ``Crossing`` of it (the catapult starts above
+it). Measured: the loss's peak over its initial value (the catapult's spike), the step of the peak,
+the final loss, eta times the final sharpness, the interventions. Theory for what to expect: a cut
+below 2 / lambda keeps gradient descent stable, so the catapult's spike should not come while the
+cut holds; whether it comes once the rate is back (the curvature has not dropped, which is what the
+spike does) and whether the run at the edge of stability is better for leaving it, is measured.
 """
 
 from __future__ import annotations
@@ -34,7 +44,6 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -43,15 +52,17 @@ import numpy as np
 from ..control import CapLogits, Controller, CutLR, SkipStep
 from ..control.logit_cap import ForwardCap
 from ..monitor import Monitor, Schedule
-from ..monitor.warnings import Approach, RatioSpike, RelativeSpike, SigmaSpike
+from ..monitor.warnings import Approach, Crossing, RatioSpike, RelativeSpike, SigmaSpike
 from ..symmetry import find_symmetries
 from . import testbeds as tb
 from ._files import write_result
+from ._progress import progress_bars, step_bar
 from .transformer_spikes import instability_onset, spike_onsets
 
 NAME = "control"
 ARMS = ("none", "quotient-cut", "raw-cut", "quotient-cap", "skip-olmo", "skip-foundry", "skip-lightning",
         "qk-norm", "long-warmup", "static-cap")
+CLASSIC_ARMS = ("none", "quotient-cut", "raw-cut", "skip-olmo")
 
 
 @dataclass(frozen=True)
@@ -77,16 +88,27 @@ class Config:
     smooth: int = 10
     spike_window: int = 20
     spike_min_rise: float = 0.1
+    # the classic beds (full-batch GD), at the tiny scale; the cut lasts a sixth of the run, the
+    # re-warmup a third
+    classic: tuple[str, ...] = ("catapult", "edge-of-stability")
+    classic_arms: tuple[str, ...] = ("none", "quotient-cut", "raw-cut", "skip-olmo")
+    classic_scale: str = "tiny"
+    # measured: a catapult run ~40 s at 2 (its evaluation runs Lanczos too), edge of stability ~110-145 s at 25
+    curvature_every: tuple[tuple[str, int], ...] = (("catapult", 3), ("edge-of-stability", 50))
 
     def __post_init__(self) -> None:
         unknown = [arm for arm in self.arms if arm not in ARMS]
-        if unknown or not self.arms or not self.seeds:
-            raise ValueError(f"arms must be a non-empty subset of {', '.join(ARMS)} and seeds non-empty; got "
-                             f"{self.arms}, {self.seeds}")
+        if unknown or not (self.arms or self.classic) or not self.seeds:
+            raise ValueError(f"arms must be a subset of {', '.join(ARMS)} (empty only with classic beds) and seeds "
+                             f"non-empty; got {self.arms}, {self.seeds}")
         if self.scale not in tb.SCALES:
             raise ValueError(f"scale must be one of {', '.join(tb.SCALES)}, got {self.scale!r}")
         if not (self.quotient_bound > 0 and self.raw_bound > 0 and self.cap > 0 and self.horizon >= 1):
             raise ValueError("quotient_bound, raw_bound, cap and horizon must be positive")
+        if any(bed not in ("catapult", "edge-of-stability") for bed in self.classic) or any(
+                arm not in CLASSIC_ARMS for arm in self.classic_arms):
+            raise ValueError(f"classic must be a subset of catapult, edge-of-stability and classic_arms of "
+                             f"{', '.join(CLASSIC_ARMS)}; got {self.classic}, {self.classic_arms}")
 
 
 @dataclass(frozen=True)
@@ -118,12 +140,27 @@ class ArmRow:
 
 
 @dataclass(frozen=True)
+class ClassicRun:
+    bed: str
+    arm: str
+    seed: int
+    peak_over_initial: float  # max loss / loss at step 1 (the catapult's spike)
+    peak_step: int
+    final_loss: float
+    final_lr_sharpness: float  # eta lambda_max at the end (stable below 2)
+    interventions: list[int]
+    runtime_s: float
+    loss: list[float] = field(repr=False)
+
+
+@dataclass(frozen=True)
 class Result:
     config: Config
     runs: list[ArmRun]
     rows: list[ArmRow]
     verdict: str
     runtime_s: float
+    classic: list[ClassicRun] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -146,6 +183,38 @@ def _controller(arm: str, config: Config) -> tuple[Controller | None, list]:
         detector = {"skip-olmo": SigmaSpike(), "skip-foundry": RatioSpike(), "skip-lightning": RelativeSpike()}[arm]
         return Controller([SkipStep()], signals=("raw",), cooldown=0, budget=None), [detector]
     return None, []
+
+
+def _classic_arm(bed_name: str, arm: str, seed: int, config: Config, log_dir: Path) -> ClassicRun:
+    """One catapult or edge-of-stability run under ``arm`` (``CLASSIC_ARMS``)."""
+    start = time.perf_counter()
+    bed = tb.make_testbed(bed_name, seed=seed, scale=config.classic_scale)
+    every = dict(config.curvature_every)[bed_name]
+    hold, rewarm = max(1, bed.steps // 6), max(1, bed.steps // 3)
+    controller, rules = None, []
+    if arm in ("quotient-cut", "raw-cut"):
+        signal = "raw" if arm == "raw-cut" else "quotient"
+        observable = f"curvature/{signal}_max"
+        rules = [Approach("stability", observable, signal, scale="lr", bound=2.0, horizon=4 * every),
+                 Crossing("stability-crossed", observable, signal, scale="lr", level=2.0, below=False,
+                          hysteresis=True)]
+        controller = Controller([CutLR(config.cut_factor, hold, rewarm)], signals=(signal,), cooldown=hold + rewarm,
+                                budget=config.budget)
+    elif arm == "skip-olmo":
+        rules = [SigmaSpike()]
+        controller = Controller([SkipStep()], signals=("raw",), cooldown=0, budget=None)
+    batch = bed.train_batch(1)
+    monitor = Monitor(bed.model, bed.optimizer, log_dir, symmetries=find_symmetries(bed.model, batch[0]),
+                      loss_fn=bed.loss_fn, schedule=Schedule(quotient=None, curvature=every, early=True),
+                      tensorboard=False, warnings=rules, controller=controller)
+    with monitor:
+        curves = tb.train(bed, on_step=lambda step, loss, b: monitor.step(loss, batch=b))
+    losses = curves["loss"]
+    peak = int(np.argmax(losses))
+    return ClassicRun(bed_name, arm, seed, float(losses[peak] / losses[0]), peak + 1, float(losses[-1]),
+                      float(bed.lr * curves["sharpness"][-1]),
+                      [] if controller is None else [i.step for i in controller.interventions],
+                      time.perf_counter() - start, [float(x) for x in losses])
 
 
 def _peak(losses: list[float], window: int) -> float:
@@ -171,10 +240,7 @@ def _run_arm(arm: str, seed: int, config: Config, log_dir: Path, bar=None) -> Ar
     monitor = Monitor(bed.model, bed.optimizer, log_dir, symmetries=symmetries, loss_fn=bed.loss_fn,
                       schedule=Schedule(quotient=None, attention=1), tensorboard=False, warnings=rules,
                       controller=controller)
-    advance = None
-    if bar is not None:
-        task = bar.add_task(f"{arm} seed {seed}", total=bed.steps)
-        advance = lambda step: bar.update(task, completed=step)
+    advance = step_bar(bar, f"{arm} seed {seed}", bed.steps)
     diverged = False
     try:
         with monitor:
@@ -237,23 +303,36 @@ def _verdict(rows: list[ArmRow]) -> str:
     return "; ".join(parts)
 
 
+def _classic_verdict(classic: list[ClassicRun]) -> str:
+    """Per classic bed, each arm's mean spike height, final loss and final eta lambda_max against none's."""
+    parts = []
+    for bed in dict.fromkeys(r.bed for r in classic):
+        mine = [r for r in classic if r.bed == bed]
+        summary = []
+        for arm in dict.fromkeys(r.arm for r in mine):
+            runs = [r for r in mine if r.arm == arm]
+            summary.append(f"{arm} peak {np.mean([r.peak_over_initial for r in runs]):.3g}x at step "
+                           f"{np.mean([r.peak_step for r in runs]):.0f}, final loss {np.mean([r.final_loss for r in runs]):.3g}, "
+                           f"eta lambda_max {np.mean([r.final_lr_sharpness for r in runs]):.3g}")
+        parts.append(f"{bed}: " + ", ".join(summary))
+    return "; ".join(parts)
+
+
 def run(config: Config = Config(), progress: bool = False) -> Result:
     start = time.perf_counter()
     runs: list[ArmRun] = []
-    if progress:
-        from rich.progress import Progress
-
-        bars = Progress(transient=True)
-    else:
-        bars = nullcontext()
-    with tempfile.TemporaryDirectory() as directory, bars as bar:
+    with tempfile.TemporaryDirectory() as directory, progress_bars(progress) as bar:
         # one short run first, untimed: what is built or loaded once (the C kernel, imports) is not charged to an arm
-        _run_arm("none", config.seeds[0], replace(config, steps=5), Path(directory) / "warm-up")
+        if config.arms:
+            _run_arm("none", config.seeds[0], replace(config, steps=5), Path(directory) / "warm-up")
         for seed in config.seeds:
             for arm in config.arms:
                 runs.append(_run_arm(arm, seed, config, Path(directory) / f"{arm}-{seed}", bar))
+        classic = [_classic_arm(bed, arm, seed, config, Path(directory) / f"{bed}-{arm}-{seed}")
+                   for bed in config.classic for seed in range(len(config.seeds)) for arm in config.classic_arms]
     rows = _rows(runs, config)
-    return Result(config, runs, rows, _verdict(rows), time.perf_counter() - start)
+    verdict = "; ".join(part for part in (_verdict(rows), _classic_verdict(classic)) if part)
+    return Result(config, runs, rows, verdict, time.perf_counter() - start, classic)
 
 
 def plot(result: Result):

@@ -32,7 +32,6 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -46,6 +45,7 @@ from ..monitor.warnings import Approach, Crossing, replay, stability_threshold, 
 from ..symmetry import find_symmetries
 from . import testbeds as tb
 from ._files import write_result
+from ._progress import progress_bars, step_bar
 
 NAME = "falsifiable-prediction"
 SIGNALS = ("quotient", "raw")
@@ -176,10 +176,7 @@ def run_testbed(name: str, config: Config, log_dir: Path, *, bar=None, tensorboa
     monitor = Monitor(bed.model, bed.optimizer, log_dir, symmetries=symmetries, example_input=first[0],
                       loss_fn=bed.loss_fn, schedule=Schedule(quotient=every, curvature=every, early=config.early_samples),
                       tensorboard=tensorboard, curvature_tol=config.curvature_tol, warnings=_rules(stability_threshold(bed.optimizer), horizon, adam))
-    advance = None
-    if bar is not None:
-        task = bar.add_task(name, total=bed.steps)
-        advance = lambda step: bar.update(task, completed=step)
+    advance = step_bar(bar, name, bed.steps)
     with monitor:
         curves = tb.train(bed, on_step=lambda step, loss, batch: monitor.step(loss, batch=batch), progress=advance)
         events = _events(curves, bed, config.event_threshold)
@@ -247,13 +244,7 @@ def _verdict(totals: dict[str, dict[str, float]]) -> str:
 def run(config: Config = Config(), progress: bool = False) -> Result:
     start = time.perf_counter()
     outcomes = []
-    if progress:
-        from rich.progress import Progress
-
-        bars = Progress(transient=True)
-    else:
-        bars = nullcontext()
-    with tempfile.TemporaryDirectory() as directory, bars as bar:
+    with tempfile.TemporaryDirectory() as directory, progress_bars(progress) as bar:
         for name in config.testbeds:
             outcomes.append(run_testbed(name, config, Path(directory) / name, bar=bar))
     totals = _totals(outcomes)

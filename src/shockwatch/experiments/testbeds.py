@@ -320,7 +320,8 @@ _EDGE_OF_STABILITY = {
 }
 
 
-def _grokking(name: str, seed: int, cfg: dict, lr: float | None, steps: int | None) -> Testbed:
+def _grokking(name: str, seed: int, cfg: dict, lr: float | None, steps: int | None,
+              batch: int | None = None) -> Testbed:
     generator = torch.Generator().manual_seed(seed)
     p = cfg["p"]
     pairs, labels, train_idx, test_idx = _modular_addition(p, cfg["train_fraction"], generator)
@@ -341,12 +342,24 @@ def _grokking(name: str, seed: int, cfg: dict, lr: float | None, steps: int | No
     test_set = (inputs[test_idx], labels[test_idx])
     evaluate = _classification_eval(model, F.cross_entropy, {"train": (*train_set, train_set[1]),
                                                              "test": (*test_set, test_set[1])})
+    if batch is not None and not 1 <= batch <= len(train_idx):
+        raise ValueError(f"batch must be in [1, {len(train_idx)}] (the training pairs), got {batch}")
+
+    def train_batch(index: int) -> Batch:
+        """The full training set, or with ``batch`` the index-th minibatch: ``batch`` pairs drawn
+        without replacement by a generator seeded with (seed, index), the same for every run."""
+        if batch is None:
+            return train_set
+        chosen = torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(seed * 1_000_003 + index))[:batch]
+        return train_set[0][chosen], train_set[1][chosen]
+
     return Testbed(name=name, model=model, optimizer=optimizer, loss_fn=F.cross_entropy,
-                   train_batch=lambda step: train_set, evaluate=evaluate,
+                   train_batch=train_batch, evaluate=evaluate,
                    steps=cfg["steps"] if steps is None else steps, eval_every=cfg["eval_every"],
                    transition="test_accuracy", published=published, lr=lr,
                    notes={"p": float(p), "train_fraction": cfg["train_fraction"], "weight_decay": cfg["weight_decay"],
-                          "train_size": float(len(train_idx)), "test_size": float(len(test_idx))})
+                          "train_size": float(len(train_idx)), "test_size": float(len(test_idx)),
+                          "batch": float(len(train_idx) if batch is None else batch)})
 
 
 def _catapult(seed: int, cfg: dict, eta_lambda0: float, steps: int | None) -> Testbed:
@@ -495,10 +508,12 @@ def _language_model(name: str, seed: int, cfg: dict, lr: float | None, steps: in
 
 
 def make_testbed(name: str, *, seed: int = 0, scale: str = "default", lr: float | None = None,
-                 eta_lambda0: float | None = None, steps: int | None = None, warmup: int | None = None) -> Testbed:
+                 eta_lambda0: float | None = None, steps: int | None = None, warmup: int | None = None,
+                 batch: int | None = None) -> Testbed:
     """A fresh testbed. ``lr`` overrides the learning rate (not for catapult, whose rate is
     ``eta_lambda0 / lambda0``; default eta_lambda0 = 3); ``steps`` overrides the run length;
-    ``warmup`` the warmup steps of a spike bed (a static fix: a longer warmup)."""
+    ``warmup`` the warmup steps of a spike bed (a static fix: a longer warmup); ``batch`` makes a
+    grokking bed train on minibatches of that many pairs (gradient noise) instead of the full set."""
     if name not in TESTBEDS + SPIKE_TESTBEDS:
         raise ValueError(f"unknown testbed {name!r}; accepted: {', '.join(TESTBEDS + SPIKE_TESTBEDS)}")
     if scale not in SCALES:
@@ -507,6 +522,8 @@ def make_testbed(name: str, *, seed: int = 0, scale: str = "default", lr: float 
         raise ValueError(f"lr must be a positive number, got {lr}")
     if steps is not None and steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    if batch is not None and not name.startswith("grokking"):
+        raise ValueError(f"batch applies to the grokking beds only, not {name!r}")
     if name == "catapult":
         if lr is not None:
             raise ValueError("catapult sets its learning rate as eta_lambda0 / lambda0: pass eta_lambda0, not lr")
@@ -524,7 +541,7 @@ def make_testbed(name: str, *, seed: int = 0, scale: str = "default", lr: float 
     if name == "edge-of-stability":
         return _edge_of_stability(seed, _EDGE_OF_STABILITY[scale], lr, steps)
     table = _GROKKING_MLP if name == "grokking-mlp" else _GROKKING_TRANSFORMER
-    return _grokking(name, seed, table[scale], lr, steps)
+    return _grokking(name, seed, table[scale], lr, steps, batch)
 
 
 # -------------------------------------------------------------------------------------- training
@@ -536,13 +553,19 @@ def _check_finite(bed: Testbed, step: int, values: Mapping[str, float]) -> None:
 
 
 def train(bed: Testbed, *, on_step: Callable[[int, Tensor, Batch], None] | None = None,
-          progress: Callable[[int], None] | None = None) -> dict[str, list[float]]:
+          progress: Callable[[int], None] | None = None,
+          accumulation: Callable[[], int] | None = None) -> dict[str, list[float]]:
     """Run ``bed.steps`` optimizer steps. ``on_step(step, loss, batch)`` runs after the optimizer
     step and before the next zero_grad, so the step's gradients are still in ``.grad``. evaluate()
     runs at step 0 and every ``eval_every`` steps (and at the last step). A non-finite loss or
-    evaluation raises FloatingPointError. Returns {"step", "loss", "eval_step", *evaluate keys}."""
+    evaluation raises FloatingPointError. With ``accumulation`` (e.g. a ``control.Controller``'s,
+    read before each step) a step takes that many micro-batches, ``bed.train_batch`` called with a
+    running micro-batch count, and applies the gradient of their mean loss (``loss`` is that mean,
+    ``batch`` the last micro-batch). Returns {"step", "loss", "eval_step", "micro_batches",
+    *evaluate keys}."""
     model, optimizer = bed.model, bed.optimizer
-    curves: dict[str, list[float]] = {"step": [], "loss": [], "eval_step": []}
+    curves: dict[str, list[float]] = {"step": [], "loss": [], "eval_step": [], "micro_batches": []}
+    drawn = 0
 
     def record_eval(step: int) -> None:
         values = bed.evaluate()
@@ -554,16 +577,25 @@ def train(bed: Testbed, *, on_step: Callable[[int, Tensor, Batch], None] | None 
     model.train()
     record_eval(0)
     for step in range(1, bed.steps + 1):
-        batch = bed.train_batch(step)
-        inputs, targets = batch
+        count = 1 if accumulation is None else int(accumulation())
+        if count < 1:
+            raise ValueError(f"accumulation() must be >= 1, got {count} at step {step}")
         optimizer.zero_grad(set_to_none=True)
-        loss = bed.loss_fn(model(inputs), targets)
-        value = float(loss.detach())
-        _check_finite(bed, step, {"loss": value})  # before stepping on a diverged loss
-        loss.backward()
+        total = 0.0
+        for _ in range(count):
+            drawn += 1
+            batch = bed.train_batch(step if accumulation is None else drawn)
+            inputs, targets = batch
+            loss = bed.loss_fn(model(inputs), targets)
+            total += float(loss.detach())
+            _check_finite(bed, step, {"loss": total})  # before stepping on a diverged loss
+            (loss / count if count > 1 else loss).backward()
+        value = total / count
+        loss = torch.tensor(value) if count > 1 else loss
         optimizer.step()
         curves["step"].append(step)
         curves["loss"].append(value)
+        curves["micro_batches"].append(count)
         if on_step is not None:
             on_step(step, loss.detach(), batch)
         if bed.scheduler is not None:

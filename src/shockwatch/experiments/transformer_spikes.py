@@ -50,7 +50,6 @@ import math
 import tempfile
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -73,6 +72,7 @@ from ..monitor.warnings import (
 from ..symmetry import find_symmetries
 from . import testbeds as tb
 from ._files import write_result
+from ._progress import progress_bars, step_bar
 
 NAME = "transformer-spikes"
 CONTROLS = {"attention-spike": "attention-spike-qknorm"}
@@ -238,10 +238,7 @@ def _record(name: str, seed: int, config: Config, log_dir: Path, bar=None) -> tu
     schedule = Schedule(quotient=None, attention=config.attention_every, update_curvature=config.update_curvature_every)
     monitor = Monitor(bed.model, bed.optimizer, log_dir, symmetries=symmetries, loss_fn=bed.loss_fn, schedule=schedule,
                       tensorboard=False, warnings=())  # the rules are replayed over the record below
-    advance = None
-    if bar is not None:
-        task = bar.add_task(f"{name} seed {seed}", total=bed.steps)
-        advance = lambda step: bar.update(task, completed=step)
+    advance = step_bar(bar, f"{name} seed {seed}", bed.steps)
     with monitor:
         curves = tb.train(bed, on_step=lambda step, loss, batch: monitor.step(loss, batch=batch), progress=advance)
         series = monitor.store.series()
@@ -342,14 +339,8 @@ def run(config: Config = Config(), progress: bool = False) -> Result:
     start = time.perf_counter()
     outcomes: list[RunOutcome] = []
     recorded: list[Run] = []
-    if progress:
-        from rich.progress import Progress
-
-        bars = Progress(transient=True)
-    else:
-        bars = nullcontext()
     threads = torch.get_num_threads()
-    with tempfile.TemporaryDirectory() as directory, bars as bar:
+    with tempfile.TemporaryDirectory() as directory, progress_bars(progress) as bar:
         for bed in config.beds:
             for name in (bed, CONTROLS[bed]):
                 for seed in config.seeds:

@@ -288,7 +288,8 @@ class Monitor:
         self._input_shape = tuple(example_input.shape[1:]) if isinstance(example_input, Tensor) else None
         self._path_norm = False
         if warnings is None:  # the trend rules look a few samples of the sparsest schedule ahead
-            periods = [every for every in (schedule.curvature, schedule.attention) if every is not None]
+            periods = [every for every in (schedule.curvature, schedule.attention, schedule.update_curvature)
+                       if every is not None]
             warnings = default_rules(_unwrap(optimizer), horizon=max(50, 4 * max(periods, default=0)))
         self.rules, self.on_warning, self.controller = list(warnings), on_warning, controller
         self._bind_parameters()
