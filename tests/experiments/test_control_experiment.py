@@ -4,6 +4,7 @@ Truth: determinism (a run whose controller never acts is the uncontrolled run, b
 cut changes nothing before the step after its warning); the peak of a hand-made loss curve. The
 rate a cut gives is checked against its formula in tests/control."""
 
+import itertools
 import math
 
 import pytest
@@ -40,3 +41,19 @@ def test_bad_configs_are_refused():
         control.Config(arms=("nothing",))
     with pytest.raises(ValueError, match="scale must be"):
         control.Config(scale="huge")
+
+
+@pytest.mark.slow
+def test_a_cut_on_the_stability_crossing_holds_off_the_catapult_while_it_lasts(tmp_path):
+    """Catapult (GD at eta = 3 / lambda0): the stability crossing fires at step 1 (eta lambda_max = 3 > 2)
+    and the cut to 0.3 x eta puts eta lambda below 2, where gradient descent on the quadratic part
+    only descends: no spike while the cut holds (10 steps), where the uncontrolled run's loss grows
+    more than 5-fold within its first 10 steps."""
+    torch.set_num_threads(1)
+    config = control.Config(arms=(), classic=("catapult",), curvature_every=(("catapult", 10),))
+    none = control._classic_arm("catapult", "none", 0, config, tmp_path / "none")
+    cut = control._classic_arm("catapult", "quotient-cut", 0, config, tmp_path / "cut")
+    assert cut.interventions[0] == 1
+    held = cut.loss[1:11]  # the steps taken under the cut (60 steps: hold 10)
+    assert all(b <= a for a, b in itertools.pairwise(held))
+    assert max(none.loss[:10]) > 5 * none.loss[0]

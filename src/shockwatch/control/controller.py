@@ -161,6 +161,25 @@ def _check_actions(actions: Sequence[Action]) -> tuple[Action, ...]:
     return actions
 
 
+def _copy_state(state: Mapping, into: dict | None) -> dict:
+    """A copy of one parameter's optimizer state: tensors copied into ``into``'s tensors of the same
+    shape, dtype and device where it has them (no allocation), cloned otherwise; other values as they are."""
+    into = {} if into is None else into
+    for key in [key for key in into if key not in state]:
+        del into[key]
+    for key, value in state.items():
+        if not isinstance(value, Tensor):
+            into[key] = value
+            continue
+        kept = into.get(key)
+        if isinstance(kept, Tensor) and kept is not value and (kept.shape, kept.dtype, kept.device) == (
+                value.shape, value.dtype, value.device):
+            kept.copy_(value)
+        else:
+            into[key] = value.clone()
+    return into
+
+
 @dataclass
 class _Stash:
     """The parameters and optimizer state before the last step (for SkipStep)."""
@@ -212,6 +231,7 @@ class Controller:
         self._applied: dict[str, float] = {}
         self._stash = _Stash()
         self._generator: torch.Generator | None = None
+        self._host_symmetries: SymmetrySet | None = None
 
     # ------------------------------------------------------------------------------------- wiring
 
@@ -236,6 +256,8 @@ class Controller:
             self._cap = ForwardCap(self._model)
         if InjectNoise in self._by_kind:
             self._generator = torch.Generator().manual_seed(self._by_kind[InjectNoise].seed)
+            cpu = torch.device("cpu")
+            self._host_symmetries = self.symmetries if self.symmetries.device == cpu else self.symmetries.to(cpu)
 
     def close(self) -> None:
         """Remove every hook (idempotent); a rate scaled for a step in progress is put back."""
@@ -351,9 +373,9 @@ class Controller:
             stash.params = [torch.empty_like(p) for p in params]
         for s, p in zip(stash.params, params):
             s.copy_(p)
-        stash.state = [None if p not in optimizer.state else
-                       {key: value.clone() if isinstance(value, Tensor) else value
-                        for key, value in optimizer.state[p].items()} for p in params]
+        old = stash.state if len(stash.state) == len(params) else [None] * len(params)
+        stash.state = [None if p not in optimizer.state else _copy_state(optimizer.state[p], kept)
+                       for p, kept in zip(params, old)]
         stash.at = self.steps
 
     @torch.no_grad()
@@ -363,8 +385,9 @@ class Controller:
             p.copy_(saved)
             if state is None:
                 optimizer.state.pop(p, None)
-            else:
-                optimizer.state[p] = state
+            else:  # into the live state's own tensors (the stash's are reused at the next step)
+                live = optimizer.state[p]
+                optimizer.state[p] = _copy_state(state, live if isinstance(live, dict) else None)
         stash.at = -1
         self.skipped += 1
 
@@ -380,8 +403,9 @@ class Controller:
         if not (grad_norm > 0 and math.isfinite(grad_norm)):
             return 0.0
         draw = {name: torch.randn(p.shape, generator=self._generator, dtype=torch.float64) for name, p in named.items()}
-        params = dict(self._model.named_parameters())
-        horizontal = horizontal_projection(self.symmetries, params, draw, rtol=1e-10)
+        # on the host in float64, whatever the parameters' device (the symmetries' index plan follows)
+        params = {name: p.detach().to("cpu", torch.float64) for name, p in self._model.named_parameters()}
+        horizontal = horizontal_projection(self._host_symmetries, params, draw, rtol=1e-10)
         norm = math.sqrt(sum(float(v.square().sum()) for v in horizontal.values()))
         if norm == 0:
             return 0.0

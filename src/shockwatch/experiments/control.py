@@ -28,12 +28,16 @@ level for good) and its step, transient spikes, the peak of the smoothed loss ov
 the mean training loss over the last ``final_window`` steps, the held-out loss at the end, the
 interventions, and the wall time (extra compute: against the ``none`` arm of the same seed).
 
-The classic beds (``classic``: the catapult and edge of stability, full-batch gradient descent at the
-tiny scale) run the arms none, quotient-cut, raw-cut and skip-olmo, the cut driven by the stability
-rules on eta lambda_max (raw Lanczos against the quotient's, every ``curvature_every`` steps and at
-steps 1, 2, 4, ...): ``Approach`` to the bound 2 and ``Crossing`` of it (the catapult starts above
-it). Measured: the loss's peak over its initial value (the catapult's spike), the step of the peak,
-the final loss, eta times the final sharpness, the interventions. Theory for what to expect: a cut
+The classic beds (``classic``, at the tiny scale, seeds 0, 1, 2: the catapult and edge of stability,
+full-batch gradient descent, and the grokking transformer, full-batch AdamW with its "slingshot" loss
+spikes) run the arms none, quotient-cut, raw-cut and the three production skips. On the first two the
+cut is driven by the stability rules on eta lambda_max (raw Lanczos against the quotient's, every
+``curvature_every`` steps and at steps 1, 2, 4, ...): ``Approach`` to the bound 2 and ``Crossing`` of
+it (the catapult starts above it); on the grokking transformer by the head products approaching
+``grokking_bound``, as on the spike bed. Measured: the loss's peak over its initial value (the
+catapult's spike), the step of the peak, transient spikes (3x the previous 20 steps' mean), the final
+loss, eta times the final sharpness, the grokking step (test accuracy >= 0.9) and the final test
+accuracy, the interventions. Theory for what to expect: a cut
 below 2 / lambda keeps gradient descent stable, so the catapult's spike should not come while the
 cut holds; whether it comes once the rate is back (the curvature has not dropped, which is what the
 spike does) and whether the run at the edge of stability is better for leaving it, is measured.
@@ -62,7 +66,8 @@ from .transformer_spikes import instability_onset, spike_onsets
 NAME = "control"
 ARMS = ("none", "quotient-cut", "raw-cut", "quotient-cap", "skip-olmo", "skip-foundry", "skip-lightning",
         "qk-norm", "long-warmup", "static-cap")
-CLASSIC_ARMS = ("none", "quotient-cut", "raw-cut", "skip-olmo")
+CLASSIC_BEDS = ("catapult", "edge-of-stability", "grokking-transformer")
+CLASSIC_ARMS = ("none", "quotient-cut", "raw-cut", "skip-olmo", "skip-foundry", "skip-lightning")
 
 
 @dataclass(frozen=True)
@@ -90,11 +95,14 @@ class Config:
     spike_min_rise: float = 0.1
     # the classic beds (full-batch GD), at the tiny scale; the cut lasts a sixth of the run, the
     # re-warmup a third
-    classic: tuple[str, ...] = ("catapult", "edge-of-stability")
-    classic_arms: tuple[str, ...] = ("none", "quotient-cut", "raw-cut", "skip-olmo")
+    classic: tuple[str, ...] = CLASSIC_BEDS
+    classic_arms: tuple[str, ...] = CLASSIC_ARMS
     classic_scale: str = "tiny"
     # measured: a catapult run ~40 s at 2 (its evaluation runs Lanczos too), edge of stability ~110-145 s at 25
-    curvature_every: tuple[tuple[str, int], ...] = (("catapult", 3), ("edge-of-stability", 50))
+    curvature_every: tuple[tuple[str, int], ...] = (("catapult", 3), ("edge-of-stability", 50),
+                                                    ("grokking-transformer", 5))  # the last: attention's period
+    # the grokking transformer's head products reach 5-9 over a tiny run (seed 0): the cut's bound
+    grokking_bound: float = 8.0
 
     def __post_init__(self) -> None:
         unknown = [arm for arm in self.arms if arm not in ARMS]
@@ -105,9 +113,9 @@ class Config:
             raise ValueError(f"scale must be one of {', '.join(tb.SCALES)}, got {self.scale!r}")
         if not (self.quotient_bound > 0 and self.raw_bound > 0 and self.cap > 0 and self.horizon >= 1):
             raise ValueError("quotient_bound, raw_bound, cap and horizon must be positive")
-        if any(bed not in ("catapult", "edge-of-stability") for bed in self.classic) or any(
+        if any(bed not in CLASSIC_BEDS for bed in self.classic) or any(
                 arm not in CLASSIC_ARMS for arm in self.classic_arms):
-            raise ValueError(f"classic must be a subset of catapult, edge-of-stability and classic_arms of "
+            raise ValueError(f"classic must be a subset of {', '.join(CLASSIC_BEDS)} and classic_arms of "
                              f"{', '.join(CLASSIC_ARMS)}; got {self.classic}, {self.classic_arms}")
 
 
@@ -147,10 +155,13 @@ class ClassicRun:
     peak_over_initial: float  # max loss / loss at step 1 (the catapult's spike)
     peak_step: int
     final_loss: float
-    final_lr_sharpness: float  # eta lambda_max at the end (stable below 2)
+    final_lr_sharpness: float  # eta lambda_max at the end (stable below 2); NaN where not evaluated
     interventions: list[int]
     runtime_s: float
     loss: list[float] = field(repr=False)
+    spikes: int = 0  # transient spikes after step 20 (the loss 3x its previous 20 steps' mean)
+    grokked: int | None = None  # grokking beds: the first evaluation with test accuracy >= 0.9
+    final_test_accuracy: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -186,35 +197,45 @@ def _controller(arm: str, config: Config) -> tuple[Controller | None, list]:
 
 
 def _classic_arm(bed_name: str, arm: str, seed: int, config: Config, log_dir: Path) -> ClassicRun:
-    """One catapult or edge-of-stability run under ``arm`` (``CLASSIC_ARMS``)."""
+    """One catapult, edge-of-stability or grokking-transformer run under ``arm`` (``CLASSIC_ARMS``)."""
     start = time.perf_counter()
     bed = tb.make_testbed(bed_name, seed=seed, scale=config.classic_scale)
     every = dict(config.curvature_every)[bed_name]
     hold, rewarm = max(1, bed.steps // 6), max(1, bed.steps // 3)
+    grokking = bed_name == "grokking-transformer"
     controller, rules = None, []
     if arm in ("quotient-cut", "raw-cut"):
         signal = "raw" if arm == "raw-cut" else "quotient"
-        observable = f"curvature/{signal}_max"
-        rules = [Approach("stability", observable, signal, scale="lr", bound=2.0, horizon=4 * every),
-                 Crossing("stability-crossed", observable, signal, scale="lr", level=2.0, below=False,
-                          hysteresis=True)]
+        if grokking:  # the head products' growth (the slingshots come with it), as on the spike bed
+            observable = "attention/qk_weight_max" if signal == "raw" else "attention/qk_product_max"
+            rules = [Approach("qk-approach", observable, signal, bound=config.grokking_bound, margin=None,
+                              horizon=config.horizon, log=True)]
+        else:
+            observable = f"curvature/{signal}_max"
+            rules = [Approach("stability", observable, signal, scale="lr", bound=2.0, horizon=4 * every),
+                     Crossing("stability-crossed", observable, signal, scale="lr", level=2.0, below=False,
+                              hysteresis=True)]
         controller = Controller([CutLR(config.cut_factor, hold, rewarm)], signals=(signal,), cooldown=hold + rewarm,
                                 budget=config.budget)
-    elif arm == "skip-olmo":
-        rules = [SigmaSpike()]
-        controller = Controller([SkipStep()], signals=("raw",), cooldown=0, budget=None)
+    elif arm.startswith("skip-"):
+        controller, rules = _controller(arm, config)
     batch = bed.train_batch(1)
+    schedule = (Schedule(quotient=None, attention=every) if grokking
+                else Schedule(quotient=None, curvature=every, early=True))
     monitor = Monitor(bed.model, bed.optimizer, log_dir, symmetries=find_symmetries(bed.model, batch[0]),
-                      loss_fn=bed.loss_fn, schedule=Schedule(quotient=None, curvature=every, early=True),
-                      tensorboard=False, warnings=rules, controller=controller)
+                      loss_fn=bed.loss_fn, schedule=schedule, tensorboard=False, warnings=rules, controller=controller)
     with monitor:
         curves = tb.train(bed, on_step=lambda step, loss, b: monitor.step(loss, batch=b))
     losses = curves["loss"]
     peak = int(np.argmax(losses))
+    spikes = spike_onsets(losses, ratio=3.0, window=20, min_rise=0.1, start=21)
+    grokked = None if not grokking else next(
+        (int(s) for s, a in zip(curves["eval_step"], curves["test_accuracy"]) if a >= 0.9), None)
     return ClassicRun(bed_name, arm, seed, float(losses[peak] / losses[0]), peak + 1, float(losses[-1]),
-                      float(bed.lr * curves["sharpness"][-1]),
+                      math.nan if grokking else float(bed.lr * curves["sharpness"][-1]),
                       [] if controller is None else [i.step for i in controller.interventions],
-                      time.perf_counter() - start, [float(x) for x in losses])
+                      time.perf_counter() - start, [float(x) for x in losses], len(spikes), grokked,
+                      float(curves["test_accuracy"][-1]) if grokking else math.nan)
 
 
 def _peak(losses: list[float], window: int) -> float:
