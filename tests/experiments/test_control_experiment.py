@@ -57,3 +57,12 @@ def test_a_cut_on_the_stability_crossing_holds_off_the_catapult_while_it_lasts(t
     held = cut.loss[1:11]  # the steps taken under the cut (60 steps: hold 10)
     assert all(b <= a for a, b in itertools.pairwise(held))
     assert max(none.loss[:10]) > 5 * none.loss[0]
+
+
+def test_a_result_with_classic_beds_only_is_plotted_and_saved(tmp_path):
+    """The figure is drawn for any mix of spike-bed and classic runs (a classic-only run lost its
+    results once to an empty figure)."""
+    runs = [control.ClassicRun("catapult", arm, 0, 2.0, 5, 0.1, 0.9, [], 1.0, [1.0, 2.0, 0.5]) for arm in ("none", "raw-cut")]
+    result = control.Result(control.Config(arms=()), [], [], "", 1.0, runs)
+    paths = result.save(tmp_path)
+    assert [p.name for p in paths] == ["control.json", "control.png"] and all(p.stat().st_size > 0 for p in paths)

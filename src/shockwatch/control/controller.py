@@ -37,8 +37,9 @@ Actions (each a frozen dataclass; all triggered together by one accepted warning
                                   |g|, added to the gradient before each step for ``steps`` steps:
                                   raises nu on the quotient and leaves every Noether charge's
                                   gradient-driven motion as it was
-    Accumulate(factor, steps)     ``controller.accumulation`` = factor for ``steps`` steps, for a loop
-                                  that reads it (micro-batches per step: s / factor, nu / factor)
+    Accumulate(factor, steps)     ``controller.accumulation`` = factor for ``steps`` steps, for a plain
+                                  loop that reads it (micro-batches per step: s / factor, nu / factor);
+                                  Lightning and the Trainer fix their accumulation at the start
 
 Bounds: warnings are accepted from ``signals`` (and ``rules``, if given); after an accepted one,
 others are ignored for ``cooldown`` steps; at most ``budget`` are acted on in a run. What was done
