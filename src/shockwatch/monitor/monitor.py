@@ -222,6 +222,10 @@ class Monitor:
     (curvature and attention are off by default: a curvature sample costs hundreds of plain steps on
     the small models measured, so the default forecasts nothing until a schedule turns them on).
     Measured cost of the default rules: a few microseconds a step. ``warnings=()`` turns them off.
+    ``controller`` (a ``shockwatch.control.Controller``) acts on the warnings: attached here before the
+    monitor's own hook (so the laws read the rate the step used), given each warning before
+    ``on_warning``, each intervention a "control" event; a step it undid rebinds the laws. Refused
+    under torch.distributed with more than one process.
 
     Cost per step: one pass over (theta, g, momentum buffer) in an optimizer pre-step hook, copying
     theta_t as it goes, and one over theta after the step, measuring the update against that copy
