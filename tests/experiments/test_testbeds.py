@@ -12,7 +12,14 @@ import pytest
 import torch
 from torch import nn
 
-from shockwatch.experiments.testbeds import TESTBEDS, Testbed, make_testbed, sharpness, top_hessian_eigenvalue, train
+from shockwatch.experiments.testbeds import (
+    TESTBEDS,
+    Testbed,
+    make_testbed,
+    sharpness,
+    top_hessian_eigenvalue,
+    train,
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -194,3 +201,23 @@ def test_default_catapult_spikes_then_ends_below_two_over_eta():
 def test_default_edge_of_stability_sharpens_to_two_over_eta_and_stays():
     bed = make_testbed("edge-of-stability")
     assert_edge_of_stability(bed, train(bed))
+
+
+def test_spike_bed_z_loss_and_warmup_overrides():
+    """The z-loss term is 1e-4 mean(log Z^2) by default and absent with z_loss=0 (truth: cross-entropy
+    and logsumexp computed here); warmup sets the scheduler's ramp (the rate at step 1 is peak / warmup)."""
+    import torch.nn.functional as F
+
+    plain = make_testbed("attention-spike", scale="tiny", steps=2, z_loss=0.0)
+    default = make_testbed("attention-spike", scale="tiny", steps=2)
+    x, y = plain.train_batch(1)
+    with torch.no_grad():
+        logits = plain.model(x)
+        ce = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+        assert float(plain.loss_fn(logits, y)) == pytest.approx(float(ce), rel=1e-6)
+        z = torch.logsumexp(logits, dim=-1).square().mean()
+        assert float(default.loss_fn(logits, y)) == pytest.approx(float(ce + 1e-4 * z), rel=1e-6)
+    longer = make_testbed("attention-spike", scale="tiny", steps=2, warmup=450)
+    assert longer.optimizer.param_groups[0]["lr"] == pytest.approx(longer.lr / 450)
+    with pytest.raises(ValueError, match="z_loss applies to the spike beds"):
+        make_testbed("catapult", scale="tiny", z_loss=0.0)

@@ -18,7 +18,8 @@ Arms (every one trains under the same Monitor and schedule, so the wall times co
     skip-lightning  Lightning's (relative tolerance 2 over 10 steps) rules likewise
     qk-norm         static fixes: qk-layernorm (the bed's control), a longer warmup
     long-warmup     (``long_warmup`` steps in place of 300), attention logits capped from the first
-    static-cap      step (``cap``). The z-loss is in every arm (the bed's own 1e-4).
+    static-cap      step (``cap``). The z-loss is in every other arm (the bed's own 1e-4, as
+    no-z-loss       Wortsman et al. ran it); ``no-z-loss`` is the bed without it.
 
 The bounds come from the transformer-spikes experiment's sweeps over seeds 0-9 (the settings with
 about 2 false alarms per 1000 quiet steps: 311-542 quotient, 850-991 raw); the seeds here are 10 on.
@@ -65,7 +66,7 @@ from .transformer_spikes import instability_onset, spike_onsets
 
 NAME = "control"
 ARMS = ("none", "quotient-cut", "raw-cut", "quotient-cap", "skip-olmo", "skip-foundry", "skip-lightning",
-        "qk-norm", "long-warmup", "static-cap")
+        "qk-norm", "long-warmup", "static-cap", "no-z-loss")
 CLASSIC_BEDS = ("catapult", "edge-of-stability", "grokking-transformer")
 CLASSIC_ARMS = ("none", "quotient-cut", "raw-cut", "skip-olmo", "skip-foundry", "skip-lightning")
 
@@ -252,7 +253,8 @@ def _run_arm(arm: str, seed: int, config: Config, log_dir: Path, bar=None) -> Ar
     start = time.perf_counter()
     name = "attention-spike-qknorm" if arm == "qk-norm" else "attention-spike"
     bed = tb.make_testbed(name, seed=seed, scale=config.scale, steps=config.steps,
-                          warmup=config.long_warmup if arm == "long-warmup" else None)
+                          warmup=config.long_warmup if arm == "long-warmup" else None,
+                          z_loss=0.0 if arm == "no-z-loss" else None)
     symmetries = find_symmetries(bed.model, bed.train_batch(1)[0])
     controller, rules = _controller(arm, config)
     static_cap = ForwardCap(bed.model) if arm == "static-cap" else None

@@ -466,9 +466,9 @@ def language_loss(z_loss: float = 0.0) -> Callable[[Tensor, Tensor], Tensor]:
 
 
 def _language_model(name: str, seed: int, cfg: dict, lr: float | None, steps: int | None,
-                    warmup: int | None = None) -> Testbed:
+                    warmup: int | None = None, z_loss: float | None = None) -> Testbed:
     generator = torch.Generator().manual_seed(seed)
-    cfg = cfg if warmup is None else {**cfg, "warmup": warmup}
+    cfg = {**cfg, **({} if warmup is None else {"warmup": warmup}), **({} if z_loss is None else {"z_loss": z_loss})}
     steps = cfg["steps"] if steps is None else steps
     block, batch = cfg["block"], cfg["batch"]
     # fresh text every step (no epochs: the spikes are not a memorisation effect); a held-out sample
@@ -509,10 +509,11 @@ def _language_model(name: str, seed: int, cfg: dict, lr: float | None, steps: in
 
 def make_testbed(name: str, *, seed: int = 0, scale: str = "default", lr: float | None = None,
                  eta_lambda0: float | None = None, steps: int | None = None, warmup: int | None = None,
-                 batch: int | None = None) -> Testbed:
+                 batch: int | None = None, z_loss: float | None = None) -> Testbed:
     """A fresh testbed. ``lr`` overrides the learning rate (not for catapult, whose rate is
     ``eta_lambda0 / lambda0``; default eta_lambda0 = 3); ``steps`` overrides the run length;
-    ``warmup`` the warmup steps of a spike bed (a static fix: a longer warmup); ``batch`` makes a
+    ``warmup`` and ``z_loss`` the warmup steps and the z-loss weight of a spike bed (the static
+    fixes: a longer warmup; its 1e-4 z-loss, 0 to remove it); ``batch`` makes a
     grokking bed train on minibatches of that many pairs (gradient noise) instead of the full set."""
     if name not in TESTBEDS + SPIKE_TESTBEDS:
         raise ValueError(f"unknown testbed {name!r}; accepted: {', '.join(TESTBEDS + SPIKE_TESTBEDS)}")
@@ -524,6 +525,12 @@ def make_testbed(name: str, *, seed: int = 0, scale: str = "default", lr: float 
         raise ValueError(f"steps must be >= 1, got {steps}")
     if batch is not None and not name.startswith("grokking"):
         raise ValueError(f"batch applies to the grokking beds only, not {name!r}")
+    if warmup is not None and (name not in SPIKE_TESTBEDS or warmup < 1):
+        raise ValueError(f"warmup applies to the spike beds ({', '.join(SPIKE_TESTBEDS)}) and must be >= 1; "
+                         f"got {warmup} for {name!r}")
+    if z_loss is not None and (name not in SPIKE_TESTBEDS or not (math.isfinite(z_loss) and z_loss >= 0)):
+        raise ValueError(f"z_loss applies to the spike beds ({', '.join(SPIKE_TESTBEDS)}) and must be >= 0; "
+                         f"got {z_loss} for {name!r}")
     if name == "catapult":
         if lr is not None:
             raise ValueError("catapult sets its learning rate as eta_lambda0 / lambda0: pass eta_lambda0, not lr")
@@ -533,11 +540,8 @@ def make_testbed(name: str, *, seed: int = 0, scale: str = "default", lr: float 
         return _catapult(seed, _CATAPULT[scale], c, steps)
     if eta_lambda0 is not None:
         raise ValueError(f"eta_lambda0 applies to catapult only, not {name!r}; pass lr")
-    if warmup is not None and (name not in SPIKE_TESTBEDS or warmup < 1):
-        raise ValueError(f"warmup applies to the spike beds ({', '.join(SPIKE_TESTBEDS)}) and must be >= 1; "
-                         f"got {warmup} for {name!r}")
     if name in SPIKE_TESTBEDS:
-        return _language_model(name, seed, _SPIKES[name.removesuffix("-qknorm")][scale], lr, steps, warmup)
+        return _language_model(name, seed, _SPIKES[name.removesuffix("-qknorm")][scale], lr, steps, warmup, z_loss)
     if name == "edge-of-stability":
         return _edge_of_stability(seed, _EDGE_OF_STABILITY[scale], lr, steps)
     table = _GROKKING_MLP if name == "grokking-mlp" else _GROKKING_TRANSFORMER
