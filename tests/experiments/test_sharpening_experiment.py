@@ -58,8 +58,8 @@ def test_accumulate_reaches_the_loop_from_the_step_after_the_warning(tmp_path):
 
 
 def test_first_at_least_and_config_checks():
-    assert sharpening.first_at_least([0, 25, 50, 75], [0.0, 0.5, 0.95, 1.0], 0.9) == 50
-    assert sharpening.first_at_least([0, 25], [0.0, 0.5], 0.9) is None
+    assert tb.first_at_least([0, 25, 50, 75], [0.0, 0.5, 0.95, 1.0], 0.9) == 50
+    assert tb.first_at_least([0, 25], [0.0, 0.5], 0.9) is None
     with pytest.raises(ValueError, match="arms must be"):
         sharpening.Config(arms=("bigger",))
     with pytest.raises(ValueError, match="grokking bed"):

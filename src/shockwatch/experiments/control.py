@@ -230,8 +230,7 @@ def _classic_arm(bed_name: str, arm: str, seed: int, config: Config, log_dir: Pa
     losses = curves["loss"]
     peak = int(np.argmax(losses))
     spikes = spike_onsets(losses, ratio=3.0, window=20, min_rise=0.1, start=21)
-    grokked = None if not grokking else next(
-        (int(s) for s, a in zip(curves["eval_step"], curves["test_accuracy"]) if a >= 0.9), None)
+    grokked = tb.first_at_least(curves["eval_step"], curves["test_accuracy"], 0.9) if grokking else None
     return ClassicRun(bed_name, arm, seed, float(losses[peak] / losses[0]), peak + 1, float(losses[-1]),
                       math.nan if grokking else float(bed.lr * curves["sharpness"][-1]),
                       [] if controller is None else [i.step for i in controller.interventions],

@@ -115,10 +115,6 @@ class Result:
         return write_result(out, "sharpening", self.to_json(), plot(self))
 
 
-def first_at_least(steps: list[int], values: list[float], level: float) -> int | None:
-    return next((int(s) for s, v in zip(steps, values) if v >= level), None)
-
-
 def _run_arm(arm: str, seed: int, config: Config, log_dir: Path, bar=None) -> ArmRun:
     start = time.perf_counter()
     bed = tb.make_testbed(config.bed, seed=seed, scale=config.scale, steps=config.steps, batch=config.batch)
@@ -139,8 +135,8 @@ def _run_arm(arm: str, seed: int, config: Config, log_dir: Path, bar=None) -> Ar
         curves = tb.train(bed, on_step=lambda step, loss, batch: monitor.step(loss), progress=advance,
                           accumulation=accumulation)
     steps, test = curves["eval_step"], curves["test_accuracy"]
-    grokked = first_at_least(steps, test, config.grokked)
-    began = first_at_least(steps, test, config.started)
+    grokked = tb.first_at_least(steps, test, config.grokked)
+    began = tb.first_at_least(steps, test, config.started)
     spent = None if grokked is None else int(sum(curves["micro_batches"][:grokked]))
     acted = warned[0] if warned and (controller is None or controller.interventions) else None
     return ArmRun(arm, seed, acted, grokked, None if grokked is None or began is None else grokked - began,

@@ -556,6 +556,11 @@ def _check_finite(bed: Testbed, step: int, values: Mapping[str, float]) -> None:
         raise FloatingPointError(f"{bed.name}: non-finite {bad} at step {step}")
 
 
+def first_at_least(steps: list[int], values: list[float], level: float) -> int | None:
+    """The first step whose value is >= ``level`` (the grokking step: test accuracy >= 0.9), or None."""
+    return next((int(step) for step, value in zip(steps, values) if value >= level), None)
+
+
 def train(bed: Testbed, *, on_step: Callable[[int, Tensor, Batch], None] | None = None,
           progress: Callable[[int], None] | None = None,
           accumulation: Callable[[], int] | None = None) -> dict[str, list[float]]:
