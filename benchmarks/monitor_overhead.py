@@ -18,6 +18,10 @@ Timing: --pairs N pairs of one plain and one monitored step, interleaved step by
 speed drifts by tens of percent over minutes on a shared VM; interleaving puts both under the same
 drift), each step timed; reported: the ratio of the medians and the median of the per-pair
 differences (the monitor's extra time per step, the number least sensitive to that drift).
+Beside them, in the same interleaving, the logging most training loops do instead: the plain step,
+then ``loss.item()`` and ``torch.nn.utils.get_total_norm`` of the gradients with ``.item()``
+(``itemized_step_s``, ``itemized_ratio``): a host sync a step on a GPU, one more pass over the
+gradients on any device.
 """
 
 from __future__ import annotations
@@ -83,13 +87,17 @@ def main() -> None:
                              tensorboard=args.tensorboard,
                              schedule=sw.Schedule(charges=args.charges, quotient=args.quotient), compile=args.compile,
                              engine=not args.no_engine)
-        monitoring = False
+        monitoring, itemized = False, False
+        logged = []  # what the itemized loop logs (kept, as a logger would)
 
         def step() -> None:
             optimizer = opt if monitoring else plain_opt
             optimizer.zero_grad()
             loss = loss_of()
             loss.backward()
+            if itemized:  # the usual hand-written logging: two host reads a step
+                grads = [p.grad for p in model.parameters() if p.grad is not None]
+                logged.append((loss.item(), torch.nn.utils.get_total_norm(grads).item()))
             optimizer.step()
             if monitoring:
                 monitor.step(loss)
@@ -97,10 +105,10 @@ def main() -> None:
         for _ in range(5):
             monitoring = True
             step()
-        plain, watched = [], []
+        plain, watched, items = [], [], []
         for _ in range(args.pairs):
-            for flag, bucket in ((False, plain), (True, watched)):
-                monitoring = flag
+            for flag, item, bucket in ((False, False, plain), (True, False, watched), (False, True, items)):
+                monitoring, itemized = flag, item
                 synchronize()
                 start = time.perf_counter()
                 step()
@@ -115,6 +123,7 @@ def main() -> None:
               "ratio_of_means": statistics.fmean(watched) / statistics.fmean(plain),
               "extra_mean_s": statistics.fmean(watched) - statistics.fmean(plain),
               "extra_step_s": statistics.median([w - p for p, w in zip(plain, watched)]), "pairs": args.pairs,
+              "itemized_step_s": statistics.median(items), "itemized_ratio": statistics.median(items) / statistics.median(plain),
               "raw_only": args.raw, "charges_every": args.charges, "native_kernel": _native.library() is not None,
               "engine": monitor._engine is not None, "batch": len(y) if args.model == "mlp" else None, "torch": torch.__version__,
               "device": str(device),
