@@ -114,6 +114,7 @@ def main() -> None:
                 step()
                 synchronize()
                 bucket.append(time.perf_counter() - start)
+        engine = monitor.store.meta().get("engine", "") == "on"  # the store says whether the C engine ran
         monitor.close()
     record = {"model": args.model, "compile": args.compile, "tensorboard": args.tensorboard, "quotient_every": args.quotient, "parameters": sum(p.numel() for p in model.parameters()),
               "plain_step_s": statistics.median(plain), "monitored_step_s": statistics.median(watched),
@@ -125,7 +126,7 @@ def main() -> None:
               "extra_step_s": statistics.median([w - p for p, w in zip(plain, watched)]), "pairs": args.pairs,
               "itemized_step_s": statistics.median(items), "itemized_ratio": statistics.median(items) / statistics.median(plain),
               "raw_only": args.raw, "charges_every": args.charges, "native_kernel": _native.library() is not None,
-              "engine": monitor._engine is not None, "batch": len(y) if args.model == "mlp" else None, "torch": torch.__version__,
+              "engine": engine, "batch": len(y) if args.model == "mlp" else None, "torch": torch.__version__,
               "device": str(device),
               "threads": torch.get_num_threads()}
     print(json.dumps(record, indent=1))
