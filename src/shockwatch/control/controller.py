@@ -93,10 +93,6 @@ class CutLR(Action):
         ramp = k - self.hold + 1
         return 1.0 if ramp > self.rewarm else self.factor + (1 - self.factor) * ramp / (self.rewarm + 1)
 
-    @property
-    def duration(self) -> int:
-        return self.hold + self.rewarm
-
 
 @dataclass(frozen=True)
 class SkipStep(Action):
@@ -293,26 +289,28 @@ class Controller:
         self._set_cap()  # from the next forward on
         return intervention
 
-    def _since(self) -> int | None:
-        """Optimizer steps between the last intervention and the step about to be taken (0: the first after it)."""
-        return None if not self.interventions else self.steps - 1 - self.interventions[-1].at
+    def _next_k(self) -> int | None:
+        """k of the next optimizer step: the steps taken between the last intervention and it (0: the
+        first after it); None before any intervention. Read between steps (the pre-step hook reads it
+        before counting the step)."""
+        return None if not self.interventions else self.steps - self.interventions[-1].at
 
-    def _active(self, steps: int | None) -> bool:
-        k = self._since()
+    def _within(self, steps: int | None) -> bool:
+        """Whether the next step is among the first ``steps`` after the last intervention (None: any after it)."""
+        k = self._next_k()
         return k is not None and (steps is None or k < steps)
 
     def lr_multiplier(self) -> float:
-        """The factor on every param group's rate for the step about to be taken (after ``steps`` += 1)."""
+        """The factor on every param group's rate for the next optimizer step."""
         cut = self._by_kind.get(CutLR)
-        k = self._since()
+        k = self._next_k()
         return 1.0 if cut is None or k is None else cut.multiplier(k)
 
     @property
     def accumulation(self) -> int:
         """Micro-batches per optimizer step the loop should take now (``Accumulate``; 1 otherwise)."""
         action = self._by_kind.get(Accumulate)
-        k = None if not self.interventions else self.steps - self.interventions[-1].at
-        return action.factor if action is not None and k is not None and k < action.steps else 1
+        return action.factor if action is not None and self._within(action.steps) else 1
 
     def values(self) -> dict[str, float]:
         """What the last step ran under: ``control/lr_multiplier``, ``control/logit_cap`` (0: off),
@@ -324,7 +322,6 @@ class Controller:
     # --------------------------------------------------------------------------------- the hooks
 
     def _before_step(self, optimizer, args, kwargs):
-        self.steps += 1
         applied = {}
         if CutLR in self._by_kind:
             m = self.lr_multiplier()
@@ -337,7 +334,8 @@ class Controller:
             applied["control/logit_cap"] = self._cap.cap or 0.0
         if InjectNoise in self._by_kind:
             action = self._by_kind[InjectNoise]
-            applied["control/noise"] = self._inject(action.scale) if self._active(action.steps) else 0.0
+            applied["control/noise"] = self._inject(action.scale) if self._within(action.steps) else 0.0
+        self.steps += 1  # this step counted (the actions above read its k before)
         if SkipStep in self._by_kind:  # an undo happens after the step's values are logged: its record is the event
             self._take_stash(optimizer)
         self._applied = applied
@@ -351,8 +349,7 @@ class Controller:
         if self._cap is None:
             return
         action = self._by_kind[CapLogits]
-        k = None if not self.interventions else self.steps - self.interventions[-1].at  # the next step's k
-        self._cap.cap = action.cap if k is not None and (action.steps is None or k < action.steps) else None
+        self._cap.cap = action.cap if self._within(action.steps) else None
 
     def _restore_lr(self) -> None:
         if self._saved_lr is not None and self._optimizer is not None:
@@ -411,7 +408,7 @@ class Controller:
         if norm == 0:
             return 0.0
         for name, p in named.items():
-            p.grad.add_((horizontal[name] * (scale * grad_norm / norm)).to(p.grad.dtype).to(p.grad.device))
+            p.grad.add_((horizontal[name] * (scale * grad_norm / norm)).to(p.grad.device, p.grad.dtype))
         return scale
 
     # ------------------------------------------------------------------------------- checkpoints

@@ -94,7 +94,6 @@ class ForwardCap:
 
     def __init__(self, model: nn.Module) -> None:
         self.cap: float | None = None
-        self.calls = 0
         self._active: list[LogitCapMode] = []
         self._handles = [model.register_forward_pre_hook(self._enter),
                          model.register_forward_hook(self._leave, always_call=True)]
@@ -111,7 +110,6 @@ class ForwardCap:
         mode = self._active.pop() if self._active else None
         if mode is not None:
             mode.__exit__(None, None, None)
-            self.calls += mode.calls
 
     def remove(self) -> None:
         for handle in self._handles:

@@ -181,13 +181,18 @@ class Result:
         return write_result(out, "control", self.to_json(), plot(self))
 
 
+def _qk_forecast(signal: str, bound: float, config: Config) -> Approach:
+    """The head products' exponential growth towards ``bound``: GL-invariant max_h |W_Q^h^T W_K^h|_2
+    ("quotient") or raw max_h |W_Q^h||W_K^h|."""
+    observable = "attention/qk_weight_max" if signal == "raw" else "attention/qk_product_max"
+    return Approach("qk-approach", observable, signal, bound=bound, margin=None, horizon=config.horizon, log=True)
+
+
 def _controller(arm: str, config: Config) -> tuple[Controller | None, list]:
     """The arm's controller and the warning rules that drive it."""
     if arm in ("quotient-cut", "raw-cut", "quotient-cap"):
         signal = "raw" if arm == "raw-cut" else "quotient"
-        observable = "attention/qk_weight_max" if signal == "raw" else "attention/qk_product_max"
-        bound = config.raw_bound if signal == "raw" else config.quotient_bound
-        rule = Approach("qk-approach", observable, signal, bound=bound, margin=None, horizon=config.horizon, log=True)
+        rule = _qk_forecast(signal, config.raw_bound if signal == "raw" else config.quotient_bound, config)
         action = (CutLR(config.cut_factor, config.cut_hold, config.cut_rewarm) if arm.endswith("cut")
                   else CapLogits(config.cap, steps=config.cut_hold + config.cut_rewarm))
         return Controller([action], signals=(signal,), cooldown=config.cooldown, budget=config.budget), [rule]
@@ -208,9 +213,7 @@ def _classic_arm(bed_name: str, arm: str, seed: int, config: Config, log_dir: Pa
     if arm in ("quotient-cut", "raw-cut"):
         signal = "raw" if arm == "raw-cut" else "quotient"
         if grokking:  # the head products' growth (the slingshots come with it), as on the spike bed
-            observable = "attention/qk_weight_max" if signal == "raw" else "attention/qk_product_max"
-            rules = [Approach("qk-approach", observable, signal, bound=config.grokking_bound, margin=None,
-                              horizon=config.horizon, log=True)]
+            rules = [_qk_forecast(signal, config.grokking_bound, config)]
         else:
             observable = f"curvature/{signal}_max"
             rules = [Approach("stability", observable, signal, scale="lr", bound=2.0, horizon=4 * every),
