@@ -54,8 +54,7 @@ def main() -> None:
     plain_opt, floor_opt, monitor_opt = make(), make(), make()
     symmetries = sw.find_symmetries(model, x)
     named = dict(model.named_parameters())
-    symmetries.fused_sums([(named, named)])  # builds the unit plan
-    layout = next(iter(symmetries._unit_plans.values())).native
+    layout = symmetries.native_layout({name: tuple(named[name].shape) for name in symmetries.quadratic_params})
     names = layout.names
     pointers = lambda values: (ctypes.c_void_p * len(values))(*values)
     copy = [torch.empty_like(named[n]) for n in names]

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -52,9 +53,10 @@ def main() -> None:
     parser.add_argument("--tensorboard", action="store_true")
     parser.add_argument("--quotient", type=int, default=None)
     parser.add_argument("--compile", action="store_true", help="Monitor(compile=True): the fused per-step pass compiled")
-    parser.add_argument("--no-engine", action="store_true", help="Monitor(engine=False): the Python path around the C passes")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip() or "unknown"
     torch.manual_seed(0)
     if args.model == "vgg":
         model = sw.models.vgg("vgg11", width_divisor=4, batch_norm=True, image_size=32, hidden=128)
@@ -85,8 +87,7 @@ def main() -> None:
         example = x[:2, :32] if args.model == "gpt2-small" else x  # symmetry detection needs a small batch only
         monitor = sw.Monitor(model, opt, Path(directory) / "run", example_input=None if args.raw else example,
                              tensorboard=args.tensorboard,
-                             schedule=sw.Schedule(charges=args.charges, quotient=args.quotient), compile=args.compile,
-                             engine=not args.no_engine)
+                             schedule=sw.Schedule(charges=args.charges, quotient=args.quotient), compile=args.compile)
         monitoring, itemized = False, False
         logged = []  # what the itemized loop logs (kept, as a logger would)
 
@@ -114,7 +115,6 @@ def main() -> None:
                 step()
                 synchronize()
                 bucket.append(time.perf_counter() - start)
-        engine = monitor.store.meta().get("engine", "") == "on"  # the store says whether the C engine ran
         monitor.close()
     record = {"model": args.model, "compile": args.compile, "tensorboard": args.tensorboard, "quotient_every": args.quotient, "parameters": sum(p.numel() for p in model.parameters()),
               "plain_step_s": statistics.median(plain), "monitored_step_s": statistics.median(watched),
@@ -126,11 +126,11 @@ def main() -> None:
               "extra_step_s": statistics.median([w - p for p, w in zip(plain, watched)]), "pairs": args.pairs,
               "itemized_step_s": statistics.median(items), "itemized_ratio": statistics.median(items) / statistics.median(plain),
               "raw_only": args.raw, "charges_every": args.charges, "native_kernel": _native.library() is not None,
-              "engine": engine, "batch": len(y) if args.model == "mlp" else None, "torch": torch.__version__,
-              "device": str(device),
+              "batch": len(y) if args.model == "mlp" else None, "torch": torch.__version__,
+              "device": str(device), "commit": commit,
               "threads": torch.get_num_threads()}
     print(json.dumps(record, indent=1))
-    suffix = ("" if device.type == "cpu" else f"_{device.type}") + ("_compiled" if args.compile else "") + ("_tb" if args.tensorboard else "") + (f"_q{args.quotient}" if args.quotient else "") + ("_raw" if args.raw else "") + (f"_c{args.charges}" if args.charges != 1 else "") + ("_no_engine" if args.no_engine else "") + (f"_b{args.batch}" if args.model == "mlp" and args.batch != 128 else "")
+    suffix = ("" if device.type == "cpu" else f"_{device.type}") + ("_compiled" if args.compile else "") + ("_tb" if args.tensorboard else "") + (f"_q{args.quotient}" if args.quotient else "") + ("_raw" if args.raw else "") + (f"_c{args.charges}" if args.charges != 1 else "") + (f"_b{args.batch}" if args.model == "mlp" and args.batch != 128 else "")
     out = args.out or Path(__file__).parent / "results" / f"monitor_overhead_{args.model}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=1))

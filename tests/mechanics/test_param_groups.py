@@ -62,7 +62,7 @@ def test_decay_no_decay_split_follows_the_exact_discrete_law(name):
     model, x, y, g, syms = setup()
     opt = decay_split(model, **OPTIONS[name])
     tracker = sw.ConservationTracker(model, opt, syms)
-    assert not tracker.uniform and not tracker.native_law
+    assert not tracker.uniform
     report = train(model, opt, tracker, x, y, g, 60)
     for kind in KINDS:
         assert report.max_rel_error(kind) < 1e-12, kind
@@ -73,11 +73,11 @@ def test_decay_no_decay_split_follows_the_exact_discrete_law(name):
     assert report.no_law == tracker.no_law
 
 
-@pytest.mark.parametrize("native,nesterov", [(True, False), (False, False), (True, True)])
-def test_groups_with_and_without_momentum(native, nesterov):
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_groups_with_and_without_momentum(nesterov):
     """Truth: the run. Weights with momentum 0.9 (heavy ball or Nesterov), biases and norm parameters
     without momentum (their dampening 0.5 ignored by torch, as it must be here) and another lr: groups
-    wholly in either follow the one-group law (C or NumPy), the straddling ones the block law; all to
+    wholly in either follow the one-group law, the straddling ones the block law; all to
     round-off."""
     model, x, y, g, syms = setup()
     named = list(model.named_parameters())
@@ -85,7 +85,7 @@ def test_groups_with_and_without_momentum(native, nesterov):
                             "nesterov": nesterov},
                            {"params": [p for _, p in named if p.ndim < 2], "momentum": 0.0, "dampening": 0.5,
                             "lr": 0.02}], lr=0.05)
-    tracker = sw.ConservationTracker(model, opt, syms, native=native)
+    tracker = sw.ConservationTracker(model, opt, syms)
     report = train(model, opt, tracker, x, y, g, 40)
     for kind in KINDS:
         assert report.max_rel_error(kind) < 1e-12, kind

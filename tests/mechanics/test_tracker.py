@@ -97,6 +97,32 @@ def test_resume_from_state_dict_continues_the_predictions():
         assert torch.allclose(resumed.continuous[kind], uninterrupted.continuous[kind], rtol=1e-12, atol=1e-14)
 
 
+def test_a_state_dict_of_the_earlier_format_still_resumes():
+    """A checkpoint written before the laws' state was one ``LawState`` per block (separate discrete,
+    integral, decay-time, buffer and oscillator entries) continues the predictions of an uninterrupted
+    run to round-off (truth: that run)."""
+    model, opt, tracker, syms = run(steps=160, stop_at=80)
+    state = tracker.state_dict()
+    laws = state.pop("laws")
+    field = lambda name: {block: values[name] for block, values in laws.items()}  # noqa: E731
+    zeros = {block: torch.zeros_like(values["q"]) for block, values in laws.items()}
+    state.update(initial=zeros, decay_time=zeros, integral=field("flow"), discrete=field("q"),
+                 theta_buffer=field("p"), buffer_sq=field("b"), oscillator=field("oscillator"),
+                 nesterov_carry=field("carry"), continuous_lost={b: ~v for b, v in field("applies").items()})
+    fresh = sw.ConservationTracker(model, opt, syms)
+    fresh.load_state_dict(state)
+    *_, whole, _ = run(steps=160)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 4, generator=g, dtype=torch.float64)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+    for _ in range(80):
+        torch.randint(0, 64, (16,), generator=g)
+    resumed, uninterrupted = train(model, opt, fresh, x, y, g, 80), whole.report()
+    for kind in ("translation", "scale", "rescale"):
+        assert torch.allclose(resumed.discrete[kind], uninterrupted.discrete[kind], rtol=1e-12, atol=1e-14)
+        assert torch.allclose(resumed.continuous[kind], uninterrupted.continuous[kind], rtol=1e-12, atol=1e-14)
+
+
 def test_optimizers_without_a_law_report_drift_only():
     """Adam has no conservation law here: the tracker says so, refuses a law, reports drift."""
     *_, tracker, _ = run(optimizer="adam", steps=50)
@@ -144,7 +170,7 @@ def test_exact_discrete_law_with_momentum(momentum, dampening, nesterov):
     assert report.law == "sgd-momentum"
     for kind in ("translation", "scale", "rescale"):
         assert report.max_rel_error(kind) < 1e-9, kind
-    # the oscillator (Nesterov: its own mass, blocks.oscillator_propagator) to first order in eta
+    # the oscillator (Nesterov: its own mass, laws.oscillator_propagator) to first order in eta
     assert report.max_rel_error("translation", "continuous") < 5e-2
 
 
@@ -239,40 +265,3 @@ def test_a_tracker_without_history_keeps_only_the_last_record():
     assert len(syms.of_kind("translation")) > 0
     with pytest.raises(ValueError, match="absolute=True is for translation"):
         syms.charges("scale", params, absolute=True)
-
-
-@pytest.mark.parametrize("nesterov,dampening", [(False, 0.0), (True, 0.0), (False, 0.3)])
-def test_momentum_law_in_c_is_the_numpy_law(nesterov, dampening):
-    """The C kernel's momentum recursions (``sw_momentum_law``) against the NumPy ones they replace,
-    both fed the same run (a learning-rate change half way): equal to float64 round-off. Nesterov runs
-    take the NumPy law on both (``native_law`` False: the kernel has no input for its continuous drive)."""
-    from shockwatch.symmetry import _native
-    from shockwatch.mechanics import ConservationTracker
-
-    if _native.library() is None:
-        pytest.skip(f"no C kernel: {_native.reason()}")
-    torch.manual_seed(0)
-    model = sw.models.mlp((8, 16, 16, 4)).double()
-    x, y = torch.randn(32, 8, dtype=torch.float64), torch.randint(0, 4, (32,))
-    symmetries = sw.find_symmetries(model, x)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-2, nesterov=nesterov,
-                          dampening=dampening)
-    in_c = ConservationTracker(model, opt, symmetries)
-    in_numpy = ConservationTracker(model, opt, symmetries, native=False)
-    assert in_c.native_law is not nesterov
-    for step in range(40):
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-        in_c.update()
-        in_numpy.update()
-        if step == 20:
-            opt.param_groups[0]["lr"] = 0.02
-    a, b = in_c.report(), in_numpy.report()
-    assert a.law == b.law == "sgd-momentum"
-    for kind in ("translation", "rescale"):
-        for law in ("discrete", "continuous"):
-            scale = a.empirical[kind].abs().max()
-            assert torch.allclose(getattr(a, law)[kind], getattr(b, law)[kind], rtol=0, atol=1e-13 * float(scale))
-        # and the law itself holds (the run is float64): not two equally wrong recursions
-        assert a.max_rel_error(kind) < 1e-12

@@ -71,14 +71,12 @@ MOVES = {
 def test_dtype_and_storage_moves_mid_run(tmp_path, move, optimizer):
     """Truth: |g|, |theta| and |theta_{t+1} - theta_t| recomputed in float64 from the tensors at every
     step, before and after the model changes dtype or storage mid-run (issue 17: model.double() under
-    SGD segfaulted, the engine's C pass writing numel*8 bytes into float32 copies). Every value stays
-    finite, the norms agree to 1e-10 (the sums are float64 whatever the dtype), and the C engine is
-    still taking the steps it can (float32/float64) after the move."""
+    SGD segfaulted, a C pass writing numel*8 bytes into float32 copies). Every value stays finite and
+    the norms agree to 1e-10 (the sums are float64 whatever the dtype)."""
     model, (x, y) = net(torch.float32), data(torch.float32)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, weight_decay=1e-3, momentum=0.9 if optimizer == "momentum" else 0)
     monitor = sw.Monitor(model, opt, tmp_path / "run", example_input=x, tensorboard=False,
                          schedule=sw.Schedule(quotient=None))
-    assert monitor.store.meta()["engine"] == "on"
     with monitor:
         for step in range(8):
             if step == 4:
@@ -146,14 +144,12 @@ def _poison_gradient(model):
         model[0].weight.grad[0, 0] = math.nan
 
 
-@pytest.mark.parametrize("engine", [True, False])
-def test_a_nan_gradient_with_a_finite_loss_is_caught_at_its_step(tmp_path, engine):
-    """Truth: the poisoned gradient itself. |g| is logged as NaN (not 0.0, as the C engine's clamp had
-    it), a "nonfinite" event is written at that step, and with raise_on_nonfinite the error comes from
+def test_a_nan_gradient_with_a_finite_loss_is_caught_at_its_step(tmp_path):
+    """Truth: the poisoned gradient itself. |g| is logged as NaN (not 0.0, as a clamp once had it), a "nonfinite" event is written at that step, and with raise_on_nonfinite the error comes from
     optimizer.step() at that step, with every parameter still what it was before the step."""
     model, (x, y) = net(), data()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    with sw.Monitor(model, opt, tmp_path / "run", example_input=x, tensorboard=False, engine=engine) as monitor:
+    with sw.Monitor(model, opt, tmp_path / "run", example_input=x, tensorboard=False) as monitor:
         for step in range(4):
             loss, _ = truth_step(model, opt, x, y, before_step=(lambda: _poison_gradient(model)) if step == 2 else None)
             logged = monitor.step(loss)
@@ -163,7 +159,7 @@ def test_a_nan_gradient_with_a_finite_loss_is_caught_at_its_step(tmp_path, engin
         assert math.isnan(monitor.store.scalars("grad_norm")[1][2])
     model, (x, y) = net(), data()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    with sw.Monitor(model, opt, tmp_path / "strict", example_input=x, tensorboard=False, engine=engine,
+    with sw.Monitor(model, opt, tmp_path / "strict", example_input=x, tensorboard=False,
                     raise_on_nonfinite=True) as strict:
         for step in range(2):
             truth_step(model, opt, x, y)
@@ -488,7 +484,6 @@ def test_half_precision_sums_are_float64(tmp_path):
         model, (x, y) = net(dtype), data(dtype)
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
         with sw.Monitor(model, opt, tmp_path / str(dtype), example_input=x, tensorboard=False) as monitor:
-            assert monitor.store.meta()["engine"].startswith("off")
             for _ in range(3):
                 loss, truth = truth_step(model, opt, x, y)
                 assert_norms(monitor.step(loss), truth)
@@ -535,7 +530,7 @@ def test_an_error_of_the_monitor_inside_a_step_is_an_event_and_the_laws_start_ag
     monkeypatch.setattr(Set, "fused_sums", failing)
     model, (x, y) = net(), data()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
-    with sw.Monitor(model, opt, tmp_path / "run", example_input=x, tensorboard=False, engine=False,
+    with sw.Monitor(model, opt, tmp_path / "run", example_input=x, tensorboard=False,
                     schedule=sw.Schedule(quotient=None)) as monitor:
         for step in range(6):
             armed[0] = step == 2
@@ -573,8 +568,7 @@ def test_a_second_optimizer_on_other_parameters_is_not_taken_for_a_new_one(tmp_p
             == [(3, "skipped-step")]
 
 
-@pytest.mark.parametrize("engine", [True, False])
-def test_a_nan_in_a_loaded_momentum_buffer_is_caught_before_the_step(tmp_path, engine):
+def test_a_nan_in_a_loaded_momentum_buffer_is_caught_before_the_step(tmp_path):
     """Truth: the poisoned buffer itself. The gradients are finite (|g| is logged as the tensors give
     it); the momentum buffer, loaded with a NaN, would put it into the weights at this step: a
     "nonfinite" event at the step, no law advanced; with raise_on_nonfinite, optimizer.step() raises
@@ -582,7 +576,7 @@ def test_a_nan_in_a_loaded_momentum_buffer_is_caught_before_the_step(tmp_path, e
     for strict in (False, True):
         model, (x, y) = net(), data()
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-        with sw.Monitor(model, opt, tmp_path / f"run{strict}", example_input=x, tensorboard=False, engine=engine,
+        with sw.Monitor(model, opt, tmp_path / f"run{strict}", example_input=x, tensorboard=False,
                         raise_on_nonfinite=strict) as monitor:
             for _ in range(2):
                 monitor.step(truth_step(model, opt, x, y)[0])

@@ -14,9 +14,10 @@ using <g_A, xi_A> = 0):
     scale/rescale Q' = (1 - eta lambda)^2 Q + eta^2 G
 Both are propagated open-loop from the initial charge with the gradients the run produced; the
 discrete law then agrees with the run to float64 round-off (for a float64 model), the continuous
-one to O(eta lambda) relative over a training run. With momentum the exact discrete law is carried
-by scalar recursions (``_momentum_step``) and the continuous law is Appendix B's damped oscillator
-(``_advance_oscillator``), derived in ``blocks.oscillator_propagator`` for heavy ball with dampening
+one to O(eta lambda) relative over a training run. Every law is one call of ``laws.advance`` (the
+recursions are written there, once, for every optimizer setting). With momentum the exact discrete
+law is carried by scalar recursions and the continuous law is Appendix B's damped oscillator,
+derived in ``laws.oscillator_propagator`` for heavy ball with dampening
 (h = eta (1 - tau)) and for Nesterov (exactly heavy ball driven by f_k = (1 + mu) d_k - mu d_{k-1},
 which adds the measured term -2 mu eta_{k-1} <u_{k-1}, g_{k-1}> to the drive); both tend to the
 discrete law at first order in eta (measured in tests/mechanics/test_param_groups.py). A group with
@@ -55,8 +56,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..symmetry import Kind, SymmetrySet, _native
-from .blocks import BlockLaws, NoLaw, oscillator_propagator
+from ..symmetry import Kind, SymmetrySet, sharded
+from . import laws
+from .blocks import BlockLaws, NoLaw
 
 __all__ = ["ConservationReport", "ConservationTracker", "NoLaw", "size_floor_of"]
 
@@ -157,10 +159,8 @@ class ConservationTracker:
     block (scale groups, then rescale groups) and split by kind only in ``report()``; their
     per-step inputs come from one ``SymmetrySet.quadratic_sums`` pass over gradients and buffers
     (on the CPU the C kernel of ``fused_sums``; ``compile=True`` runs it through torch.compile, for
-    other devices). The laws' state is a set of float64 NumPy vectors on the host.
+    other devices). The laws' state is a set of float64 NumPy vectors on the host (``laws.LawState``).
     ``keep_history=False`` keeps only the last record (``latest()``; ``report()`` then refuses).
-    ``native=False`` runs the momentum law in NumPy (by default its recursions run in the C kernel of
-    ``symmetry._native`` where it builds: the same operations, tested equal to round-off).
     ``size_floor``: the relative errors' floor (module docstring). ``hook=True`` registers
     ``before_step`` as an optimizer step pre-hook (where the optimizer takes one); with ``hook=False``
     the caller calls ``before_step()`` right before each ``optimizer.step()`` (a monitor that has its
@@ -168,13 +168,12 @@ class ConservationTracker:
 
     Public state for a monitor: ``law`` (the run's law), ``no_law`` (``NoLaw`` entries: which laws are
     missing for which symmetries and param groups, and why; it changes only when ``no_law_version``
-    does), ``uniform`` (False once some symmetry is followed block by block: the per-step C engine's
-    law does not apply then) and ``size_floor``.
+    does), ``uniform`` (False once some symmetry is followed block by block) and ``size_floor``.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, symmetries: SymmetrySet,
                  *, record_every: int = 1, compile: bool = False, keep_history: bool = True,
-                 native: bool = True, size_floor: float = 1e-6, hook: bool = True) -> None:
+                 size_floor: float = 1e-6, hook: bool = True) -> None:
         self._named = list(model.named_parameters())  # read every step: named_parameters() is slow
         names = {id(p): name for name, p in self._named}
         known = set(names.values())
@@ -192,11 +191,6 @@ class ConservationTracker:
         self.size_floor = float(size_floor)
         self._map_groups()
         self._compile = compile
-        # the momentum law's per-step recursions in the C kernel where it loads (the NumPy code below
-        # is the reference it is tested against, and the fallback)
-        self.native = native
-        self._address_cache: dict = {}
-        self._map_groups()
         self._columns = {"translation": symmetries.of_kind(Kind.TRANSLATION),
                          "quadratic": symmetries.of_kind(Kind.SCALE) + symmetries.of_kind(Kind.RESCALE)}
         # the uniform law reads one param group per symmetry; those straddling groups (or reading a
@@ -229,25 +223,13 @@ class ConservationTracker:
         self._captured: tuple[int, tuple] | None = None  # (step, settings) taken by before_step
         self._stepped = False  # whether before_step ran since the last update
         self._per_group: dict = {}  # (block, setting names) -> per symmetry group values, for that key
-        self._propagators: dict = {}  # (block, settings) -> oscillator propagator per symmetry group
+        self._propagators = laws.Propagators()  # the oscillator's, per param group and setting
         params = self._params()
         self._views: dict[str, tuple[int, np.ndarray]] = {}  # translation params' NumPy views (CPU)
-        # the laws' state lives on the host as float64 NumPy vectors, whatever the model's device:
-        # the per-step recursions are NumPy operations on them, with no torch call between
-        self._initial = {k: _host(v).copy() for k, v in self._charges_and_sizes(params)[0].items()}
-        self._discrete = {k: v.copy() for k, v in self._initial.items()}
-        self._integral = {k: np.zeros_like(v) for k, v in self._initial.items()}
-        self._decay_time = {k: np.zeros_like(v) for k, v in self._initial.items()}  # sum of lambda eta per group
-        # momentum: signed <theta_A, b_A> and |b_A|^2 (translation: <b_A, 1>), b the momentum buffer
-        self._theta_buffer = {k: np.zeros_like(v) for k, v in self._initial.items()}
-        self._buffer_sq = {k: np.zeros_like(v) for k, v in self._initial.items()}
+        # the laws' state per block (``laws.LawState``: one part per symmetry), float64 NumPy vectors on
+        # the host whatever the model's device: the per-step recursions are NumPy operations on them
+        self._laws = {k: laws.LawState.start(_host(v)) for k, v in self._charges_and_sizes(params)[0].items()}
         self._buffers_started = False
-        # Appendix B's damped oscillator, per group: (Q, dQ/dt) of the continuous model with momentum
-        self._oscillator = {k: np.stack([v, np.zeros_like(v)], axis=-1) for k, v in self._initial.items()}
-        # groups whose continuous law stopped applying (dampening 1 with lr > 0): NaN from then on
-        self._continuous_lost = {k: np.zeros(len(v), dtype=bool) for k, v in self._initial.items()}
-        # Nesterov: eta <u, g> of the last step per group (its continuous law's drive at the next)
-        self._nesterov_carry = {k: np.zeros_like(v) for k, v in self._initial.items()}
         self._step = 0
         # every record (report() needs them), or only the last (a monitor: memory stays flat, where
         # the history of a long run grows by 4 x groups x 8 bytes a record)
@@ -257,7 +239,7 @@ class ConservationTracker:
         self._cuts = np.cumsum(self._counts)[:-1]
         # the symmetries followed block by block, and the order they were added in (for state_dict)
         self._blocks = BlockLaws(symmetries.device)
-        self._split = {block: np.zeros(len(v), dtype=bool) for block, v in self._initial.items()}
+        self._split = {block: np.zeros(len(v), dtype=bool) for block, v in self._laws.items()}
         self._split_order: list[tuple[str, int]] = []
         self._split_continuous: dict[str, np.ndarray] = {}
         self._block_inputs: dict | None = None  # the blocks' inputs measured by before_step, for update
@@ -308,9 +290,9 @@ class ConservationTracker:
             split[block] |= np.array([any(slot.param in lacking for slot in sym.slots) for sym in syms], dtype=bool)
         params, buffers = self._params(), self._read_buffers()
         rows = _host(self.symmetries.quadratic_sums([(params, buffers), (buffers, buffers)], compile=self._compile))
-        self._theta_buffer["quadratic"], self._buffer_sq["quadratic"] = rows[0].copy(), rows[1].copy()
+        self._laws["quadratic"].p, self._laws["quadratic"].b = rows[0].copy(), rows[1].copy()
         translation = self._read_buffers([(name, self._parameters[name]) for name in self._translation_params])
-        self._theta_buffer["translation"] = _host(self.symmetries.charges(Kind.TRANSLATION, translation)).copy()
+        self._laws["translation"].p = _host(self.symmetries.charges(Kind.TRANSLATION, translation)).copy()
         self._buffers_started = True
 
     def _map_groups(self) -> None:
@@ -332,13 +314,6 @@ class ConservationTracker:
         if any(group.get("momentum", 0) for group in self.optimizer.param_groups):
             return "sgd-momentum"
         return "sgd"
-
-    @property
-    def native_law(self) -> bool:
-        """Whether the C kernel's ``sw_momentum_law`` (and the monitor's per-step engine) computes this
-        tracker's whole law: every symmetry under one param group's law and no Nesterov group (whose
-        continuous drive needs <u_{k-1}, g_{k-1}>, an input the kernel does not take)."""
-        return self.uniform and not (self.law == "sgd-momentum" and self._nesterov)
 
     @property
     def uniform(self) -> bool:
@@ -491,31 +466,8 @@ class ConservationTracker:
             return
         self._stepped = False
         self._step += 1
-        if self.law == "sgd-momentum":
-            self._momentum_step(measured)
-            for block in _BLOCKS:  # dampening 1 with lr > 0: theta moves, no continuous time passes
-                lost = ~self._continuous_applies(block)
-                if lost.any() and not (lost <= self._continuous_lost[block]).all():
-                    self._continuous_lost[block] |= lost
-                    groups = sorted({int(i) for i in self._group_index[block][torch.from_numpy(lost)]})
-                    self._note("continuous", "dampening = 1 with lr > 0 (the step moves theta while the "
-                               "modified equation's time h = lr (1 - dampening) stands still): NaN from then on",
-                               groups, [sym.label for sym, gone in zip(self._columns[block], lost) if gone])
-        if self.law == "sgd":
-            if measured is not None:
-                gradient_sq = _host(measured[0])
-            else:
-                grads = self._gradients()
-                gradient_sq = _host(self.symmetries.quadratic_sums([(grads, grads)], compile=self._compile)[0])  # signed |g_A|^2
-            for block in _BLOCKS:
-                rate, decay = self._hyperparameters(block, "lr", "weight_decay")
-                discrete = self._discrete[block]
-                if block == "translation":
-                    self._discrete[block] = (1 - rate * decay) * discrete
-                else:
-                    self._discrete[block] = (1 - rate * decay) ** 2 * discrete + rate**2 * gradient_sq
-                    self._integral[block] = np.exp(-2 * decay * rate) * (self._integral[block] + rate**2 * gradient_sq)
-                self._decay_time[block] = self._decay_time[block] + decay * rate
+        if self.law.startswith("sgd"):
+            self._law_step(measured)
         if not self.uniform:
             self._advance_blocks()
         if self._step % self.record_every == 0:
@@ -583,20 +535,16 @@ class ConservationTracker:
         targets = {}
         if carry:
             momentum = self.law == "sgd-momentum"
-            if momentum:
-                continuous, velocity = self._oscillator[block][:, 0], self._oscillator[block][:, 1]
-            else:
-                k = 1 if block == "translation" else 2
-                continuous = np.exp(-k * self._decay_time[block]) * self._initial[block] + self._integral[block]
-                velocity = None
-            targets = dict(target_q=self._discrete[block], target_continuous=continuous, target_velocity=velocity,
-                           target_p=self._theta_buffer[block] if momentum and self._buffers_started else None,
-                           target_b=self._buffer_sq[block] if momentum and self._buffers_started and block == "quadratic"
-                           else None)
+            state = self._laws[block]
+            continuous, velocity = (state.oscillator[:, 0], state.oscillator[:, 1]) if momentum else (state.flow, None)
+            buffers = momentum and self._buffers_started
+            targets = {"target_q": state.q, "target_continuous": continuous, "target_velocity": velocity,
+                       "target_p": state.p if buffers else None,
+                       "target_b": state.b if buffers and block == "quadratic" else None}
         self._blocks.reset(block, added, q, p, b, **targets)
-        lost = self._continuous_lost[block]
+        lost = ~self._laws[block].applies
         if lost.any():
-            self._blocks.continuous_applies[block][added & lost[self._blocks.column[block]]] = False
+            self._blocks.continuous_lost(block, lost)
         self._sync_blocks()
 
     def _measure_blocks(self) -> dict[str, dict[str, np.ndarray]]:
@@ -692,168 +640,53 @@ class ConservationTracker:
             if not split.any():
                 continue
             discrete, continuous = self._blocks.predictions(block, len(split), momentum)
-            self._discrete[block][split] = discrete[split]
+            self._laws[block].q[split] = discrete[split]
             self._split_continuous[block] = continuous
 
-    def _momentum_step(self, measured: tuple[Tensor, Tensor] | None = None) -> None:
-        r"""The exact discrete law of torch.optim.SGD with momentum mu, dampening tau, Nesterov.
+    def _law_inputs(self, measured: tuple[Tensor, Tensor | None] | None, first: bool
+                    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """G = signed |g_A|^2 and C = <b_A, g_A> with the buffer before the step (None at the first
+        step, or without momentum): from ``measured`` where the caller gave them, else read here."""
+        if measured is not None:
+            return _host(measured[0]), None if first or measured[1] is None else _host(measured[1])
+        grads = self._gradients()
+        with_buffers = self.law == "sgd-momentum" and not first
+        pairs = [(grads, grads)] + ([(self._read_buffers(), grads)] if with_buffers else [])
+        sums = _host(self.symmetries.quadratic_sums(pairs, compile=self._compile))
+        if not with_buffers:
+            return sums[0], None
+        # <b, g> from <b', g> = mu <b, g> + (1 - tau) |g|^2, since <d, g> = |g|^2 (<theta_A, g_A> = 0);
+        # a group without momentum has no buffer (read as zeros) and no use for <b, g>
+        _, _, mu, tau, _ = self._hyperparameters("quadratic", *self._SETTINGS)
+        return sums[0], np.divide(sums[1] - (1 - tau) * sums[0], mu, out=np.zeros_like(sums[0]), where=mu > 0)
 
-        d = g + lambda theta, b' = mu b + (1 - tau) d (b' = d at the first step), u = b' or
-        d + mu b' (Nesterov), theta' = theta - eta u. With <theta_A, g_A> = 0 (signed for rescale)
-        the charge Q, P = <theta_A, b_A> and B = |b_A|^2 close under recursions whose only inputs
-        from the run are G = |g_A|^2 and <b'_A, g_A> (translation: none, <g_A, 1> = 0).
-        """
-        first = not self._buffers_started
-        self._buffers_started = True
-        settings = {block: self._hyperparameters(block, *self._SETTINGS) for block in _BLOCKS}
-        if measured is not None:  # |g_A|^2 and <b_A, g_A> with the buffer before the step
-            g_sq = _host(measured[0])
-            old_b_g = None if first else _host(measured[1])
-        else:
-            # scale and rescale: one pass over gradients and buffers gives |g_A|^2 and <b'_A, g_A>
-            grads = self._gradients()
-            pairs = [(grads, grads)] if first else [(grads, grads), (self._read_buffers(), grads)]
-            sums = _host(self.symmetries.quadratic_sums(pairs, compile=self._compile))
-            g_sq = sums[0]  # signed |g_A|^2
-            old_b_g = None
-            if not first:  # <b, g> from <b', g> = mu <b, g> + (1 - tau) |g|^2, since <d, g> = |g|^2
-                _, _, mu, tau, _ = settings["quadratic"]
-                # a group without momentum has no buffer (read as zeros) and no use for <b, g>
-                old_b_g = np.divide(sums[1] - (1 - tau) * g_sq, mu, out=np.zeros_like(g_sq), where=mu > 0)
-        # Nesterov's continuous drive needs <u_{k-1}, g_{k-1}>, which sw_momentum_law does not take
-        lib = _native.library() if self.native and not self._nesterov else None
-        if lib is not None:
-            self._momentum_step_native(lib, settings, first, g_sq, old_b_g)
-            return
-        # translation: linear, <theta, 1> = q, <b, 1> = p, <d, 1> = lambda q
-        eta, lam, mu, tau, nesterov = settings["translation"]
-        q, p = self._discrete["translation"], self._theta_buffer["translation"]
-        d_sum = lam * q
-        b_sum = d_sum if first else mu * p + (1 - tau) * d_sum
-        u_sum = np.where(nesterov > 0, d_sum + mu * b_sum, b_sum)
-        self._discrete["translation"] = q - eta * u_sum
-        self._theta_buffer["translation"] = np.array(b_sum)
-        self._advance_oscillator("translation", np.zeros_like(q))
-        eta, lam, mu, tau, nesterov = settings["quadratic"]
-        q = self._discrete["quadratic"]
-        p, b = self._theta_buffer["quadratic"], self._buffer_sq["quadratic"]
-        d_sq = g_sq + lam**2 * q  # |d|^2, the cross term 2 lambda <theta, g> vanishing by symmetry
-        if first:
-            theta_b, b_sq, d_b = lam * q, d_sq, d_sq
-        else:
-            d_old_b = old_b_g + lam * p
-            theta_b = mu * p + (1 - tau) * lam * q
-            b_sq = mu**2 * b + 2 * mu * (1 - tau) * d_old_b + (1 - tau) ** 2 * d_sq
-            d_b = mu * d_old_b + (1 - tau) * d_sq
-        if self._nesterov:
-            theta_u = np.where(nesterov > 0, lam * q + mu * theta_b, theta_b)
-            u_sq = np.where(nesterov > 0, d_sq + 2 * mu * d_b + mu**2 * b_sq, b_sq)
-            u_b = np.where(nesterov > 0, d_b + mu * b_sq, b_sq)
-        else:
-            theta_u, u_sq, u_b = theta_b, b_sq, b_sq
-        self._discrete["quadratic"] = q - 2 * eta * theta_u + eta**2 * u_sq
-        self._theta_buffer["quadratic"] = theta_b - eta * u_b
-        self._buffer_sq["quadratic"] = np.array(b_sq)
-        # drive F = 2 m |dtheta_A/dt|^2 with the run's velocity dtheta/dt = -u / (1 - tau) (signed)
-        drive = np.divide(2 * u_sq, (1 - tau) ** 2, out=np.zeros_like(u_sq), where=tau < 1)
-        if self._nesterov:
-            # Nesterov is heavy ball with the force f_k = (1 + mu) d_k - mu d_{k-1}: its projection adds
-            # 2 mu <theta_k - theta_{k-1}, g_{k-1}> = -2 mu eta_{k-1} <u_{k-1}, g_{k-1}> to F
-            # (blocks.oscillator_propagator); <u, g> = |g|^2 + mu <b', g> where <theta, g> = 0
-            mass = eta * (1 + mu) / 2
-            carry = self._nesterov_carry["quadratic"]
-            drive = drive + np.where(nesterov > 0, np.divide(-2 * mu * carry, mass, out=np.zeros_like(q), where=mass > 0), 0.0)
-            b_g = g_sq if first else mu * old_b_g + (1 - tau) * g_sq
-            self._nesterov_carry["quadratic"] = np.where(nesterov > 0, eta * (g_sq + mu * b_g), 0.0)
-        self._advance_oscillator("quadratic", drive)
-
-    def _momentum_step_native(self, lib, settings, first: bool, g_sq: np.ndarray, old_b_g: np.ndarray | None) -> None:
-        """``_momentum_step``'s recursions and both oscillators in the C kernel (``sw_momentum_law``):
-        the same operations in the same order, on the state vectors in place."""
-        for block in _BLOCKS:
-            quadratic = block == "quadratic"
-            q = self._discrete[block]
-            if len(q) == 0:
-                continue
-            inputs = (np.ascontiguousarray(g_sq, dtype=np.float64),
-                      np.ascontiguousarray(old_b_g if old_b_g is not None else g_sq, dtype=np.float64)) \
-                if quadratic else (q, q)  # unread for translation
-            lib.sw_momentum_law(len(q), int(quadratic), int(first), int(self._nesterov),
-                                *self._addresses(*settings[block]), *self._addresses(*inputs, cache=False),
-                                *self._addresses(*self._momentum_state(block)))
-
-    def _momentum_state(self, block: str) -> tuple[np.ndarray, ...]:
-        """What ``sw_momentum_law`` updates or reads after its inputs, in its order: the state q, p, b,
-        the oscillator's propagator E and drive r, and the oscillator (q, p, b and the oscillator in
-        place). The monitor's engine points its plan at the same arrays."""
-        matrix, drive = self._propagator(block)
-        return (self._discrete[block], self._theta_buffer[block], self._buffer_sq[block], matrix, drive,
-                self._oscillator[block])
-
-    def _addresses(self, *arrays: np.ndarray, cache: bool = True) -> tuple[int, ...]:
-        """The data addresses of float64 C-contiguous arrays, remembered per set of array objects (each
-        ``ndarray.ctypes`` costs a microsecond or two; the state, settings and propagators are
-        long-lived, updated in place). The cache holds the arrays, so that an id is never reused."""
-        if not cache:
-            return tuple(map(_native.address, arrays))
-        key = tuple(map(id, arrays))
-        found = self._address_cache.get(key)
-        if found is None:
-            if len(self._address_cache) > 256:  # settings changed often: drop the stale ones
-                self._address_cache.clear()
-            for a in arrays:
-                if a.dtype != np.float64 or not a.flags.c_contiguous or not a.flags.writeable:
-                    raise AssertionError("the C law takes writable float64 C-contiguous arrays")
-            found = self._address_cache[key] = (arrays, tuple(map(_native.address, arrays)))
-        return found[1]
-
-    def _advance_oscillator(self, block: str, drive_per_mass: np.ndarray) -> None:
-        r"""One step of m Q'' + (1 - mu) Q' + k Q = F over dt = eta (1 - tau), F held constant, exactly.
-
-        The modified equation of heavy-ball momentum, (1 - mu) dtheta/dt + (h/2)(1 + mu) d2theta/dt2 =
-        -(g + lambda theta) with h = eta (1 - tau), projected on theta_A (Kunin et al. 2021, App. B):
-        m = h (1 + mu)/2; k = lambda (translation, F = 0) or 2 lambda (scale, rescale, F = 2 m
-        |dtheta_A/dt|^2). Propagated with the matrix exponential of the augmented system
-        [Q, Q', 1]' = [[0, 1, 0], [-k/m, -(1 - mu)/m, F/m], [0, 0, 0]] [Q, Q', 1]: exact for every
-        damping regime (over-, critically and under-damped) and for k = 0.
-        Measured (tests/mechanics): the closed forms to 1e-15; against the run, first order in eta
-        (gap 9.9e-4 at eta = 0.02, 5.0e-4 at 0.01, mu = 0.9, lambda = 1e-2); in the underdamped regime
-        at eta lambda = 0.026 the oscillator's phase drifts from the discrete map's and the gap
-        reaches O(1) of the (decaying) charge after 200 steps: trust the exact discrete law there.
-        """
-        matrix, drive = self._propagator(block)
-        state = self._oscillator[block]
-        # x' = E x + (F/m) r per group, the 2x2 product written out (a batched matmul of 2x2
-        # matrices costs NumPy a loop per group)
-        advanced = np.empty_like(state)
-        advanced[:, 0] = matrix[:, 0, 0] * state[:, 0] + matrix[:, 0, 1] * state[:, 1] + drive_per_mass * drive[:, 0]
-        advanced[:, 1] = matrix[:, 1, 0] * state[:, 0] + matrix[:, 1, 1] * state[:, 1] + drive_per_mass * drive[:, 1]
-        self._oscillator[block] = advanced
-
-    def _propagator(self, block: str) -> tuple[np.ndarray, np.ndarray]:
-        """Per group of ``block``: the oscillator's 2x2 propagator E (groups, 2, 2) and drive column r
-        (groups, 2) over one step at the optimizer's settings now, contiguous float64 (see
-        ``_advance_oscillator`` and ``blocks.oscillator_propagator``)."""
-        return self._propagation(block)[:2]
-
-    def _continuous_applies(self, block: str) -> np.ndarray:
-        """Per group of ``block``: whether the oscillator law applies at this step's settings."""
-        return self._propagation(block)[2]
-
-    def _propagation(self, block: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        # The propagator depends on (dt, m, k, friction) only, i.e. on the optimizer's settings:
-        # exponentiated once per param group and setting, applied linearly: x' = E x + (F/m) r.
+    def _law_step(self, measured: tuple[Tensor, Tensor | None] | None) -> None:
+        """Every symmetry's laws one step on (``laws.advance``, one part per symmetry: X = 0 by the
+        symmetry, so the run's only inputs are G and C); a "no continuous law" note where dampening 1
+        stops time."""
+        momentum = self.law == "sgd-momentum"
+        first = momentum and not self._buffers_started
+        self._buffers_started = self._buffers_started or momentum
+        g_sq, old_b_g = self._law_inputs(measured, first)
         settings = self._settings()
-        propagator = self._propagators.get((block, self._settings_key))
-        if propagator is None:
-            matrix, drive, applies = oscillator_propagator(*(settings[name].numpy() for name in self._SETTINGS),
-                                                           spring=1.0 if block == "translation" else 2.0)
+        per_group = tuple(settings[name].numpy() for name in self._SETTINGS)
+        for block in _BLOCKS:
+            state = self._laws[block]
+            if not len(state):
+                continue
+            spring = 1.0 if block == "translation" else 2.0
             index = self._group_index[block].numpy()
-            propagator = (np.ascontiguousarray(matrix[index]), np.ascontiguousarray(drive[index]), applies[index])
-            if len(self._propagators) > 64:  # a schedule changing lr every step: keep the cache small
-                self._propagators.clear()
-            self._propagators[(block, self._settings_key)] = propagator
-        return propagator
+            propagator = self._propagators(self._settings_key, per_group, spring, index) if momentum else None
+            applied = state.applies
+            laws.advance(state, spring, self._hyperparameters(block, *self._SETTINGS), None,
+                         g_sq if spring == 2.0 else None, old_b_g if spring == 2.0 else None, True, first, momentum,
+                         propagator)
+            lost = applied & ~state.applies
+            if lost.any():
+                groups = sorted({int(i) for i in index[lost]})
+                self._note("continuous", "dampening = 1 with lr > 0 (the step moves theta while the modified "
+                           "equation's time h = lr (1 - dampening) stands still): NaN from then on",
+                           groups, [sym.label for sym, gone in zip(self._columns[block], lost) if gone])
 
     def _translation_views(self) -> dict[str, np.ndarray] | None:
         """NumPy views of the translation parameters (None off the CPU), made once and again only
@@ -861,8 +694,8 @@ class ConservationTracker:
         views = {}
         for name in self._translation_params:
             p = self._parameters[name]
-            if p.device.type != "cpu" or p.dtype not in (torch.float32, torch.float64):
-                return None  # NumPy has no bfloat16; torch's sums below take float64 accumulators
+            if p.device.type != "cpu" or p.dtype not in (torch.float32, torch.float64) or sharded.is_sharded(p):
+                return None  # NumPy has no bfloat16 (nor shards); torch's sums below take float64 accumulators
             address = p.data_ptr()
             cached = self._views.get(name)
             if cached is None or cached[0] != address:
@@ -895,18 +728,12 @@ class ConservationTracker:
         (translation, scale, rescale): one small tensor per recorded step, split in report()."""
         rows = list(self._charges_and_sizes(params, quadratic))
         if self.law.startswith("sgd"):
-            rows.append(self._discrete)
-            if self.law == "sgd-momentum":
-                continuous = {k: v[..., 0].copy() for k, v in self._oscillator.items()}
-            else:
-                continuous = {"translation": np.exp(-self._decay_time["translation"]) * self._initial["translation"],
-                              "quadratic": np.exp(-2 * self._decay_time["quadratic"]) * self._initial["quadratic"]
-                              + self._integral["quadratic"]}
+            momentum = self.law == "sgd-momentum"
+            rows.append({block: state.q for block, state in self._laws.items()})
+            continuous = {block: state.continuous(momentum) for block, state in self._laws.items()}
             for block, values in self._split_continuous.items():
                 split = self._split[block]
                 continuous[block][split] = values[split]
-            for block, lost in self._continuous_lost.items():
-                continuous[block][lost & ~self._split[block]] = np.nan
             rows.append(continuous)
         stacked = np.stack([np.concatenate([_host(row[block]) for block in _BLOCKS]) for row in rows])
         if not self.keep_history:
@@ -960,36 +787,25 @@ class ConservationTracker:
 
     def state_dict(self) -> dict:
         """Everything a resumed run needs to continue its predictions (and its recorded history)."""
-        tensors = {key: {k: torch.from_numpy(v.copy()) for k, v in getattr(self, f"_{key}").items()}
-                   for key in ("initial", "discrete", "integral", "decay_time", "theta_buffer", "buffer_sq", "oscillator",
-                               "nesterov_carry")}
-        return {"step": self._step, **tensors, "buffers_started": self._buffers_started,
+        return {"step": self._step, "laws": {block: state.state_dict() for block, state in self._laws.items()},
+                "buffers_started": self._buffers_started, "law": self.law,
                 "history": [(step, torch.from_numpy(rows.copy())) for step, rows in self._history],
-                "law": self.law, "continuous_lost": {k: torch.from_numpy(v.copy()) for k, v in self._continuous_lost.items()},
                 "blocks": {"order": list(self._split_order), "state": self._blocks.state_dict()}}
 
     def load_state_dict(self, state: Mapping) -> None:
         if state["law"] != self.law:
             raise ValueError(f"state was recorded under law {state['law']!r}, this tracker has {self.law!r}")
-        for key in ("initial", "discrete", "integral", "decay_time", "theta_buffer", "buffer_sq"):
-            shapes = {k: tuple(v.shape) for k, v in state[key].items()}
-            mine = {k: tuple(v.shape) for k, v in getattr(self, f"_{key}").items()}
-            if shapes != mine:
-                raise ValueError(f"state has groups {shapes}, this tracker {mine}: a different model or symmetry set")
+        law_states = state["laws"] if "laws" in state else _laws_of_format_1(state)
+        for block, values in law_states.items():
+            self._laws[block].load_state_dict(values)
         self._step = int(state["step"])
-        for key in ("initial", "discrete", "integral", "decay_time", "theta_buffer", "buffer_sq", "oscillator",
-                    "nesterov_carry"):
-            if key in state:
-                setattr(self, f"_{key}", {k: _host(torch.as_tensor(v)).copy() for k, v in state[key].items()})
         self._buffers_started = bool(state["buffers_started"])
         self._history = [(int(step), _host(torch.as_tensor(rows)).copy()) for step, rows in state["history"]]
-        if "continuous_lost" in state:
-            self._continuous_lost = {k: np.array(v.numpy(), dtype=bool) for k, v in state["continuous_lost"].items()}
         blocks = state.get("blocks")
         if blocks is not None:
             # the symmetries followed block by block, in the order they were added, then their state
             self._blocks = BlockLaws(self.symmetries.device)
-            self._split = {block: np.zeros(len(v), dtype=bool) for block, v in self._initial.items()}
+            self._split = {block: np.zeros(len(v), dtype=bool) for block, v in self._laws.items()}
             self._split_order = [(block, int(column)) for block, column in blocks["order"]]
             self._blocks.add([(block, column, self._columns[block][column]) for block, column in self._split_order])
             for block, column in self._split_order:
@@ -997,3 +813,23 @@ class ConservationTracker:
             self._blocks.load_state_dict(blocks["state"])
             self._refresh_watch()
             self._sync_blocks()
+
+
+def _laws_of_format_1(state: Mapping) -> dict[str, dict]:
+    """A state_dict written before ``laws.LawState`` (separate discrete, integral, oscillator, ...
+    entries) as LawState fields per block."""
+    def get(key: str, block: str) -> np.ndarray:
+        return _host(torch.as_tensor(state[key][block])).copy()
+
+    out = {}
+    for block in _BLOCKS:
+        initial, decay_time = get("initial", block), get("decay_time", block)
+        spring = 1.0 if block == "translation" else 2.0
+        lost = state.get("continuous_lost", {}).get(block)
+        out[block] = {"q": get("discrete", block), "p": get("theta_buffer", block), "b": get("buffer_sq", block),
+                      "flow": np.exp(-spring * decay_time) * initial + get("integral", block),
+                      "oscillator": get("oscillator", block),
+                      "applies": np.ones(len(initial), dtype=bool) if lost is None else ~np.asarray(lost, dtype=bool),
+                      "x_prev": np.zeros_like(initial),
+                      "carry": get("nesterov_carry", block) if "nesterov_carry" in state else np.zeros_like(initial)}
+    return out

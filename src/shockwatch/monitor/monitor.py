@@ -28,8 +28,7 @@ Hessian-vector products). Every
 (``attention_observables``, with the step's batch) beside the raw |W_Q||W_K|, and for any model with GL
 symmetries the head products' invariant norms beside their raw ones (``gl_invariants``: no batch).
 
-A non-finite gradient is caught in the optimizer's pre-step hook, on every path (the C engine's
-included): a "nonfinite" event at the step it appears in, the laws skip the step, and with
+A non-finite gradient is caught in the optimizer's pre-step hook: a "nonfinite" event at the step it appears in, the laws skip the step, and with
 ``raise_on_nonfinite=True`` FloatingPointError is raised there, before the optimizer applies it (the
 parameters unchanged); a non-finite loss is seen at ``mon.step`` and treated the same way there. A step
 the optimizer skips (a GradScaler's) is a "skipped-step" event, and the laws skip it exactly.
@@ -37,7 +36,8 @@ The settings each step used (lr, momentum, weight decay) are captured in the pre
 scheduler stepped before ``mon.step`` changes no law. The model's train/eval flags, its buffers and
 the global RNG are left as they were by every routine (``_preserved.preserved``). Under torch.distributed the loss is
 averaged over ranks and everything else is computed once, on rank 0 (DDP has already averaged the
-gradients), which alone writes.
+gradients), which alone writes; under FSDP2 each rank sums its shards and the sums are all-reduced
+(``symmetry.sharded``).
 """
 
 from __future__ import annotations
@@ -57,8 +57,7 @@ from torch import Tensor, nn
 
 from ..mechanics import ConservationTracker, unwrapped_optimizer
 from ..quotient import horizontal_projector
-from ..symmetry import Kind, SymmetrySet, _native, find_symmetries
-from ._engine import Engine
+from ..symmetry import Kind, SymmetrySet, _native, find_symmetries, sharded
 from ._preserved import preserved
 from .attention import attention_observables, gl_invariants
 from .curvature import CURVATURE_PATH, adam_preconditioner, curvature, update_curvature
@@ -123,7 +122,9 @@ class Schedule:
 
 def _total_norm(tensors: list[Tensor]) -> float:
     """sqrt(sum |t|^2) over the tensors: one fused norm per tensor, accumulated in float64 whatever the
-    tensors' dtype (a bfloat16 norm rounds to 3 digits)."""
+    tensors' dtype (a bfloat16 norm rounds to 3 digits); over the ranks' shards for DTensors (FSDP2)."""
+    if tensors and sharded.is_sharded(tensors[0]):
+        return sharded.sharded_norm(tensors)
     return float(torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float64)).square().sum().sqrt())
 
 
@@ -171,17 +172,22 @@ def _settings_restored(optimizer: torch.optim.Optimizer, settings: list[dict] | 
 
 
 def _max_ratio(a: np.ndarray, b: np.ndarray | None, denominator: np.ndarray, scale: float = 1.0) -> float:
-    """max_k |a_k - b_k| / max(denominator_k scale, 1e-300) (b None: |a_k|), NaN if any term is NaN:
-    one C call (``sw_max_ratio``) where the kernel is built, as NumPy otherwise (the same value)."""
-    lib = _native.library()
-    # the kernel reads len(a) values of each: every array checked to hold them, as float64 in a row
-    if lib is not None and all(v is None or (v.dtype == np.float64 and v.flags.c_contiguous and v.shape == a.shape)
-                               for v in (a, b, denominator)) and a.ndim == 1:
-        return lib.sw_max_ratio(len(a), _native.address(a), None if b is None else _native.address(b),
-                                _native.address(denominator), scale, 1e-300)
+    """max_k |a_k - b_k| / max(denominator_k scale, 1e-300) (b None: |a_k|), NaN if any term is NaN."""
     with np.errstate(invalid="ignore"):
         difference = np.abs(a) if b is None else np.abs(a - b)
         return float((difference / np.maximum(denominator * scale, 1e-300)).max(initial=-math.inf))
+
+
+def _check_sharded(schedule: Schedule, symmetries, example_input) -> None:
+    """What FSDP2 (DTensor parameters) allows: the every-step observables, charges and laws; not the
+    routines that run the model or need the full parameters on one rank."""
+    if symmetries is None and example_input is not None:
+        raise ValueError("the model's parameters are sharded (FSDP2): find its symmetries on the model before "
+                         "fully_shard (find_symmetries(model, x); the names do not change) and pass symmetries=")
+    for name in ("curvature", "update_curvature", "attention"):
+        if getattr(schedule, name) is not None:
+            raise ValueError(f"schedule.{name} runs the model on one rank with its full parameters: not under FSDP2 "
+                             f"(set schedule.{name}=None)")
 
 
 def _rank() -> int:
@@ -200,7 +206,10 @@ class Monitor:
     softmax (regression): its output head then has no translation symmetry, and none is tracked. Symmetries acting on a frozen
     parameter (``requires_grad=False``) are left out, with a "frozen-parameters" event: training cannot
     move along them, so their charges obey no law. ``model`` may be wrapped in
-    DistributedDataParallel; ``optimizer`` in a wrapper that holds it as ``.optimizer`` (Accelerate's
+    DistributedDataParallel, or sharded by FSDP2 (``fully_shard``: every rank then computes its shards'
+    part of each per-group sum, charge and norm, the parts are all-reduced and rank 0 writes; no
+    parameter is gathered; pass ``symmetries`` found before sharding; the quotient norms, path norm,
+    curvature and attention routines need full parameters on one rank and are off); ``optimizer`` in a wrapper that holds it as ``.optimizer`` (Accelerate's
     AcceleratedOptimizer, Lightning's LightningOptimizer).
 
     Mid-run changes: a dtype or storage change of the parameters (``model.double()``, ``p.data = ...``)
@@ -230,14 +239,10 @@ class Monitor:
     Cost per step: one pass over (theta, g, momentum buffer) in an optimizer pre-step hook, copying
     theta_t as it goes, and one over theta after the step, measuring the update against that copy
     (``SymmetrySet.fused_sums``: on the CPU a C kernel built at first use, each tensor read once);
-    the momentum law's recursions in the same C kernel (``ConservationTracker``), the per-group
-    arithmetic in NumPy on host vectors; a row per value in the run store's memory-mapped ring.
-    On the CPU, with SGD (with or without momentum) or an optimizer without a law (drift only) and
-    the charges recorded every step, all of that but the store runs as two C calls a step (``engine=True``, the
-    default; ``monitor/_engine.py``), which log the same values as the Python path to round-off;
-    the store's meta says whether it is on, or why not. Steps with the quotient norms due take the
-    Python path. What remains is bandwidth on large models and Python on small ones
-    (benchmarks/RESULTS.md has the measured ratios and the floor). ``compile=True`` runs each pass through
+    the laws (``mechanics.laws``, once for every optimizer setting) and the per-group arithmetic in
+    NumPy on host vectors; a row per value in the run store's memory-mapped ring. What remains is
+    bandwidth on large models and Python on small ones (benchmarks/RESULTS.md has the measured
+    ratios and the floor). ``compile=True`` runs each pass through
     torch.compile instead (some seconds at the first step, eager fallback with a "compile-failed"
     event where it cannot compile): the path for a GPU, where the C kernel does not apply.
     """
@@ -246,7 +251,7 @@ class Monitor:
                  symmetries: SymmetrySet | None = None, example_input=None, logits: bool = True,
                  schedule: Schedule | None = None, loss_fn=None, raise_on_nonfinite: bool = False,
                  resume: bool = False, tensorboard: bool = True, sinks: Sequence[Sink] = (),
-                 curvature_tol: float = 1e-6, compile: bool = False, engine: bool = True,
+                 curvature_tol: float = 1e-6, compile: bool = False,
                  warnings: Sequence[Rule] | None = None,
                  on_warning: Callable[[EarlyWarning], object] | None = None, controller=None) -> None:
         schedule = Schedule() if schedule is None else schedule
@@ -275,7 +280,7 @@ class Monitor:
         self.raise_on_nonfinite, self.log_dir = raise_on_nonfinite, Path(log_dir)
         self.rank = _rank()
         self._closed = False
-        self._compile, self._engine_wanted = compile, engine
+        self._compile = compile
         self._early_events: list[tuple[str, str]] = []  # events found before the store is open
         self._pre: dict[str, float] | None = None
         self._settings_at_step: list[dict] | None = None  # the param groups' settings the last step used
@@ -285,7 +290,6 @@ class Monitor:
         self._horizontal = None  # P_H at theta_t on steps the quotient norms are due
         self._measured = None  # the tracker's per-step inputs, from the pre-step pass
         self.store, self.sinks, self.tracker, self.symmetries, self._hook = None, [], None, None, None
-        self._engine, self._engine_step, self._engine_why = None, False, "engine=False"
         self._step = 0
         self._all_symmetries = None
         # the path norm needs one tensor input's shape; dict / tuple inputs (Hugging Face) have none
@@ -297,25 +301,41 @@ class Monitor:
             warnings = default_rules(_unwrap(optimizer), horizon=max(50, 4 * max(periods, default=0)))
         self.rules, self.on_warning, self.controller = list(warnings), on_warning, controller
         self._bind_parameters()
-        if self.rank != 0:  # computed once, on rank 0: other ranks only take part in the loss average
+        # FSDP2: each rank holds shards only, so every rank computes its part of every sum and the
+        # parts are all-reduced (``symmetry.sharded``); rank 0 alone writes
+        self._sharded = any(sharded.is_sharded(p) for _, p in self._named)
+        if self._sharded:
+            _check_sharded(schedule, symmetries, example_input)
+        if self.rank != 0 and not self._sharded:  # computed once, on rank 0: other ranks only take part in the loss average
             return
         path = self.log_dir / "run.sqlite"
-        RunStore.check_path(path, resume=resume)  # before any work: the refusal costs nothing
+        writer = self.rank == 0
+        if writer:
+            RunStore.check_path(path, resume=resume)  # before any work: the refusal costs nothing
         # everything that can fail runs before the first file is written; should the store or a sink
         # still fail, what was created is removed (a corrected call must not find a half-made run)
-        created = [d for d in (self.log_dir / "tensorboard", self.log_dir, *self.log_dir.parents) if not d.exists()]
+        created = [d for d in (self.log_dir / "tensorboard", self.log_dir, *self.log_dir.parents) if not d.exists()] \
+            if writer else []
         try:
             if symmetries is None and example_input is not None:
                 symmetries = find_symmetries(model, example_input, logits=logits)
             self._all_symmetries = symmetries
             self._bind(start=True)
             why_not = path_norm_unsupported(model) if self._input_shape is not None else "no single-tensor example_input given"
+            if self._sharded:
+                why_not = "the path norm runs the model on one rank: not under FSDP2"
+                if schedule.quotient is not None:
+                    self._event(0, "no-quotient", "the quotient norms project onto the orbits with the full parameters "
+                                "(a global solve): not computed under FSDP2")
             self._path_norm = why_not is None and schedule.quotient is not None
             if why_not is not None and schedule.quotient is not None:
                 self._event(0, "no-path-norm", why_not)
             if controller is not None:  # its hooks first: the step's settings, as captured here, are the ones it used
                 controller.attach(model, optimizer, symmetries=symmetries)
             self._hook = optimizer.register_step_pre_hook(self._before_step)
+            if not writer:
+                self._early_events = []
+                return
             self.store = RunStore(path, resume=resume)
             self._step = (self.store.last_step() or 0) if resume else 0
             self.sinks = [*([TensorBoardSink(self.log_dir / "tensorboard")] if tensorboard else []), *sinks]
@@ -383,7 +403,7 @@ class Monitor:
     def _bind(self, *, start: bool = False) -> None:
         """What depends on the optimizer and on which parameters train: the symmetries acting on
         trainable parameters, the conservation tracker (its laws start at the charges now) and the
-        per-step engine. At the start and again after ``attach`` or a change of trainable parameters."""
+        per-step pass. At the start and again after ``attach`` or a change of trainable parameters."""
         model, optimizer, symmetries = self.model, self.optimizer, self._all_symmetries
         previous = self.symmetries
         frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
@@ -401,7 +421,7 @@ class Monitor:
             [s.label for s in previous] == [s.label for s in symmetries]
         self.symmetries = symmetries
         self._release_tracker()
-        self.tracker, self._engine, self._engine_step = None, None, False
+        self.tracker = None
         if symmetries is None or len(symmetries) == 0:
             if start:
                 why = "no symmetries given (pass symmetries= or example_input=)" if symmetries is None \
@@ -437,9 +457,6 @@ class Monitor:
                                          for kind, count, end in zip(_QUADRATIC, self._quadratic, ends) if count]
                 touched = set(symmetries.quadratic_params)
                 self._rest = [i for i, name in enumerate(self._names) if name not in touched]
-        # the every-step observables in two C calls a step where it applies (CPU, SGD with momentum
-        # or no law, ...): the same values as the Python path below, which takes every other step
-        self._engine, self._engine_why = Engine.build(self) if self._engine_wanted else (None, "engine=False")
 
     def _optional(self, name: str, compute) -> dict[str, float]:
         """A scheduled routine that runs the model, with its state preserved; an event, never an
@@ -454,7 +471,7 @@ class Monitor:
     def _fail(self, step: int, error: Exception) -> None:
         """An error of the monitor's own inside a training step: a "monitor-error" event, the step's
         symmetry observables dropped, the laws rebuilt at the next step (``_observe_before``)."""
-        self._failed, self._engine_step, self._measured, self._have_before = True, False, None, False
+        self._failed, self._measured, self._have_before = True, None, False
         self._event(step, "monitor-error", f"{type(error).__name__}: {error}"[:500])
 
     def _release_tracker(self) -> None:
@@ -465,8 +482,7 @@ class Monitor:
         self.tracker = None
 
     def _binding_meta(self) -> dict[str, str]:
-        return {"engine": "on" if self._engine is not None else f"off: {self._engine_why}",
-                "optimizer": type(self.optimizer).__name__, "law": self.tracker.law if self.tracker else "none"}
+        return {"optimizer": type(self.optimizer).__name__, "law": self.tracker.law if self.tracker else "none"}
 
     def _rebind(self, why: str) -> None:
         """``_bind`` again mid-run, with an event; where the laws cannot be rebuilt (an error from the
@@ -477,9 +493,8 @@ class Monitor:
             message = f"{why}: the laws start again from the charges after step {self._step}"
         except Exception as error:  # inside a training step: an event, never a crash
             self._release_tracker()
-            self.symmetries, self._engine, self._quadratic = None, None, []
+            self.symmetries, self._quadratic = None, []
             self._rest = list(range(len(self._params)))
-            self._engine_why = "no tracker"
             message = f"{why}: no law from here ({type(error).__name__}: {error})"[:500]
         self._event(self._step + 1, "rebound", message)  # the first step observed so
         if self.store is not None:
@@ -496,7 +511,7 @@ class Monitor:
             self._hook.remove()
             self._hook = None
         self.optimizer, self._pre, self._settings_at_step = optimizer, None, None
-        if self.rank != 0:
+        if self.rank != 0 and not self._sharded:
             self._bind_parameters()
             return
         if self.controller is not None:
@@ -521,7 +536,7 @@ class Monitor:
         self._check_open("step")
         self._step += 1
         value = self._mean_loss(loss)
-        if self.rank != 0:
+        if self.rank != 0 and not self._sharded:
             if self.raise_on_nonfinite and not (math.isfinite(value) and self._grads_finite()):
                 raise FloatingPointError(f"step {self._step}: non-finite loss or gradient on rank {self.rank}")
             return {"loss": value}
@@ -543,7 +558,7 @@ class Monitor:
         with _settings_restored(self.optimizer, settings):  # the laws read the settings the step used
             if not self._failed:  # after a failed pre-step pass: the raw values only, and no law advances
                 try:
-                    values.update(self._observe_after())
+                    values.update(self._post_step())
                 except Exception as error:  # the run goes on; the laws start again at the next step
                     self._fail(self._step, error)
             if self._path_norm and self.schedule.due("quotient", self._step):
@@ -655,7 +670,7 @@ class Monitor:
         return (args[0], closure_then_pass, *args[2:]), kwargs
 
     def _observe_before(self) -> None:
-        """The pre-step pass (``_engine_or_pass``); a non-finite gradient is recorded here, at the step
+        """The pre-step pass (``_pass``); a non-finite gradient is recorded here, at the step
         it appears in, and with ``raise_on_nonfinite`` raised here, before the optimizer applies it."""
         step = self._step + 1
         if (len(self.optimizer.param_groups) != self._group_count or not all(map(_requires_grad, self._params))
@@ -673,7 +688,7 @@ class Monitor:
             if self._failed:  # the last step's pass failed: its law missed a step, so start the laws again
                 self._failed = False
                 self._rebind(f"step {step}: after the monitor's error")
-            self._engine_or_pass()
+            self._pass()
         except Exception as error:  # inside optimizer.step(): our error must not end the user's run
             self._fail(step, error)
             grads = [p.grad for p in self._params if p.grad is not None]
@@ -689,31 +704,6 @@ class Monitor:
                 raise FloatingPointError(f"step {step}: non-finite {what} (|g| {grad_norm}) before the optimizer "
                                          "step: the parameters are unchanged")
 
-    def _engine_or_pass(self) -> None:
-        """The pre-step pass by the engine where it applies (no torch call, so no no_grad context
-        either: entering one costs microseconds), else ``_pass``."""
-        self._engine_step = False
-        # the quotient norms need the projector at theta_t, which only the Python path makes
-        if self._engine is not None and not any(self.schedule.due(name, self._step + 1)
-                                                for name in ("quotient", "update_curvature")):
-            pre = self._engine.pre()
-            if pre is None and self._engine.stale:
-                # the parameters or their copies left the storage, dtype or shape the plan holds
-                # (model.double(), model.to, p.data = ...): a new plan, with copies that fit
-                steps = self._engine.steps
-                self._engine, self._engine_why = Engine.build(self)
-                if self._engine is None:
-                    return self._pass()
-                self._engine.steps = steps
-                pre = self._engine.pre()
-            if pre is not None:
-                self._horizontal = self._measured = None
-                self._pre, self._engine_step = pre, True
-                self._have_before = math.isfinite(pre["grad_norm"])
-                self._inputs_finite = self._engine.inputs_finite
-                return
-        self._pass()
-
     def _theta_copies(self) -> list[Tensor]:
         """The tensors theta_t is copied into before each step, one per observed parameter, of its
         dtype, shape and device (made again where a parameter changed: ``model.double()``, ``.to``)."""
@@ -723,7 +713,9 @@ class Monitor:
         dtype_of = (lambda p: torch.float64) if self._upcast else (lambda p: p.dtype)
         if before is None or len(before) != len(params) or not all(
                 b.dtype == dtype_of(p) and b.shape == p.shape and b.device == p.device for b, p in zip(before, params)):
-            self._before = [torch.empty(p.shape, dtype=dtype_of(p), device=p.device) for p in params]
+            # a DTensor's copy is a DTensor of its placements: the passes read its shard
+            self._before = [torch.empty_like(p, dtype=dtype_of(p)) if sharded.is_sharded(p)
+                            else torch.empty(p.shape, dtype=dtype_of(p), device=p.device) for p in params]
             self._before_named = dict(zip(self._names, self._before))
             self._have_before = False
         return self._before
@@ -756,7 +748,7 @@ class Monitor:
         # the others (few, or all without symmetries) here
         rest = self._rest if pairs else range(len(params))
         if rest:
-            torch._foreach_copy_([self._before[i] for i in rest], [params[i] for i in rest])
+            torch._foreach_copy_([sharded.local(self._before[i]) for i in rest], [sharded.local(params[i]) for i in rest])
         copy_into = self._before_named if pairs else None
         if len(pairs) > 1:  # |g|^2 = the (g, g) pair's whole sum plus the parameters no group touches
             fused = self._sums(pairs, norms=(([grads[i] for i in self._rest], None),), copy_into=copy_into)
@@ -780,7 +772,7 @@ class Monitor:
             for kind, columns in self._breaking_slices:
                 pre[f"gradient_breaking/{kind.value}"] = _max_ratio(signed[0][columns], None,
                                                                     self._root_sizes[columns], grad_norm)
-        if syms is not None and self.schedule.due("quotient", self._step + 1):
+        if syms is not None and self.schedule.due("quotient", self._step + 1) and not self._sharded:
             # one projector at theta_t serves the gradient now and the update after the step
             named_params = self._named_params
             self._horizontal = horizontal_projector(syms, {name: p.cpu() for name, p in named_params.items()},
@@ -818,15 +810,6 @@ class Monitor:
         except RuntimeError as error:  # CG did not converge: say so rather than log a wrong norm
             self._event(self._step, "quotient-projection", str(error))
             return math.nan
-
-    def _observe_after(self) -> dict[str, float]:
-        """The post-step pass by the engine where it took the pre-step one, else ``_post_step``."""
-        if self._engine_step:
-            self._engine_step = False
-            found = self._engine.post()
-            if found is not None:
-                return found
-        return self._post_step()
 
     @torch.no_grad()
     def _post_step(self) -> dict[str, float]:
@@ -901,7 +884,9 @@ class Monitor:
     def _write(self, values: dict[str, float]) -> None:
         """Log the step's values, then run the warning rules on them: each warning an event of kind
         "warning", then ``on_warning`` with each, in this thread (an error of the user's hook is
-        raised after everything of the step is written)."""
+        raised after everything of the step is written). Rank 0 only."""
+        if self.store is None:  # a rank of an FSDP2 run other than 0: it computed its part, rank 0 writes
+            return
         self.store.log(self._step, values)
         for sink in self.sinks:
             sink.log(self._step, values)
@@ -929,8 +914,9 @@ class Monitor:
                 self.on_warning(warning)
 
     def _event(self, step: int, kind: str, message: str) -> None:
-        if self.store is None:  # in the constructor, before the store is open
-            self._early_events.append((kind, message))
+        if self.store is None:  # in the constructor, before the store is open (rank 0), or a rank that does not write
+            if self.rank == 0:
+                self._early_events.append((kind, message))
             return
         self.store.event(step, kind, message)
         for sink in self.sinks:

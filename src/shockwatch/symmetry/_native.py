@@ -95,13 +95,6 @@ def library() -> ctypes.CDLL | None:
     lib.sw_sumsq.restype = ctypes.c_double
     lib.sw_scatter.argtypes = [i64, i64, pointer, i64, pointer, pointer, pointer, i64, pointer, i64, pointer]
     lib.sw_scatter.restype = None
-    lib.sw_momentum_law.argtypes = [i64, i64, i64, i64, *[pointer] * 13]
-    lib.sw_momentum_law.restype = None
-    lib.sw_max_ratio.argtypes = [i64, pointer, pointer, pointer, ctypes.c_double, ctypes.c_double]
-    lib.sw_max_ratio.restype = ctypes.c_double
-    for name in ("sw_engine_pre", "sw_engine_post"):  # (plan, flag, out): monitor/_engine.py
-        getattr(lib, name).argtypes = [pointer, i64, pointer]
-        getattr(lib, name).restype = ctypes.c_int
     return lib
 
 

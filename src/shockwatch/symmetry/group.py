@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from . import sharded
+
 __all__ = ["Kind", "Slot", "Symmetry", "SymmetrySet", "act", "act_gl", "act_rotation", "generator", "gl_charges",
            "gl_generator_combination", "gl_generator_inner", "permute", "random_gl_element", "unit_matrix"]
 
@@ -251,6 +253,14 @@ def _unit_plan(plans: Mapping[Kind, _Plan], shapes: Mapping[str, tuple[int, ...]
 
 
 _NATIVE_DTYPES = {torch.float32: 0, torch.float64: 1}
+_QUADRATIC_KINDS = (Kind.SCALE, Kind.RESCALE)
+
+
+def _any_sharded(names: tuple[str, ...], pairs, norms) -> bool:
+    """Whether a ``fused_sums`` call is over DTensors (FSDP2): its first x tensor, or first norm tensor."""
+    if pairs and names:
+        return sharded.is_sharded(pairs[0][0][names[0]])
+    return any(sharded.is_sharded(a[0]) for a, _ in norms if a)
 
 
 def _takes(t: Tensor, dtype: torch.dtype) -> bool:
@@ -428,6 +438,7 @@ class SymmetrySet:
     _unit_plans: dict = field(init=False, repr=False)  # parameter shapes -> _UnitPlan, built on first use
     _scratch: dict = field(init=False, repr=False)  # (shape, dtype, device)s -> product buffers of fused_sums
     _host_plans: dict = field(init=False, repr=False)  # kind -> gathers with NumPy indices (host_charges)
+    _localized: dict = field(init=False, repr=False)  # shard layouts -> sharded.Localized (FSDP2)
     _quadratic_params: tuple = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -443,6 +454,7 @@ class SymmetrySet:
         object.__setattr__(self, "_unit_plans", {})
         object.__setattr__(self, "_scratch", {})
         object.__setattr__(self, "_host_plans", {})
+        object.__setattr__(self, "_localized", {})
         object.__setattr__(self, "_quadratic_params", tuple(dict.fromkeys(
             g.param for kind in (Kind.SCALE, Kind.RESCALE) for g in plans[kind].gathers)))
 
@@ -476,6 +488,8 @@ class SymmetrySet:
         if absolute and kind is not Kind.TRANSLATION:
             raise ValueError(f"absolute=True is for translation charges (sum |theta_A|), not {kind.value}")
         plan = self._plans[kind]
+        if plan.gathers and sharded.is_sharded(params[plan.gathers[0].param]):
+            return self._sharded_charges(kind, params, absolute)
         out = torch.zeros(plan.size, dtype=torch.float64, device=self.device)
         for g in plan.gathers:
             tensor = params[g.param].detach()
@@ -635,6 +649,9 @@ class SymmetrySet:
             return _compiled_units((len(pairs), tensors, vectors, tuple((len(a), b is None) for a, b in norms)))
         if (copy_into is not None or moved_from is not None) and not pairs:
             raise ValueError("copy_into and moved_from act on pair 0's x: give at least one pair")
+        if _any_sharded(self.quadratic_params, pairs, norms):
+            return self._sharded_fused_sums(pairs, unsigned=unsigned, norms=norms, compile=compile, native=native,
+                                            copy_into=copy_into, moved_from=moved_from, host=host)
         if size == 0 or not pairs:
             empty = torch.zeros(len(pairs), 0, dtype=torch.float64, device=self.device)
             totals = kernel_for(0, False)((), [], [], tuple(norms), None)[1] if norms else None
@@ -682,6 +699,89 @@ class SymmetrySet:
         if copy_into is not None:
             torch._foreach_copy_([copy_into[name] for name in self.quadratic_params], sources)
         return _on_host(sums) if host else sums
+
+    def _local(self, params: Mapping[str, Tensor], quadratic: bool) -> sharded.Localized:
+        """This set cut to the shards of ``params`` on this rank (cached per layout)."""
+        kinds = _QUADRATIC_KINDS if quadratic else (Kind.TRANSLATION,)
+        names = dict.fromkeys(slot.param for kind in kinds for sym in self.of_kind(kind) for slot in sym.slots)
+        layouts = {name: sharded.layout_of(params[name]) for name in names}
+        key = (quadratic, tuple(layouts.items()))
+        found = self._localized.get(key)
+        if found is None:
+            found = self._localized[key] = sharded.localized(self, layouts, quadratic)
+        return found
+
+    def _sharded_charges(self, kind: Kind, params: Mapping[str, Tensor], absolute: bool) -> Tensor:
+        """``charges`` of DTensor parameters: each rank's shards summed, then all-reduced (``sharded``)."""
+        cut = self._local(params, kind is not Kind.TRANSLATION)
+        mapping = {name: sharded.local(params[name]) for name in cut.parts.quadratic_params} \
+            if kind is not Kind.TRANSLATION else {name: sharded.local(t) for name, t in params.items()}
+        size = len(self.of_kind(kind))
+        if kind is Kind.TRANSLATION:
+            partial = cut.parts.charges(Kind.TRANSLATION, mapping, absolute=absolute).cpu().numpy() \
+                if len(cut.parts) else np.zeros(0)
+            total = np.bincount(cut.translation_column, weights=partial, minlength=size)
+        else:
+            partial = cut.parts.charges(Kind.SCALE, mapping).cpu().numpy() if len(cut.parts) else np.zeros(0)
+            offset = 0 if kind is Kind.SCALE else len(self.of_kind(Kind.SCALE))
+            columns = cut.quadratic_column - offset
+            mine = (columns >= 0) & (columns < size)
+            total = np.bincount(columns[mine], weights=(cut.quadratic_sign * partial)[mine], minlength=size)
+        return torch.from_numpy(sharded.all_reduce(total)).to(self.device)
+
+    def _sharded_fused_sums(self, pairs, *, unsigned: bool, norms, compile: bool, native: bool, copy_into,
+                            moved_from, host: bool) -> FusedSums:
+        """``fused_sums`` of DTensors: the same pass over each rank's shards (the set cut to them,
+        ``sharded.localized``), the per-group partial sums placed in their global columns, and one
+        all-reduce of every field (norms as sums of squares)."""
+        size, n = self._plans[Kind.SCALE].size + self._plans[Kind.RESCALE].size, len(pairs)
+        if not size or not n:  # norms only
+            squares = [sum(float(torch.linalg.vector_norm(sharded.local(t) if b is None else
+                                                          sharded.local(t) - sharded.local(u), dtype=torch.float64)) ** 2
+                           for t, u in zip(a, b if b is not None else a)) for a, b in norms]
+            totals = np.sqrt(np.maximum(sharded.all_reduce(np.array(squares, dtype=np.float64)), 0.0)) if norms else None
+            empty = np.zeros((n, 0))
+            sums = FusedSums(empty, empty if unsigned else None, np.zeros(n), totals,
+                             np.zeros(()) if moved_from is not None else None)
+            return sums if host else FusedSums(*(None if a is None else torch.from_numpy(np.asarray(a)) for a in sums))
+        cut = self._local(pairs[0][0], quadratic=True)
+        locals_: dict[int, dict] = {}
+
+        def localize(mapping):
+            if mapping is None:
+                return None
+            if id(mapping) not in locals_:
+                locals_[id(mapping)] = {name: sharded.local(t) for name, t in mapping.items()}
+            return locals_[id(mapping)]
+
+        local_pairs = [(localize(x), localize(y)) for x, y in pairs]
+        local_norms = tuple(([sharded.local(t) for t in a], None if b is None else [sharded.local(t) for t in b])
+                            for a, b in norms)
+        into, start = localize(copy_into), localize(moved_from)
+        found = cut.parts.fused_sums(local_pairs, norms=local_norms, compile=compile, native=native, copy_into=into,
+                                     moved_from=start, host=True)
+        signed = np.stack([np.bincount(cut.quadratic_column, weights=cut.quadratic_sign * row, minlength=size)
+                           for row in found.signed]) if n else np.zeros((0, size))
+        plain = np.stack([np.bincount(cut.quadratic_column, weights=row, minlength=size) for row in found.signed])
+        whole = np.array(found.whole, dtype=np.float64)
+        moved_sq = float(found.moved) ** 2 if found.moved is not None else 0.0
+        for name in cut.missing:  # parameters none of whose groups reach this rank's shard
+            for i, (x, y) in enumerate(local_pairs):
+                whole[i] += float(torch.sum(x[name].double() * y[name].double()))
+            if start is not None:
+                moved_sq += float(torch.linalg.vector_norm(local_pairs[0][0][name].double() - start[name].double())) ** 2
+            if into is not None:
+                into[name].copy_(local_pairs[0][0][name])
+        norms_sq = np.square(np.asarray(found.norms, dtype=np.float64)) if found.norms is not None else np.zeros(0)
+        reduced = sharded.all_reduce(np.concatenate([signed.ravel(), plain.ravel(), whole, norms_sq, [moved_sq]]))
+        cuts = np.cumsum([signed.size, plain.size, n, len(norms_sq)])
+        signed, plain, whole, norms_sq, moved_sq = np.split(reduced, cuts)
+        sums = FusedSums(signed.reshape(n, size), plain.reshape(n, size) if unsigned else None, whole,
+                         np.sqrt(np.maximum(norms_sq, 0.0)) if found.norms is not None else None,
+                         np.sqrt(max(float(moved_sq[0]), 0.0)) if moved_from is not None else None)
+        if host:
+            return sums
+        return FusedSums(*(None if a is None else torch.from_numpy(np.asarray(a, dtype=np.float64)) for a in sums))
 
     @staticmethod
     def _scatter(plan: _UnitPlan, units: Tensor, totals: Tensor | None, n_pairs: int, size: int,

@@ -1,0 +1,141 @@
+"""The monitor under FSDP2 (``fully_shard``): two gloo processes on the CPU, every parameter sharded.
+
+Truth: each rank trains the same batch, so FSDP2's averaged gradient is the one-process gradient and
+the sharded run takes the one-process run's steps (to round-off). Its per-group sums, computed on each
+rank's shards and all-reduced, must then log what one process logs on the unsharded model: the same
+norms, gradient breaking, charge drift and exact-law errors (float64: the law holds to round-off). The
+sizes are odd (7 rows over 2 ranks: 4 and 3), so rescale units sit on one rank with their incoming row
+and on both with their outgoing column, and a 1-row layer leaves one rank an empty shard.
+"""
+
+import math
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import nn
+
+import shockwatch as sw
+from shockwatch.monitor import RunStore
+
+STEPS = 6
+
+
+class Net(nn.Module):
+    """ReLU units (rescale), a LayerNorm'd hidden layer (scale on its input weights) and softmax logits
+    (translation), at sizes that do not split evenly over two ranks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.Linear(5, 7)
+        self.second = nn.Linear(7, 6)
+        self.norm = nn.LayerNorm(6, eps=1e-12)  # eps breaks the scale symmetry at eps / |h|^2
+        self.head = nn.Linear(6, 3)
+        self.gate = nn.Linear(5, 1)  # one row: rank 1's shard is empty
+
+    def forward(self, x):
+        h = self.norm(self.second(torch.relu(self.first(x))))
+        logits = self.head(torch.relu(h))
+        return logits + self.gate(x)  # the same shift for every class: no effect on the softmax
+
+
+def data():
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(24, 5, generator=generator, dtype=torch.float64)
+    return x, torch.randint(0, 3, (24,), generator=generator)
+
+
+def setup():
+    torch.manual_seed(0)
+    model = Net().double()
+    x, _ = data()
+    return model, sw.find_symmetries(model, x)
+
+
+def optimizer(model):
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    rest = [p for p in model.parameters() if p.ndim <= 1]
+    return torch.optim.SGD([{"params": decay, "weight_decay": 1e-2}, {"params": rest, "weight_decay": 0.0}],
+                           lr=0.1, momentum=0.9)
+
+
+SCHEDULE = sw.Schedule(quotient=None)
+
+
+def worker(rank, world, directory):
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{directory}/rendezvous", rank=rank, world_size=world)
+    try:
+        model, symmetries = setup()  # found before sharding: fully_shard keeps the names
+        mesh = init_device_mesh("cpu", (world,))
+        for module in (model.first, model.second, model.head, model.gate):
+            fully_shard(module, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        opt = optimizer(model)
+        x, y = data()
+        monitor = sw.Monitor(model, opt, os.path.join(directory, "run"), symmetries=symmetries, schedule=SCHEDULE)
+        returned = []
+        for _ in range(STEPS):
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            returned.append(monitor.step(loss))
+        monitor.close()
+        torch.save(returned, os.path.join(directory, f"rank{rank}.pt"))
+        dist.barrier()  # both ranks done before either tears down its gloo connections
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_fsdp2_shards_log_what_one_process_logs(tmp_path):
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available in this torch build")
+    mp.spawn(worker, args=(2, str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    store = RunStore(tmp_path / "run" / "run.sqlite", read_only=True)
+    assert store.meta()["law"] == "sgd-momentum"
+    # every rank computed every value (its part of each sum, then the all-reduce): rank 1 returns them too
+    for a, b in zip(*ranks):
+        assert a.keys() == b.keys() and all(math.isclose(a[k], b[k], rel_tol=1e-12, abs_tol=1e-15) for k in a)
+
+    model, symmetries = setup()
+    opt = optimizer(model)
+    x, y = data()
+    single = sw.Monitor(model, opt, tmp_path / "single", symmetries=symmetries, schedule=SCHEDULE, tensorboard=False)
+    for _ in range(STEPS):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        single.step(loss)
+    names = set(store.names())
+    assert names == set(single.store.names())
+    assert {"charge_law_error/rescale", "charge_law_error/scale", "charge_law_error/translation"} <= names
+    for name in names:
+        got, want = store.scalars(name)[1], single.store.scalars(name)[1]
+        assert len(got) == STEPS and all(math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12) for a, b in zip(got, want)), \
+            (name, got, want)
+    for kind in ("translation", "scale", "rescale"):  # the exact discrete law, from the shards' sums
+        assert max(store.scalars(f"charge_law_error/{kind}")[1]) < 1e-10, kind
+    single.close()
+
+
+def test_fsdp2_refuses_what_needs_the_full_parameters(tmp_path):
+    """Detection runs the model, curvature and attention run it on one rank: each refused with the reason,
+    before anything is written (truth: the message and the empty folder)."""
+    from shockwatch.monitor.monitor import _check_sharded
+
+    x, _ = data()
+    with pytest.raises(ValueError, match="before fully_shard"):
+        _check_sharded(sw.Schedule(), None, x)
+    with pytest.raises(ValueError, match="schedule.curvature"):
+        _check_sharded(sw.Schedule(curvature=10), object(), None)
+    _check_sharded(sw.Schedule(), object(), None)  # the every-step observables are allowed
