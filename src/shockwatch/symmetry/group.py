@@ -577,7 +577,7 @@ class SymmetrySet:
     def native_layout(self, shapes: Mapping[str, tuple[int, ...]]) -> _NativeLayout | None:
         """The C kernel's view of the unit plan for parameters of these ``shapes`` (``quadratic_params``
         -> shape): the plan ``fused_sums`` uses, for a caller that drives ``_fused.c`` itself (the
-        monitor's per-step engine). None where the kernel cannot take it (a group indexes a dim > 1)."""
+        benchmarks/monitor_floor.py). None where the kernel cannot take it (a group indexes a dim > 1)."""
         key = tuple(torch.Size(shapes[name]) for name in self.quadratic_params)
         plan = self._unit_plans.get(key)
         if plan is None:
