@@ -43,6 +43,42 @@ def test_lanczos_matches_the_dense_hessian_and_its_horizontal_restriction():
     assert steps == math.inf if result.quotient_min >= 0 else math.isclose(steps, -1 / (0.1 * result.quotient_min))
 
 
+def test_a_warm_start_finds_the_dense_eigenvalues_in_fewer_products():
+    """Truth: the dense Hessian (float64) at the second of two samples 5 SGD steps apart. Started from
+    the first sample's eigenvectors, Lanczos finds the same extremes (raw and quotient, to its tolerance
+    1e-6 of the spectrum's width) with fewer Hessian-vector products than a cold start (measured: 84
+    against 104)."""
+    torch.manual_seed(0)
+    model = sw.models.mlp((3, 12, 12, 3)).double()
+    x, y = torch.randn(48, 3, dtype=torch.float64), torch.randint(0, 3, (48,))
+
+    def descend(steps):
+        for _ in range(steps):
+            model.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            with torch.no_grad():
+                for p in model.parameters():
+                    p -= 0.2 * p.grad
+
+    descend(40)
+    syms = sw.find_symmetries(model, x)
+    first = curvature(model, F.cross_entropy, (x, y), syms, tol=1e-9)
+    descend(5)
+    cold = curvature(model, F.cross_entropy, (x, y), syms, tol=1e-6)
+    warm = curvature(model, F.cross_entropy, (x, y), syms, tol=1e-6, warm=first)
+    dense, projector, _ = _dense_truth(model, x, y, syms)
+    raw = torch.linalg.eigvalsh(dense)
+    basis = torch.linalg.svd(projector)[0][:, : round(float(projector.trace()))]
+    restricted = torch.linalg.eigvalsh(basis.T @ dense @ basis)
+    width = float(raw[-1] - raw[0])
+    for found in (cold, warm):
+        assert math.isclose(found.raw_max, float(raw[-1]), abs_tol=1e-6 * width)
+        assert math.isclose(found.raw_min, float(raw[0]), abs_tol=1e-6 * width)
+        assert math.isclose(found.quotient_max, float(restricted[-1]), abs_tol=1e-6 * width)
+        assert math.isclose(found.quotient_min, min(float(restricted[0]), 0.0), abs_tol=1e-6 * width)
+    assert warm.matvecs < cold.matvecs, (warm.matvecs, cold.matvecs)
+
+
 def test_dense_vertical_basis_and_cg_projection_agree_with_gl_heads():
     """Truth: the matrix-free CG projection (tested on its own in tests/quotient) in place of the dense
     orthonormal basis of the generators, on a GPT whose heads carry GL(d_head) symmetries."""
@@ -170,3 +206,24 @@ def test_curvature_along_the_update_is_the_dense_rayleigh_quotient_raw_and_horiz
     orbit = update_curvature(model, F.cross_entropy, (x, y), {n: along.get(n, torch.zeros_like(p)) for n, p in params.items()},
                              syms)
     assert math.isnan(orbit.quotient) and math.isfinite(orbit.raw)
+
+
+def test_float32_products_agree_with_float64_to_single_precision():
+    """Truth: the float64 product. The float32 copy's H v agrees to single precision (1e-5 relative),
+    and the caller's model keeps its dtype and values."""
+    import numpy as np
+
+    from shockwatch.monitor.curvature import HessianVectorProducts
+
+    torch.manual_seed(0)
+    model = sw.models.mlp((5, 16, 4))
+    before = [p.detach().clone() for p in model.parameters()]
+    batch = (torch.randn(32, 5), torch.randint(0, 4, (32,)))
+    exact = HessianVectorProducts(model, F.cross_entropy, batch)
+    single = HessianVectorProducts(model, F.cross_entropy, batch, dtype=torch.float32)
+    vector = np.random.default_rng(1).standard_normal(exact.dimension)
+    want, got = exact.hvp(vector), single.hvp(vector)
+    assert got.dtype == np.float64 and np.linalg.norm(got - want) <= 1e-5 * np.linalg.norm(want)
+    assert all(p.dtype == torch.float32 and torch.equal(p, b) for p, b in zip(model.parameters(), before))
+    with pytest.raises(ValueError, match="floating dtype"):
+        HessianVectorProducts(model, F.cross_entropy, batch, dtype=torch.int64)

@@ -223,6 +223,33 @@ def test_scheduled_curvature_is_logged_on_its_steps(tmp_path):
         sw.Monitor(model, opt, tmp_path / "other", schedule=sw.Schedule(curvature=3))
 
 
+def test_warm_started_curvature_logs_what_cold_samples_log(tmp_path):
+    """Truth: the same run's cold samples (each Lanczos from a fixed random vector, tested against dense
+    Hessians). curvature_warm=True starts each sample from the last one's eigenvectors: the same
+    extremes to the Lanczos tolerance (1e-9), on every scheduled step."""
+    logged = {}
+    for warm in (False, True):
+        torch.manual_seed(0)
+        model = sw.models.mlp((4, 8, 3)).double()
+        x, y = torch.randn(16, 4, dtype=torch.float64), torch.randint(0, 3, (16,))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        with sw.Monitor(model, opt, tmp_path / str(warm), example_input=x, loss_fn=F.cross_entropy, tensorboard=False,
+                        schedule=sw.Schedule(curvature=2, quotient=None), curvature_tol=1e-9, curvature_warm=warm) as mon:
+            for _ in range(6):
+                opt.zero_grad()
+                loss = F.cross_entropy(model(x), y)
+                loss.backward()
+                opt.step()
+                mon.step(loss, batch=(x, y))
+            logged[warm] = {name: mon.store.scalars(f"curvature/{name}") for name in ("raw_max", "raw_min", "quotient_min")}
+    for name, (steps, values) in logged[False].items():
+        assert logged[True][name][0] == steps == [2, 4, 6]
+        width = max(logged[False]["raw_max"][1]) - min(logged[False]["raw_min"][1])
+        assert all(abs(a - b) <= 1e-7 * width for a, b in zip(values, logged[True][name][1])), name
+    with pytest.raises(TypeError, match="curvature_warm"):
+        sw.Monitor(model, opt, tmp_path / "bad", curvature_warm="yes")
+
+
 def test_attention_observables_on_their_schedule(tmp_path):
     torch.manual_seed(0)
     model = sw.models.GPT(sw.models.GPTConfig(n_head=2, d_model=8, vocab_size=20)).double()

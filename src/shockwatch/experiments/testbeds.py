@@ -58,7 +58,6 @@ first evaluation with train acc >= 0.99 / test acc >= 0.9):
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -70,6 +69,7 @@ from scipy.sparse.linalg import LinearOperator, eigsh
 from torch import Tensor, nn
 
 from ..models.gpt import GPT, GPTConfig
+from ..monitor.curvature import HessianVectorProducts
 
 __all__ = ["SCALES", "SPIKE_TESTBEDS", "TESTBEDS", "Testbed", "make_testbed", "sharpness", "top_hessian_eigenvalue", "train"]
 
@@ -108,30 +108,13 @@ def top_hessian_eigenvalue(model: nn.Module, loss_fn: Callable[[Tensor, Tensor],
     """Largest algebraic eigenvalue of the Hessian of loss_fn(model(inputs), targets) in the
     parameters, by Lanczos (scipy eigsh) on Hessian-vector products of a float64 copy; the caller's
     model, its gradients and the global RNG are not touched."""
-    inputs, targets = batch
-    reference = copy.deepcopy(model).double()
-    params = [p for p in reference.parameters() if p.requires_grad]
-    x, y = (t.double() if t.is_floating_point() else t for t in (inputs, targets))
-    with torch.enable_grad():  # callers may sit inside no_grad (an evaluate)
-        # reverse-over-reverse: the gradient graph is built once and reused by every product, which
-        # on these small models is several times faster than a torch.func jvp-of-grad per product
-        gradient = torch.autograd.grad(loss_fn(reference(x), y), params, create_graph=True, allow_unused=True)
-    pieces = [(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, gradient)]
-    flat_gradient = torch.cat(pieces)
-    if not flat_gradient.requires_grad:
+    products = HessianVectorProducts(model, loss_fn, batch)  # on a float64 copy
+    if products.zero:
         return 0.0  # a loss linear in every parameter has a zero Hessian
-
-    def hvp(vector: np.ndarray) -> np.ndarray:
-        direction = torch.from_numpy(np.ascontiguousarray(vector, dtype=np.float64).reshape(-1))
-        with torch.enable_grad():
-            product = torch.autograd.grad(flat_gradient @ direction, params, retain_graph=True, allow_unused=True)
-        pieces = [(torch.zeros_like(p) if h is None else h).reshape(-1) for p, h in zip(params, product)]
-        return torch.cat(pieces).numpy()
-
-    dimension = flat_gradient.numel()
+    dimension = products.dimension
     # a fixed start vector: the same weights give the same number whenever they are asked
     start = np.random.default_rng(0).standard_normal(dimension)
-    operator = LinearOperator((dimension, dimension), matvec=hvp, dtype=np.float64)
+    operator = LinearOperator((dimension, dimension), matvec=products.hvp, dtype=np.float64)
     value = float(eigsh(operator, k=1, which="LA", tol=tol, v0=start, return_eigenvectors=False)[0])
     if not math.isfinite(value):
         raise FloatingPointError(f"top Hessian eigenvalue is {value}")

@@ -13,8 +13,8 @@ t = eta n (the characteristic crossing time of gradient flow along that directio
 Scheme: Lanczos (scipy.sparse.linalg.eigsh, implicitly restarted) on a LinearOperator whose
 matvec is one Hessian-vector product (float64; one backward through the gradient's graph) and, for the
 quotient, one projection before and after (``quotient.horizontal_projector``: the sparse generator
-matrix with its Gram matrix pseudo-inverted once per call where the D x K generator matrix has at
-most ``max_dense_entries`` entries, else CG). Order: eigsh converges to ``tol`` relative (the
+matrix with its K x K Gram matrix pseudo-inverted once per call where it has at most
+``max_dense_entries`` entries, else CG). Order: eigsh converges to ``tol`` relative (the
 top eigenvalue; the bottom one relative to lambda_max - lambda_min).
 """
 
@@ -23,11 +23,12 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from scipy.sparse.linalg import LinearOperator, eigsh
+from threadpoolctl import threadpool_limits
 from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -35,7 +36,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from ..quotient import horizontal_projector
 from ..symmetry import SymmetrySet
 
-__all__ = ["CURVATURE_PATH", "Curvature", "UpdateCurvature", "adam_preconditioner", "curvature", "update_curvature"]
+__all__ = ["CURVATURE_PATH", "Curvature", "HessianVectorProducts", "UpdateCurvature", "adam_preconditioner", "curvature",
+           "update_curvature"]
 
 # what the run's meta records as the curvature's method
 CURVATURE_PATH = ("Hessian-vector products reverse-over-reverse in float64 on a copy of the model; "
@@ -55,6 +57,9 @@ class Curvature:
     quotient_min: float
     matvecs: int
     preconditioned: Curvature | None = None
+    # the four extreme eigenvectors (flat float64, in the model's named_parameters order): the next
+    # sample's Lanczos starts from them (``curvature(warm=)``)
+    vectors: tuple[np.ndarray, ...] | None = field(default=None, compare=False, repr=False)
 
     def shock_steps(self, lr: float, *, quotient: bool = True) -> float:
         """tau*/eta = -1/(eta lambda_min) when lambda_min < 0, else math.inf (no crossing forecast).
@@ -70,14 +75,32 @@ class Curvature:
 
 def curvature(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], batch: Sequence[Tensor],
               symmetries: SymmetrySet, *, tol: float = 1e-8, max_matvecs: int = 2000,
-              max_dense_entries: int = 50_000_000, preconditioner: Mapping[str, Tensor] | None = None) -> Curvature:
+              max_dense_entries: int = 16_000_000, preconditioner: Mapping[str, Tensor] | None = None,
+              warm: Curvature | None = None, dtype: torch.dtype = torch.float64) -> Curvature:
     """Raw and quotient extreme Hessian eigenvalues of loss_fn(model(inputs), targets) at the model's
     parameters (float64 copies; buffers as they are; the model's train/eval mode is used).
 
     ``preconditioner``: a positive diagonal D per parameter (name -> tensor of its shape, e.g.
     ``adam_preconditioner(optimizer, model)``); then also the extremes of S H S and S P_H H P_H S with
-    S = D^{1/2} (``Curvature.preconditioned``), at twice the Lanczos cost."""
-    hessian = _Hessian(model, loss_fn, batch)
+    S = D^{1/2} (``Curvature.preconditioned``), at twice the Lanczos cost. ``warm``: an earlier sample
+    of the same model, whose eigenvectors start each Lanczos run. Measured (benchmarks/RESULTS.md):
+    it saves products (84 against 144 on an 85k-parameter MLP, 20 steps after the earlier sample, tol
+    1e-4) but there the quotient's bottom run stopped on the wrong eigenvalue (-0.1162 against -0.1263,
+    two eigenvalues 0.25% of the spectrum's width apart, which tol 1e-4 does not separate): a Ritz
+    pair converges to *an* eigenvalue, and a start vector near the last sample's can miss a new
+    extreme. The monitor starts every sample cold; use ``warm`` with a tolerance that separates the
+    ends of the spectrum. ``dtype``: the products' precision (float64 by default; float32 halves their
+    cost on the CPU, to ~1e-7 relative per product: benchmarks/RESULTS.md)."""
+    # BLAS (the projection's products, ARPACK's) on one thread: beside torch's threads, which spin
+    # between the Hessian-vector products, a multithreaded BLAS call took ~90x longer (measured)
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _curvature(model, loss_fn, batch, symmetries, tol, max_matvecs, max_dense_entries, preconditioner,
+                          warm, dtype)
+
+
+def _curvature(model, loss_fn, batch, symmetries, tol, max_matvecs, max_dense_entries, preconditioner, warm,
+               dtype) -> Curvature:
+    hessian = HessianVectorProducts(model, loss_fn, batch, dtype=dtype)
     params, hvp, dimension = hessian.params, hessian.hvp, hessian.dimension
     scale = None  # S = D^{1/2}, flat, checked before any Lanczos run
     if preconditioner is not None:
@@ -91,14 +114,25 @@ def curvature(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], bat
         return project(hvp(project(vector)))
 
     operator = lambda matvec: LinearOperator((dimension, dimension), matvec=matvec, dtype=np.float64)
-    raw = _extremes(operator(hvp), tol, max_matvecs)
-    quotient = _extremes(operator(projected), tol, max_matvecs)
+    starts = _warm_starts(warm, dimension)
+    raw = _extremes(operator(hvp), tol, max_matvecs, starts[0:2])
+    quotient = _extremes(operator(projected), tol, max_matvecs, starts[2:4])
     preconditioned = None
     if scale is not None:
-        raw_scaled = _extremes(operator(lambda v: scale * hvp(scale * v)), tol, max_matvecs)
-        quotient_scaled = _extremes(operator(lambda v: scale * projected(scale * v)), tol, max_matvecs)
-        preconditioned = Curvature(raw_scaled[1], raw_scaled[0], quotient_scaled[1], quotient_scaled[0], 0)
-    return Curvature(raw[1], raw[0], quotient[1], quotient[0], hessian.count, preconditioned)
+        starts = _warm_starts(warm.preconditioned if warm is not None else None, dimension)
+        raw_scaled = _extremes(operator(lambda v: scale * hvp(scale * v)), tol, max_matvecs, starts[0:2])
+        quotient_scaled = _extremes(operator(lambda v: scale * projected(scale * v)), tol, max_matvecs, starts[2:4])
+        preconditioned = Curvature(raw_scaled[1], raw_scaled[0], quotient_scaled[1], quotient_scaled[0], 0,
+                                   vectors=(*raw_scaled[2:], *quotient_scaled[2:]))
+    return Curvature(raw[1], raw[0], quotient[1], quotient[0], hessian.count, preconditioned,
+                     vectors=(*raw[2:], *quotient[2:]))
+
+
+def _warm_starts(warm: Curvature | None, dimension: int) -> tuple[np.ndarray | None, ...]:
+    """(raw bottom, raw top, quotient bottom, quotient top) start vectors from an earlier sample, or Nones."""
+    if warm is None or warm.vectors is None or any(len(v) != dimension for v in warm.vectors):
+        return (None,) * 4
+    return warm.vectors
 
 
 @dataclass(frozen=True)
@@ -128,7 +162,7 @@ def update_curvature(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tenso
     bound. Along an orbit the loss is flat only to first order: the vertical part of u (weight decay's
     radial shrink, momentum along an orbit) adds curvature that says nothing about the quotient,
     which the projection removes. NaN where u is zero, or u_H is (|u_H| <= 1e-8 |u|)."""
-    hessian = _Hessian(model, loss_fn, batch)
+    hessian = HessianVectorProducts(model, loss_fn, batch)
     weight = hessian.flat_diagonal(preconditioner).reciprocal().numpy() if preconditioner is not None else None
     u = hessian.flat(update)
     # one vector: a CG solve, not the dense Gram pseudo-inverse (an eigh of K x K, seconds at K ~ 1e3)
@@ -138,30 +172,36 @@ def update_curvature(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tenso
         denominator = float(vector @ (vector if weight is None else weight * vector))
         return float(vector @ hessian.hvp(vector)) / denominator if denominator > 0 else math.nan
 
-    horizontal = project(u)
-    # a horizontal part at the projection's round-off is none: its direction would be noise
-    flat = np.linalg.norm(horizontal) <= 1e-8 * np.linalg.norm(u)
-    return UpdateCurvature(rayleigh(u), math.nan if flat else rayleigh(horizontal), preconditioner is not None)
+    with threadpool_limits(limits=1, user_api="blas"):  # see curvature()
+        horizontal = project(u)
+        # a horizontal part at the projection's round-off is none: its direction would be noise
+        flat = np.linalg.norm(horizontal) <= 1e-8 * np.linalg.norm(u)
+        return UpdateCurvature(rayleigh(u), math.nan if flat else rayleigh(horizontal), preconditioner is not None)
 
 
-class _Hessian:
+class HessianVectorProducts:
     """Hessian-vector products of loss_fn(model(inputs), targets) at the model's parameters, on a
-    float64 copy of the model (buffers as they are, the model's train/eval mode used): the
+    float64 copy of the model (``dtype``: another precision; vectors stay float64 NumPy either way;
+    buffers as they are, the model's train/eval mode used): the
     gradient's graph is built once and each product is one backward through it (reverse-over-reverse,
     about 4x cheaper here than forward-over-reverse per product). Fused attention kernels (the flash
     kernel on the CPU) have no double backward: the forward runs on the math backend. Dropout draws
     in the copy's forward come from a forked RNG: the caller's random stream is left where it was.
     Vectors are flat float64 NumPy arrays in ``names`` order; ``count`` the products taken."""
 
-    def __init__(self, model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], batch: Sequence[Tensor]) -> None:
+    def __init__(self, model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], batch: Sequence[Tensor], *,
+                 dtype: torch.dtype = torch.float64) -> None:
+        if not dtype.is_floating_point:
+            raise ValueError(f"dtype must be a floating dtype (torch.float64, torch.float32), got {dtype}")
         inputs, targets = batch
-        model = copy.deepcopy(model).double()  # a float64 reference copy: the caller's model is not touched
+        self.dtype = dtype
+        model = copy.deepcopy(model).to(dtype)  # a reference copy: the caller's model is not touched
         self.names = [name for name, _ in model.named_parameters()]
         self.params = {name: p.detach() for name, p in model.named_parameters()}
         buffers = {name: b.detach() for name, b in model.named_buffers()}
         self.shapes = [self.params[name].shape for name in self.names]
         self.sizes = [math.prod(shape) for shape in self.shapes]
-        double = [t.double() if t.is_floating_point() else t for t in (inputs, targets)]
+        double = [t.to(dtype) if t.is_floating_point() else t for t in (inputs, targets)]
         self._leaves = leaves = [p.detach().requires_grad_(True) for p in self.params.values()]
         devices = sorted({p.device.index or 0 for p in leaves if p.device.type == "cuda"})
         with torch.enable_grad(), torch.random.fork_rng(devices=devices), sdpa_kernel(SDPBackend.MATH):
@@ -174,8 +214,14 @@ class _Hessian:
     def dimension(self) -> int:
         return sum(self.sizes)
 
+    @property
+    def zero(self) -> bool:
+        """Whether H = 0 identically: the loss is linear in every parameter (no gradient depends on one)."""
+        return not any(g.requires_grad for g in self._gradient)
+
     def unflat(self, vector: np.ndarray) -> dict[str, Tensor]:
-        pieces = torch.from_numpy(np.ascontiguousarray(vector, dtype=np.float64)).split(self.sizes)
+        device = self._leaves[0].device if self._leaves else torch.device("cpu")
+        pieces = torch.from_numpy(np.ascontiguousarray(vector, dtype=np.float64)).to(device, self.dtype).split(self.sizes)
         return {name: piece.reshape(shape) for name, piece, shape in zip(self.names, pieces, self.shapes)}
 
     def flat(self, tensors: Mapping[str, Tensor]) -> np.ndarray:
@@ -192,15 +238,17 @@ class _Hessian:
         return flat
 
     def hvp(self, vector: np.ndarray) -> np.ndarray:
+        """H v: one backward through the gradient's graph with v as its output's cotangent."""
         self.count += 1
         direction = self.unflat(vector)
+        live = [(g, direction[name]) for g, name in zip(self._gradient, self.names) if g.requires_grad]
+        if not live:  # the loss is linear in every parameter: H = 0
+            return np.zeros_like(vector)
         with torch.enable_grad():
-            inner = sum((g * direction[name]).sum() for g, name in zip(self._gradient, self.names) if g.requires_grad)
-            if not isinstance(inner, Tensor):  # the loss is linear in every parameter: H = 0
-                return np.zeros_like(vector)
-            out = torch.autograd.grad(inner, self._leaves, retain_graph=True, allow_unused=True)
-        return self.flat({name: o if o is not None else torch.zeros_like(p)
-                          for name, o, p in zip(self.names, out, self._leaves)})
+            out = torch.autograd.grad([g for g, _ in live], self._leaves, grad_outputs=[v for _, v in live],
+                                      retain_graph=True, allow_unused=True)
+        return torch.cat([(o if o is not None else torch.zeros_like(p)).reshape(-1)
+                          for o, p in zip(out, self._leaves)]).to("cpu", torch.float64).numpy()
 
 
 def adam_preconditioner(optimizer: torch.optim.Optimizer, model: nn.Module) -> dict[str, Tensor] | None:
@@ -224,19 +272,27 @@ def adam_preconditioner(optimizer: torch.optim.Optimizer, model: nn.Module) -> d
     return out
 
 
-def _extremes(operator: LinearOperator, tol: float, max_matvecs: int) -> tuple[float, float]:
-    """(smallest, largest) algebraic eigenvalue of a symmetric operator by Lanczos."""
+def _extremes(operator: LinearOperator, tol: float, max_matvecs: int,
+              starts: tuple[np.ndarray | None, np.ndarray | None] = (None, None)
+              ) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """(smallest, largest) algebraic eigenvalue of a symmetric operator by Lanczos, and their
+    eigenvectors; ``starts``: (bottom, top) start vectors (an earlier sample's eigenvectors), else a
+    fixed random one."""
     n = operator.shape[0]
     if n <= 3:
         dense = np.stack([operator.matvec(e) for e in np.eye(n)], axis=1)
-        values = np.linalg.eigvalsh(0.5 * (dense + dense.T))
-        return float(values[0]), float(values[-1])
-    start = np.random.default_rng(0).standard_normal(n)
-    top = float(eigsh(operator, k=1, which="LA", tol=tol, maxiter=max_matvecs, v0=start, return_eigenvectors=False)[0])
+        values, vectors = np.linalg.eigh(0.5 * (dense + dense.T))
+        return float(values[0]), float(values[-1]), vectors[:, 0], vectors[:, -1]
+    cold = np.random.default_rng(0).standard_normal(n)
+
+    def run(op, which: str, start: np.ndarray | None) -> tuple[float, np.ndarray]:
+        values, vectors = eigsh(op, k=1, which=which, tol=tol, maxiter=max_matvecs, v0=cold if start is None else start)
+        return float(values[0]), vectors[:, 0]
+
+    top, top_vector = run(operator, "LA", starts[1])
     # the bottom as the largest-magnitude eigenvalue of H - top I (all <= 0): its tolerance is then
     # relative to the spectrum's width, not to |lambda_min|, which is often tiny beside lambda_max and
     # made a two-ended ("BE") run take 2-4x the matvecs for the same absolute accuracy
     shifted = LinearOperator(operator.shape, matvec=lambda v: operator.matvec(v) - top * v, dtype=np.float64)
-    bottom = float(eigsh(shifted, k=1, which="LM", tol=tol, maxiter=max_matvecs, v0=start,
-                         return_eigenvectors=False)[0]) + top
-    return min(bottom, top), top
+    bottom, bottom_vector = run(shifted, "LM", starts[0])
+    return min(bottom + top, top), top, bottom_vector, top_vector

@@ -20,7 +20,9 @@ orthogonal to every orbit direction at theta_t, ``quotient.horizontal_projection
 Every ``Schedule.curvature`` steps (with ``loss_fn`` and the step's batch): extreme raw and quotient
 Hessian eigenvalues and the shock-step forecasts -1/(eta lambda_min) (``curvature``); under Adam or
 AdamW also those of D^{1/2} H D^{1/2}, D = 1/(sqrt(v_hat) + eps) (``curvature/preconditioned_*``),
-whose lambda_min the forecasts then use (the step is eta D g, not eta g). Every
+whose lambda_min the forecasts then use (the step is eta D g, not eta g). With ``curvature_warm=True`` each sample's Lanczos starts from the last
+sample's eigenvectors (2.4x fewer products on an MLP, but a start near the old extreme can converge
+to another eigenvalue: ``curvature``'s docstring). Every
 ``Schedule.update_curvature`` steps (with ``loss_fn`` and the batch): the curvature along the last
 update, raw and horizontal, preconditioned under Adam (``curvature.update_curvature``: two
 Hessian-vector products). Every
@@ -251,7 +253,7 @@ class Monitor:
                  symmetries: SymmetrySet | None = None, example_input=None, logits: bool = True,
                  schedule: Schedule | None = None, loss_fn=None, raise_on_nonfinite: bool = False,
                  resume: bool = False, tensorboard: bool = True, sinks: Sequence[Sink] = (),
-                 curvature_tol: float = 1e-6, compile: bool = False,
+                 curvature_tol: float = 1e-6, curvature_warm: bool = False, compile: bool = False,
                  warnings: Sequence[Rule] | None = None,
                  on_warning: Callable[[EarlyWarning], object] | None = None, controller=None) -> None:
         schedule = Schedule() if schedule is None else schedule
@@ -277,6 +279,10 @@ class Monitor:
         optimizer = _unwrap(optimizer)
         self.model, self.optimizer, self.schedule, self.loss_fn = model, optimizer, schedule, loss_fn
         self.curvature_tol = curvature_tol
+        if not isinstance(curvature_warm, bool):
+            raise TypeError(f"curvature_warm must be True or False, got {curvature_warm!r}")
+        self._curvature_warm = curvature_warm
+        self._last_curvature = None  # the last curvature sample, whose eigenvectors start the next (curvature_warm)
         self.raise_on_nonfinite, self.log_dir = raise_on_nonfinite, Path(log_dir)
         self.rank = _rank()
         self._closed = False
@@ -611,7 +617,9 @@ class Monitor:
         """The scheduled curvature observables; an event (never an error) where they cannot be computed."""
         try:
             found = curvature(self.model, self.loss_fn, batch, self.symmetries, tol=self.curvature_tol,
-                              preconditioner=adam_preconditioner(self.optimizer, self.model))
+                              preconditioner=adam_preconditioner(self.optimizer, self.model),
+                              warm=self._last_curvature if self._curvature_warm else None)
+            self._last_curvature = found
         except Exception as error:  # inside a training step: the run goes on without this value
             self._event(self._step, "curvature-failed", f"{type(error).__name__}: {error}"[:500])
             return {}
