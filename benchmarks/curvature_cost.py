@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "curvature_cost.json")
     args = parser.parse_args()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).parent).stdout.strip() or "unknown"
+                            cwd=Path(__file__).parent, check=False).stdout.strip() or "unknown"
     torch.manual_seed(0)
     model = sw.models.mlp((64, 256, 256, 10))
     x, y = torch.randn(512, 64), torch.randint(0, 10, (512,))
@@ -89,7 +89,7 @@ def main() -> None:
         record["pyhessian_setup_ms"] = (time.perf_counter() - start) * 1e3
         direction = [torch.from_numpy(piece).reshape(p.shape).float() for piece, p in
                      zip(np.split(vector, np.cumsum([p.numel() for p in theirs.params])[:-1]), theirs.params)]
-        theirs_hvp = lambda: hessian_vector_product(theirs.gradsH, theirs.params, direction)  # noqa: E731
+        theirs_hvp = lambda: hessian_vector_product(theirs.gradsH, theirs.params, direction)
         # the same product: float32 against float64, relative difference
         got = torch.cat([h.reshape(-1) for h in theirs_hvp()]).double().numpy()
         record["pyhessian_vs_ours_relative"] = float(np.linalg.norm(got - ours.hvp(vector)) / np.linalg.norm(got))

@@ -55,6 +55,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from threadpoolctl import threadpool_limits
 from torch import Tensor, nn
 
 from ..mechanics import ConservationTracker, unwrapped_optimizer
@@ -783,8 +784,9 @@ class Monitor:
         if syms is not None and self.schedule.due("quotient", self._step + 1) and not self._sharded:
             # one projector at theta_t serves the gradient now and the update after the step
             named_params = self._named_params
-            self._horizontal = horizontal_projector(syms, {name: p.cpu() for name, p in named_params.items()},
-                                                    rtol=1e-7, max_iterations=500)
+            with threadpool_limits(limits=1, user_api="blas"):  # beside torch's threads (curvature.curvature)
+                self._horizontal = horizontal_projector(syms, {name: p.cpu() for name, p in named_params.items()},
+                                                        rtol=1e-7, max_iterations=500)
             pre["grad_norm/quotient"] = self._horizontal_norm(grads)
 
     def _sums(self, pairs, *, unsigned: bool = False, norms=(), copy_into=None, moved_from=None):
@@ -814,7 +816,8 @@ class Monitor:
         """|P_H v| at theta_t, v given per parameter in ``self._named`` order."""
         flat = torch.cat([v.reshape(-1).double().cpu() for v in vectors]).numpy()
         try:
-            return float(np.linalg.norm(self._horizontal(flat)))
+            with threadpool_limits(limits=1, user_api="blas"):
+                return float(np.linalg.norm(self._horizontal(flat)))
         except RuntimeError as error:  # CG did not converge: say so rather than log a wrong norm
             self._event(self._step, "quotient-projection", str(error))
             return math.nan
