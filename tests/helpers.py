@@ -20,3 +20,17 @@ def read_scalars(log_dir):
         out.setdefault(name, {})[step] = value
     db.close()
     return out
+
+
+def spawn_gloo(worker, directory, world: int = 2) -> list:
+    """Run ``worker(rank, world, str(directory))`` in ``world`` gloo processes (skip where torch has no
+    gloo) and return what each rank saved to ``directory/rank<r>.pt``."""
+    import pytest
+    import torch
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available in this torch build")
+    mp.spawn(worker, args=(world, str(directory)), nprocs=world, join=True)
+    return [torch.load(directory / f"rank{r}.pt") for r in range(world)]

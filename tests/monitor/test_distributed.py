@@ -11,8 +11,8 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
+from helpers import spawn_gloo
 
 import shockwatch as sw
 from shockwatch.monitor import RunStore
@@ -62,10 +62,7 @@ def worker(rank, world, directory):
 
 @pytest.mark.slow
 def test_two_gloo_ranks_log_once_what_one_process_logs_on_the_full_batch(tmp_path):
-    if not dist.is_available() or not dist.is_gloo_available():
-        pytest.skip("torch.distributed with gloo is not available in this torch build")
-    mp.spawn(worker, args=(2, str(tmp_path)), nprocs=2, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ranks = spawn_gloo(worker, tmp_path)
     store = RunStore(tmp_path / "run" / "run.sqlite", resume=True)
     steps, losses = store.scalars("loss")
     assert steps == list(range(1, STEPS + 1))

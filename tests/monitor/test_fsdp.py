@@ -14,8 +14,8 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
+from helpers import spawn_gloo
 from torch import nn
 
 import shockwatch as sw
@@ -96,10 +96,7 @@ def worker(rank, world, directory):
 
 @pytest.mark.slow
 def test_fsdp2_shards_log_what_one_process_logs(tmp_path):
-    if not dist.is_available() or not dist.is_gloo_available():
-        pytest.skip("torch.distributed with gloo is not available in this torch build")
-    mp.spawn(worker, args=(2, str(tmp_path)), nprocs=2, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ranks = spawn_gloo(worker, tmp_path)
     store = RunStore(tmp_path / "run" / "run.sqlite", read_only=True)
     assert store.meta()["law"] == "sgd-momentum"
     # every rank computed every value (its part of each sum, then the all-reduce): rank 1 returns them too
