@@ -34,3 +34,38 @@ def spawn_gloo(worker, directory, world: int = 2) -> list:
         pytest.skip("torch.distributed with gloo is not available in this torch build")
     mp.spawn(worker, args=(world, str(directory)), nprocs=world, join=True)
     return [torch.load(directory / f"rank{r}.pt") for r in range(world)]
+
+
+def gloo_group(rank: int, world: int, directory: str):
+    """A context for one rank of ``spawn_gloo``: the gloo group made (one thread), then, on the way out,
+    a barrier (a rank whose peer closed its gloo connections first can abort in gloo's threads:
+    "terminate called without an active exception") and the group destroyed."""
+    import contextlib
+
+    import torch
+    import torch.distributed as dist
+
+    @contextlib.contextmanager
+    def group():
+        torch.set_num_threads(1)
+        dist.init_process_group("gloo", init_method=f"file://{directory}/rendezvous", rank=rank, world_size=world)
+        try:
+            yield
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
+
+    return group()
+
+
+def train_and_return(monitor, opt, loss_of, steps: int) -> list:
+    """``steps`` optimizer steps observed by ``monitor`` (closed after); what each ``mon.step`` returned."""
+    returned = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = loss_of()
+        loss.backward()
+        opt.step()
+        returned.append(monitor.step(loss))
+    monitor.close()
+    return returned

@@ -10,9 +10,8 @@ import os
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
-from helpers import spawn_gloo
+from helpers import gloo_group, spawn_gloo, train_and_return
 
 import shockwatch as sw
 from shockwatch.monitor import RunStore
@@ -34,30 +33,22 @@ def model_and_optimizer():
 
 
 def worker(rank, world, directory):
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{directory}/rendezvous", rank=rank, world_size=world)
-    try:
+    with gloo_group(rank, world, directory):
         model, opt = model_and_optimizer()
         ddp = torch.nn.parallel.DistributedDataParallel(model)
         x, y = data()
         shard = slice(rank * 16, (rank + 1) * 16)
         monitor = sw.Monitor(ddp, opt, os.path.join(directory, "run"), example_input=x[shard],
                              schedule=sw.Schedule(quotient=2))
-        local, returned = [], []
-        for _ in range(STEPS):
-            opt.zero_grad()
+        local = []
+
+        def loss_of():
             loss = F.cross_entropy(ddp(x[shard]), y[shard])
-            loss.backward()
-            opt.step()
             local.append(float(loss))
-            returned.append(monitor.step(loss))
-        monitor.close()
+            return loss
+
+        returned = train_and_return(monitor, opt, loss_of, STEPS)
         torch.save({"local": local, "returned": returned}, os.path.join(directory, f"rank{rank}.pt"))
-        # both ranks done before either tears down: a rank whose peer closed its gloo connections
-        # first can abort in gloo's threads ("terminate called without an active exception")
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.slow

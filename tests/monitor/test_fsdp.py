@@ -13,9 +13,8 @@ import os
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
-from helpers import spawn_gloo
+from helpers import gloo_group, spawn_gloo, train_and_return
 from torch import nn
 
 import shockwatch as sw
@@ -69,9 +68,7 @@ def worker(rank, world, directory):
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{directory}/rendezvous", rank=rank, world_size=world)
-    try:
+    with gloo_group(rank, world, directory):
         model, symmetries = setup()  # found before sharding: fully_shard keeps the names
         mesh = init_device_mesh("cpu", (world,))
         for module in (model.first, model.second, model.head, model.gate):
@@ -80,18 +77,8 @@ def worker(rank, world, directory):
         opt = optimizer(model)
         x, y = data()
         monitor = sw.Monitor(model, opt, os.path.join(directory, "run"), symmetries=symmetries, schedule=SCHEDULE)
-        returned = []
-        for _ in range(STEPS):
-            opt.zero_grad()
-            loss = F.cross_entropy(model(x), y)
-            loss.backward()
-            opt.step()
-            returned.append(monitor.step(loss))
-        monitor.close()
+        returned = train_and_return(monitor, opt, lambda: F.cross_entropy(model(x), y), STEPS)
         torch.save(returned, os.path.join(directory, f"rank{rank}.pt"))
-        dist.barrier()  # both ranks done before either tears down its gloo connections
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.slow
