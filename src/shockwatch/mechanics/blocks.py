@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from ..symmetry import Kind, Symmetry, SymmetrySet
-from .laws import LawState, Propagators, advance
+from .laws import LawState, Steps, advance
 
 __all__ = ["BlockLaws", "NoLaw"]
 
@@ -75,7 +75,7 @@ class BlockLaws:
         self._symmetries: dict[str, list[Symmetry]] = {"translation": [], "quadratic": []}
         self.labels: dict[str, list[str]] = {"translation": [], "quadratic": []}
         self.state = {b: LawState.empty() for b in self.parts}  # per part: the laws' state (``laws``)
-        self._propagators = Propagators()
+        self._steps = Steps()
         self._index()
 
     def add(self, entries: list[tuple[str, int, Symmetry]]) -> dict[str, np.ndarray]:
@@ -166,7 +166,6 @@ class BlockLaws:
         if not self.parts[block]:
             return
         group = np.maximum(inputs["group"], 0)
-        per_part = tuple(np.asarray(values, dtype=np.float64)[group] for values in settings)
         x = inputs["x"].copy()
         # the symmetry: sum_B X_B = 0 over a column whose every gradient is known, applied to the
         # column's first moving part (the X of a part that does not move is never read)
@@ -180,9 +179,9 @@ class BlockLaws:
         first = first[~unknown[column[first]]]
         x[first] -= total[column[first]]
         spring = 1.0 if block == "translation" else 2.0
-        propagator = self._propagators(key, settings, spring, group) if momentum_law else None
-        advance(self.state[block], spring, per_part, x, inputs.get("g"), inputs.get("c"), inputs["moves"],
-                ~inputs["has_buffer"], momentum_law, propagator)
+        step = self._steps(key, settings, spring, group, momentum_law)
+        advance(self.state[block], spring, step, x, inputs.get("g"), inputs.get("c"), inputs["moves"],
+                ~inputs["has_buffer"], momentum_law)
 
     def predictions(self, block: str, width: int, momentum_law: bool) -> tuple[np.ndarray, np.ndarray]:
         """Per column (``width`` of them; columns without parts 0): the summed discrete and continuous

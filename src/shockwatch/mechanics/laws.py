@@ -37,11 +37,12 @@ no continuous law from then on (``LawState.applies`` False, NaN in the record).
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
-__all__ = ["LawState", "Propagators", "advance", "mass_of", "oscillator_propagator"]
+__all__ = ["Coefficients", "LawState", "Steps", "advance", "coefficients", "mass_of", "oscillator_propagator"]
 
 SETTINGS = ("lr", "weight_decay", "momentum", "dampening", "nesterov")
 
@@ -94,22 +95,62 @@ def mass_of(eta: np.ndarray, mu: np.ndarray, tau: np.ndarray) -> np.ndarray:
     return eta * (1 - tau) * (1 + mu) / 2
 
 
-class Propagators:
-    """``oscillator_propagator`` per param group, exponentiated once per setting (a key that changes
-    when the settings do) and indexed per part: E (parts, 2, 2), r (parts, 2), applies (parts,)."""
+class Coefficients(NamedTuple):
+    """What one step of ``advance`` needs from the optimizer's settings alone, per part: the settings,
+    their products, and the oscillator's propagator (``oscillator_propagator``, split into contiguous
+    rows: x' = [[e00, e01], [e10, e11]] x + (F/m) (r0, r1)). Made once per setting (``Steps``)."""
+
+    eta: np.ndarray
+    lam: np.ndarray
+    mu: np.ndarray
+    tau: np.ndarray
+    with_momentum: np.ndarray | bool  # ``_uniform``: a bool where every part agrees
+    nesterov: np.ndarray | bool
+    lam2: np.ndarray
+    omt: np.ndarray  # 1 - tau
+    omt2: np.ndarray
+    mu2: np.ndarray
+    cross: np.ndarray  # 2 mu (1 - tau)
+    eta2: np.ndarray
+    decay: np.ndarray  # e^{-spring lambda eta}: the flow's step without momentum
+    oscillator: tuple | None  # (e00, e01, e10, e11, r0, r1, applies (True: all), 1/m where m > 0 else 0, m > 0,
+    # 2/(1 - tau)^2 where tau < 1 else 0): the momentum law's continuous step
+
+
+def coefficients(settings: tuple[np.ndarray, ...], spring: float, group: np.ndarray, momentum_law: bool) -> Coefficients:
+    """``Coefficients`` per part from ``settings`` per param group (eta, lambda, mu, tau, nesterov) and
+    each part's param group ``group``."""
+    eta, lam, mu, tau, nest = (np.ascontiguousarray(np.asarray(v, dtype=np.float64)[group]) for v in settings)
+    omt = 1 - tau
+    oscillator = None
+    if momentum_law:
+        matrix, drive, applies = (a[group] for a in oscillator_propagator(*settings, spring))
+        mass = mass_of(eta, mu, tau)
+        live = mass > 0
+        oscillator = (*(np.ascontiguousarray(matrix[:, i, j]) for i in (0, 1) for j in (0, 1)),
+                      np.ascontiguousarray(drive[:, 0]), np.ascontiguousarray(drive[:, 1]),
+                      True if applies.all() else applies,
+                      np.divide(1.0, mass, out=np.zeros_like(mass), where=live), _uniform(live),
+                      np.divide(2.0, omt**2, out=np.zeros_like(omt), where=tau < 1))
+    return Coefficients(eta, lam, mu, tau, _uniform(mu > 0), _uniform(nest > 0), lam**2, omt, omt**2, mu**2,
+                        2 * mu * omt, eta**2, np.exp(-spring * lam * eta), oscillator)
+
+
+class Steps:
+    """``coefficients`` made once per setting: a key that changes when the settings do, the spring,
+    the parts' param groups and the law; recomputed only when one of them changes."""
 
     def __init__(self) -> None:
         self._cache: dict = {}
 
-    def __call__(self, key, settings: tuple[np.ndarray, ...], spring: float, group: np.ndarray
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        cache_key = (key, spring, group.tobytes())
+    def __call__(self, key, settings: tuple[np.ndarray, ...], spring: float, group: np.ndarray,
+                 momentum_law: bool) -> Coefficients:
+        cache_key = (key, spring, group.tobytes(), momentum_law)
         found = self._cache.get(cache_key)
         if found is None:
             if len(self._cache) > 64:  # a schedule changing lr every step: keep the cache small
                 self._cache.clear()
-            per_group = oscillator_propagator(*settings, spring)
-            found = self._cache[cache_key] = tuple(a[group] for a in per_group)
+            found = self._cache[cache_key] = coefficients(settings, spring, group, momentum_law)
         return found
 
 
@@ -187,31 +228,31 @@ def _where(flags: np.ndarray | bool, a, b):
     return np.where(flags, a, b)
 
 
-def advance(state: LawState, spring: float, settings: tuple[np.ndarray, ...], x: np.ndarray | None,
-            g: np.ndarray | None, c: np.ndarray | None, moves: np.ndarray | bool, fresh: np.ndarray | bool,
-            momentum_law: bool, propagator: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> None:
+def advance(state: LawState, spring: float, k: Coefficients, x: np.ndarray | None, g: np.ndarray | None,
+            c: np.ndarray | None, moves: np.ndarray | bool, fresh: np.ndarray | bool, momentum_law: bool) -> None:
     r"""One optimizer step of every part (module docstring), in place.
 
-    spring: 1 (translation: Q linear in theta) or 2 (scale and rescale: Q quadratic). settings: per
-    part (eta, lambda, mu, tau, nesterov). x, g, c: X, G, C per part (x None: 0, a whole symmetry; g
-    and c unread for translation; c unread without momentum). moves: whether each part is stepped
-    (False: it keeps its state); fresh: whether its momentum buffer does not exist yet (b' = d).
-    propagator: the oscillator's per part (``Propagators``), needed where ``momentum_law``."""
-    eta, lam, mu, tau, nest = settings
+    spring: 1 (translation: Q linear in theta) or 2 (scale and rescale: Q quadratic). k: the step's
+    ``Coefficients`` (from the settings of each part's param group). x, g, c: X, G, C per part (x None:
+    0, a whole symmetry; g and c unread for translation; c unread without momentum). moves: whether
+    each part is stepped (False: it keeps its state); fresh: whether its momentum buffer does not
+    exist yet (b' = d). momentum_law: the continuous law is the oscillator (else the flow)."""
+    eta, lam, mu = k.eta, k.lam, k.mu
     q, p = state.q, state.p
     moves, fresh = _uniform(moves), _uniform(fresh)
-    with_momentum, nesterov = _uniform(mu > 0), _uniform(nest > 0)
+    with_momentum, nesterov = k.with_momentum, k.nesterov
     x_prev = state.x_prev
+    x_now = 0.0 if x is None else x
     if spring == 1.0:
         d = lam * q if x is None else x + lam * q
-        b_new = _where(fresh, d, mu * p + (1 - tau) * d)
+        b_new = _where(fresh, d, mu * p + k.omt * d)
         u = _where(with_momentum, _where(nesterov, d + mu * b_new, b_new), d)
         q_new = q - eta * u
         p_new = _where(with_momentum, b_new, p)
         b_sq_new = state.b
         # F = -X; Nesterov: -(1 + mu) X_k + mu X_{k-1}
-        x_now = 0.0 if x is None else x
-        force = _where(nesterov, -(1 + mu) * x_now + mu * x_prev, -x_now)
+        force = _where(nesterov, -(1 + mu) * x_now + mu * x_prev, -x_now) if (x is not None or nesterov is not False) \
+            else None
         carry = 0.0
         u_sq = 0.0
         g_flow = 0.0
@@ -219,54 +260,59 @@ def advance(state: LawState, spring: float, settings: tuple[np.ndarray, ...], x:
         b = state.b
         c = 0.0 if c is None else c
         theta_d = lam * q if x is None else x + lam * q
-        d_sq = g + lam**2 * q if x is None else g + 2 * lam * x + lam**2 * q
+        d_sq = g + k.lam2 * q if x is None else g + 2 * lam * x + k.lam2 * q
         d_b = c + lam * p
-        theta_b = _where(fresh, theta_d, mu * p + (1 - tau) * theta_d)
-        b_sq = _where(fresh, d_sq, mu**2 * b + 2 * mu * (1 - tau) * d_b + (1 - tau) ** 2 * d_sq)
+        theta_b = _where(fresh, theta_d, mu * p + k.omt * theta_d)
+        b_sq = _where(fresh, d_sq, k.mu2 * b + k.cross * d_b + k.omt2 * d_sq)
         if nesterov is False:
             theta_u, u_sq, u_b = theta_b, b_sq, b_sq
         else:
-            d_b_new = _where(fresh, d_sq, mu * d_b + (1 - tau) * d_sq)
+            d_b_new = _where(fresh, d_sq, mu * d_b + k.omt * d_sq)
             theta_u = _where(nesterov, theta_d + mu * theta_b, theta_b)
-            u_sq = _where(nesterov, d_sq + 2 * mu * d_b_new + mu**2 * b_sq, b_sq)
+            u_sq = _where(nesterov, d_sq + 2 * mu * d_b_new + k.mu2 * b_sq, b_sq)
             u_b = _where(nesterov, d_b_new + mu * b_sq, b_sq)
         theta_u = _where(with_momentum, theta_u, theta_d)
         u_sq = _where(with_momentum, u_sq, d_sq)
-        q_new = q - 2 * eta * theta_u + eta**2 * u_sq
+        q_new = q - 2 * eta * theta_u + k.eta2 * u_sq
         p_new = _where(with_momentum, theta_b - eta * u_b, p)
         b_sq_new = _where(with_momentum, b_sq, b)
         # F - 2 m |theta'|^2 = -2 X; Nesterov: 2 [-(1 + mu) X_k + mu X_{k-1} - mu eta_{k-1} <u_{k-1}, g_{k-1}>]
-        x_now = 0.0 if x is None else x
-        force = _where(nesterov, 2 * (-(1 + mu) * x_now + mu * x_prev - mu * state.carry), -2 * x_now)
+        force = _where(nesterov, 2 * (-(1 + mu) * x_now + mu * x_prev - mu * state.carry), -2 * x_now) \
+            if (x is not None or nesterov is not False) else None
         if nesterov is False:
             carry = 0.0
         else:
             d_g = g + lam * x_now
-            b_g = _where(fresh, d_g, mu * c + (1 - tau) * d_g)
+            b_g = _where(fresh, d_g, mu * c + k.omt * d_g)
             carry = _where(nesterov, eta * (d_g + mu * b_g), 0.0)
-        g_flow = eta**2 * g
+        g_flow = k.eta2 * g
     if not momentum_law:
-        flow = np.exp(-spring * lam * eta) * (state.flow + g_flow + eta * force)
+        flow = k.decay * (state.flow + g_flow + (0.0 if force is None else eta * force))
         state.flow = _where(moves, flow, state.flow)
     else:
-        matrix, drive, applies = propagator
-        mass = mass_of(eta, mu, tau)
-        live = moves & (mass > 0)
-        per_mass = np.divide(force, mass, out=np.zeros_like(q), where=live)
+        e00, e01, e10, e11, r0, r1, applies, inverse_mass, has_mass, velocity = k.oscillator
+        live = has_mass if moves is True else moves & has_mass
+        # F/m per part: the force over the mass, plus 2 |dtheta/dt|^2 = 2 |u|^2 / (1 - tau)^2 (scale, rescale)
+        per_mass = 0.0 if force is None else force * inverse_mass
         if spring != 1.0:
-            velocity_sq = np.divide(u_sq, (1 - tau) ** 2, out=np.zeros_like(q), where=tau < 1)
-            per_mass = np.where(live, per_mass + 2 * velocity_sq, 0.0)
+            per_mass = per_mass + velocity * u_sq
+        per_mass = _where(live, per_mass, 0.0) if live is not True else per_mass
         old = state.oscillator
+        q_osc, v_osc = old[:, 0], old[:, 1]
         advanced = np.empty_like(old)
-        # x' = E x + (F/m) r per part, the 2x2 product written out (a batched matmul of 2x2 matrices
-        # costs NumPy a loop per part)
-        advanced[:, 0] = matrix[:, 0, 0] * old[:, 0] + matrix[:, 0, 1] * old[:, 1] + per_mass * drive[:, 0]
-        advanced[:, 1] = matrix[:, 1, 0] * old[:, 0] + matrix[:, 1, 1] * old[:, 1] + per_mass * drive[:, 1]
+        advanced[:, 0] = e00 * q_osc + e01 * v_osc + per_mass * r0
+        advanced[:, 1] = e10 * q_osc + e11 * v_osc + per_mass * r1
         state.oscillator = _where(moves if isinstance(moves, bool) else moves[:, None], advanced, old)
-        state.applies = state.applies & (applies | ~np.asarray(moves, dtype=bool))
-    zero = np.zeros_like(q)
-    state.x_prev = _where(moves, zero if x is None else x, state.x_prev)
-    state.carry = _where(moves, zero + carry, state.carry)
+        if applies is not True:  # dampening 1 with lr > 0 somewhere: those parts lose their continuous law
+            state.applies = state.applies & (applies | ~np.asarray(moves, dtype=bool))
+    if x is not None or moves is not True:
+        state.x_prev = _where(moves, np.zeros_like(q) if x is None else x, state.x_prev)
+    elif x_prev.any():
+        state.x_prev = np.zeros_like(q)
+    if nesterov is not False or moves is not True:
+        state.carry = _where(moves, np.zeros_like(q) + carry, state.carry)
+    elif state.carry.any():
+        state.carry = np.zeros_like(q)
     state.q = _where(moves, q_new, q)
     state.p = _where(moves, p_new, p)
     state.b = _where(moves, b_sq_new, state.b)

@@ -223,7 +223,7 @@ class ConservationTracker:
         self._captured: tuple[int, tuple] | None = None  # (step, settings) taken by before_step
         self._stepped = False  # whether before_step ran since the last update
         self._per_group: dict = {}  # (block, setting names) -> per symmetry group values, for that key
-        self._propagators = laws.Propagators()  # the oscillator's, per param group and setting
+        self._steps = laws.Steps()  # the laws' coefficients, per param group and setting
         params = self._params()
         self._views: dict[str, tuple[int, np.ndarray]] = {}  # translation params' NumPy views (CPU)
         # the laws' state per block (``laws.LawState``: one part per symmetry), float64 NumPy vectors on
@@ -411,7 +411,7 @@ class ConservationTracker:
     def _settings(self) -> dict[str, Tensor]:
         """Per optimizer param group: each SGD setting as the optimizer held it when it stepped
         (``before_step``), else now (float64). Converted to tensors only when one has changed."""
-        if self._settings_step == self._step:  # read once a step (the laws and the propagators ask four times)
+        if self._settings_step == self._step:  # read once a step (the laws ask several times)
             return self._settings_values
         self._settings_step = self._step
         captured = self._captured
@@ -676,11 +676,12 @@ class ConservationTracker:
                 continue
             spring = 1.0 if block == "translation" else 2.0
             index = self._group_index[block].numpy()
-            propagator = self._propagators(self._settings_key, per_group, spring, index) if momentum else None
+            step = self._steps(self._settings_key, per_group, spring, index, momentum)
             applied = state.applies
-            laws.advance(state, spring, self._hyperparameters(block, *self._SETTINGS), None,
-                         g_sq if spring == 2.0 else None, old_b_g if spring == 2.0 else None, True, first, momentum,
-                         propagator)
+            laws.advance(state, spring, step, None, g_sq if spring == 2.0 else None, old_b_g if spring == 2.0 else None,
+                         True, first, momentum)
+            if state.applies is applied:  # nothing lost (advance keeps the array where every part still applies)
+                continue
             lost = applied & ~state.applies
             if lost.any():
                 groups = sorted({int(i) for i in index[lost]})
