@@ -48,6 +48,7 @@ Precision: every charge, sum and law in float64; tensors the C kernel does not t
 
 from __future__ import annotations
 
+import operator
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -230,6 +231,7 @@ class ConservationTracker:
         # the host whatever the model's device: the per-step recursions are NumPy operations on them
         self._laws = {k: laws.LawState.start(_host(v)) for k, v in self._charges_and_sizes(params)[0].items()}
         self._buffers_started = False
+        self._buffer_dict: tuple | None = None  # (buffer objects, the dict momentum_buffers gave for them)
         self._step = 0
         # every record (report() needs them), or only the last (a monitor: memory stays flat, where
         # the history of a long run grows by 4 x groups x 8 bytes a record)
@@ -475,8 +477,21 @@ class ConservationTracker:
 
     def momentum_buffers(self) -> dict[str, Tensor] | None:
         """The optimizer's momentum buffers of the scale/rescale parameters (None before the first
-        step), for a caller that measures <b_A, g_A> itself before the step (``update(measured=)``)."""
-        return self._read_buffers() if self._buffers_started else None
+        step), for a caller that measures <b_A, g_A> itself before the step (``update(measured=)``).
+        The same dict while the optimizer holds the same buffer objects (updated in place) and none
+        needed a float64 copy."""
+        if not self._buffers_started:
+            return None
+        state = self.optimizer.state
+        found = [state[p].get("momentum_buffer") if p in state else None for _, p in self._quadratic]
+        cached = self._buffer_dict
+        if cached is not None and len(found) == len(cached[0]) and all(map(operator.is_, found, cached[0])):
+            return cached[1]
+        buffers = self._read_buffers()
+        # kept only where every entry is the buffer itself (a float64 copy or a zero tensor would go stale)
+        same = all(map(operator.is_, found, buffers.values()))
+        self._buffer_dict = (found, buffers) if same else None
+        return buffers
 
     def _read_buffers(self, named: list[tuple[str, Tensor]] | None = None) -> dict[str, Tensor]:
         """The momentum buffers of ``named`` (default: the scale/rescale parameters) as the optimizer

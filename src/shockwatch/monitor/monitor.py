@@ -140,7 +140,8 @@ def _needs_upcast(t: Tensor, compiled: bool) -> bool:
                 and _native.library() is not None)
 
 
-_version = attrgetter("_version")  # bumped by every in-place write: an optimizer's update, p.add_
+_version = attrgetter("_version")
+_dtype, _shape, _device = attrgetter("dtype"), attrgetter("shape"), attrgetter("device")  # bumped by every in-place write: an optimizer's update, p.add_
 _requires_grad = attrgetter("requires_grad")
 
 
@@ -400,6 +401,7 @@ class Monitor:
         held_ids = {id(p) for p in held}
         self._stepped_params = [p for p in self._params if id(p) in held_ids]
         self._before: list[Tensor] | None = None  # theta_t, copied in the pre-step pass
+        self._copies_layout: tuple | None = None  # the parameters' dtypes, shapes and devices the copies were made for
         self._upcast = False  # whether the passes sum from float64 copies (set with the copies)
         self._before_named: dict[str, Tensor] = {}
         self._have_before = False  # whether _before holds this step's theta_t
@@ -717,6 +719,13 @@ class Monitor:
         """The tensors theta_t is copied into before each step, one per observed parameter, of its
         dtype, shape and device (made again where a parameter changed: ``model.double()``, ``.to``)."""
         before, params = self._before, self._params
+        # what the copies (and whether sums need float64 ones) depend on, read in C-level maps:
+        # unchanged, the copies still fit
+        layout = (list(map(_dtype, params)), list(map(_shape, params)), list(map(_device, params)),
+                  list(map(Tensor.is_contiguous, params)), self._compile)
+        if before is not None and layout == self._copies_layout:
+            return before
+        self._copies_layout = layout
         # half precision (and anything the C kernel does not take) is summed from float64 copies
         self._upcast = any(_needs_upcast(p, self._compile) for p in params)
         dtype_of = (lambda p: torch.float64) if self._upcast else (lambda p: p.dtype)
