@@ -123,3 +123,58 @@ def test_fsdp2_refuses_what_needs_the_full_parameters(tmp_path):
     with pytest.raises(ValueError, match="schedule.curvature"):
         _check_sharded(sw.Schedule(curvature=10), object(), None)
     _check_sharded(sw.Schedule(), object(), None)  # the every-step observables are allowed
+
+
+def llama():
+    """A Hugging Face Llama from a config (random weights, no download): GQA heads, RMSNorm, rotary
+    pairs, a SwiGLU MLP; each decoder layer sharded on its own."""
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=2,
+                                      num_key_value_heads=1, vocab_size=37, max_position_embeddings=16)
+    model = transformers.LlamaForCausalLM(config).double()
+    tokens = torch.randint(0, 37, (4, 9), generator=torch.Generator().manual_seed(1))
+    return model, tokens[:, :-1], tokens[:, 1:]
+
+
+def llama_loss(model, x, y):
+    return F.cross_entropy(model(x).logits.reshape(-1, 37), y.reshape(-1))
+
+
+def llama_worker(rank, world, directory):
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    with gloo_group(rank, world, directory):
+        model, x, y = llama()
+        symmetries = sw.find_symmetries(model, (x,))
+        mesh = init_device_mesh("cpu", (world,))
+        for layer in model.model.layers:
+            fully_shard(layer, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        opt = optimizer(model)
+        monitor = sw.Monitor(model, opt, os.path.join(directory, "run"), symmetries=symmetries, tensorboard=False)
+        torch.save(train_and_return(monitor, opt, lambda: llama_loss(model, x, y), 4),
+                   os.path.join(directory, f"rank{rank}.pt"))
+
+
+@pytest.mark.slow
+def test_a_hugging_face_llama_sharded_layer_by_layer(tmp_path):
+    """Truth: the same Llama trained unsharded in one process. Every value agrees (norms and drifts to
+    1e-9; the gradient breaking and the exact-law errors, which are round-off for exact symmetries, to
+    1e-13 absolute), and the exact laws of the rescale and translation groups hold to round-off."""
+    pytest.importorskip("transformers")
+    sharded = spawn_gloo(llama_worker, tmp_path)[0]
+    model, x, y = llama()
+    symmetries = sw.find_symmetries(model, (x,))
+    assert symmetries.counts()["gl"] > 0 and symmetries.counts()["rotation"] > 0
+    opt = optimizer(model)
+    single = sw.Monitor(model, opt, tmp_path / "single", symmetries=symmetries, tensorboard=False,
+                        schedule=sw.Schedule(quotient=None))
+    for step, got in enumerate(train_and_return(single, opt, lambda: llama_loss(model, x, y), 4)):
+        want = sharded[step]
+        assert got.keys() == want.keys()
+        for name, value in got.items():
+            assert math.isclose(value, want[name], rel_tol=1e-9, abs_tol=1e-13), (step, name, value, want[name])
+        assert want["charge_law_error/rescale"] < 1e-12 and want["charge_law_error/translation"] < 1e-12
