@@ -77,9 +77,9 @@ def test_learning_rate_schedule():
         assert report.max_rel_error(kind, "continuous") < 1e-3
 
 
-def resume_and_compare(state, model, opt, syms):
-    """Load ``state`` (taken at step 80 of ``run(steps=160)``) into a new tracker, continue the run
-    with the uninterrupted run's data stream, and compare both laws with that run to round-off."""
+def resumed_and_uninterrupted(state, model, opt, syms):
+    """Load ``state`` (taken at step 80 of ``run(steps=160)``) into a new tracker and continue the run
+    with the uninterrupted run's data stream: (the resumed report, the uninterrupted run's report)."""
     fresh = sw.ConservationTracker(model, opt, syms)
     fresh.load_state_dict(state)
     *_, whole, _ = run(steps=160)
@@ -88,17 +88,26 @@ def resume_and_compare(state, model, opt, syms):
     y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
     for _ in range(80):
         torch.randint(0, 64, (16,), generator=g)
-    resumed, uninterrupted = train(model, opt, fresh, x, y, g, 80), whole.report()
-    assert resumed.steps == uninterrupted.steps
+    return train(model, opt, fresh, x, y, g, 80), whole.report()
+
+
+def largest_law_difference(resumed, uninterrupted) -> float:
+    """max over kinds, laws, steps and groups of |resumed - uninterrupted| / max(|uninterrupted|, 1e-2)."""
+    worst = 0.0
     for kind in ("translation", "scale", "rescale"):
-        assert torch.allclose(resumed.discrete[kind], uninterrupted.discrete[kind], rtol=1e-12, atol=1e-14)
-        assert torch.allclose(resumed.continuous[kind], uninterrupted.continuous[kind], rtol=1e-12, atol=1e-14)
+        for law in ("discrete", "continuous"):
+            a, b = getattr(resumed, law)[kind], getattr(uninterrupted, law)[kind]
+            if b.numel():
+                worst = max(worst, float(((a - b).abs() / b.abs().clamp(min=1e-2)).max()))
+    return worst
 
 
 def test_resume_from_state_dict_continues_the_predictions():
     """Truth: an uninterrupted run. Stop at step 80, rebuild the tracker, load its state, continue."""
     model, opt, tracker, syms = run(steps=160, stop_at=80)
-    resume_and_compare(tracker.state_dict(), model, opt, syms)
+    resumed, uninterrupted = resumed_and_uninterrupted(tracker.state_dict(), model, opt, syms)
+    assert resumed.steps == uninterrupted.steps == list(range(161))
+    assert largest_law_difference(resumed, uninterrupted) < 1e-12
 
 
 def test_a_state_dict_of_the_earlier_format_still_resumes():
@@ -113,7 +122,9 @@ def test_a_state_dict_of_the_earlier_format_still_resumes():
     state.update(initial=zeros, decay_time=zeros, integral=field("flow"), discrete=field("q"),
                  theta_buffer=field("p"), buffer_sq=field("b"), oscillator=field("oscillator"),
                  nesterov_carry=field("carry"), continuous_lost={b: ~v for b, v in field("applies").items()})
-    resume_and_compare(state, model, opt, syms)
+    resumed, uninterrupted = resumed_and_uninterrupted(state, model, opt, syms)
+    assert resumed.steps == uninterrupted.steps == list(range(161))
+    assert largest_law_difference(resumed, uninterrupted) < 1e-12
 
 
 def test_optimizers_without_a_law_report_drift_only():
