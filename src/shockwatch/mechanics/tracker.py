@@ -206,10 +206,9 @@ class ConservationTracker:
                 frozen = any(not parameters[slot.param].requires_grad for slot in sym.slots)
                 split.append(len(groups) != 1 or -1 in groups or frozen)
                 indices.append(max(min(groups), 0))
-            group_index[block] = torch.tensor(indices, dtype=torch.long)
+            group_index[block] = np.array(indices, dtype=np.int64)
             static_split[block] = np.array(split, dtype=bool)
         self._group_index = group_index
-        self._scale_count = len(symmetries.of_kind(Kind.SCALE))
         self._translation_params = sorted({slot.param for sym in symmetries.of_kind(Kind.TRANSLATION)
                                            for slot in sym.slots})
         # only the parameters some charge reads are gathered each step
@@ -217,13 +216,10 @@ class ConservationTracker:
         self._charged = [(name, parameters[name]) for name in dict.fromkeys(
             [*symmetries.quadratic_params, *self._translation_params])]
         self.law = self._law()
-        # whether some group uses Nesterov (the recursions' extra terms are taken only then)
-        self._nesterov = any(group.get("nesterov", False) for group in optimizer.param_groups)
         self._settings_key: tuple | None = None  # the optimizer settings _settings last converted
         self._settings_step = -1  # the step _settings last read them at
         self._captured: tuple[int, tuple] | None = None  # (step, settings) taken by before_step
         self._stepped = False  # whether before_step ran since the last update
-        self._per_group: dict = {}  # (block, setting names) -> per symmetry group values, for that key
         self._steps = laws.Steps()  # the laws' coefficients, per param group and setting
         params = self._params()
         self._views: dict[str, tuple[int, np.ndarray]] = {}  # translation params' NumPy views (CPU)
@@ -238,7 +234,6 @@ class ConservationTracker:
         self.keep_history = keep_history
         self._history: list[tuple[int, np.ndarray]] = []  # NumPy: a per-step torch call costs more
         self._counts = [len(symmetries.of_kind(kind)) for kind in _KINDS]
-        self._cuts = np.cumsum(self._counts)[:-1]
         # the symmetries followed block by block, and the order they were added in (for state_dict)
         self._blocks = BlockLaws(symmetries.device)
         self._split = {block: np.zeros(len(v), dtype=bool) for block, v in self._laws.items()}
@@ -410,32 +405,21 @@ class ConservationTracker:
             return args, {**kwargs, "closure": closure_then_before_step}
         return (args[0], closure_then_before_step, *args[2:]), kwargs
 
-    def _settings(self) -> dict[str, Tensor]:
-        """Per optimizer param group: each SGD setting as the optimizer held it when it stepped
-        (``before_step``), else now (float64). Converted to tensors only when one has changed."""
-        if self._settings_step == self._step:  # read once a step (the laws ask several times)
+    def _settings(self) -> tuple[np.ndarray, ...]:
+        """Per optimizer param group, the SGD settings in _SETTINGS order (one float64 array each) as
+        the optimizer held them when it stepped (``before_step``), else now; converted only when one
+        has changed (``_settings_key`` changes with them). NumPy: the laws' recursions are ~50
+        elementwise operations on vectors of a few thousand groups a step, where NumPy's dispatch is
+        several times cheaper than torch's (benchmarks/RESULTS.md, monitor overhead)."""
+        if self._settings_step == self._step:  # read once a step
             return self._settings_values
         self._settings_step = self._step
         captured = self._captured
         key = captured[1] if captured is not None and captured[0] == self._step else self._live_settings()
         if key != self._settings_key:
-            values = torch.tensor(key, dtype=torch.float64).reshape(-1, len(self._SETTINGS)).T
-            self._settings_key, self._settings_values = key, dict(zip(self._SETTINGS, values))
-            self._per_group = {}
+            values = np.array(key, dtype=np.float64).reshape(-1, len(self._SETTINGS)).T
+            self._settings_key, self._settings_values = key, tuple(np.ascontiguousarray(v) for v in values)
         return self._settings_values
-
-    def _hyperparameters(self, block: str, *names: str) -> tuple[np.ndarray, ...]:
-        """Per symmetry group of ``block``: each named optimizer setting of its param group (float64).
-
-        The recursions run in NumPy on the state's CPU float64 storage: they are ~50 elementwise
-        operations on vectors of a few thousand groups per step, where NumPy's dispatch (~1 us an
-        operation) is several times cheaper than torch's (benchmarks/RESULTS.md, monitor overhead)."""
-        settings = self._settings()
-        cached = self._per_group.get((block, names))
-        if cached is None:
-            cached = self._per_group[(block, names)] = tuple(settings[name][self._group_index[block]].numpy()
-                                                             for name in names)
-        return cached
 
     @property
     def records_next(self) -> bool:
@@ -639,10 +623,9 @@ class ConservationTracker:
                                "call tracker.before_step() right before optimizer.step() (this optimizer has no "
                                "step pre-hook, or hook=False)")
         settings = self._settings()
-        per_group = tuple(settings[name].numpy() for name in self._SETTINGS)
         momentum = self.law == "sgd-momentum"
         for block, entry in inputs.items():
-            self._blocks.advance(block, per_group, self._settings_key, entry, momentum)
+            self._blocks.advance(block, settings, self._settings_key, entry, momentum)
         self._sync_blocks()
 
     def _sync_blocks(self) -> None:
@@ -658,10 +641,11 @@ class ConservationTracker:
             self._laws[block].q[split] = discrete[split]
             self._split_continuous[block] = continuous
 
-    def _law_inputs(self, measured: tuple[Tensor, Tensor | None] | None, first: bool
+    def _law_inputs(self, measured: tuple[Tensor, Tensor | None] | None, first: bool, quadratic: laws.Coefficients
                     ) -> tuple[np.ndarray, np.ndarray | None]:
         """G = signed |g_A|^2 and C = <b_A, g_A> with the buffer before the step (None at the first
-        step, or without momentum): from ``measured`` where the caller gave them, else read here."""
+        step, or without momentum): from ``measured`` where the caller gave them, else read here
+        (``quadratic``: the scale and rescale groups' coefficients, for their mu and tau)."""
         if measured is not None:
             return _host(measured[0]), None if first or measured[1] is None else _host(measured[1])
         grads = self._gradients()
@@ -672,7 +656,7 @@ class ConservationTracker:
             return sums[0], None
         # <b, g> from <b', g> = mu <b, g> + (1 - tau) |g|^2, since <d, g> = |g|^2 (<theta_A, g_A> = 0);
         # a group without momentum has no buffer (read as zeros) and no use for <b, g>
-        _, _, mu, tau, _ = self._hyperparameters("quadratic", *self._SETTINGS)
+        mu, tau = quadratic.mu, quadratic.tau
         return sums[0], np.divide(sums[1] - (1 - tau) * sums[0], mu, out=np.zeros_like(sums[0]), where=mu > 0)
 
     def _law_step(self, measured: tuple[Tensor, Tensor | None] | None) -> None:
@@ -682,16 +666,15 @@ class ConservationTracker:
         momentum = self.law == "sgd-momentum"
         first = momentum and not self._buffers_started
         self._buffers_started = self._buffers_started or momentum
-        g_sq, old_b_g = self._law_inputs(measured, first)
         settings = self._settings()
-        per_group = tuple(settings[name].numpy() for name in self._SETTINGS)
+        steps = {block: self._steps(self._settings_key, settings, 1.0 if block == "translation" else 2.0,
+                                    self._group_index[block], momentum) for block in _BLOCKS}
+        g_sq, old_b_g = self._law_inputs(measured, first, steps["quadratic"])
         for block in _BLOCKS:
             state = self._laws[block]
             if not len(state):
                 continue
-            spring = 1.0 if block == "translation" else 2.0
-            index = self._group_index[block].numpy()
-            step = self._steps(self._settings_key, per_group, spring, index, momentum)
+            spring, step, index = 1.0 if block == "translation" else 2.0, steps[block], self._group_index[block]
             applied = state.applies
             laws.advance(state, spring, step, None, g_sq if spring == 2.0 else None, old_b_g if spring == 2.0 else None,
                          True, first, momentum)
