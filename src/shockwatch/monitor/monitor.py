@@ -140,8 +140,8 @@ def _needs_upcast(t: Tensor, compiled: bool) -> bool:
                 and _native.library() is not None)
 
 
-_version = attrgetter("_version")
-_dtype, _shape, _device = attrgetter("dtype"), attrgetter("shape"), attrgetter("device")  # bumped by every in-place write: an optimizer's update, p.add_
+_version = attrgetter("_version")  # bumped by every in-place write: an optimizer's update, p.add_
+_dtype, _shape, _device = attrgetter("dtype"), attrgetter("shape"), attrgetter("device")
 _requires_grad = attrgetter("requires_grad")
 
 

@@ -424,6 +424,11 @@ def _on_host(sums: FusedSums) -> FusedSums:
     return FusedSums(*(None if t is None else t.detach().to("cpu", torch.float64).numpy() for t in sums))
 
 
+def _from_host(sums: FusedSums) -> FusedSums:
+    """``_on_host``'s inverse: every field as a float64 CPU tensor (``fused_sums(host=False)``)."""
+    return FusedSums(*(None if a is None else torch.from_numpy(np.asarray(a, dtype=np.float64)) for a in sums))
+
+
 @dataclass(frozen=True, eq=False)
 class SymmetrySet:
     """The symmetries found on one model, with a precomputed charge plan per kind."""
@@ -739,14 +744,12 @@ class SymmetrySet:
         all-reduce of every field (norms as sums of squares)."""
         size, n = self._plans[Kind.SCALE].size + self._plans[Kind.RESCALE].size, len(pairs)
         if not size or not n:  # norms only
-            squares = [sum(float(torch.linalg.vector_norm(sharded.local(t) if b is None else
-                                                          sharded.local(t) - sharded.local(u), dtype=torch.float64)) ** 2
-                           for t, u in zip(a, b if b is not None else a)) for a, b in norms]
-            totals = np.sqrt(np.maximum(sharded.all_reduce(np.array(squares, dtype=np.float64)), 0.0)) if norms else None
+            squares = np.array([sharded.local_squares(a, b) for a, b in norms], dtype=np.float64)
+            totals = np.sqrt(np.maximum(sharded.all_reduce(squares), 0.0)) if norms else None
             empty = np.zeros((n, 0))
             sums = FusedSums(empty, empty if unsigned else None, np.zeros(n), totals,
                              np.zeros(()) if moved_from is not None else None)
-            return sums if host else FusedSums(*(None if a is None else torch.from_numpy(np.asarray(a)) for a in sums))
+            return sums if host else _from_host(sums)
         cut = self._local(pairs[0][0], quadratic=True)
         locals_: dict[int, dict] = {}
 
@@ -764,7 +767,7 @@ class SymmetrySet:
         found = cut.parts.fused_sums(local_pairs, norms=local_norms, compile=compile, native=native, copy_into=into,
                                      moved_from=start, host=True)
         signed = np.stack([np.bincount(cut.quadratic_column, weights=cut.quadratic_sign * row, minlength=size)
-                           for row in found.signed]) if n else np.zeros((0, size))
+                           for row in found.signed])
         plain = np.stack([np.bincount(cut.quadratic_column, weights=row, minlength=size) for row in found.signed])
         whole = np.array(found.whole, dtype=np.float64)
         moved_sq = float(found.moved) ** 2 if found.moved is not None else 0.0
@@ -782,9 +785,7 @@ class SymmetrySet:
         sums = FusedSums(signed.reshape(n, size), plain.reshape(n, size) if unsigned else None, whole,
                          np.sqrt(np.maximum(norms_sq, 0.0)) if found.norms is not None else None,
                          np.sqrt(max(float(moved_sq[0]), 0.0)) if moved_from is not None else None)
-        if host:
-            return sums
-        return FusedSums(*(None if a is None else torch.from_numpy(np.asarray(a, dtype=np.float64)) for a in sums))
+        return sums if host else _from_host(sums)
 
     @staticmethod
     def _scatter(plan: _UnitPlan, units: Tensor, totals: Tensor | None, n_pairs: int, size: int,

@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["is_sharded", "local", "sharded_norm"]
+__all__ = ["is_sharded", "local", "local_squares", "sharded_norm"]
 
 
 def _dtensor_type():
@@ -129,8 +129,16 @@ def all_reduce(values: np.ndarray) -> np.ndarray:
     return tensor.numpy()
 
 
+def local_squares(tensors: list[Tensor], minus: list[Tensor] | None = None) -> float:
+    """sum |t|^2 (or |t - m|^2) over this rank's shards of ``tensors`` (and ``minus``), float64."""
+    total = 0.0
+    for i, t in enumerate(tensors):
+        t = local(t) if minus is None else local(t) - local(minus[i])
+        if t.numel():
+            total += float(torch.linalg.vector_norm(t, dtype=torch.float64)) ** 2
+    return total
+
+
 def sharded_norm(tensors: list[Tensor]) -> float:
     """sqrt(sum |t|^2) over DTensors (or plain tensors), from each rank's shards, float64."""
-    locals_ = [local(t) for t in tensors]
-    total = sum(float(torch.linalg.vector_norm(t, dtype=torch.float64)) ** 2 for t in locals_ if t.numel())
-    return math.sqrt(max(float(all_reduce(np.array([total]))[0]), 0.0))
+    return math.sqrt(max(float(all_reduce(np.array([local_squares(tensors)]))[0]), 0.0))
