@@ -154,9 +154,9 @@ class BlockLaws:
             state.oscillator[first, 1] = target_velocity[self.column[block][first]]
         state.applies[mask] = True
 
-    def continuous_lost(self, block: str, lost: np.ndarray) -> None:
-        """No continuous law from now on for the parts of the columns in ``lost`` (a column mask)."""
-        self.state[block].applies[lost[self.column[block]]] = False
+    def continuous_lost(self, block: str, lost: np.ndarray, parts: np.ndarray) -> None:
+        """No continuous law from now on for the ``parts`` (a part mask) of the columns in ``lost`` (a column mask)."""
+        self.state[block].applies[parts & lost[self.column[block]]] = False
 
     def advance(self, block: str, settings: tuple[np.ndarray, ...], key, inputs: dict, momentum_law: bool) -> None:
         """One optimizer step of every part (``laws.advance``): ``settings`` per optimizer param group

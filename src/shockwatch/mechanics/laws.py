@@ -158,7 +158,7 @@ class Steps:
 class LawState:
     """Per part, float64: the discrete law's Q, P, B; the continuous law's Q (``flow``, without momentum)
     or oscillator (Q, dQ/dt) (with momentum); whether the continuous law still applies; Nesterov's X and
-    eta <u, g> at the part's last step. Parts are rows; ``take`` and ``put`` select them."""
+    eta <u, g> at the part's last step. Parts are rows (``grow`` adds them)."""
 
     q: np.ndarray
     p: np.ndarray

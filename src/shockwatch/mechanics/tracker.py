@@ -543,7 +543,7 @@ class ConservationTracker:
         self._blocks.reset(block, added, q, p, b, **targets)
         lost = ~self._laws[block].applies
         if lost.any():
-            self._blocks.continuous_lost(block, lost)
+            self._blocks.continuous_lost(block, lost, added)  # the parts just added: the others keep their own
         self._sync_blocks()
 
     def _measure_blocks(self) -> dict[str, dict[str, np.ndarray]]:
