@@ -34,7 +34,7 @@ import torch
 from scipy.sparse import csc_matrix
 from torch import Tensor
 
-from ..symmetry import Kind, SymmetrySet, generator, gl_generator_combination, gl_generator_inner, unit_matrix
+from ..symmetry import Kind, SymmetrySet, generator, generator_entries, gl_generator_combination, gl_generator_inner, unit_matrix
 
 __all__ = ["Metric", "OrbitOperator", "horizontal_projection", "horizontal_projector"]
 
@@ -187,7 +187,7 @@ def horizontal_projector(symmetries: SymmetrySet, params: Mapping[str, Tensor], 
         generator touches a few rows and columns of its layers), G = J J^T pseudo-inverted once by
         eigh with the directions below round-off dropped (generators may be dependent): two sparse
         products and one K x K product per vector in place of a CG solve (measured on an 85k-parameter
-        MLP: a quotient Hessian product 1.1x a raw one, against 9.8x with CG; benchmarks/RESULTS.md).
+        MLP: a quotient Hessian product 1.37x a raw one, against 9.8x with CG; benchmarks/RESULTS.md).
     Otherwise each call is ``horizontal_projection`` (CG to ``rtol``; RuntimeError if it does not
     converge within ``max_iterations``).
     """
@@ -222,7 +222,7 @@ def generator_matrix(symmetries: SymmetrySet, params: Mapping[str, Tensor]) -> c
     """J^T: the sparse D x K matrix whose columns are the orbit generators xi_k(theta) (``generator``;
     GL: one per entry of each head's d x d), in ``OrbitOperator``'s row order, over the parameters in
     ``params``' order (flattened). Built from the slots' entries alone (memory ~ the generators' nonzeros,
-    not D x K): translation 1, scale theta, rescale (theta, -theta), rotation (-y, x) on its slots."""
+    not D x K): ``symmetry.generator_entries`` placed at their flat indices."""
     names = list(params)
     offsets = dict(zip(names, np.cumsum([0, *[params[n].numel() for n in names[:-1]]]).tolist()))
     index_of: dict[str, Tensor] = {}
@@ -241,20 +241,11 @@ def generator_matrix(symmetries: SymmetrySet, params: Mapping[str, Tensor]) -> c
         entries.append(values)
 
     column = 0
-    for kind in _KINDS:
+    for kind in (*_KINDS, Kind.ROTATION):
         for sym in symmetries.of_kind(kind):
-            for sign, slots in ((1.0, sym.incoming), (-1.0, sym.outgoing)):
-                for slot in slots:
-                    index = flat_index(slot)
-                    values = np.ones(len(index)) if kind is Kind.TRANSLATION else \
-                        sign * slot.view(params).reshape(-1).numpy()
-                    add(column, index, values)
+            for slot, values in generator_entries(sym, params):
+                add(column, flat_index(slot), values.reshape(-1).numpy())
             column += 1
-    for sym in symmetries.of_kind(Kind.ROTATION):
-        for sign, targets, sources in ((-1.0, sym.incoming, sym.outgoing), (1.0, sym.outgoing, sym.incoming)):
-            for target, source in zip(targets, sources):
-                add(column, flat_index(target), sign * source.view(params).reshape(-1).numpy())
-        column += 1
     for sym in symmetries.of_kind(Kind.GL):  # one generator per (a, b) of each head's d x d
         for k in range(sym.unit_count ** 2):
             unit = torch.zeros(sym.unit_count ** 2, dtype=torch.float64)

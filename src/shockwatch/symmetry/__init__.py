@@ -14,6 +14,7 @@ from .group import (
     act_gl,
     act_rotation,
     generator,
+    generator_entries,
     gl_charges,
     gl_generator_combination,
     gl_generator_inner,
@@ -24,4 +25,4 @@ from .trace import EXACT_TOLERANCE
 from .verify import Verification, VerificationRow, verify_symmetries
 
 __all__ = ["EXACT_TOLERANCE", "Kind", "Slot", "Symmetry", "SymmetrySet", "Verification", "VerificationRow", "act", "act_gl", "act_rotation", "gl_charges", "gl_generator_combination", "gl_generator_inner",
-           "exact_defects", "find_symmetries", "generator", "permute", "unit_matrix", "verify_symmetries"]
+           "exact_defects", "find_symmetries", "generator", "generator_entries", "permute", "unit_matrix", "verify_symmetries"]

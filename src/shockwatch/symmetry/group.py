@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from . import sharded
 
-__all__ = ["Kind", "Slot", "Symmetry", "SymmetrySet", "act", "act_gl", "act_rotation", "generator", "gl_charges",
+__all__ = ["Kind", "Slot", "Symmetry", "SymmetrySet", "act", "act_gl", "act_rotation", "generator", "generator_entries", "gl_charges",
            "gl_generator_combination", "gl_generator_inner", "permute", "random_gl_element", "unit_matrix"]
 
 
@@ -804,30 +804,35 @@ class SymmetrySet:
             raise ValueError(f"{kind.value} is not a one-parameter group: it has no single generator per symmetry")
         return kind
 
+def generator_entries(sym: Symmetry, params: Mapping[str, Tensor]) -> list[tuple[Slot, Tensor]]:
+    """The Lie-algebra generator xi(theta) of ``sym`` as (slot, its values there) pairs, entries of
+    overlapping slots adding up: 1 on the slots (translation), theta_A (scale), (theta_A1, -theta_A2)
+    (rescale), (-y, x) on the paired slots (rotation). ``generator`` makes dense tensors of them,
+    ``quotient.generator_matrix`` sparse columns."""
+    if sym.kind is Kind.ROTATION:
+        return [(target, sign * source.view(params).detach())
+                for sign, targets, sources in ((-1.0, sym.incoming, sym.outgoing), (1.0, sym.outgoing, sym.incoming))
+                for target, source in zip(targets, sources)]
+    if not sym.kind.one_parameter:
+        raise ValueError(f"{sym.label}: {sym.kind.value} is not a one-parameter group; see act_gl / permute")
+    entries = []
+    for sign, slots in ((1.0, sym.incoming), (-1.0, sym.outgoing)):
+        for slot in slots:
+            values = slot.view(params).detach()
+            entries.append((slot, torch.ones_like(values) if sym.kind is Kind.TRANSLATION else sign * values))
+    return entries
+
+
 def generator(sym: Symmetry, params: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """The Lie-algebra generator xi(theta) of ``sym`` as one dense tensor per touched parameter.
 
-    d/dc (action at c)|_{c=0}: 1 on the slots (translation), theta_A (scale), (theta_A1, -theta_A2)
-    (rescale), (-y, x) on the paired slots (rotation). <grad L, xi> = 0 is the infinitesimal
-    statement of the symmetry.
+    d/dc (action at c)|_{c=0} (``generator_entries``). <grad L, xi> = 0 is the infinitesimal statement
+    of the symmetry.
     """
-    if sym.kind is Kind.ROTATION:
-        out = {}
-        for sign, targets, sources in ((-1.0, sym.incoming, sym.outgoing), (1.0, sym.outgoing, sym.incoming)):
-            for target_slot, source_slot in zip(targets, sources):
-                dense = out.setdefault(target_slot.param, torch.zeros_like(params[target_slot.param]))
-                dense.narrow(target_slot.dim, target_slot.start, target_slot.stop - target_slot.start).add_(
-                    sign * source_slot.view(params).detach())
-        return out
-    if not sym.kind.one_parameter:
-        raise ValueError(f"{sym.label}: {sym.kind.value} is not a one-parameter group; see act_gl / permute")
     out: dict[str, Tensor] = {}
-    for sign, slots in ((1.0, sym.incoming), (-1.0, sym.outgoing)):
-        for slot in slots:
-            dense = out.setdefault(slot.param, torch.zeros_like(params[slot.param]))
-            target = dense.narrow(slot.dim, slot.start, slot.stop - slot.start)
-            values = slot.view(params).detach()
-            target.add_(torch.ones_like(values) if sym.kind is Kind.TRANSLATION else sign * values)
+    for slot, values in generator_entries(sym, params):
+        dense = out.setdefault(slot.param, torch.zeros_like(params[slot.param]))
+        dense.narrow(slot.dim, slot.start, slot.stop - slot.start).add_(values)
     return out
 
 
