@@ -93,23 +93,18 @@ def test_fsdp2_shards_log_what_one_process_logs(tmp_path):
     model, symmetries = setup()
     opt = optimizer(model)
     x, y = data()
-    single = sw.Monitor(model, opt, tmp_path / "single", symmetries=symmetries, schedule=SCHEDULE, tensorboard=False)
-    for _ in range(STEPS):
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        single.step(loss)
+    monitor = sw.Monitor(model, opt, tmp_path / "single", symmetries=symmetries, schedule=SCHEDULE, tensorboard=False)
+    train_and_return(monitor, opt, lambda: F.cross_entropy(model(x), y), STEPS)
+    single = RunStore(tmp_path / "single" / "run.sqlite", read_only=True)
     names = set(store.names())
-    assert names == set(single.store.names())
+    assert names == set(single.names())
     assert {"charge_law_error/rescale", "charge_law_error/scale", "charge_law_error/translation"} <= names
     for name in names:
-        got, want = store.scalars(name)[1], single.store.scalars(name)[1]
+        got, want = store.scalars(name)[1], single.scalars(name)[1]
         assert len(got) == STEPS and all(math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12) for a, b in zip(got, want)), \
             (name, got, want)
     for kind in ("translation", "scale", "rescale"):  # the exact discrete law, from the shards' sums
         assert max(store.scalars(f"charge_law_error/{kind}")[1]) < 1e-10, kind
-    single.close()
 
 
 def test_fsdp2_refuses_what_needs_the_full_parameters(tmp_path):

@@ -13,6 +13,8 @@ from helpers import exact_norms
 
 
 def train(monitor, model, opt, x, y, steps, poison_at=None):
+    """``steps`` cross-entropy steps on (x, y) observed by ``monitor`` (its batch given for the scheduled
+    routines); at ``poison_at`` the loss is NaN and the optimizer does not step. What each step logged."""
     logged = []
     for step in range(steps):
         opt.zero_grad()
@@ -22,7 +24,7 @@ def train(monitor, model, opt, x, y, steps, poison_at=None):
         loss.backward()
         if step != poison_at:
             opt.step()
-        logged.append(monitor.step(loss))
+        logged.append(monitor.step(loss, batch=(x, y)))
     return logged
 
 
@@ -205,12 +207,7 @@ def test_scheduled_curvature_is_logged_on_its_steps(tmp_path):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     monitor = sw.Monitor(model, opt, tmp_path / "run", example_input=x, loss_fn=F.cross_entropy,
                          schedule=sw.Schedule(curvature=2))
-    for _ in range(5):
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        monitor.step(loss, batch=(x, y))
+    train(monitor, model, opt, x, y, 5)
     steps, minima = monitor.store.scalars("curvature/quotient_min")
     assert steps == [2, 4]
     forecast = monitor.store.scalars("shock_steps/quotient")[1]
@@ -235,12 +232,7 @@ def test_warm_started_curvature_logs_what_cold_samples_log(tmp_path):
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         with sw.Monitor(model, opt, tmp_path / str(warm), example_input=x, loss_fn=F.cross_entropy, tensorboard=False,
                         schedule=sw.Schedule(curvature=2, quotient=None), curvature_tol=1e-9, curvature_warm=warm) as mon:
-            for _ in range(6):
-                opt.zero_grad()
-                loss = F.cross_entropy(model(x), y)
-                loss.backward()
-                opt.step()
-                mon.step(loss, batch=(x, y))
+            train(mon, model, opt, x, y, 6)
             logged[warm] = {name: mon.store.scalars(f"curvature/{name}") for name in ("raw_max", "raw_min", "quotient_min")}
     for name, (steps, values) in logged[False].items():
         assert logged[True][name][0] == steps == [2, 4, 6]
