@@ -48,6 +48,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import git_commit
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -437,7 +438,7 @@ def versions_family(family: str) -> dict:
             out["shockwatch"] = version("shockwatch")
         except Exception:  # noqa: BLE001 - src checkout not installed
             out["shockwatch"] = "src checkout"
-        out["shockwatch_git"] = _git_head()
+        out["shockwatch_git"] = git_commit()
         out["burgers_py_sha256"] = _sha(BURGERS_SRC)
         out["burgers_py_uncommitted_changes"] = _git_dirty(BURGERS_SRC)
     return out
@@ -457,12 +458,6 @@ def _git_dirty(path: Path) -> bool:
         return False
 
 
-def _git_head() -> str:
-    try:
-        r = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-        return r.stdout.strip() or "no commits"
-    except OSError:
-        return "?"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,11 +18,11 @@ import argparse
 import json
 import platform
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
 import torch
+from _common import git_commit
 
 from shockwatch.control import CapLogits, Controller, CutLR, SkipStep
 from shockwatch.experiments import testbeds as tb
@@ -73,8 +73,7 @@ def main() -> None:
     medians = {case: statistics.median(values) for case, values in times.items()}
     result = {"command": "benchmarks/controller_overhead.py", "steps": args.steps, "model": "attention-spike decoder",
               "machine": platform.platform(), "python": platform.python_version(), "threads": 1,
-              "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                       check=False).stdout.strip(),
+              "commit": git_commit(),
               "ms_per_step": medians, "ratio_to_plain": {case: medians[case] / medians["plain"] for case in CASES}}
     args.out.write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))

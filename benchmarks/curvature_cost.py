@@ -1,6 +1,6 @@
 """What a curvature sample costs, in plain training steps, beside PyHessian on the same model.
 
-    .venv/bin/python benchmarks/curvature_cost.py [--samples 10] [--every 20] [--tol 1e-4] [--out FILE]
+    .venv/bin/python benchmarks/curvature_cost.py [--samples 4] [--every 20] [--tol 1e-4] [--out FILE]
 
 Model: models.mlp((64, 256, 256, 10)) (85k parameters), batch 512, cross-entropy, float32,
 SGD(lr=0.05, momentum=0.9), CPU. In one process:
@@ -25,13 +25,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from _common import git_commit
 
 import shockwatch as sw
 from shockwatch.monitor.curvature import HessianVectorProducts, curvature
@@ -55,8 +55,7 @@ def main() -> None:
     parser.add_argument("--tol", type=float, default=1e-4)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "curvature_cost.json")
     args = parser.parse_args()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).parent, check=False).stdout.strip() or "unknown"
+    commit = git_commit()
     torch.manual_seed(0)
     model = sw.models.mlp((64, 256, 256, 10))
     x, y = torch.randn(512, 64), torch.randint(0, 10, (512,))

@@ -40,13 +40,13 @@ import argparse
 import contextlib
 import json
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _common import git_commit
 
 import shockwatch as sw
 from shockwatch.symmetry import _native
@@ -70,8 +70,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="Monitor(compile=True): the fused per-step pass compiled")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).parent, check=False).stdout.strip() or "unknown"
+    commit = git_commit()
     torch.manual_seed(0)
     if args.model == "vgg":
         model = sw.models.vgg("vgg11", width_divisor=4, batch_norm=True, image_size=32, hidden=128)

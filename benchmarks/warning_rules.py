@@ -15,11 +15,11 @@ import argparse
 import json
 import platform
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
 import torch
+from _common import git_commit
 
 from shockwatch.monitor.warnings import default_rules
 
@@ -51,8 +51,7 @@ def main() -> None:
     parameter = [torch.nn.Parameter(torch.zeros(1))]
     result = {"command": "benchmarks/warning_rules.py", "steps": args.steps, "values_per_step": len(VALUES),
               "machine": platform.platform(), "python": platform.python_version(),
-              "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                       check=False).stdout.strip()}
+              "commit": git_commit()}
     for name, optimizer in (("sgd", torch.optim.SGD(parameter, lr=0.1)), ("adamw", torch.optim.AdamW(parameter))):
         result[f"{name}_rules"] = len(default_rules(optimizer))
         result[f"{name}_us_per_step"] = statistics.median(per_step(optimizer, args.steps) for _ in range(5))
