@@ -8,6 +8,7 @@ sizes are odd (7 rows over 2 ranks: 4 and 3), so rescale units sit on one rank w
 and on both with their outgoing column, and a 1-row layer leaves one rank an empty shard.
 """
 
+import functools
 import math
 import os
 
@@ -61,10 +62,7 @@ def optimizer(model):
                            lr=0.1, momentum=0.9)
 
 
-SCHEDULE = sw.Schedule(quotient=None)
-
-
-def worker(rank, world, directory):
+def worker(rank, world, directory, charges=1):
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
@@ -76,14 +74,18 @@ def worker(rank, world, directory):
         fully_shard(model, mesh=mesh)
         opt = optimizer(model)
         x, y = data()
-        monitor = sw.Monitor(model, opt, os.path.join(directory, "run"), symmetries=symmetries, schedule=SCHEDULE)
+        monitor = sw.Monitor(model, opt, os.path.join(directory, "run"), symmetries=symmetries,
+                             schedule=sw.Schedule(quotient=None, charges=charges))
         returned = train_and_return(monitor, opt, lambda: F.cross_entropy(model(x), y), STEPS)
         torch.save(returned, os.path.join(directory, f"rank{rank}.pt"))
 
 
 @pytest.mark.slow
-def test_fsdp2_shards_log_what_one_process_logs(tmp_path):
-    ranks = spawn_gloo(worker, tmp_path)
+@pytest.mark.parametrize("charges", [1, 2])
+def test_fsdp2_shards_log_what_one_process_logs(tmp_path, charges):
+    """charges=2: every other step sums the norms alone (the tracker does not record), through the
+    sharded norms-only pass."""
+    ranks = spawn_gloo(functools.partial(worker, charges=charges), tmp_path)
     store = RunStore(tmp_path / "run" / "run.sqlite", read_only=True)
     assert store.meta()["law"] == "sgd-momentum"
     # every rank computed every value (its part of each sum, then the all-reduce): rank 1 returns them too
@@ -93,7 +95,8 @@ def test_fsdp2_shards_log_what_one_process_logs(tmp_path):
     model, symmetries = setup()
     opt = optimizer(model)
     x, y = data()
-    monitor = sw.Monitor(model, opt, tmp_path / "single", symmetries=symmetries, schedule=SCHEDULE, tensorboard=False)
+    monitor = sw.Monitor(model, opt, tmp_path / "single", symmetries=symmetries,
+                         schedule=sw.Schedule(quotient=None, charges=charges), tensorboard=False)
     train_and_return(monitor, opt, lambda: F.cross_entropy(model(x), y), STEPS)
     single = RunStore(tmp_path / "single" / "run.sqlite", read_only=True)
     names = set(store.names())
@@ -101,8 +104,10 @@ def test_fsdp2_shards_log_what_one_process_logs(tmp_path):
     assert {"charge_law_error/rescale", "charge_law_error/scale", "charge_law_error/translation"} <= names
     for name in names:
         got, want = store.scalars(name)[1], single.scalars(name)[1]
-        assert len(got) == STEPS and all(math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12) for a, b in zip(got, want)), \
+        assert len(got) == len(want) and all(math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12) for a, b in zip(got, want)), \
             (name, got, want)
+    assert len(store.scalars("loss")[1]) == STEPS
+    assert len(store.scalars("charge_law_error/rescale")[1]) == (STEPS if charges == 1 else STEPS // 2)
     for kind in ("translation", "scale", "rescale"):  # the exact discrete law, from the shards' sums
         assert max(store.scalars(f"charge_law_error/{kind}")[1]) < 1e-10, kind
 

@@ -36,6 +36,18 @@ seeded global RNG (the caller's RNG state is left as it was).
    there, while the loss keeps decreasing, non-monotonically (Cohen et al. 2021, "Gradient descent
    on neural networks typically occurs at the edge of stability").
 
+5. Transformer loss spikes (``SPIKE_TESTBEDS``, each with its control in ``SPIKE_CONTROLS``): the
+   project's GPT on generated second-order Markov text under AdamW with the recipes' decay / no-decay
+   groups (``decay_groups``), linear warmup and cosine decay (``warmup_cosine``).
+   ``attention-spike``: fresh text every step, peak lr 0.3, the z-loss 1e-4 in both arms; attention
+   logits grow until attention collapses and the loss leaves its best level for good (Wortsman et al.
+   2023). Control ``attention-spike-qknorm``: qk-layernorm.
+   ``adam-spike``: one full batch trained to its floor at peak lr 3e-2, beta2 = 0.95; the squared
+   gradients fall below Adam's v, v decays as beta2^t, the preconditioned curvature grows and the loss
+   spikes and recovers, several times a run (Bai et al. 2025, arXiv 2506.04805). Control
+   ``adam-spike-amsgrad``: AMSGrad, whose v is the running maximum and never decays. Measured numbers
+   and ground truths: ``experiments.transformer_spikes``.
+
 Scales: "default" shows the transition in roughly 10-60 s of training on a small CPU; "tiny" is a
 few-second version for unit tests that still shows it. ``train`` evaluates at step 0 too, so the
 curves start from the initialisation. Measured on a shared 2-core CPU, one thread, seed 0 (wall time
@@ -71,11 +83,13 @@ from torch import Tensor, nn
 from ..models.gpt import GPT, GPTConfig
 from ..monitor.curvature import HessianVectorProducts
 
-__all__ = ["SCALES", "SPIKE_TESTBEDS", "TESTBEDS", "Testbed", "make_testbed", "sharpness", "top_hessian_eigenvalue", "train"]
+__all__ = ["SCALES", "SPIKE_CONTROLS", "SPIKE_TESTBEDS", "TESTBEDS", "Testbed", "make_testbed", "sharpness", "top_hessian_eigenvalue", "train"]
 
 TESTBEDS: tuple[str, ...] = ("grokking-mlp", "grokking-transformer", "catapult", "edge-of-stability")
 # Transformer loss spikes, each with its control (the same run with the published fix): issue 18
-SPIKE_TESTBEDS: tuple[str, ...] = ("attention-spike", "attention-spike-qknorm")
+SPIKE_TESTBEDS: tuple[str, ...] = ("attention-spike", "attention-spike-qknorm", "adam-spike", "adam-spike-amsgrad")
+# each control, by the bed it controls
+SPIKE_CONTROLS: dict[str, str] = {"attention-spike-qknorm": "attention-spike", "adam-spike-amsgrad": "adam-spike"}
 SCALES: tuple[str, ...] = ("default", "tiny")
 
 Batch = tuple[Tensor, Tensor]
@@ -294,6 +308,19 @@ _SPIKES = {
                  "n_head": 4, "lr": 0.3, "weight_decay": 0.1, "warmup": 150, "z_loss": 1e-4, "steps": 300,
                  "eval_every": 50},
     },
+    "adam-spike": {
+        # measured (seeds 0-2, one thread, ~45 s a run without the monitor): the loss falls to its floor
+        # (~0.03, the text's own noise) by step ~150 and then spikes 2-5 times a run (81-949) to 25-230 x
+        # the previous 20 steps' mean, recovering within ~20-50 steps. Controls tried: eps 1e-4, 1e-3, 1e-2,
+        # 3e-2 (the preconditioner bounded by 1/eps) still spike (1 of 3 seeds clean at 1e-2, seed 1 spiking at 3e-2 too);
+        # beta2 0.999 spikes less often but higher; AMSGrad (v never decays) is the control
+        "default": {"vocab": 32, "block": 32, "sequences": 64, "branching": 4, "order": 2, "d_model": 32,
+                    "n_layer": 2, "n_head": 4, "lr": 3e-2, "beta2": 0.95, "eps": 1e-8,
+                    "weight_decay": 0.1, "warmup": 100, "z_loss": 0.0, "steps": 1000, "eval_every": 50},
+        "tiny": {"vocab": 32, "block": 32, "sequences": 32, "branching": 4, "order": 2, "d_model": 32,
+                 "n_layer": 2, "n_head": 4, "lr": 3e-2, "beta2": 0.95, "eps": 1e-8,
+                 "weight_decay": 0.1, "warmup": 50, "z_loss": 0.0, "steps": 500, "eval_every": 50},
+    },
 }
 _EDGE_OF_STABILITY = {
     "default": {"samples": 1000, "d": 10, "classes": 4, "width": 64,
@@ -453,22 +480,29 @@ def _language_model(name: str, seed: int, cfg: dict, lr: float | None, steps: in
     generator = torch.Generator().manual_seed(seed)
     cfg = {**cfg, **({} if warmup is None else {"warmup": warmup}), **({} if z_loss is None else {"z_loss": z_loss})}
     steps = cfg["steps"] if steps is None else steps
-    block, batch = cfg["block"], cfg["batch"]
-    # fresh text every step (no epochs: the spikes are not a memorisation effect); a held-out sample
-    text = _markov_text(cfg["vocab"], block + 1, (steps + 4) * batch, cfg["branching"], cfg["order"], generator)
-    text, held_out = text[:steps * batch], text[steps * batch:]
+    block = cfg["block"]
+    # the attention bed: fresh text every step (no epochs: its spikes are not a memorisation effect);
+    # the Adam bed: one full batch of ``sequences``, trained to its floor; a held-out sample for both
+    batch = cfg.get("sequences", cfg.get("batch"))
+    count = batch if "sequences" in cfg else steps * batch
+    text = _markov_text(cfg["vocab"], block + 1, count + 4 * batch, cfg["branching"], cfg["order"], generator)
+    text, held_out = text[:count], text[count:]
     qk_norm = name.endswith("-qknorm")
     config = GPTConfig(vocab_size=cfg["vocab"], block_size=block, n_layer=cfg["n_layer"], n_head=cfg["n_head"],
                        d_model=cfg["d_model"], qk_norm=qk_norm)
     model = _seeded_init(seed, lambda: GPT(config))
     lr = cfg["lr"] if lr is None else lr
-    optimizer = torch.optim.AdamW(decay_groups(model, cfg["weight_decay"]), lr=lr, betas=(0.9, 0.95), eps=1e-8)
+    # the Adam bed's control: AMSGrad, whose v never decays (the running maximum of v_t), so the
+    # preconditioner cannot grow while the gradients are small
+    amsgrad = name.endswith("-amsgrad")
+    optimizer = torch.optim.AdamW(decay_groups(model, cfg["weight_decay"]), lr=lr, betas=(0.9, cfg.get("beta2", 0.95)),
+                                  eps=cfg.get("eps", 1e-8), amsgrad=amsgrad)
     scheduler = warmup_cosine(optimizer, cfg["warmup"], steps)
-    # the z-loss in both arms, as Wortsman et al. did to isolate the attention instability
+    # the attention bed keeps the z-loss in both arms, as Wortsman et al. did to isolate its instability
     loss_fn = language_loss(cfg["z_loss"])
 
     def train_batch(step: int) -> Batch:
-        chunk = text[(step - 1) * batch:step * batch]
+        chunk = text if "sequences" in cfg else text[(step - 1) * batch:step * batch]
         return chunk[:, :-1], chunk[:, 1:]
 
     def evaluate() -> dict[str, float]:
@@ -479,12 +513,20 @@ def _language_model(name: str, seed: int, cfg: dict, lr: float | None, steps: in
         model.train(was_training)
         return {"held_out_loss": value}
 
-    published = ("A small decoder under AdamW at a high learning rate: attention logits grow until attention "
-                 "collapses and the loss leaves its best level; qk-layernorm prevents it (Wortsman et al. 2023; "
-                 "Dehghani et al. 2023).")
-    notes = {key: float(cfg[key]) for key in ("vocab", "block", "batch", "order", "branching", "d_model", "n_layer",
+    if name.startswith("adam-spike"):
+        published = ("A small decoder under full-batch AdamW at its loss floor: the squared gradients fall far below "
+                     "Adam's second-moment estimate v, which then decays as beta2^t, so the preconditioned curvature "
+                     "grows past the stability bound and the loss spikes, then recovers (Bai et al. 2025, 'Adaptive "
+                     "preconditioners trigger loss spikes in Adam', arXiv 2506.04805). The control bounds the "
+                     "preconditioner 1/(sqrt(v) + eps) by a large eps.")
+    else:
+        published = ("A small decoder under AdamW at a high learning rate: attention logits grow until attention "
+                     "collapses and the loss leaves its best level; qk-layernorm prevents it (Wortsman et al. 2023; "
+                     "Dehghani et al. 2023).")
+    notes = {key: float(cfg[key]) for key in ("vocab", "block", "branching", "order", "d_model", "n_layer",
                                               "n_head", "warmup", "weight_decay", "z_loss")}
-    notes["control"] = float(qk_norm)
+    notes.update(batch=float(batch), beta2=float(cfg.get("beta2", 0.95)), eps=float(cfg.get("eps", 1e-8)),
+                 amsgrad=float(amsgrad), full_batch=float("sequences" in cfg), control=float(name in SPIKE_CONTROLS))
     return Testbed(name=name, model=model, optimizer=optimizer, loss_fn=loss_fn, train_batch=train_batch,
                    evaluate=evaluate, steps=steps, eval_every=cfg["eval_every"], transition="loss",
                    published=published, lr=lr, notes=notes, scheduler=scheduler)
@@ -524,7 +566,7 @@ def make_testbed(name: str, *, seed: int = 0, scale: str = "default", lr: float 
     if eta_lambda0 is not None:
         raise ValueError(f"eta_lambda0 applies to catapult only, not {name!r}; pass lr")
     if name in SPIKE_TESTBEDS:
-        return _language_model(name, seed, _SPIKES[name.removesuffix("-qknorm")][scale], lr, steps, warmup, z_loss)
+        return _language_model(name, seed, _SPIKES[SPIKE_CONTROLS.get(name, name)][scale], lr, steps, warmup, z_loss)
     if name == "edge-of-stability":
         return _edge_of_stability(seed, _EDGE_OF_STABILITY[scale], lr, steps)
     table = _GROKKING_MLP if name == "grokking-mlp" else _GROKKING_TRANSFORMER

@@ -2,27 +2,51 @@ r"""Transformer loss spikes: do symmetry-corrected signals forecast them better 
 
 Miyagawa 2026 §6 aims its claim at Transformers, where "raw parameter norms are distorted by symmetry
 redundancy": the GL(d_head) freedom of W_Q^h W_K^h^T and W_V^h W_O^h lets |W_Q^h| |W_K^h| move while
-every logit stays. Here that is put to the test on the instability Transformer trainers fear
-(Wortsman et al. 2023, "Small-scale proxies for large-scale Transformer training instabilities"):
-attention-logit growth, which qk-layernorm prevents. The testbed (``testbeds.SPIKE_TESTBEDS``: a small
-decoder on generated second-order Markov text, AdamW with the decay / no-decay groups, warmup and cosine
-decay, peak lr 0.3) runs with its control (the same run with qk-layernorm) for every seed, under the
-``Monitor`` with the attention observables and the GL-invariant head products every step and the
-curvature along the update every ``update_curvature_every`` steps.
+every logit stays. Here that is put to the test on two instabilities Transformer trainers fear, each a
+bed of ``testbeds.SPIKE_TESTBEDS`` run with its control for every seed, under the ``Monitor`` with the
+attention observables and the GL-invariant head products every step and the curvature along the update
+every ``update_curvature_every`` steps:
 
-Ground truth (``instability_onset``), on the training loss: the step where it leaves its best level for
-good (its 10-step running mean above 1.5 x the best mean so far, by at least 0.1, and never again below
-1.2 x that best). Transient spikes that recover (``spike_onsets``: 1.5 x the previous 20 steps' mean)
-are recorded too; the control has them as well, and they are not instabilities. Runs with an
-instability are the spike runs; runs without one (the controls, and any seed that stayed stable)
-measure the false alarms.
+    attention-spike   attention-logit growth (Wortsman et al. 2023, "Small-scale proxies for
+                      large-scale Transformer training instabilities"): a small decoder on fresh
+                      second-order Markov text, AdamW with the decay / no-decay groups, warmup and
+                      cosine decay, peak lr 0.3. Control: the same run with qk-layernorm.
+    adam-spike        Adam's preconditioner (Bai et al. 2025, arXiv 2506.04805): the same decoder
+                      trained full batch to its loss floor, where the squared gradients fall below
+                      Adam's v, v decays as beta2^t and the preconditioned curvature grows until the
+                      loss spikes and recovers, again and again. Control: AMSGrad (v never decays).
 
-Not reproduced, and so not a testbed: output-logit divergence with its z-loss control. Measured on this
-decoder (a 256-way head over 32 used tokens, bf16 autocast, no decay on the head, seed 0): at lr 0.1-0.3
-the mean logit drifts to -9 to -11 and log Z to 8-9 with a healthy loss in both arms; at lr 1.0 both
-arms blow up (log Z 482 without the z-loss, 280 with it). Wortsman et al. saw it at scales and step
-counts this CPU budget does not reach. A loss spike driven by Adam's preconditioned curvature is
-watched on the same runs (the update-stability signals), not on a bed of its own.
+Ground truth, on the training loss, per bed (``GROUND_TRUTH``). attention-spike (``instability_onset``):
+the step where it leaves its best level for good (its 10-step running mean above 1.5 x the best mean so
+far, by at least 0.1, and never again below 1.2 x that best). adam-spike (``spike_onsets``): every
+transient spike, L_t above 1.5 x the previous 20 steps' mean by at least 0.1. Transient spikes are
+recorded for every run. Runs with an event are the spike runs; runs without one (whichever arm)
+measure the false alarms; each bed is scored with its own control (the signals' scales differ by bed).
+
+Measured on the adam-spike bed (default scale, seeds 0-2, under the monitor with the update curvature
+every 5 steps: ``docs/results/transformer_spikes_adam.*``): two spikes a run (steps 164-167 and
+381-429), the loss rising from its floor ~0.03 to 25-230 x and recovering within 20-50 steps; AMSGrad:
+none in three runs, ending at 0.031-0.035 against 0.029-0.032. Larger eps is not a control: eps 1e-4 to
+3e-2 (the preconditioner bounded by 1/eps) still spiked in runs without the monitor. The mechanism's
+own observable does not forecast them here: eta times the preconditioned curvature along the update sits
+at 11-25 in the 40 steps before each spike, below Adam's bound 2(1 + beta1)/(1 - beta1) = 38, and
+reaches 24-26 in the AMSGrad runs, which never spike; it jumps (to 75-86, or turns negative) only at the
+spike's first step. (At the tiny scale, seeds 0-1, it was 16-28 before the spikes against at most 6.5
+under AMSGrad.)
+
+Not reproduced, and so not a testbed: output-logit divergence with its z-loss control. Measured on the
+attention bed's decoder (a 256-way head over 32 used tokens, bf16 autocast, no decay on the head, seed
+0): at lr 0.1-0.3 the mean logit drifts to -9 to -11 and log Z to 8-9 with a healthy loss in both arms; at
+lr 1.0 both arms blow up (log Z 482 without the z-loss, 280 with it). What the drift is, measured
+(``scripts/logit_drift.py``, ``docs/results/logit_drift.json``): the mean logit is <mu, h> + mean bias,
+mu the mean output embedding, the charge of the head's softmax translation symmetry, which gradient
+descent conserves (weight decay shrinks it at a known rate) and Adam does not (Stollenwerk et al. 2026, "Output embedding centering"). At peak lr
+3e-2, |mu| grows from 0.92 at step 100 to 6.1-6.3 at step 600, and the unused tokens' log-probability
+falls from -13.4 to -19, alike for eps 1e-8, 1e-12 and 1e-16: the drift follows the learning rate, not
+eps, and is still going when the cosine schedule ends. A shift common to every logit leaves the
+softmax, the loss and every gradient unchanged, so it harms only through the precision of the logits
+(bf16 spacing 0.06 at |logit| 10); this short CPU run ends long before that, and Wortsman et al. saw
+the divergence at scales and step counts this budget does not reach.
 
 Signals, raw beside symmetry-corrected (``Monitor``'s names), each watched by one rule family:
     attention-logit    raw: max_l |W_Q||W_K| (``qk_weight_norm/*``) vs the measured largest logit
@@ -75,12 +99,14 @@ from ._files import write_result
 from ._progress import progress_bars, step_bar
 
 NAME = "transformer-spikes"
-CONTROLS = {"attention-spike": "attention-spike-qknorm"}
+CONTROLS = {bed: control for control, bed in tb.SPIKE_CONTROLS.items()}  # each bed's control
+# the ground truth each bed is scored on: a lasting instability, or every transient spike (module docstring)
+GROUND_TRUTH = {"attention-spike": "instability", "adam-spike": "spikes"}
 
 
 @dataclass(frozen=True)
 class Config:
-    beds: tuple[str, ...] = ("attention-spike",)  # each runs with its control
+    beds: tuple[str, ...] = ("attention-spike", "adam-spike")  # each runs with its control
     # five seeds: at the default scale 2 of 3 diverge, so three give two instabilities to score
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     scale: str = "default"
@@ -125,6 +151,7 @@ class RunOutcome:
 
 @dataclass(frozen=True)
 class Row:
+    bed: str  # the bed whose runs (with its control's) were scored
     family: str
     signal: str  # "raw" | "quotient" (the detectors: "raw")
     rate_cap: float  # the false-alarm rate (per 1000 quiet steps) the setting had to stay within
@@ -141,8 +168,8 @@ class Result:
     config: Config
     runs: list[RunOutcome]
     rows: list[Row]
-    sweeps: dict[str, list[dict]]  # "<family>/<signal>" -> every setting's score
-    verdict: str
+    sweeps: dict[str, list[dict]]  # "<bed>/<family>/<signal>" -> every setting's score
+    verdict: str  # per bed, "<bed>: ..."
     runtime_s: float
     # every run's recorded curves, the scoring's input: saved beside the JSON (``save_records``) so
     # that the rules can be scored again, or with more seeds, without training again
@@ -156,14 +183,20 @@ class Result:
     def save(self, out: Path) -> list[Path]:
         paths = write_result(out, "transformer_spikes", self.to_json(), plot(self))
         if self.records:
-            paths.append(save_records(self.records, Path(out) / "transformer_spikes_records.npz"))
+            paths.append(save_records(self.records, Path(out) / "transformer_spikes_records.npz",
+                                      [outcome.bed for outcome in self.runs]))
         return paths
 
 
-def save_records(records: list[Run], path: Path) -> Path:
-    """The runs' curves, events and lengths in one compressed NumPy archive (``load_records`` reads it)."""
+def save_records(records: list[Run], path: Path, beds: list[str] | None = None) -> Path:
+    """The runs' curves, events and lengths in one compressed NumPy archive (``load_records`` reads it),
+    each labelled with the bed it belongs to (``beds``, one per run: a bed or its control)."""
+    if beds is not None and len(beds) != len(records):
+        raise ValueError(f"beds must name one bed per run: {len(beds)} for {len(records)} runs")
     arrays = {}
     for index, run_ in enumerate(records):
+        if beds is not None:
+            arrays[f"{index}/bed"] = np.asarray([beds[index]])
         arrays[f"{index}/events"] = np.asarray(run_.events, dtype=np.int64)
         arrays[f"{index}/steps"] = np.asarray([run_.steps], dtype=np.int64)
         for name, (steps, values) in run_.series.items():
@@ -173,8 +206,11 @@ def save_records(records: list[Run], path: Path) -> Path:
     return path
 
 
-def load_records(path: Path) -> list[Run]:
-    """The runs ``save_records`` wrote, in order."""
+def load_records(path: Path, bed: str | None = None) -> list[Run]:
+    """The runs ``save_records`` wrote, in order; with ``bed``, only that bed's and its control's
+    (an archive without labels holds attention-spike runs: it predates the other beds)."""
+    if bed is not None and bed not in CONTROLS:
+        raise ValueError(f"bed must be one of {', '.join(CONTROLS)}; got {bed!r}")
     with np.load(path) as archive:
         keys = list(archive.keys())
         count = 1 + max(int(key.split("/", 1)[0]) for key in keys) if keys else 0
@@ -184,7 +220,9 @@ def load_records(path: Path) -> list[Run]:
             names = sorted({key[len(prefix):].rsplit("/", 1)[0] for key in keys if key.startswith(prefix)})
             series = {name: (archive[f"{prefix}{name}/steps"].tolist(), archive[f"{prefix}{name}/values"].tolist())
                       for name in names}
-            records.append(Run(series, tuple(archive[f"{index}/events"].tolist()), int(archive[f"{index}/steps"][0])))
+            label = str(archive[f"{index}/bed"][0]) if f"{index}/bed" in archive else "attention-spike"
+            if bed is None or tb.SPIKE_CONTROLS.get(label, label) == bed:
+                records.append(Run(series, tuple(archive[f"{index}/events"].tolist()), int(archive[f"{index}/steps"][0])))
     return records
 
 
@@ -243,10 +281,13 @@ def _record(name: str, seed: int, config: Config, log_dir: Path, bar=None) -> tu
         curves = tb.train(bed, on_step=lambda step, loss, batch: monitor.step(loss, batch=batch), progress=advance)
         series = monitor.store.series()
     begin = int(bed.notes["warmup"]) // 2 if config.start is None else config.start
-    events = instability_onset(curves["loss"], ratio=config.spike_ratio, recover=config.recover,
-                               window=config.smooth, min_rise=config.spike_min_rise, start=begin)
     spikes = spike_onsets(curves["loss"], ratio=config.spike_ratio, window=config.spike_window,
                           min_rise=config.spike_min_rise, start=begin)
+    if GROUND_TRUTH[tb.SPIKE_CONTROLS.get(name, name)] == "spikes":
+        events = spikes
+    else:
+        events = instability_onset(curves["loss"], ratio=config.spike_ratio, recover=config.recover,
+                                   window=config.smooth, min_rise=config.spike_min_rise, start=begin)
     outcome = RunOutcome(name, seed, bed.steps, events, spikes, time.perf_counter() - start, curves["loss"])
     return outcome, Run(series, tuple(events), bed.steps)
 
@@ -306,10 +347,10 @@ def _families(runs: list[Run], config: Config) -> list[tuple[str, str, Callable[
     return [family for family in families if family[3]]
 
 
-def _row(family: str, signal: str, cap: float, chosen: RuleScore | None, events: int) -> Row:
+def _row(bed: str, family: str, signal: str, cap: float, chosen: RuleScore | None, events: int) -> Row:
     if chosen is None:
-        return Row(family, signal, cap, None, math.nan, 0, events, math.nan, [])
-    return Row(family, signal, cap, chosen.knob, chosen.false_alarm_rate, chosen.caught, events, chosen.median_lead,
+        return Row(bed, family, signal, cap, None, math.nan, 0, events, math.nan, [])
+    return Row(bed, family, signal, cap, chosen.knob, chosen.false_alarm_rate, chosen.caught, events, chosen.median_lead,
                list(chosen.leads))
 
 
@@ -348,13 +389,22 @@ def run(config: Config = Config(), progress: bool = False) -> Result:
                     outcomes.append(outcome)
                     recorded.append(run_)
     torch.set_num_threads(threads)
-    rows, sweeps, verdict = score_records(recorded, config)
-    return Result(config, outcomes, rows, sweeps, verdict, time.perf_counter() - start, recorded)
+    rows, sweeps, verdicts = [], {}, []
+    for bed in config.beds:  # each bed scored with its own control: the signals' scales differ by bed
+        mine = [run_ for outcome, run_ in zip(outcomes, recorded) if tb.SPIKE_CONTROLS.get(outcome.bed, outcome.bed) == bed]
+        bed_rows, bed_sweeps, verdict = score_records(mine, config, bed)
+        rows += bed_rows
+        sweeps.update({f"{bed}/{key}": value for key, value in bed_sweeps.items()})
+        verdicts.append(f"{bed}: {verdict}")
+    return Result(config, outcomes, rows, sweeps, "; ".join(verdicts), time.perf_counter() - start, recorded)
 
 
-def score_records(recorded: list[Run], config: Config) -> tuple[list[Row], dict[str, list[dict]], str]:
-    """Every rule family swept and scored over recorded runs (``run``'s, or ``load_records``' from one
-    or several saved experiments): the rows at each false-alarm cap, every setting's score, the verdict."""
+def score_records(recorded: list[Run], config: Config, bed: str = "attention-spike"
+                  ) -> tuple[list[Row], dict[str, list[dict]], str]:
+    """Every rule family swept and scored over the recorded runs of one bed and its control (``run``'s,
+    or ``load_records``' from one or several saved experiments): the rows at each false-alarm cap,
+    every setting's score, the verdict. Runs with a ground-truth event are the spike runs, the others
+    (whichever arm) measure the false alarms."""
     spike_runs = [r for r in recorded if r.events]
     quiet_runs = [r for r in recorded if not r.events]
     events = sum(len(r.events) for r in spike_runs)
@@ -364,7 +414,7 @@ def score_records(recorded: list[Run], config: Config) -> tuple[list[Row], dict[
         sweeps[f"{family}/{signal}"] = [{"knob": s.knob, "false_alarm_rate": s.false_alarm_rate, "caught": s.caught,
                                          "median_lead": s.median_lead} for s in scores]
         for cap in config.false_alarm_rates:
-            rows.append(_row(family, signal, cap, at_false_alarm_rate(scores, cap), events))
+            rows.append(_row(bed, family, signal, cap, at_false_alarm_rate(scores, cap), events))
     return rows, sweeps, _verdict(rows, events)
 
 
