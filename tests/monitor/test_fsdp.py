@@ -48,9 +48,11 @@ def data():
     return x, torch.randint(0, 3, (24,), generator=generator)
 
 
-def setup():
+def setup(linear=False):
+    """The net, or (``linear``) a softmax regression: translations only, so every step's sums are the
+    norms alone (the sharded norms-only pass)."""
     torch.manual_seed(0)
-    model = Net().double()
+    model = (nn.Sequential(nn.Linear(5, 3)) if linear else Net()).double()
     x, _ = data()
     return model, sw.find_symmetries(model, x)
 
@@ -62,14 +64,14 @@ def optimizer(model):
                            lr=0.1, momentum=0.9)
 
 
-def worker(rank, world, directory, charges=1):
+def worker(rank, world, directory, charges=1, linear=False):
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
     with gloo_group(rank, world, directory):
-        model, symmetries = setup()  # found before sharding: fully_shard keeps the names
+        model, symmetries = setup(linear)  # found before sharding: fully_shard keeps the names
         mesh = init_device_mesh("cpu", (world,))
-        for module in (model.first, model.second, model.head, model.gate):
+        for module in () if linear else (model.first, model.second, model.head, model.gate):
             fully_shard(module, mesh=mesh)
         fully_shard(model, mesh=mesh)
         opt = optimizer(model)
@@ -81,18 +83,18 @@ def worker(rank, world, directory, charges=1):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("charges", [1, 2])
-def test_fsdp2_shards_log_what_one_process_logs(tmp_path, charges):
-    """charges=2: every other step sums the norms alone (the tracker does not record), through the
-    sharded norms-only pass."""
-    ranks = spawn_gloo(functools.partial(worker, charges=charges), tmp_path)
+@pytest.mark.parametrize(("charges", "linear"), [(1, False), (2, False), (1, True)])
+def test_fsdp2_shards_log_what_one_process_logs(tmp_path, charges, linear):
+    """charges=2: the tracker records every other step; linear: a model with translations only, whose
+    sums are the norms alone (the sharded norms-only pass)."""
+    ranks = spawn_gloo(functools.partial(worker, charges=charges, linear=linear), tmp_path)
     store = RunStore(tmp_path / "run" / "run.sqlite", read_only=True)
     assert store.meta()["law"] == "sgd-momentum"
     # every rank computed every value (its part of each sum, then the all-reduce): rank 1 returns them too
     for a, b in zip(*ranks):
         assert a.keys() == b.keys() and all(math.isclose(a[k], b[k], rel_tol=1e-12, abs_tol=1e-15) for k in a)
 
-    model, symmetries = setup()
+    model, symmetries = setup(linear)
     opt = optimizer(model)
     x, y = data()
     monitor = sw.Monitor(model, opt, tmp_path / "single", symmetries=symmetries,
@@ -101,14 +103,15 @@ def test_fsdp2_shards_log_what_one_process_logs(tmp_path, charges):
     single = RunStore(tmp_path / "single" / "run.sqlite", read_only=True)
     names = set(store.names())
     assert names == set(single.names())
-    assert {"charge_law_error/rescale", "charge_law_error/scale", "charge_law_error/translation"} <= names
+    kinds = ("translation",) if linear else ("translation", "scale", "rescale")
+    assert {f"charge_law_error/{kind}" for kind in kinds} <= names
     for name in names:
         got, want = store.scalars(name)[1], single.scalars(name)[1]
         assert len(got) == len(want) and all(math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12) for a, b in zip(got, want)), \
             (name, got, want)
     assert len(store.scalars("loss")[1]) == STEPS
-    assert len(store.scalars("charge_law_error/rescale")[1]) == (STEPS if charges == 1 else STEPS // 2)
-    for kind in ("translation", "scale", "rescale"):  # the exact discrete law, from the shards' sums
+    assert len(store.scalars("charge_law_error/translation")[1]) == (STEPS if charges == 1 else STEPS // 2)
+    for kind in kinds:  # the exact discrete law, from the shards' sums
         assert max(store.scalars(f"charge_law_error/{kind}")[1]) < 1e-10, kind
 
 
