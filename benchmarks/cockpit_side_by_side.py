@@ -3,10 +3,13 @@
     python benchmarks/cockpit_side_by_side.py     # needs cockpit-for-pytorch (and backpack) installed
 
 MLP 64-256-256-10 (ReLU), batch 128, float32, CPU, SGD(lr=0.01, momentum=0.9, weight_decay=5e-4).
-Three loops share the model shape and data: plain, with Cockpit (economy: its quantities on its own
-schedule, BackPACK extensions on the model and loss), with the shockwatch Monitor (every-step
-observables, no TensorBoard). 20 rounds of 10 steps of each, each step timed; ratio of medians.
-Cockpit is not a dependency of shockwatch: this script is only run where it is installed.
+Five loops share the model shape and data: plain; Cockpit's "economy" configuration (its nine
+quantities every step, BackPACK extensions on the model and loss); Cockpit with only the economy
+quantities the monitor also logs every step ("cockpit-equivalent": Loss, GradNorm, UpdateSize,
+Distance); the usual hand-written logging (``loss.item()`` and ``get_total_norm(grads).item()``
+every step, "item-logging"); the shockwatch Monitor (every-step observables, no TensorBoard). 20
+rounds of 10 steps of each, each step timed; ratio of medians. Cockpit is not a dependency of
+shockwatch: this script is only run where it is installed.
 """
 
 from __future__ import annotations
@@ -30,25 +33,34 @@ def main() -> None:
 
     torch.manual_seed(0)
     x, y = torch.randn(128, 64), torch.randint(0, 10, (128,))
-    models = {name: sw.models.mlp((64, 256, 256, 10)) for name in ("plain", "cockpit", "shockwatch")}
-    models["cockpit"] = extend(models["cockpit"])
+    from cockpit import quantities
+
+    cockpits = ("cockpit", "cockpit-equivalent")
+    models = {name: sw.models.mlp((64, 256, 256, 10)) for name in ("plain", *cockpits, "item-logging", "shockwatch")}
+    for name in cockpits:
+        models[name] = extend(models[name])
     optimizers = {name: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
                   for name, m in models.items()}
     loss_fn = nn.CrossEntropyLoss()
     cockpit_loss, individual = extend(nn.CrossEntropyLoss()), nn.CrossEntropyLoss(reduction="none")
-    cockpit = Cockpit(models["cockpit"].parameters(), quantities=configuration("economy"))
+    equivalent = [quantity(track_schedule=lambda step: True)
+                  for quantity in (quantities.Loss, quantities.GradNorm, quantities.UpdateSize, quantities.Distance)]
+    instruments = {"cockpit": Cockpit(models["cockpit"].parameters(), quantities=configuration("economy")),
+                   "cockpit-equivalent": Cockpit(models["cockpit-equivalent"].parameters(), quantities=equivalent)}
     with tempfile.TemporaryDirectory() as directory:
         monitor = sw.Monitor(models["shockwatch"], optimizers["shockwatch"], Path(directory) / "run",
                              example_input=x, tensorboard=False, schedule=sw.Schedule(quotient=None))
-        counters = {"cockpit": 0}
+        counters = dict.fromkeys(cockpits, 0)
+        logged = []
 
         def step(name: str) -> None:
             model, opt = models[name], optimizers[name]
             opt.zero_grad()
             outputs = model(x)
-            if name == "cockpit":
-                global_step = counters["cockpit"]  # from 0, as Cockpit's own loops count
-                counters["cockpit"] += 1
+            if name in cockpits:
+                cockpit = instruments[name]
+                global_step = counters[name]  # from 0, as Cockpit's own loops count
+                counters[name] += 1
                 loss = cockpit_loss(outputs, y)
                 with cockpit(global_step, info={"batch_size": len(x), "individual_losses": individual(outputs, y),
                                                 "loss": loss, "optimizer": opt}):
@@ -60,6 +72,9 @@ def main() -> None:
             opt.step()
             if name == "shockwatch":
                 monitor.step(loss)
+            elif name == "item-logging":
+                grads = [p.grad for p in model.parameters()]
+                logged.append((loss.item(), torch.nn.utils.get_total_norm(grads).item()))
 
         for name in models:
             for _ in range(5):

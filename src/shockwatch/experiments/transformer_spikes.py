@@ -23,16 +23,15 @@ transient spike, L_t above 1.5 x the previous 20 steps' mean by at least 0.1. Tr
 recorded for every run. Runs with an event are the spike runs; runs without one (whichever arm)
 measure the false alarms; each bed is scored with its own control (the signals' scales differ by bed).
 
-Measured on the adam-spike bed (default scale, seeds 0-2, under the monitor with the update curvature
-every 5 steps: ``docs/results/transformer_spikes_adam.*``): two spikes a run (steps 164-167 and
-381-429), the loss rising from its floor ~0.03 to 25-230 x and recovering within 20-50 steps; AMSGrad:
-none in three runs, ending at 0.031-0.035 against 0.029-0.032. Larger eps is not a control: eps 1e-4 to
-3e-2 (the preconditioner bounded by 1/eps) still spiked in runs without the monitor. The mechanism's
-own observable does not forecast them here: eta times the preconditioned curvature along the update sits
-at 11-25 in the 40 steps before each spike, below Adam's bound 2(1 + beta1)/(1 - beta1) = 38, and
-reaches 24-26 in the AMSGrad runs, which never spike; it jumps (to 75-86, or turns negative) only at the
-spike's first step. (At the tiny scale, seeds 0-1, it was 16-28 before the spikes against at most 6.5
-under AMSGrad.)
+Measured on the adam-spike bed (default scale, seeds 0-4, under the monitor with the update curvature
+every 5 steps: ``docs/results/transformer_spikes_adam*``): two spikes a run (steps 157-175 and
+352-429), the loss rising from its floor ~0.03 to 41-194 x and back below 1.2 x within 29-57 steps;
+AMSGrad: none in five runs, ending at 0.030-0.035 against 0.028-0.032. Larger eps is not a control:
+eps 1e-4 to 3e-2 (the preconditioner bounded by 1/eps) still spiked in runs without the monitor. The
+mechanism's own observable does not forecast them here: eta times the preconditioned curvature along the
+update sits at 9-25 in the 40 steps before each spike, below Adam's bound 2(1 + beta1)/(1 - beta1) = 38,
+and reaches 22-26 in the AMSGrad runs, which never spike; it jumps (to 52-86, or turns negative) only
+at the spike's first step.
 
 Not reproduced, and so not a testbed: output-logit divergence with its z-loss control. Measured on the
 attention bed's decoder (a 256-way head over 32 used tokens, bf16 autocast, no decay on the head, seed
