@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from _common import git_commit
 from torch import nn
 
 import shockwatch as sw
@@ -34,6 +35,7 @@ def main() -> None:
     torch.manual_seed(0)
     x, y = torch.randn(128, 64), torch.randint(0, 10, (128,))
     from cockpit import quantities
+    from cockpit.utils import schedules
 
     cockpits = ("cockpit", "cockpit-equivalent")
     models = {name: sw.models.mlp((64, 256, 256, 10)) for name in ("plain", *cockpits, "item-logging", "shockwatch")}
@@ -43,7 +45,7 @@ def main() -> None:
                   for name, m in models.items()}
     loss_fn = nn.CrossEntropyLoss()
     cockpit_loss, individual = extend(nn.CrossEntropyLoss()), nn.CrossEntropyLoss(reduction="none")
-    equivalent = [quantity(track_schedule=lambda step: True)
+    equivalent = [quantity(track_schedule=schedules.linear(interval=1))  # every step (economy's own schedule)
                   for quantity in (quantities.Loss, quantities.GradNorm, quantities.UpdateSize, quantities.Distance)]
     instruments = {"cockpit": Cockpit(models["cockpit"].parameters(), quantities=configuration("economy")),
                    "cockpit-equivalent": Cockpit(models["cockpit-equivalent"].parameters(), quantities=equivalent)}
@@ -90,7 +92,11 @@ def main() -> None:
     plain = statistics.median(times["plain"])
     record = {name: {"median_step_s": statistics.median(t), "ratio": statistics.median(t) / plain}
               for name, t in times.items()}
+    from importlib.metadata import version
+
     record["torch"], record["threads"] = torch.__version__, torch.get_num_threads()
+    record["cockpit"], record["commit"] = version("cockpit-for-pytorch"), git_commit()
+    record["date"] = time.strftime("%Y-%m-%d")
     print(json.dumps(record, indent=1))
     out = Path(__file__).parent / "results" / "cockpit_side_by_side.json"
     out.write_text(json.dumps(record, indent=1))
