@@ -95,7 +95,7 @@ def main() -> None:
     from importlib.metadata import version
 
     record["torch"], record["threads"] = torch.__version__, torch.get_num_threads()
-    record["cockpit"], record["commit"] = version("cockpit-for-pytorch"), git_commit()
+    record["cockpit_version"], record["commit"] = version("cockpit-for-pytorch"), git_commit()
     record["date"] = time.strftime("%Y-%m-%d")
     print(json.dumps(record, indent=1))
     out = Path(__file__).parent / "results" / "cockpit_side_by_side.json"
