@@ -90,7 +90,7 @@ def test_the_experiment_end_to_end_on_short_runs():
     events = sum(len(o.events) for o in result.runs[:2])
     assert events >= 1, [o.loss for o in result.runs]
     for row in result.rows:
-        assert row.events == sum(len(o.events) for o in result.runs if tb.SPIKE_CONTROLS.get(o.bed, o.bed) == row.bed)
+        assert row.events == sum(len(o.events) for o in result.runs if tb.spike_bed(o.bed) == row.bed)
         if row.knob is not None:
             assert row.false_alarm_rate <= row.rate_cap and len(row.leads) == row.events
     assert result.verdict.startswith("attention-spike: ") and "; adam-spike: " in result.verdict and set(result.sweeps) == {

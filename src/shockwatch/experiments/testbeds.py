@@ -83,13 +83,19 @@ from torch import Tensor, nn
 from ..models.gpt import GPT, GPTConfig
 from ..monitor.curvature import HessianVectorProducts
 
-__all__ = ["SCALES", "SPIKE_CONTROLS", "SPIKE_TESTBEDS", "TESTBEDS", "Testbed", "make_testbed", "sharpness", "top_hessian_eigenvalue", "train"]
+__all__ = ["SCALES", "SPIKE_CONTROLS", "SPIKE_TESTBEDS", "TESTBEDS", "Testbed", "make_testbed", "sharpness", "spike_bed",
+           "top_hessian_eigenvalue", "train"]
 
 TESTBEDS: tuple[str, ...] = ("grokking-mlp", "grokking-transformer", "catapult", "edge-of-stability")
 # Transformer loss spikes, each with its control (the same run with the published fix): issue 18
 SPIKE_TESTBEDS: tuple[str, ...] = ("attention-spike", "attention-spike-qknorm", "adam-spike", "adam-spike-amsgrad")
 # each control, by the bed it controls
 SPIKE_CONTROLS: dict[str, str] = {"attention-spike-qknorm": "attention-spike", "adam-spike-amsgrad": "adam-spike"}
+
+
+def spike_bed(name: str) -> str:
+    """The spike bed that ``name`` (a spike testbed or its control) belongs to."""
+    return SPIKE_CONTROLS.get(name, name)
 SCALES: tuple[str, ...] = ("default", "tiny")
 
 Batch = tuple[Tensor, Tensor]
@@ -565,7 +571,7 @@ def make_testbed(name: str, *, seed: int = 0, scale: str = "default", lr: float 
     if eta_lambda0 is not None:
         raise ValueError(f"eta_lambda0 applies to catapult only, not {name!r}; pass lr")
     if name in SPIKE_TESTBEDS:
-        return _language_model(name, seed, _SPIKES[SPIKE_CONTROLS.get(name, name)][scale], lr, steps, warmup, z_loss)
+        return _language_model(name, seed, _SPIKES[spike_bed(name)][scale], lr, steps, warmup, z_loss)
     if name == "edge-of-stability":
         return _edge_of_stability(seed, _EDGE_OF_STABILITY[scale], lr, steps)
     table = _GROKKING_MLP if name == "grokking-mlp" else _GROKKING_TRANSFORMER

@@ -39,10 +39,10 @@ attention bed's decoder (a 256-way head over 32 used tokens, bf16 autocast, no d
 lr 1.0 both arms blow up (log Z 482 without the z-loss, 280 with it). What the drift is, measured
 (``scripts/logit_drift.py``, ``docs/results/logit_drift.json``): the mean logit is <mu, h> + mean bias,
 mu the mean output embedding, the charge of the head's softmax translation symmetry, which gradient
-descent conserves (weight decay shrinks it at a known rate) and Adam does not (Stollenwerk et al. 2026, "Output embedding centering"). At peak lr
-3e-2, |mu| grows from 0.92 at step 100 to 6.1-6.3 at step 600, and the unused tokens' log-probability
-falls from -13.4 to -19, alike for eps 1e-8, 1e-12 and 1e-16: the drift follows the learning rate, not
-eps, and is still going when the cosine schedule ends. A shift common to every logit leaves the
+descent conserves (weight decay shrinks it at a known rate) and Adam does not (Stollenwerk et al. 2026,
+"Output embedding centering"). At peak lr 3e-2, |mu| grows from 0.92 at step 100 to 6.1-6.3 at step
+600, and the unused tokens' log-probability falls from -13.4 to -19, alike for eps 1e-8, 1e-12 and
+1e-16: the drift follows the learning rate, not eps, and is still going when the cosine schedule ends. A shift common to every logit leaves the
 softmax, the loss and every gradient unchanged, so it harms only through the precision of the logits
 (bf16 spacing 0.06 at |logit| 10); this short CPU run ends long before that, and Wortsman et al. saw
 the divergence at scales and step counts this budget does not reach.
@@ -220,7 +220,7 @@ def load_records(path: Path, bed: str | None = None) -> list[Run]:
             series = {name: (archive[f"{prefix}{name}/steps"].tolist(), archive[f"{prefix}{name}/values"].tolist())
                       for name in names}
             label = str(archive[f"{index}/bed"][0]) if f"{index}/bed" in archive else "attention-spike"
-            if bed is None or tb.SPIKE_CONTROLS.get(label, label) == bed:
+            if bed is None or tb.spike_bed(label) == bed:
                 records.append(Run(series, tuple(archive[f"{index}/events"].tolist()), int(archive[f"{index}/steps"][0])))
     return records
 
@@ -282,7 +282,7 @@ def _record(name: str, seed: int, config: Config, log_dir: Path, bar=None) -> tu
     begin = int(bed.notes["warmup"]) // 2 if config.start is None else config.start
     spikes = spike_onsets(curves["loss"], ratio=config.spike_ratio, window=config.spike_window,
                           min_rise=config.spike_min_rise, start=begin)
-    if GROUND_TRUTH[tb.SPIKE_CONTROLS.get(name, name)] == "spikes":
+    if GROUND_TRUTH[tb.spike_bed(name)] == "spikes":
         events = spikes
     else:
         events = instability_onset(curves["loss"], ratio=config.spike_ratio, recover=config.recover,
@@ -390,7 +390,7 @@ def run(config: Config = Config(), progress: bool = False) -> Result:
     torch.set_num_threads(threads)
     rows, sweeps, verdicts = [], {}, []
     for bed in config.beds:  # each bed scored with its own control: the signals' scales differ by bed
-        mine = [run_ for outcome, run_ in zip(outcomes, recorded) if tb.SPIKE_CONTROLS.get(outcome.bed, outcome.bed) == bed]
+        mine = [run_ for outcome, run_ in zip(outcomes, recorded) if tb.spike_bed(outcome.bed) == bed]
         bed_rows, bed_sweeps, verdict = score_records(mine, config, bed)
         rows += bed_rows
         sweeps.update({f"{bed}/{key}": value for key, value in bed_sweeps.items()})
