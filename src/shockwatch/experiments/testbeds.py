@@ -87,7 +87,7 @@ __all__ = ["SCALES", "SPIKE_CONTROLS", "SPIKE_TESTBEDS", "TESTBEDS", "Testbed", 
            "top_hessian_eigenvalue", "train"]
 
 TESTBEDS: tuple[str, ...] = ("grokking-mlp", "grokking-transformer", "catapult", "edge-of-stability")
-# Transformer loss spikes, each with its control (the same run with the published fix): issue 18
+# Transformer loss spikes, each with its control (the same run with what removes the spikes): issue 18
 SPIKE_TESTBEDS: tuple[str, ...] = ("attention-spike", "attention-spike-qknorm", "adam-spike", "adam-spike-amsgrad")
 # each control, by the bed it controls
 SPIKE_CONTROLS: dict[str, str] = {"attention-spike-qknorm": "attention-spike", "adam-spike-amsgrad": "adam-spike"}
