@@ -67,6 +67,9 @@ def test_spike_beds_are_deterministic_and_their_controls_carry_the_fix():
     plain = torch.nn.functional.cross_entropy(logits.reshape(-1, 4), targets.reshape(-1))
     log_z = 10.0 + math.log(4)  # logsumexp of four equal logits 10
     assert float(control.loss_fn(logits, targets)) == pytest.approx(float(plain) + control.notes["z_loss"] * log_z ** 2)
+    with pytest.raises(ValueError, match="update_curvature_every must be a positive int or None"):
+        ts.Config(update_curvature_every=0)
+    assert set(ts.UPDATE_CURVATURE_EVERY) == set(ts.CONTROLS) == set(ts.GROUND_TRUTH)
     with pytest.raises(ValueError, match="attention-spike, attention-spike-qknorm, adam-spike, adam-spike-amsgrad"):
         tb.make_testbed("spike")
 

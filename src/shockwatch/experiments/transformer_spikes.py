@@ -5,7 +5,7 @@ redundancy": the GL(d_head) freedom of W_Q^h W_K^h^T and W_V^h W_O^h lets |W_Q^h
 every logit stays. Here that is put to the test on two instabilities Transformer trainers fear, each a
 bed of ``testbeds.SPIKE_TESTBEDS`` run with its control for every seed, under the ``Monitor`` with the
 attention observables and the GL-invariant head products every step and the curvature along the update
-every ``update_curvature_every`` steps:
+every ``update_curvature_every`` steps (by default each bed's own period, ``UPDATE_CURVATURE_EVERY``):
 
     attention-spike   attention-logit growth (Wortsman et al. 2023, "Small-scale proxies for
                       large-scale Transformer training instabilities"): a small decoder on fresh
@@ -101,6 +101,9 @@ NAME = "transformer-spikes"
 CONTROLS = {bed: control for control, bed in tb.SPIKE_CONTROLS.items()}  # each bed's control
 # the ground truth each bed is scored on: a lasting instability, or every transient spike (module docstring)
 GROUND_TRUTH = {"attention-spike": "instability", "adam-spike": "spikes"}
+# the curvature along the update every this many steps, by default (a sample costs ~18 plain steps on the
+# attention bed: float64 HVPs and a projection); the Adam bed's spikes build within a few steps
+UPDATE_CURVATURE_EVERY = {"attention-spike": 10, "adam-spike": 5}
 
 
 @dataclass(frozen=True)
@@ -116,7 +119,7 @@ class Config:
     # cap (one rate alone is fragile: a rule just above it drops out)
     false_alarm_rates: tuple[float, ...] = (1.0, 2.0, 3.0, 5.0)
     attention_every: int = 1
-    update_curvature_every: int = 10  # a sample costs ~18 plain steps here (float64 HVPs and a CG projection)
+    update_curvature_every: int | None = None  # None: each bed's own (UPDATE_CURVATURE_EVERY)
     spike_ratio: float = 1.5  # the instability: the smoothed loss above 1.5 x its best ...
     recover: float = 1.2  # ... never again below 1.2 x that best
     smooth: int = 10  # steps in the running mean the ground truth reads
@@ -133,6 +136,9 @@ class Config:
                 or min(self.false_alarm_rates) < 0 or self.knobs < 2):
             raise ValueError(f"need seeds, horizon >= 1, late >= 0, false_alarm_rates >= 0, knobs >= 2; got {self.seeds}, "
                              f"{self.horizon}, {self.late}, {self.false_alarm_rates}, {self.knobs}")
+        every = self.update_curvature_every
+        if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+            raise ValueError(f"update_curvature_every must be a positive int or None, got {self.update_curvature_every!r}")
         if self.scale not in tb.SCALES:
             raise ValueError(f"scale must be one of {', '.join(tb.SCALES)}, got {self.scale!r}")
 
@@ -272,7 +278,8 @@ def _record(name: str, seed: int, config: Config, log_dir: Path, bar=None) -> tu
     bed = tb.make_testbed(name, seed=seed, scale=config.scale, steps=config.steps)
     first = bed.train_batch(1)
     symmetries = find_symmetries(bed.model, first[0])
-    schedule = Schedule(quotient=None, attention=config.attention_every, update_curvature=config.update_curvature_every)
+    every = config.update_curvature_every or UPDATE_CURVATURE_EVERY[tb.spike_bed(name)]
+    schedule = Schedule(quotient=None, attention=config.attention_every, update_curvature=every)
     monitor = Monitor(bed.model, bed.optimizer, log_dir, symmetries=symmetries, loss_fn=bed.loss_fn, schedule=schedule,
                       tensorboard=False, warnings=())  # the rules are replayed over the record below
     advance = step_bar(bar, f"{name} seed {seed}", bed.steps)
