@@ -42,11 +42,12 @@ seeded global RNG (the caller's RNG state is left as it was).
    ``attention-spike``: fresh text every step, peak lr 0.3, the z-loss 1e-4 in both arms; attention
    logits grow until attention collapses and the loss leaves its best level for good (Wortsman et al.
    2023). Control ``attention-spike-qknorm``: qk-layernorm.
-   ``adam-spike``: one full batch trained to its floor at peak lr 3e-2, beta2 = 0.95; the squared
-   gradients fall below Adam's v, v decays as beta2^t, the preconditioned curvature grows and the loss
-   spikes and recovers, several times a run (Bai et al. 2025, arXiv 2506.04805). Control
-   ``adam-spike-amsgrad``: AMSGrad, whose v is the running maximum and never decays. Measured numbers
-   and ground truths: ``experiments.transformer_spikes``.
+   ``adam-spike``: one full batch trained to its floor at peak lr 3e-2, beta2 = 0.95; the loss spikes
+   and recovers, twice a run. The published mechanism (Bai et al. 2025, arXiv 2506.04805): the squared
+   gradients fall below Adam's v, v decays as beta2^t and the preconditioned curvature grows past the
+   stability bound. Control ``adam-spike-amsgrad``: AMSGrad, whose v is the running maximum and never
+   decays; it has no spike. Measured numbers (the curvature along the update does not grow before these
+   spikes) and ground truths: ``experiments.transformer_spikes``.
 
 Scales: "default" shows the transition in roughly 10-60 s of training on a small CPU; "tiny" is a
 few-second version for unit tests that still shows it. ``train`` evaluates at step 0 too, so the
