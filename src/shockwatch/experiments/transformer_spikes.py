@@ -12,9 +12,10 @@ every ``update_curvature_every`` steps (by default each bed's own period, ``UPDA
                       second-order Markov text, AdamW with the decay / no-decay groups, warmup and
                       cosine decay, peak lr 0.3. Control: the same run with qk-layernorm.
     adam-spike        Adam's preconditioner (Bai et al. 2025, arXiv 2506.04805): the same decoder
-                      trained full batch to its loss floor, where the squared gradients fall below
-                      Adam's v, v decays as beta2^t and the preconditioned curvature grows until the
-                      loss spikes and recovers, again and again. Control: AMSGrad (v never decays).
+                      trained full batch to its loss floor, where (by their account) the squared
+                      gradients fall below Adam's v, v decays as beta2^t and the preconditioned
+                      curvature grows until the loss spikes; it spikes and recovers twice a run.
+                      Control: AMSGrad (v never decays).
 
 Ground truth, on the training loss, per bed (``GROUND_TRUTH``). attention-spike (``instability_onset``):
 the step where it leaves its best level for good (its 10-step running mean above 1.5 x the best mean so
