@@ -47,8 +47,9 @@ descent conserves (weight decay shrinks it at a known rate) and Adam does not (S
 softmax, the loss and every gradient unchanged, so it harms only through the precision of the logits
 (bf16 spacing 0.06 at |logit| 10); this short CPU run ends long before that, and Wortsman et al. saw
 the divergence at scales and step counts this budget does not reach. With qk-layernorm (the attention
-instability removed), seed 0, float32, lr 0.5-3.0: both arms fail alike (final loss 2.2-4.0, the z-loss
-arm no better), the mean logit positive (+1.5 to +75): not output-logit divergence either.
+instability removed), seed 0, float32, lr 0.5-3.0: both arms fail (final loss 2.2-4.0; the z-loss arm
+ahead only at 0.5, 2.23 against 2.52), the mean logit positive (+1.5 to +75): not output-logit
+divergence either.
 
 Signals, raw beside symmetry-corrected (``Monitor``'s names), each watched by one rule family:
     attention-logit    raw: max_l |W_Q||W_K| (``qk_weight_norm/*``) vs the measured largest logit
