@@ -489,8 +489,9 @@ def _language_model(name: str, seed: int, cfg: dict, lr: float | None, steps: in
     block = cfg["block"]
     # the attention bed: fresh text every step (no epochs: its spikes are not a memorisation effect);
     # the Adam bed: one full batch of ``sequences``, trained to its floor; a held-out sample for both
-    batch = cfg.get("sequences", cfg.get("batch"))
-    count = batch if "sequences" in cfg else steps * batch
+    full_batch = "sequences" in cfg
+    batch = cfg["sequences"] if full_batch else cfg["batch"]
+    count = batch if full_batch else steps * batch
     text = _markov_text(cfg["vocab"], block + 1, count + 4 * batch, cfg["branching"], cfg["order"], generator)
     text, held_out = text[:count], text[count:]
     qk_norm = name.endswith("-qknorm")
@@ -508,7 +509,7 @@ def _language_model(name: str, seed: int, cfg: dict, lr: float | None, steps: in
     loss_fn = language_loss(cfg["z_loss"])
 
     def train_batch(step: int) -> Batch:
-        chunk = text if "sequences" in cfg else text[(step - 1) * batch:step * batch]
+        chunk = text if full_batch else text[(step - 1) * batch:step * batch]
         return chunk[:, :-1], chunk[:, 1:]
 
     def evaluate() -> dict[str, float]:
@@ -532,7 +533,7 @@ def _language_model(name: str, seed: int, cfg: dict, lr: float | None, steps: in
     notes = {key: float(cfg[key]) for key in ("vocab", "block", "branching", "order", "d_model", "n_layer",
                                               "n_head", "warmup", "weight_decay", "z_loss")}
     notes.update(batch=float(batch), beta2=float(cfg.get("beta2", 0.95)), eps=float(cfg.get("eps", 1e-8)),
-                 amsgrad=float(amsgrad), full_batch=float("sequences" in cfg), control=float(name in SPIKE_CONTROLS))
+                 amsgrad=float(amsgrad), full_batch=float(full_batch), control=float(name in SPIKE_CONTROLS))
     return Testbed(name=name, model=model, optimizer=optimizer, loss_fn=loss_fn, train_batch=train_batch,
                    evaluate=evaluate, steps=steps, eval_every=cfg["eval_every"], transition="loss",
                    published=published, lr=lr, notes=notes, scheduler=scheduler)

@@ -84,12 +84,12 @@ def curvature(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], bat
     ``adam_preconditioner(optimizer, model)``); then also the extremes of S H S and S P_H H P_H S with
     S = D^{1/2} (``Curvature.preconditioned``), at twice the Lanczos cost. ``warm``: an earlier sample
     of the same model, whose eigenvectors start each Lanczos run. Measured (benchmarks/RESULTS.md):
-    it saves products (84 against 144 on an 85k-parameter MLP, 20 steps after the earlier sample, tol
-    1e-4) but there the quotient's bottom run stopped on the wrong eigenvalue (-0.1162 against -0.1263,
-    two eigenvalues 0.25% of the spectrum's width apart, which tol 1e-4 does not separate): a Ritz
-    pair converges to *an* eigenvalue, and a start vector near the last sample's can miss a new
-    extreme. The monitor starts every sample cold; use ``warm`` with a tolerance that separates the
-    ends of the spectrum. ``dtype``: the products' precision (float64 by default; float32 halves their
+    it saves products (264 against 624 a sample on an 85k-parameter MLP, samples 20 steps apart, tol
+    1e-4), but in one trial the quotient's bottom run stopped on the wrong eigenvalue (-0.1162 against
+    -0.1263, two eigenvalues 0.25% of the spectrum's width apart, which tol 1e-4 does not separate): a
+    Ritz pair converges to *an* eigenvalue, and a start vector near the last sample's can miss a new
+    extreme. The monitor starts every sample cold unless ``Monitor(curvature_warm=True)``; use ``warm``
+    with a tolerance that separates the ends of the spectrum. ``dtype``: the products' precision (float64 by default; float32 halves their
     cost on the CPU, to ~1e-7 relative per product: benchmarks/RESULTS.md)."""
     # BLAS (the projection's products, ARPACK's) on one thread: beside torch's threads, which spin
     # between the Hessian-vector products, a multithreaded BLAS call took ~90x longer (measured)
