@@ -3,7 +3,6 @@ no number silently wrong. Each test's truth is recomputed here from the tensors 
 
 import math
 import sqlite3
-import time
 
 import pytest
 import torch
@@ -455,17 +454,29 @@ def test_the_monitor_leaves_rng_modes_buffers_and_parameters_as_it_found_them(tm
         _same(before, _state(gpt))
 
 
-def test_a_plain_sqlite_reader_is_seconds_behind_a_live_run(tmp_path):
+def test_a_plain_sqlite_reader_is_seconds_behind_a_live_run(tmp_path, monkeypatch):
     """Truth: what sqlite3 alone reads from the database while the writer holds a large ring: a step
     logged flush_seconds after the last write brings every pending step in; one logged right after
-    stays in the ring (the flush is on time, not per step); close() brings the rest."""
+    stays in the ring (the flush is on time, not per step); close() brings the rest. The store's
+    clock is a fake one, advanced by hand: a stalled machine must not flush early."""
+    import shockwatch.monitor.store as store_module
+
+    class Clock:
+        now = 100.0
+
+        @classmethod
+        def monotonic(cls):
+            return cls.now
+
+    monkeypatch.setattr(store_module, "time", Clock)
     path = tmp_path / "run.sqlite"
     store = RunStore(path, flush_seconds=0.3)
     plain = lambda: [s for (s,) in sqlite3.connect(path).execute("SELECT step FROM scalars ORDER BY step")]
     store.log(1, {"loss": 1.0})
+    Clock.now += 0.29
     store.log(2, {"loss": 0.5})
     assert plain() == []
-    time.sleep(0.35)
+    Clock.now += 0.02
     store.log(3, {"loss": 0.25})
     assert plain() == [1, 2, 3]
     store.log(4, {"loss": 0.125})
