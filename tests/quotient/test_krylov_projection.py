@@ -18,14 +18,19 @@ def _projector(seed: int = 0):
     return horizontal_projector(sw.find_symmetries(model, x), params), sum(p.numel() for p in params.values())
 
 
-@pytest.mark.parametrize("shift", [0.0, 2.5])
-def test_every_lanczos_vector_is_projected_as_the_full_projection_projects_it(shift):
+@pytest.mark.parametrize("shift,vertical,rtol", [(0.0, 1.0, 1e-10), (2.5, 1.0, 1e-10), (0.0, 1e-13, 1e-14)])
+def test_every_lanczos_vector_is_projected_as_the_full_projection_projects_it(shift, vertical, rtol):
     """Truth: the full projection P_H v of every vector ARPACK applies the operator to (a random
     symmetric H, so any symmetric Hessian; shifted as ``curvature`` shifts it for the bottom of the
-    spectrum), to 1e-9 relative; and most inputs are recognised as horizontal (the saving)."""
+    spectrum), to 1e-9 relative; and most inputs are recognised as horizontal (the saving). The start
+    is random, or horizontal but for a vertical part of 1e-13 of it (a warm start: the last sample's
+    eigenvector), where a vertical direction taken as r - P_H r would be mostly round-off (that error
+    put the top eigenvalue 0.21 off here, in a spectrum from -31 to 32)."""
     project, dimension = _projector()
-    krylov = KrylovProjection(project, rtol=1e-10)
+    krylov = KrylovProjection(project, rtol=rtol)
     rng = np.random.default_rng(1)
+    start = rng.standard_normal(dimension)
+    start = project(start) + vertical * (start - project(start))
     half = rng.standard_normal((dimension, dimension))
     hessian = half + half.T
     errors = []
@@ -36,11 +41,13 @@ def test_every_lanczos_vector_is_projected_as_the_full_projection_projects_it(sh
         return project(hessian @ ours) - shift * vector
 
     op = LinearOperator((dimension, dimension), matvec=matvec, dtype=np.float64)
-    found = eigsh(op, k=1, which="LA", tol=1e-10, v0=rng.standard_normal(dimension))[0][0]
+    found = eigsh(op, k=1, which="LA", tol=1e-10, v0=start)[0][0]
     compressed = project(project(hessian).T)  # P H P, dense (P symmetric)
     assert abs(found - (np.linalg.eigvalsh(compressed)[-1] - shift)) < 1e-8 * np.abs(hessian).max()
     assert max(errors) < 1e-9, max(errors)
-    assert krylov.finished >= 1 and krylov.skipped >= len(errors) - 5, (krylov.skipped, krylov.finished, len(errors))
+    assert krylov.finished >= 1, krylov.finished
+    if vertical == 1.0:  # the saving (at rtol 1e-14, round-off of 3e-15 leaves some horizontal vectors unrecognised)
+        assert krylov.skipped >= len(errors) - 5, (krylov.skipped, krylov.finished, len(errors))
 
 
 def test_vectors_outside_one_krylov_space_get_the_full_projection():

@@ -211,8 +211,8 @@ def horizontal_projector(symmetries: SymmetrySet, params: Mapping[str, Tensor], 
 
 class _GeneratorProjection:
     """P_H v = v - J^T G^+ J v from the sparse generator matrix (``horizontal_projector``), in two
-    halves: ``coefficients(v)`` = J v, then ``finish(v, u)`` = v - J^T G^+ u; ``vertical_bound`` *
-    |J v| bounds |v - P_H v| (G^+'s largest eigenvalue is 1/lambda_min of the kept directions)."""
+    halves: ``coefficients(v)`` = u = J v, then ``vertical(u)`` = J^T G^+ u; ``vertical_bound`` * |J v|
+    bounds |v - P_H v| (G^+'s largest eigenvalue is 1/lambda_min of the kept directions)."""
 
     def __init__(self, sparse: csc_matrix) -> None:
         values, vectors = np.linalg.eigh((sparse.T @ sparse).toarray())
@@ -227,12 +227,13 @@ class _GeneratorProjection:
     def coefficients(self, vector: np.ndarray) -> np.ndarray:
         return self.transposed @ vector
 
-    def finish(self, vector: np.ndarray, coefficients: np.ndarray) -> np.ndarray:
-        out = self.rows @ (self.inverse @ coefficients)
-        return np.subtract(vector, out, out=out)
+    def vertical(self, coefficients: np.ndarray) -> np.ndarray:
+        """J^T G^+ u: v's vertical part from u = J v, a combination of the generators to round-off."""
+        return self.rows @ (self.inverse @ coefficients)
 
     def __call__(self, vector: np.ndarray) -> np.ndarray:
-        return self.finish(vector, self.coefficients(vector))
+        out = self.vertical(self.coefficients(vector))
+        return np.subtract(vector, out, out=out)
 
 
 class KrylovProjection:
@@ -245,8 +246,8 @@ class KrylovProjection:
     so far (the latest ``keep``). For each v: r = v - Z Z^T v (P_H r = P_H v: Z is vertical), u = J r
     (``coefficients``), and where the bound on r's vertical part, |u| / sqrt(lambda_min(J J^T)), is
     at most ``rtol`` |r|, P_H v = r to that tolerance: one sparse product where the projection takes
-    two and a K x K one. Otherwise the projection finishes, v - J^T G^+ u, and r - P_H r joins Z (a
-    new start or a random restart). Each A v then differs from P_H H P_H v by at most rtol |H| |v|,
+    two and a K x K one. Otherwise the projection finishes, r - J^T G^+ u, and J^T G^+ u (a combination
+    of generators, so vertical to round-off however small) joins Z (a new start or a random restart). Each A v then differs from P_H H P_H v by at most rtol |H| |v|,
     as with the conjugate-gradient projection at the same ``rtol``. Where ``horizontal_projector``
     solves by CG (no J at hand), and for any other ``project``, every call is the full projection. ``skipped`` and ``finished``
     count the two outcomes."""
@@ -277,9 +278,12 @@ class KrylovProjection:
             self.skipped += 1
             return residual
         self.finished += 1
-        horizontal = project.finish(residual, coefficients)
-        vertical = residual - horizontal
-        for z in self.basis:  # against round-off: Z stays orthonormal
+        # the vertical part as J^T c, not as r - P_H r: a small one taken by that difference is mostly
+        # round-off of r's horizontal part, and removing its direction from the next vectors would
+        # change their horizontal parts (measured: a warm-started Lanczos then found another eigenvalue)
+        vertical = project.vertical(coefficients)
+        horizontal = residual - vertical
+        for z in self.basis:  # Z orthonormal (combinations of generators stay vertical)
             vertical -= np.dot(z, vertical) * z
         size = np.linalg.norm(vertical)
         if size > 0 and np.isfinite(size):
