@@ -84,7 +84,7 @@ _KILLED_WRITER = """
 import json, os, signal, sys
 import torch
 from shockwatch.monitor import RunStore
-store = RunStore(sys.argv[1], pending_rows=int(sys.argv[2]))
+store = RunStore(sys.argv[1], pending_rows=int(sys.argv[2]), background=sys.argv[5] == "1")
 written = {}
 for step in range(1, int(sys.argv[3]) + 1):
     values = {"loss": 1.0 / step, "grad_norm": float(step), "odd": float("nan") if step % 2 else 0.5}
@@ -96,8 +96,8 @@ os.kill(os.getpid(), signal.SIGKILL)  # no close(), no flush, no atexit: what an
 """
 
 
-@pytest.mark.parametrize("pending_rows,steps", [(4096, 40), (7, 40)])
-def test_store_survives_a_killed_writer(tmp_path, pending_rows, steps):
+@pytest.mark.parametrize("pending_rows,steps,background", [(4096, 40, False), (7, 40, False), (7, 40, True)])
+def test_store_survives_a_killed_writer(tmp_path, pending_rows, steps, background):
     """Truth: a writer process killed with SIGKILL after logging every step (with a ring larger than
     the run: nothing yet in the database; with a small one: flushed several times, the rest in the
     ring). A reader sees every step while nothing is recovered; a writer opening the run moves the
@@ -109,7 +109,7 @@ def test_store_survives_a_killed_writer(tmp_path, pending_rows, steps):
 
     database, expected = tmp_path / "run.sqlite", tmp_path / "written.json"
     done = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(database), str(pending_rows), str(steps),
-                           str(expected)], capture_output=True, text=True, timeout=120)
+                           str(expected), "1" if background else "0"], capture_output=True, text=True, timeout=120)
     assert done.returncode == -signal.SIGKILL, done.stderr
     written = {int(k): v for k, v in json.loads(expected.read_text()).items()}
     with RunStore(database, read_only=True) as reader:

@@ -344,7 +344,7 @@ class Monitor:
             if not writer:
                 self._early_events = []
                 return
-            self.store = RunStore(path, resume=resume)
+            self.store = RunStore(path, resume=resume, background=True)  # SQLite off the training thread
             self._step = (self.store.last_step() or 0) if resume else 0
             self.sinks = [*([TensorBoardSink(self.log_dir / "tensorboard")] if tensorboard else []), *sinks]
             early, self._early_events = self._early_events, []
