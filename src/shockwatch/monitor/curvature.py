@@ -14,8 +14,7 @@ Scheme: Lanczos (scipy.sparse.linalg.eigsh, implicitly restarted) on a LinearOpe
 matvec is one Hessian-vector product (float64; one backward through the gradient's graph) and, for the
 quotient, one projection before and after (``quotient.horizontal_projector``: the sparse generator
 matrix with its K x K Gram matrix pseudo-inverted once per call where it has at most
-``max_dense_entries`` entries, else CG; the one before checked and skipped where the Lanczos vector
-is already horizontal: ``lanczos_quotient_product``). Order: eigsh converges to ``tol`` relative (the
+``max_dense_entries`` entries, else CG). Order: eigsh converges to ``tol`` relative (the
 top eigenvalue; the bottom one relative to lambda_max - lambda_min).
 """
 
@@ -34,7 +33,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ..quotient import KrylovProjection, horizontal_projector
+from ..quotient import horizontal_projector
 from ..symmetry import SymmetrySet
 
 __all__ = ["CURVATURE_PATH", "Curvature", "HessianVectorProducts", "UpdateCurvature", "adam_preconditioner", "curvature",
@@ -85,7 +84,7 @@ def curvature(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], bat
     ``adam_preconditioner(optimizer, model)``); then also the extremes of S H S and S P_H H P_H S with
     S = D^{1/2} (``Curvature.preconditioned``), at twice the Lanczos cost. ``warm``: an earlier sample
     of the same model, whose eigenvectors start each Lanczos run. Measured (benchmarks/RESULTS.md):
-    it saves products (264 against 604 a sample on an 85k-parameter MLP, samples 20 steps apart, tol
+    it saves products (264 against 624 a sample on an 85k-parameter MLP, samples 20 steps apart, tol
     1e-4), but in one trial the quotient's bottom run stopped on the wrong eigenvalue (-0.1162 against
     -0.1263, two eigenvalues 0.25% of the spectrum's width apart, which tol 1e-4 does not separate): a
     Ritz pair converges to *an* eigenvalue, and a start vector near the last sample's can miss a new
@@ -109,9 +108,7 @@ def _curvature(model, loss_fn, batch, symmetries, tol, max_matvecs, max_dense_en
 
     # the projection's own CG tolerance (where CG is used): well below Lanczos' so it does not limit
     # the eigenvalues
-    rtol = min(1e-8, 1e-3 * tol)
-    project = horizontal_projector(symmetries, params, rtol=rtol, max_dense_entries=max_dense_entries)
-    quotient_product = lanczos_quotient_product(hvp, project, rtol)
+    project = horizontal_projector(symmetries, params, rtol=min(1e-8, 1e-3 * tol), max_dense_entries=max_dense_entries)
 
     def projected(vector: np.ndarray) -> np.ndarray:
         return project(hvp(project(vector)))
@@ -119,7 +116,7 @@ def _curvature(model, loss_fn, batch, symmetries, tol, max_matvecs, max_dense_en
     operator = lambda matvec: LinearOperator((dimension, dimension), matvec=matvec, dtype=np.float64)
     starts = _warm_starts(warm, dimension)
     raw = _extremes(operator(hvp), tol, max_matvecs, starts[0:2])
-    quotient = _extremes(operator(quotient_product), tol, max_matvecs, starts[2:4])
+    quotient = _extremes(operator(projected), tol, max_matvecs, starts[2:4])
     preconditioned = None
     if scale is not None:
         starts = _warm_starts(warm.preconditioned if warm is not None else None, dimension)
@@ -129,18 +126,6 @@ def _curvature(model, loss_fn, batch, symmetries, tol, max_matvecs, max_dense_en
                                    vectors=(*raw_scaled[2:], *quotient_scaled[2:]))
     return Curvature(raw[1], raw[0], quotient[1], quotient[0], hessian.count, preconditioned,
                      vectors=(*raw[2:], *quotient[2:]))
-
-
-def lanczos_quotient_product(hvp: Callable[[np.ndarray], np.ndarray], project: Callable[[np.ndarray], np.ndarray],
-                             rtol: float) -> Callable[[np.ndarray], np.ndarray]:
-    """v -> P_H H P_H v for the vectors of one or more Lanczos runs (each product's own state): the
-    Lanczos vectors are horizontal but for a multiple of the start's vertical part, so the input
-    projection is checked and skipped where it changes nothing (``quotient.KrylovProjection``: each
-    product within rtol |H| |v| of the full one); the output projection is always made. Measured on an
-    85k-parameter MLP (benchmarks/RESULTS.md): a product inside Lanczos 1.22-1.25x a raw one, against 1.26-1.27x
-    with both projections."""
-    krylov = KrylovProjection(project, rtol=rtol)
-    return lambda vector: project(hvp(krylov(vector)))
 
 
 def _warm_starts(warm: Curvature | None, dimension: int) -> tuple[np.ndarray | None, ...]:

@@ -36,7 +36,7 @@ from torch import Tensor
 
 from ..symmetry import Kind, SymmetrySet, generator, generator_entries, gl_generator_combination, gl_generator_inner, unit_matrix
 
-__all__ = ["KrylovProjection", "Metric", "OrbitOperator", "horizontal_projection", "horizontal_projector"]
+__all__ = ["Metric", "OrbitOperator", "horizontal_projection", "horizontal_projector"]
 
 _KINDS = (Kind.TRANSLATION, Kind.SCALE, Kind.RESCALE)
 
@@ -187,7 +187,7 @@ def horizontal_projector(symmetries: SymmetrySet, params: Mapping[str, Tensor], 
         generator touches a few rows and columns of its layers), G = J J^T pseudo-inverted once by
         eigh with the directions below round-off dropped (generators may be dependent): two sparse
         products and one K x K product per vector in place of a CG solve (measured on an 85k-parameter
-        MLP: a quotient Hessian product 1.3x a raw one, against 9.8x with CG; benchmarks/RESULTS.md).
+        MLP: a quotient Hessian product 1.27x a raw one, against 9.8x with CG; benchmarks/RESULTS.md).
     Otherwise each call is ``horizontal_projection`` (CG to ``rtol``; RuntimeError if it does not
     converge within ``max_iterations``).
     """
@@ -206,89 +206,19 @@ def horizontal_projector(symmetries: SymmetrySet, params: Mapping[str, Tensor], 
             return torch.cat([projected[name].reshape(-1) for name in names]).numpy()
 
         return by_cg
-    return _GeneratorProjection(generator_matrix(symmetries, params))
+    sparse = generator_matrix(symmetries, params)
+    values, vectors = np.linalg.eigh((sparse.T @ sparse).toarray())
+    keep = values > values.max() * count * np.finfo(np.float64).eps
+    inverse = (vectors[:, keep] / values[keep]) @ vectors[:, keep].T
+    # both products row-compressed: J^T u as a gather per parameter (CSR) took half the time of the
+    # column-compressed scatter (0.12 against 0.22 ms on the 85k MLP)
+    transposed, rows = sparse.T.tocsr(), sparse.tocsr()
 
-
-class _GeneratorProjection:
-    """P_H v = v - J^T G^+ J v from the sparse generator matrix (``horizontal_projector``), in two
-    halves: ``coefficients(v)`` = u = J v, then ``vertical(u)`` = J^T G^+ u; ``vertical_bound`` * |J v|
-    bounds |v - P_H v| (G^+'s largest eigenvalue is 1/lambda_min of the kept directions)."""
-
-    def __init__(self, sparse: csc_matrix) -> None:
-        values, vectors = np.linalg.eigh((sparse.T @ sparse).toarray())
-        keep = values > values.max() * sparse.shape[1] * np.finfo(np.float64).eps
-        self.inverse = (vectors[:, keep] / values[keep]) @ vectors[:, keep].T
-        # |J^T G^+ u| <= |u| / sqrt(lambda_min) for u in the range of J (J^T G^+ J is an orthogonal projector)
-        self.vertical_bound = float(1.0 / np.sqrt(values[keep].min())) if keep.any() else 0.0
-        # both products row-compressed: J^T u as a gather per parameter (CSR) took half the time of the
-        # column-compressed scatter (0.12 against 0.22 ms on the 85k MLP)
-        self.transposed, self.rows = sparse.T.tocsr(), sparse.tocsr()
-
-    def coefficients(self, vector: np.ndarray) -> np.ndarray:
-        return self.transposed @ vector
-
-    def vertical(self, coefficients: np.ndarray) -> np.ndarray:
-        """J^T G^+ u: v's vertical part from u = J v, a combination of the generators to round-off."""
-        return self.rows @ (self.inverse @ coefficients)
-
-    def __call__(self, vector: np.ndarray) -> np.ndarray:
-        out = self.vertical(self.coefficients(vector))
+    def by_generators(vector: np.ndarray) -> np.ndarray:
+        out = rows @ (inverse @ (transposed @ vector))
         return np.subtract(vector, out, out=out)
 
-
-class KrylovProjection:
-    r"""v -> P_H v for the successive vectors of a Krylov method on A = P_H H P_H - s I (Lanczos; the
-    shift s may be 0), with the second half of the projection skipped where it would change nothing.
-
-    A maps the horizontal space to itself and a vertical z to -s z, so every vector such a method
-    applies A to, p(A) v_0 (ARPACK's re-orthogonalisations and implicit restarts stay in that span),
-    has as vertical part a multiple of v_0's. Kept: an orthonormal basis Z of the vertical parts met
-    so far (the latest ``keep``). For each v: r = v - Z Z^T v (P_H r = P_H v: Z is vertical), u = J r
-    (``coefficients``), and where the bound on r's vertical part, |u| / sqrt(lambda_min(J J^T)), is
-    at most ``rtol`` |r|, P_H v = r to that tolerance: one sparse product where the projection takes
-    two and a K x K one. Otherwise the projection finishes, r - J^T G^+ u, and J^T G^+ u (a combination
-    of generators, so vertical to round-off however small) joins Z (a new start or a random restart). Each A v then differs from P_H H P_H v by at most rtol |H| |v|,
-    as with the conjugate-gradient projection at the same ``rtol``. Where ``horizontal_projector``
-    solves by CG (no J at hand), and for any other ``project``, every call is the full projection. ``skipped`` and ``finished``
-    count the two outcomes."""
-
-    def __init__(self, project: Callable[[np.ndarray], np.ndarray], *, rtol: float = 1e-8, keep: int = 4) -> None:
-        if not callable(project):
-            raise TypeError(f"project must be what horizontal_projector returns, got {type(project).__name__}")
-        if not 0 < rtol < 1:
-            raise ValueError(f"rtol must be in (0, 1), got {rtol}")
-        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
-            raise ValueError(f"keep must be a positive int, got {keep!r}")
-        self.project = project
-        self.rtol, self.keep = rtol, keep
-        self.basis: list[np.ndarray] = []
-        self.skipped = self.finished = 0
-
-    def __call__(self, vector: np.ndarray) -> np.ndarray:
-        project = self.project
-        if not isinstance(project, _GeneratorProjection):
-            self.finished += 1
-            return project(vector)
-        residual = np.array(vector, dtype=np.float64)
-        for z in self.basis:
-            residual -= np.dot(z, residual) * z
-        coefficients = project.coefficients(residual)
-        norm = np.linalg.norm(residual)
-        if np.linalg.norm(coefficients) * project.vertical_bound <= self.rtol * norm:
-            self.skipped += 1
-            return residual
-        self.finished += 1
-        # the vertical part as J^T c, not as r - P_H r: a small one taken by that difference is mostly
-        # round-off of r's horizontal part, and removing its direction from the next vectors would
-        # change their horizontal parts (measured: a warm-started Lanczos then found another eigenvalue)
-        vertical = project.vertical(coefficients)
-        horizontal = residual - vertical
-        for z in self.basis:  # Z orthonormal (combinations of generators stay vertical)
-            vertical -= np.dot(z, vertical) * z
-        size = np.linalg.norm(vertical)
-        if size > 0 and np.isfinite(size):
-            self.basis = [*self.basis[-(self.keep - 1):], vertical / size] if self.keep > 1 else [vertical / size]
-        return horizontal
+    return by_generators
 
 
 def generator_matrix(symmetries: SymmetrySet, params: Mapping[str, Tensor]) -> csc_matrix:
