@@ -18,6 +18,7 @@ from .group import (
     gl_charges,
     gl_generator_combination,
     gl_generator_inner,
+    permutation_generators,
     permute,
     unit_matrix,
 )
@@ -25,4 +26,4 @@ from .trace import EXACT_TOLERANCE
 from .verify import Verification, VerificationRow, verify_symmetries
 
 __all__ = ["EXACT_TOLERANCE", "Kind", "Slot", "Symmetry", "SymmetrySet", "Verification", "VerificationRow", "act", "act_gl", "act_rotation", "gl_charges", "gl_generator_combination", "gl_generator_inner",
-           "exact_defects", "find_symmetries", "generator", "generator_entries", "permute", "unit_matrix", "verify_symmetries"]
+           "exact_defects", "find_symmetries", "generator", "generator_entries", "permutation_generators", "permute", "unit_matrix", "verify_symmetries"]

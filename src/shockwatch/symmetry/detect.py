@@ -52,7 +52,8 @@ from torch import Tensor, fx, nn
 
 from .flow import (Consumer, Mode, Producer, Walk, find_producers, norm_affine_sources, parameter_uses, shape,
                    stream_sources, unit_index, walk)
-from .group import Kind, Slot, Symmetry, SymmetrySet, act, act_gl, act_rotation, permute, random_gl_element
+from .group import (Kind, Slot, Symmetry, SymmetrySet, act, act_gl, act_rotation, permutation_generators, permute,
+                    random_gl_element)
 from .trace import (EXACT_TOLERANCE, ExactEvaluator, TracedModel, TraceError, call_arguments, epsilon_nodes, export_model,
                     packet)
 
@@ -829,15 +830,25 @@ def _measure(evaluate: ExactEvaluator, model: nn.Module, symmetries: list[Symmet
             by_kind.setdefault(sym.kind, []).append(sym)
         for kind, members in by_kind.items():
             touched = {slot.param for sym in members for slot in sym.slots}
-            joint = {k: (v.clone() if k in touched else v) for k, v in params.items()}
-            for sym in members:  # in place on the copies: no copy per symmetry
-                joint = _moved(sym, joint, random, copy=False)
-            out[f"joint/{kind.value}"] = change = _relative_change(output(joint), reference)
+            change = 0.0
+            for element in range(_elements(kind)):
+                joint = {k: (v.clone() if k in touched else v) for k, v in params.items()}
+                for sym in members:  # in place on the copies: no copy per symmetry
+                    joint = _moved(sym, joint, random, copy=False, element=element)
+                change = max(change, _relative_change(output(joint), reference))
+            out[f"joint/{kind.value}"] = change
             step = max(1, len(members) // max(samples, 1))
             alone += members if change > EXACT_TOLERANCE else members[::step][:samples]
     for sym in alone:
-        out[sym.label] = _relative_change(output(_moved(sym, params, random)), reference)
+        out[sym.label] = max(_relative_change(output(_moved(sym, params, random, element=element)), reference)
+                             for element in range(_elements(sym.kind)))
     return out
+
+
+def _elements(kind: Kind) -> int:
+    """How many group elements ``_moved`` checks for a symmetry of ``kind``: a permutation both
+    generators of S_n (``permutation_generators``), every other kind one element."""
+    return 2 if kind is Kind.PERMUTATION else 1
 
 
 def _checked(model: nn.Module, traced: TracedModel, candidates: list[Symmetry], logits: bool,
@@ -868,13 +879,17 @@ def _relative_change(moved: Tensor, reference: Tensor) -> float:
     return change if change == change else float("inf")
 
 
-def _moved(sym: Symmetry, values: dict, random: torch.Generator, *, copy: bool = True) -> dict:
+def _moved(sym: Symmetry, values: dict, random: torch.Generator, *, copy: bool = True, element: int = 0) -> dict:
     """``values`` moved by one finite element of ``sym``'s group (new tensors where touched; without
-    ``copy``, in place)."""
+    ``copy``, in place); for a permutation, generator ``element`` of S_n (``permutation_generators``:
+    a random permutation of two units is the identity half the time, and proves nothing then)."""
     if sym.kind.one_parameter:
         return act(sym, values, _CHECK_AMOUNT[sym.kind], copy=copy)
     if sym.kind is Kind.PERMUTATION:
-        return permute(sym, values, torch.randperm(sym.unit_count, generator=random), copy=copy)
+        generators = permutation_generators(sym.unit_count)
+        if not generators:
+            return values if not copy else dict(values)
+        return permute(sym, values, generators[element % len(generators)], copy=copy)
     if sym.kind is Kind.ROTATION:
         return act_rotation(sym, values, 0.5, copy=copy)
     return act_gl(sym, values, random_gl_element(sym.unit_count, 0.3, random), copy=copy)

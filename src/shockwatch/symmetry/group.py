@@ -32,7 +32,8 @@ from torch import Tensor, nn
 from . import sharded
 
 __all__ = ["Kind", "Slot", "Symmetry", "SymmetrySet", "act", "act_gl", "act_rotation", "generator", "generator_entries", "gl_charges",
-           "gl_generator_combination", "gl_generator_inner", "permute", "random_gl_element", "unit_matrix"]
+           "gl_generator_combination", "gl_generator_inner", "permutation_generators", "permute", "random_gl_element",
+           "unit_matrix"]
 
 
 class Kind(enum.StrEnum):
@@ -356,7 +357,7 @@ def _native_units(layout: _NativeLayout, pairs, norms, copy_into=None, moved_fro
     moved = np.zeros(()) if moved_from is not None else None
     if lib.sw_units(code, len(pairs), len(layout.names), layout.blocks, layout.row_offset, layout.col_offset,
                     pointer_array(xs), pointer_array(ys), units.ctypes.data, layout.size, pointer_array(copy_at),
-                    pointer_array(moved_at), moved.ctypes.data if moved is not None else None):
+                    pointer_array(moved_at), moved.ctypes.data if moved is not None else None, _native.threads()):
         return None  # its scratch memory could not be allocated
     lib.sw_scatter(len(pairs), layout.size, units.ctypes.data, *layout.scatter_arguments, scattered.ctypes.data)
     return scattered, totals, np.sqrt(moved, out=moved) if moved is not None else None
@@ -908,6 +909,21 @@ def permute(sym: Symmetry, params: Mapping[str, Tensor], order: Tensor, *, copy:
         source = tensor.index_select(slot.dim, index.to(tensor.device))
         tensor.narrow(slot.dim, slot.start, slot.stop - slot.start).copy_(source)
     return moved
+
+
+def permutation_generators(units: int) -> list[Tensor]:
+    """Two permutations that generate the whole symmetric group S_units: the cycle (0 1 ... n-1) and
+    the transposition (0 1) (one for n = 2, none for n < 2). A model left unchanged by both is left
+    unchanged by every permutation of its units; one random permutation proves less (for n = 2 it is
+    the identity half the time, and it can miss a permutation that only some units allow)."""
+    if units < 2:
+        return []
+    cycle = torch.arange(units).roll(-1)
+    if units == 2:
+        return [cycle]
+    swap = torch.arange(units)
+    swap[0], swap[1] = 1, 0
+    return [cycle, swap]
 
 
 def unit_matrix(sym: Symmetry, slots: tuple[Slot, ...], params: Mapping[str, Tensor]) -> Tensor:
