@@ -22,6 +22,15 @@ def _model(name: str):
     return model, example
 
 
+@pytest.fixture(params=[1, 3], ids=["1-thread", "3-threads"])
+def threads(request):
+    """torch's intra-op thread count, which the kernel shares its tensors among (OpenMP builds)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
 def _inputs(model, dtype):
     return [{name: torch.randn_like(p, dtype=dtype) for name, p in model.named_parameters()} for _ in range(3)]
 
@@ -29,10 +38,12 @@ def _inputs(model, dtype):
 @needs_compiler
 @pytest.mark.parametrize("model_name", ["vgg-bn", "mlp"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_native_pass_is_the_float64_sum_of_its_inputs(model_name, dtype):
+def test_native_pass_is_the_float64_sum_of_its_inputs(model_name, dtype, threads):
     """Truth: the eager kernel on the same numbers cast to float64. The C kernel multiplies and adds
     in double, so for float32 inputs it is exact to double round-off (1e-12), where the eager
-    float32 kernel is off by float32 round-off (its products and sums are float32)."""
+    float32 kernel is off by float32 round-off (its products and sums are float32). On one thread
+    and with the tensors shared among three."""
+    assert _native.threads() == (threads if _native.library().sw_openmp() else 1)
     model, example = _model(model_name)
     syms = sw.find_symmetries(model.to(dtype), example.to(dtype))
     x, y, z = _inputs(model, dtype)
@@ -119,7 +130,7 @@ def test_host_charges_are_the_torch_charges(model_name):
 
 
 @pytest.mark.parametrize("native", [True, False])
-def test_the_pass_copies_and_measures_the_move_of_its_first_x(native):
+def test_the_pass_copies_and_measures_the_move_of_its_first_x(native, threads):
     """Truth: the copy equals its source bit for bit; |x - m| against a float64 sum over the grouped
     parameters; both from the C kernel and from the eager path."""
     if native and _native.library() is None:
@@ -182,3 +193,26 @@ def test_host_sums_are_the_tensor_sums_as_numpy(native):
         if a is not None:
             assert isinstance(b, np.ndarray) and b.dtype == np.float64
             assert np.array_equal(a.numpy(), b), field
+
+
+@needs_compiler
+def test_the_pass_gives_the_same_bits_on_any_number_of_threads():
+    """Truth: the one-thread pass. Shared among 2 or 3 threads (OpenMP builds) every field, the move
+    included, is equal to the bit: a run logs the same values whatever torch's thread count."""
+    model, example = _model("vgg-bn")
+    syms = sw.find_symmetries(model, example)
+    x, y, m = _inputs(model, torch.float32)
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            into = {name: torch.empty_like(t) for name, t in x.items()}
+            results.append(syms.fused_sums([(x, y), (y, y), (m, y)], unsigned=True, norms=((list(y.values()), None),),
+                                           copy_into=into, moved_from=m, host=True))
+    finally:
+        torch.set_num_threads(before)
+    for other in results[1:]:
+        for field, want in zip(results[0]._fields, results[0]):
+            got = getattr(other, field)
+            assert (want is None and got is None) or (got.tobytes() == want.tobytes()), field

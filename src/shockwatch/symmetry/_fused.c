@@ -153,14 +153,43 @@ UNITS(double, units_f64)
 /* dtype: 0 float32, 1 float64 (every tensor of the call). out: (n_pairs, stride), zeroed by the
    caller. In the same pass over pair 0's x (each row read once, while in L1): copy_to (or NULL) gets
    a copy of every x tensor; moved_from (or NULL) gives *moved = sum |x - moved_from|^2.
-   Single-threaded: splitting the tensors over two threads was slower in the training loop on a
-   2-core machine (benchmarks/RESULTS.md), where torch's own threads hold the other core.
-   Returns 0, or 1 where scratch memory could not be allocated. */
+   threads > 1 (and built with OpenMP): the tensors are shared among that many OpenMP threads, one
+   tensor at a time (each tensor's units are its own entries of out: no two threads write one). In
+   a process where torch runs on GNU OpenMP the kernel's libgomp.so.1 is torch's, already loaded, so
+   the team is torch's own intra-op threads, still spinning after the backward pass (a separate
+   pool of threads was slower: benchmarks/RESULTS.md). The result is the same on any number of
+   threads, to the bit. Returns 0, or 1 where scratch memory could not be allocated. */
 int sw_units(int64_t dtype, int64_t n_pairs, int64_t n_tensors, const int64_t *shape, const int64_t *row,
              const int64_t *col, const void *const *xs, const void *const *ys, double *out, int64_t stride,
-             void *const *copy_to, const void *const *moved_from, double *moved) {
-    return (dtype == 0 ? units_f32 : units_f64)(n_pairs, n_tensors, shape, row, col, xs, ys, out, stride, copy_to,
-                                                moved_from, moved, 0, n_tensors);
+             void *const *copy_to, const void *const *moved_from, double *moved, int64_t threads) {
+    int (*units)(int64_t, int64_t, const int64_t *, const int64_t *, const int64_t *, const void *const *,
+                 const void *const *, double *, int64_t, void *const *, const void *const *, double *, int64_t,
+                 int64_t) = dtype == 0 ? units_f32 : units_f64;
+    /* |x - moved_from|^2 per tensor, added in tensor order after the loop: the same bits on any
+       number of threads (a reduction in the threads' order made two runs differ in the last digit) */
+    double *parts = moved ? calloc((size_t)(n_tensors > 0 ? n_tensors : 1), sizeof(double)) : 0;
+    if (moved && !parts) return 1;
+    int failed = 0;
+#pragma omp parallel for num_threads(threads > 1 ? threads : 1) schedule(dynamic, 1) reduction(| : failed) if (threads > 1 && n_tensors > 1)
+    for (int64_t t = 0; t < n_tensors; ++t)
+        failed |= units(n_pairs, n_tensors, shape, row, col, xs, ys, out, stride, copy_to, moved_from,
+                        moved ? parts + t : 0, t, t + 1);
+    if (moved) {
+        double total = 0.0;
+        for (int64_t t = 0; t < n_tensors; ++t) total += parts[t];
+        *moved = total;
+        free(parts);
+    }
+    return failed;
+}
+
+/* 1 where the kernel was built with OpenMP (sw_units can share its tensors among threads), else 0. */
+int sw_openmp(void) {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
 }
 
 #define SUMSQ(TYPE, NAME)                                                                         \

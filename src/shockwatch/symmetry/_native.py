@@ -5,6 +5,14 @@ Built at first use with the system's C compiler (``$CC``, else ``cc``) into a pe
 a hash of the source, the flags and the machine, so that a changed kernel is rebuilt and a stale one
 never loaded. Where no compiler works (or ``SHOCKWATCH_NATIVE=0``) ``library()`` returns None and
 ``reason()`` says why: callers fall back to the eager torch kernel, which computes the same sums.
+
+Built with OpenMP where the compiler has it (else without): ``sw_units`` then shares its tensors
+among ``threads()`` threads, torch's intra-op count. torch's CPU wheels run on GNU OpenMP and ship
+its ``libgomp.so.1``; loaded after torch, the kernel binds to that same runtime (the dynamic loader
+reuses a loaded library of the same soname), so its team is torch's threads, still spinning after
+the backward pass. Measured in the training loop (benchmarks/RESULTS.md): the monitor's extra time
+5.0-5.3 -> 3.7-3.8 ms a step on a 1.9M-parameter MLP, 3.7-3.8 -> 2.7-3.0 ms on the width/4 VGG,
+unchanged on the 85k MLP. ``SHOCKWATCH_NATIVE_THREADS=1`` turns the sharing off.
 """
 
 from __future__ import annotations
@@ -18,7 +26,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-__all__ = ["address", "library", "reason"]
+import torch
+
+__all__ = ["address", "library", "reason", "threads"]
 
 _SOURCE = Path(__file__).with_name("_fused.c")
 _FLAGS = ("-O3", "-fopenmp-simd", "-fPIC", "-shared")
@@ -40,12 +50,13 @@ def _build(source: bytes, target: Path, compiler: str) -> str | None:
     except OSError as error:  # a read-only home, a file where the folder should be
         return f"cannot write the kernel cache {target.parent} ({error}): set SHOCKWATCH_CACHE"
     errors = []
-    for extra in (("-march=native",), ()):
+    # OpenMP first (sw_units shares tensors among torch's own threads), then without it
+    for extra in (("-fopenmp", "-march=native"), ("-fopenmp",), ("-march=native",), ()):
         partial = None
         try:
             handle, partial = tempfile.mkstemp(suffix=".so", dir=target.parent)
             os.close(handle)
-            done = subprocess.run([compiler, *_FLAGS, *extra, "-x", "c", "-", "-o", partial], input=source,
+            done = subprocess.run([compiler, *_FLAGS, *extra, "-x", "c", "-", "-o", partial], input=source, check=False,
                                   capture_output=True, timeout=120)
             if done.returncode == 0:
                 os.replace(partial, target)
@@ -89,8 +100,10 @@ def library() -> ctypes.CDLL | None:
         return None
     i64, pointer = ctypes.c_int64, ctypes.c_void_p
     lib.sw_units.argtypes = [i64, i64, i64, pointer, pointer, pointer, pointer, pointer, pointer, i64, pointer,
-                            pointer, pointer]
+                            pointer, pointer, i64]
     lib.sw_units.restype = ctypes.c_int
+    lib.sw_openmp.argtypes = []
+    lib.sw_openmp.restype = ctypes.c_int
     lib.sw_sumsq.argtypes = [i64, i64, pointer, pointer, pointer]
     lib.sw_sumsq.restype = ctypes.c_double
     lib.sw_scatter.argtypes = [i64, i64, pointer, i64, pointer, pointer, pointer, i64, pointer, i64, pointer]
@@ -102,6 +115,42 @@ def address(array) -> int:
     """The data address of a NumPy array, for the kernel (``ndarray.ctypes`` costs a microsecond or two
     a call; this reads the array interface)."""
     return array.__array_interface__["data"][0]
+
+
+def threads() -> int:
+    """How many threads ``sw_units`` shares its tensors among: torch's intra-op thread count where the
+    kernel was built with OpenMP (``$SHOCKWATCH_NATIVE_THREADS``, read once, overrides it), else 1."""
+    lib = library()
+    if lib is None or not _openmp(lib):
+        return 1
+    return _THREADS if _THREADS is not None else torch.get_num_threads()
+
+
+@functools.cache
+def _openmp(lib: ctypes.CDLL) -> bool:
+    """Whether the kernel may share its tensors among threads: built with OpenMP, and (where the
+    process's mappings can be read) no OpenMP runtime but GNU's loaded, so that the kernel's team is
+    torch's own threads and not a second pool beside Intel's or LLVM's (measured: a separate pool of
+    threads made the monitor slower)."""
+    if not lib.sw_openmp():
+        return False
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:  # not Linux: trust the build
+        return True
+    return not any(name in maps for name in ("libiomp", "libomp.so", "libomp-"))
+
+
+def _threads_setting() -> int | None:
+    value = os.environ.get("SHOCKWATCH_NATIVE_THREADS")
+    if value is None:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"SHOCKWATCH_NATIVE_THREADS must be a positive integer, got {value!r}")
+    return int(value)
+
+
+_THREADS = _threads_setting()
 
 
 def reason() -> str | None:
