@@ -361,3 +361,18 @@ def test_update_curvature_on_its_schedule_is_the_dense_rayleigh_quotient(tmp_pat
     monitor.close()
     with pytest.raises(ValueError, match="schedule.update_curvature needs loss_fn"):
         sw.Monitor(model, opt, tmp_path / "other", schedule=sw.Schedule(update_curvature=2))
+
+
+def test_a_loss_per_sample_is_refused_in_one_line(tmp_path):
+    """mon.step takes the reduced loss: a per-sample vector is a ValueError that says so, and the
+    step is not counted (the next, correct call logs step 1)."""
+    model, opt, x, y, monitor = setup(tmp_path)
+    opt.zero_grad()
+    losses = F.cross_entropy(model(x), y, reduction="none")
+    losses.mean().backward()
+    opt.step()
+    with pytest.raises(ValueError, match=r"scalar loss .* got a tensor of shape \(\d+,\): pass the reduced loss"):
+        monitor.step(losses)
+    monitor.step(losses.mean())
+    assert monitor.store.scalars("loss")[0] == [1]
+    monitor.close()

@@ -543,6 +543,9 @@ class Monitor:
         misuse (per micro-batch under gradient accumulation, or a new optimizer not ``attach``-ed),
         which raises RuntimeError after an event that says which."""
         self._check_open("step")
+        if isinstance(loss, Tensor) and loss.numel() != 1:
+            raise ValueError(f"mon.step(loss) takes the step's scalar loss (a one-element tensor or a float), got a "
+                             f"tensor of shape {tuple(loss.shape)}: pass the reduced loss (loss.mean())")
         self._step += 1
         value = self._mean_loss(loss)
         if self.rank != 0 and not self._sharded:

@@ -50,7 +50,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, fx, nn
 
-from .flow import (Consumer, Mode, Producer, Walk, find_producers, norm_affine_sources, parameter_uses, shape,
+from .flow import (Consumer, Mode, Producer, Walk, find_producers, is_lookup, norm_affine_sources, parameter_uses, shape,
                    stream_sources, unit_index, walk)
 from .group import (Kind, Slot, Symmetry, SymmetrySet, act, act_gl, act_rotation, permutation_generators, permute,
                     random_gl_element)
@@ -90,6 +90,7 @@ def find_symmetries(model: nn.Module, example_input, *, logits: bool = True, che
     device = next(iter(parameters.values())).device
     rng = torch.get_rng_state()
     try:
+        _check_input(model, example_input)
         kept: list[Symmetry] = []
         rejected: list[str] = []
         partial: list[str] = []
@@ -104,6 +105,26 @@ def find_symmetries(model: nn.Module, example_input, *, logits: bool = True, che
     sizes = tuple(((name, dim), size) for name, p in parameters.items() for dim, size in enumerate(p.shape))
     return SymmetrySet(tuple(kept), device, unanalysed, sizes, tuple(partial), tuple(rejected),
                        tuple(sorted(uncovered.items())))
+
+
+def _check_input(model: nn.Module, example_input) -> None:
+    """One forward pass in eval mode, without gradients (no buffer changes; every module's mode put
+    back): an input the model does not take (a wrong shape, a token id past the vocabulary) is one
+    ValueError here, before the trace, whose fake tensors check neither values nor every shape."""
+    modes = [(module, module.training) for module in model.modules()]
+    try:
+        args, kwargs = call_arguments(model, example_input)
+        model.eval()
+        with torch.no_grad():
+            model(*args, **kwargs)
+    except Exception as error:  # whatever the model raises: the input is what the user can change
+        what = (f"shape {tuple(example_input.shape)}" if isinstance(example_input, Tensor)
+                else f"a {type(example_input).__name__}")
+        raise ValueError(f"{type(model).__name__} does not accept the example input ({what}): "
+                         f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:400]) from None
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 def _module_of(param: str) -> str:
@@ -248,9 +269,16 @@ def _candidates(traced: TracedModel, logits: bool) -> tuple[list[Symmetry], dict
             if sym.kind is Kind.SCALE:
                 scaled.add(sym.incoming[0].param)
 
+    failed_at: dict[str, int] = {}
+
     def note(param: str | None, walk_: Walk) -> None:
-        if param is not None and not walk_.ok:
-            why.setdefault(param, walk_.reason)
+        """The reason of the walk that got furthest through the graph before it failed (a rescale
+        stopped by a tanh says less than a permutation stopped by an offset after it)."""
+        if param is None or walk_.ok:
+            return
+        at = position.get(walk_.failed_at, -1)
+        if param not in why or at > failed_at[param]:
+            why[param], failed_at[param] = walk_.reason, at
 
     uses = parameter_uses(traced)
 
@@ -312,6 +340,8 @@ def _candidates(traced: TracedModel, logits: bool) -> tuple[list[Symmetry], dict
             if perm.ok:
                 perm_done.update(m.node for m in members)
                 _emit_permutation(perm, members, units, emit)
+            else:
+                note(producer.weight, perm)
     for node, axis, params in norm_affine_sources(traced):
         where[0] = position[node]
         size = shape(node)[axis]
@@ -593,7 +623,7 @@ def _stream_permutation(traced: TracedModel, stream: list[Producer], sources: li
         return
     incoming = [slot for p in members for slot in _rows(p, 0, units)] + slots[0]
     for node, name in sources:
-        incoming.append(Slot(name, 1 if packet(node) == "embedding" else len(shape(node)) - 1, 0, units))
+        incoming.append(Slot(name, 1 if is_lookup(node) else len(shape(node)) - 1, 0, units))
     incoming = list(dict.fromkeys(incoming))
     outgoing = []
     for slot in slots[1]:
@@ -683,7 +713,7 @@ def _emit_embedding_translations(traced: TracedModel, run, emit, uses: dict[str,
     column (a SHIFT walk with a random shift per column; every lookup of the table at once)."""
     lookups: dict[str, list[fx.Node]] = {}
     for node, name in stream_sources(traced, tied=True):
-        if packet(node) == "embedding":
+        if is_lookup(node):
             lookups.setdefault(name, []).append(node)
     generator = torch.Generator().manual_seed(2)
     for name, nodes in lookups.items():

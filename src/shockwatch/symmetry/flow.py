@@ -48,7 +48,8 @@ from torch import Tensor, fx
 
 from .trace import TracedModel, packet
 
-__all__ = ["Mode", "Parity", "Producer", "Walk", "find_producers", "norm_affine_sources", "parameter_uses", "stream_sources", "walk"]
+__all__ = ["Mode", "Parity", "Producer", "Walk", "find_producers", "is_lookup", "norm_affine_sources", "parameter_uses",
+           "stream_sources", "walk"]
 
 
 class Mode(enum.Enum):
@@ -170,10 +171,12 @@ class Walk:
     blocked: frozenset[int] = frozenset()  # GL: the units a factor varying across them multiplies (rotary dims)
     links: Parity | None = None
     uses: dict[str, int] = field(default_factory=dict)
+    failed_at: fx.Node | None = None  # the operation named in ``reason``
 
     def fail(self, node: fx.Node, why: str, partner: fx.Node | None = None) -> Walk:
         if self.ok:
             self.ok, self.reason, self.partner = False, f"{why} at {packet(node) or node.op} ({node.name})", partner
+            self.failed_at = node
         return self
 
 
@@ -284,9 +287,33 @@ def find_producers(traced: TracedModel) -> list[Producer]:
             continue
         if out_shape is None or len(shape(x) or ()) < 1:
             continue
+        if bias is None and kind in ("mm", "matmul"):  # x @ W.T + b, as written by hand
+            node, bias = _bias_added(node, out_shape[-1], uses, traced)
         out.append(Producer(node, name, order[dims[0]], order[dims[1]], bias[0] if bias else None, out_shape[-1],
                             len(out_shape) - 1, False))
     return out
+
+
+def _bias_added(node: fx.Node, units: int, uses: dict[str, int], traced: TracedModel
+                ) -> tuple[fx.Node, tuple[str, tuple[int, ...]] | None]:
+    """Where a product x @ W.T is followed (through reshapes that keep its last axis, as torch writes
+    a batched matmul) by ``+ b`` with b a parameter of shape (units,) read nowhere else: that add,
+    whose output is the linear map's (the walk starts there, b among the producer's slots), and b;
+    else the product itself and None."""
+    end = node
+    while len(end.users) == 1:
+        user = next(iter(end.users))
+        kind = packet(user)
+        if kind in ("view", "_unsafe_view", "reshape") and (shape(user) or (None,))[-1] == units:
+            end = user
+            continue
+        if kind == "add" and len(user.args) == 2 and not user.kwargs:
+            other = user.args[1] if user.args[0] is end else user.args[0]
+            found = _param(other, traced)
+            if found and shape(other) == (units,) and uses.get(found[0], 0) == 1 and shape(user) == shape(end):
+                return user, found
+        break
+    return node, None
 
 
 def norm_affine_sources(traced: TracedModel) -> list[tuple[fx.Node, int, list[str]]]:
@@ -319,8 +346,7 @@ def stream_sources(traced: TracedModel, *, tied: bool = False) -> list[tuple[fx.
     uses = parameter_uses(traced)
     out = []
     for node in traced.graph.nodes:
-        kind = packet(node)
-        if kind == "embedding":
+        if is_lookup(node):
             found = _param(node.args[0], traced)
             if found and found[1] == (0, 1) and (tied or uses.get(found[0]) == 1):
                 out.append((node, found[0]))
@@ -330,6 +356,21 @@ def stream_sources(traced: TracedModel, *, tied: bool = False) -> list[tuple[fx.
             if uses.get(name) == 1 and len(users) == 1 and packet(users[0]) in ("add", "cat", "expand"):
                 out.append((node, name))
     return out
+
+
+def is_lookup(node) -> bool:
+    """An embedding lookup: ``embedding``, or ``table[ids]`` as written by hand (aten.index with one
+    integer index tensor on a 2-D tensor's first axis). Either way the table's dim 1 is the output's
+    last axis."""
+    if packet(node) == "embedding":
+        return True
+    if packet(node) != "index" or len(node.args) < 2 or len(shape(node.args[0]) or ()) != 2:
+        return False
+    indices = node.args[1]
+    if not isinstance(indices, (list, tuple)) or len(indices) != 1 or not isinstance(indices[0], fx.Node):
+        return False
+    value = indices[0].meta.get("val")
+    return isinstance(value, Tensor) and not value.is_floating_point() and value.dtype is not torch.bool
 
 
 def unit_index(out_shape: tuple[int, ...], axis: int, units: int, offset: int = 0) -> Tensor:
@@ -359,7 +400,11 @@ def walk(traced: TracedModel, seeds: dict[fx.Node, Tensor], mode: Mode, *, logit
         tag = _step(node, tags, mode, result, traced, epsilons)
         tag = tag if isinstance(tag, _Tag) else None
         if mode is Mode.SHIFT and tag is not None and isinstance(tag.value, Tensor) and not bool(tag.value.any()):
-            continue  # a zero shift (the query and value parts of a fused projection) is no shift
+            # a shift cancelled against itself (x - amax(x) of a softmax written by hand) is absorbed; a
+            # zero part of a fused projection (its query and value parts) is simply no shift
+            if packet(node) in ("sub", "add") and len(tagged) == 2:
+                result.absorbed = True
+            continue
         if tag is not None and result.ok:
             tags[node] = tag
     return result
@@ -474,6 +519,8 @@ def _reduce(node, tag, mode, result):
         if packet(node) in ("mean", "sum"):
             out = value.mean(dim=dims, keepdim=keep) if packet(node) == "mean" else value.sum(dim=dims, keepdim=keep)
             return _Tag(out)
+        if packet(node) in ("amax", "amin") and all(_constant_along(value, d) for d in dims):
+            return _Tag(value.amax(dim=dims, keepdim=keep))  # max(x + c) = max(x) + c, c constant along dims
         return result.fail(node, "a nonlinear reduction breaks a shift") and None
     varying = [a for a in range(value.dim()) if not _constant_along(value, a)]
     if mode is Mode.PERM and varying and set(varying) <= set(dims) and bool((value >= 0).all()) \

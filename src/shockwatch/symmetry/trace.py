@@ -177,11 +177,13 @@ def _blocking(error: Exception) -> str:
 def _quiet_torch_logs():
     """A failed torch.export prints its partial graph to stderr and logs warnings about it; our
     TraceError names what stopped it instead. stderr is held back while tracing (and passed on
-    if the trace succeeds) and torch's loggers are raised to ERROR."""
+    if the trace succeeds) and torch's loggers are raised above ERROR (the fake-tensor layer logs a
+    whole traceback at ERROR for an input of the wrong shape; its handler writes to the stderr it
+    was made with, which no redirection reaches)."""
     loggers = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict) if name.startswith("torch")]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
-        logger.setLevel(logging.ERROR)
+        logger.setLevel(logging.CRITICAL)
     held = io.StringIO()
     try:
         with contextlib.redirect_stderr(held):

@@ -1,0 +1,121 @@
+"""Symmetries of layers written by hand (``x @ W.T + b``, a softmax from amax, exp and sum), checked
+against the same layers written with torch's modules and by group elements applied by hand in float64."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call
+
+import shockwatch as sw
+from shockwatch.symmetry import Kind
+
+D, HEADS, VOCAB = 8, 2, 13
+
+
+def hand_softmax(scores):
+    shifted = (scores - scores.amax(-1, keepdim=True)).exp()
+    return shifted / shifted.sum(-1, keepdim=True)
+
+
+class Mixer(nn.Module):
+    """One attention block with its own parameter names; ``style`` picks how the fused q, k, v map
+    and the softmax are written."""
+
+    def __init__(self, style: str) -> None:
+        super().__init__()
+        self.style = style
+        self.table = nn.Parameter(torch.randn(VOCAB, D))
+        self.w1 = nn.Parameter(torch.randn(3 * D, D) / math.sqrt(D))
+        self.b1 = nn.Parameter(torch.randn(3 * D) * 0.3)
+        self.back = nn.Parameter(torch.randn(D, D) / math.sqrt(D))
+        self.read = nn.Linear(D, VOCAB)
+
+    def forward(self, ids):
+        x = self.table[ids] if self.style != "modules" else nn.functional.embedding(ids, self.table)
+        b, t, _ = x.shape
+        qkv = x @ self.w1.T + self.b1 if self.style != "modules" else nn.functional.linear(x, self.w1, self.b1)
+        q, k, v = (part.view(b, t, HEADS, D // HEADS).transpose(1, 2) for part in qkv.split(D, -1))
+        scores = q @ k.transpose(-1, -2) / math.sqrt(D // HEADS)
+        weights = hand_softmax(scores) if self.style != "modules" else torch.softmax(scores, -1)
+        mixed = (weights @ v).transpose(1, 2).reshape(b, t, D)
+        return self.read(x + mixed @ self.back.T)
+
+
+def _output(model, params, ids):
+    return functional_call(model, params, (ids,)).log_softmax(-1)
+
+
+def _change(model, params, moved, ids):
+    base = _output(model, params, ids)
+    return float((_output(model, moved, ids) - base).abs().max() / base.abs().max())
+
+
+@pytest.fixture(scope="module")
+def found():
+    ids = torch.randint(0, VOCAB, (3, 5), generator=torch.Generator().manual_seed(0))
+    out = {}
+    for style in ("hand", "modules"):
+        torch.manual_seed(0)
+        model = Mixer(style).double()
+        out[style] = (model, sw.find_symmetries(model, ids), ids)
+    return out
+
+
+def test_a_hand_written_layer_has_the_symmetries_of_the_module_written_one(found):
+    """Truth: the same block through F.linear and torch.softmax (whose symmetries the library's other
+    tests check): x @ W.T + b carries its bias like F.linear's (before: none found past the add), and
+    the softmax written as exp(s - amax s) / sum absorbs a key bias as torch.softmax does."""
+    hand, modules = found["hand"][1], found["modules"][1]
+    for kind in (Kind.GL, Kind.PERMUTATION, Kind.TRANSLATION):
+        assert len(hand.of_kind(kind)) == len(modules.of_kind(kind)), kind
+    assert len(hand.of_kind(Kind.GL)) == 2 * HEADS  # (W_Q, W_K) and (W_V, W_O) per head
+    keys = [sym for sym in hand.of_kind(Kind.TRANSLATION) if "key_bias" in sym.label]
+    assert len(keys) == D  # one per key unit
+    assert {slot.param for sym in hand.of_kind(Kind.GL) for slot in sym.slots} >= {"w1", "b1", "back"}
+
+
+def test_the_symmetries_found_hold_under_group_elements_applied_by_hand(found):
+    """Truth: the float64 output under group elements applied by hand, not by the library: every key
+    bias shifted by its own amount; the two heads swapped (rows of w1 and b1 in each of q, k, v, columns
+    of back); head 0's query and key rows mixed by M and M^{-T}."""
+    model, symmetries, ids = found["hand"]
+    params = {name: p.detach().clone() for name, p in model.named_parameters()}
+    width = D // HEADS
+    shifted = dict(params, b1=params["b1"].clone())
+    shifted["b1"][D:2 * D] += torch.linspace(-1.0, 2.0, D, dtype=torch.float64)
+    assert _change(model, params, shifted, ids) < 1e-13
+    order = torch.cat([torch.arange(width, 2 * width), torch.arange(width)])  # head 1's units, then head 0's
+    rows = torch.cat([order + part * D for part in range(3)])
+    swapped = dict(params, w1=params["w1"][rows], b1=params["b1"][rows], back=params["back"][:, order])
+    assert _change(model, params, swapped, ids) < 1e-13
+    assert any(sym.kind is Kind.PERMUTATION and sym.unit_count == HEADS for sym in symmetries)
+    generator = torch.Generator().manual_seed(3)
+    m = torch.eye(width, dtype=torch.float64) + 0.3 * torch.randn(width, width, dtype=torch.float64, generator=generator)
+    mixed = dict(params, w1=params["w1"].clone(), b1=params["b1"].clone())
+    for start, matrix in ((0, m), (D, torch.linalg.inv(m).T)):  # head 0's queries by M, its keys by M^{-T}
+        mixed["w1"][start:start + width] = matrix @ params["w1"][start:start + width]
+        mixed["b1"][start:start + width] = matrix @ params["b1"][start:start + width]
+    assert _change(model, params, mixed, ids) < 1e-12
+    # and a shift the key bias does not have: the query bias, which the softmax does not absorb
+    wrong = dict(params, b1=params["b1"].clone())
+    wrong["b1"][:D] += 0.5
+    assert _change(model, params, wrong, ids) > 1e-4
+    assert not any("b1" in {slot.param for slot in sym.slots} and sym.slots[0].start < D
+                   for sym in symmetries.of_kind(Kind.TRANSLATION))
+
+
+def test_an_input_the_model_does_not_take_is_one_line_and_changes_nothing(capfd):
+    """A token id past the vocabulary (which the trace's fake tensors do not check) and a wrong width:
+    one ValueError naming the model and the input, nothing printed, every module's mode kept."""
+    torch.manual_seed(0)
+    model = Mixer("hand").double()
+    model.read.eval()  # a mixed mode, to be kept as it is
+    with pytest.raises(ValueError, match=r"Mixer does not accept the example input \(shape \(2, 5\)\): IndexError"):
+        sw.find_symmetries(model, torch.full((2, 5), VOCAB + 3))
+    regression = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2))
+    with pytest.raises(ValueError, match=r"Sequential does not accept the example input \(shape \(4, 7\)\): RuntimeError"):
+        sw.find_symmetries(regression, torch.randn(4, 7), logits=False)
+    assert capfd.readouterr().err == ""
+    assert model.training and not model.read.training
