@@ -87,6 +87,7 @@ _SOFTMAX = {"softmax", "log_softmax", "_softmax", "_log_softmax"}
 _NORM_AXES = {"layer_norm": -1, "rms_norm": -1}
 _BATCH_NORM = {"batch_norm", "_native_batch_norm_legit", "native_batch_norm"}
 _CONV = {"conv1d", "conv2d", "conv3d", "convolution"}
+_COMPARE = {"gt", "ge", "lt", "le"}
 
 
 @dataclass(frozen=True)
@@ -484,7 +485,121 @@ def _step(node, tags, mode: Mode, result: Walk, traced: TracedModel, epsilons) -
         return _contraction(node, tags, mode, result, traced)
     if kind == "scaled_dot_product_attention":
         return _attention(node, tags, mode, result)
+    if kind in ("clamp", "clamp_min", "clamp_max"):
+        return _clamp(node, tags, mode, result)
+    if kind in _COMPARE:
+        return _compare(node, tags, mode, result)
+    if kind in ("maximum", "minimum", "fmax", "fmin"):
+        return _extreme(node, tags, mode, result, traced)
+    if kind in ("prelu", "_prelu_kernel"):
+        return _prelu(node, tags, mode, result, traced)
     return result.fail(node, "an operation the analysis does not know") and None
+
+
+def _only_first_tagged(node, tags) -> bool:
+    return isinstance(node.args[0], fx.Node) and node.args[0] in tags and not any(
+        a in tags for a in node.all_input_nodes if a is not node.args[0])
+
+
+def _clamp(node, tags, mode, result):
+    """clamp(x, min, max) with number bounds: elementwise (commutes with a permutation), and positively
+    homogeneous where every bound is 0 or absent (clamp(x, min=0) is ReLU)."""
+    kind = packet(node)
+    rest = list(node.args[1:])
+    low = rest[0] if kind != "clamp_max" and rest else node.kwargs.get("min")
+    high = (rest[1] if len(rest) > 1 else node.kwargs.get("max")) if kind == "clamp" else \
+        (rest[0] if kind == "clamp_max" and rest else node.kwargs.get("max"))
+    if not _only_first_tagged(node, tags) or any(isinstance(b, fx.Node) for b in (low, high)):
+        return result.fail(node, "a clamp with transformed or tensor bounds") and None
+    tag = tags[node.args[0]]
+    if (low is None and high is None) or mode is Mode.PERM:
+        return tag
+    if mode in (Mode.DIAG, Mode.SCALAR) and all(b is None or b == 0 for b in (low, high)):
+        return tag
+    return result.fail(node, "a clamp at a nonzero bound is not positively homogeneous" if mode is not Mode.GL
+                       else "a nonlinear map breaks a linear action") and None
+
+
+def _compare(node, tags, mode, result):
+    """x > c and its kin, with c a number: elementwise (permuted with the units); for c = 0 a mask
+    no positive scale changes (untransformed: x * (x > 0) is then as homogeneous as x)."""
+    other = node.args[1] if len(node.args) > 1 else None
+    if not _only_first_tagged(node, tags) or isinstance(other, fx.Node):
+        return result.fail(node, "compares a transformed tensor with a tensor") and None
+    if mode is Mode.PERM:
+        return tags[node.args[0]]
+    if mode in (Mode.DIAG, Mode.SCALAR) and other == 0:
+        return None
+    return result.fail(node, "a comparison that a scale or shift of the units changes") and None
+
+
+def _is_zero(node, traced: TracedModel) -> bool:
+    """A tensor that is zero whatever the parameters: zeros(_like), a full or scalar tensor of 0, a
+    lifted constant of zeros, seen through casts and broadcasts."""
+    while isinstance(node, fx.Node) and packet(node) in (*_CASTS, "detach_", "expand", "expand_as", "view", "reshape"):
+        node = node.args[0]
+    if isinstance(node, (int, float)):
+        return node == 0
+    if not isinstance(node, fx.Node):
+        return False
+    if node.op == "placeholder":
+        constant = traced.constants.get(node.name)
+        return constant is not None and not bool(constant.any())
+    kind = packet(node)
+    if kind in ("zeros", "zeros_like", "new_zeros"):
+        return True
+    fill = {"full": 1, "new_full": 2, "full_like": 1, "scalar_tensor": 0}.get(kind)
+    return fill is not None and len(node.args) > fill and isinstance(node.args[fill], (int, float)) and node.args[fill] == 0
+
+
+def _extreme(node, tags, mode, result, traced):
+    """maximum / minimum: of two transformed tensors on the same units (and degree), or of one and a
+    zero tensor (maximum(x, 0) is ReLU); elementwise, so permuted with the units against anything
+    that does not vary across them."""
+    a, b = node.args[0], node.args[1]
+    ta, tb = tags.get(a) if isinstance(a, fx.Node) else None, tags.get(b) if isinstance(b, fx.Node) else None
+    out_shape = shape(node)
+    if ta is not None and tb is not None:
+        va, vb = (t.value.expand(out_shape) if out_shape else t.value for t in (ta, tb))
+        if mode in (Mode.PERM, Mode.DIAG, Mode.SCALAR) and ta.degree == tb.degree and bool((va == vb).all()):
+            return _Tag(va, ta.degree)
+        return result.fail(node, "a maximum of differently transformed tensors") and None
+    tag, other = (ta, b) if ta is not None else (tb, a)
+    value = tag.value.expand(out_shape) if out_shape else tag.value
+    if mode is Mode.PERM and (not isinstance(other, fx.Node) or _is_zero(other, traced)
+                              or _broadcast_constant_on_units(shape(other), tag.value)):
+        return _Tag(value, tag.degree)
+    if mode in (Mode.DIAG, Mode.SCALAR) and _is_zero(other, traced):
+        return _Tag(value, tag.degree)
+    return result.fail(node, "a maximum with a tensor other than zero") and None
+
+
+def _prelu(node, tags, mode, result, traced):
+    """PReLU: positively homogeneous (its slopes untouched by a positive scale); under a permutation
+    of the channels its per-channel slopes are permuted with them."""
+    if not _only_first_tagged(node, tags):
+        return result.fail(node, "a transformed tensor in PReLU's slopes") and None
+    tag = tags[node.args[0]]
+    if mode in (Mode.DIAG, Mode.SCALAR):
+        return tag
+    weight = node.args[1] if len(node.args) > 1 else None
+    found = _param(weight, traced) if isinstance(weight, fx.Node) else None
+    if mode is Mode.PERM and isinstance(weight, fx.Node) and shape(weight) in ((1,), ()):
+        return tag  # one slope for every channel: elementwise
+    if mode is Mode.PERM and found is not None:
+        value = tag.value
+        axis = 1 if value.dim() > 1 else 0
+        others = [d for d in range(value.dim()) if d != axis]
+        if shape(weight) == (value.shape[axis],) and all(_constant_along(value, d) for d in others) \
+                and result.uses.get(found[0]) == 1:
+            index = value
+            for d in others:
+                index = index.narrow(d, 0, 1)
+            index = index.reshape(-1)
+            if bool((index >= 0).all()):
+                result.norm_slots.append((found[0], 0, index))
+                return tag
+    return result.fail(node, "PReLU's slopes do not follow the action") and None
 
 
 def _pool(node, tag, mode, result):
@@ -644,6 +759,9 @@ def _binary(node, tags, mode, result, epsilons, traced):
 
 def _masked(node, tags, mode, result):
     kind = packet(node)
+    if kind == "where" and len(node.args) > 2 and (node.args[2] in tags if isinstance(node.args[2], fx.Node) else False
+                                                   or (isinstance(node.args[0], fx.Node) and node.args[0] in tags)):
+        return _where(node, tags, mode, result)
     data = node.args[1] if kind == "where" else node.args[0]
     tag = tags.get(data) if isinstance(data, fx.Node) else None
     mask = node.args[0] if kind == "where" else node.args[1]
@@ -654,6 +772,33 @@ def _masked(node, tags, mode, result):
     if mode is Mode.PERM and _broadcast_constant_on_units(shape(mask), tag.value):
         return _Tag(tag.value.expand(shape(node)))
     return result.fail(node, "masking breaks the action") and None
+
+
+def _where(node, tags, mode, result):
+    """where(c, a, b) with the condition or both branches transformed (leaky ReLU written as
+    where(x > 0, x, 0.2 x)): elementwise, so permuted with the units where every transformed operand
+    is on the same units; under a positive scale homogeneous where both branches have one degree on
+    the same units (or a branch is the number 0) and the condition is unchanged (a sign test)."""
+    cond, a, b = node.args[0], node.args[1], node.args[2]
+    out_shape = shape(node)
+    tc, ta, tb = (tags.get(x) if isinstance(x, fx.Node) else None for x in (cond, a, b))
+    branches = [t for t in (ta, tb) if t is not None]
+    if mode in (Mode.GL, Mode.SHIFT) or not branches:
+        return result.fail(node, "a transformed condition or branch of where") and None
+    if any(isinstance(x, fx.Node) and x not in tags for x in (a, b)):
+        return result.fail(node, "where with an untransformed tensor branch") and None
+    if any(not isinstance(x, fx.Node) and x != 0 for x in (a, b)):
+        return result.fail(node, "where with a nonzero number branch") and None
+    values = [t.value.expand(out_shape) if out_shape else t.value for t in branches]
+    if len({t.degree for t in branches}) > 1 or any(not bool((v == values[0]).all()) for v in values[1:]):
+        return result.fail(node, "where joins differently transformed branches") and None
+    if mode is Mode.PERM and tc is not None and not bool((tc.value.expand(out_shape) == values[0]).all()):
+        return result.fail(node, "where with a condition on other units") and None
+    if mode is Mode.PERM and tc is None and not _broadcast_constant_on_units(shape(cond), values[0]):
+        return result.fail(node, "where with a condition that varies across the units") and None
+    if mode in (Mode.DIAG, Mode.SCALAR) and tc is not None:
+        return result.fail(node, "a condition that a scale of the units changes") and None
+    return _Tag(values[0], branches[0].degree)
 
 
 def _softmax(node, tag, mode, result):
