@@ -69,6 +69,11 @@ CASES = {
                             num_heads=[2, 2], window_size=4),
     "resnet": lambda: _images("ResNetConfig", "ResNetForImageClassification", train=True, embedding_size=8, hidden_sizes=[8, 16],
                               depths=[1, 1]),
+    # layer scales (a learned per-unit multiplier on each branch), added 2026-12-07
+    "dinov2": lambda: _images("Dinov2Config", "Dinov2ForImageClassification", image_size=32, patch_size=8, hidden_size=32,
+                              num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, layerscale_value=0.5),
+    "convnext": lambda: _images("ConvNextConfig", "ConvNextForImageClassification", num_stages=2, hidden_sizes=[8, 16],
+                                depths=[1, 1], patch_size=4, layer_scale_init_value=0.5),
 }
 
 

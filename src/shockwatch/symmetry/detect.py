@@ -282,8 +282,8 @@ def _candidates(traced: TracedModel, logits: bool) -> tuple[list[Symmetry], dict
 
     uses = parameter_uses(traced)
 
-    def run(seeds, mode, units, uses_=uses):
-        return walk(traced, seeds, mode, logits=logits, units=units, epsilons=epsilons, uses=uses_)
+    def run(seeds, mode, units, uses_=uses, gains=True):
+        return walk(traced, seeds, mode, logits=logits, units=units, epsilons=epsilons, uses=uses_, gains=gains)
 
     gl_done: set[fx.Node] = set()
     stream: list[Producer] = []  # producers whose output is added to a residual stream
@@ -320,6 +320,12 @@ def _candidates(traced: TracedModel, logits: bool) -> tuple[list[Symmetry], dict
                         _emit_rotations(diag, members, emit, only=rotated)
             else:
                 diag, members = _walk_with_partner(run, producer, seed, Mode.DIAG, by_node, gl_done)
+                if diag.ok and diag.gained and len(members) == 1:
+                    # a layer scale ended the walk: a branch added to a residual stream is still one
+                    # of the stream's producers (its scale and permutation), as without the scale
+                    beyond = run({node: seed}, Mode.DIAG, units, gains=False)
+                    if not beyond.ok and "adds an untransformed tensor" in beyond.reason:
+                        stream.append(producer)
                 if diag.ok and not diag.links.broken:
                     has_scale = _emit_diag(diag, members, emit, label="unit" if len(members) == 1 else "pair")
                     _emit_rotations(diag, members, emit)

@@ -173,6 +173,8 @@ class Walk:
     links: Parity | None = None
     uses: dict[str, int] = field(default_factory=dict)
     failed_at: fx.Node | None = None  # the operation named in ``reason``
+    gains: bool = True  # DIAG: whether a per-unit parameter multiplier may compensate the units (``_binary``)
+    gained: bool = False  # whether one did
 
     def fail(self, node: fx.Node, why: str, partner: fx.Node | None = None) -> Walk:
         if self.ok:
@@ -382,9 +384,11 @@ def unit_index(out_shape: tuple[int, ...], axis: int, units: int, offset: int = 
 
 
 def walk(traced: TracedModel, seeds: dict[fx.Node, Tensor], mode: Mode, *, logits: bool, units: int,
-         epsilons: frozenset[str] = frozenset(), uses: dict[str, int] | None = None) -> Walk:
-    """Follow ``seeds`` (node -> idx, or probe for SHIFT) forward through the graph (module docstring)."""
-    result = Walk(links=Parity(units) if mode is Mode.DIAG else None, uses=uses if uses is not None else {})
+         epsilons: frozenset[str] = frozenset(), uses: dict[str, int] | None = None, gains: bool = True) -> Walk:
+    """Follow ``seeds`` (node -> idx, or probe for SHIFT) forward through the graph (module docstring).
+    ``gains=False``: a per-unit parameter multiplier does not end a DIAG walk (what the units meet after it)."""
+    result = Walk(links=Parity(units) if mode is Mode.DIAG else None, uses=uses if uses is not None else {},
+                  gains=gains)
     tags: dict[fx.Node, _Tag] = {node: _Tag(value) for node, value in seeds.items()}
     for node in traced.graph.nodes:
         if node in seeds or not result.ok:
@@ -741,6 +745,17 @@ def _binary(node, tags, mode, result, epsilons, traced):
     if mode is Mode.SHIFT:
         factor = torch.randn(other_shape, dtype=torch.float64, generator=torch.Generator().manual_seed(len(node.name)))
         return _Tag(value * factor if kind == "mul" else value / factor)
+    if mode is Mode.DIAG and kind == "mul" and tag.degree == 1 and result.gains:
+        # a learned per-unit multiplier (a layer scale, x + g * branch) compensates the units' factors
+        # itself: g_i -> g_i / a_i, one more consumer (in_dim 0), and the product is unchanged
+        found = _param(other, traced)
+        if found is not None and result.uses.get(found[0]) == 1 and other_shape == (value.shape[-1],) \
+                and all(_constant_along(value, a) for a in range(value.dim() - 1)):
+            index = value.reshape(-1, value.shape[-1])[0]
+            if bool((index >= 0).all()):
+                result.consumers.append(Consumer(node, found[0], 0, index.clone()))
+                result.gained = True
+                return None
     if mode in (Mode.DIAG, Mode.SCALAR):
         return _Tag(value.expand(out_shape) if out_shape else value, tag.degree)
     if _broadcast_constant_on_units(other_shape, value):
@@ -885,9 +900,13 @@ def _consume(node, tag, weight, kind, mode, result):
     if mode in (Mode.SCALAR, Mode.SHIFT):
         return result.fail(node, "reaches a linear map before any norm or softmax") and None
     value = tag.value
+    depthwise = 1
     if kind in _CONV:
-        if _groups(node) != 1:
+        groups = _groups(node)
+        if groups != 1 and not (mode is Mode.DIAG and groups == value.shape[1]):
             return result.fail(node, "a grouped convolution ties input channels to output channels") and None
+        if groups != 1:  # depthwise: output channel o reads input channel o // (out / in) alone
+            depthwise = (shape(node) or (0, 0))[1] // groups
         axis = 1
     else:
         axis = value.dim() - 1
@@ -903,7 +922,12 @@ def _consume(node, tag, weight, kind, mode, result):
     if result.uses.get(name, 1) != 1:
         return result.fail(node, "reaches a weight that is also read elsewhere (tied)") and None
     in_dim = order[1] if kind in ("linear",) or kind in _CONV else order[0]
-    result.consumers.append(Consumer(node, name, in_dim, columns.reshape(-1).clone()))
+    columns = columns.reshape(-1).clone()
+    if depthwise > 1 or (kind in _CONV and _groups(node) != 1):
+        # a depthwise filter is its output channel's alone: the compensation 1/a_c goes on the rows
+        # (dim 0) of the filters that read input channel c
+        in_dim, columns = order[0], columns.repeat_interleave(depthwise)
+    result.consumers.append(Consumer(node, name, in_dim, columns))
     return None
 
 
