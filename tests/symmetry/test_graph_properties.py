@@ -7,7 +7,7 @@ under a random finite group element."""
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
 from torch.func import functional_call
@@ -122,6 +122,10 @@ def test_random_block_stacks(architecture):
     torch.manual_seed(seed)
     model, n_in = build(kinds, widths, bias)
     x = torch.randn(7, n_in, dtype=torch.float64)
+    with torch.no_grad():
+        # a ReLU layer dead on every sample before an RMS norm at eps 0 makes every output 0/0: no
+        # output to keep unchanged, so every candidate is (rightly) refuted; such draws say nothing
+        assume(bool(torch.isfinite(model(x)).any()))
     syms = sw.find_symmetries(model, x)
     assert syms.counts() == expected(kinds, widths), (kinds, widths, bias)
     params = {k: v.detach() for k, v in model.named_parameters()}

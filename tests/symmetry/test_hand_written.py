@@ -119,3 +119,54 @@ def test_an_input_the_model_does_not_take_is_one_line_and_changes_nothing(capfd)
         sw.find_symmetries(regression, torch.randn(4, 7), logits=False)
     assert capfd.readouterr().err == ""
     assert model.training and not model.read.training
+
+
+class Grouped(nn.Module):
+    """Grouped-query attention without rotary: 4 query heads of width 2 over ``kv`` key/value heads."""
+
+    def __init__(self, kv: int) -> None:
+        super().__init__()
+        self.kv = kv
+        self.table = nn.Embedding(VOCAB, D)
+        self.q, self.k, self.v = nn.Linear(D, D), nn.Linear(D, 2 * kv), nn.Linear(D, 2 * kv)
+        self.o, self.head = nn.Linear(D, D), nn.Linear(D, VOCAB)
+
+    def forward(self, ids):
+        x = self.table(ids)
+        b, t, _ = x.shape
+        q = self.q(x).view(b, t, 4, 2).transpose(1, 2)
+        k, v = (f(x).view(b, t, self.kv, 2).transpose(1, 2).repeat_interleave(4 // self.kv, 1) for f in (self.k, self.v))
+        mixed = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.head(x + self.o(mixed.transpose(1, 2).reshape(b, t, D)))
+
+
+def _swap_query_heads(params, first: int, second: int):
+    """Query heads ``first`` and ``second`` exchanged: their rows of q (weight and bias), their
+    columns of o."""
+    order = torch.arange(4)
+    order[first], order[second] = second, first
+    rows = (order.unsqueeze(1) * 2 + torch.arange(2)).reshape(-1)
+    return dict(params, **{"q.weight": params["q.weight"][rows], "q.bias": params["q.bias"][rows],
+                           "o.weight": params["o.weight"][:, rows]})
+
+
+@pytest.mark.parametrize("kv", [1, 2])
+def test_query_heads_sharing_a_key_and_value_permute(kv):
+    """Truth, by hand in float64: exchanging two query heads that read the same key and value head
+    leaves the output unchanged; exchanging two that read different ones (kv = 2) changes it. The
+    library finds one permutation per key/value head of its query heads (before: none, head
+    permutations needed one key per query head), and none across the groups."""
+    torch.manual_seed(0)
+    model = Grouped(kv).double()
+    ids = torch.randint(0, VOCAB, (3, 5), generator=torch.Generator().manual_seed(6))
+    params = {name: p.detach().clone() for name, p in model.named_parameters()}
+    assert _change(model, params, _swap_query_heads(params, 0, 1), ids) < 1e-13
+    if kv == 2:
+        assert _change(model, params, _swap_query_heads(params, 1, 2), ids) > 1e-4
+    found = [sym for sym in sw.find_symmetries(model, ids).of_kind(Kind.PERMUTATION) if "query_heads" in sym.label]
+    assert len(found) == kv and all(sym.unit_count == 4 // kv for sym in found)
+    for index, sym in enumerate(sorted(found, key=lambda s: s.label)):
+        spans = {(slot.param, slot.start, slot.stop) for slot in sym.slots}
+        width = 8 // kv  # the group's query rows and output columns
+        assert ("q.weight", index * width, (index + 1) * width) in spans
+        assert ("o.weight", index * width, (index + 1) * width) in spans

@@ -770,6 +770,8 @@ def _emit_head_permutations(attention: dict, emit) -> None:
     for node, parts in merged.items():
         qk, vo = parts.get("qk", []), parts.get("vo", [])
         heads = len(qk)
+        if len(vo) == heads and any(len(q) > 1 for q, _, _, _ in qk):
+            _emit_query_group_permutations(qk, vo, emit)
         if heads < 2 or len(vo) != heads or any(len(q) != 1 for q, _, _, _ in qk):
             continue
         roles = ([s for _, _, inc, _ in qk for s in inc], [s for _, _, _, out in qk for s in out],
@@ -781,6 +783,29 @@ def _emit_head_permutations(attention: dict, emit) -> None:
         incoming = [slot for span in spans for slot in span]
         module = _module_of(incoming[0].param)
         emit(Symmetry(Kind.PERMUTATION, f"permutation/{module}/heads", tuple(incoming), tuple(span_out), units=heads))
+
+
+def _emit_query_group_permutations(qk: list, vo: list, emit) -> None:
+    """Grouped-query attention (several query heads read one key and value head: Llama, Qwen2,
+    Mistral; multi-query attention is one group): within a group, permuting the query heads' rows
+    with the output projection's columns of those heads leaves every head's output where its columns
+    read it. Key head j is paired with value head j (both in unit order), and the group's query heads
+    with the value head's output column runs, both in unit order (the check confirms the pairing)."""
+    by_key = sorted(qk, key=lambda entry: int(entry[1][0]))
+    by_value = sorted(vo, key=lambda entry: (entry[0][0].param, entry[0][0].start))
+    for index, ((queries, _, incoming, _), (_, columns)) in enumerate(zip(by_key, by_value)):
+        group = len(queries)
+        if group < 2 or len(incoming) % group or len(columns) != group:
+            continue
+        size = len(incoming) // group
+        chunks = sorted(zip((int(q[0]) for q in queries), (incoming[i * size:(i + 1) * size] for i in range(group))))
+        rows = _spans([slot for _, chunk in chunks for slot in chunk], group)
+        outgoing = _spans(sorted(columns, key=lambda slot: slot.start), group)
+        if rows is None or outgoing is None:
+            continue
+        module = _module_of(rows[0].param)
+        emit(Symmetry(Kind.PERMUTATION, f"permutation/{module}/query_heads/group{index}", tuple(rows), tuple(outgoing),
+                      units=group))
 
 
 def _ancestor_with(node: fx.Node, attention: dict, key: str) -> fx.Node | None:
