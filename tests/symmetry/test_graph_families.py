@@ -35,11 +35,14 @@ def expected_llama_counts(layers=LAYERS):
     o_proj's and down_proj's rows of every layer times a: every RMSNorm, the final one included, reads
     a x; 1 scale) and its permutation (the embedding's columns, o_proj's and down_proj's rows, every
     RMSNorm gain, and the columns of every (q, k, v), (gate, up) and lm_head: 1 permutation; a sum and
-    x / rms(x) commute with it). No query/key GL (rotary), no head permutation (two query heads share
-    each key)."""
+    x / rms(x) commute with it). No query/key GL (rotary). Heads, per layer: rotary turns every head's
+    dimensions alike, so the two query heads sharing a key/value head permute (their q rows and o
+    columns: one permutation per key/value head, 2) and so do the two groups, each key/value head
+    with its query heads (1); a query head may not move to the other group (its key would change)."""
     per_layer_rescale = INTER + 2 * HIDDEN + KV_HEADS * (D_HEAD // 2)
+    heads = KV_HEADS + (1 if KV_HEADS >= 2 else 0)
     return {"translation": HIDDEN, "scale": 1, "rescale": layers * per_layer_rescale + HIDDEN,
-            "permutation": layers + 1, "gl": layers * KV_HEADS,
+            "permutation": layers * (1 + heads) + 1, "gl": layers * KV_HEADS,
             "rotation": layers * KV_HEADS * (D_HEAD // 2)}
 
 

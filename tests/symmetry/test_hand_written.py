@@ -170,3 +170,59 @@ def test_query_heads_sharing_a_key_and_value_permute(kv):
         width = 8 // kv  # the group's query rows and output columns
         assert ("q.weight", index * width, (index + 1) * width) in spans
         assert ("o.weight", index * width, (index + 1) * width) in spans
+
+
+def _llama(kv: int):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=24, hidden_size=16, intermediate_size=24, num_hidden_layers=1,
+                                      num_attention_heads=4, num_key_value_heads=kv, max_position_embeddings=16)
+    return transformers.LlamaForCausalLM(config).double().eval()
+
+
+def _heads_swapped(params, swaps):
+    """``swaps``: {parameter prefix: (dim, block width, first block, second block)} applied by hand."""
+    out = dict(params)
+    for name, (dim, width, a, b) in swaps.items():
+        tensor = params[name].clone()
+        first, second = tensor.narrow(dim, a * width, width).clone(), tensor.narrow(dim, b * width, width).clone()
+        tensor.narrow(dim, a * width, width).copy_(second)
+        tensor.narrow(dim, b * width, width).copy_(first)
+        out[name] = tensor
+    return out
+
+
+@pytest.mark.parametrize("kv", [1, 2, 4])
+def test_rotary_attention_heads_permute(kv):
+    """Hugging Face Llama (rotary, grouped-query for kv < 4) from a config. Truth, by hand in float64:
+    exchanging two query heads of one key/value head (their q rows and o columns) leaves the logits
+    unchanged; with kv = 2, exchanging the two groups (k and v rows, the groups' q rows and o columns)
+    does too, and exchanging query heads of different groups does not; with kv = 4 (multi-head)
+    exchanging two whole heads does. The library finds exactly these (before: no head permutation in
+    any rotary model)."""
+    model = _llama(kv)
+    ids = torch.randint(0, 24, (2, 6), generator=torch.Generator().manual_seed(7))
+    params = {name: p.detach().clone() for name, p in model.named_parameters()}
+    prefix = "model.layers.0.self_attn."
+    run = lambda p: torch.func.functional_call(model, p, (ids,)).logits.log_softmax(-1)
+    base = run(params)
+
+    def change(swaps):
+        return float((run(_heads_swapped(params, swaps)) - base).abs().max() / base.abs().max())
+
+    found = {sym.label.split("/")[-1]: sym for sym in sw.find_symmetries(model, {"input_ids": ids}).of_kind(Kind.PERMUTATION)
+             if "self_attn" in sym.label}
+    if kv == 4:
+        assert change({prefix + "q_proj.weight": (0, 4, 0, 1), prefix + "k_proj.weight": (0, 4, 0, 1),
+                       prefix + "v_proj.weight": (0, 4, 0, 1), prefix + "o_proj.weight": (1, 4, 0, 1)}) < 1e-12
+        assert set(found) == {"heads"} and found["heads"].unit_count == 4
+        return
+    group = 4 // kv
+    assert change({prefix + "q_proj.weight": (0, 4, 0, 1), prefix + "o_proj.weight": (1, 4, 0, 1)}) < 1e-12
+    assert {f"group{j}" for j in range(kv)} <= set(found) and all(found[f"group{j}"].unit_count == group for j in range(kv))
+    if kv == 2:
+        assert change({prefix + "q_proj.weight": (0, 4, 1, 2), prefix + "o_proj.weight": (1, 4, 1, 2)}) > 1e-6
+        assert change({prefix + "q_proj.weight": (0, 8, 0, 1), prefix + "o_proj.weight": (1, 8, 0, 1),
+                       prefix + "k_proj.weight": (0, 4, 0, 1), prefix + "v_proj.weight": (0, 4, 0, 1)}) < 1e-12
+        assert found["kv_groups"].unit_count == 2
+    assert sw.find_symmetries(model, {"input_ids": ids}).rejected == ()

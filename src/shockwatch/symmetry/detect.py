@@ -117,7 +117,7 @@ def _check_input(model: nn.Module, example_input) -> None:
         model.eval()
         with torch.no_grad():
             model(*args, **kwargs)
-    except Exception as error:  # whatever the model raises: the input is what the user can change
+    except Exception as error:  # noqa: BLE001 -- whatever the model raises, the input is what the user can change
         what = (f"shape {tuple(example_input.shape)}" if isinstance(example_input, Tensor)
                 else f"a {type(example_input).__name__}")
         raise ValueError(f"{type(model).__name__} does not accept the example input ({what}): "
@@ -358,7 +358,7 @@ def _candidates(traced: TracedModel, logits: bool) -> tuple[list[Symmetry], dict
             for param in params:
                 why.setdefault(param, diag.reason)
     where[0] = len(position)  # head permutations, the stream's scale and key biases: after the rest
-    _emit_head_permutations(attention, emit)
+    _emit_head_permutations(attention, emit, by_node)
     _emit_stream_scale(traced, stream, run, emit)
     _emit_stream_permutation(traced, stream, by_node, run, emit, note, uses)
     _emit_key_biases(attention, producers, run, emit)
@@ -759,8 +759,10 @@ def _emit_key_biases(attention: dict, producers: list[Producer], run, emit) -> N
                 emit(Symmetry(Kind.TRANSLATION, f"translation/{module}/key_bias{j}", (Slot(producer.bias, 0, j, j + 1),)))
 
 
-def _emit_head_permutations(attention: dict, emit) -> None:
-    """One head permutation per attention whose query heads each have their own key and value."""
+def _emit_head_permutations(attention: dict, emit, by_node: dict | None = None) -> None:
+    """One head permutation per attention whose query heads each have their own key and value;
+    where a rotary embedding made the query/key blocks rotary pairs (no GL), from the query and key
+    producers behind a ``scaled_dot_product_attention`` (``_emit_rotary_head_permutations``)."""
     merged: dict[fx.Node, dict] = {}
     for node, parts in attention.items():  # eager attention: the scores' product feeds the values' one
         home = node if parts.get("qk") or not parts.get("vo") else _ancestor_with(node, attention, "qk") or node
@@ -772,6 +774,8 @@ def _emit_head_permutations(attention: dict, emit) -> None:
         heads = len(qk)
         if len(vo) == heads and any(len(q) > 1 for q, _, _, _ in qk):
             _emit_query_group_permutations(qk, vo, emit)
+        if not qk and vo and by_node is not None and packet(node) == "scaled_dot_product_attention":
+            _emit_rotary_head_permutations(node, vo, by_node, emit)
         if heads < 2 or len(vo) != heads or any(len(q) != 1 for q, _, _, _ in qk):
             continue
         roles = ([s for _, _, inc, _ in qk for s in inc], [s for _, _, _, out in qk for s in out],
@@ -806,6 +810,63 @@ def _emit_query_group_permutations(qk: list, vo: list, emit) -> None:
         module = _module_of(rows[0].param)
         emit(Symmetry(Kind.PERMUTATION, f"permutation/{module}/query_heads/group{index}", tuple(rows), tuple(outgoing),
                       units=group))
+
+
+def _producer_above(start, by_node: dict) -> Producer | None:
+    """The nearest producer above ``start`` (breadth first, within 48 nodes): the projection a query
+    or key reaches attention from, through reshapes, a rotary embedding and norms."""
+    queue, seen = [start] if isinstance(start, fx.Node) else [], set()
+    while queue and len(seen) < 48:
+        current = queue.pop(0)
+        if current in seen:
+            continue
+        seen.add(current)
+        if current in by_node:
+            return by_node[current]
+        queue.extend(current.all_input_nodes)
+    return None
+
+
+def _emit_rotary_head_permutations(node: fx.Node, vo: list, by_node: dict, emit) -> None:
+    """Head permutations of an attention whose queries and keys carry a rotary embedding (Llama,
+    Qwen2, Mistral): the embedding turns every head's dimensions alike, so whole heads still permute.
+    The value heads (``vo``, in unit order) give the head width d and, per value head, the output
+    projection's column runs of the query heads that read it (r of them). Emitted: with r = 1, one
+    permutation of all heads (query, key and value rows, output columns); with r > 1, one per value
+    head of its r query heads (query rows, output columns) and one of the groups (each value head
+    with its key head and its r query heads). The layout (head h's rows at h d) is assumed and the
+    exact check confirms or refutes it."""
+    query, key = _producer_above(node.args[0], by_node), _producer_above(node.args[1], by_node)
+    blocks = sorted(vo, key=lambda entry: (entry[0][0].param, entry[0][0].start))
+    values = [incoming for incoming, _ in blocks]
+    runs = [sorted(columns, key=lambda slot: slot.start) for _, columns in blocks]
+    d = values[0][0].stop - values[0][0].start
+    kv, groups = len(blocks), {len(r) for r in runs}
+    if query is None or key is None or query is key or len(groups) != 1 or d < 1:
+        return
+    group = groups.pop()
+    if query.units != kv * group * d or key.units != kv * d or any(s.stop - s.start != d for r in runs for s in r):
+        return
+    module = _module_of(query.weight)
+    value_spans = _spans([slot for incoming in values for slot in incoming], kv)
+    column_spans = _spans([slot for r in runs for slot in r], kv * group)
+    if value_spans is None or column_spans is None:
+        return
+    if group == 1:
+        if kv >= 2:
+            incoming = [*_rows(query, 0, query.units), *_rows(key, 0, key.units), *value_spans]
+            emit(Symmetry(Kind.PERMUTATION, f"permutation/{module}/heads", tuple(incoming), tuple(column_spans), units=kv))
+        return
+    for index, columns in enumerate(runs):
+        width = group * d
+        outgoing = _spans(columns, group)
+        if outgoing is not None:
+            emit(Symmetry(Kind.PERMUTATION, f"permutation/{module}/query_heads/group{index}",
+                          tuple(_rows(query, index * width, (index + 1) * width)), tuple(outgoing), units=group))
+    if kv >= 2:
+        incoming = [*_rows(query, 0, query.units), *_rows(key, 0, key.units), *value_spans]
+        emit(Symmetry(Kind.PERMUTATION, f"permutation/{module}/kv_groups", tuple(incoming), tuple(column_spans),
+                      units=kv))
 
 
 def _ancestor_with(node: fx.Node, attention: dict, key: str) -> fx.Node | None:
