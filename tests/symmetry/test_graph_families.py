@@ -361,7 +361,9 @@ def test_partial_rotary_keeps_full_gl_on_the_dimensions_no_rotation_touches():
     feeding q, k, v and fc1 (32 rescales); fc1's GELU units permuted (1); key-bias translations on
     the pass-through key dimensions only (a rotation follows the others: 2 x 4). Model: final norm
     against lm_head (32), lm_head's 32 columns and its bias (33 translations), the residual stream's
-    scale and permutation. GL over a whole head (rotated dimensions included) is refuted."""
+    scale and permutation. Heads, per layer: the two query heads of each key-value head permute (2),
+    and so do the two groups (1), whole heads (the rotation turns every head's dimensions alike). GL
+    over a whole head (rotated dimensions included) is refuted."""
     torch.manual_seed(7)
     config = transformers.PhiConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
                                     num_key_value_heads=KV_HEADS, intermediate_size=INTER, partial_rotary_factor=0.5,
@@ -371,7 +373,8 @@ def test_partial_rotary_keeps_full_gl_on_the_dimensions_no_rotation_touches():
     syms = sw.find_symmetries(model, inputs)
     per_layer_rescale = KV_HEADS * 2 + HIDDEN
     assert syms.counts() == {"translation": HIDDEN + 1 + LAYERS * KV_HEADS * 4, "scale": 1,
-                             "rescale": LAYERS * per_layer_rescale + HIDDEN, "permutation": LAYERS + 1,
+                             "rescale": LAYERS * per_layer_rescale + HIDDEN,
+                             "permutation": LAYERS * (1 + KV_HEADS + 1) + 1,
                              "gl": LAYERS * 2 * KV_HEADS, "rotation": LAYERS * KV_HEADS * 2}
     assert syms.rejected == () and syms.unanalysed == ()
     qk = [s for s in syms.of_kind(Kind.GL) if s.label.endswith("/qk")]

@@ -226,3 +226,27 @@ def test_rotary_attention_heads_permute(kv):
                        prefix + "k_proj.weight": (0, 4, 0, 1), prefix + "v_proj.weight": (0, 4, 0, 1)}) < 1e-12
         assert found["kv_groups"].unit_count == 2
     assert sw.find_symmetries(model, {"input_ids": ids}).rejected == ()
+
+
+def test_partial_rotary_heads_permute_whole():
+    """Hugging Face GPT-J (rotary on 4 of each head's 8 dimensions, the rest free) from a config. The
+    query/key GL acts on the free dimensions only, so heads are not whole blocks of it; the head
+    permutation comes from the projections. Truth, by hand in float64: swapping heads 0 and 1 (q, k
+    and v rows, out_proj columns) leaves the logits unchanged."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPTJConfig(vocab_size=24, n_embd=16, n_layer=1, n_head=2, rotary_dim=4, n_positions=16)
+    model = transformers.GPTJForCausalLM(config).double().eval()
+    ids = torch.randint(0, 24, (2, 6), generator=torch.Generator().manual_seed(8))
+    params = {name: p.detach().clone() for name, p in model.named_parameters()}
+    prefix = "transformer.h.0.attn."
+    swapped = _heads_swapped(params, {prefix + "q_proj.weight": (0, 8, 0, 1), prefix + "k_proj.weight": (0, 8, 0, 1),
+                                      prefix + "v_proj.weight": (0, 8, 0, 1), prefix + "out_proj.weight": (1, 8, 0, 1)})
+    run = lambda p: torch.func.functional_call(model, p, (ids,)).logits.log_softmax(-1)
+    base = run(params)
+    assert float((run(swapped) - base).abs().max() / base.abs().max()) < 1e-12
+    found = sw.find_symmetries(model, {"input_ids": ids})
+    heads = [sym for sym in found.of_kind(Kind.PERMUTATION) if sym.label.endswith("/heads")]
+    assert len(heads) == 1 and heads[0].unit_count == 2 and found.rejected == ()
+    assert {(slot.param, slot.start, slot.stop) for slot in heads[0].slots} >= {
+        (prefix + "q_proj.weight", 0, 16), (prefix + "k_proj.weight", 0, 16), (prefix + "out_proj.weight", 0, 16)}

@@ -772,29 +772,34 @@ def _emit_head_permutations(attention: dict, emit, by_node: dict | None = None) 
     for node, parts in merged.items():
         qk, vo = parts.get("qk", []), parts.get("vo", [])
         heads = len(qk)
+        emitted = False
         if len(vo) == heads and any(len(q) > 1 for q, _, _, _ in qk):
-            _emit_query_group_permutations(qk, vo, emit)
-        if not qk and vo and by_node is not None and packet(node) == "scaled_dot_product_attention":
+            emitted = _emit_query_group_permutations(qk, vo, emit)
+        if not emitted and heads >= 2 and len(vo) == heads and all(len(q) == 1 for q, _, _, _ in qk):
+            roles = ([s for _, _, inc, _ in qk for s in inc], [s for _, _, _, out in qk for s in out],
+                     [s for inc, _ in vo for s in inc])
+            spans = [_spans(slots, heads) for slots in roles]
+            span_out = _spans([s for _, out in vo for s in out], heads)
+            if span_out is not None and all(span is not None for span in spans):
+                incoming = [slot for span in spans for slot in span]
+                module = _module_of(incoming[0].param)
+                emit(Symmetry(Kind.PERMUTATION, f"permutation/{module}/heads", tuple(incoming), tuple(span_out),
+                              units=heads))
+                emitted = True
+        # no query/key GL (a rotary embedding), or GL on part of each head's dimensions only (a
+        # partial rotary embedding, whose blocks do not span whole heads): from the projections
+        if not emitted and vo and by_node is not None and packet(node) == "scaled_dot_product_attention":
             _emit_rotary_head_permutations(node, vo, by_node, emit)
-        if heads < 2 or len(vo) != heads or any(len(q) != 1 for q, _, _, _ in qk):
-            continue
-        roles = ([s for _, _, inc, _ in qk for s in inc], [s for _, _, _, out in qk for s in out],
-                 [s for inc, _ in vo for s in inc])
-        spans = [_spans(slots, heads) for slots in roles]
-        span_out = _spans([s for _, out in vo for s in out], heads)
-        if span_out is None or any(span is None for span in spans):
-            continue
-        incoming = [slot for span in spans for slot in span]
-        module = _module_of(incoming[0].param)
-        emit(Symmetry(Kind.PERMUTATION, f"permutation/{module}/heads", tuple(incoming), tuple(span_out), units=heads))
 
 
-def _emit_query_group_permutations(qk: list, vo: list, emit) -> None:
+def _emit_query_group_permutations(qk: list, vo: list, emit) -> bool:
     """Grouped-query attention (several query heads read one key and value head: Llama, Qwen2,
     Mistral; multi-query attention is one group): within a group, permuting the query heads' rows
     with the output projection's columns of those heads leaves every head's output where its columns
     read it. Key head j is paired with value head j (both in unit order), and the group's query heads
-    with the value head's output column runs, both in unit order (the check confirms the pairing)."""
+    with the value head's output column runs, both in unit order (the check confirms the pairing).
+    Whether any was emitted."""
+    emitted = False
     by_key = sorted(qk, key=lambda entry: int(entry[1][0]))
     by_value = sorted(vo, key=lambda entry: (entry[0][0].param, entry[0][0].start))
     for index, ((queries, _, incoming, _), (_, columns)) in enumerate(zip(by_key, by_value)):
@@ -810,6 +815,8 @@ def _emit_query_group_permutations(qk: list, vo: list, emit) -> None:
         module = _module_of(rows[0].param)
         emit(Symmetry(Kind.PERMUTATION, f"permutation/{module}/query_heads/group{index}", tuple(rows), tuple(outgoing),
                       units=group))
+        emitted = True
+    return emitted
 
 
 def _producer_above(start, by_node: dict) -> Producer | None:
