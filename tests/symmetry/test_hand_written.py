@@ -250,3 +250,27 @@ def test_partial_rotary_heads_permute_whole():
     assert len(heads) == 1 and heads[0].unit_count == 2 and found.rejected == ()
     assert {(slot.param, slot.start, slot.stop) for slot in heads[0].slots} >= {
         (prefix + "q_proj.weight", 0, 16), (prefix + "k_proj.weight", 0, 16), (prefix + "out_proj.weight", 0, 16)}
+
+
+def test_fused_head_by_head_projection_heads_permute():
+    """Hugging Face GPT-NeoX (one fused query-key-value projection laid out head by head, partial
+    rotary) from a config. Truth, by hand in float64: swapping heads 0 and 1 (their 3 d fused rows and
+    biases, their d dense columns) leaves the logits unchanged; the library finds that permutation."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPTNeoXConfig(vocab_size=24, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                        intermediate_size=32, rotary_pct=0.5, max_position_embeddings=16)
+    model = transformers.GPTNeoXForCausalLM(config).double().eval()
+    ids = torch.randint(0, 24, (2, 6), generator=torch.Generator().manual_seed(9))
+    params = {name: p.detach().clone() for name, p in model.named_parameters()}
+    prefix = "gpt_neox.layers.0.attention."
+    swapped = _heads_swapped(params, {prefix + "query_key_value.weight": (0, 24, 0, 1),
+                                      prefix + "query_key_value.bias": (0, 24, 0, 1), prefix + "dense.weight": (1, 8, 0, 1)})
+    run = lambda p: torch.func.functional_call(model, p, (ids,)).logits.log_softmax(-1)
+    base = run(params)
+    assert float((run(swapped) - base).abs().max() / base.abs().max()) < 1e-12
+    found = sw.find_symmetries(model, {"input_ids": ids})
+    heads = [sym for sym in found.of_kind(Kind.PERMUTATION) if sym.label.endswith("/heads")]
+    assert len(heads) == 1 and heads[0].unit_count == 2 and found.rejected == ()
+    assert {(slot.param, slot.start, slot.stop) for slot in heads[0].slots} >= {
+        (prefix + "query_key_value.weight", 0, 48), (prefix + "dense.weight", 0, 16)}

@@ -849,6 +849,16 @@ def _emit_rotary_head_permutations(node: fx.Node, vo: list, by_node: dict, emit)
     runs = [sorted(columns, key=lambda slot: slot.start) for _, columns in blocks]
     d = values[0][0].stop - values[0][0].start
     kv, groups = len(blocks), {len(r) for r in runs}
+    if query is not None and query is key and groups == {1} and kv >= 2:
+        # one fused projection, head by head (GPT-NeoX: rows [q_h, k_h, v_h] per head): whole heads are
+        # contiguous blocks of 3 d rows, value head h at rows 3 d h + 2 d
+        starts = [incoming[0].start for incoming in values]
+        if query.units == 3 * kv * d and values[0][0].param == query.weight and starts == [3 * d * h + 2 * d for h in range(kv)]:
+            columns = _spans([slot for r in runs for slot in r], kv)
+            if columns is not None:
+                emit(Symmetry(Kind.PERMUTATION, f"permutation/{_module_of(query.weight)}/heads",
+                              tuple(_rows(query, 0, query.units)), tuple(columns), units=kv))
+        return
     if query is None or key is None or query is key or len(groups) != 1 or d < 1:
         return
     group = groups.pop()
