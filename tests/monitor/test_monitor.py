@@ -376,3 +376,28 @@ def test_a_loss_per_sample_is_refused_in_one_line(tmp_path):
     monitor.step(losses.mean())
     assert monitor.store.scalars("loss")[0] == [1]
     monitor.close()
+
+
+def test_a_norm_epsilon_is_named_and_its_breaking_measured(tmp_path):
+    """Truth: the same float64 run with LayerNorm eps 1e-5 and 1e-12. The scale symmetries the
+    check accepts at eps 0 are broken by eps: the exact law's error is far larger with 1e-5 (the
+    breaking) than with 1e-12 (round-off), and a "norm-epsilon" event names the eps."""
+    errors, events = {}, {}
+    for eps in (1e-5, 1e-12):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 12), torch.nn.LayerNorm(12, eps=eps), torch.nn.ReLU(),
+                                    torch.nn.Linear(12, 3)).double()
+        x = torch.randn(32, 4, dtype=torch.float64)
+        y = (x[:, 0] > 0).long()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        with sw.Monitor(model, opt, tmp_path / str(eps), example_input=x, tensorboard=False) as monitor:
+            for _ in range(10):
+                opt.zero_grad()
+                loss = F.cross_entropy(model(x), y)
+                loss.backward()
+                opt.step()
+                errors[eps] = monitor.step(loss)["charge_law_error/scale"]
+            events[eps] = [message for _, kind, message in monitor.store.events() if kind == "norm-epsilon"]
+    assert errors[1e-12] < 1e-9 and errors[1e-5] > 1e3 * errors[1e-12], errors
+    assert len(events[1e-5]) == 1 and "eps up to 1e-05" in events[1e-5][0]
+    assert len(events[1e-12]) == 1 and "eps up to 1e-12" in events[1e-12][0]

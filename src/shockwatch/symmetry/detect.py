@@ -95,7 +95,8 @@ def find_symmetries(model: nn.Module, example_input, *, logits: bool = True, che
         rejected: list[str] = []
         partial: list[str] = []
         reasons: dict[str, str] = {}
-        _analyse(model, example_input, logits, "", kept, rejected, partial, reasons, check_samples, None)
+        epsilons: list[float] = []
+        _analyse(model, example_input, logits, "", kept, rejected, partial, reasons, check_samples, None, epsilons)
     finally:
         torch.set_rng_state(rng)
     covered = {slot.param for sym in kept for slot in sym.slots}
@@ -104,7 +105,7 @@ def find_symmetries(model: nn.Module, example_input, *, logits: bool = True, che
     unanalysed = tuple(dict.fromkeys(_module_of(name) for name in uncovered if _module_of(name) not in touched))
     sizes = tuple(((name, dim), size) for name, p in parameters.items() for dim, size in enumerate(p.shape))
     return SymmetrySet(tuple(kept), device, unanalysed, sizes, tuple(partial), tuple(rejected),
-                       tuple(sorted(uncovered.items())))
+                       tuple(sorted(uncovered.items())), epsilons=tuple(sorted(set(epsilons))))
 
 
 def _check_input(model: nn.Module, example_input) -> None:
@@ -140,9 +141,9 @@ def _traced(model: nn.Module, example_input) -> TracedModel:
 
 def _analyse(module: nn.Module, example_input, logits: bool, prefix: str, found: list[Symmetry],
              rejected: list[str], partial: list[str], reasons: dict[str, str], samples: int,
-             inputs: dict | None) -> None:
-    """Trace ``module`` whole and collect its checked symmetries (refuted labels in ``rejected``);
-    where that fails, its children."""
+             inputs: dict | None, epsilons: list[float] | None = None) -> None:
+    """Trace ``module`` whole and collect its checked symmetries (refuted labels in ``rejected``; the
+    norms' positive epsilons in ``epsilons``); where that fails, its children."""
     traced = None
     if example_input is not None:
         try:
@@ -152,6 +153,11 @@ def _analyse(module: nn.Module, example_input, logits: bool, prefix: str, found:
     else:
         blocking = "never called with a single tensor input in the example forward pass"
     if traced is not None:
+        if epsilons is not None:
+            nodes = {node.name: node for node in traced.graph.nodes}
+            epsilons.extend(float(nodes[name].args[position]) for name, position in epsilon_nodes(traced.graph).items()
+                            if position < len(nodes[name].args) and isinstance(nodes[name].args[position], (int, float))
+                            and nodes[name].args[position] > 0)
         candidates, why = _candidates(traced, logits)
         kept, refuted = _checked(module, traced, candidates, logits, samples)
         found.extend(_prefixed(sym, prefix) for sym in kept)
@@ -173,7 +179,8 @@ def _analyse(module: nn.Module, example_input, logits: bool, prefix: str, found:
             for param, _ in child.named_parameters():
                 reasons.setdefault(f"{qualified}.{param}", "never called with a single tensor input in the example forward pass")
             continue
-        _analyse(child, child_input, False, qualified + ".", found, rejected, partial, reasons, samples, inputs)
+        _analyse(child, child_input, False, qualified + ".", found, rejected, partial, reasons, samples, inputs,
+                 epsilons)
     # what a child's analysis says stops at the child's edge: name why the child stood alone
     context = (f"{prefix.rstrip('.') or 'the model'} could not be traced whole ({blocking}), so its children "
                "were analysed one by one and no symmetry crosses between them")

@@ -442,6 +442,8 @@ class SymmetrySet:
     partial: tuple[str, ...] = ()  # modules torch.fx could not trace whole, analysed child by child
     rejected: tuple[str, ...] = ()  # candidates detection proposed but the numerical check refuted
     reasons: tuple[tuple[str, str], ...] = ()  # (parameter, why no symmetry covers it) for unanalysed ones
+    # the norms' epsilons the exact check set to 0 (scale symmetries hold exactly only there)
+    epsilons: tuple[float, ...] = ()
     _plans: dict = field(init=False, repr=False)
     _by_kind: dict = field(init=False, repr=False)
     _unit_plans: dict = field(init=False, repr=False)  # parameter shapes -> _UnitPlan, built on first use
@@ -481,7 +483,7 @@ class SymmetrySet:
 
     def to(self, device: torch.device | str) -> SymmetrySet:
         return SymmetrySet(self.symmetries, torch.device(device), self.unanalysed, self.sizes, self.partial,
-                           self.rejected, self.reasons)
+                           self.rejected, self.reasons, self.epsilons)
 
     def charges(self, kind: Kind | str, params: Mapping[str, Tensor], *, absolute: bool = False) -> Tensor:
         """Charges of every symmetry of ``kind``, float64, in ``of_kind`` order.
