@@ -35,7 +35,15 @@ candidate action through the graph). The families, each derived by hand:
 - a relative position bias table whose lookups only shift attention scores: one translation per
   column (T5).
 - head permutations: the heads of an attention with one key per query head, q, k, v rows and the
-  output columns together.
+  output columns together; with several query heads per key/value head (grouped or multi-query),
+  the query heads of each group (q rows, output columns) and the groups; where a rotary embedding
+  leaves no query/key GL over whole heads, the heads read from the projections behind
+  ``scaled_dot_product_attention`` (separate, or fused head by head).
+- where the walks also pass: ``x @ W.T + b`` (the add is the linear map's bias), ``table[ids]`` (a
+  lookup), ReLU written as clamp / maximum / where / a sign mask, PReLU (slopes permuted with the
+  units), a learned per-unit multiplier and a depthwise convolution (both compensate a rescale),
+  a softmax written as exp(s - max s) / sum (it absorbs a shift).
+- a permutation is checked under both generators of S_n (an n-cycle and a transposition).
 
 Every candidate is then checked on the example input in float64 with every norm epsilon set to 0
 (``trace.ExactEvaluator``): it is kept only if the output moves by less than ``EXACT_TOLERANCE``
