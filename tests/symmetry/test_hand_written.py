@@ -238,18 +238,24 @@ def test_partial_rotary_heads_permute_whole():
     config = transformers.GPTJConfig(vocab_size=24, n_embd=16, n_layer=1, n_head=2, rotary_dim=4, n_positions=16)
     model = transformers.GPTJForCausalLM(config).double().eval()
     ids = torch.randint(0, 24, (2, 6), generator=torch.Generator().manual_seed(8))
-    params = {name: p.detach().clone() for name, p in model.named_parameters()}
     prefix = "transformer.h.0.attn."
-    swapped = _heads_swapped(params, {prefix + "q_proj.weight": (0, 8, 0, 1), prefix + "k_proj.weight": (0, 8, 0, 1),
-                                      prefix + "v_proj.weight": (0, 8, 0, 1), prefix + "out_proj.weight": (1, 8, 0, 1)})
+    _two_heads_swap_and_are_found(model, ids, {prefix + "q_proj.weight": (0, 8, 0, 1), prefix + "k_proj.weight": (0, 8, 0, 1),
+                                               prefix + "v_proj.weight": (0, 8, 0, 1), prefix + "out_proj.weight": (1, 8, 0, 1)},
+                                  {(prefix + "q_proj.weight", 0, 16), (prefix + "k_proj.weight", 0, 16),
+                                   (prefix + "out_proj.weight", 0, 16)})
+
+
+def _two_heads_swap_and_are_found(model, ids, swaps, spans):
+    """The logits unchanged (1e-12) under ``swaps`` applied by hand, and one two-head permutation
+    found whose slots include ``spans`` (param, start, stop); nothing refuted."""
+    params = {name: p.detach().clone() for name, p in model.named_parameters()}
     run = lambda p: torch.func.functional_call(model, p, (ids,)).logits.log_softmax(-1)
     base = run(params)
-    assert float((run(swapped) - base).abs().max() / base.abs().max()) < 1e-12
+    assert float((run(_heads_swapped(params, swaps)) - base).abs().max() / base.abs().max()) < 1e-12
     found = sw.find_symmetries(model, {"input_ids": ids})
     heads = [sym for sym in found.of_kind(Kind.PERMUTATION) if sym.label.endswith("/heads")]
     assert len(heads) == 1 and heads[0].unit_count == 2 and found.rejected == ()
-    assert {(slot.param, slot.start, slot.stop) for slot in heads[0].slots} >= {
-        (prefix + "q_proj.weight", 0, 16), (prefix + "k_proj.weight", 0, 16), (prefix + "out_proj.weight", 0, 16)}
+    assert {(slot.param, slot.start, slot.stop) for slot in heads[0].slots} >= spans
 
 
 def test_fused_head_by_head_projection_heads_permute():
@@ -262,15 +268,8 @@ def test_fused_head_by_head_projection_heads_permute():
                                         intermediate_size=32, rotary_pct=0.5, max_position_embeddings=16)
     model = transformers.GPTNeoXForCausalLM(config).double().eval()
     ids = torch.randint(0, 24, (2, 6), generator=torch.Generator().manual_seed(9))
-    params = {name: p.detach().clone() for name, p in model.named_parameters()}
     prefix = "gpt_neox.layers.0.attention."
-    swapped = _heads_swapped(params, {prefix + "query_key_value.weight": (0, 24, 0, 1),
-                                      prefix + "query_key_value.bias": (0, 24, 0, 1), prefix + "dense.weight": (1, 8, 0, 1)})
-    run = lambda p: torch.func.functional_call(model, p, (ids,)).logits.log_softmax(-1)
-    base = run(params)
-    assert float((run(swapped) - base).abs().max() / base.abs().max()) < 1e-12
-    found = sw.find_symmetries(model, {"input_ids": ids})
-    heads = [sym for sym in found.of_kind(Kind.PERMUTATION) if sym.label.endswith("/heads")]
-    assert len(heads) == 1 and heads[0].unit_count == 2 and found.rejected == ()
-    assert {(slot.param, slot.start, slot.stop) for slot in heads[0].slots} >= {
-        (prefix + "query_key_value.weight", 0, 48), (prefix + "dense.weight", 0, 16)}
+    _two_heads_swap_and_are_found(model, ids, {prefix + "query_key_value.weight": (0, 24, 0, 1),
+                                               prefix + "query_key_value.bias": (0, 24, 0, 1),
+                                               prefix + "dense.weight": (1, 8, 0, 1)},
+                                  {(prefix + "query_key_value.weight", 0, 48), (prefix + "dense.weight", 0, 16)})
