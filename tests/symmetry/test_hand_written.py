@@ -273,3 +273,48 @@ def test_fused_head_by_head_projection_heads_permute():
                                                prefix + "query_key_value.bias": (0, 24, 0, 1),
                                                prefix + "dense.weight": (1, 8, 0, 1)},
                                   {(prefix + "query_key_value.weight", 0, 48), (prefix + "dense.weight", 0, 16)})
+
+
+class EagerRotary(nn.Module):
+    """Attention written out (q @ k^T, a causal mask, softmax, @ v) with a rotary embedding of its own
+    (rotate-half), 2 heads of width 4: what a from-scratch decoder looks like."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = nn.Embedding(VOCAB, D)
+        self.wq, self.wk, self.wv, self.wo = (nn.Linear(D, D, bias=False) for _ in range(4))
+        self.head = nn.Linear(D, VOCAB)
+
+    @staticmethod
+    def rotate(x):
+        t, half = x.shape[-2], x.shape[-1] // 2
+        angle = torch.arange(t, dtype=x.dtype)[:, None] / 10.0 ** (torch.arange(half, dtype=x.dtype) / half)
+        cos, sin = torch.cat([angle.cos()] * 2, -1), torch.cat([angle.sin()] * 2, -1)
+        return x * cos + torch.cat([-x[..., half:], x[..., :half]], -1) * sin
+
+    def forward(self, ids):
+        x = self.table(ids)
+        b, t, _ = x.shape
+        q, k, v = (f(x).view(b, t, HEADS, D // HEADS).transpose(1, 2) for f in (self.wq, self.wk, self.wv))
+        q, k = self.rotate(q), self.rotate(k)
+        scores = (q @ k.transpose(-1, -2)) / math.sqrt(D // HEADS)
+        scores = scores.masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), float("-inf"))
+        mixed = (torch.softmax(scores, -1) @ v).transpose(1, 2).reshape(b, t, D)
+        return self.head(x + self.wo(mixed))
+
+
+def test_written_out_rotary_attention_heads_permute():
+    """Truth, by hand in float64: swapping the two heads (wq, wk, wv rows; wo columns) of attention
+    written out with its own rotary embedding leaves the logits unchanged; the library finds that
+    permutation (before: none for rotary attention not behind scaled_dot_product_attention)."""
+    torch.manual_seed(0)
+    model = EagerRotary().double()
+    ids = torch.randint(0, VOCAB, (2, 6), generator=torch.Generator().manual_seed(10))
+    params = {name: p.detach().clone() for name, p in model.named_parameters()}
+    swapped = _heads_swapped(params, {"wq.weight": (0, 4, 0, 1), "wk.weight": (0, 4, 0, 1), "wv.weight": (0, 4, 0, 1),
+                                      "wo.weight": (1, 4, 0, 1)})
+    assert _change(model, params, swapped, ids) < 1e-13
+    found = sw.find_symmetries(model, ids)
+    heads = [sym for sym in found.of_kind(Kind.PERMUTATION) if sym.label.endswith("/heads")]
+    assert len(heads) == 1 and heads[0].unit_count == HEADS and found.rejected == ()
+    assert {(slot.param, slot.start, slot.stop) for slot in heads[0].slots} >= {("wq.weight", 0, D), ("wo.weight", 0, D)}

@@ -38,7 +38,8 @@ candidate action through the graph). The families, each derived by hand:
   output columns together; with several query heads per key/value head (grouped or multi-query),
   the query heads of each group (q rows, output columns) and the groups; where a rotary embedding
   leaves no query/key GL over whole heads, the heads read from the projections behind
-  ``scaled_dot_product_attention`` (separate, or fused head by head).
+  ``scaled_dot_product_attention`` or behind the scores of attention written out (separate, or fused
+  head by head).
 - where the walks also pass: ``x @ W.T + b`` (the add is the linear map's bias), ``table[ids]`` (a
   lookup), ReLU written as clamp / maximum / where / a sign mask, PReLU (slopes permuted with the
   units), a learned per-unit multiplier and a depthwise convolution (both compensate a rescale),
@@ -803,8 +804,10 @@ def _emit_head_permutations(attention: dict, emit, by_node: dict | None = None) 
                 emitted = True
         # no query/key GL (a rotary embedding), or GL on part of each head's dimensions only (a
         # partial rotary embedding, whose blocks do not span whole heads): from the projections
-        if not emitted and vo and by_node is not None and packet(node) == "scaled_dot_product_attention":
-            _emit_rotary_head_permutations(node, vo, by_node, emit)
+        if not emitted and vo and by_node is not None:
+            operands = _query_and_key(node)
+            if operands is not None:
+                _emit_rotary_head_permutations(*operands, vo, by_node, emit)
 
 
 def _emit_query_group_permutations(qk: list, vo: list, emit) -> bool:
@@ -849,16 +852,38 @@ def _producer_above(start, by_node: dict) -> Producer | None:
     return None
 
 
-def _emit_rotary_head_permutations(node: fx.Node, vo: list, by_node: dict, emit) -> None:
+def _query_and_key(node: fx.Node) -> tuple | None:
+    """The query and key operands of an attention: ``scaled_dot_product_attention``'s first two, or,
+    for attention written out (softmax(q @ k^T) @ v, ``node`` the product with v), the operands of
+    the product of two activations above its probabilities (within 16 nodes)."""
+    if packet(node) == "scaled_dot_product_attention":
+        return node.args[0], node.args[1]
+    if packet(node) not in ("matmul", "bmm") or not isinstance(node.args[0], fx.Node):
+        return None
+    queue, seen = [node.args[0]], set()
+    while queue and len(seen) < 16:
+        current = queue.pop(0)
+        if current in seen:
+            continue
+        seen.add(current)
+        if packet(current) in ("matmul", "bmm") and all(isinstance(a, fx.Node) and a.op != "placeholder"
+                                                         for a in current.args[:2]):
+            return current.args[0], current.args[1]
+        queue.extend(current.all_input_nodes)
+    return None
+
+
+def _emit_rotary_head_permutations(query_operand, key_operand, vo: list, by_node: dict, emit) -> None:
     """Head permutations of an attention whose queries and keys carry a rotary embedding (Llama,
-    Qwen2, Mistral): the embedding turns every head's dimensions alike, so whole heads still permute.
+    Qwen2, Mistral; ``query_operand`` and ``key_operand`` as ``_query_and_key`` finds them): the
+    embedding turns every head's dimensions alike, so whole heads still permute.
     The value heads (``vo``, in unit order) give the head width d and, per value head, the output
     projection's column runs of the query heads that read it (r of them). Emitted: with r = 1, one
     permutation of all heads (query, key and value rows, output columns); with r > 1, one per value
     head of its r query heads (query rows, output columns) and one of the groups (each value head
     with its key head and its r query heads). The layout (head h's rows at h d) is assumed and the
     exact check confirms or refutes it."""
-    query, key = _producer_above(node.args[0], by_node), _producer_above(node.args[1], by_node)
+    query, key = _producer_above(query_operand, by_node), _producer_above(key_operand, by_node)
     blocks = sorted(vo, key=lambda entry: (entry[0][0].param, entry[0][0].start))
     values = [incoming for incoming, _ in blocks]
     runs = [sorted(columns, key=lambda slot: slot.start) for _, columns in blocks]
