@@ -159,8 +159,8 @@ class RunStore:
         rows = [(step, self._name_id(name), float(value)) for name, value in values.items()]
         if self._count + len(rows) > len(self._half) - 1:
             self._hand_off()
-            if len(rows) > len(self._half) - 1:  # more than a half holds: straight to the database
-                self._wait()
+            if len(rows) > len(self._half) - 1:  # more than a half holds: straight to the database, after it
+                self._settle()
                 self._commit(rows)
                 return
         half = self._half
@@ -175,8 +175,7 @@ class RunStore:
     def _hand_off(self) -> None:
         """The active half into the database (on the writer thread with ``background``), the steps from
         here into the other half, once that one's own transaction is done."""
-        self._wait()
-        self._commit_half(self._ring[1 - self._active])  # rows an earlier failed transaction left there
+        self._settle()
         if self._count:
             full = self._half
             self._active = 1 - self._active
@@ -190,16 +189,14 @@ class RunStore:
                 self._commit_half(full)
         self._flushed_at = time.monotonic()
 
-    def _wait(self) -> None:
-        """Wait for the writer thread's transaction; where it failed, try it once more here (a reader
-        holding the database, a full disk since freed) and raise if that fails too."""
+    def _settle(self) -> None:
+        """Wait for the writer thread's transaction of the other half, then move into the database, in
+        this thread, whatever that half still holds: the rows of a transaction that failed (a reader
+        holding the database, a full disk since freed), tried once more here, raising if it fails too."""
         in_flight, self._in_flight = self._in_flight, None
-        if in_flight is None:
-            return
-        try:
-            in_flight.result()
-        except Exception:  # noqa: BLE001 -- whatever it was, the retry below raises it again if it persists
-            self._commit_half(self._ring[1 - self._active])
+        if in_flight is not None:
+            in_flight.exception()  # waits; a failure left the half's count set, for the line below
+        self._commit_half(self._ring[1 - self._active])
 
     def _commit_half(self, half: np.ndarray) -> None:
         """One half's rows into the database, then its count cleared (a kill before that line: the same
@@ -222,8 +219,7 @@ class RunStore:
     def flush(self) -> None:
         """Move the pending steps into the database now, in this thread (waiting for the writer thread)."""
         self._writable()
-        self._wait()
-        self._commit_half(self._ring[1 - self._active])  # the older half first
+        self._settle()  # the older half first
         self._commit_half(self._half)
         self._count = 0
         self._flushed_at = time.monotonic()
@@ -315,17 +311,17 @@ class RunStore:
         opening the run again moves it)."""
         if self._db is None:
             return
+        writer = self._ring is not None
         try:
-            if self._ring is not None:
+            if writer:
                 self.flush()
-                self._stop_writer()
-                self._ring = self._half = None
-                self._pending_path.unlink(missing_ok=True)
         finally:
             self._stop_writer()
             self._ring = self._half = None
             self._db.close()
             self._db = None
+        if writer:  # reached only once every pending row is in the database
+            self._pending_path.unlink(missing_ok=True)
 
     def discard(self) -> None:
         """Close and delete the run's files (the database, its WAL and shared memory, the ring): for a
