@@ -150,7 +150,7 @@ def _traced(model: nn.Module, example_input) -> TracedModel:
 
 def _analyse(module: nn.Module, example_input, logits: bool, prefix: str, found: list[Symmetry],
              rejected: list[str], partial: list[str], reasons: dict[str, str], samples: int,
-             inputs: dict | None, epsilons: list[float] | None = None) -> None:
+             inputs: dict | None, epsilons: list[float]) -> None:
     """Trace ``module`` whole and collect its checked symmetries (refuted labels in ``rejected``; the
     norms' positive epsilons in ``epsilons``); where that fails, its children."""
     traced = None
@@ -162,11 +162,10 @@ def _analyse(module: nn.Module, example_input, logits: bool, prefix: str, found:
     else:
         blocking = "never called with a single tensor input in the example forward pass"
     if traced is not None:
-        if epsilons is not None:
-            nodes = {node.name: node for node in traced.graph.nodes}
-            epsilons.extend(float(nodes[name].args[position]) for name, position in epsilon_nodes(traced.graph).items()
-                            if position < len(nodes[name].args) and isinstance(nodes[name].args[position], (int, float))
-                            and nodes[name].args[position] > 0)
+        nodes = {node.name: node for node in traced.graph.nodes}
+        epsilons.extend(float(nodes[name].args[position]) for name, position in epsilon_nodes(traced.graph).items()
+                        if position < len(nodes[name].args) and isinstance(nodes[name].args[position], (int, float))
+                        and nodes[name].args[position] > 0)
         candidates, why = _candidates(traced, logits)
         kept, refuted = _checked(module, traced, candidates, logits, samples)
         found.extend(_prefixed(sym, prefix) for sym in kept)
@@ -775,10 +774,11 @@ def _emit_key_biases(attention: dict, producers: list[Producer], run, emit) -> N
                 emit(Symmetry(Kind.TRANSLATION, f"translation/{module}/key_bias{j}", (Slot(producer.bias, 0, j, j + 1),)))
 
 
-def _emit_head_permutations(attention: dict, emit, by_node: dict | None = None) -> None:
-    """One head permutation per attention whose query heads each have their own key and value;
-    where a rotary embedding made the query/key blocks rotary pairs (no GL), from the query and key
-    producers behind a ``scaled_dot_product_attention`` (``_emit_rotary_head_permutations``)."""
+def _emit_head_permutations(attention: dict, emit, by_node: dict) -> None:
+    """One head permutation per attention whose query heads each have their own key and value, or
+    per group of query heads sharing one (``_emit_query_group_permutations``); where a rotary
+    embedding left no query/key GL over whole heads, from the query and key producers behind the
+    attention (``_emit_rotary_head_permutations``)."""
     merged: dict[fx.Node, dict] = {}
     for node, parts in attention.items():  # eager attention: the scores' product feeds the values' one
         home = node if parts.get("qk") or not parts.get("vo") else _ancestor_with(node, attention, "qk") or node
@@ -804,7 +804,7 @@ def _emit_head_permutations(attention: dict, emit, by_node: dict | None = None) 
                 emitted = True
         # no query/key GL (a rotary embedding), or GL on part of each head's dimensions only (a
         # partial rotary embedding, whose blocks do not span whole heads): from the projections
-        if not emitted and vo and by_node is not None:
+        if not emitted and vo:
             operands = _query_and_key(node)
             if operands is not None:
                 _emit_rotary_head_permutations(*operands, vo, by_node, emit)
@@ -838,18 +838,10 @@ def _emit_query_group_permutations(qk: list, vo: list, emit) -> bool:
 
 
 def _producer_above(start, by_node: dict) -> Producer | None:
-    """The nearest producer above ``start`` (breadth first, within 48 nodes): the projection a query
-    or key reaches attention from, through reshapes, a rotary embedding and norms."""
-    queue, seen = [start] if isinstance(start, fx.Node) else [], set()
-    while queue and len(seen) < 48:
-        current = queue.pop(0)
-        if current in seen:
-            continue
-        seen.add(current)
-        if current in by_node:
-            return by_node[current]
-        queue.extend(current.all_input_nodes)
-    return None
+    """The nearest producer above ``start`` (within 48 nodes): the projection a query or key reaches
+    attention from, through reshapes, a rotary embedding and norms."""
+    found = _first_above([start], lambda node: node in by_node, 48)
+    return by_node[found] if found is not None else None
 
 
 def _query_and_key(node: fx.Node) -> tuple | None:
@@ -858,17 +850,24 @@ def _query_and_key(node: fx.Node) -> tuple | None:
     the product of two activations above its probabilities (within 16 nodes)."""
     if packet(node) == "scaled_dot_product_attention":
         return node.args[0], node.args[1]
-    if packet(node) not in ("matmul", "bmm") or not isinstance(node.args[0], fx.Node):
+    if packet(node) not in ("matmul", "bmm"):
         return None
-    queue, seen = [node.args[0]], set()
-    while queue and len(seen) < 16:
+    scores = _first_above([node.args[0]], lambda current: packet(current) in ("matmul", "bmm") and all(
+        isinstance(a, fx.Node) and a.op != "placeholder" for a in current.args[:2]), 16)
+    return (scores.args[0], scores.args[1]) if scores is not None else None
+
+
+def _first_above(starts, accept, limit: int) -> fx.Node | None:
+    """The nearest node at or above ``starts`` (breadth first, within ``limit`` nodes) that ``accept``
+    takes."""
+    queue, seen = [start for start in starts if isinstance(start, fx.Node)], set()
+    while queue and len(seen) < limit:
         current = queue.pop(0)
         if current in seen:
             continue
         seen.add(current)
-        if packet(current) in ("matmul", "bmm") and all(isinstance(a, fx.Node) and a.op != "placeholder"
-                                                         for a in current.args[:2]):
-            return current.args[0], current.args[1]
+        if accept(current):
+            return current
         queue.extend(current.all_input_nodes)
     return None
 
@@ -909,35 +908,21 @@ def _emit_rotary_head_permutations(query_operand, key_operand, vo: list, by_node
     column_spans = _spans([slot for r in runs for slot in r], kv * group)
     if value_spans is None or column_spans is None:
         return
-    if group == 1:
-        if kv >= 2:
-            incoming = [*_rows(query, 0, query.units), *_rows(key, 0, key.units), *value_spans]
-            emit(Symmetry(Kind.PERMUTATION, f"permutation/{module}/heads", tuple(incoming), tuple(column_spans), units=kv))
-        return
-    for index, columns in enumerate(runs):
+    for index, columns in enumerate(runs if group > 1 else ()):
         width = group * d
         outgoing = _spans(columns, group)
         if outgoing is not None:
             emit(Symmetry(Kind.PERMUTATION, f"permutation/{module}/query_heads/group{index}",
                           tuple(_rows(query, index * width, (index + 1) * width)), tuple(outgoing), units=group))
-    if kv >= 2:
+    if kv >= 2:  # whole heads (one query head each) or whole groups, each with its key and value head
         incoming = [*_rows(query, 0, query.units), *_rows(key, 0, key.units), *value_spans]
-        emit(Symmetry(Kind.PERMUTATION, f"permutation/{module}/kv_groups", tuple(incoming), tuple(column_spans),
-                      units=kv))
+        emit(Symmetry(Kind.PERMUTATION, f"permutation/{module}/{'heads' if group == 1 else 'kv_groups'}",
+                      tuple(incoming), tuple(column_spans), units=kv))
 
 
 def _ancestor_with(node: fx.Node, attention: dict, key: str) -> fx.Node | None:
     """The nearest node above ``node`` (within 32 nodes) that holds ``key`` in ``attention``."""
-    queue, seen = list(node.all_input_nodes), set()
-    while queue and len(seen) < 32:
-        current = queue.pop(0)
-        if current in seen:
-            continue
-        seen.add(current)
-        if attention.get(current, {}).get(key):
-            return current
-        queue.extend(current.all_input_nodes)
-    return None
+    return _first_above(node.all_input_nodes, lambda current: attention.get(current, {}).get(key), 32)
 
 
 def _spans(slots: list[Slot], heads: int) -> list[Slot] | None:
