@@ -419,6 +419,18 @@ def _constant_along(value: Tensor, axis: int) -> bool:
     return bool((value == value.narrow(axis, 0, 1)).all())
 
 
+def _units_along(value: Tensor, axis: int) -> Tensor | None:
+    """The unit index (1-D, a copy) of each position along ``axis`` of a tagged tensor, where the tag
+    is constant along every other axis (the units live on that axis alone); else None."""
+    axis %= value.dim()
+    others = [a for a in range(value.dim()) if a != axis]
+    if not all(_constant_along(value, a) for a in others):
+        return None
+    for a in others:
+        value = value.narrow(a, 0, 1)
+    return value.reshape(-1).clone()
+
+
 def _fill(node, tags, mode):
     """Arguments with tagged nodes replaced by their idx / probe and other tensors by -1 / 0."""
     def convert(arg):
@@ -508,11 +520,9 @@ def _only_first_tagged(node, tags) -> bool:
 def _clamp(node, tags, mode, result):
     """clamp(x, min, max) with number bounds: elementwise (commutes with a permutation), and positively
     homogeneous where every bound is 0 or absent (clamp(x, min=0) is ReLU)."""
-    kind = packet(node)
-    rest = list(node.args[1:])
-    low = rest[0] if kind != "clamp_max" and rest else node.kwargs.get("min")
-    high = (rest[1] if len(rest) > 1 else node.kwargs.get("max")) if kind == "clamp" else \
-        (rest[0] if kind == "clamp_max" and rest else node.kwargs.get("max"))
+    names = {"clamp": ("min", "max"), "clamp_min": ("min",), "clamp_max": ("max",)}[packet(node)]
+    bounds = {**dict(zip(names, node.args[1:])), **node.kwargs}
+    low, high = bounds.get("min"), bounds.get("max")
     if not _only_first_tagged(node, tags) or any(isinstance(b, fx.Node) for b in (low, high)):
         return result.fail(node, "a clamp with transformed or tensor bounds") and None
     tag = tags[node.args[0]]
@@ -591,18 +601,12 @@ def _prelu(node, tags, mode, result, traced):
     if mode is Mode.PERM and isinstance(weight, fx.Node) and shape(weight) in ((1,), ()):
         return tag  # one slope for every channel: elementwise
     if mode is Mode.PERM and found is not None:
-        value = tag.value
-        axis = 1 if value.dim() > 1 else 0
-        others = [d for d in range(value.dim()) if d != axis]
-        if shape(weight) == (value.shape[axis],) and all(_constant_along(value, d) for d in others) \
-                and result.uses.get(found[0]) == 1:
-            index = value
-            for d in others:
-                index = index.narrow(d, 0, 1)
-            index = index.reshape(-1)
-            if bool((index >= 0).all()):
-                result.norm_slots.append((found[0], 0, index))
-                return tag
+        axis = 1 if tag.value.dim() > 1 else 0
+        index = _units_along(tag.value, axis)
+        if shape(weight) == (tag.value.shape[axis],) and index is not None and result.uses.get(found[0]) == 1 \
+                and bool((index >= 0).all()):
+            result.norm_slots.append((found[0], 0, index))
+            return tag
     return result.fail(node, "PReLU's slopes do not follow the action") and None
 
 
@@ -749,24 +753,22 @@ def _binary(node, tags, mode, result, epsilons, traced):
         # a learned per-unit multiplier (a layer scale, x + g * branch) compensates the units' factors
         # itself: g_i -> g_i / a_i, one more consumer (in_dim 0), and the product is unchanged
         found = _param(other, traced)
+        index = _units_along(value, -1)
         if found is not None and result.uses.get(found[0]) == 1 and other_shape == (value.shape[-1],) \
-                and all(_constant_along(value, a) for a in range(value.dim() - 1)):
-            index = value.reshape(-1, value.shape[-1])[0]
-            if bool((index >= 0).all()):
-                result.consumers.append(Consumer(node, found[0], 0, index.clone()))
-                result.gained = True
-                return None
+                and index is not None and bool((index >= 0).all()):
+            result.consumers.append(Consumer(node, found[0], 0, index))
+            result.gained = True
+            return None
     if mode in (Mode.DIAG, Mode.SCALAR):
         return _Tag(value.expand(out_shape) if out_shape else value, tag.degree)
     if _broadcast_constant_on_units(other_shape, value):
         return _Tag(value.expand(out_shape) if out_shape else value, tag.degree)
     gain = _elementwise_param(other, traced) if mode is Mode.PERM and kind == "mul" else None
+    index = _units_along(value, -1) if gain is not None else None
     if gain is not None and result.uses.get(gain[0]) == 1 and other_shape == (value.shape[-1],) \
-            and all(_constant_along(value, a) for a in range(value.dim() - 1)):
-        index = value.reshape(-1, value.shape[-1])[0]
-        if bool((index >= 0).all()):  # a gain on the units: permuted with them
-            result.norm_slots.append((gain[0], 0, index.clone()))
-            return _Tag(value.expand(out_shape) if out_shape else value, tag.degree)
+            and index is not None and bool((index >= 0).all()):  # a gain on the units: permuted with them
+        result.norm_slots.append((gain[0], 0, index))
+        return _Tag(value.expand(out_shape) if out_shape else value, tag.degree)
     if mode is Mode.GL and result.ok:
         result.blocked = frozenset(int(u) for u in value[value >= 0].unique().tolist())
     return result.fail(node, "multiplies the units by a tensor that varies across them", partner=other)
@@ -774,9 +776,9 @@ def _binary(node, tags, mode, result, epsilons, traced):
 
 def _masked(node, tags, mode, result):
     kind = packet(node)
-    if kind == "where" and len(node.args) > 2 and (node.args[2] in tags if isinstance(node.args[2], fx.Node) else False
-                                                   or (isinstance(node.args[0], fx.Node) and node.args[0] in tags)):
-        return _where(node, tags, mode, result)
+    if kind == "where" and len(node.args) > 2 and any(isinstance(a, fx.Node) and a in tags
+                                                      for a in (node.args[0], node.args[2])):
+        return _where(node, tags, mode, result)  # a transformed condition or fill
     data = node.args[1] if kind == "where" else node.args[0]
     tag = tags.get(data) if isinstance(data, fx.Node) else None
     mask = node.args[0] if kind == "where" else node.args[1]
@@ -856,18 +858,13 @@ def _norm(node, tags, mode, result, traced):
         return result.fail(node, "a norm over partly transformed units") and None
     if axis is None:
         return result.fail(node, "a group norm mixes units") and None
-    rank = value.dim()
-    others = [a for a in range(rank) if a != axis % rank]
-    if not all(_constant_along(value, a) for a in others):
+    index = _units_along(value, axis)
+    if index is None:
         return result.fail(node, "a norm whose axis does not carry the units") and None
     if mode is Mode.DIAG and kind in _BATCH_NORM:
         result.absorbed = True
         return None
     if mode is Mode.PERM:
-        index = value
-        for a in others:
-            index = index.narrow(a, 0, 1)
-        index = index.reshape(-1)
         if bool((index < 0).any()):
             return result.fail(node, "a norm over part of the units") and None
         for position in weight_at:
@@ -900,33 +897,26 @@ def _consume(node, tag, weight, kind, mode, result):
     if mode in (Mode.SCALAR, Mode.SHIFT):
         return result.fail(node, "reaches a linear map before any norm or softmax") and None
     value = tag.value
-    depthwise = 1
+    filters = 0  # depthwise: how many output channels (filters) read each input channel alone
     if kind in _CONV:
         groups = _groups(node)
         if groups != 1 and not (mode is Mode.DIAG and groups == value.shape[1]):
             return result.fail(node, "a grouped convolution ties input channels to output channels") and None
-        if groups != 1:  # depthwise: output channel o reads input channel o // (out / in) alone
-            depthwise = (shape(node) or (0, 0))[1] // groups
-        axis = 1
-    else:
-        axis = value.dim() - 1
-    others = [a for a in range(value.dim()) if a != axis]
-    if not all(_constant_along(value, a) for a in others):
+        if groups != 1:
+            filters = (shape(node) or (0, 0))[1] // groups
+    columns = _units_along(value, 1 if kind in _CONV else -1)
+    if columns is None:
         return result.fail(node, "a linear map whose input axis does not carry the units") and None
     if mode is Mode.DIAG and tag.degree != 1:
         return result.fail(node, f"reaches a linear map at degree {tag.degree}") and None
-    columns = value
-    for a in others:
-        columns = columns.narrow(a, 0, 1)
     name, order = weight
     if result.uses.get(name, 1) != 1:
         return result.fail(node, "reaches a weight that is also read elsewhere (tied)") and None
     in_dim = order[1] if kind in ("linear",) or kind in _CONV else order[0]
-    columns = columns.reshape(-1).clone()
-    if depthwise > 1 or (kind in _CONV and _groups(node) != 1):
+    if filters:
         # a depthwise filter is its output channel's alone: the compensation 1/a_c goes on the rows
         # (dim 0) of the filters that read input channel c
-        in_dim, columns = order[0], columns.repeat_interleave(depthwise)
+        in_dim, columns = order[0], columns.repeat_interleave(filters)
     result.consumers.append(Consumer(node, name, in_dim, columns))
     return None
 
