@@ -441,12 +441,12 @@ class Monitor:
                     else "find_symmetries found none in this model"
                 self._event(self._step, "no-symmetries", f"raw observables only: {why}")
         else:
-            scales = len(symmetries.of_kind(Kind.SCALE))
+            scales, eps = len(symmetries.of_kind(Kind.SCALE)), max(symmetries.epsilons, default=0.0)
             # an eps under float64's round-off against an O(1) mean square breaks nothing measurable
-            if start and scales and max(symmetries.epsilons, default=0.0) > 1e-15:
+            if start and scales and eps > 1e-15:
                 self._event(self._step, "norm-epsilon",
                             f"{scales} scale symmetries hold exactly only with the norms' eps at 0 (as the exact check "
-                            f"sets it); this model's norms add eps up to {max(symmetries.epsilons):g}, which breaks them "
+                            f"sets it); this model's norms add eps up to {eps:g}, which breaks them "
                             "by about eps / (the normalised input's mean square): gradient_breaking/scale and "
                             "charge_law_error/scale include that breaking")
             # the store keeps what is logged; the tracker's before_step runs from the monitor's own
