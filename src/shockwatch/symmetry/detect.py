@@ -852,9 +852,16 @@ def _query_and_key(node: fx.Node) -> tuple | None:
         return node.args[0], node.args[1]
     if packet(node) not in ("matmul", "bmm"):
         return None
-    scores = _first_above([node.args[0]], lambda current: packet(current) in ("matmul", "bmm") and all(
-        isinstance(a, fx.Node) and a.op != "placeholder" for a in current.args[:2]), 16)
-    return (scores.args[0], scores.args[1]) if scores is not None else None
+    scores = _first_above([node.args[0]], lambda current: _operands(current) is not None and all(
+        isinstance(a, fx.Node) and a.op != "placeholder" for a in _operands(current)), 16)
+    return _operands(scores) if scores is not None else None
+
+
+def _operands(node: fx.Node) -> tuple | None:
+    """The two factors of a product of activations (``baddbmm``'s bias left aside), or None."""
+    kind = packet(node)
+    return (node.args[0], node.args[1]) if kind in ("matmul", "bmm") else (
+        (node.args[1], node.args[2]) if kind == "baddbmm" else None)
 
 
 def _first_above(starts, accept, limit: int) -> fx.Node | None:
@@ -888,15 +895,8 @@ def _emit_rotary_head_permutations(query_operand, key_operand, vo: list, by_node
     runs = [sorted(columns, key=lambda slot: slot.start) for _, columns in blocks]
     d = values[0][0].stop - values[0][0].start
     kv, groups = len(blocks), {len(r) for r in runs}
-    if query is not None and query is key and groups == {1} and kv >= 2:
-        # one fused projection, head by head (GPT-NeoX: rows [q_h, k_h, v_h] per head): whole heads are
-        # contiguous blocks of 3 d rows, value head h at rows 3 d h + 2 d
-        starts = [incoming[0].start for incoming in values]
-        if query.units == 3 * kv * d and values[0][0].param == query.weight and starts == [3 * d * h + 2 * d for h in range(kv)]:
-            columns = _spans([slot for r in runs for slot in r], kv)
-            if columns is not None:
-                emit(Symmetry(Kind.PERMUTATION, f"permutation/{_module_of(query.weight)}/heads",
-                              tuple(_rows(query, 0, query.units)), tuple(columns), units=kv))
+    if query is not None and query is key:
+        _emit_fused_head_permutations(query, values, runs, d, emit)
         return
     if query is None or key is None or query is key or len(groups) != 1 or d < 1:
         return
@@ -918,6 +918,49 @@ def _emit_rotary_head_permutations(query_operand, key_operand, vo: list, by_node
         incoming = [*_rows(query, 0, query.units), *_rows(key, 0, key.units), *value_spans]
         emit(Symmetry(Kind.PERMUTATION, f"permutation/{module}/{'heads' if group == 1 else 'kv_groups'}",
                       tuple(incoming), tuple(column_spans), units=kv))
+
+
+def _emit_fused_head_permutations(fused: Producer, values: list, runs: list, d: int, emit) -> None:
+    """Head permutations of one fused query-key-value projection (``values``: each value head's row
+    slots, ``runs``: the output projection's column runs of the query heads reading it, both in value
+    head order; d the head width). With kv value heads read by r query heads each (n = kv r), two
+    layouts of its (n + 2 kv) d rows are known:
+    per group, [q_(g r) .. q_(g r + r - 1), k_g, v_g] for each group g in turn (GPT-NeoX and BLOOM, r = 1;
+    Falcon's grouped layout): value head g at rows g (r + 2) d + (r + 1) d, a group one contiguous block;
+    blocked, [Q | K | V] (Phi-3; Falcon's multi-query layout): value head g at rows (n + kv) d + g d.
+    Emitted as for separate projections: the query heads within each group (their query rows, the
+    output columns), and the groups (every row, all output columns) where kv >= 2. The exact check
+    confirms or refutes the layout (ALiBi's per-head slopes refute the second)."""
+    group_sizes = {len(r) for r in runs}
+    kv = len(values)
+    if len(group_sizes) != 1 or values[0][0].param != fused.weight or d < 1 or \
+            any(s.stop - s.start != d for r in runs for s in r):
+        return
+    r = group_sizes.pop()
+    heads = kv * r
+    if fused.units != (heads + 2 * kv) * d:
+        return
+    starts = [incoming[0].start for incoming in values]
+    width = (r + 2) * d
+    if starts == [g * width + (r + 1) * d for g in range(kv)]:
+        query_rows = [(g * width, g * width + r * d) for g in range(kv)]
+        whole = _rows(fused, 0, fused.units)
+    elif starts == [(heads + kv + g) * d for g in range(kv)]:
+        query_rows = [(g * r * d, (g + 1) * r * d) for g in range(kv)]
+        whole = [*_rows(fused, 0, heads * d), *_rows(fused, heads * d, (heads + kv) * d),
+                 *_rows(fused, (heads + kv) * d, fused.units)]
+    else:
+        return
+    module = _module_of(fused.weight)
+    for index, columns in enumerate(runs if r > 1 else ()):
+        outgoing = _spans(columns, r)
+        if outgoing is not None:
+            emit(Symmetry(Kind.PERMUTATION, f"permutation/{module}/query_heads/group{index}",
+                          tuple(_rows(fused, *query_rows[index])), tuple(outgoing), units=r))
+    columns = _spans([slot for run in runs for slot in run], kv)
+    if kv >= 2 and columns is not None:
+        emit(Symmetry(Kind.PERMUTATION, f"permutation/{module}/{'heads' if r == 1 else 'kv_groups'}",
+                      tuple(whole), tuple(columns), units=kv))
 
 
 def _ancestor_with(node: fx.Node, attention: dict, key: str) -> fx.Node | None:

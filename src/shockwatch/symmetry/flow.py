@@ -501,6 +501,10 @@ def _step(node, tags, mode: Mode, result: Walk, traced: TracedModel, epsilons) -
         return _contraction(node, tags, mode, result, traced)
     if kind == "scaled_dot_product_attention":
         return _attention(node, tags, mode, result)
+    if kind == "baddbmm":  # beta input + alpha (a @ b): scores with an additive bias (ALiBi, BLOOM)
+        if isinstance(node.args[0], fx.Node) and node.args[0] in tags:
+            return result.fail(node, "a transformed tensor added to a batched product") and None
+        return _product(node, tags, mode, result, node.args[1], node.args[2])
     if kind in ("clamp", "clamp_min", "clamp_max"):
         return _clamp(node, tags, mode, result)
     if kind in _COMPARE:
@@ -921,9 +925,10 @@ def _consume(node, tag, weight, kind, mode, result):
     return None
 
 
-def _product(node, tags, mode, result):
-    """matmul / bmm of two activations: q @ k^T (a contraction of units) or probabilities @ v."""
-    a, b = node.args[0], node.args[1]
+def _product(node, tags, mode, result, a=None, b=None):
+    """matmul / bmm of two activations (``a`` @ ``b``, by default the node's first two arguments):
+    q @ k^T (a contraction of units) or probabilities @ v."""
+    a, b = (node.args[0], node.args[1]) if a is None else (a, b)
     ta, tb = tags.get(a), tags.get(b)
     if ta is not None and tb is not None:
         if mode not in (Mode.GL, Mode.DIAG):
@@ -953,6 +958,10 @@ def _pair(node, q: Tensor, k: Tensor, mode: Mode, result: Walk):
     q_rows = q.narrow(-2, 0, 1).reshape(-1, q.shape[-1])
     k_rows = k.narrow(-2, 0, 1).expand(*q.shape[:-2], 1, k.shape[-1]).reshape(-1, k.shape[-1])
     untransformed = q_rows < 0
+    if bool(untransformed.all()) and bool((k_rows < 0).all()):
+        # every dimension of query and key left out (a fused query-key-value projection whose rotary
+        # query and key are masked while the walk follows its values): the scores are untransformed
+        return None
     if bool(untransformed.any()) or bool((k_rows < 0).any()):
         # GL on part of a head (the dimensions of a partial rotary embedding that no rotation
         # multiplies): the untransformed dimensions of query and key must meet each other
