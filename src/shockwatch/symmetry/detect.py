@@ -59,8 +59,8 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, fx, nn
 
-from .flow import (Consumer, Mode, Producer, Walk, find_producers, is_lookup, norm_affine_sources, parameter_uses, shape,
-                   stream_sources, unit_index, walk)
+from .flow import (GROUPED_PRODUCTS, Consumer, Mode, Producer, Walk, find_producers, is_lookup, norm_affine_sources,
+                   parameter_uses, shape, stream_sources, unit_index, walk)
 from .group import (Kind, Slot, Symmetry, SymmetrySet, act, act_gl, act_rotation, permutation_generators, permute,
                     random_gl_element)
 from .trace import (EXACT_TOLERANCE, ExactEvaluator, TracedModel, TraceError, call_arguments, epsilon_nodes, export_model,
@@ -335,6 +335,10 @@ def _candidates(traced: TracedModel, logits: bool) -> tuple[list[Symmetry], dict
                         _emit_rotations(diag, members, emit, only=rotated)
             else:
                 diag, members = _walk_with_partner(run, producer, seed, Mode.DIAG, by_node, gl_done)
+                only = None  # a fused gated unit's ungated half: the units the walk transformed
+                if not diag.ok and "not positively homogeneous" in diag.reason:
+                    glu, only = _fused_glu(run, producer, Mode.DIAG)
+                    diag, members = (glu, [producer]) if glu is not None else (diag, members)
                 if diag.ok and diag.gained and len(members) == 1:
                     # a layer scale ended the walk: a branch added to a residual stream is still one
                     # of the stream's producers (its scale and permutation), as without the scale
@@ -342,7 +346,7 @@ def _candidates(traced: TracedModel, logits: bool) -> tuple[list[Symmetry], dict
                     if not beyond.ok and "adds an untransformed tensor" in beyond.reason:
                         stream.append(producer)
                 if diag.ok and not diag.links.broken:
-                    has_scale = _emit_diag(diag, members, emit, label="unit" if len(members) == 1 else "pair")
+                    has_scale = _emit_diag(diag, members, emit, label="unit" if len(members) == 1 else "pair", only=only)
                     _emit_rotations(diag, members, emit)
                     if len(members) == 2:  # a query/key pair that only a subgroup of GL keeps (rotary)
                         gl_done.update(m.node for m in members)
@@ -358,9 +362,13 @@ def _candidates(traced: TracedModel, logits: bool) -> tuple[list[Symmetry], dict
         # permutation of units (joint with a gate where the units are multiplied together)
         if units >= 2 and not producer.grouped and node not in gl_done and node not in perm_done:
             perm, members = _walk_with_partner(run, producer, seed, Mode.PERM, by_node, perm_done, same_units=True)
+            glu = None if perm.ok or "differently ordered" not in perm.reason else _fused_glu(run, producer, Mode.PERM)[0]
             if perm.ok:
                 perm_done.update(m.node for m in members)
                 _emit_permutation(perm, members, units, emit)
+            elif glu is not None:
+                perm_done.add(node)
+                _emit_permutation(glu, [producer], units // 2, emit, halves=2)
             else:
                 note(producer.weight, perm)
     for node, axis, params in norm_affine_sources(traced):
@@ -374,6 +382,7 @@ def _candidates(traced: TracedModel, logits: bool) -> tuple[list[Symmetry], dict
                 why.setdefault(param, diag.reason)
     where[0] = len(position)  # head permutations, the stream's scale and key biases: after the rest
     _emit_head_permutations(attention, emit, by_node)
+    _emit_expert_permutations(traced, producers, by_node, emit)
     _emit_stream_scale(traced, stream, run, emit)
     _emit_stream_permutation(traced, stream, by_node, run, emit, note, uses)
     _emit_key_biases(attention, producers, run, emit)
@@ -552,12 +561,39 @@ def _emit_classes(diag: Walk, rows, module: str, emit, *, label: str, only: froz
     return made_scale
 
 
-def _emit_permutation(perm: Walk, members: list[Producer], units: int, emit) -> None:
-    incoming = [slot for producer in members for slot in _rows(producer, 0, units)]
+def _fused_glu(run, producer: Producer, mode: Mode) -> tuple[Walk | None, frozenset[int] | None]:
+    """The walk from a producer whose output is two halves that gate each other, act(a) * b (a fused
+    gated linear unit: Phi-3's ``gate_up_proj`` split by ``chunk``, a mixture of experts' gate_up),
+    where the walk from all its units failed: DIAG from the half b that is not gated through the
+    nonlinearity, the other half left untransformed (unit i of b scales with column i of the map
+    reading the product); PERM with both halves carrying the same unit ids (unit i is rows i and
+    half + i). (The walk that succeeds (DIAG: either half tried as a), the units it transformed), else
+    (None, None)."""
+    half = producer.units // 2
+    if producer.units % 2 or half < 1:
+        return None, None
+    units = unit_index(shape(producer.node), producer.axis, producer.units)
+    if mode is Mode.PERM:
+        found = run({producer.node: units % half}, Mode.PERM, half)
+        return (found, frozenset(range(half))) if found.ok else (None, None)
+    for start in (half, 0):  # b the second half (Phi-3's chunk: gate, then up), else the first
+        found = run({producer.node: units.masked_fill((units < start) | (units >= start + half), -1)}, Mode.DIAG,
+                    producer.units)
+        if found.ok and not found.links.broken:
+            return found, frozenset(range(start, start + half))
+    return None, None
+
+
+def _emit_permutation(perm: Walk, members: list[Producer], units: int, emit, *, halves: int = 1) -> None:
+    """The permutation of ``units`` units a PERM walk found; ``halves`` = 2 for a fused gated unit, whose
+    unit i is rows i and units + i of its one producer."""
+    incoming = [slot for producer in members for h in range(halves) for slot in _rows(producer, h * units, (h + 1) * units)]
     slots = _permuted_slots(perm, units)
     if slots is None or not slots[1]:
         return
-    emit(Symmetry(Kind.PERMUTATION, f"permutation/{_module_of(members[0].weight)}", tuple(_merge(incoming + slots[0])),
+    # the halves' row blocks stay apart (merged, rows [0, 2 units) would be cut into blocks of two rows)
+    incoming = incoming + slots[0] if halves > 1 else _merge(incoming + slots[0])
+    emit(Symmetry(Kind.PERMUTATION, f"permutation/{_module_of(members[0].weight)}", tuple(incoming),
                   tuple(slots[1]), units=units))
 
 
@@ -918,6 +954,33 @@ def _emit_rotary_head_permutations(query_operand, key_operand, vo: list, by_node
         incoming = [*_rows(query, 0, query.units), *_rows(key, 0, key.units), *value_spans]
         emit(Symmetry(Kind.PERMUTATION, f"permutation/{module}/{'heads' if group == 1 else 'kv_groups'}",
                       tuple(incoming), tuple(column_spans), units=kv))
+
+
+def _emit_expert_permutations(traced: TracedModel, producers: list[Producer], by_node: dict, emit) -> None:
+    """A mixture of experts: the router's rows (its logits, one per expert) and every expert weight's
+    slice along the experts axis (dim 0 of a grouped product's 3-D weight, (experts, out, in)) permuted
+    together leave the routing, hence the output, unchanged: each token reaches the same experts, now
+    at other indices. The router is the one producer above the grouped products' expert offsets (the
+    counts of tokens per expert, from its top-k); the exact check confirms."""
+    sizes = {n.name: shape(n) for n in traced.graph.nodes if n.op == "placeholder"}
+    by_param = {name: sizes[node] for node, name in traced.parameters.items()}
+    routed: dict[Producer, list[Producer]] = {}
+    for producer in producers:
+        node = producer.node
+        if packet(node) not in GROUPED_PRODUCTS:
+            continue
+        offsets = node.args[2] if len(node.args) > 2 else node.kwargs.get("offs")
+        above = _first_above([offsets], lambda current: current in by_node and current is not node, 32) \
+            if isinstance(offsets, fx.Node) else None
+        router = by_node.get(above)
+        if router is not None and packet(router.node) not in GROUPED_PRODUCTS:
+            routed.setdefault(router, []).append(producer)
+    for router, experts in routed.items():
+        count = router.units
+        if count < 2 or any((by_param.get(p.weight) or (0,))[0] != count for p in experts):
+            continue
+        emit(Symmetry(Kind.PERMUTATION, f"permutation/{_module_of(experts[0].weight)}/experts",
+                      tuple(_rows(router, 0, count)), tuple(Slot(p.weight, 0, 0, count) for p in experts), units=count))
 
 
 def _emit_fused_head_permutations(fused: Producer, values: list, runs: list, d: int, emit) -> None:

@@ -48,7 +48,7 @@ from torch import Tensor, fx
 
 from .trace import TracedModel, packet
 
-__all__ = ["Mode", "Parity", "Producer", "Walk", "find_producers", "is_lookup", "norm_affine_sources", "parameter_uses",
+__all__ = ["GROUPED_PRODUCTS", "Mode", "Parity", "Producer", "Walk", "find_producers", "is_lookup", "norm_affine_sources", "parameter_uses",
            "stream_sources", "walk"]
 
 
@@ -88,6 +88,9 @@ _NORM_AXES = {"layer_norm": -1, "rms_norm": -1}
 _BATCH_NORM = {"batch_norm", "_native_batch_norm_legit", "native_batch_norm"}
 _CONV = {"conv1d", "conv2d", "conv3d", "convolution"}
 _COMPARE = {"gt", "ge", "lt", "le"}
+# a batched product of each row block with its own expert's weight, (tokens, in) x (experts, in, out) ->
+# (tokens, out): Hugging Face's mixture-of-experts layers (torch._grouped_mm and its CPU fallback)
+GROUPED_PRODUCTS = {"_grouped_mm", "grouped_mm_fallback"}
 
 
 @dataclass(frozen=True)
@@ -265,6 +268,9 @@ def find_producers(traced: TracedModel) -> list[Producer]:
             weight_arg, bias_arg, dims, x = args[2], args[0], (1, 0), args[1]
         elif kind in ("mm", "matmul") and len(shape(args[1]) or ()) == 2:
             weight_arg, bias_arg, dims, x = args[1], None, (1, 0), args[0]
+        elif kind in GROUPED_PRODUCTS and len(shape(args[1]) or ()) == 3:
+            # every expert's unit j is one unit: a symmetry acts on it in all experts alike
+            weight_arg, bias_arg, dims, x = args[1], None, (2, 1), args[0]
         elif kind in _CONV:
             transposed = kind == "convolution" and len(args) > 6 and args[6]
             if transposed:
@@ -410,6 +416,9 @@ def walk(traced: TracedModel, seeds: dict[fx.Node, Tensor], mode: Mode, *, logit
             if packet(node) in ("sub", "add") and len(tagged) == 2:
                 result.absorbed = True
             continue
+        if mode is not Mode.SHIFT and tag is not None and isinstance(tag.value, Tensor) \
+                and not tag.value.is_floating_point() and bool((tag.value < 0).all()):
+            continue  # no unit anywhere (the masked half of a fused projection): untransformed
         if tag is not None and result.ok:
             tags[node] = tag
     return result
@@ -497,8 +506,10 @@ def _step(node, tags, mode: Mode, result: Walk, traced: TracedModel, epsilons) -
         return _softmax(node, tag, mode, result)
     if kind in _NORM_AXES or kind in _BATCH_NORM or kind == "group_norm":
         return _norm(node, tags, mode, result, traced)
-    if kind in ("linear", "addmm", "mm", "matmul", "bmm") or kind in _CONV:
+    if kind in ("linear", "addmm", "mm", "matmul", "bmm") or kind in _CONV or kind in GROUPED_PRODUCTS:
         return _contraction(node, tags, mode, result, traced)
+    if kind in ("index", "index_select"):
+        return _index(node, tags, mode, result)
     if kind == "scaled_dot_product_attention":
         return _attention(node, tags, mode, result)
     if kind == "baddbmm":  # beta input + alpha (a @ b): scores with an additive bias (ALiBi, BLOOM)
@@ -513,7 +524,41 @@ def _step(node, tags, mode: Mode, result: Walk, traced: TracedModel, epsilons) -
         return _extreme(node, tags, mode, result, traced)
     if kind in ("prelu", "_prelu_kernel"):
         return _prelu(node, tags, mode, result, traced)
+    if kind == "topk" and mode is Mode.SHIFT:
+        return _topk_shift(node, tag, result)
     return result.fail(node, "an operation the analysis does not know") and None
+
+
+def _topk_shift(node, tag, result):
+    """The top k of scores shifted by c, constant along the top-k axis (a router's logits, one shift
+    for all experts): the same entries are kept, so the indices are unchanged and the values shift
+    by c. Any other shift can change which entries are kept."""
+    dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", -1)
+    value = tag.value
+    if not _constant_along(value, dim):
+        return result.fail(node, "a shift that varies along the top-k axis changes the entries kept") and None
+    values = value.narrow(dim, 0, 1).expand(tuple(node.meta["val"][0].shape)).clone()
+    return _Tag((values, torch.zeros(values.shape, dtype=torch.float64)), tag.degree)
+
+
+def _index(node, tags, mode, result):
+    """``x[i, j, ...]`` (``aten.index``) or ``index_select(x, dim, i)`` with untransformed indices on
+    axes along which the tag is constant (tokens gathered for an expert, or put back in order): the
+    same positions of the tag, read with any valid index (here 0)."""
+    kind = packet(node)
+    data = node.args[0]
+    if kind == "index":
+        indices, axes = list(node.args[1]), [a for a, i in enumerate(node.args[1]) if i is not None]
+    else:
+        indices, axes = [node.args[2]], [node.args[1] % len(shape(data) or (0,))]
+    if data not in tags or any(isinstance(i, fx.Node) and i in tags for i in indices):
+        return result.fail(node, "a transformed tensor used as an index") and None
+    value = tags[data].value
+    if not all(_constant_along(value, axis) for axis in axes):
+        return result.fail(node, "an index along the transformed units") and None
+    zeros = [torch.zeros(shape(i), dtype=torch.long) if isinstance(i, fx.Node) else None for i in indices]
+    picked = torch.ops.aten.index.Tensor(value, zeros) if kind == "index" else value.index_select(axes[0], zeros[0])
+    return _Tag(picked, tags[data].degree)
 
 
 def _only_first_tagged(node, tags) -> bool:
@@ -916,7 +961,7 @@ def _consume(node, tag, weight, kind, mode, result):
     name, order = weight
     if result.uses.get(name, 1) != 1:
         return result.fail(node, "reaches a weight that is also read elsewhere (tied)") and None
-    in_dim = order[1] if kind in ("linear",) or kind in _CONV else order[0]
+    in_dim = order[1] if kind in ("linear",) or kind in _CONV or kind in GROUPED_PRODUCTS else order[0]
     if filters:
         # a depthwise filter is its output channel's alone: the compensation 1/a_c goes on the rows
         # (dim 0) of the filters that read input channel c
