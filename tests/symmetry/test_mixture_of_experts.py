@@ -182,3 +182,28 @@ def test_a_mixture_written_from_scratch():
     rescales = [_slots(sym) for sym in found.of_kind(Kind.RESCALE) if sym.label.startswith("rescale/pool.1.inner")]
     assert {("pool.1.inner.weight", 0, 2, 3), ("pool.1.inner.bias", 0, 2, 3), ("pool.1.outer.weight", 1, 2, 3)} in rescales
     assert len(rescales) == 6
+
+
+def test_expert_charges_follow_the_discrete_law(tmp_path):
+    """The charges of symmetries acting on the experts' 3-d weights (slots along dims 1 and 2, the
+    experts axis whole) are summed and carried by the Monitor like any other: under SGD with momentum
+    and weight decay, 10 steps of Mixtral in float32, every law's relative error stays at float32
+    round-off (the exact discrete law of SGD is the truth; measured 4e-7 for the rescales)."""
+    torch.manual_seed(0)
+    config = transformers.MixtralConfig(vocab_size=VOCAB, hidden_size=16, intermediate_size=HIDDEN, num_hidden_layers=1,
+                                        num_attention_heads=2, num_key_value_heads=1, num_local_experts=EXPERTS,
+                                        num_experts_per_tok=2, max_position_embeddings=16, rms_norm_eps=1e-12)
+    model = transformers.MixtralForCausalLM(config)
+    ids = torch.randint(1, VOCAB, (4, 8), generator=torch.Generator().manual_seed(1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
+    with sw.Monitor(model, optimizer, tmp_path, example_input={"input_ids": ids}) as monitor:
+        assert any("experts" in sym.label for sym in monitor.symmetries.of_kind(Kind.RESCALE))
+        for _ in range(10):
+            loss = model(input_ids=ids, labels=ids).loss
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            values = monitor.step(loss)
+    for kind in ("translation", "scale", "rescale"):
+        assert values[f"charge_law_error/{kind}"] < 1e-5
+    assert values["charge_drift/rescale"] > 1e-2  # the charges moved: the law was put to the test
