@@ -59,8 +59,8 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, fx, nn
 
-from .flow import (GROUPED_PRODUCTS, Consumer, Mode, Producer, Walk, find_producers, is_lookup, norm_affine_sources,
-                   parameter_uses, shape, stream_sources, unit_index, walk)
+from .flow import (GROUPED_PRODUCTS, Consumer, Mode, Producer, Walk, biased_maps, find_producers, is_lookup,
+                   linear_inputs_reading, norm_affine_sources, parameter_uses, shape, stream_sources, unit_index, walk)
 from .group import (Kind, Slot, Symmetry, SymmetrySet, act, act_gl, act_rotation, permutation_generators, permute,
                     random_gl_element)
 from .trace import (EXACT_TOLERANCE, ExactEvaluator, TracedModel, TraceError, call_arguments, epsilon_nodes, export_model,
@@ -383,6 +383,7 @@ def _candidates(traced: TracedModel, logits: bool) -> tuple[list[Symmetry], dict
     where[0] = len(position)  # head permutations, the stream's scale and key biases: after the rest
     _emit_head_permutations(attention, emit, by_node)
     _emit_expert_permutations(traced, producers, by_node, emit)
+    _emit_tied_head_biases(traced, by_node, run, emit, uses)
     _emit_stream_scale(traced, stream, run, emit)
     _emit_stream_permutation(traced, stream, by_node, run, emit, note, uses)
     _emit_key_biases(attention, producers, run, emit)
@@ -653,7 +654,10 @@ def _stream_permutation(traced: TracedModel, stream: list[Producer], sources: li
     members = list(stream)
 
     def attempt(kept_sources):
-        seeds = {p.node: unit_index(shape(p.node), p.axis, p.units) for p in members}
+        return attempt_with(kept_sources, [])
+
+    def attempt_with(kept_sources, more):
+        seeds = {p.node: unit_index(shape(p.node), p.axis, p.units) for p in members + more}
         for node, _ in kept_sources:
             seeds[node] = unit_index(shape(node), len(shape(node)) - 1, units)
         return run(seeds, Mode.PERM, units, uses)
@@ -664,6 +668,17 @@ def _stream_permutation(traced: TracedModel, stream: list[Producer], sources: li
         if perm.ok or partner is None or partner in members or partner.units != units:
             break
         members.append(partner)
+    # a head tied to the embedding but reading a transform of the stream (BERT's masked-LM head: dense,
+    # activation, norm, then the tied decoder) reads the permuted columns too: where the transform's
+    # first map reads the stream, its units permute with the stream (its rows, its norm's parameters)
+    reached = {consumer.node: consumer for consumer in perm.consumers} if perm.ok else {}
+    heads = [_producer_behind(x, by_node) for name in tied for x in linear_inputs_reading(traced, name)]
+    heads = [p for p in dict.fromkeys(heads) if p is not None and p not in members and p.units == units
+             and p.node in reached]
+    if heads and (joint := attempt_with(sources, heads)).ok:
+        members.extend(heads)
+        joint.consumers.extend(reached[p.node] for p in heads)  # their columns, read from the stream
+        perm = joint
     if not perm.ok:
         failed = perm
         for left_out in list(sources):
@@ -954,6 +969,22 @@ def _emit_rotary_head_permutations(query_operand, key_operand, vo: list, by_node
         incoming = [*_rows(query, 0, query.units), *_rows(key, 0, key.units), *value_spans]
         emit(Symmetry(Kind.PERMUTATION, f"permutation/{module}/{'heads' if group == 1 else 'kv_groups'}",
                       tuple(incoming), tuple(column_spans), units=kv))
+
+
+def _emit_tied_head_biases(traced: TracedModel, by_node: dict, run, emit, uses: dict[str, int]) -> None:
+    """The bias of a linear map whose weight is tied (an output head reading the token embedding, so
+    not a producer): b -> b + c 1 shifts every logit alike, which a softmax absorbs (a SHIFT walk
+    from its output, constant along the units, as for a producer's bias)."""
+    generator = torch.Generator().manual_seed(3)
+    for node, bias in biased_maps(traced):
+        if node in by_node or uses.get(bias) != 1:
+            continue
+        out_shape = shape(node)
+        along = [*out_shape[:-1], 1]
+        probe = torch.randn(along, dtype=torch.float64, generator=generator).expand(out_shape)
+        shifted = run({node: probe}, Mode.SHIFT, out_shape[-1])
+        if shifted.ok and shifted.absorbed:
+            emit(Symmetry(Kind.TRANSLATION, f"translation/{_module_of(bias)}/bias", (Slot(bias, 0, 0, out_shape[-1]),)))
 
 
 def _emit_expert_permutations(traced: TracedModel, producers: list[Producer], by_node: dict, emit) -> None:

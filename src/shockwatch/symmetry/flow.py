@@ -48,7 +48,7 @@ from torch import Tensor, fx
 
 from .trace import TracedModel, packet
 
-__all__ = ["GROUPED_PRODUCTS", "Mode", "Parity", "Producer", "Walk", "find_producers", "is_lookup", "norm_affine_sources", "parameter_uses",
+__all__ = ["GROUPED_PRODUCTS", "Mode", "biased_maps", "linear_inputs_reading", "Parity", "Producer", "Walk", "find_producers", "is_lookup", "norm_affine_sources", "parameter_uses",
            "stream_sources", "walk"]
 
 
@@ -247,6 +247,34 @@ def parameter_uses(traced: TracedModel) -> dict[str, int]:
             if found:
                 uses[found[0]] = uses.get(found[0], 0) + 1
     return uses
+
+
+def linear_inputs_reading(traced: TracedModel, name: str) -> list[fx.Node]:
+    """The input operands of the linear maps (``linear``, ``addmm``, ``mm``, ``matmul``) whose weight is
+    parameter ``name`` (through casts and transposes): what a tied weight's other uses read."""
+    out = []
+    for node in traced.graph.nodes:
+        kind = packet(node)
+        if kind not in ("linear", "addmm", "mm", "matmul"):
+            continue
+        x, w = (node.args[1], node.args[2]) if kind == "addmm" else (node.args[0], node.args[1])
+        found = _param(w, traced) if isinstance(w, fx.Node) else None
+        if found is not None and found[0] == name and isinstance(x, fx.Node):
+            out.append(x)
+    return out
+
+
+def biased_maps(traced: TracedModel) -> list[tuple[fx.Node, str]]:
+    """(node, bias parameter) of every ``linear`` / ``addmm`` with a parameter bias: a producer's, or one
+    whose weight is tied (an output head reading the token embedding)."""
+    out = []
+    for node in traced.graph.nodes:
+        kind = packet(node)
+        bias = node.args[0] if kind == "addmm" else (node.args[2] if kind == "linear" and len(node.args) > 2 else None)
+        found = _param(bias, traced) if isinstance(bias, fx.Node) else None
+        if found is not None:
+            out.append((node, found[0]))
+    return out
 
 
 def _groups(node: fx.Node) -> int:
