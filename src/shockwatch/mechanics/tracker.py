@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import operator
 import weakref
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -218,8 +219,12 @@ class ConservationTracker:
         self.law = self._law()
         self._settings_key: tuple | None = None  # the optimizer settings _settings last converted
         self._settings_step = -1  # the step _settings last read them at
-        self._captured: tuple[int, tuple] | None = None  # (step, settings) taken by before_step
-        self._stepped = False  # whether before_step ran since the last update
+        # (settings, the blocks' inputs) taken by before_step, one per optimizer step not yet update()d:
+        # several where the caller defers its updates (``update(deferred=True)``), else at most one
+        self._pending: deque[tuple[tuple, dict | None]] = deque()
+        self._seen = False  # whether before_step ever ran (then an update() without one is a skipped step)
+        self._current: tuple[int, tuple] | None = None  # (step, settings) the update in progress reads
+        self._current_blocks: dict | None = None  # the blocks' inputs of the update in progress
         self._steps = laws.Steps()  # the laws' coefficients, per param group and setting
         params = self._params()
         self._views: dict[str, tuple[int, np.ndarray]] = {}  # translation params' NumPy views (CPU)
@@ -239,7 +244,6 @@ class ConservationTracker:
         self._split = {block: np.zeros(len(v), dtype=bool) for block, v in self._laws.items()}
         self._split_order: list[tuple[str, int]] = []
         self._split_continuous: dict[str, np.ndarray] = {}
-        self._block_inputs: dict | None = None  # the blocks' inputs measured by before_step, for update
         self._no_law_notes: dict[tuple[str, str], tuple[set, set]] = {}  # (law, reason) -> (groups, labels)
         self._noted: dict[str, tuple] = {}  # block -> the settings and flags _note_blocks last read
         self.no_law_version = 0
@@ -340,7 +344,8 @@ class ConservationTracker:
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
-        self._captured = None  # no step is seen from now on: every update() advances the laws
+        self._pending.clear()  # no step is seen from now on: every update() advances the laws
+        self._seen = False
 
     def _needs_upcast(self, t: Tensor) -> bool:
         # the C kernel sums float32 and float64 CPU tensors in float64; anything else the eager
@@ -374,19 +379,35 @@ class ConservationTracker:
         scheduler stepped before ``update()`` changes nothing) and, for the symmetries followed block
         by block, their inputs at theta_t. Registered as the optimizer's step pre-hook (``hook=True``);
         call it yourself right before ``optimizer.step()`` otherwise. Cheap where every symmetry reads
-        one param group: one read of the settings and of which gradients are None."""
-        self._captured = (self._step + 1, self._live_settings())
-        self._stepped = True
+        one param group: one read of the settings and of which gradients are None. A caller that
+        defers its ``update()`` calls (``update(deferred=True)``) may call this for several steps ahead
+        of them while ``can_run_ahead()`` holds."""
+        settings = self._live_settings()
+        self._seen = True
         if not self.law.startswith("sgd"):
+            self._pending.append((settings, None))
             return
         if len(self.optimizer.param_groups) != self._n_groups:
             self._map_groups()
         missing = [name for name, p in self._watch if p.grad is None]
         if missing:  # torch's SGD skips a parameter without gradient: no decay, no momentum
+            # the block laws start from the prediction now: a deferring caller updates every pending step
+            # first (can_run_ahead() is False here); entries still pending are a step the optimizer took
+            # twice before one update(), which takes the latest anyway
+            self._pending.clear()
             for block, columns in self._reading(set(missing)).items():
                 self._promote(block, columns, carry=True)
             self._refresh_watch()
-        self._block_inputs = self._measure_blocks() if not self.uniform else None
+        self._pending.append((settings, self._measure_blocks(settings) if not self.uniform else None))
+
+    def can_run_ahead(self) -> bool:
+        """Whether ``before_step()`` may run now with earlier steps' updates still pending: every
+        symmetry under one param group's law and every gradient it reads present (else the block laws
+        must start from the prediction of every step before, and the caller updates first)."""
+        if not self.law.startswith("sgd"):
+            return True
+        return self.uniform and len(self.optimizer.param_groups) == self._n_groups and \
+            all(p.grad is not None for _, p in self._watch)
 
     def _before_step_hook(self, optimizer, args, kwargs):
         """The optimizer's step pre-hook. Given a closure (LBFGS, Lightning) the gradients exist only
@@ -414,7 +435,7 @@ class ConservationTracker:
         if self._settings_step == self._step:  # read once a step
             return self._settings_values
         self._settings_step = self._step
-        captured = self._captured
+        captured = self._current
         key = captured[1] if captured is not None and captured[0] == self._step else self._live_settings()
         if key != self._settings_key:
             values = np.array(key, dtype=np.float64).reshape(-1, len(self._SETTINGS)).T
@@ -424,11 +445,17 @@ class ConservationTracker:
     @property
     def records_next(self) -> bool:
         """Whether the next ``update()`` records the charges (every ``record_every``-th step)."""
-        return (self._step + 1) % self.record_every == 0
+        return self.records_after(1)
+
+    def records_after(self, updates: int) -> bool:
+        """Whether the ``updates``-th ``update()`` from now records the charges (a caller deferring its
+        updates asks for the step it measures, that many updates ahead)."""
+        return (self._step + updates) % self.record_every == 0
 
     @torch.no_grad()
     def update(self, measured: tuple[Tensor, Tensor | None] | None = None,
-               charges: tuple[Tensor, Tensor] | None = None) -> None:
+               charges: tuple[Tensor, Tensor] | None = None, *, translation: tuple[Tensor, Tensor] | None = None,
+               deferred: bool = False) -> None:
         """Advance the predictions by the step just taken and record the charges (every record_every).
 
         For a caller that already makes its own passes over the tensors (the Monitor), in place of
@@ -441,33 +468,44 @@ class ConservationTracker:
         after a step the optimizer did not take (no ``before_step`` since the last update: a GradScaler
         skip) advances no law: it only records. Symmetries followed block by block read the inputs ``before_step`` measured, not
         ``measured``.
+
+        ``translation``: the translation groups' charges and sizes at the parameters after the step,
+        where the caller measured them (with ``charges``: nothing is read here).
+        ``deferred=True``: this update is for the oldest step ``before_step`` took and no update has
+        consumed yet (a caller that reads its sums off a GPU later, and updates step by step then);
+        by default, for the latest, any older ones dropped.
         """
         if self.law.startswith("sgd") and all(p.grad is None for _, p in self._named):
             raise RuntimeError("update() found no gradients: call it after optimizer.step() and before zero_grad()")
-        if (self._hook is not None or self._captured is not None) and not self._stepped:
+        if (self._hook is not None or self._seen) and not self._pending:
             # the optimizer did not step since the last update (a GradScaler skip): nothing moved
             self._step += 1
             if self._step % self.record_every == 0:
-                self._record(None, charges)
+                self._record(None, charges, translation)
             return
-        self._stepped = False
+        if self._pending:
+            settings, self._current_blocks = self._pending.popleft() if deferred else self._pending.pop()
+            if not deferred:
+                self._pending.clear()
+            self._current = (self._step + 1, settings)
         self._step += 1
         if self.law.startswith("sgd"):
             self._law_step(measured)
         if not self.uniform:
             self._advance_blocks()
         if self._step % self.record_every == 0:
-            self._record(None, charges)
+            self._record(None, charges, translation)
 
     def momentum_buffers(self) -> dict[str, Tensor] | None:
         """The optimizer's momentum buffers of the scale/rescale parameters (None before the first
         step), for a caller that measures <b_A, g_A> itself before the step (``update(measured=)``).
         The same dict while the optimizer holds the same buffer objects (updated in place) and none
-        needed a float64 copy."""
-        if not self._buffers_started:
-            return None
+        needed a float64 copy. Read from the optimizer's state, not from the updates done: a caller
+        deferring its updates gets the buffers the step it measures uses."""
         state = self.optimizer.state
         found = [state[p].get("momentum_buffer") if p in state else None for _, p in self._quadratic]
+        if all(buffer is None for buffer in found):
+            return None
         cached = self._buffer_dict
         if cached is not None and len(found) == len(cached[0]) and all(map(operator.is_, found, cached[0])):
             return cached[1]
@@ -546,7 +584,7 @@ class ConservationTracker:
             self._blocks.continuous_lost(block, lost, added)  # the parts just added: the others keep their own
         self._sync_blocks()
 
-    def _measure_blocks(self) -> dict[str, dict[str, np.ndarray]]:
+    def _measure_blocks(self, settings: tuple) -> dict[str, dict[str, np.ndarray]]:
         """Before the step, per block and part: X_B, G_B, C_B and the flags (moves, known, has_buffer)
         and param group of each part (see ``blocks``)."""
         blocks, state = self._blocks, self.optimizer.state
@@ -560,8 +598,7 @@ class ConservationTracker:
             buffer = state[p].get("momentum_buffer") if p in state else None
             flags[name] = (self._group_of_param[name], p.grad is not None, p.grad is not None or p.requires_grad,
                            buffer is not None)
-        settings = np.array(self._captured[1] if self._captured is not None else self._live_settings()).reshape(
-            -1, len(self._SETTINGS))
+        settings = np.array(settings).reshape(-1, len(self._SETTINGS))
         inputs = {}
         for block in _BLOCKS:
             names = blocks.param[block]
@@ -617,7 +654,7 @@ class ConservationTracker:
                        {int(g) for g in entry["group"][parts] if g >= 0}, [labels[i] for i in np.flatnonzero(parts)])
 
     def _advance_blocks(self) -> None:
-        inputs, self._block_inputs = self._block_inputs, None
+        inputs, self._current_blocks = self._current_blocks, None
         if inputs is None:
             raise RuntimeError("some symmetries are followed block by block (param groups, frozen parameters): "
                                "call tracker.before_step() right before optimizer.step() (this optimizer has no "
@@ -703,17 +740,20 @@ class ConservationTracker:
         return views
 
     def _charges_and_sizes(self, params: Mapping[str, Tensor] | None,
-                           quadratic: tuple[Tensor | np.ndarray, Tensor | np.ndarray] | None = None
+                           quadratic: tuple[Tensor | np.ndarray, Tensor | np.ndarray] | None = None,
+                           translation: tuple[Tensor | np.ndarray, Tensor | np.ndarray] | None = None
                            ) -> tuple[dict[str, Tensor | np.ndarray], dict[str, Tensor | np.ndarray]]:
         """Per block, each group's charge and size (|theta_A|^2, |theta_A1|^2 + |theta_A2|^2, sum |theta_A|);
-        ``quadratic``: the signed and unsigned (theta, theta) sums where the caller has them (then
-        ``params`` may be None)."""
+        ``quadratic``: the signed and unsigned (theta, theta) sums, ``translation`` the translation
+        charges and sizes, where the caller has them (with both, ``params`` may be None)."""
         if quadratic is None:
             params = self._params() if params is None else params
             quadratic = self.symmetries.quadratic_sums([(params, params)], unsigned=True, compile=self._compile)[:, 0]
         signed, unsigned = quadratic
-        views = self._translation_views()
-        if views is not None:
+        views = None if translation is not None else self._translation_views()
+        if translation is not None:
+            charge, size = translation
+        elif views is not None:
             charge = self.symmetries.host_charges(Kind.TRANSLATION, views)
             size = self.symmetries.host_charges(Kind.TRANSLATION, views, absolute=True)
         else:
@@ -722,10 +762,11 @@ class ConservationTracker:
             size = self.symmetries.charges(Kind.TRANSLATION, params, absolute=True)
         return {"translation": charge, "quadratic": signed}, {"translation": size, "quadratic": unsigned}
 
-    def _record(self, params: Mapping[str, Tensor] | None, quadratic: tuple[Tensor, Tensor] | None = None) -> None:
+    def _record(self, params: Mapping[str, Tensor] | None, quadratic: tuple[Tensor, Tensor] | None = None,
+                translation: tuple[Tensor, Tensor] | None = None) -> None:
         """Append (step, rows) with rows = charge, size[, discrete[, continuous]] over all groups
         (translation, scale, rescale): one small tensor per recorded step, split in report()."""
-        rows = list(self._charges_and_sizes(params, quadratic))
+        rows = list(self._charges_and_sizes(params, quadratic, translation))
         if self.law.startswith("sgd"):
             momentum = self.law == "sgd-momentum"
             rows.append({block: state.q for block, state in self._laws.items()})

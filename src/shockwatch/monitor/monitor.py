@@ -48,9 +48,10 @@ import math
 import shutil
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from operator import attrgetter
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -61,6 +62,7 @@ from torch import Tensor, nn
 from ..mechanics import ConservationTracker, unwrapped_optimizer
 from ..quotient import horizontal_projector
 from ..symmetry import Kind, SymmetrySet, _native, find_symmetries, sharded
+from ..symmetry.group import FusedSums
 from ._preserved import preserved
 from .attention import attention_observables, gl_invariants
 from .curvature import CURVATURE_PATH, adam_preconditioner, curvature, update_curvature
@@ -103,15 +105,15 @@ class Schedule:
     def __post_init__(self) -> None:
         if not isinstance(self.early, bool):
             raise ValueError(f"schedule.early must be True or False, got {self.early!r}")
-        for field in fields(self):
-            if field.name == "early":
+        for entry in fields(self):
+            if entry.name == "early":
                 continue
-            every = getattr(self, field.name)
-            if every is None and field.name != "charges":
+            every = getattr(self, entry.name)
+            if every is None and entry.name != "charges":
                 continue
             if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-                accepted = "a positive int" + ("" if field.name == "charges" else " or None")
-                raise ValueError(f"schedule.{field.name} must be {accepted}, got {every!r}")
+                accepted = "a positive int" + ("" if entry.name == "charges" else " or None")
+                raise ValueError(f"schedule.{entry.name} must be {accepted}, got {every!r}")
 
     def due(self, name: str, step: int) -> bool:
         every = getattr(self, name)
@@ -198,6 +200,100 @@ def _rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
+class _PreSums(NamedTuple):
+    """The pre-step pass's sums (``Monitor._pass_sums``): on the device until read where deferred."""
+
+    fused: FusedSums
+    pairs: int  # 0 (no scale or rescale group), 1 (<theta, g>), 2 (+ |g_A|^2), 3 (+ <b_A, g_A>)
+    law: str  # the tracker's law ("none" without one)
+    extra: dict  # host values computed at the step (the quotient gradient norm, where due)
+
+
+class _PostSums(NamedTuple):
+    """The post-step pass's sums (``Monitor._post_sums``)."""
+
+    fused: FusedSums
+    record: bool  # whether the charges' (theta, theta) sums are among them
+    have: bool  # whether theta_t was copied (the update is measured against it)
+    translation: tuple | None  # the translation charges and sizes (deferred), else None
+    extra: dict  # host values computed at the step (the quotient update norm, where due)
+
+
+@dataclass
+class _Pending:
+    """One step's measurements: its loss, the settings it used, both passes' sums and the scheduled
+    routines' values; in deferred mode held until the flush reads the sums off the device."""
+
+    step: int
+    loss: Tensor | float | None
+    settings: list[dict] | None
+    pre: _PreSums | None = None
+    pre_values: dict = field(default_factory=dict)  # host values known at the step (see _observe_before)
+    post: _PostSums | None = None
+    scheduled: dict = field(default_factory=dict)
+
+
+def _read_to_host(pending: list[_Pending]) -> None:
+    """Every tensor the pending steps hold, read to the host in one copy (through pinned memory, non
+    blocking, from a GPU; one synchronisation for all of them) and put back as float64 NumPy arrays."""
+    slots: list[tuple[object, str, Tensor]] = []  # (holder, field, tensor)
+
+    def collect(holder, name, value):
+        if isinstance(value, Tensor):
+            slots.append((holder, name, value))
+
+    for measured in pending:
+        collect(measured, "loss", measured.loss)
+        for raw, fused in ((measured.pre, measured.pre and measured.pre.fused), (measured.post, measured.post and measured.post.fused)):
+            if fused is None:
+                continue
+            for name in FusedSums._fields:
+                collect(fused, name, getattr(fused, name))
+            if isinstance(raw, _PostSums) and raw.translation is not None:
+                collect(raw, "translation0", raw.translation[0])
+                collect(raw, "translation1", raw.translation[1])
+    if not slots:
+        return
+    by_device: dict[torch.device, list[int]] = {}
+    for index, (_, _, tensor) in enumerate(slots):
+        by_device.setdefault(tensor.device, []).append(index)
+    host: list[np.ndarray | None] = [None] * len(slots)
+    for device, indices in by_device.items():
+        flat = torch.cat([slots[i][2].detach().reshape(-1).to(torch.float64) for i in indices])
+        if device.type == "cuda":
+            try:
+                staging = torch.empty(flat.shape, dtype=torch.float64, pin_memory=True)
+                staging.copy_(flat, non_blocking=True)
+                torch.cuda.current_stream(device).synchronize()
+            except RuntimeError:  # no pinned memory here: an ordinary copy reads the same values
+                staging = flat.cpu()
+        else:
+            staging = flat
+        values = staging.numpy()
+        offset = 0
+        for i in indices:
+            tensor = slots[i][2]
+            host[i] = values[offset:offset + tensor.numel()].reshape(tensor.shape).copy()
+            offset += tensor.numel()
+    replaced: dict[int, dict[str, np.ndarray]] = {}
+    for (holder, name, _), value in zip(slots, host):
+        replaced.setdefault(id(holder), {})[name] = value
+    for measured in pending:
+        if id(measured) in replaced:
+            measured.loss = replaced[id(measured)]["loss"]
+        for attr in ("pre", "post"):
+            raw = getattr(measured, attr)
+            if raw is None:
+                continue
+            fields_now = replaced.get(id(raw.fused), {})
+            fused = raw.fused._replace(**fields_now) if fields_now else raw.fused
+            update = {"fused": fused}
+            own = replaced.get(id(raw), {})
+            if "translation0" in own:
+                update["translation"] = (own["translation0"], own["translation1"])
+            setattr(measured, attr, raw._replace(**update))
+
+
 class Monitor:
     """``mon.step(loss)`` after each ``optimizer.step()`` (before ``zero_grad``); ``close()`` at the end
     (or use it as a context manager).
@@ -261,7 +357,8 @@ class Monitor:
                  resume: bool = False, tensorboard: bool = True, sinks: Sequence[Sink] = (),
                  curvature_tol: float = 1e-6, curvature_warm: bool = False, compile: bool = False,
                  warnings: Sequence[Rule] | None = None,
-                 on_warning: Callable[[EarlyWarning], object] | None = None, controller=None) -> None:
+                 on_warning: Callable[[EarlyWarning], object] | None = None, controller=None,
+                 deferred: bool | None = None, flush_every: int = 64) -> None:
         schedule = Schedule() if schedule is None else schedule
         if not isinstance(schedule, Schedule):
             raise TypeError(f"schedule must be a shockwatch.monitor.Schedule, got {type(schedule).__name__}")
@@ -272,6 +369,13 @@ class Monitor:
         if controller is not None and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             raise ValueError("controller= runs on one process only for now: under torch.distributed its decisions "
                              "(taken on rank 0, where the warnings are) would have to reach every rank")
+        if deferred is not None and not isinstance(deferred, bool):
+            raise TypeError(f"deferred must be True, False or None (on a GPU), got {deferred!r}")
+        if isinstance(flush_every, bool) or not isinstance(flush_every, int) or flush_every < 1:
+            raise ValueError(f"flush_every must be a positive int (steps held on the device between reads), got {flush_every!r}")
+        if deferred and controller is not None:
+            raise ValueError("controller= acts on each step's warnings as it trains, which deferred=True computes only at "
+                             "the next flush: pass deferred=False (or flush_every=1)")
         if warnings is not None and not all(isinstance(rule, Rule) for rule in warnings):
             raise TypeError("warnings must be a sequence of shockwatch.monitor.warnings.Rule (Approach, Crossing, "
                             f"SigmaSpike, ...), got {[type(rule).__name__ for rule in warnings]}")
@@ -301,6 +405,9 @@ class Monitor:
         self._inputs_finite = True  # whether the pre-step pass's sums (theta, g, momentum buffer) were finite
         self._horizontal = None  # P_H at theta_t on steps the quotient norms are due
         self._measured = None  # the tracker's per-step inputs, from the pre-step pass
+        self._pending: list[_Pending] = []  # deferred steps whose sums are still on the device
+        self._pre_raw: _PreSums | None = None  # this step's pre-step sums, deferred
+        self.flush_every = flush_every
         self.store, self.sinks, self.tracker, self.symmetries, self._hook = None, [], None, None, None
         self._step = 0
         self._all_symmetries = None
@@ -318,6 +425,11 @@ class Monitor:
         self._sharded = any(sharded.is_sharded(p) for _, p in self._named)
         if self._sharded:
             _check_sharded(schedule, symmetries, example_input)
+            if deferred:
+                raise ValueError("deferred=True is not available under FSDP2 (its sums are all-reduced as they are "
+                                 "computed): pass deferred=False")
+        on_gpu = bool(self._params) and self._params[0].device.type == "cuda"
+        self.deferred = (on_gpu and not self._sharded and controller is None) if deferred is None else deferred
         if self.rank != 0 and not self._sharded:  # computed once, on rank 0: other ranks only take part in the loss average
             return
         path = self.log_dir / "run.sqlite"
@@ -507,7 +619,9 @@ class Monitor:
 
     def _rebind(self, why: str) -> None:
         """``_bind`` again mid-run, with an event; where the laws cannot be rebuilt (an error from the
-        tracker) the run goes on with the raw observables, and the event says why."""
+        tracker) the run goes on with the raw observables, and the event says why. Deferred steps are
+        flushed first, under the laws they were measured for."""
+        self.flush()
         self._bind_parameters()
         try:
             self._bind()
@@ -528,6 +642,7 @@ class Monitor:
         monitor's start; a "rebound" event marks the step. Wrappers holding ``.optimizer`` are unwrapped."""
         self._check_open("attach")
         optimizer = _unwrap(optimizer)
+        self.flush()  # the steps held so far, under the old optimizer's settings
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
@@ -553,21 +668,59 @@ class Monitor:
         since the last one is a step the optimizer skipped (a GradScaler's, with non-finite gradients:
         a "skipped-step" event, the laws skip it too); with finite gradients and no step it is a
         misuse (per micro-batch under gradient accumulation, or a new optimizer not ``attach``-ed),
-        which raises RuntimeError after an event that says which."""
+        which raises RuntimeError after an event that says which.
+
+        With ``deferred`` (the default on a GPU) the step's sums stay on the device and this returns
+        {}: every ``flush_every`` steps (and at ``flush()`` and ``close()``) they are read in one copy
+        and each step's values are computed, logged and given to the warning rules then, in order."""
         self._check_open("step")
         if isinstance(loss, Tensor) and loss.numel() != 1:
             raise ValueError(f"mon.step(loss) takes the step's scalar loss (a one-element tensor or a float), got a "
                              f"tensor of shape {tuple(loss.shape)}: pass the reduced loss (loss.mean())")
         self._step += 1
-        value = self._mean_loss(loss)
-        if self.rank != 0 and not self._sharded:
+        other_rank = self.rank != 0 and not self._sharded
+        if self.deferred and not (other_rank and self.raise_on_nonfinite):
+            value = self._mean_loss(loss, host=False)
+            if other_rank:  # it took part in the loss average; rank 0 computes the rest
+                return {}
+        else:
+            value = self._mean_loss(loss)
+        if other_rank:
             if self.raise_on_nonfinite and not (math.isfinite(value) and self._grads_finite()):
                 raise FloatingPointError(f"step {self._step}: non-finite loss or gradient on rank {self.rank}")
             return {"loss": value}
         pre, self._pre = self._pre, None
+        raw, self._pre_raw = self._pre_raw, None
         settings, self._settings_at_step = self._settings_at_step, None
         if pre is None:  # the optimizer did not step
-            return self._not_stepped(value)
+            self.flush()
+            return self._not_stepped(float(value))
+        if self.deferred:
+            self._defer(value, pre, raw, settings, batch)
+            self._versions = list(map(_version, self._stepped_params))
+            if len(self._pending) >= self.flush_every:
+                self.flush()
+            return {}
+        values = self._finish(value, pre, settings, self._now(batch, settings))
+        self._versions = list(map(_version, self._stepped_params))
+        return values
+
+    def _now(self, batch, settings) -> _Pending:
+        """What this step measures on the device after the optimizer step (the post-step pass) and
+        the scheduled routines' values, at the step."""
+        measured = _Pending(self._step, None, settings)
+        with _settings_restored(self.optimizer, settings):  # the laws read the settings the step used
+            if not self._failed:  # after a failed pre-step pass: the raw values only, and no law advances
+                try:
+                    measured.post = self._post_sums()
+                except Exception as error:  # the run goes on; the laws start again at the next step
+                    self._fail(self._step, error)
+            measured.scheduled = self._scheduled(batch)
+        return measured
+
+    def _finish(self, value: float, pre: dict, settings, measured: _Pending) -> dict[str, float]:
+        """The step's values from its measurements (host arithmetic: the laws advance, the rules run),
+        logged. ``measured.post`` None: the post-step pass failed or did not run."""
         if not math.isfinite(value) or self._nonfinite_at == self._step:
             if self._nonfinite_at != self._step:  # a non-finite loss; the gradient's event is written already
                 self._event(self._step, "nonfinite", f"loss {value}, |g| {pre['grad_norm']}")
@@ -576,34 +729,75 @@ class Monitor:
             # the laws skip the step: what it did to the parameters is not a law's to predict
             values = {"loss": value, "grad_norm": pre["grad_norm"], "lr": self._lr(settings), **self._control_values()}
             self._write(values)
-            self._versions = list(map(_version, self._stepped_params))
             return values
         values = {"loss": value, **pre, "lr": self._lr(settings), **self._control_values()}
-        with _settings_restored(self.optimizer, settings):  # the laws read the settings the step used
-            if not self._failed:  # after a failed pre-step pass: the raw values only, and no law advances
+        if measured.post is not None:
+            with _settings_restored(self.optimizer, settings):
                 try:
-                    values.update(self._post_step())
+                    values.update(self._post_values(measured.post))
                 except Exception as error:  # the run goes on; the laws start again at the next step
                     self._fail(self._step, error)
-            if self._path_norm and self.schedule.due("quotient", self._step):
-                values.update(self._optional("path_norm", lambda: {"path_norm": path_norm(self.model, self._input_shape)}))
-            if self.schedule.due("curvature", self._step) and batch is not None and self.symmetries is not None:
-                values.update(self._curvature(batch))
-            if (self.schedule.due("update_curvature", self._step) and batch is not None and self.symmetries is not None
-                    and self._have_before and self._before is not None):
-                values.update(self._optional("update_curvature", lambda: self._update_curvature(batch)))
-        if self.schedule.due("attention", self._step):
-            if batch is not None:
-                values.update(self._optional("attention", lambda: attention_observables(self.model, batch[0])))
-            if self.symmetries is not None and self.symmetries.of_kind(Kind.GL):  # any model's heads, no batch
-                values.update(self._optional("gl-invariants", lambda: gl_invariants(self.symmetries, self._named_params)))
+        values.update(measured.scheduled)
         # one conversion for every value still held as a tensor (a single device sync on a GPU)
         held = [name for name, v in values.items() if isinstance(v, Tensor)]
         if held:
             values.update(zip(held, torch.stack([values[name].double() for name in held]).tolist()))
         self._write(values)
-        self._versions = list(map(_version, self._stepped_params))
         return values
+
+    def _scheduled(self, batch) -> dict[str, float]:
+        """The routines due at this step (quotient path norm, curvature, update curvature, attention),
+        computed now, at theta_{t+1} (host values: each is a sync on a GPU, on the steps it is due)."""
+        values: dict[str, float] = {}
+        if self._path_norm and self.schedule.due("quotient", self._step):
+            values.update(self._optional("path_norm", lambda: {"path_norm": path_norm(self.model, self._input_shape)}))
+        if self.schedule.due("curvature", self._step) and batch is not None and self.symmetries is not None:
+            values.update(self._curvature(batch))
+        if (self.schedule.due("update_curvature", self._step) and batch is not None and self.symmetries is not None
+                and self._have_before and self._before is not None):
+            values.update(self._optional("update_curvature", lambda: self._update_curvature(batch)))
+        if self.schedule.due("attention", self._step):
+            if batch is not None:
+                values.update(self._optional("attention", lambda: attention_observables(self.model, batch[0])))
+            if self.symmetries is not None and self.symmetries.of_kind(Kind.GL):  # any model's heads, no batch
+                values.update(self._optional("gl-invariants", lambda: gl_invariants(self.symmetries, self._named_params)))
+        return values
+
+    def _defer(self, loss, pre: dict, raw: _PreSums | None, settings, batch) -> None:
+        """Hold this step's measurements (device tensors) for the next flush."""
+        measured = self._now(batch, settings)
+        measured.loss, measured.pre, measured.pre_values = loss, raw, pre
+        self._pending.append(measured)
+
+    def flush(self) -> dict[int, dict[str, float]]:
+        """Read every step held on the device (deferred mode) in one copy to the host, then compute,
+        log and give to the warning rules each step's values, in order. Returns them by step ({}
+        when nothing was held). Called every ``flush_every`` steps, before the laws are rebuilt, and at
+        ``close()``; call it to read the values of the steps so far."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return {}
+        _read_to_host(pending)
+        out = {}
+        now = self._step
+        try:
+            for measured in pending:
+                self._step = measured.step  # the events and rows of a step carry its own number
+                out[measured.step] = self._resolve(measured)
+        finally:
+            self._step = now
+        return out
+
+    def _resolve(self, measured: _Pending) -> dict[str, float]:
+        """A deferred step, its sums now on the host: the pre-step pass's values (and its non-finite
+        check, which deferred mode makes here, after the optimizer applied the step), then ``_finish``."""
+        pre = measured.pre_values
+        if measured.pre is not None:
+            self._pre_values(measured.pre)
+            pre = {**self._pre, **pre}
+            self._pre = None
+            self._check_finite_before(measured.step, pre["grad_norm"])
+        return self._finish(float(measured.loss), pre, measured.settings, measured)
 
     def _not_stepped(self, value: float) -> dict[str, float]:
         """``step()`` where the optimizer took no step since the last call (see ``step``)."""
@@ -661,13 +855,16 @@ class Monitor:
         kind = "preconditioned_" if found.preconditioned else ""
         return {f"update_curvature/{kind}raw": found.raw, f"update_curvature/{kind}quotient": found.quotient}
 
-    def _mean_loss(self, loss: Tensor | float) -> float:
+    def _mean_loss(self, loss: Tensor | float, *, host: bool = True) -> float | Tensor:
+        """The loss averaged over ranks; ``host=False``: as a tensor where it was computed (no sync)."""
         if not (dist.is_available() and dist.is_initialized()):
+            if not host and isinstance(loss, Tensor):
+                return loss.detach().reshape(()).clone()
             return loss.item() if isinstance(loss, Tensor) else float(loss)
         # every rank must call this in the same step: it is the one collective of the monitor
         total = loss.detach().clone().reshape(()) if isinstance(loss, Tensor) else torch.tensor(float(loss))
         dist.all_reduce(total)
-        return float(total) / dist.get_world_size()
+        return float(total) / dist.get_world_size() if host else total / dist.get_world_size()
 
     def _grads_finite(self) -> bool:
         return all(bool(torch.isfinite(p.grad).all()) for _, p in self._named if p.grad is not None)
@@ -696,8 +893,9 @@ class Monitor:
         return (args[0], closure_then_pass, *args[2:]), kwargs
 
     def _observe_before(self) -> None:
-        """The pre-step pass (``_pass``); a non-finite gradient is recorded here, at the step
-        it appears in, and with ``raise_on_nonfinite`` raised here, before the optimizer applies it."""
+        """The pre-step pass (``_pass_sums``); a non-finite gradient is recorded here, at the step
+        it appears in, and with ``raise_on_nonfinite`` raised here, before the optimizer applies it
+        (deferred: at the flush, from the sums read then)."""
         step = self._step + 1
         if (len(self.optimizer.param_groups) != self._group_count or not all(map(_requires_grad, self._params))
                 or any(map(_requires_grad, self._frozen_held))):
@@ -710,16 +908,27 @@ class Monitor:
         self._inputs_finite = True
         try:
             if self.tracker is not None:  # the settings this step uses, and the inputs of block-by-block laws
+                if self._pending and not self.tracker.can_run_ahead():
+                    self.flush()  # the block laws start from every earlier step's prediction
                 self.tracker.before_step()
             if self._failed:  # the last step's pass failed: its law missed a step, so start the laws again
                 self._failed = False
                 self._rebind(f"step {step}: after the monitor's error")
-            self._pass()
+            raw = self._pass_sums()
+            if self.deferred:
+                self._pre, self._pre_raw = raw.extra, raw
+                return
+            self._pre_values(raw)
+            self._pre.update(raw.extra)
         except Exception as error:  # inside optimizer.step(): our error must not end the user's run
             self._fail(step, error)
             grads = [p.grad for p in self._params if p.grad is not None]
-            self._pre = {"grad_norm": _total_norm(grads) if grads else 0.0}
-        grad_norm = self._pre["grad_norm"]
+            self._pre, self._pre_raw = {"grad_norm": _total_norm(grads) if grads else 0.0}, None
+        self._check_finite_before(step, self._pre["grad_norm"])
+
+    def _check_finite_before(self, step: int, grad_norm: float) -> None:
+        """A non-finite gradient (or parameter or momentum buffer) at ``step``: a "nonfinite" event,
+        the laws skip the step, and with ``raise_on_nonfinite`` FloatingPointError."""
         if not (math.isfinite(grad_norm) and self._inputs_finite):
             # |g| finite with a non-finite sum: a parameter or a momentum buffer is (a loaded state)
             what = "gradient" if not math.isfinite(grad_norm) else "parameter or momentum buffer"
@@ -727,8 +936,10 @@ class Monitor:
             self._event(step, "nonfinite", f"non-finite {what} before the optimizer step (|g| {grad_norm})")
             if self.raise_on_nonfinite:
                 self._pre = None
+                applied = "the parameters are unchanged" if not self.deferred else \
+                    "deferred: seen at the flush, after the optimizer applied it"
                 raise FloatingPointError(f"step {step}: non-finite {what} (|g| {grad_norm}) before the optimizer "
-                                         "step: the parameters are unchanged")
+                                         f"step: {applied}")
 
     def _theta_copies(self) -> list[Tensor]:
         """The tensors theta_t is copied into before each step, one per observed parameter, of its
@@ -754,10 +965,12 @@ class Monitor:
         return self._before
 
     @torch.no_grad()
-    def _pass(self) -> None:
+    def _pass_sums(self) -> _PreSums:
         """The pre-step pass at (theta_t, g_t, b_t): |g|, <theta_A, g_A> (gradient breaking) and the
         tracker's inputs |g_A|^2 and <b_A, g_A>, in one ``SymmetrySet.fused_sums`` pass; and the copy
-        of theta_t that the update is measured against after the step."""
+        of theta_t that the update is measured against after the step. On the device where
+        ``deferred``; ``_pre_values`` turns them into values on the host. The quotient gradient norm,
+        where due, is computed here (a host solve)."""
         self._horizontal = None
         self._measured = None
         # the parameters themselves, not detached views: every use below is under no_grad, and a
@@ -785,33 +998,42 @@ class Monitor:
         copy_into = self._before_named if pairs else None
         if len(pairs) > 1:  # |g|^2 = the (g, g) pair's whole sum plus the parameters no group touches
             fused = self._sums(pairs, norms=(([grads[i] for i in self._rest], None),), copy_into=copy_into)
-            signed, whole, norms = fused.signed, fused.whole, fused.norms
-            grad_norm = math.sqrt(max(float(whole[1] + norms[0] ** 2), 0.0))
         else:
             fused = self._sums(pairs, norms=((grads, None),), copy_into=copy_into)
-            signed, norms = fused.signed, fused.norms
-            grad_norm = float(norms[0])
-        self._pre = pre = {"grad_norm": grad_norm}
-        self._have_before = math.isfinite(grad_norm)
-        # theta, the gradient and the momentum buffer all enter the sums: one check covers the three
-        self._inputs_finite = not pairs or bool(np.isfinite(signed).all())
-        if not self._have_before:
-            return
-        if pairs:
-            if law.startswith("sgd"):
-                self._measured = (signed[1], signed[2] if len(pairs) > 2 else None)
-            # |xi_k|^2 = the group's size at the tracker's last record: at most Schedule.charges
-            # steps old, which only rescales a ratio that is ~0 (exact symmetry) or O(1) (broken)
-            for kind, columns in self._breaking_slices:
-                pre[f"gradient_breaking/{kind.value}"] = _max_ratio(signed[0][columns], None,
-                                                                    self._root_sizes[columns], grad_norm)
+        self._have_before = True  # theta_t is copied (its finiteness is read with the sums)
+        extra = {}
         if syms is not None and self.schedule.due("quotient", self._step + 1) and not self._sharded:
             # one projector at theta_t serves the gradient now and the update after the step
             named_params = self._named_params
             with threadpool_limits(limits=1, user_api="blas"):  # beside torch's threads (curvature.curvature)
                 self._horizontal = horizontal_projector(syms, {name: p.cpu() for name, p in named_params.items()},
                                                         rtol=1e-7, max_iterations=500)
-            pre["grad_norm/quotient"] = self._horizontal_norm(grads)
+            extra["grad_norm/quotient"] = self._horizontal_norm(grads)
+        return _PreSums(fused, len(pairs), law, extra)
+
+    def _pre_values(self, raw: _PreSums) -> None:
+        """``_pass_sums``' sums on the host: ``self._pre`` = {grad_norm, gradient_breaking/<kind>},
+        the tracker's inputs (``self._measured``) and whether the sums were finite."""
+        fused, pairs = raw.fused, raw.pairs
+        signed, norms = fused.signed, fused.norms
+        if pairs > 1:
+            grad_norm = math.sqrt(max(float(fused.whole[1] + norms[0] ** 2), 0.0))
+        else:
+            grad_norm = float(norms[0])
+        self._pre = pre = {"grad_norm": grad_norm}
+        self._have_before = math.isfinite(grad_norm)
+        # theta, the gradient and the momentum buffer all enter the sums: one check covers the three
+        self._inputs_finite = not pairs or bool(np.isfinite(signed).all())
+        self._measured = None
+        if not self._have_before or not pairs:
+            return
+        if raw.law.startswith("sgd"):
+            self._measured = (signed[1], signed[2] if pairs > 2 else None)
+        # |xi_k|^2 = the group's size at the tracker's last record: at most Schedule.charges
+        # steps old, which only rescales a ratio that is ~0 (exact symmetry) or O(1) (broken)
+        for kind, columns in self._breaking_slices:
+            pre[f"gradient_breaking/{kind.value}"] = _max_ratio(signed[0][columns], None,
+                                                                self._root_sizes[columns], grad_norm)
 
     def _sums(self, pairs, *, unsigned: bool = False, norms=(), copy_into=None, moved_from=None):
         """``SymmetrySet.fused_sums`` (compiled where asked and possible; an empty set without symmetries)."""
@@ -826,8 +1048,9 @@ class Monitor:
 
             pairs = [(exact(x), exact(y)) for x, y in pairs]
             norms = tuple(([t.double() for t in a], None if b is None else [t.double() for t in b]) for a, b in norms)
-        # host=True: NumPy arrays, no torch call per field (the C kernel's output is on the host already)
-        extra = {"copy_into": copy_into, "moved_from": moved_from, "host": True}
+        # host=True: NumPy arrays, no torch call per field (the C kernel's output is on the host already);
+        # deferred: tensors where they were summed, read at the flush
+        extra = {"copy_into": copy_into, "moved_from": moved_from, "host": not self.deferred}
         if self._compile:
             try:
                 return kernel_set.fused_sums(pairs, unsigned=unsigned, norms=norms, compile=True, **extra)
@@ -847,12 +1070,15 @@ class Monitor:
             return math.nan
 
     @torch.no_grad()
-    def _post_step(self) -> dict[str, float]:
+    def _post_sums(self) -> _PostSums:
         """After the step, at theta_{t+1}: |theta_{t+1}|, |theta_{t+1} - theta_t| and, where the tracker
-        records this step, the charges' (theta, theta) sums, in one pass; then the laws advance."""
+        records this step (deferred: always, as which step records is known only when the laws have
+        caught up), the charges' (theta, theta) sums and the translation charges, in one pass."""
         params = self._params
-        record = self.tracker is not None and self.tracker.records_next and bool(self._quadratic)
+        record = self.tracker is not None and bool(self._quadratic) and (
+            self.deferred or self.tracker.records_next)
         have = self._have_before
+        translation = None
         if record:
             # |theta|^2 = the (theta, theta) pair's whole sum plus the untouched parameters; the
             # update's grouped part |theta_{t+1} - theta_t| read in the same pass (``moved``)
@@ -861,20 +1087,33 @@ class Monitor:
             moved_rest = ((rest, [self._before[i] for i in self._rest]),) if have else ()
             fused = self._sums([(named_params, named_params)], unsigned=True, norms=((rest, None), *moved_rest),
                                moved_from=self._before_named if have else None)
-            signed, unsigned, whole, norms = fused.signed, fused.unsigned, fused.whole, fused.norms
-            param_norm = math.sqrt(max(float(whole[0] + norms[0] ** 2), 0.0))
+        else:
+            fused = self._sums([], norms=((params, None), *(((params, self._before),) if have else ())))
+        if self.deferred and self.tracker is not None and self.symmetries.of_kind(Kind.TRANSLATION):
+            translation = (self.symmetries.charges(Kind.TRANSLATION, self._named_params),
+                           self.symmetries.charges(Kind.TRANSLATION, self._named_params, absolute=True))
+        extra = {}
+        if have and self._horizontal is not None and self.schedule.due("quotient", self._step):
+            extra["update_norm/quotient"] = self._horizontal_norm(torch._foreach_sub(params, self._before))
+        return _PostSums(fused, record, have, translation, extra)
+
+    def _post_values(self, raw: _PostSums) -> dict[str, float]:
+        """``_post_sums``' sums on the host: the norms, and the laws one step on (``_symmetry_observables``)."""
+        fused, have = raw.fused, raw.have and self._have_before
+        norms = fused.norms
+        if raw.record:
+            param_norm = math.sqrt(max(float(fused.whole[0] + norms[0] ** 2), 0.0))
             update_norm = math.sqrt(float(fused.moved) ** 2 + float(norms[1]) ** 2) if have else None
         else:
-            norms = self._sums([], norms=((params, None), *(((params, self._before),) if have else ()))).norms
             param_norm = float(norms[0])
             update_norm = float(norms[1]) if have else None
         out = {"param_norm": param_norm}
         if update_norm is not None:
             out.update({"update_norm": update_norm, "update_ratio": update_norm / max(param_norm, 1e-300)})
-            if self._horizontal is not None and self.schedule.due("quotient", self._step):
-                out["update_norm/quotient"] = self._horizontal_norm(torch._foreach_sub(params, self._before))
+            out.update(raw.extra)
         if self.tracker is not None:
-            out.update(self._symmetry_observables((signed[0], unsigned[0]) if record else None))
+            charges = (fused.signed[0], fused.unsigned[0]) if raw.record else None
+            out.update(self._symmetry_observables(charges, raw.translation))
         return out
 
     def _note_no_law(self) -> None:
@@ -886,10 +1125,10 @@ class Monitor:
         for entry in self.tracker.no_law:
             self._event(self._step, "no-law", entry.message)
 
-    def _symmetry_observables(self, charges) -> dict[str, float]:
+    def _symmetry_observables(self, charges, translation=None) -> dict[str, float]:
         out = {}
         measured, self._measured = self._measured, None
-        self.tracker.update(measured, charges=charges)
+        self.tracker.update(measured, charges=charges, translation=translation, deferred=self.deferred)
         self._note_no_law()
         step, rows = self.tracker.latest_rows()
         if step == self._recorded:  # the tracker did not record this step
@@ -958,7 +1197,16 @@ class Monitor:
             sink.event(step, kind, message)
 
     def close(self) -> None:
-        """Remove the hook and close the store and sinks (idempotent). Every other method raises after it."""
+        """Flush the steps still held (deferred), remove the hook and close the store and sinks
+        (idempotent). Every other method raises after it."""
+        raised = None
+        if not self._closed and self.store is not None and self._pending:
+            try:
+                self.flush()
+            except FloatingPointError as error:  # raise_on_nonfinite: raised once everything is closed
+                raised = error
+            except Exception as error:  # a rule's or the laws' error: the store still closes, with the event
+                self._event(self._step, "monitor-error", f"flush at close: {type(error).__name__}: {error}"[:500])
         self._closed = True
         if self._hook is not None:
             self._hook.remove()
@@ -973,6 +1221,8 @@ class Monitor:
             self.store = None
             for sink in self.sinks:
                 sink.close()
+        if raised is not None:
+            raise raised
 
     def __enter__(self) -> Monitor:
         self._check_open("__enter__")
