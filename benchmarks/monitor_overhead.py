@@ -181,7 +181,7 @@ def main() -> None:
               "autocast": args.autocast, **costs,
               "raw_only": args.raw, "charges_every": args.charges, "native_kernel": _native.library() is not None,
               "batch": len(y) if args.model == "mlp" else None, "torch": torch.__version__,
-              "device": str(device), "commit": commit,
+              "device": str(device), "commit": commit, "deferred": monitor.deferred,
               "threads": torch.get_num_threads()}
     if device.type == "cuda":  # the record, with its fields
         record.update(device=torch.cuda.get_device_name(device), plain_step_ms=record["plain_step_s"] * 1e3,

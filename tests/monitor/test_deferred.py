@@ -129,3 +129,39 @@ def test_deferred_options_are_checked(tmp_path):
     with pytest.raises(TypeError, match="deferred"):
         sw.Monitor(model, opt, tmp_path / "b", deferred="yes")
     assert sw.Monitor(model, opt, tmp_path / "c", tensorboard=False).deferred is False  # the CPU default
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_deferred_step_does_not_synchronise_on_a_gpu(tmp_path):
+    """On a GPU deferred is the default, and torch's synchronisation check (set_sync_debug_mode
+    "error": any op that waits for the device raises) passes steps 2-3 of a run flushing every 4;
+    the values then equal those logged step by step on the same GPU (float64, 1e-10)."""
+    def run(name, **options):
+        torch.manual_seed(0)
+        model = Net().double().cuda()
+        x, y = torch.randn(32, 6, dtype=torch.float64).cuda(), torch.randint(0, 4, (32,)).cuda()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+        monitor = sw.Monitor(model, opt, tmp_path / name, example_input=x, tensorboard=False, warnings=(),
+                             schedule=Schedule(quotient=None), flush_every=4, **options)
+        for step in range(1, 9):
+            loss = nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            checked = monitor.deferred and step in (2, 3, 6, 7)
+            torch.cuda.set_sync_debug_mode("error" if checked else 0)
+            try:
+                opt.step()
+                monitor.step(loss)
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+        deferred = monitor.deferred
+        monitor.close()
+        with RunStore(tmp_path / name / "run.sqlite", read_only=True) as store:
+            return deferred, store.series()
+
+    deferred, later = run("later")
+    assert deferred
+    _, now = run("now", deferred=False)
+    for name, (steps, values) in now.items():
+        assert later[name][0] == steps
+        assert later[name][1] == pytest.approx(values, rel=1e-10, abs=1e-300), name

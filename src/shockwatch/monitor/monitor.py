@@ -349,6 +349,18 @@ class Monitor:
     ratios and the floor). ``compile=True`` runs each pass through
     torch.compile instead (some seconds at the first step, eager fallback with a "compile-failed"
     event where it cannot compile): the path for a GPU, where the C kernel does not apply.
+
+    Deferred mode (``deferred=None``: on when the parameters are on a GPU, without FSDP2 or a
+    controller): nothing of a step is read on the host while it trains. Both passes leave their sums
+    where they were computed (the translation charges too); every ``flush_every`` steps (and at
+    ``flush()``, ``close()``, ``attach()`` and before the laws are rebuilt) the steps held are read in
+    one copy, through pinned memory, and each step's values are then computed on the host in order,
+    the laws advanced, logged and given to the warning rules: the same values, step by step, as
+    without deferral (tests/monitor/test_deferred.py), seen up to ``flush_every`` steps late.
+    ``step()`` then returns {}. What still reads the host at a step: the routines on their schedule
+    (the quotient projection, curvature, attention), a monitor error, a step the optimizer skipped,
+    and symmetries followed block by block (a flush first). A non-finite gradient is found at the
+    flush, after the optimizer applied it (``raise_on_nonfinite`` raises there).
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, log_dir: str | Path, *,
