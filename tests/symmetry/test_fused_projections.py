@@ -27,6 +27,14 @@ def _change(model, params, moved, ids) -> float:
     return float((run(moved) - base).abs().max() / base.abs().max())
 
 
+def _built(family: str, **fields):
+    """A Hugging Face causal LM of ``family`` ("Phi3", "Falcon", "Bloom") from its config, seed 0,
+    float64, eval mode."""
+    torch.manual_seed(0)
+    config = getattr(transformers, f"{family}Config")(vocab_size=VOCAB, **fields)
+    return getattr(transformers, f"{family}ForCausalLM")(config).double().eval()
+
+
 def _params(model) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in model.named_parameters()}
 
@@ -85,11 +93,8 @@ def test_phi3_fused_grouped_projection():
     16-20 and 20-24, value rows 24-28 and 28-32, output columns 0-8 and 8-16); swapping query heads
     1 and 2 (two groups) does not. The library finds exactly these, and no query/key GL (the rotary
     embedding leaves only rotations there)."""
-    torch.manual_seed(0)
-    config = transformers.Phi3Config(vocab_size=VOCAB, hidden_size=16, intermediate_size=24, num_hidden_layers=1,
-                                     num_attention_heads=4, num_key_value_heads=2, pad_token_id=0,
-                                     max_position_embeddings=16)
-    model = transformers.Phi3ForCausalLM(config).double().eval()
+    model = _built("Phi3", hidden_size=16, intermediate_size=24, num_hidden_layers=1, num_attention_heads=4,
+                   num_key_value_heads=2, pad_token_id=0, max_position_embeddings=16)
     ids, params = _ids(1), _params(model)
     fused, out = "model.layers.0.self_attn.qkv_proj.weight", "model.layers.0.self_attn.o_proj.weight"
     assert _change(model, params, _value_gl(params, fused, out, range(24, 28), [range(4), range(4, 8)], 0), ids) < 1e-12
@@ -113,9 +118,7 @@ def test_falcon_multi_query_projection():
     | V (8)], rotary). By hand: A on the value rows 24-32 with A^-1 on every output column block
     leaves the logits unchanged, as does swapping the two query heads (rows 0-8 and 8-16, output
     columns 0-8 and 8-16). The library finds both."""
-    torch.manual_seed(0)
-    config = transformers.FalconConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1, num_attention_heads=2)
-    model = transformers.FalconForCausalLM(config).double().eval()
+    model = _built("Falcon", hidden_size=16, num_hidden_layers=1, num_attention_heads=2)
     ids, params = _ids(2), _params(model)
     prefix = "transformer.h.0.self_attention."
     fused, out = prefix + "query_key_value.weight", prefix + "dense.weight"
@@ -134,9 +137,7 @@ def test_bloom_alibi_projection():
     0-8 leaves the logits unchanged; swapping the two heads changes them (each head has its own ALiBi
     slope). The library finds the value/output GL of both heads and the query/key GL (q k^T inside
     ``baddbmm``), and claims no head permutation."""
-    torch.manual_seed(0)
-    config = transformers.BloomConfig(vocab_size=VOCAB, hidden_size=16, n_layer=1, n_head=2)
-    model = transformers.BloomForCausalLM(config).double().eval()
+    model = _built("Bloom", hidden_size=16, n_layer=1, n_head=2)
     ids, params = _ids(3), _params(model)
     prefix = "transformer.h.0.self_attention."
     fused, out = prefix + "query_key_value.weight", prefix + "dense.weight"
