@@ -390,7 +390,9 @@ def stream_sources(traced: TracedModel, *, tied: bool = False) -> list[tuple[fx.
         elif node.op == "placeholder" and node.name in traced.parameters:
             name = traced.parameters[node.name]
             users = list(node.users)
-            if uses.get(name) == 1 and len(users) == 1 and packet(users[0]) in ("add", "cat", "expand"):
+            # (a parameter plus a constant is not added to the stream: LayerNorm1P's gain 1 + w)
+            if uses.get(name) == 1 and len(users) == 1 and packet(users[0]) in ("add", "cat", "expand") and (
+                    packet(users[0]) != "add" or all(isinstance(a, fx.Node) for a in users[0].args)):
                 out.append((node, name))
     return out
 
@@ -945,9 +947,14 @@ def _norm(node, tags, mode, result, traced):
         if bool((index < 0).any()):
             return result.fail(node, "a norm over part of the units") and None
         for position in weight_at:
-            found = _param(node.args[position], traced) if len(node.args) > position else None
-            if found:
-                result.norm_slots.append((found[0], 0, index))
+            affine = node.args[position] if len(node.args) > position else None
+            if not isinstance(affine, fx.Node):
+                continue
+            # a parameter, or one plus a constant (LayerNorm1P's 1 + w): permuted with the units
+            found = _elementwise_param(affine, traced)
+            if found is None:
+                return result.fail(node, "a norm whose gain or bias is computed (not a parameter)") and None
+            result.norm_slots.append((found[0], 0, index))
         return tag
     return result.fail(node, "a norm over the units does not commute with a per-unit action") and None
 
