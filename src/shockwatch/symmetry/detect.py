@@ -381,7 +381,7 @@ def _candidates(traced: TracedModel, logits: bool) -> tuple[list[Symmetry], dict
             for param in params:
                 why.setdefault(param, diag.reason)
     where[0] = len(position)  # head permutations, the stream's scale and key biases: after the rest
-    _emit_head_permutations(attention, emit, by_node)
+    _emit_head_permutations(traced, attention, emit, by_node)
     _emit_expert_permutations(traced, producers, by_node, emit)
     _emit_tied_head_biases(traced, by_node, run, emit, uses)
     _emit_stream_scale(traced, stream, run, emit)
@@ -825,23 +825,29 @@ def _emit_key_biases(attention: dict, producers: list[Producer], run, emit) -> N
                 emit(Symmetry(Kind.TRANSLATION, f"translation/{module}/key_bias{j}", (Slot(producer.bias, 0, j, j + 1),)))
 
 
-def _emit_head_permutations(attention: dict, emit, by_node: dict) -> None:
+def _emit_head_permutations(traced: TracedModel, attention: dict, emit, by_node: dict) -> None:
     """One head permutation per attention whose query heads each have their own key and value, or
     per group of query heads sharing one (``_emit_query_group_permutations``); where a rotary
     embedding left no query/key GL over whole heads, from the query and key producers behind the
-    attention (``_emit_rotary_head_permutations``)."""
+    attention (``_emit_rotary_head_permutations``). A parameter with one entry per query head read
+    on the way to the attention's output (an attention sink's learned logit, GPT-OSS) permutes with
+    the heads (``_with_head_parameters``)."""
     merged: dict[fx.Node, dict] = {}
+    members: dict[fx.Node, list[fx.Node]] = {}  # the products an entry merges (scores' and values')
     for node, parts in attention.items():  # eager attention: the scores' product feeds the values' one
         home = node if parts.get("qk") or not parts.get("vo") else _ancestor_with(node, attention, "qk") or node
         entry = merged.setdefault(home, {})
+        members.setdefault(home, []).append(node)
         for key, values in parts.items():
             entry.setdefault(key, []).extend(values)
     for node, parts in merged.items():
         qk, vo = parts.get("qk", []), parts.get("vo", [])
         heads = len(qk)
         emitted = False
+        per_head = _per_head_parameters(traced, [member for member in members[node] if attention[member].get("vo")])
+        emit_heads = _with_head_parameters(emit, per_head) if per_head else emit
         if len(vo) == heads and any(len(q) > 1 for q, _, _, _ in qk):
-            emitted = _emit_query_group_permutations(qk, vo, emit)
+            emitted = _emit_query_group_permutations(qk, vo, emit_heads)
         if not emitted and heads >= 2 and len(vo) == heads and all(len(q) == 1 for q, _, _, _ in qk):
             roles = ([s for _, _, inc, _ in qk for s in inc], [s for _, _, _, out in qk for s in out],
                      [s for inc, _ in vo for s in inc])
@@ -850,15 +856,60 @@ def _emit_head_permutations(attention: dict, emit, by_node: dict) -> None:
             if span_out is not None and all(span is not None for span in spans):
                 incoming = [slot for span in spans for slot in span]
                 module = _module_of(incoming[0].param)
-                emit(Symmetry(Kind.PERMUTATION, f"permutation/{module}/heads", tuple(incoming), tuple(span_out),
-                              units=heads))
+                emit_heads(Symmetry(Kind.PERMUTATION, f"permutation/{module}/heads", tuple(incoming), tuple(span_out),
+                                    units=heads))
                 emitted = True
         # no query/key GL (a rotary embedding), or GL on part of each head's dimensions only (a
         # partial rotary embedding, whose blocks do not span whole heads): from the projections
         if not emitted and vo:
             operands = _query_and_key(node)
             if operands is not None:
-                _emit_rotary_head_permutations(*operands, vo, by_node, emit)
+                _emit_rotary_head_permutations(*operands, vo, by_node, emit_heads)
+
+
+def _per_head_parameters(traced: TracedModel, outputs: list[fx.Node]) -> list[tuple[str, int]]:
+    """(name, length) of the 1-D parameters that reach an attention's probabilities without passing a
+    product (``outputs``: its values' products, from their probabilities, or
+    ``scaled_dot_product_attention``, from its mask; at most 32 nodes back): candidates for one entry
+    per query head, read nowhere above the scores."""
+    starts = []
+    for node in outputs:
+        if packet(node) == "scaled_dot_product_attention":
+            starts.append(node.args[3] if len(node.args) > 3 else node.kwargs.get("attn_mask"))
+        elif packet(node) in ("matmul", "bmm"):
+            starts.append(node.args[0])
+    found: list[tuple[str, int]] = []
+    queue, seen = [start for start in starts if isinstance(start, fx.Node)], set()
+    while queue and len(seen) < 32:
+        current = queue.pop(0)
+        if current in seen:
+            continue
+        seen.add(current)
+        if current.op == "placeholder":
+            name, size = traced.parameters.get(current.name), shape(current)
+            if name is not None and size is not None and len(size) == 1 and (name, size[0]) not in found:
+                found.append((name, size[0]))
+            continue
+        if packet(current) in ("matmul", "bmm", "baddbmm", "linear", "mm", "addmm"):
+            continue
+        queue.extend(current.all_input_nodes)
+    return found
+
+
+def _with_head_parameters(emit, per_head: list[tuple[str, int]]):
+    """``emit`` with each head permutation extended to the per-head parameters whose length is the
+    number of query heads n: a group g of r query heads takes entries [g r, (g + 1) r); all heads or
+    all kv groups (n / kv heads each) take every entry."""
+    def extended(sym: Symmetry) -> None:
+        if sym.kind is Kind.PERMUTATION and "/query_heads/group" in sym.label:
+            r, g = sym.unit_count, int(sym.label.rsplit("group", 1)[1])
+            more = [Slot(name, 0, g * r, (g + 1) * r) for name, n in per_head if n % r == 0 and (g + 1) * r <= n]
+        elif sym.kind is Kind.PERMUTATION and sym.label.endswith(("/heads", "/kv_groups")):
+            more = [Slot(name, 0, 0, n) for name, n in per_head if n % sym.unit_count == 0]
+        else:
+            more = []
+        emit(dataclasses.replace(sym, incoming=sym.incoming + tuple(more)) if more else sym)
+    return extended
 
 
 def _emit_query_group_permutations(qk: list, vo: list, emit) -> bool:
