@@ -60,7 +60,8 @@ import torch
 from torch import Tensor, fx, nn
 
 from .flow import (GROUPED_PRODUCTS, Consumer, Mode, Producer, Walk, biased_maps, find_producers, is_lookup,
-                   linear_inputs_reading, norm_affine_sources, parameter_uses, shape, stream_sources, unit_index, walk)
+                   linear_inputs_reading, norm_affine_sources, parameter_uses, shape, shape_only, stream_sources,
+                   unit_index, walk)
 from .group import (Kind, Slot, Symmetry, SymmetrySet, act, act_gl, act_rotation, permutation_generators, permute,
                     random_gl_element)
 from .trace import (EXACT_TOLERANCE, ExactEvaluator, TracedModel, TraceError, call_arguments, epsilon_nodes, export_model,
@@ -844,8 +845,11 @@ def _emit_head_permutations(traced: TracedModel, attention: dict, emit, by_node:
         qk, vo = parts.get("qk", []), parts.get("vo", [])
         heads = len(qk)
         emitted = False
-        per_head = _per_head_parameters(traced, [member for member in members[node] if attention[member].get("vo")])
-        emit_heads = _with_head_parameters(emit, per_head) if per_head else emit
+        queries = sum(len(columns) for _, columns in vo)  # every query head reads one value head
+        width = vo[0][0][0].stop - vo[0][0][0].start if vo else 0  # a head's dimensions
+        aligned = _head_parameters(traced, [member for member in members[node] if attention[member].get("vo")],
+                                   _query_and_key(node), by_node, queries, len(vo), width)
+        emit_heads = _with_head_parameters(emit, *aligned, queries) if any(aligned) else emit
         if len(vo) == heads and any(len(q) > 1 for q, _, _, _ in qk):
             emitted = _emit_query_group_permutations(qk, vo, emit_heads)
         if not emitted and heads >= 2 and len(vo) == heads and all(len(q) == 1 for q, _, _, _ in qk):
@@ -867,18 +871,37 @@ def _emit_head_permutations(traced: TracedModel, attention: dict, emit, by_node:
                 _emit_rotary_head_permutations(*operands, vo, by_node, emit_heads)
 
 
-def _per_head_parameters(traced: TracedModel, outputs: list[fx.Node]) -> list[tuple[str, int]]:
-    """(name, length) of the 1-D parameters that reach an attention's probabilities without passing a
-    product (``outputs``: its values' products, from their probabilities, or
-    ``scaled_dot_product_attention``, from its mask; at most 32 nodes back): candidates for one entry
-    per query head, read nowhere above the scores."""
+def _head_parameters(traced: TracedModel, outputs: list[fx.Node], operands: tuple | None, by_node: dict,
+                     queries: int, kv: int, width: int) -> tuple[list[tuple[str, int, int]], list[tuple[str, int, int]]]:
+    """The parameters a head permutation must move too, as (name, length, dim) along their last dim:
+    (those laid out by query head, those laid out by key head). Searched back from the attention's
+    probabilities (from ``outputs``, its values' products or ``scaled_dot_product_attention``'s mask:
+    a learned sink logit per head, GPT-OSS; a relative position bias table with a column per head,
+    Swin) and from its query and key operands up to their projections (a norm's gain over
+    all heads' dimensions, OLMo 2's q_norm and k_norm, not a gain shared by the heads, Qwen3's); a
+    length must be one entry or ``width`` entries a head (``queries`` query heads, ``kv`` key heads)."""
     starts = []
     for node in outputs:
         if packet(node) == "scaled_dot_product_attention":
             starts.append(node.args[3] if len(node.args) > 3 else node.kwargs.get("attn_mask"))
         elif packet(node) in ("matmul", "bmm"):
             starts.append(node.args[0])
-    found: list[tuple[str, int]] = []
+    by_query = [found for found in _parameters_above(traced, starts, by_node) if found[1] == queries]
+    by_key = []
+    if operands is not None and width > 1:
+        by_query += [found for found in _parameters_above(traced, [operands[0]], by_node)
+                     if found[1] == queries * width and found[2] == 0]
+        by_key = [found for found in _parameters_above(traced, [operands[1]], by_node)
+                  if found[1] == kv * width and found[2] == 0]
+    return list(dict.fromkeys(by_query)), list(dict.fromkeys(by_key))
+
+
+def _parameters_above(traced: TracedModel, starts: list, by_node: dict) -> list[tuple[str, int, int]]:
+    """(name, length, dim) of the 1-D and 2-D parameters above ``starts`` along their last dim (at
+    most 32 nodes back), not past a
+    product, a projection (``by_node``), a norm over features (its own parameters are found where
+    the norm is the start's last op) or an op that reads only a shape (a mask made like x)."""
+    found: list[tuple[str, int, int]] = []
     queue, seen = [start for start in starts if isinstance(start, fx.Node)], set()
     while queue and len(seen) < 32:
         current = queue.pop(0)
@@ -887,27 +910,30 @@ def _per_head_parameters(traced: TracedModel, outputs: list[fx.Node]) -> list[tu
         seen.add(current)
         if current.op == "placeholder":
             name, size = traced.parameters.get(current.name), shape(current)
-            if name is not None and size is not None and len(size) == 1 and (name, size[0]) not in found:
-                found.append((name, size[0]))
+            if name is not None and size is not None and len(size) in (1, 2):
+                found.append((name, size[-1], len(size) - 1))
             continue
-        if packet(current) in ("matmul", "bmm", "baddbmm", "linear", "mm", "addmm"):
+        if current in by_node or shape_only(current) or \
+                packet(current) in ("matmul", "bmm", "baddbmm", "linear", "mm", "addmm"):
             continue
         queue.extend(current.all_input_nodes)
     return found
 
 
-def _with_head_parameters(emit, per_head: list[tuple[str, int]]):
-    """``emit`` with each head permutation extended to the per-head parameters whose length is the
-    number of query heads n: a group g of r query heads takes entries [g r, (g + 1) r); all heads or
-    all kv groups (n / kv heads each) take every entry."""
+def _with_head_parameters(emit, by_query: list[tuple[str, int, int]], by_key: list[tuple[str, int, int]],
+                          queries: int):
+    """``emit`` with each head permutation extended to the parameters laid out by head
+    (``_head_parameters``; ``queries`` query heads): a group g of the r query heads sharing a key takes
+    entries [g r w, (g + 1) r w) of each query-laid parameter (w = its length / queries entries a
+    head); all heads, or all kv groups, take every entry of both kinds. The exact check confirms."""
     def extended(sym: Symmetry) -> None:
+        more: list[Slot] = []
         if sym.kind is Kind.PERMUTATION and "/query_heads/group" in sym.label:
             r, g = sym.unit_count, int(sym.label.rsplit("group", 1)[1])
-            more = [Slot(name, 0, g * r, (g + 1) * r) for name, n in per_head if n % r == 0 and (g + 1) * r <= n]
+            more = [Slot(name, dim, g * r * (size // queries), (g + 1) * r * (size // queries))
+                    for name, size, dim in by_query]
         elif sym.kind is Kind.PERMUTATION and sym.label.endswith(("/heads", "/kv_groups")):
-            more = [Slot(name, 0, 0, n) for name, n in per_head if n % sym.unit_count == 0]
-        else:
-            more = []
+            more = [Slot(name, dim, 0, size) for name, size, dim in by_query + by_key if size % sym.unit_count == 0]
         emit(dataclasses.replace(sym, incoming=sym.incoming + tuple(more)) if more else sym)
     return extended
 
@@ -1061,8 +1087,14 @@ def _emit_expert_permutations(traced: TracedModel, producers: list[Producer], by
         count = router.units
         if count < 2 or any((by_param.get(p.weight) or (0,))[0] != count for p in experts):
             continue
+        # the experts' other tensors with one slice per expert (their biases, gathered per token)
+        modules = {_module_of(p.weight) for p in experts}
+        weights = {p.weight for p in experts}
+        others = [name for name, size in by_param.items() if name not in weights and _module_of(name) in modules
+                  and size and size[0] == count]
         emit(Symmetry(Kind.PERMUTATION, f"permutation/{_module_of(experts[0].weight)}/experts",
-                      tuple(_rows(router, 0, count)), tuple(Slot(p.weight, 0, 0, count) for p in experts), units=count))
+                      tuple(_rows(router, 0, count)),
+                      tuple(Slot(name, 0, 0, count) for name in [*[p.weight for p in experts], *others]), units=count))
 
 
 def _emit_fused_head_permutations(fused: Producer, values: list, runs: list, d: int, emit) -> None:
@@ -1163,10 +1195,17 @@ def exact_check(model: nn.Module, example_input, symmetries, *, logits: bool = T
 
 
 def _measure(evaluate: ExactEvaluator, model: nn.Module, symmetries: list[Symmetry], logits: bool,
-             samples: int | None, seed: int) -> dict[str, float]:
-    """The exact changes of ``exact_defects`` through ``evaluate`` (joint per kind where ``samples``)."""
+             samples: int | None, seed: int, *, perturbed: bool = False) -> dict[str, float]:
+    """The exact changes of ``exact_defects`` through ``evaluate`` (joint per kind where ``samples``).
+    ``perturbed``: at a random point near the model's parameters (each p + 0.2 max(std p, 0.05) z,
+    z ~ N(0, 1)) instead of at them: a group acts on every point of parameter space, and at
+    initialisation a norm's gains (all 1) and zero biases make many wrong actions on them invisible."""
     params = {name: p.detach().to(torch.float64, copy=True) for name, p in model.named_parameters()}
     random = torch.Generator().manual_seed(seed)
+    if perturbed:
+        noise = torch.Generator().manual_seed(seed + 1)
+        params = {name: p + 0.2 * max(float(p.std()) if p.numel() > 1 else 0.0, 0.05)
+                  * torch.randn(p.shape, dtype=torch.float64, generator=noise) for name, p in params.items()}
 
     def output(values: Mapping[str, Tensor]) -> Tensor:
         out = evaluate(values)
@@ -1208,7 +1247,7 @@ def _checked(model: nn.Module, traced: TracedModel, candidates: list[Symmetry], 
     """The candidates that keep the float64, eps-free output (relative change < EXACT_TOLERANCE)."""
     if not candidates:
         return [], []
-    measured = _measure(ExactEvaluator(traced, model), model, candidates, logits, samples, 0)
+    measured = _measure(ExactEvaluator(traced, model), model, candidates, logits, samples, 0, perturbed=True)
     kept, rejected = [], []
     for sym in candidates:
         value = measured.get(sym.label)

@@ -48,7 +48,7 @@ from torch import Tensor, fx
 
 from .trace import TracedModel, packet
 
-__all__ = ["GROUPED_PRODUCTS", "Mode", "biased_maps", "linear_inputs_reading", "Parity", "Producer", "Walk", "find_producers", "is_lookup", "norm_affine_sources", "parameter_uses",
+__all__ = ["GROUPED_PRODUCTS", "Mode", "biased_maps", "linear_inputs_reading", "shape_only", "Parity", "Producer", "Walk", "find_producers", "is_lookup", "norm_affine_sources", "parameter_uses",
            "stream_sources", "walk"]
 
 
@@ -374,6 +374,12 @@ def norm_affine_sources(traced: TracedModel) -> list[tuple[fx.Node, int, list[st
                         and shape(gain) == (out_shape[-1],) and uses.get(found[0]) == 1):
                     out.append((node, -1, [found[0]]))
     return out
+
+
+def shape_only(node) -> bool:
+    """Whether a node reads only the shape, dtype or device of its inputs (``new_ones``, ``zeros_like``):
+    no value flows through it."""
+    return packet(node) in _SHAPE_ONLY
 
 
 def stream_sources(traced: TracedModel, *, tied: bool = False) -> list[tuple[fx.Node, str]]:
