@@ -32,9 +32,11 @@ def model_of(architecture, seed=0):
                                          bos_token_id=0, eos_token_id=0)
         return transformers.GPT2LMHeadModel(config)
     config_class, model_class = {"llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
-                                 "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM)}[architecture]
+                                 "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+                                 "mixtral": (transformers.MixtralConfig, transformers.MixtralForCausalLM)}[architecture]
+    experts = {"num_local_experts": 4, "num_experts_per_tok": 2} if architecture == "mixtral" else {}
     config = config_class(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                          num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32)
+                          num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32, **experts)
     return model_class(config)
 
 
@@ -67,10 +69,10 @@ def read(log_dir):
     return scalars, events
 
 
-@pytest.mark.parametrize("architecture", ["llama", "qwen2", "gpt2"])
+@pytest.mark.parametrize("architecture", ["llama", "qwen2", "gpt2", "mixtral"])
 def test_every_optimizer_step_with_the_loss_the_trainer_minimised(tmp_path, architecture):
-    """20 optimizer steps of 2 micro-batches each, the Trainer's AdamW with its decay / no-decay
-    groups, warmup and cosine decay: one row per optimizer step; its loss is the Trainer's logged
+    """20 optimizer steps of 2 micro-batches each (Mixtral: a mixture of 4 experts, top 2), the
+    Trainer's AdamW with its decay / no-decay groups, warmup and cosine decay: one row per optimizer step; its loss is the Trainer's logged
     loss for that step and its gradient norm the Trainer's (clipping off); the symmetries were found
     on the model (every parameter in one); AdamW has no conservation law, which is recorded."""
     trainer, callback = train(tmp_path, architecture)
