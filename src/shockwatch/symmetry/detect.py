@@ -60,8 +60,8 @@ import torch
 from torch import Tensor, fx, nn
 
 from .flow import (GROUPED_PRODUCTS, Consumer, Mode, Producer, Walk, biased_maps, find_producers, is_lookup,
-                   linear_inputs_reading, norm_affine_sources, parameter_uses, shape, shape_only, stream_sources,
-                   unit_index, walk)
+                   linear_inputs_reading, linear_reads, norm_affine_sources, parameter_uses, shape, shape_only,
+                   stream_sources, unit_index, walk)
 from .group import (Kind, Slot, Symmetry, SymmetrySet, act, act_gl, act_rotation, permutation_generators, permute,
                     random_gl_element)
 from .trace import (EXACT_TOLERANCE, ExactEvaluator, TracedModel, TraceError, call_arguments, epsilon_nodes, export_model,
@@ -372,6 +372,7 @@ def _candidates(traced: TracedModel, logits: bool) -> tuple[list[Symmetry], dict
                 _emit_permutation(glu, [producer], units // 2, emit, halves=2)
             else:
                 note(producer.weight, perm)
+    _emit_shared(traced, run, emit, note, uses, stream)
     for node, axis, params in norm_affine_sources(traced):
         where[0] = position[node]
         size = shape(node)[axis]
@@ -401,6 +402,62 @@ def _candidates(traced: TracedModel, logits: bool) -> tuple[list[Symmetry], dict
     for name in traced.parameters.values():
         why.setdefault(name, "no symmetry found for it")
     return [sym for _, _, sym in sorted(out, key=lambda entry: entry[:2])], why
+
+
+def _emit_shared(traced: TracedModel, run, emit, note, uses: dict[str, int], stream: list[Producer]) -> None:
+    """Layers applied more than once with the same weights (ALBERT's shared layers, a block called in a
+    loop): every application's output carries the same units, so one walk seeds them all (unit i of
+    each), with every parameter's reuse allowed, and keeps the result only where each map reading the
+    units is reached at every one of its uses, with the same columns (``_consistent``). Their rescales
+    and permutations come out as for a producer read once (their query/key and value/output GL is
+    not sought); a shared branch added to the residual stream joins the stream's producers."""
+    groups: dict[str, list[Producer]] = {}
+    for producer in find_producers(traced, shared=True):
+        groups.setdefault(producer.weight, []).append(producer)
+    reads = linear_reads(traced)
+    reuse = {name: 1 for name, count in uses.items() if count > 1}
+    for weight, members in groups.items():
+        first = members[0]
+        if len({(p.units, p.axis, p.bias) for p in members}) != 1:
+            continue
+        seeds = {p.node: unit_index(shape(p.node), p.axis, p.units) for p in members}
+        diag = _consistent(run(seeds, Mode.DIAG, first.units, {**uses, **reuse}), reads)
+        if diag.ok and not diag.links.broken:
+            _emit_diag(diag, [first], emit, label="unit")
+        else:
+            note(weight, diag)
+            if "adds an untransformed tensor" in diag.reason:
+                stream.extend(members)
+        if first.units >= 2 and not first.grouped:
+            perm = _consistent(run(seeds, Mode.PERM, first.units, {**uses, **reuse}), reads)
+            if perm.ok:
+                _emit_permutation(perm, [first], first.units, emit)
+            else:
+                note(weight, perm)
+
+
+def _consistent(found: Walk, reads: dict[str, int]) -> Walk:
+    """A walk that let parameters be read more than once, kept where every map it reached is reached
+    at each of its ``reads`` linear uses with the same columns (and each norm's parameters with the
+    same units), with each such consumer and norm slot listed once; else failed, saying so."""
+    if not found.ok:
+        return found
+    consumers: dict[str, list[Consumer]] = {}
+    for consumer in found.consumers:
+        consumers.setdefault(consumer.weight, []).append(consumer)
+    for weight, seen in consumers.items():
+        if len(seen) != reads.get(weight, 1) or any(
+                c.in_dim != seen[0].in_dim or not torch.equal(c.columns, seen[0].columns) for c in seen):
+            return dataclasses.replace(found, ok=False, consumers=[], reason=f"{weight} reads the units at one of "
+                                       "its uses and not (or other units) at another")
+    norms: dict[tuple[str, int], Tensor] = {}
+    for param, dim, index in found.norm_slots:
+        if (param, dim) in norms and not torch.equal(norms[(param, dim)], index):
+            return dataclasses.replace(found, ok=False, consumers=[],
+                                       reason=f"{param}, a shared norm's parameter, meets other units at another use")
+        norms[(param, dim)] = index
+    return dataclasses.replace(found, consumers=[seen[0] for seen in consumers.values()],
+                               norm_slots=[(param, dim, index) for (param, dim), index in norms.items()])
 
 
 def _walk_with_partner(run, producer: Producer, seed: Tensor, mode: Mode, by_node: dict, done: set,
@@ -651,13 +708,19 @@ def _stream_permutation(traced: TracedModel, stream: list[Producer], sources: li
     if not stream and not sources:
         return
     tied = {name for _, name in sources}
-    uses = {**uses, **{name: 1 for name in tied}}
+    # every parameter may be read more than once (tied, or a layer applied twice: ALBERT), where each
+    # map reading the stream is reached at all of its uses alike (``_consistent``)
+    reads = linear_reads(traced)
+    uses = {**uses, **{name: 1 for name, count in uses.items() if count > 1 or name in tied}}
     members = list(stream)
 
     def attempt(kept_sources):
         return attempt_with(kept_sources, [])
 
     def attempt_with(kept_sources, more):
+        return _consistent(walk_from(kept_sources, more), reads)
+
+    def walk_from(kept_sources, more):
         seeds = {p.node: unit_index(shape(p.node), p.axis, p.units) for p in members + more}
         for node, _ in kept_sources:
             seeds[node] = unit_index(shape(node), len(shape(node)) - 1, units)

@@ -48,7 +48,7 @@ from torch import Tensor, fx
 
 from .trace import TracedModel, packet
 
-__all__ = ["GROUPED_PRODUCTS", "Mode", "biased_maps", "linear_inputs_reading", "shape_only", "Parity", "Producer", "Walk", "find_producers", "is_lookup", "norm_affine_sources", "parameter_uses",
+__all__ = ["GROUPED_PRODUCTS", "Mode", "biased_maps", "linear_inputs_reading", "linear_reads", "shape_only", "Parity", "Producer", "Walk", "find_producers", "is_lookup", "norm_affine_sources", "parameter_uses",
            "stream_sources", "walk"]
 
 
@@ -249,6 +249,19 @@ def parameter_uses(traced: TracedModel) -> dict[str, int]:
     return uses
 
 
+def linear_reads(traced: TracedModel) -> dict[str, int]:
+    """How many linear maps (``linear``, ``addmm``, ``mm``, ``matmul``) read each parameter as their
+    weight (through casts and transposes)."""
+    reads: dict[str, int] = {}
+    for node in traced.graph.nodes:
+        kind = packet(node)
+        weight = node.args[2] if kind == "addmm" else node.args[1] if kind in ("linear", "mm", "matmul") else None
+        found = _param(weight, traced) if isinstance(weight, fx.Node) else None
+        if found is not None:
+            reads[found[0]] = reads.get(found[0], 0) + 1
+    return reads
+
+
 def linear_inputs_reading(traced: TracedModel, name: str) -> list[fx.Node]:
     """The input operands of the linear maps (``linear``, ``addmm``, ``mm``, ``matmul``) whose weight is
     parameter ``name`` (through casts and transposes): what a tied weight's other uses read."""
@@ -283,10 +296,17 @@ def _groups(node: fx.Node) -> int:
     return node.args[position] if len(node.args) > position else 1
 
 
-def find_producers(traced: TracedModel) -> list[Producer]:
-    """Every linear map of the graph whose weight is a parameter read nowhere else, with its unit axes."""
+def find_producers(traced: TracedModel, *, shared: bool = False) -> list[Producer]:
+    """Every linear map of the graph whose weight is a parameter read nowhere else, with its unit axes;
+    ``shared=True``: instead those whose weight (and bias) is read by several linear maps and nothing
+    else (a layer applied more than once: ALBERT, a loop over one block), one producer per read."""
     out: list[Producer] = []
     uses = parameter_uses(traced)
+    reads = linear_reads(traced) if shared else {}
+
+    def wanted(name: str) -> bool:  # read once, or (shared) only by the linear maps reading it
+        count = uses.get(name, 0)
+        return count == 1 if not shared else count > 1 and reads.get(name, 0) == count
     for node in traced.graph.nodes:
         kind = packet(node)
         args = node.args
@@ -307,7 +327,7 @@ def find_producers(traced: TracedModel) -> list[Producer]:
             if weight is None:
                 continue
             name, order = weight
-            if uses.get(name, 0) != 1:
+            if shared or uses.get(name, 0) != 1:
                 continue
             out.append(Producer(node, name, order[0], order[1], bias[0] if bias else None, shape(node)[1], 1,
                                 _groups(node) != 1))
@@ -320,7 +340,7 @@ def find_producers(traced: TracedModel) -> list[Producer]:
             continue  # a weight or bias computed from parameters (not a parameter itself): not analysed
         name, order = weight
         out_shape = shape(node)
-        if uses.get(name, 0) != 1 or (bias and uses.get(bias[0], 0) != 1):
+        if not wanted(name) or (bias and uses.get(bias[0], 0) != uses.get(name, 0)):
             continue
         if out_shape is None or len(shape(x) or ()) < 1:
             continue
