@@ -128,3 +128,21 @@ def test_the_exact_check_refutes_an_action_invisible_at_initialisation():
     kept, rejected = detect._checked(model, detect._traced(model, x), [heads, wrong], True, None)
     assert [sym.label for sym in kept] == [heads.label]
     assert [sym.label for sym in rejected] == ["wrong"] and rejected[0].defect > 1e-6
+
+
+def test_verification_refutes_an_action_invisible_at_initialisation():
+    """verify_symmetries on the model at initialisation, given the true head permutation and the wrong
+    one of the test above: the wrong one is not accepted (its exact change is measured at a random
+    point near the parameters too), the true one is."""
+    torch.manual_seed(9)
+    model = sw.models.GPT(sw.models.GPTConfig(n_head=2, d_model=8, vocab_size=20)).double()
+    x, y = torch.randint(0, 20, (3, 8)), torch.randint(0, 20, (3, 8))
+    heads = next(sym for sym in sw.find_symmetries(model, x).of_kind(Kind.PERMUTATION)
+                 if sym.label == "permutation/blocks.0.attn.q/heads")
+    wrong = dataclasses.replace(heads, label="wrong", incoming=heads.incoming + (
+        Slot("blocks.0.ln_1.weight", 0, 0, 8), Slot("blocks.0.ln_1.bias", 0, 0, 8)))
+    loss = lambda logits, targets: nn.functional.cross_entropy(logits.reshape(-1, 20), targets.reshape(-1))
+    result = sw.verify_symmetries(model, loss, (x, y), [heads, wrong], hessian_samples=0)
+    assert result.exact[heads.label] < 1e-12 < 1e-6 < result.exact["wrong"]
+    assert result.accepted(heads.label) and not result.accepted("wrong")
+    assert "wrong" in result.refuted() and heads.label not in result.refuted()

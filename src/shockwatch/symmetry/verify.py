@@ -114,7 +114,10 @@ def verify_symmetries(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tens
     output (``exact_defects``: the traced model in float64, norm epsilons at 0, dropout off), and the
     known breakers are listed with their size (``breakers``): a symmetry is ``accepted`` only if that
     exact change is round-off, so a false candidate cannot pass behind an eps-sized breaking of a true
-    one. ``logits``: compare log-probabilities (default: where the set has translations).
+    one. The exact change is the larger of the one at the model's parameters and the one at a random
+    point near them, so an action that forgets a tensor whose values hide it here (a norm's gains,
+    all 1 at initialisation) is not accepted. ``logits``: compare log-probabilities (default: where
+    the set has translations).
     ``exact_samples``: symmetries per kind measured exactly one by one, beside one joint measurement
     per kind (all of them where the joint one is not round-off; None: every symmetry alone).
     The global RNG, the model's mode, parameters and buffers are left as they were.
@@ -133,7 +136,7 @@ def verify_symmetries(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tens
         logits = any(sym.kind is Kind.TRANSLATION for sym in symmetries)
     try:
         exact_values, epsilons = exact_check(model, inputs, list(symmetries), logits=logits, seed=seed,
-                                             samples=exact_samples)
+                                             samples=exact_samples, anywhere=True)
         breakers.update({f"eps:{name}": value for name, value in epsilons.items()})
         error = ""
     except (TraceError, ValueError) as failure:
