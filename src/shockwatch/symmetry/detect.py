@@ -64,7 +64,7 @@ from .flow import (GROUPED_PRODUCTS, Consumer, Mode, Producer, Walk, biased_maps
                    stream_sources, unit_index, walk)
 from .group import (Kind, Slot, Symmetry, SymmetrySet, act, act_gl, act_rotation, permutation_generators, permute,
                     random_gl_element)
-from .trace import (EXACT_TOLERANCE, ExactEvaluator, TracedModel, TraceError, call_arguments, epsilon_nodes, export_model,
+from .trace import (EXACT_TOLERANCE, Call, ExactEvaluator, TracedModel, TraceError, call_arguments, epsilon_nodes, export_model,
                     packet)
 
 __all__ = ["exact_check", "exact_defects", "find_symmetries"]
@@ -161,7 +161,7 @@ def _analyse(module: nn.Module, example_input, logits: bool, prefix: str, found:
         except TraceError as error:
             blocking = str(error)
     else:
-        blocking = "never called with a single tensor input in the example forward pass"
+        blocking = "never called with a tensor in the example forward pass"
     if traced is not None:
         nodes = {node.name: node for node in traced.graph.nodes}
         epsilons.extend(float(nodes[name].args[position]) for name, position in epsilon_nodes(traced.graph).items()
@@ -186,7 +186,7 @@ def _analyse(module: nn.Module, example_input, logits: bool, prefix: str, found:
         child_input = inputs.get(qualified)
         if child_input is None and not any(True for _ in child.children()):
             for param, _ in child.named_parameters():
-                reasons.setdefault(f"{qualified}.{param}", "never called with a single tensor input in the example forward pass")
+                reasons.setdefault(f"{qualified}.{param}", "never called with a tensor in the example forward pass")
             continue
         _analyse(child, child_input, False, qualified + ".", found, rejected, partial, reasons, samples, inputs,
                  epsilons)
@@ -202,14 +202,17 @@ def _analyse(module: nn.Module, example_input, logits: bool, prefix: str, found:
 
 
 def _descendant_inputs(root: nn.Module, example_input) -> dict[str, object]:
-    """One forward pass of ``root`` recording each descendant's single positional tensor input."""
+    """One forward pass of ``root`` recording each descendant's first call: its single positional
+    tensor, else its arguments as they were (``Call``: a Hugging Face attention's hidden states,
+    rotary tables and mask), where any of them is a tensor."""
     inputs: dict[str, object] = {}
 
     def record(name):
         def hook(_module, args, kwargs):
             single = len(args) == 1 and isinstance(args[0], torch.Tensor) and not any(
                 isinstance(v, torch.Tensor) for v in kwargs.values())
-            inputs.setdefault(name, args[0] if single else None)
+            tensors = any(isinstance(leaf, torch.Tensor) for leaf in torch.utils._pytree.tree_leaves((args, kwargs)))
+            inputs.setdefault(name, args[0] if single else Call(args, dict(kwargs)) if tensors else None)
         return hook
 
     hooks = [module.register_forward_pre_hook(record(name), with_kwargs=True)

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, fx, nn
 
-__all__ = ["EXACT_TOLERANCE", "ExactEvaluator", "TraceError", "TracedModel", "call_arguments", "epsilon_nodes", "export_model",
+__all__ = ["EXACT_TOLERANCE", "Call", "ExactEvaluator", "TraceError", "TracedModel", "call_arguments", "epsilon_nodes", "export_model",
            "model_output", "packet"]
 
 # Relative output change (max |change| / max |output|) below which a candidate is exact in float64.
@@ -71,9 +71,21 @@ def model_output(out) -> Tensor:
                      "whose first tensor is the output, or an object with .logits / .last_hidden_state")
 
 
+@dataclass(frozen=True, eq=False)
+class Call:
+    """The arguments one call of a module received, as they were (a submodule's, recorded in a forward
+    pass of its model, to trace it alone)."""
+
+    args: tuple
+    kwargs: dict
+
+
 def call_arguments(model: nn.Module, example_input) -> tuple[tuple, dict]:
-    """(args, kwargs) for ``model`` from a tensor, a tuple / list (positional) or a dict (keyword)."""
-    if isinstance(example_input, Mapping):
+    """(args, kwargs) for ``model`` from a tensor, a tuple / list (positional), a dict (keyword) or a
+    recorded ``Call``."""
+    if isinstance(example_input, Call):
+        args, kwargs = tuple(example_input.args), dict(example_input.kwargs)
+    elif isinstance(example_input, Mapping):
         args, kwargs = (), dict(example_input)
     elif isinstance(example_input, (tuple, list)):
         args, kwargs = tuple(example_input), {}

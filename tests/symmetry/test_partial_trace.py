@@ -1,0 +1,66 @@
+"""A model torch.export cannot trace whole (a branch on a tensor's value), around an attention module
+called with two tensors. Before: its children were analysed only where called with one tensor, so the
+attention got nothing ("never called with a single tensor input"); now each child is traced with the
+arguments it received in the example forward pass. Truth: the attention's value/output GL applied by
+hand in float64."""
+
+import math
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+import shockwatch as sw
+from shockwatch.symmetry import Kind
+
+D, HEADS, VOCAB = 8, 2, 11
+
+
+class MaskedAttention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k, self.v, self.o = (nn.Linear(D, D) for _ in range(4))
+
+    def forward(self, x, mask):
+        b, t, _ = x.shape
+        q, k, v = (f(x).view(b, t, HEADS, D // HEADS).transpose(1, 2) for f in (self.q, self.k, self.v))
+        weights = (q @ k.transpose(-1, -2) / math.sqrt(D // HEADS) + mask).softmax(-1)
+        return self.o((weights @ v).transpose(1, 2).reshape(b, t, D))
+
+
+class Branching(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.table, self.attention, self.read = nn.Embedding(VOCAB, D), MaskedAttention(), nn.Linear(D, VOCAB)
+
+    def forward(self, ids):
+        x = self.table(ids)
+        mask = torch.full((ids.shape[1], ids.shape[1]), -1e9).triu(1)
+        x = x + self.attention(x, mask)
+        if x.sum() > 0:  # a branch on a value: torch.export cannot trace the model whole
+            x = 2 * x
+        return self.read(x)
+
+
+def test_a_child_called_with_several_tensors_is_traced_alone():
+    """The value/output GL of head 0 (A on v's rows 0-4 and bias, A^-1 on o's columns 0-4) leaves the
+    output unchanged by hand; the library, tracing the attention with the (x, mask) it received, finds
+    GL for both heads' query/key and value/output, none refuted, and names the model as partial."""
+    torch.manual_seed(0)
+    model = Branching().double()
+    ids = torch.randint(0, VOCAB, (2, 5), generator=torch.Generator().manual_seed(1))
+    params = {name: p.detach().clone() for name, p in model.named_parameters()}
+    a = torch.eye(4, dtype=torch.float64) + 0.4 * torch.randn(4, 4, dtype=torch.float64,
+                                                              generator=torch.Generator().manual_seed(2))
+    v, vb, o = params["attention.v.weight"].clone(), params["attention.v.bias"].clone(), params["attention.o.weight"].clone()
+    v[:4], vb[:4], o[:, :4] = a @ v[:4], a @ vb[:4], o[:, :4] @ torch.linalg.inv(a)
+    run = lambda p: functional_call(model, p, (ids,)).log_softmax(-1)
+    moved = {**params, "attention.v.weight": v, "attention.v.bias": vb, "attention.o.weight": o}
+    assert float((run(moved) - run(params)).abs().max()) < 1e-12
+    found = sw.find_symmetries(model, ids)
+    assert "<model>" in found.partial and found.rejected == ()
+    labels = {sym.label for sym in found.of_kind(Kind.GL)}
+    assert {f"gl/attention.q/head{h}/qk" for h in range(HEADS)} | {f"gl/attention.v/head{h}/vo" for h in range(HEADS)} <= labels
+    head0 = next(sym for sym in found.of_kind(Kind.GL) if sym.label == "gl/attention.v/head0/vo")
+    assert {(s.param, s.dim, s.start, s.stop) for s in head0.slots} == {
+        ("attention.v.weight", 0, 0, 4), ("attention.v.bias", 0, 0, 4), ("attention.o.weight", 1, 0, 4)}
