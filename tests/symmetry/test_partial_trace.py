@@ -64,3 +64,22 @@ def test_a_child_called_with_several_tensors_is_traced_alone():
     head0 = next(sym for sym in found.of_kind(Kind.GL) if sym.label == "gl/attention.v/head0/vo")
     assert {(s.param, s.dim, s.start, s.stop) for s in head0.slots} == {
         ("attention.v.weight", 0, 0, 4), ("attention.v.bias", 0, 0, 4), ("attention.o.weight", 1, 0, 4)}
+
+
+class WithSpare(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.used, self.spare = nn.Linear(4, 3), nn.Linear(4, 3)
+
+    def forward(self, x, extra=None):
+        return self.used(x) if extra is None else self.spare(extra)
+
+
+def test_a_parameter_the_example_does_not_use_is_named_so():
+    """The branch the example input did not take: its layer's reason says it was not used (before:
+    "no symmetry found for it", as if it had been analysed), and the used layer gets its symmetries."""
+    found = sw.find_symmetries(WithSpare(), torch.randn(5, 4))
+    reasons = dict(found.reasons)
+    assert reasons["spare.weight"].startswith("not used by the example forward pass")
+    assert reasons["spare.bias"].startswith("not used by the example forward pass")
+    assert {slot.param for sym in found for slot in sym.slots} >= {"used.weight", "used.bias"}

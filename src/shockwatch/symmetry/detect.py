@@ -402,6 +402,10 @@ def _candidates(traced: TracedModel, logits: bool) -> tuple[list[Symmetry], dict
         if count > 1:  # a weight shared across layers (ALBERT) or tied to a second use
             why.setdefault(name, f"read by {count} operations (shared or tied): only a weight read once is the "
                                  "start of a candidate, so nothing acting on it alone is proposed")
+    for node in traced.graph.nodes:
+        if node.op == "placeholder" and node.name in traced.parameters and not node.users:
+            why.setdefault(traced.parameters[node.name], "not used by the example forward pass (a branch the example "
+                           "input did not take): the graph says nothing about it")
     for name in traced.parameters.values():
         why.setdefault(name, "no symmetry found for it")
     return [sym for _, _, sym in sorted(out, key=lambda entry: entry[:2])], why
