@@ -165,3 +165,30 @@ def test_a_deferred_step_does_not_synchronise_on_a_gpu(tmp_path):
     for name, (steps, values) in now.items():
         assert later[name][0] == steps
         assert later[name][1] == pytest.approx(values, rel=1e-10, abs=1e-300), name
+
+
+def test_steps_held_are_written_when_the_interpreter_exits_without_close(tmp_path):
+    """A script that trains 5 deferred steps (flush_every 64) and exits without close(): the 5 steps
+    are in its run store (an atexit flush), read back by a new process."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import torch
+        from torch import nn
+        import shockwatch as sw
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+        x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        mon = sw.Monitor(model, opt, {str(tmp_path / 'run')!r}, example_input=x, tensorboard=False, deferred=True)
+        for _ in range(5):
+            loss = nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad(); loss.backward(); opt.step()
+            mon.step(loss)
+        """)
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=300)
+    with RunStore(tmp_path / "run" / "run.sqlite", read_only=True) as store:
+        assert store.scalars("loss")[0] == [1, 2, 3, 4, 5]
+        assert store.scalars("charge_law_error/rescale")[0] == [1, 2, 3, 4, 5]

@@ -44,8 +44,10 @@ gradients), which alone writes; under FSDP2 each rank sums its shards and the su
 
 from __future__ import annotations
 
+import atexit
 import math
 import shutil
+import weakref
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
@@ -233,6 +235,16 @@ class _Pending:
     scheduled: dict = field(default_factory=dict)
 
 
+def _flush_at_exit(method_ref):
+    """An atexit callback calling a monitor's ``_exit_flush`` while the monitor lives (held weakly:
+    the registration keeps no monitor alive)."""
+    def flush() -> None:
+        method = method_ref()
+        if method is not None:
+            method()
+    return flush
+
+
 def _read_to_host(pending: list[_Pending]) -> None:
     """Every tensor the pending steps hold, read to the host in one copy (through pinned memory, non
     blocking, from a GPU; one synchronisation for all of them) and put back as float64 NumPy arrays."""
@@ -356,7 +368,9 @@ class Monitor:
     ``flush()``, ``close()``, ``attach()`` and before the laws are rebuilt) the steps held are read in
     one copy, through pinned memory, and each step's values are then computed on the host in order,
     the laws advanced, logged and given to the warning rules: the same values, step by step, as
-    without deferral (tests/monitor/test_deferred.py), seen up to ``flush_every`` steps late.
+    without deferral (tests/monitor/test_deferred.py), seen up to ``flush_every`` steps late. An
+    interpreter that exits without ``close()`` still writes the steps held (an atexit flush); a
+    process killed outright loses them (at most ``flush_every`` steps).
     ``step()`` then returns {}. What still reads the host at a step: the routines on their schedule
     (the quotient projection, curvature, attention), a monitor error, a step the optimizer skipped,
     and symmetries followed block by block (a flush first). A non-finite gradient is found at the
@@ -420,6 +434,7 @@ class Monitor:
         self._pending: list[_Pending] = []  # deferred steps whose sums are still on the device
         self._pre_raw: _PreSums | None = None  # this step's pre-step sums, deferred
         self.flush_every = flush_every
+        self._at_exit = None  # deferred: the flush registered with atexit
         self.store, self.sinks, self.tracker, self.symmetries, self._hook = None, [], None, None, None
         self._step = 0
         self._all_symmetries = None
@@ -473,6 +488,9 @@ class Monitor:
                 self._early_events = []
                 return
             self.store = RunStore(path, resume=resume, background=True)  # SQLite off the training thread
+            if self.deferred:  # an interpreter that exits without close() still writes the steps held
+                self._at_exit = _flush_at_exit(weakref.WeakMethod(self._exit_flush))
+                atexit.register(self._at_exit)
             self._step = (self.store.last_step() or 0) if resume else 0
             self.sinks = [*([TensorBoardSink(self.log_dir / "tensorboard")] if tensorboard else []), *sinks]
             early, self._early_events = self._early_events, []
@@ -799,6 +817,17 @@ class Monitor:
         finally:
             self._step = now
         return out
+
+    def _exit_flush(self) -> None:
+        """At interpreter exit without ``close()``: the deferred steps held written to the store, and
+        the store's pending rows into its database."""
+        if self._closed or self.store is None:
+            return
+        try:
+            self.flush()
+            self.store.flush()
+        except Exception:  # noqa: BLE001 -- at exit, nothing is left to report to
+            pass
 
     def _resolve(self, measured: _Pending) -> dict[str, float]:
         """A deferred step, its sums now on the host: the pre-step pass's values (and its non-finite
@@ -1220,6 +1249,9 @@ class Monitor:
             except Exception as error:  # a rule's or the laws' error: the store still closes, with the event
                 self._event(self._step, "monitor-error", f"flush at close: {type(error).__name__}: {error}"[:500])
         self._closed = True
+        if self._at_exit is not None:
+            atexit.unregister(self._at_exit)
+            self._at_exit = None
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
