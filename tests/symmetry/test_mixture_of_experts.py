@@ -207,3 +207,46 @@ def test_expert_charges_follow_the_discrete_law(tmp_path):
     for kind in ("translation", "scale", "rescale"):
         assert values[f"charge_law_error/{kind}"] < 1e-5
     assert values["charge_drift/rescale"] > 1e-2  # the charges moved: the law was put to the test
+
+
+def test_interleaved_gated_experts_with_biases():
+    """GPT-OSS's experts: gate and up interleaved in one (experts, hidden, 2 I) weight ([a_0, b_0, a_1,
+    ...]), a bias row per expert gathered per token, a clamped, shifted gate. By hand in float64 (the
+    experts' own loop, at perturbed parameters): exchanging hidden units 1 and 4 in every expert (columns
+    2, 3 with 8, 9 of gate_up and its bias, rows 1 and 4 of down) leaves the logits unchanged; the
+    library finds that permutation (one slot of 2 columns a unit, the bias along its dim 1), the
+    experts' permutation with the router's rows and bias and both expert biases, and the residual
+    stream's with the down bias; nothing refuted."""
+    def build(**implementation):
+        torch.manual_seed(0)
+        config = transformers.GptOssConfig(vocab_size=VOCAB, hidden_size=16, intermediate_size=HIDDEN, num_hidden_layers=1,
+                                           num_attention_heads=2, num_key_value_heads=1, num_local_experts=EXPERTS,
+                                           num_experts_per_tok=2, head_dim=8, **implementation)
+        return transformers.GptOssForCausalLM(config).eval()
+
+    model, truth = build(), build(experts_implementation="eager").double()
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(3)
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=generator))
+    truth.load_state_dict(model.state_dict())
+    ids = torch.randint(1, VOCAB, (2, 8), generator=torch.Generator().manual_seed(4))
+    params = {name: p.detach().clone() for name, p in truth.named_parameters()}
+    prefix = "model.layers.0.mlp.experts."
+    order = torch.arange(HIDDEN)
+    order[[1, 4]] = order[[4, 1]]
+    pairs = torch.stack([2 * order, 2 * order + 1], 1).reshape(-1)
+    moved = {**params, prefix + "gate_up_proj": params[prefix + "gate_up_proj"][:, :, pairs],
+             prefix + "gate_up_proj_bias": params[prefix + "gate_up_proj_bias"][:, pairs],
+             prefix + "down_proj": params[prefix + "down_proj"][:, order]}
+    assert _change(truth, params, moved, ids) < 1e-12
+    assert _change(truth, params, {**moved, prefix + "down_proj": params[prefix + "down_proj"]}, ids) > 1e-6
+    found = sw.find_symmetries(model, {"input_ids": ids})
+    assert found.rejected == ()
+    labels = {sym.label: _slots(sym) for sym in found.of_kind(Kind.PERMUTATION)}
+    assert labels["permutation/" + prefix[:-1]] == {
+        (prefix + "gate_up_proj", 2, 0, 2 * HIDDEN), (prefix + "gate_up_proj_bias", 1, 0, 2 * HIDDEN),
+        (prefix + "down_proj", 1, 0, HIDDEN)}
+    assert {(prefix + "gate_up_proj_bias", 0, 0, EXPERTS), (prefix + "down_proj_bias", 0, 0, EXPERTS),
+            ("model.layers.0.mlp.router.weight", 0, 0, EXPERTS)} <= labels[f"permutation/{prefix[:-1]}/experts"]
+    assert (prefix + "down_proj_bias", 1, 0, 16) in labels["permutation/residual_stream"]

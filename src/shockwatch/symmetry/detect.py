@@ -249,7 +249,7 @@ def _prefixed(sym: Symmetry, prefix: str) -> Symmetry:
 def _rows(producer: Producer, start: int, stop: int) -> list[Slot]:
     slots = [Slot(producer.weight, producer.out_dim, start, stop)]
     if producer.bias is not None:
-        slots.append(Slot(producer.bias, 0, start, stop))
+        slots.append(Slot(producer.bias, producer.bias_dim, start, stop))
     return slots
 
 
@@ -323,7 +323,8 @@ def _candidates(traced: TracedModel, logits: bool) -> tuple[list[Symmetry], dict
             for j in range(_in_size(traced, producer)):
                 emit(Symmetry(Kind.TRANSLATION, f"translation/{module}/column{j}", (Slot(producer.weight, producer.in_dim, j, j + 1),)))
             if producer.bias is not None:
-                emit(Symmetry(Kind.TRANSLATION, f"translation/{module}/bias", (Slot(producer.bias, 0, 0, units),)))
+                emit(Symmetry(Kind.TRANSLATION, f"translation/{module}/bias",
+                              (Slot(producer.bias, producer.bias_dim, 0, units),)))
         # GL: attention blocks (query/key pairs, value blocks); else a per-unit action
         has_scale = False
         if node not in gl_done:
@@ -366,13 +367,16 @@ def _candidates(traced: TracedModel, logits: bool) -> tuple[list[Symmetry], dict
         # permutation of units (joint with a gate where the units are multiplied together)
         if units >= 2 and not producer.grouped and node not in gl_done and node not in perm_done:
             perm, members = _walk_with_partner(run, producer, seed, Mode.PERM, by_node, perm_done, same_units=True)
-            glu = None if perm.ok or "differently ordered" not in perm.reason else _fused_glu(run, producer, Mode.PERM)[0]
+            glu, layout = (None, None) if perm.ok or "differently ordered" not in perm.reason else \
+                _fused_glu(run, producer, Mode.PERM)
             if perm.ok:
                 perm_done.update(m.node for m in members)
                 _emit_permutation(perm, members, units, emit)
             elif glu is not None:
                 perm_done.add(node)
-                _emit_permutation(glu, [producer], units // 2, emit, halves=2)
+                # interleaved: one slot of 2 rows a unit; halves: two slots of one row a unit
+                _emit_permutation(glu, [producer], units // 2, emit, halves=2 if layout == "halves" else 1,
+                                  rows=units)
             else:
                 note(producer.weight, perm)
     _emit_shared(traced, run, emit, note, uses, stream)
@@ -627,21 +631,25 @@ def _emit_classes(diag: Walk, rows, module: str, emit, *, label: str, only: froz
     return made_scale
 
 
-def _fused_glu(run, producer: Producer, mode: Mode) -> tuple[Walk | None, frozenset[int] | None]:
+def _fused_glu(run, producer: Producer, mode: Mode) -> tuple[Walk | None, frozenset[int] | str | None]:
     """The walk from a producer whose output is two halves that gate each other, act(a) * b (a fused
     gated linear unit: Phi-3's ``gate_up_proj`` split by ``chunk``, a mixture of experts' gate_up),
     where the walk from all its units failed: DIAG from the half b that is not gated through the
     nonlinearity, the other half left untransformed (unit i of b scales with column i of the map
     reading the product); PERM with both halves carrying the same unit ids (unit i is rows i and
-    half + i). (The walk that succeeds (DIAG: either half tried as a), the units it transformed), else
+    half + i, or rows 2 i and 2 i + 1 where a and b interleave). (The walk that succeeds (DIAG: either
+    half tried as a), the units it transformed (PERM: the layout, "halves" or "interleaved")), else
     (None, None)."""
     half = producer.units // 2
     if producer.units % 2 or half < 1:
         return None, None
     units = unit_index(shape(producer.node), producer.axis, producer.units)
-    if mode is Mode.PERM:
-        found = run({producer.node: units % half}, Mode.PERM, half)
-        return (found, frozenset(range(half))) if found.ok else (None, None)
+    if mode is Mode.PERM:  # halves [a | b] (a chunk), else interleaved [a_0, b_0, a_1, ...] (GPT-OSS)
+        for layout, ids in (("halves", units % half), ("interleaved", units // 2)):
+            found = run({producer.node: ids}, Mode.PERM, half)
+            if found.ok:
+                return found, layout
+        return None, None
     for start in (half, 0):  # b the second half (Phi-3's chunk: gate, then up), else the first
         found = run({producer.node: units.masked_fill((units < start) | (units >= start + half), -1)}, Mode.DIAG,
                     producer.units)
@@ -650,10 +658,13 @@ def _fused_glu(run, producer: Producer, mode: Mode) -> tuple[Walk | None, frozen
     return None, None
 
 
-def _emit_permutation(perm: Walk, members: list[Producer], units: int, emit, *, halves: int = 1) -> None:
+def _emit_permutation(perm: Walk, members: list[Producer], units: int, emit, *, halves: int = 1,
+                      rows: int | None = None) -> None:
     """The permutation of ``units`` units a PERM walk found; ``halves`` = 2 for a fused gated unit, whose
-    unit i is rows i and units + i of its one producer."""
-    incoming = [slot for producer in members for h in range(halves) for slot in _rows(producer, h * units, (h + 1) * units)]
+    unit i is rows i and units + i of its one producer; ``rows`` = 2 units with ``halves`` = 1 for one
+    whose halves interleave (unit i: rows 2 i and 2 i + 1)."""
+    span = (rows or units) // halves
+    incoming = [slot for producer in members for h in range(halves) for slot in _rows(producer, h * span, (h + 1) * span)]
     slots = _permuted_slots(perm, units)
     if slots is None or not slots[1]:
         return
@@ -893,7 +904,8 @@ def _emit_key_biases(attention: dict, producers: list[Producer], run, emit) -> N
         if shifted.ok and shifted.absorbed:
             module = _module_of(producer.weight)
             for j in sorted(keys[producer.bias]):
-                emit(Symmetry(Kind.TRANSLATION, f"translation/{module}/key_bias{j}", (Slot(producer.bias, 0, j, j + 1),)))
+                emit(Symmetry(Kind.TRANSLATION, f"translation/{module}/key_bias{j}",
+                              (Slot(producer.bias, producer.bias_dim, j, j + 1),)))
 
 
 def _emit_head_permutations(traced: TracedModel, attention: dict, emit, by_node: dict) -> None:
@@ -1144,14 +1156,16 @@ def _emit_expert_permutations(traced: TracedModel, producers: list[Producer], by
     by_param = {name: sizes[node] for node, name in traced.parameters.items()}
     routed: dict[Producer, list[Producer]] = {}
     for producer in producers:
-        node = producer.node
+        node = producer.node  # the grouped product, or the add of its gathered bias after it
         if packet(node) not in GROUPED_PRODUCTS:
-            continue
+            node = next((a for a in node.all_input_nodes if packet(a) in GROUPED_PRODUCTS), None)
+            if node is None:
+                continue
         offsets = node.args[2] if len(node.args) > 2 else node.kwargs.get("offs")
-        above = _first_above([offsets], lambda current: current in by_node and current is not node, 32) \
+        above = _first_above([offsets], lambda current: current in by_node and not _is_grouped(by_node[current]), 32) \
             if isinstance(offsets, fx.Node) else None
         router = by_node.get(above)
-        if router is not None and packet(router.node) not in GROUPED_PRODUCTS:
+        if router is not None:
             routed.setdefault(router, []).append(producer)
     for router, experts in routed.items():
         count = router.units
@@ -1165,6 +1179,12 @@ def _emit_expert_permutations(traced: TracedModel, producers: list[Producer], by
         emit(Symmetry(Kind.PERMUTATION, f"permutation/{_module_of(experts[0].weight)}/experts",
                       tuple(_rows(router, 0, count)),
                       tuple(Slot(name, 0, 0, count) for name in [*[p.weight for p in experts], *others]), units=count))
+
+
+def _is_grouped(producer: Producer) -> bool:
+    """Whether ``producer`` is a grouped expert product (its node, or the add of its gathered bias)."""
+    return packet(producer.node) in GROUPED_PRODUCTS or any(
+        packet(a) in GROUPED_PRODUCTS for a in producer.node.all_input_nodes)
 
 
 def _emit_fused_head_permutations(fused: Producer, values: list, runs: list, d: int, emit) -> None:

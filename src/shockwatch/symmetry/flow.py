@@ -105,6 +105,7 @@ class Producer:
     units: int
     axis: int  # the output axis that carries the units
     grouped: bool  # a grouped / depthwise convolution: its units share input channels
+    bias_dim: int = 0  # the bias's axis of units (1 for the experts' biases, one row per expert)
 
 
 @dataclass(frozen=True)
@@ -344,11 +345,34 @@ def find_producers(traced: TracedModel, *, shared: bool = False) -> list[Produce
             continue
         if out_shape is None or len(shape(x) or ()) < 1:
             continue
+        bias_dim = 0
         if bias is None and kind in ("mm", "matmul"):  # x @ W.T + b, as written by hand
             node, bias = _bias_added(node, out_shape[-1], uses, traced)
+        elif bias is None and kind in GROUPED_PRODUCTS:  # each token's expert's bias row, gathered
+            node, bias = _expert_bias_added(node, out_shape[-1], shape(weight_arg)[0], uses, traced)
+            bias_dim = 1 if bias is not None else 0
         out.append(Producer(node, name, order[dims[0]], order[dims[1]], bias[0] if bias else None, out_shape[-1],
-                            len(out_shape) - 1, False))
+                            len(out_shape) - 1, False, bias_dim))
     return out
+
+
+def _expert_bias_added(node: fx.Node, units: int, experts: int, uses: dict[str, int], traced: TracedModel
+                       ) -> tuple[fx.Node, tuple[str, tuple[int, ...]] | None]:
+    """Where a grouped expert product is followed by ``+ B[ids]``, B an (experts, units) parameter read
+    nowhere else gathered by expert per token (GPT-OSS): that add, whose output is the map's, and B;
+    else the product and None."""
+    if len(node.users) != 1:
+        return node, None
+    user = next(iter(node.users))
+    if packet(user) not in ("add", "add_") or len(user.args) != 2 or user.kwargs:
+        return node, None
+    other = user.args[1] if user.args[0] is node else user.args[0]
+    if packet(other) != "index" or not isinstance(other.args[0], fx.Node):
+        return node, None
+    found = _param(other.args[0], traced)
+    if found and shape(other.args[0]) == (experts, units) and uses.get(found[0], 0) == 1 and shape(user) == shape(node):
+        return user, found
+    return node, None
 
 
 def _bias_added(node: fx.Node, units: int, uses: dict[str, int], traced: TracedModel
