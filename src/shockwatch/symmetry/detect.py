@@ -380,6 +380,7 @@ def _candidates(traced: TracedModel, logits: bool) -> tuple[list[Symmetry], dict
             else:
                 note(producer.weight, perm)
     _emit_shared(traced, run, emit, note, uses, stream)
+    _emit_recurrent(traced, run, emit, note, uses)
     for node, axis, params in norm_affine_sources(traced):
         where[0] = position[node]
         size = shape(node)[axis]
@@ -445,6 +446,57 @@ def _emit_shared(traced: TracedModel, run, emit, note, uses: dict[str, int], str
                 _emit_permutation(perm, [first], first.units, emit)
             else:
                 note(weight, perm)
+
+
+_GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}  # gate blocks in a recurrent layer's rows
+
+
+def _emit_recurrent(traced: TracedModel, run, emit, note, uses: dict[str, int]) -> None:
+    """The hidden units of torch's recurrent layers (``nn.LSTM``, ``nn.GRU``, ``nn.RNN``: one ATen
+    operation holding every layer's weights): permuting layer l's H units permutes the rows of each of
+    its gate blocks (weight_ih, weight_hh, both biases), weight_hh's columns, and the columns of what
+    reads the units (the next layer's weight_ih; after the last layer, the maps reading the output, by a
+    PERM walk from it). Bidirectional layers, and a last layer whose final state is read, are left out."""
+    for node in traced.graph.nodes:
+        kind = packet(node)
+        if kind not in _GATES or len(node.args) < 8:
+            continue
+        flat, has_biases, layers, bidirectional = node.args[2], node.args[3], node.args[4], node.args[7]
+        per_layer = 4 if has_biases else 2
+        names = [_param_name(traced, p) for p in flat]
+        if bidirectional or len(names) != per_layer * layers or any(n is None or uses.get(n) != 1 for n in names):
+            continue
+        outputs = {user.args[1]: user for user in node.users if packet(user) == "getitem"}
+        for layer in range(layers):
+            w_ih, w_hh, *biases = names[layer * per_layer:(layer + 1) * per_layer]
+            size = shape(_placeholder(traced, w_hh))[1]
+            gates = _GATES[kind]
+            incoming = [Slot(name, 0, g * size, (g + 1) * size) for name in (w_ih, w_hh, *biases) for g in range(gates)]
+            outgoing = [Slot(w_hh, 1, 0, size)]
+            if layer + 1 < layers:
+                outgoing.append(Slot(names[(layer + 1) * per_layer], 1, 0, size))
+            else:
+                if any(index in outputs and outputs[index].users for index in (1, 2)) or 0 not in outputs:
+                    continue  # the final hidden (or cell) state is read: its layout is not followed here
+                out = outputs[0]
+                perm = run({out: unit_index(shape(out), len(shape(out)) - 1, size)}, Mode.PERM, size)
+                slots = _permuted_slots(perm, size) if perm.ok else None
+                if slots is None:
+                    note(w_ih, perm)
+                    continue
+                incoming += slots[0]
+                outgoing += slots[1]
+            if size >= 2:
+                emit(Symmetry(Kind.PERMUTATION, f"permutation/{_module_of(w_ih)}/layer{layer}", tuple(incoming),
+                              tuple(outgoing), units=size))
+
+
+def _param_name(traced: TracedModel, node) -> str | None:
+    return traced.parameters.get(node.name) if isinstance(node, fx.Node) and node.op == "placeholder" else None
+
+
+def _placeholder(traced: TracedModel, name: str) -> fx.Node:
+    return next(n for n in traced.graph.nodes if n.op == "placeholder" and traced.parameters.get(n.name) == name)
 
 
 def _consistent(found: Walk, reads: dict[str, int]) -> Walk:

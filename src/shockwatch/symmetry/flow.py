@@ -590,6 +590,8 @@ def _step(node, tags, mode: Mode, result: Walk, traced: TracedModel, epsilons) -
         return _contraction(node, tags, mode, result, traced)
     if kind in ("index", "index_select"):
         return _index(node, tags, mode, result)
+    if kind in ("lstm", "gru", "rnn_tanh", "rnn_relu"):
+        return _recurrent_input(node, tags, mode, result, traced)
     if kind == "scaled_dot_product_attention":
         return _attention(node, tags, mode, result)
     if kind == "baddbmm":  # beta input + alpha (a @ b): scores with an additive bias (ALiBi, BLOOM)
@@ -619,6 +621,25 @@ def _topk_shift(node, tag, result):
         return result.fail(node, "a shift that varies along the top-k axis changes the entries kept") and None
     values = value.narrow(dim, 0, 1).expand(tuple(node.meta["val"][0].shape)).clone()
     return _Tag((values, torch.zeros(values.shape, dtype=torch.float64)), tag.degree)
+
+
+def _recurrent_input(node, tags, mode, result, traced):
+    """A recurrent layer (one ATen op, its first layer's input weights first in its parameter list)
+    reading the units as its input features: they are the columns of that weight, linear in each
+    gate; nothing else of the op may carry them."""
+    data, flat = node.args[0], node.args[2] if len(node.args) > 2 else ()
+    if data not in tags or any(isinstance(a, fx.Node) and a in tags for a in node.all_input_nodes if a is not data):
+        return result.fail(node, "a transformed tensor in a recurrent layer's state or weights") and None
+    if mode not in (Mode.PERM, Mode.DIAG, Mode.GL) or not flat:
+        return result.fail(node, "reaches a recurrent layer before any norm or softmax") and None
+    found = _param(flat[0], traced) if isinstance(flat[0], fx.Node) else None
+    columns = _units_along(tags[data].value, -1)
+    if found is None or columns is None or result.uses.get(found[0], 1) != 1:
+        return result.fail(node, "a recurrent layer whose input weights are not a parameter read once") and None
+    if mode is Mode.DIAG and tags[data].degree != 1:
+        return result.fail(node, f"reaches a recurrent layer at degree {tags[data].degree}") and None
+    result.consumers.append(Consumer(node, found[0], 1, columns))
+    return None
 
 
 def _index(node, tags, mode, result):

@@ -24,6 +24,7 @@ import logging
 import operator
 import re
 import sys
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,7 +199,9 @@ def _quiet_torch_logs():
         logger.setLevel(logging.CRITICAL)
     held = io.StringIO()
     try:
-        with contextlib.redirect_stderr(held):
+        with contextlib.redirect_stderr(held), warnings.catch_warnings():
+            # torch's recurrent layers reassign their flat weight list while exported: harmless here
+            warnings.filterwarnings("ignore", message=".*were assigned during export.*")
             yield
     finally:
         for logger, level in zip(loggers, levels):
