@@ -592,6 +592,8 @@ def _step(node, tags, mode: Mode, result: Walk, traced: TracedModel, epsilons) -
         return _index(node, tags, mode, result)
     if kind in ("lstm", "gru", "rnn_tanh", "rnn_relu"):
         return _recurrent_input(node, tags, mode, result, traced)
+    if kind in ("constant_pad_nd", "pad"):
+        return _pad(node, tag, mode, result)
     if kind == "scaled_dot_product_attention":
         return _attention(node, tags, mode, result)
     if kind == "baddbmm":  # beta input + alpha (a @ b): scores with an additive bias (ALiBi, BLOOM)
@@ -621,6 +623,29 @@ def _topk_shift(node, tag, result):
         return result.fail(node, "a shift that varies along the top-k axis changes the entries kept") and None
     values = value.narrow(dim, 0, 1).expand(tuple(node.meta["val"][0].shape)).clone()
     return _Tag((values, torch.zeros(values.shape, dtype=torch.float64)), tag.degree)
+
+
+def _pad(node, tag, mode, result):
+    """Zeros padded along axes where the units do not vary (Swin's windows, a convolution's "same"
+    padding written out): a per-unit scale, a permutation or a GL element leaves a zero a zero, so the
+    padded tensor carries the units as the input did; a shift would not (the zeros are not shifted)."""
+    if packet(node) == "pad":  # aten.pad(input, pad, mode="constant", value=None)
+        fill_mode = node.args[2] if len(node.args) > 2 else node.kwargs.get("mode", "constant")
+        value = node.args[3] if len(node.args) > 3 else node.kwargs.get("value")
+    else:  # aten.constant_pad_nd(input, pad, value=0)
+        fill_mode, value = "constant", node.args[2] if len(node.args) > 2 else node.kwargs.get("value", 0)
+    if mode is Mode.SHIFT:
+        return result.fail(node, "zeros padded to a shifted tensor are not shifted") and None
+    if fill_mode != "constant" or value not in (0, 0.0, None):
+        return result.fail(node, "a padding that is not zeros") and None
+    widths = node.args[1]
+    padded = {tag.value.dim() - 1 - i // 2 for i in range(len(widths)) if widths[i]}
+    if not all(_constant_along(tag.value, axis) for axis in padded):
+        return result.fail(node, "zeros padded along the transformed units") and None
+    out = tag.value
+    for axis in padded:
+        out = out.narrow(axis, 0, 1)
+    return _Tag(out.expand(shape(node)).clone(), tag.degree)
 
 
 def _recurrent_input(node, tags, mode, result, traced):
