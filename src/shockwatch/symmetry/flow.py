@@ -87,6 +87,8 @@ _SOFTMAX = {"softmax", "log_softmax", "_softmax", "_log_softmax"}
 _NORM_AXES = {"layer_norm": -1, "rms_norm": -1}
 _BATCH_NORM = {"batch_norm", "_native_batch_norm_legit", "native_batch_norm"}
 _CONV = {"conv1d", "conv2d", "conv3d", "convolution"}
+# transposed convolutions (a decoder's upsampling): weight (in, out / groups, ...), channels on axis 1
+_CONV_T = {"conv_transpose1d", "conv_transpose2d", "conv_transpose3d"}
 _COMPARE = {"gt", "ge", "lt", "le"}
 # a batched product of each row block with its own expert's weight, (tokens, in) x (experts, in, out) ->
 # (tokens, out): Hugging Face's mixture-of-experts layers (torch._grouped_mm and its CPU fallback)
@@ -320,17 +322,18 @@ def find_producers(traced: TracedModel, *, shared: bool = False) -> list[Produce
         elif kind in GROUPED_PRODUCTS and len(shape(args[1]) or ()) == 3:
             # every expert's unit j is one unit: a symmetry acts on it in all experts alike
             weight_arg, bias_arg, dims, x = args[1], None, (2, 1), args[0]
-        elif kind in _CONV:
-            transposed = kind == "convolution" and len(args) > 6 and args[6]
-            if transposed:
-                continue
+        elif kind in _CONV or kind in _CONV_T:
+            transposed = kind in _CONV_T or (kind == "convolution" and len(args) > 6 and args[6])
+            if transposed and (kind not in _CONV_T or _groups(node) != 1):
+                continue  # aten.convolution's transposed form and grouped transposed ones: not analysed
             weight, bias = _param(args[1], traced), (_param(args[2], traced) if len(args) > 2 else None)
             if weight is None:
                 continue
             name, order = weight
             if shared or uses.get(name, 0) != 1:
                 continue
-            out.append(Producer(node, name, order[0], order[1], bias[0] if bias else None, shape(node)[1], 1,
+            out_dim, in_dim = (order[1], order[0]) if transposed else (order[0], order[1])
+            out.append(Producer(node, name, out_dim, in_dim, bias[0] if bias else None, shape(node)[1], 1,
                                 _groups(node) != 1))
             continue
         else:
@@ -586,7 +589,7 @@ def _step(node, tags, mode: Mode, result: Walk, traced: TracedModel, epsilons) -
         return _softmax(node, tag, mode, result)
     if kind in _NORM_AXES or kind in _BATCH_NORM or kind == "group_norm":
         return _norm(node, tags, mode, result, traced)
-    if kind in ("linear", "addmm", "mm", "matmul", "bmm") or kind in _CONV or kind in GROUPED_PRODUCTS:
+    if kind in ("linear", "addmm", "mm", "matmul", "bmm") or kind in _CONV or kind in _CONV_T or kind in GROUPED_PRODUCTS:
         return _contraction(node, tags, mode, result, traced)
     if kind in ("index", "index_select"):
         return _index(node, tags, mode, result)
@@ -594,6 +597,8 @@ def _step(node, tags, mode: Mode, result: Walk, traced: TracedModel, epsilons) -
         return _recurrent_input(node, tags, mode, result, traced)
     if kind in ("constant_pad_nd", "pad"):
         return _pad(node, tag, mode, result)
+    if kind.startswith(("upsample_", "_upsample_")):
+        return _resampled(node, tag, mode, result)
     if kind == "scaled_dot_product_attention":
         return _attention(node, tags, mode, result)
     if kind == "baddbmm":  # beta input + alpha (a @ b): scores with an additive bias (ALiBi, BLOOM)
@@ -644,6 +649,20 @@ def _pad(node, tag, mode, result):
         return result.fail(node, "zeros padded along the transformed units") and None
     out = tag.value
     for axis in padded:
+        out = out.narrow(axis, 0, 1)
+    return _Tag(out.expand(shape(node)).clone(), tag.degree)
+
+
+def _resampled(node, tag, mode, result):
+    """Spatial resampling (``F.interpolate``: nearest, bilinear, bicubic, ...): each output position a
+    weighted sum of the same channel's input positions, the weights summing to 1, so a per-channel
+    scale, a permutation, a GL element on the channels and a shift constant in space all pass, where
+    the units live on the channel axis (1) alone."""
+    value = tag.value
+    if not all(_constant_along(value, axis) for axis in range(2, value.dim())):
+        return result.fail(node, "a resampling along the transformed units") and None
+    out = value
+    for axis in range(2, value.dim()):
         out = out.narrow(axis, 0, 1)
     return _Tag(out.expand(shape(node)).clone(), tag.degree)
 
@@ -1060,7 +1079,7 @@ def _contraction(node, tags, mode, result, traced):
     args = node.args
     if kind == "addmm":
         x, w, bias = args[1], args[2], args[0]
-    elif kind in _CONV or kind == "linear":
+    elif kind in _CONV or kind in _CONV_T or kind == "linear":
         x, w, bias = args[0], args[1], (args[2] if len(args) > 2 else None)
     else:
         x, w, bias = args[0], args[1], None
@@ -1078,13 +1097,15 @@ def _consume(node, tag, weight, kind, mode, result):
         return result.fail(node, "reaches a linear map before any norm or softmax") and None
     value = tag.value
     filters = 0  # depthwise: how many output channels (filters) read each input channel alone
+    if kind in _CONV_T and _groups(node) != 1:
+        return result.fail(node, "a grouped transposed convolution ties input channels to output channels") and None
     if kind in _CONV:
         groups = _groups(node)
         if groups != 1 and not (mode is Mode.DIAG and groups == value.shape[1]):
             return result.fail(node, "a grouped convolution ties input channels to output channels") and None
         if groups != 1:
             filters = (shape(node) or (0, 0))[1] // groups
-    columns = _units_along(value, 1 if kind in _CONV else -1)
+    columns = _units_along(value, 1 if kind in _CONV or kind in _CONV_T else -1)
     if columns is None:
         return result.fail(node, "a linear map whose input axis does not carry the units") and None
     if mode is Mode.DIAG and tag.degree != 1:
@@ -1093,6 +1114,7 @@ def _consume(node, tag, weight, kind, mode, result):
     if result.uses.get(name, 1) != 1:
         return result.fail(node, "reaches a weight that is also read elsewhere (tied)") and None
     in_dim = order[1] if kind in ("linear",) or kind in _CONV or kind in GROUPED_PRODUCTS else order[0]
+    # (a transposed convolution's weight is (in, out / groups, ...): its input channels are dim 0)
     if filters:
         # a depthwise filter is its output channel's alone: the compensation 1/a_c goes on the rows
         # (dim 0) of the filters that read input channel c
