@@ -826,7 +826,7 @@ class Monitor:
         try:
             self.flush()
             self.store.flush()
-        except Exception:  # noqa: BLE001 -- at exit, nothing is left to report to
+        except Exception:  # noqa: BLE001, S110 -- at exit, nothing is left to report to
             pass
 
     def _resolve(self, measured: _Pending) -> dict[str, float]:

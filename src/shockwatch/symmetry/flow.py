@@ -48,7 +48,8 @@ from torch import Tensor, fx
 
 from .trace import TracedModel, packet
 
-__all__ = ["GROUPED_PRODUCTS", "Mode", "biased_maps", "linear_inputs_reading", "linear_reads", "shape_only", "Parity", "Producer", "Walk", "find_producers", "is_lookup", "norm_affine_sources", "parameter_uses",
+__all__ = ["GROUPED_PRODUCTS", "Mode", "Parity", "Producer", "Walk", "biased_maps", "find_producers", "is_lookup",
+           "linear_inputs_reading", "linear_reads", "norm_affine_sources", "parameter_uses", "shape_only",
            "stream_sources", "walk"]
 
 
