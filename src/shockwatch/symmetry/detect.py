@@ -453,42 +453,54 @@ _GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}  # gate blocks in a
 
 def _emit_recurrent(traced: TracedModel, run, emit, note, uses: dict[str, int]) -> None:
     """The hidden units of torch's recurrent layers (``nn.LSTM``, ``nn.GRU``, ``nn.RNN``: one ATen
-    operation holding every layer's weights): permuting layer l's H units permutes the rows of each of
+    operation holding every layer's weights): permuting the H units of layer l (of one direction, where
+    bidirectional: its units are the output's features [d H, (d + 1) H)) permutes the rows of each of
     its gate blocks (weight_ih, weight_hh, both biases), weight_hh's columns, and the columns of what
-    reads the units (the next layer's weight_ih; after the last layer, the maps reading the output, by a
-    PERM walk from it). Bidirectional layers, and a last layer whose final state is read, are left out."""
+    reads the units (the next layer's weight_ih of each direction; after the last layer, the maps
+    reading the output, by a PERM walk from it). A last layer whose final state is read is left out."""
     for node in traced.graph.nodes:
         kind = packet(node)
         if kind not in _GATES or len(node.args) < 8:
             continue
         flat, has_biases, layers, bidirectional = node.args[2], node.args[3], node.args[4], node.args[7]
-        per_layer = 4 if has_biases else 2
+        per_layer, directions = 4 if has_biases else 2, 2 if bidirectional else 1
         names = [_param_name(traced, p) for p in flat]
-        if bidirectional or len(names) != per_layer * layers or any(n is None or uses.get(n) != 1 for n in names):
+        if len(names) != per_layer * layers * directions or any(n is None or uses.get(n) != 1 for n in names):
             continue
         outputs = {user.args[1]: user for user in node.users if packet(user) == "getitem"}
+
+        def weights(layer: int, direction: int) -> list[str]:
+            first = (layer * directions + direction) * per_layer
+            return names[first:first + per_layer]
+
         for layer in range(layers):
-            w_ih, w_hh, *biases = names[layer * per_layer:(layer + 1) * per_layer]
-            size = shape(_placeholder(traced, w_hh))[1]
-            gates = _GATES[kind]
-            incoming = [Slot(name, 0, g * size, (g + 1) * size) for name in (w_ih, w_hh, *biases) for g in range(gates)]
-            outgoing = [Slot(w_hh, 1, 0, size)]
-            if layer + 1 < layers:
-                outgoing.append(Slot(names[(layer + 1) * per_layer], 1, 0, size))
-            else:
-                if any(index in outputs and outputs[index].users for index in (1, 2)) or 0 not in outputs:
-                    continue  # the final hidden (or cell) state is read: its layout is not followed here
-                out = outputs[0]
-                perm = run({out: unit_index(shape(out), len(shape(out)) - 1, size)}, Mode.PERM, size)
-                slots = _permuted_slots(perm, size) if perm.ok else None
-                if slots is None:
-                    note(w_ih, perm)
-                    continue
-                incoming += slots[0]
-                outgoing += slots[1]
-            if size >= 2:
-                emit(Symmetry(Kind.PERMUTATION, f"permutation/{_module_of(w_ih)}/layer{layer}", tuple(incoming),
-                              tuple(outgoing), units=size))
+            for direction in range(directions):
+                w_ih, w_hh, *biases = weights(layer, direction)
+                size = shape(_placeholder(traced, w_hh))[1]
+                gates = _GATES[kind]
+                incoming = [Slot(name, 0, g * size, (g + 1) * size) for name in (w_ih, w_hh, *biases)
+                            for g in range(gates)]
+                outgoing = [Slot(w_hh, 1, 0, size)]
+                features = (direction * size, (direction + 1) * size)  # where the output carries them
+                if layer + 1 < layers:
+                    outgoing += [Slot(weights(layer + 1, d)[0], 1, *features) for d in range(directions)]
+                else:
+                    if any(index in outputs and outputs[index].users for index in (1, 2)) or 0 not in outputs:
+                        continue  # the final hidden (or cell) state is read: its layout is not followed here
+                    out = outputs[0]
+                    ids = unit_index(shape(out), len(shape(out)) - 1, shape(out)[-1]) - features[0]
+                    ids = ids.masked_fill((ids < 0) | (ids >= size), -1)
+                    perm = run({out: ids}, Mode.PERM, size)
+                    slots = _permuted_slots(perm, size) if perm.ok else None
+                    if slots is None:
+                        note(w_ih, perm)
+                        continue
+                    incoming += slots[0]
+                    outgoing += slots[1]
+                if size >= 2:
+                    suffix = "" if directions == 1 else ("/forward" if direction == 0 else "/backward")
+                    emit(Symmetry(Kind.PERMUTATION, f"permutation/{_module_of(w_ih)}/layer{layer}{suffix}",
+                                  tuple(incoming), tuple(outgoing), units=size))
 
 
 def _param_name(traced: TracedModel, node) -> str | None:

@@ -677,13 +677,18 @@ def _recurrent_input(node, tags, mode, result, traced):
         return result.fail(node, "a transformed tensor in a recurrent layer's state or weights") and None
     if mode not in (Mode.PERM, Mode.DIAG, Mode.GL) or not flat:
         return result.fail(node, "reaches a recurrent layer before any norm or softmax") and None
-    found = _param(flat[0], traced) if isinstance(flat[0], fx.Node) else None
+    # the first layer's input weights: of each direction where bidirectional (the reverse one a layer's
+    # parameters later: 4 with biases, 2 without)
+    per_layer = 4 if (len(node.args) > 3 and node.args[3]) else 2
+    firsts = [flat[0], *([flat[per_layer]] if len(node.args) > 7 and node.args[7] and len(flat) > per_layer else [])]
+    found = [_param(w, traced) if isinstance(w, fx.Node) else None for w in firsts]
     columns = _units_along(tags[data].value, -1)
-    if found is None or columns is None or result.uses.get(found[0], 1) != 1:
+    if any(f is None or result.uses.get(f[0], 1) != 1 for f in found) or columns is None:
         return result.fail(node, "a recurrent layer whose input weights are not a parameter read once") and None
     if mode is Mode.DIAG and tags[data].degree != 1:
         return result.fail(node, f"reaches a recurrent layer at degree {tags[data].degree}") and None
-    result.consumers.append(Consumer(node, found[0], 1, columns))
+    for weight in found:
+        result.consumers.append(Consumer(node, weight[0], 1, columns))
     return None
 
 
