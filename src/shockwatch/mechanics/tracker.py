@@ -750,10 +750,9 @@ class ConservationTracker:
             params = self._params() if params is None else params
             quadratic = self.symmetries.quadratic_sums([(params, params)], unsigned=True, compile=self._compile)[:, 0]
         signed, unsigned = quadratic
-        views = None if translation is not None else self._translation_views()
         if translation is not None:
             charge, size = translation
-        elif views is not None:
+        elif (views := self._translation_views()) is not None:
             charge = self.symmetries.host_charges(Kind.TRANSLATION, views)
             size = self.symmetries.host_charges(Kind.TRANSLATION, views, absolute=True)
         else:

@@ -60,6 +60,7 @@ import torch
 import torch.distributed as dist
 from threadpoolctl import threadpool_limits
 from torch import Tensor, nn
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from ..mechanics import ConservationTracker, unwrapped_optimizer
 from ..quotient import horizontal_projector
@@ -246,32 +247,17 @@ def _flush_at_exit(method_ref):
 
 
 def _read_to_host(pending: list[_Pending]) -> None:
-    """Every tensor the pending steps hold, read to the host in one copy (through pinned memory, non
-    blocking, from a GPU; one synchronisation for all of them) and put back as float64 NumPy arrays."""
-    slots: list[tuple[object, str, Tensor]] = []  # (holder, field, tensor)
-
-    def collect(holder, name, value):
-        if isinstance(value, Tensor):
-            slots.append((holder, name, value))
-
-    for measured in pending:
-        collect(measured, "loss", measured.loss)
-        for raw, fused in ((measured.pre, measured.pre and measured.pre.fused), (measured.post, measured.post and measured.post.fused)):
-            if fused is None:
-                continue
-            for name in FusedSums._fields:
-                collect(fused, name, getattr(fused, name))
-            if isinstance(raw, _PostSums) and raw.translation is not None:
-                collect(raw, "translation0", raw.translation[0])
-                collect(raw, "translation1", raw.translation[1])
-    if not slots:
-        return
+    """Every tensor the pending steps hold (their losses and both passes' sums), read to the host in one
+    copy per device (through pinned memory, non blocking, from a GPU: one synchronisation for all of
+    them) and put back as float64 NumPy arrays."""
+    leaves, spec = tree_flatten([(measured.loss, measured.pre, measured.post) for measured in pending])
     by_device: dict[torch.device, list[int]] = {}
-    for index, (_, _, tensor) in enumerate(slots):
-        by_device.setdefault(tensor.device, []).append(index)
-    host: list[np.ndarray | None] = [None] * len(slots)
+    for index, leaf in enumerate(leaves):
+        if isinstance(leaf, Tensor):
+            by_device.setdefault(leaf.device, []).append(index)
     for device, indices in by_device.items():
-        flat = torch.cat([slots[i][2].detach().reshape(-1).to(torch.float64) for i in indices])
+        flat = torch.cat([leaves[i].detach().reshape(-1).to(torch.float64) for i in indices])
+        staging = flat
         if device.type == "cuda":
             try:
                 staging = torch.empty(flat.shape, dtype=torch.float64, pin_memory=True)
@@ -279,31 +265,13 @@ def _read_to_host(pending: list[_Pending]) -> None:
                 torch.cuda.current_stream(device).synchronize()
             except RuntimeError:  # no pinned memory here: an ordinary copy reads the same values
                 staging = flat.cpu()
-        else:
-            staging = flat
-        values = staging.numpy()
-        offset = 0
+        values, offset = staging.numpy(), 0
         for i in indices:
-            tensor = slots[i][2]
-            host[i] = values[offset:offset + tensor.numel()].reshape(tensor.shape).copy()
-            offset += tensor.numel()
-    replaced: dict[int, dict[str, np.ndarray]] = {}
-    for (holder, name, _), value in zip(slots, host):
-        replaced.setdefault(id(holder), {})[name] = value
-    for measured in pending:
-        if id(measured) in replaced:
-            measured.loss = replaced[id(measured)]["loss"]
-        for attr in ("pre", "post"):
-            raw = getattr(measured, attr)
-            if raw is None:
-                continue
-            fields_now = replaced.get(id(raw.fused), {})
-            fused = raw.fused._replace(**fields_now) if fields_now else raw.fused
-            update = {"fused": fused}
-            own = replaced.get(id(raw), {})
-            if "translation0" in own:
-                update["translation"] = (own["translation0"], own["translation1"])
-            setattr(measured, attr, raw._replace(**update))
+            size, tensor_shape = leaves[i].numel(), leaves[i].shape
+            leaves[i] = values[offset:offset + size].reshape(tensor_shape).copy()
+            offset += size
+    for measured, (loss, pre, post) in zip(pending, tree_unflatten(leaves, spec)):
+        measured.loss, measured.pre, measured.post = loss, pre, post
 
 
 class Monitor:

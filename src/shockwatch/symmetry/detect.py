@@ -504,10 +504,12 @@ def _emit_recurrent(traced: TracedModel, run, emit, note, uses: dict[str, int]) 
 
 
 def _param_name(traced: TracedModel, node) -> str | None:
+    """The parameter a graph input stands for, or None for any other node."""
     return traced.parameters.get(node.name) if isinstance(node, fx.Node) and node.op == "placeholder" else None
 
 
 def _placeholder(traced: TracedModel, name: str) -> fx.Node:
+    """The graph input of parameter ``name``."""
     return next(n for n in traced.graph.nodes if n.op == "placeholder" and traced.parameters.get(n.name) == name)
 
 
@@ -579,8 +581,7 @@ def _offsets(members: list[Producer]) -> list[int]:
 
 
 def _in_size(traced: TracedModel, producer: Producer) -> int:
-    weight = next(n for n in traced.graph.nodes if n.op == "placeholder" and traced.parameters.get(n.name) == producer.weight)
-    return shape(weight)[producer.in_dim]
+    return shape(_placeholder(traced, producer.weight))[producer.in_dim]
 
 
 def _producer_behind(node, by_node: dict) -> Producer | None:
@@ -917,10 +918,8 @@ def _emit_stream_scale(traced: TracedModel, stream: list[Producer], run, emit) -
     if not (scalar.ok and scalar.absorbed):
         return
     incoming = [slot for p in stream for slot in _rows(p, 0, p.units)]
-    weights = {n.name: n for n in traced.graph.nodes if n.op == "placeholder"}
     for _, name in sources:
-        node = next(weights[k] for k, v in traced.parameters.items() if v == name)
-        incoming.append(Slot(name, 0, 0, shape(node)[0]))
+        incoming.append(Slot(name, 0, 0, shape(_placeholder(traced, name))[0]))
     emit(Symmetry(Kind.SCALE, "scale/residual_stream", tuple(incoming)))
 
 
@@ -1220,11 +1219,9 @@ def _emit_expert_permutations(traced: TracedModel, producers: list[Producer], by
     by_param = {name: sizes[node] for node, name in traced.parameters.items()}
     routed: dict[Producer, list[Producer]] = {}
     for producer in producers:
-        node = producer.node  # the grouped product, or the add of its gathered bias after it
-        if packet(node) not in GROUPED_PRODUCTS:
-            node = next((a for a in node.all_input_nodes if packet(a) in GROUPED_PRODUCTS), None)
-            if node is None:
-                continue
+        node = _grouped_product(producer)
+        if node is None:
+            continue
         offsets = node.args[2] if len(node.args) > 2 else node.kwargs.get("offs")
         above = _first_above([offsets], lambda current: current in by_node and not _is_grouped(by_node[current]), 32) \
             if isinstance(offsets, fx.Node) else None
@@ -1245,10 +1242,17 @@ def _emit_expert_permutations(traced: TracedModel, producers: list[Producer], by
                       tuple(Slot(name, 0, 0, count) for name in [*[p.weight for p in experts], *others]), units=count))
 
 
+def _grouped_product(producer: Producer) -> fx.Node | None:
+    """The grouped expert product behind ``producer`` (its node, or the input of the add of its gathered
+    bias), or None for any other map."""
+    node = producer.node
+    if packet(node) in GROUPED_PRODUCTS:
+        return node
+    return next((a for a in node.all_input_nodes if packet(a) in GROUPED_PRODUCTS), None)
+
+
 def _is_grouped(producer: Producer) -> bool:
-    """Whether ``producer`` is a grouped expert product (its node, or the add of its gathered bias)."""
-    return packet(producer.node) in GROUPED_PRODUCTS or any(
-        packet(a) in GROUPED_PRODUCTS for a in producer.node.all_input_nodes)
+    return _grouped_product(producer) is not None
 
 
 def _emit_fused_head_permutations(fused: Producer, values: list, runs: list, d: int, emit) -> None:

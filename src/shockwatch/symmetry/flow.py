@@ -253,32 +253,31 @@ def parameter_uses(traced: TracedModel) -> dict[str, int]:
     return uses
 
 
-def linear_reads(traced: TracedModel) -> dict[str, int]:
-    """How many linear maps (``linear``, ``addmm``, ``mm``, ``matmul``) read each parameter as their
-    weight (through casts and transposes)."""
-    reads: dict[str, int] = {}
-    for node in traced.graph.nodes:
-        kind = packet(node)
-        weight = node.args[2] if kind == "addmm" else node.args[1] if kind in ("linear", "mm", "matmul") else None
-        found = _param(weight, traced) if isinstance(weight, fx.Node) else None
-        if found is not None:
-            reads[found[0]] = reads.get(found[0], 0) + 1
-    return reads
-
-
-def linear_inputs_reading(traced: TracedModel, name: str) -> list[fx.Node]:
-    """The input operands of the linear maps (``linear``, ``addmm``, ``mm``, ``matmul``) whose weight is
-    parameter ``name`` (through casts and transposes): what a tied weight's other uses read."""
-    out = []
+def _parameter_maps(traced: TracedModel):
+    """(input operand, weight parameter) of every linear map (``linear``, ``addmm``, ``mm``, ``matmul``)
+    whose weight is a parameter (through casts and transposes)."""
     for node in traced.graph.nodes:
         kind = packet(node)
         if kind not in ("linear", "addmm", "mm", "matmul"):
             continue
         x, w = (node.args[1], node.args[2]) if kind == "addmm" else (node.args[0], node.args[1])
         found = _param(w, traced) if isinstance(w, fx.Node) else None
-        if found is not None and found[0] == name and isinstance(x, fx.Node):
-            out.append(x)
-    return out
+        if found is not None:
+            yield x, found[0]
+
+
+def linear_reads(traced: TracedModel) -> dict[str, int]:
+    """How many linear maps read each parameter as their weight (``_parameter_maps``)."""
+    reads: dict[str, int] = {}
+    for _, name in _parameter_maps(traced):
+        reads[name] = reads.get(name, 0) + 1
+    return reads
+
+
+def linear_inputs_reading(traced: TracedModel, name: str) -> list[fx.Node]:
+    """The input operands of the linear maps whose weight is parameter ``name`` (``_parameter_maps``):
+    what a tied weight's other uses read."""
+    return [x for x, weight in _parameter_maps(traced) if weight == name and isinstance(x, fx.Node)]
 
 
 def biased_maps(traced: TracedModel) -> list[tuple[fx.Node, str]]:
@@ -624,11 +623,21 @@ def _topk_shift(node, tag, result):
     for all experts): the same entries are kept, so the indices are unchanged and the values shift
     by c. Any other shift can change which entries are kept."""
     dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", -1)
-    value = tag.value
-    if not _constant_along(value, dim):
+    values = _spread(tag.value, {dim % tag.value.dim()}, tuple(node.meta["val"][0].shape))
+    if values is None:
         return result.fail(node, "a shift that varies along the top-k axis changes the entries kept") and None
-    values = value.narrow(dim, 0, 1).expand(tuple(node.meta["val"][0].shape)).clone()
     return _Tag((values, torch.zeros(values.shape, dtype=torch.float64)), tag.degree)
+
+
+def _spread(value: Tensor, axes: set[int], out_shape: tuple[int, ...]) -> Tensor | None:
+    """``value`` (a tag) read at any one position along ``axes`` and broadcast to ``out_shape``: what an
+    op that moves, copies or mixes positions along axes the tag is constant on (padding, resampling,
+    a top k) leaves of it; None where the tag varies along one of them."""
+    if not all(_constant_along(value, axis) for axis in axes):
+        return None
+    for axis in axes:
+        value = value.narrow(axis, 0, 1)
+    return value.expand(out_shape).clone()
 
 
 def _pad(node, tag, mode, result):
@@ -645,13 +654,10 @@ def _pad(node, tag, mode, result):
     if fill_mode != "constant" or value not in (0, 0.0, None):
         return result.fail(node, "a padding that is not zeros") and None
     widths = node.args[1]
-    padded = {tag.value.dim() - 1 - i // 2 for i in range(len(widths)) if widths[i]}
-    if not all(_constant_along(tag.value, axis) for axis in padded):
+    padded = _spread(tag.value, {tag.value.dim() - 1 - i // 2 for i in range(len(widths)) if widths[i]}, shape(node))
+    if padded is None:
         return result.fail(node, "zeros padded along the transformed units") and None
-    out = tag.value
-    for axis in padded:
-        out = out.narrow(axis, 0, 1)
-    return _Tag(out.expand(shape(node)).clone(), tag.degree)
+    return _Tag(padded, tag.degree)
 
 
 def _resampled(node, tag, mode, result):
@@ -659,13 +665,10 @@ def _resampled(node, tag, mode, result):
     weighted sum of the same channel's input positions, the weights summing to 1, so a per-channel
     scale, a permutation, a GL element on the channels and a shift constant in space all pass, where
     the units live on the channel axis (1) alone."""
-    value = tag.value
-    if not all(_constant_along(value, axis) for axis in range(2, value.dim())):
+    resampled = _spread(tag.value, set(range(2, tag.value.dim())), shape(node))
+    if resampled is None:
         return result.fail(node, "a resampling along the transformed units") and None
-    out = value
-    for axis in range(2, value.dim()):
-        out = out.narrow(axis, 0, 1)
-    return _Tag(out.expand(shape(node)).clone(), tag.degree)
+    return _Tag(resampled, tag.degree)
 
 
 def _recurrent_input(node, tags, mode, result, traced):
