@@ -146,3 +146,28 @@ def test_verification_refutes_an_action_invisible_at_initialisation():
     assert result.exact[heads.label] < 1e-12 and result.exact["wrong"] > 1e-6
     assert result.accepted(heads.label) and not result.accepted("wrong")
     assert "wrong" in result.refuted() and heads.label not in result.refuted()
+
+
+class LogScaled(nn.Module):
+    """A ReLU layer whose output is scaled by sum(log p), p small and positive: a random point near the
+    parameters makes some p negative, so the output is NaN there."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up, self.down = nn.Linear(4, 6), nn.Linear(6, 3)
+        self.p = nn.Parameter(torch.full((8,), 1e-3))
+
+    def forward(self, x):
+        return self.down(torch.relu(self.up(x))) * self.p.log().sum()
+
+
+def test_a_random_point_where_the_output_is_not_finite_is_not_used():
+    """Where the exact check's random point gives a non-finite output (found by the block-stack
+    property test: a lone ReLU unit dead on every sample before a norm at eps 0), the check measures
+    at the model's own parameters instead: the hidden units' 6 rescales are kept, not all refuted."""
+    torch.manual_seed(0)
+    model = LogScaled().double()
+    x = torch.randn(5, 4, dtype=torch.float64)
+    found = sw.find_symmetries(model, x, logits=False)
+    assert found.rejected == ()
+    assert len([sym for sym in found.of_kind(Kind.RESCALE) if sym.label.startswith("rescale/up/")]) == 6

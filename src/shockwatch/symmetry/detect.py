@@ -1364,19 +1364,24 @@ def _measure(evaluate: ExactEvaluator, model: nn.Module, symmetries: list[Symmet
     """The exact changes of ``exact_defects`` through ``evaluate`` (joint per kind where ``samples``).
     ``perturbed``: at a random point near the model's parameters (each p + 0.2 max(std p, 0.05) z,
     z ~ N(0, 1)) instead of at them: a group acts on every point of parameter space, and at
-    initialisation a norm's gains (all 1) and zero biases make many wrong actions on them invisible."""
+    initialisation a norm's gains (all 1) and zero biases make many wrong actions on them invisible.
+    A point whose output is not finite where the model's is (a lone ReLU unit dead on every sample
+    there, before a norm at eps 0: 0/0) says nothing: the model's own parameters are used then."""
     params = {name: p.detach().to(torch.float64, copy=True) for name, p in model.named_parameters()}
     random = torch.Generator().manual_seed(seed)
-    if perturbed:
-        noise = torch.Generator().manual_seed(seed + 1)
-        params = {name: p + 0.2 * max(float(p.std()) if p.numel() > 1 else 0.0, 0.05)
-                  * torch.randn(p.shape, dtype=torch.float64, generator=noise) for name, p in params.items()}
 
     def output(values: Mapping[str, Tensor]) -> Tensor:
         out = evaluate(values)
         return torch.log_softmax(out, dim=-1) if logits else out
 
     reference = output(params)
+    if perturbed:
+        noise = torch.Generator().manual_seed(seed + 1)
+        nearby = {name: p + 0.2 * max(float(p.std()) if p.numel() > 1 else 0.0, 0.05)
+                  * torch.randn(p.shape, dtype=torch.float64, generator=noise) for name, p in params.items()}
+        there = output(nearby)
+        if bool(torch.isfinite(there)[torch.isfinite(reference)].all()):
+            params, reference = nearby, there
     out: dict[str, float] = {}
     alone = symmetries
     if samples is not None:
