@@ -992,8 +992,9 @@ def _emit_head_permutations(traced: TracedModel, attention: dict, emit, by_node:
         emitted = False
         queries = sum(len(columns) for _, columns in vo)  # every query head reads one value head
         width = vo[0][0][0].stop - vo[0][0][0].start if vo else 0  # a head's dimensions
+        operands = _query_and_key(node)
         aligned = _head_parameters(traced, [member for member in members[node] if attention[member].get("vo")],
-                                   _query_and_key(node), by_node, queries, len(vo), width)
+                                   operands, by_node, queries, len(vo), width)
         emit_heads = _with_head_parameters(emit, *aligned, queries) if any(aligned) else emit
         if len(vo) == heads and any(len(q) > 1 for q, _, _, _ in qk):
             emitted = _emit_query_group_permutations(qk, vo, emit_heads)
@@ -1011,7 +1012,6 @@ def _emit_head_permutations(traced: TracedModel, attention: dict, emit, by_node:
         # no query/key GL (a rotary embedding), or GL on part of each head's dimensions only (a
         # partial rotary embedding, whose blocks do not span whole heads): from the projections
         if not emitted and vo:
-            operands = _query_and_key(node)
             if operands is not None:
                 _emit_rotary_head_permutations(*operands, vo, by_node, emit_heads)
 
