@@ -32,8 +32,25 @@ def spawn_gloo(worker, directory, world: int = 2) -> list:
 
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available in this torch build")
-    mp.spawn(worker, args=(world, str(directory)), nprocs=world, join=True)
+    mp.spawn(_run_then_exit, args=(worker, world, str(directory)), nprocs=world, join=True)
     return [torch.load(directory / f"rank{r}.pt") for r in range(world)]
+
+
+def _run_then_exit(rank: int, worker, world: int, directory: str) -> None:
+    """One spawned rank: ``worker`` run, then the process left with ``os._exit(0)`` once it returned.
+
+    Everything a rank reports is saved by then; what is skipped is the interpreter's teardown, where a
+    gloo group still held by a DDP wrapper or a reference cycle is destroyed while the peer has
+    already closed its connections, and gloo's threads can call ``std::terminate`` (seen once in
+    CI as "terminate called without an active exception", SIGABRT, after both ranks had passed the
+    final barrier). An exception in ``worker`` still propagates to ``mp.spawn`` as before."""
+    import os
+    import sys
+
+    worker(rank, world, directory)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def gloo_group(rank: int, world: int, directory: str):
@@ -41,6 +58,7 @@ def gloo_group(rank: int, world: int, directory: str):
     a barrier (a rank whose peer closed its gloo connections first can abort in gloo's threads:
     "terminate called without an active exception") and the group destroyed."""
     import contextlib
+    import gc
 
     import torch
     import torch.distributed as dist
@@ -53,6 +71,7 @@ def gloo_group(rank: int, world: int, directory: str):
             yield
             dist.barrier()
         finally:
+            gc.collect()  # a wrapper in a reference cycle lets go of the group while both ranks are here
             dist.destroy_process_group()
 
     return group()
