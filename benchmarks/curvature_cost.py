@@ -10,8 +10,10 @@ SGD(lr=0.05, momentum=0.9), CPU. In one process:
   ``hessian_vector_product`` on its own ``gradsH`` (the model's float32), each the median of 40
   products after 5 warm-up ones, alternating; the graph's set-up once each;
 - the quotient probe: one product of P_H H P_H (two horizontal projections around an HVP, the
-  projector built once per sample and shared by every product) against one raw product, alone and
-  per product over whole Lanczos runs to the top eigenvalue (ARPACK's work included), alternating;
+  projector built once per sample and shared by every product) against one raw product, alone; and
+  per product over whole Lanczos runs to the top eigenvalue (ARPACK's work included), alternating,
+  as ``curvature`` runs it (the input projected by ``HorizontalProjector.krylov``) and with both
+  projections in full;
 - Lanczos over a run: ``--samples`` curvature samples (raw and quotient extremes, ``curvature``)
   ``--every`` SGD steps apart at tolerance ``--tol``, each started cold (a fixed random vector)
   and warm (the previous sample's eigenvectors), on the same weights: products and seconds per
@@ -129,15 +131,21 @@ def main() -> None:
     # the same inside Lanczos, as ``curvature`` runs it: whole runs to the top eigenvalue, per product
     # (ARPACK's own work included), alternating
     operator = lambda matvec: LinearOperator((ours.dimension,) * 2, matvec=matvec, dtype=np.float64)
-    per_product = {"raw": [], "quotient": []}
+    # "quotient": as ``curvature`` runs it (the input's projection by ``krylov``: a few dot products on
+    # the vectors of the run's form); "quotient_two_projections": both projections in full every product
+    per_product = {"raw": [], "quotient": [], "quotient_two_projections": []}
     for _ in range(15):
-        for name, matvec in (("raw", ours.hvp), ("quotient", lambda v: project(ours.hvp(project(v))))):
+        krylov = project.krylov(vector)
+        for name, matvec in (("raw", ours.hvp), ("quotient", lambda v, krylov=krylov: project(ours.hvp(krylov(v)))),
+                             ("quotient_two_projections", lambda v: project(ours.hvp(project(v))))):
             before, start = ours.count, time.perf_counter()
             eigsh(operator(matvec), k=1, which="LA", tol=args.tol, v0=vector)
             per_product[name].append((time.perf_counter() - start) / (ours.count - before))
     for name, times in per_product.items():
         record[f"lanczos_{name}_product_ms"] = statistics.median(times) * 1e3
     record["lanczos_quotient_over_raw"] = record["lanczos_quotient_product_ms"] / record["lanczos_raw_product_ms"]
+    record["lanczos_quotient_two_projections_over_raw"] = (record["lanczos_quotient_two_projections_product_ms"]
+                                                           / record["lanczos_raw_product_ms"])
 
     samples = []
     previous = None

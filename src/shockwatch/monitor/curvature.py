@@ -113,15 +113,22 @@ def _curvature(model, loss_fn, batch, symmetries, tol, max_matvecs, max_dense_en
     def projected(vector: np.ndarray) -> np.ndarray:
         return project(hvp(project(vector)))
 
-    operator = lambda matvec: LinearOperator((dimension, dimension), matvec=matvec, dtype=np.float64)
+    def quotient_run(start: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+        """P_H H P_H for the vectors of a Lanczos run from ``start``: the input's projection by
+        ``HorizontalProjector.krylov`` (a few dot products where the vector is of the run's form)."""
+        krylov = project.krylov(start)
+        return lambda vector: project(hvp(krylov(vector)))
+
     starts = _warm_starts(warm, dimension)
-    raw = _extremes(operator(hvp), tol, max_matvecs, starts[0:2])
-    quotient = _extremes(operator(projected), tol, max_matvecs, starts[2:4])
+    raw = _extremes(lambda start: hvp, dimension, tol, max_matvecs, starts[0:2])
+    quotient = _extremes(quotient_run, dimension, tol, max_matvecs, starts[2:4])
     preconditioned = None
     if scale is not None:
+        # S P_H H P_H S: the projection's inputs S v are not of a Krylov run's form, so both are full
         starts = _warm_starts(warm.preconditioned if warm is not None else None, dimension)
-        raw_scaled = _extremes(operator(lambda v: scale * hvp(scale * v)), tol, max_matvecs, starts[0:2])
-        quotient_scaled = _extremes(operator(lambda v: scale * projected(scale * v)), tol, max_matvecs, starts[2:4])
+        raw_scaled = _extremes(lambda start: lambda v: scale * hvp(scale * v), dimension, tol, max_matvecs, starts[0:2])
+        quotient_scaled = _extremes(lambda start: lambda v: scale * projected(scale * v), dimension, tol, max_matvecs,
+                                    starts[2:4])
         preconditioned = Curvature(raw_scaled[1], raw_scaled[0], quotient_scaled[1], quotient_scaled[0], 0,
                                    vectors=(*raw_scaled[2:], *quotient_scaled[2:]))
     return Curvature(raw[1], raw[0], quotient[1], quotient[0], hessian.count, preconditioned,
@@ -272,27 +279,31 @@ def adam_preconditioner(optimizer: torch.optim.Optimizer, model: nn.Module) -> d
     return out
 
 
-def _extremes(operator: LinearOperator, tol: float, max_matvecs: int,
-              starts: tuple[np.ndarray | None, np.ndarray | None] = (None, None)
+def _extremes(matvec_for: Callable[[np.ndarray], Callable[[np.ndarray], np.ndarray]], n: int, tol: float,
+              max_matvecs: int, starts: tuple[np.ndarray | None, np.ndarray | None] = (None, None)
               ) -> tuple[float, float, np.ndarray, np.ndarray]:
     """(smallest, largest) algebraic eigenvalue of a symmetric operator by Lanczos, and their
-    eigenvectors; ``starts``: (bottom, top) start vectors (an earlier sample's eigenvectors), else a
-    fixed random one."""
-    n = operator.shape[0]
+    eigenvectors; ``matvec_for(start)``: the operator's product for the vectors of a run from
+    ``start`` (the same operator whatever the start); ``starts``: (bottom, top) start vectors (an
+    earlier sample's eigenvectors), else a fixed random one."""
+    cold = np.random.default_rng(0).standard_normal(n)
     if n <= 3:
-        dense = np.stack([operator.matvec(e) for e in np.eye(n)], axis=1)
+        matvec = matvec_for(cold)
+        dense = np.stack([matvec(e) for e in np.eye(n)], axis=1)
         values, vectors = np.linalg.eigh(0.5 * (dense + dense.T))
         return float(values[0]), float(values[-1]), vectors[:, 0], vectors[:, -1]
-    cold = np.random.default_rng(0).standard_normal(n)
 
-    def run(op, which: str, start: np.ndarray | None) -> tuple[float, np.ndarray]:
-        values, vectors = eigsh(op, k=1, which=which, tol=tol, maxiter=max_matvecs, v0=cold if start is None else start)
+    def run(shift: float, which: str, start: np.ndarray | None) -> tuple[float, np.ndarray]:
+        start = cold if start is None else start
+        matvec = matvec_for(start)
+        shifted = matvec if shift == 0.0 else (lambda v: matvec(v) - shift * v)
+        operator = LinearOperator((n, n), matvec=shifted, dtype=np.float64)
+        values, vectors = eigsh(operator, k=1, which=which, tol=tol, maxiter=max_matvecs, v0=start)
         return float(values[0]), vectors[:, 0]
 
-    top, top_vector = run(operator, "LA", starts[1])
+    top, top_vector = run(0.0, "LA", starts[1])
     # the bottom as the largest-magnitude eigenvalue of H - top I (all <= 0): its tolerance is then
     # relative to the spectrum's width, not to |lambda_min|, which is often tiny beside lambda_max and
     # made a two-ended ("BE") run take 2-4x the matvecs for the same absolute accuracy
-    shifted = LinearOperator(operator.shape, matvec=lambda v: operator.matvec(v) - top * v, dtype=np.float64)
-    bottom, bottom_vector = run(shifted, "LM", starts[0])
+    bottom, bottom_vector = run(top, "LM", starts[0])
     return min(bottom + top, top), top, bottom_vector, top_vector

@@ -18,8 +18,8 @@ from .entropy import (
     sphere_walk,
 )
 from .projectability import Projectability, QuotientMoments, projectability, quotient_moments
-from .projection import Metric, OrbitOperator, horizontal_projection, horizontal_projector
+from .projection import HorizontalProjector, Metric, OrbitOperator, horizontal_projection, horizontal_projector
 
-__all__ = ["Canonical", "ClosureReport", "closure_test", "Direction", "LangevinGradient", "Metric", "MonteCarloEntropy", "OrbitOperator", "Projectability", "QuotientMoments", "projectability", "quotient_moments", "QuotientChart",
+__all__ = ["Canonical", "ClosureReport", "closure_test", "Direction", "HorizontalProjector", "LangevinGradient", "Metric", "MonteCarloEntropy", "OrbitOperator", "Projectability", "QuotientMoments", "projectability", "quotient_moments", "QuotientChart",
            "SliceEntropy", "batched_loss", "canonical", "gl_invariant", "horizontal_projection", "horizontal_projector", "langevin_gradient",
            "monte_carlo_entropy", "push_forward", "relu_unit_coordinates", "slice_entropy", "sphere_walk"]

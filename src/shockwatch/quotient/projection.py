@@ -36,7 +36,7 @@ from torch import Tensor
 
 from ..symmetry import Kind, SymmetrySet, generator, generator_entries, gl_generator_combination, gl_generator_inner, unit_matrix
 
-__all__ = ["Metric", "OrbitOperator", "horizontal_projection", "horizontal_projector"]
+__all__ = ["HorizontalProjector", "Metric", "OrbitOperator", "horizontal_projection", "horizontal_projector"]
 
 _KINDS = (Kind.TRANSLATION, Kind.SCALE, Kind.RESCALE)
 
@@ -176,9 +176,65 @@ def horizontal_projection(symmetries: SymmetrySet, params: Mapping[str, Tensor],
     return {name: t - removed[name] if name in removed else t for name, t in v.items()}
 
 
+class HorizontalProjector:
+    r"""v -> P_H v for flat float64 vectors (``horizontal_projector``), and ``krylov(start)``: the same
+    projection for the vectors of one Krylov run, at the cost of a few dot products where it can.
+
+    In a Krylov space of A = P_H H P_H - s I started at v_0, every vector is r = h + alpha u_0 with h
+    horizontal and u_0 = v_0 - P_H v_0 the start's vertical part (A v = P_H(...) - s v adds nothing
+    vertical but -s times its input's vertical part), so P_H r = r - alpha u_0 (P_H u_0 = 0). alpha
+    is read off m random vertical functionals c_i = J^T z_i / |J^T z_i| (c_i . h = 0):
+
+        alpha = <C r, C u_0> / |C u_0|^2,   accepted where |C r - alpha C u_0|_inf <= tau |r|,
+
+    tau = 1e-12, and any other vector (an eigensolver's random restart, round-off grown past tau)
+    gets the full projection. So the operator stays P_H H P_H on every vector, orbit zeros included,
+    with one projection a product in place of two (measured in Lanczos on an 85k-parameter MLP:
+    benchmarks/RESULTS.md)."""
+
+    FUNCTIONALS = 3
+    TOLERANCE = 1e-12
+
+    def __init__(self, project: Callable[[np.ndarray], np.ndarray], vertical: Callable[[np.ndarray], np.ndarray] | None,
+                 count: int):
+        self._project = project
+        self._vertical = vertical  # z (K) -> J^T z (D), or None where there is no orbit direction
+        self._count = count
+
+    def __call__(self, vector: np.ndarray) -> np.ndarray:
+        return self._project(vector)
+
+    @functools.cached_property
+    def _functionals(self) -> np.ndarray:
+        """C: FUNCTIONALS unit rows J^T z_i, z_i standard normal from a fixed seed."""
+        rng = np.random.default_rng(0)
+        rows = np.stack([self._vertical(rng.standard_normal(self._count)) for _ in range(self.FUNCTIONALS)])
+        # a generator set that is zero here (a scale at theta_A = 0) leaves a zero row, which reads 0
+        return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), np.finfo(np.float64).tiny)
+
+    def krylov(self, start: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+        """r -> P_H r for the vectors of a Krylov run started at ``start`` (see the class)."""
+        if self._vertical is None:
+            return self._project
+        functionals = self._functionals
+        vertical = start - self._project(start)
+        seen = functionals @ vertical
+        # a start horizontal to round-off: its Krylov vectors are horizontal, alpha = 0
+        weight = float(seen @ seen) if float(np.abs(seen).max()) > self.TOLERANCE * float(np.linalg.norm(start)) else 0.0
+
+        def project(vector: np.ndarray) -> np.ndarray:
+            read = functionals @ vector
+            alpha = float(read @ seen) / weight if weight else 0.0
+            if float(np.abs(read - alpha * seen).max()) <= self.TOLERANCE * float(np.linalg.norm(vector)):
+                return vector - alpha * vertical
+            return self._project(vector)
+
+        return project
+
+
 def horizontal_projector(symmetries: SymmetrySet, params: Mapping[str, Tensor], *, rtol: float = 1e-8,
                          max_iterations: int = 10_000,
-                         max_dense_entries: int = 16_000_000) -> Callable[[np.ndarray], np.ndarray]:
+                         max_dense_entries: int = 16_000_000) -> HorizontalProjector:
     r"""v -> P_H v (Euclidean) at ``params``, for flat float64 vectors in the order of ``params``' keys:
     for many vectors at one point (a Lanczos run, the monitor's gradient and update).
 
@@ -189,7 +245,7 @@ def horizontal_projector(symmetries: SymmetrySet, params: Mapping[str, Tensor], 
         products and one K x K product per vector in place of a CG solve (measured on an 85k-parameter
         MLP: a quotient Hessian product 1.27x a raw one, against 9.8x with CG; benchmarks/RESULTS.md).
     Otherwise each call is ``horizontal_projection`` (CG to ``rtol``; RuntimeError if it does not
-    converge within ``max_iterations``).
+    converge within ``max_iterations``). ``HorizontalProjector.krylov`` serves a Krylov run's vectors.
     """
     params = {name: p.detach().to(torch.float64) for name, p in params.items()}
     names = list(params)
@@ -197,7 +253,7 @@ def horizontal_projector(symmetries: SymmetrySet, params: Mapping[str, Tensor], 
     operator = OrbitOperator(symmetries, params)
     count = sum(operator.sizes)
     if count == 0:
-        return lambda vector: vector
+        return HorizontalProjector(lambda vector: vector, None, 0)
     if count * count > max_dense_entries:
         def by_cg(vector: np.ndarray) -> np.ndarray:
             pieces = torch.from_numpy(np.ascontiguousarray(vector, dtype=np.float64)).split(sizes)
@@ -205,7 +261,13 @@ def horizontal_projector(symmetries: SymmetrySet, params: Mapping[str, Tensor], 
             projected = horizontal_projection(symmetries, params, unflat, rtol=rtol, max_iterations=max_iterations)
             return torch.cat([projected[name].reshape(-1) for name in names]).numpy()
 
-        return by_cg
+        def combination(coefficients: np.ndarray) -> np.ndarray:
+            dense = operator.rmatvec(torch.from_numpy(coefficients))
+            return torch.cat([dense[name].reshape(-1) if name in dense else torch.zeros(params[name].numel(),
+                                                                                        dtype=torch.float64)
+                              for name in names]).numpy()
+
+        return HorizontalProjector(by_cg, combination, count)
     sparse = generator_matrix(symmetries, params)
     values, vectors = np.linalg.eigh((sparse.T @ sparse).toarray())
     keep = values > values.max() * count * np.finfo(np.float64).eps
@@ -218,7 +280,7 @@ def horizontal_projector(symmetries: SymmetrySet, params: Mapping[str, Tensor], 
         out = rows @ (inverse @ (transposed @ vector))
         return np.subtract(vector, out, out=out)
 
-    return by_generators
+    return HorizontalProjector(by_generators, lambda coefficients: rows @ coefficients, sparse.shape[1])
 
 
 def generator_matrix(symmetries: SymmetrySet, params: Mapping[str, Tensor]) -> csc_matrix:
