@@ -81,6 +81,10 @@ CASES = {
                             num_heads=[2, 2], window_size=4),
     "resnet": lambda: _images("ResNetConfig", "ResNetForImageClassification", train=True, embedding_size=8, hidden_sizes=[8, 16],
                               depths=[1, 1]),
+    # experts stored input-first, x @ W by bmm (find_symmetries crashed here until 2026-12-07, later)
+    "llama4": lambda: _causal("Llama4TextConfig", "Llama4ForCausalLM", hidden_size=32, intermediate_size=32,
+                              intermediate_size_mlp=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                              head_dim=16, num_local_experts=2, num_experts_per_tok=1, interleave_moe_layer_step=2),
     # layer scales (a learned per-unit multiplier on each branch), added 2026-12-07
     "dinov2": lambda: _images("Dinov2Config", "Dinov2ForImageClassification", image_size=32, patch_size=8, hidden_size=32,
                               num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, layerscale_value=0.5),

@@ -250,3 +250,37 @@ def test_interleaved_gated_experts_with_biases():
     assert {(prefix + "gate_up_proj_bias", 0, 0, EXPERTS), (prefix + "down_proj_bias", 0, 0, EXPERTS),
             ("model.layers.0.mlp.router.weight", 0, 0, EXPERTS)} <= labels[f"permutation/{prefix[:-1]}/experts"]
     assert (prefix + "down_proj_bias", 1, 0, 16) in labels["permutation/residual_stream"]
+
+
+def test_experts_stored_input_first_rescale_along_their_input_axis():
+    """Llama 4's experts keep gate_up_proj as (experts, hidden, 2 x intermediate) and multiply x @ W
+    (bmm): a hidden unit is W's dim 1, not dim 0 (the expert axis, where the unit index ran past the
+    2 experts: find_symmetries crashed). Truth by hand in float64: the post-attention norm's gain
+    unit 5 times 3, the router's, shared expert's and experts' input weights of unit 5 divided by 3."""
+    torch.manual_seed(0)
+    config = transformers.Llama4TextConfig(vocab_size=VOCAB, hidden_size=16, intermediate_size=16,
+                                           intermediate_size_mlp=32, num_hidden_layers=2, num_attention_heads=2,
+                                           num_key_value_heads=1, head_dim=8, num_local_experts=2, num_experts_per_tok=1,
+                                           interleave_moe_layer_step=2)
+    model = transformers.Llama4ForCausalLM(config).eval()
+    ids = torch.randint(3, VOCAB, (2, 8), generator=torch.Generator().manual_seed(1))
+    found = sw.find_symmetries(model, {"input_ids": ids})
+    assert not found.rejected
+    prefix = "model.layers.1."
+    expected = {(prefix + "post_attention_layernorm.weight", 0), (prefix + "feed_forward.router.weight", 1),
+                (prefix + "feed_forward.experts.gate_up_proj", 1), (prefix + "feed_forward.shared_expert.gate_proj.weight", 1),
+                (prefix + "feed_forward.shared_expert.up_proj.weight", 1)}
+    unit = [sym for sym in found.of_kind(Kind.RESCALE) if sym.label.endswith(prefix + "post_attention_layernorm/unit5")]
+    assert len(unit) == 1 and {(s.param, s.dim) for s in unit[0].slots} == expected
+    model = model.double()
+    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+    moved = {k: v.clone() for k, v in params.items()}
+    moved[prefix + "post_attention_layernorm.weight"][5] *= 3.0
+    moved[prefix + "feed_forward.router.weight"][:, 5] /= 3.0
+    moved[prefix + "feed_forward.experts.gate_up_proj"][:, 5, :] /= 3.0
+    moved[prefix + "feed_forward.shared_expert.gate_proj.weight"][:, 5] /= 3.0
+    moved[prefix + "feed_forward.shared_expert.up_proj.weight"][:, 5] /= 3.0
+    with torch.no_grad():
+        assert _change(model, params, moved, ids) < 1e-12
+        moved[prefix + "feed_forward.experts.gate_up_proj"][:, 5, :] *= 3.0  # the experts' part left out: changed
+        assert _change(model, params, moved, ids) > 1e-6

@@ -54,6 +54,7 @@ Every candidate is then checked on the example input in float64 with every norm 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 
 import torch
@@ -1414,9 +1415,15 @@ def _elements(kind: Kind) -> int:
 
 def _checked(model: nn.Module, traced: TracedModel, candidates: list[Symmetry], logits: bool,
              samples: int) -> tuple[list[Symmetry], list[Symmetry]]:
-    """The candidates that keep the float64, eps-free output (relative change < EXACT_TOLERANCE)."""
+    """The candidates that keep the float64, eps-free output (relative change < EXACT_TOLERANCE);
+    a candidate whose slots do not fit its parameters' shapes (an analysis fault) is refuted unmeasured."""
+    shapes = {name: p.shape for name, p in model.named_parameters(remove_duplicate=False)}
+    fits = lambda slot: slot.param in shapes and -len(shapes[slot.param]) <= slot.dim < len(shapes[slot.param]) and (
+        0 <= slot.start < slot.stop <= shapes[slot.param][slot.dim])
+    misfits = [dataclasses.replace(sym, defect=math.inf) for sym in candidates if not all(map(fits, sym.slots))]
+    candidates = [sym for sym in candidates if all(map(fits, sym.slots))]
     if not candidates:
-        return [], []
+        return [], misfits
     measured = _measure(ExactEvaluator(traced, model), model, candidates, logits, samples, 0, perturbed=True)
     kept, rejected = [], []
     for sym in candidates:
@@ -1425,7 +1432,7 @@ def _checked(model: nn.Module, traced: TracedModel, candidates: list[Symmetry], 
             rejected.append(dataclasses.replace(sym, defect=value))
         else:
             kept.append(dataclasses.replace(sym, defect=value) if value is not None else sym)
-    return kept, rejected
+    return kept, rejected + misfits
 
 
 def _relative_change(moved: Tensor, reference: Tensor) -> float:

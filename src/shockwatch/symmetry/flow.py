@@ -86,7 +86,8 @@ _REDUCE = {"mean": 1, "sum": 1, "amax": 1, "amin": 1, "var": 2, "std": 1, "norm"
 _BINARY = {"add", "sub", "mul", "div", "rsub"}
 _SOFTMAX = {"softmax", "log_softmax", "_softmax", "_log_softmax"}
 _NORM_AXES = {"layer_norm": -1, "rms_norm": -1}
-_BATCH_NORM = {"batch_norm", "_native_batch_norm_legit", "native_batch_norm"}
+# per-channel statistics: a batch norm in training mode, an instance norm (per sample) with input statistics
+_BATCH_NORM = {"batch_norm", "_native_batch_norm_legit", "native_batch_norm", "instance_norm"}
 _CONV = {"conv1d", "conv2d", "conv3d", "convolution"}
 # transposed convolutions (a decoder's upsampling): weight (in, out / groups, ...), channels on axis 1
 _CONV_T = {"conv_transpose1d", "conv_transpose2d", "conv_transpose3d"}
@@ -1035,6 +1036,20 @@ def _softmax(node, tag, mode, result):
     return result.fail(node, "a softmax does not commute with the action") and None
 
 
+def _statistics_of_input(node) -> bool:
+    """Whether a batch or instance norm normalises by its input's statistics (``training``,
+    ``use_input_stats``: read where the operation's schema puts it; True where it is not given)."""
+    schema = getattr(node.target, "_schema", None)
+    names = [argument.name for argument in schema.arguments] if schema is not None else []
+    for name in ("training", "use_input_stats"):
+        if name in names:
+            position = names.index(name)
+            if position < len(node.args):
+                return bool(node.args[position])
+            return bool(node.kwargs.get(name, True))
+    return True
+
+
 def _norm(node, tags, mode, result, traced):
     kind = packet(node)
     x = node.args[0]
@@ -1043,9 +1058,8 @@ def _norm(node, tags, mode, result, traced):
         return result.fail(node, "a transformed tensor in a norm's parameters") and None
     value = tag.value
     if kind in _BATCH_NORM:
-        training = bool(node.args[5]) if len(node.args) > 5 else True
         axis, weight_at = 1, (1, 2)
-        if not training:
+        if not _statistics_of_input(node):
             return result.fail(node, "a batch norm in eval mode is affine, not scale-invariant") and None
     elif kind == "group_norm":
         axis, weight_at = None, ()
@@ -1122,8 +1136,10 @@ def _consume(node, tag, weight, kind, mode, result):
     name, order = weight
     if result.uses.get(name, 1) != 1:
         return result.fail(node, "reaches a weight that is also read elsewhere (tied)") and None
-    in_dim = order[1] if kind in ("linear",) or kind in _CONV or kind in GROUPED_PRODUCTS else order[0]
-    # (a transposed convolution's weight is (in, out / groups, ...): its input channels are dim 0)
+    # a transposed convolution's weight is (in, out / groups, ...): its input channels are dim 0; x @ W
+    # (mm, matmul, bmm; W (in, out) or (batch, in, out), Llama 4's experts): W's second-to-last
+    in_dim = (order[1] if kind in ("linear",) or kind in _CONV or kind in GROUPED_PRODUCTS
+              else order[0] if kind in _CONV_T else order[-2])
     if filters:
         # a depthwise filter is its output channel's alone: the compensation 1/a_c goes on the rows
         # (dim 0) of the filters that read input channel c

@@ -276,9 +276,11 @@ def _exact_graph(graph_module: fx.GraphModule) -> tuple[fx.GraphModule, dict[str
         if position is not None and position < len(node.args) and isinstance(node.args[position], (int, float)):
             record[node.name] = float(node.args[position])
             node.args = node.args[:position] + (EXACT_EPSILON,) + node.args[position + 1:]
-        elif position is not None and isinstance(node.kwargs.get("eps"), (int, float)):
-            record[node.name] = float(node.kwargs["eps"])
-            node.kwargs = {**node.kwargs, "eps": EXACT_EPSILON}
+        elif position is not None:
+            key = node.target._schema.arguments[position].name
+            if isinstance(node.kwargs.get(key), (int, float)):
+                record[node.name] = float(node.kwargs[key])
+                node.kwargs = {**node.kwargs, key: EXACT_EPSILON}
         if name in ("dropout", "feature_dropout", "alpha_dropout"):
             node.replace_all_uses_with(node.args[0])
             copied.graph.erase_node(node)
@@ -302,9 +304,7 @@ def epsilon_nodes(graph: fx.Graph) -> dict[str, int]:
         if node.op != "call_function":
             continue
         name = packet(node)
-        position = {"layer_norm": 4, "native_layer_norm": 4, "batch_norm": 7, "group_norm": 5,
-                    "rms_norm": 3, "_native_batch_norm_legit": 7, "_native_batch_norm_legit_no_training": 6,
-                    "native_batch_norm": 7, "instance_norm": 8}.get(name)
+        position = _epsilon_position(node) if "norm" in name else None
         if position is not None:
             found[node.name] = position
         elif name == "add" and len(node.args) == 2 and isinstance(node.args[1], float) and node.args[1] > 0:
@@ -314,6 +314,19 @@ def epsilon_nodes(graph: fx.Graph) -> dict[str, int]:
                     and users and all(packet(u) in ("rsqrt", "sqrt", "reciprocal") for u in users)):
                 found[node.name] = 1
     return found
+
+
+def _epsilon_position(node: fx.Node) -> int | None:
+    """Where a norm operation takes its epsilon: the schema's argument named ``eps`` (or ``epsilon``,
+    cuDNN's), read per overload (``_native_batch_norm_legit.no_stats`` has it at 5, ``.default`` at 7;
+    ``group_norm`` at 4, after ``num_groups``, weight and bias); None for an operation without one."""
+    schema = getattr(node.target, "_schema", None)
+    if schema is None:
+        return None
+    for position, argument in enumerate(schema.arguments):
+        if argument.name in ("eps", "epsilon"):
+            return position
+    return None
 
 
 def packet(node) -> str:

@@ -1,0 +1,44 @@
+"""Scale symmetries in front of group, instance and statistics-free batch norms (instance norm: a
+channel normalised by its own statistics per sample, as a batch norm in training mode). Truth: the conv's
+weight and bias multiplied by 3 by hand, with the norm's eps set to 0, leave the float64 output
+unchanged to round-off. The exact check must zero each norm's own eps argument (read from the
+operation's schema: group_norm takes it at 4, instance_norm at 7, the batch norm without running
+statistics at 5), where a fixed table zeroed ``cudnn_enabled`` or nothing and kept eps = 1e-5, so
+that these true symmetries were refuted at ~1e-6."""
+
+import pytest
+import torch
+from torch import nn
+
+import shockwatch as sw
+from shockwatch.symmetry import Kind
+
+
+def _conv_then(norm: nn.Module) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3), norm, nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 4))
+
+
+@pytest.mark.parametrize("norm, train, count", [
+    (lambda: nn.GroupNorm(2, 8), False, 1),  # one scale for the whole layer (the per-group ones are not proposed)
+    (lambda: nn.InstanceNorm2d(8, affine=True), False, 8),  # one per channel: each is normalised alone
+    (lambda: nn.BatchNorm2d(8, track_running_stats=False), True, 8),
+])
+def test_a_scale_in_front_of_the_norm_is_kept_and_its_eps_recorded(norm, train, count):
+    model = _conv_then(norm()).double().train(train)
+    x = torch.randn(4, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    found = sw.find_symmetries(model, x)
+    scales = [sym for sym in found.of_kind(Kind.SCALE) if any(slot.param == "0.weight" for slot in sym.slots)]
+    assert len(scales) == count, (found.rejected, found.reasons)
+    assert not found.rejected
+    assert 1e-5 in found.epsilons
+    # each scale by hand with its own factor, the norm's eps at 0 (1e-300 where torch refuses 0)
+    model[1].eps = 1e-300
+    with torch.no_grad():
+        before = model(x)
+        params = dict(model.named_parameters())
+        for k, sym in enumerate(scales):
+            for slot in sym.slots:
+                params[slot.param].narrow(slot.dim, slot.start, slot.stop - slot.start).mul_(1.5 + 0.5 * k)
+        after = model(x)
+    assert float((after - before).abs().max()) < 1e-12 * float(before.abs().max())
