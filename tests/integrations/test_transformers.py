@@ -108,3 +108,45 @@ def test_without_gradient_accumulation_and_in_bf16(tmp_path):
 def test_a_model_without_a_loss_is_refused_in_one_line(tmp_path):
     with pytest.raises(TypeError, match="loss_from must be a function"):
         ShockwatchCallback(tmp_path / "run", loss_from=3)
+
+
+def test_an_encoder_decoder_whose_forward_needs_its_labels(tmp_path):
+    """T5 builds its decoder inputs from the labels: without them its forward fails, so the example
+    input is the first batch with its labels. Truth: the Trainer's logged loss at every step, and
+    the symmetries found (the run used to stop at step 1 with "does not accept the example input")."""
+    torch.manual_seed(0)
+    config = transformers.T5Config(vocab_size=VOCAB, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_decoder_layers=1,
+                                   num_heads=2, decoder_start_token_id=0, pad_token_id=0)
+    callback = ShockwatchCallback(tmp_path / "run")
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, max_steps=6, learning_rate=3e-3, logging_steps=1,
+        max_grad_norm=1e9, report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True, dataloader_num_workers=0,
+        seed=0)
+    trainer = transformers.Trainer(model=transformers.T5ForConditionalGeneration(config), args=args,
+                                   train_dataset=dataset(), callbacks=[callback])
+    trainer.train()
+    scalars, _ = read(tmp_path / "run")
+    logged = {entry["step"]: entry["loss"] for entry in trainer.state.log_history if "loss" in entry}
+    assert sorted(scalars["loss"]) == list(range(1, 7))
+    for step, loss in logged.items():
+        assert abs(scalars["loss"][step] - loss) < 1e-4 * abs(loss)
+    assert sum(callback.monitor.symmetries.counts().values()) > 0
+
+
+def test_options_are_checked_when_the_callback_is_made(tmp_path):
+    """A keyword Monitor does not take, a log_dir that is not a path or is a file, a schedule that
+    is not one, a schedule needing the batch (which callbacks never get): refused at once, in one
+    line, not at the first optimizer step inside trainer.train()."""
+    import shockwatch as sw
+
+    with pytest.raises(TypeError, match="schedul"):
+        ShockwatchCallback(tmp_path / "a", schedul=sw.Schedule())
+    with pytest.raises(TypeError, match="log_dir"):
+        ShockwatchCallback(123)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="is a file"):
+        ShockwatchCallback(tmp_path / "file")
+    with pytest.raises(TypeError, match="Schedule"):
+        ShockwatchCallback(tmp_path / "a", schedule={})
+    with pytest.raises(ValueError, match="batch"):
+        ShockwatchCallback(tmp_path / "a", schedule=sw.Schedule(curvature=10), loss_fn=lambda out, _: out.loss)

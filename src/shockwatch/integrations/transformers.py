@@ -31,6 +31,8 @@ how the monitor is kept to ``Monitor``'s contract:
 
 from __future__ import annotations
 
+import inspect
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -44,7 +46,8 @@ except ImportError:
 import torch
 from torch import Tensor, nn
 
-from ..monitor import Monitor
+from ..monitor import Monitor, Schedule
+from ..symmetry import ExampleInputError
 
 __all__ = ["ShockwatchCallback"]
 
@@ -63,6 +66,7 @@ class ShockwatchCallback(TrainerCallback):
         super().__init__()
         if loss_from is not None and not callable(loss_from):
             raise TypeError(f"loss_from must be a function of the model's output, got {type(loss_from).__name__}")
+        _check_options(log_dir, monitor_kwargs)
         self.log_dir = log_dir
         self.monitor_kwargs = monitor_kwargs
         self.loss_from = loss_from or _output_loss
@@ -71,7 +75,8 @@ class ShockwatchCallback(TrainerCallback):
         self._hook = None
         self._losses: list[Tensor] = []  # the window's micro-batch losses, detached
         self._normalised = False  # the model received num_items_in_batch: losses already over the window
-        self._first_input: dict | None = None
+        self._first_input: dict | None = None  # the first training batch's tensors but labels
+        self._first_labelled: dict | None = None  # and with them (a model whose forward needs labels: T5)
 
     # ------------------------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model: nn.Module | None = None, **kwargs) -> None:
@@ -88,9 +93,19 @@ class ShockwatchCallback(TrainerCallback):
         if optimizer is None:
             raise ValueError("ShockwatchCallback needs the Trainer's optimizer (the Trainer passes it to callbacks)")
         options = dict(self.monitor_kwargs)
-        if options.get("example_input") is None and options.get("symmetries") is None and self._first_input:
-            options["example_input"] = self._first_input
-        self.monitor = Monitor(self._model, optimizer, self.log_dir, **options)
+        if options.get("example_input") is not None or options.get("symmetries") is not None or not self._first_input:
+            self.monitor = Monitor(self._model, optimizer, self.log_dir, **options)
+            return
+        # the batch without labels first (the model's own inputs); a model that cannot run without
+        # them (an encoder-decoder building its decoder inputs from the labels) gets them too
+        try:
+            self.monitor = Monitor(self._model, optimizer, self.log_dir, **options, example_input=self._first_input)
+        except ExampleInputError as without:
+            try:
+                self.monitor = Monitor(self._model, optimizer, self.log_dir, **options, example_input=self._first_labelled)
+            except ExampleInputError:
+                raise ExampleInputError(f"{without} (with the labels too); pass example_input= (the model's inputs) or "
+                                        "symmetries= to ShockwatchCallback") from None
 
     def on_optimizer_step(self, args, state, control, **kwargs) -> None:
         if self.monitor is None:
@@ -115,8 +130,8 @@ class ShockwatchCallback(TrainerCallback):
         self._losses.append(loss.detach())
         self._normalised = kwargs.get("num_items_in_batch") is not None
         if self._first_input is None:
-            self._first_input = {key: value.detach() for key, value in kwargs.items()
-                                 if isinstance(value, Tensor) and key != "labels"}
+            self._first_labelled = {key: value.detach() for key, value in kwargs.items() if isinstance(value, Tensor)}
+            self._first_input = {key: value for key, value in self._first_labelled.items() if key != "labels"}
 
     def _close(self) -> None:
         if self._hook is not None:
@@ -124,6 +139,27 @@ class ShockwatchCallback(TrainerCallback):
             self._hook = None
         if self.monitor is not None:
             self.monitor.close()  # idempotent; the monitor stays readable as an object
+
+
+def _check_options(log_dir, options: dict) -> None:
+    """What the Monitor would refuse at the first optimizer step, refused when the callback is made:
+    a keyword it does not take, a log_dir that is not a path (or is a file), the schedules that need
+    a batch (the Trainer gives callbacks none: run those in a plain loop with ``mon.step(loss, batch)``)."""
+    accepted = [name for name, p in inspect.signature(Monitor).parameters.items() if p.kind is p.KEYWORD_ONLY]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise TypeError(f"ShockwatchCallback got {unknown[0]!r}, which Monitor does not take; its options: {', '.join(accepted)}")
+    if not isinstance(log_dir, (str, os.PathLike)) or not str(log_dir):
+        raise TypeError(f"log_dir must be a non-empty path (str or pathlib.Path), got {log_dir!r}")
+    if Path(log_dir).exists() and not Path(log_dir).is_dir():
+        raise NotADirectoryError(f"log_dir {str(log_dir)!r} is a file: give a directory (the run's store goes in it)")
+    schedule = options.get("schedule")
+    if schedule is not None and not isinstance(schedule, Schedule):
+        raise TypeError(f"schedule must be a shockwatch.monitor.Schedule, got {type(schedule).__name__}")
+    needs = [name for name in ("curvature", "update_curvature") if schedule is not None and getattr(schedule, name)]
+    if needs:
+        raise ValueError(f"schedule.{needs[0]} needs each step's batch, which the Trainer does not give callbacks: "
+                         "leave it out here, or sample it in a plain loop with mon.step(loss, batch=(inputs, targets))")
 
 
 def _output_loss(output: Any) -> Tensor | None:

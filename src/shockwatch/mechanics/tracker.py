@@ -58,7 +58,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..symmetry import Kind, SymmetrySet, sharded
+from ..symmetry import Kind, SymmetrySet, sharded, slot_fits
 from . import laws
 from .blocks import BlockLaws, NoLaw
 
@@ -177,13 +177,13 @@ class ConservationTracker:
                  *, record_every: int = 1, compile: bool = False, keep_history: bool = True,
                  size_floor: float = 1e-6, hook: bool = True) -> None:
         self._named = list(model.named_parameters())  # read every step: named_parameters() is slow
-        names = {id(p): name for name, p in self._named}
-        known = set(names.values())
+        shapes = {name: tuple(p.shape) for name, p in model.named_parameters(remove_duplicate=False)}
         for sym in symmetries:
             for slot in sym.slots:
-                if slot.param not in known:
-                    raise ValueError(f"symmetry {sym.label} names parameter {slot.param!r}, which {type(model).__name__} "
-                                     "does not have: were the symmetries found on another model?")
+                if not slot_fits(slot, shapes):
+                    raise ValueError(f"symmetry {sym.label} names parameter {slot.param!r} (dim {slot.dim}, "
+                                     f"[{slot.start}, {slot.stop})), which {type(model).__name__} does not have or has "
+                                     f"of another shape: the symmetries were found on another model; find them on this one")
         if record_every < 1:
             raise ValueError(f"record_every must be >= 1, got {record_every}")
         if not (isinstance(size_floor, (int, float)) and 0 < size_floor < float("inf")):

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import atexit
 import math
+import os
 import shutil
 import weakref
 from collections.abc import Callable, Sequence
@@ -148,6 +149,28 @@ def _needs_upcast(t: Tensor, compiled: bool) -> bool:
 _version = attrgetter("_version")  # bumped by every in-place write: an optimizer's update, p.add_
 _dtype, _shape, _device = attrgetter("dtype"), attrgetter("shape"), attrgetter("device")
 _requires_grad = attrgetter("requires_grad")
+
+
+def _check_types(model, log_dir, *, symmetries, loss_fn, sinks, curvature_tol, flags: dict) -> None:
+    """The constructor's arguments of the wrong type, each refused in one line before anything is built."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(log_dir, (str, os.PathLike)) or not str(log_dir):
+        raise TypeError(f"log_dir must be a non-empty path (str or pathlib.Path), got {log_dir!r}")
+    if Path(log_dir).exists() and not Path(log_dir).is_dir():
+        raise NotADirectoryError(f"log_dir {str(log_dir)!r} is a file: give a directory (the run's store goes in it)")
+    if symmetries is not None and not isinstance(symmetries, SymmetrySet):
+        raise TypeError(f"symmetries must be a SymmetrySet (shockwatch.find_symmetries(model, x)), got {type(symmetries).__name__}")
+    if loss_fn is not None and not callable(loss_fn):
+        raise TypeError(f"loss_fn must be a function (outputs, targets) -> loss, got {type(loss_fn).__name__}")
+    if isinstance(sinks, (str, bytes)) or not all(callable(getattr(sink, "log", None)) for sink in sinks):
+        raise TypeError("sinks must be a sequence of objects with .log(step, values) (shockwatch.monitor.Sink), got "
+                        f"{[type(sink).__name__ for sink in sinks] if not isinstance(sinks, (str, bytes)) else sinks!r}")
+    if isinstance(curvature_tol, bool) or not isinstance(curvature_tol, (int, float)):
+        raise TypeError(f"curvature_tol must be a number in (0, 1), got {curvature_tol!r}")
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be True or False, got {value!r}")
 
 
 def _unwrap(optimizer):
@@ -353,6 +376,9 @@ class Monitor:
                  warnings: Sequence[Rule] | None = None,
                  on_warning: Callable[[EarlyWarning], object] | None = None, controller=None,
                  deferred: bool | None = None, flush_every: int = 64) -> None:
+        _check_types(model, log_dir, symmetries=symmetries, loss_fn=loss_fn, sinks=sinks, curvature_tol=curvature_tol,
+                     flags={"logits": logits, "raise_on_nonfinite": raise_on_nonfinite, "resume": resume,
+                            "tensorboard": tensorboard, "compile": compile})
         schedule = Schedule() if schedule is None else schedule
         if not isinstance(schedule, Schedule):
             raise TypeError(f"schedule must be a shockwatch.monitor.Schedule, got {type(schedule).__name__}")
@@ -381,6 +407,10 @@ class Monitor:
         if not 0 < curvature_tol < 1:
             raise ValueError(f"curvature_tol must be in (0, 1) (Lanczos' relative tolerance), got {curvature_tol}")
         optimizer = _unwrap(optimizer)
+        owned = {id(p) for p in model.parameters()}
+        if not any(id(p) in owned for group in optimizer.param_groups for p in group["params"]):
+            raise ValueError(f"the optimizer ({type(optimizer).__name__}) holds none of the model's parameters: build it "
+                             "from this model's parameters (model.parameters())")
         self.model, self.optimizer, self.schedule, self.loss_fn = model, optimizer, schedule, loss_fn
         self.curvature_tol = curvature_tol
         if not isinstance(curvature_warm, bool):
@@ -398,6 +428,7 @@ class Monitor:
         self._failed = False  # whether a pass of this step raised (the laws then start again)
         self._inputs_finite = True  # whether the pre-step pass's sums (theta, g, momentum buffer) were finite
         self._horizontal = None  # P_H at theta_t on steps the quotient norms are due
+        self._unfed: set[str] = set()  # the scheduled routines found due without a batch (an event each, once)
         self._measured = None  # the tracker's per-step inputs, from the pre-step pass
         self._pending: list[_Pending] = []  # deferred steps whose sums are still on the device
         self._pre_raw: _PreSums | None = None  # this step's pre-step sums, deferred
@@ -672,9 +703,16 @@ class Monitor:
         {}: every ``flush_every`` steps (and at ``flush()`` and ``close()``) they are read in one copy
         and each step's values are computed, logged and given to the warning rules then, in order."""
         self._check_open("step")
+        # checked before anything moves: a refused call leaves the step count and the pass as they were
         if isinstance(loss, Tensor) and loss.numel() != 1:
             raise ValueError(f"mon.step(loss) takes the step's scalar loss (a one-element tensor or a float), got a "
                              f"tensor of shape {tuple(loss.shape)}: pass the reduced loss (loss.mean())")
+        if isinstance(loss, Tensor) and (loss.is_complex() or not (loss.is_floating_point() or loss.dtype == torch.int64)):
+            raise TypeError(f"mon.step(loss) takes a real scalar loss, got a tensor of dtype {loss.dtype}")
+        if not isinstance(loss, Tensor) and (isinstance(loss, bool) or not isinstance(loss, (int, float, np.floating))):
+            raise TypeError(f"mon.step(loss) takes the step's scalar loss (a one-element tensor or a float), got "
+                            f"{type(loss).__name__}" + (" (a model output's .loss is None without labels)" if loss is None
+                                                        else ""))
         self._step += 1
         other_rank = self.rank != 0 and not self._sharded
         if self.deferred and not (other_rank and self.raise_on_nonfinite):
@@ -747,6 +785,12 @@ class Monitor:
         """The routines due at this step (quotient path norm, curvature, update curvature, attention),
         computed now, at theta_{t+1} (host values: each is a sync on a GPU, on the steps it is due)."""
         values: dict[str, float] = {}
+        if batch is None:  # a routine due that needs the batch: said once, not skipped in silence
+            for name in ("curvature", "update_curvature", "attention"):
+                if self.schedule.due(name, self._step) and name not in self._unfed:
+                    self._unfed.add(name)
+                    self._event(self._step, "no-batch", f"schedule.{name} is due at step {self._step} but mon.step() got "
+                                "no batch: pass mon.step(loss, batch=(inputs, targets)) (said once)")
         if self._path_norm and self.schedule.due("quotient", self._step):
             values.update(self._optional("path_norm", lambda: {"path_norm": path_norm(self.model, self._input_shape)}))
         if self.schedule.due("curvature", self._step) and batch is not None and self.symmetries is not None:
@@ -881,7 +925,10 @@ class Monitor:
     def _before_step(self, optimizer, args, kwargs):
         """Optimizer step pre-hook: the per-step pass at (theta_t, g_t). Given a closure (Lightning,
         LBFGS), the gradients exist only once it has run inside step(): the closure is wrapped so that
-        the pass follows it (the last call's, for optimizers that call it more than once)."""
+        the pass follows its first call, at theta_t (LBFGS calls it again at the points of its inner
+        iterations: a pass after the last call read theta_{t+1} as theta_t, and an update of 0)."""
+        if self._pre is not None:  # the last optimizer step's pass was never taken up by mon.step
+            self._missed()
         # the settings this step uses, for the laws at mon.step (a scheduler may step in between)
         self._settings_at_step = [{key: value.clone() if isinstance(value, Tensor) else value
                                    for key, value in group.items() if key != "params"}
@@ -892,14 +939,29 @@ class Monitor:
             self._observe_before()
             return None
 
+        observed = []
+
         def closure_then_pass():
             loss = closure()
-            self._observe_before()
+            if not observed:
+                observed.append(True)
+                self._observe_before()
             return loss
 
         if "closure" in kwargs:
             return args, {**kwargs, "closure": closure_then_pass}
         return (args[0], closure_then_pass, *args[2:]), kwargs
+
+    def _missed(self) -> None:
+        """The optimizer steps again with no ``mon.step`` after its last step: that step keeps its
+        number (the store's steps stay the optimizer's), is not logged, and the laws, which cannot
+        cross a step they did not see, start again (a "missed-step" event, then "rebound")."""
+        self._step += 1
+        self._pre = self._pre_raw = None
+        self._event(self._step, "missed-step", f"step {self._step}: the optimizer stepped and mon.step() was not called "
+                    "after it: the step is not logged; call mon.step(loss) after every optimizer.step()")
+        self._have_before, self._measured = False, None
+        self._rebind(f"step {self._step + 1}: after the missed step {self._step}")
 
     def _observe_before(self) -> None:
         """The pre-step pass (``_pass_sums``); a non-finite gradient is recorded here, at the step

@@ -23,6 +23,7 @@ meta are committed at once (they are rare).
 
 from __future__ import annotations
 
+import gc
 import math
 import sqlite3
 import threading
@@ -52,6 +53,28 @@ def _ordered_halves(ring: np.ndarray) -> list[np.ndarray]:
     return sorted(ring, key=lambda half: half[0, 1])
 
 
+def _writer_lock(path: Path):
+    """An exclusive, non-blocking flock on ``<path>-lock``, held while a writer has the run open: a
+    second writer (a Monitor re-made with ``resume=True`` while the first is still open, in this
+    process or another) is refused in one line. The operating system lets go of it when the holder
+    dies, so a killed run can be resumed. None where there is no flock (Windows)."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    handle = open(path.with_name(path.name + "-lock"), "a+")  # noqa: SIM115 -- held until close()
+    for attempt in range(2):
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return handle
+        except OSError:
+            if attempt == 0:  # a writer no longer reachable (a notebook's old Monitor in a cycle): collected, its lock goes
+                gc.collect()
+    handle.close()
+    raise RuntimeError(f"{path} is open for writing by another Monitor or RunStore (in this process or another): "
+                       "close that one first (mon.close()); to read it while it runs, use read_only=True")
+
+
 class RunStore:
     """Scalars and events of one run in ``path`` (created; ``resume=True`` appends to an existing one;
     ``read_only=True`` reads an existing one, live or finished, and changes nothing).
@@ -75,6 +98,7 @@ class RunStore:
         self._db = None
         self._ring = None
         self._writer: ThreadPoolExecutor | None = None
+        self._writing = None  # the writer's lock on the run (an open file holding an exclusive flock)
         self._in_flight: Future | None = None  # the other half's transaction on the writer thread
         if isinstance(pending_rows, bool) or not isinstance(pending_rows, int) or pending_rows < 1:
             raise ValueError(f"pending_rows must be a positive int, got {pending_rows!r}")
@@ -92,6 +116,7 @@ class RunStore:
             return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._writing = _writer_lock(self.path)
             self._db = sqlite3.connect(self.path, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -320,6 +345,7 @@ class RunStore:
             self._ring = self._half = None
             self._db.close()
             self._db = None
+            self._release()
         if writer:  # reached only once every pending row is in the database
             self._pending_path.unlink(missing_ok=True)
 
@@ -333,6 +359,14 @@ class RunStore:
         self._ring = None
         for suffix in ("", "-wal", "-shm", "-journal", "-pending"):
             self.path.with_name(self.path.name + suffix).unlink(missing_ok=True)
+        self._release()
+
+    def _release(self) -> None:
+        """The writer's lock let go (its file removed first, while still held)."""
+        if self._writing is not None:
+            Path(self._writing.name).unlink(missing_ok=True)
+            self._writing.close()
+            self._writing = None
 
     def __enter__(self) -> RunStore:
         return self

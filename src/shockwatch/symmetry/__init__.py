@@ -4,7 +4,7 @@ Only this layer turns ``named_parameters()`` into parameter groups; every later 
 from a ``SymmetrySet``.
 """
 
-from .detect import exact_defects, find_symmetries
+from .detect import ExampleInputError, exact_defects, find_symmetries
 from .group import (
     Kind,
     Slot,
@@ -20,10 +20,11 @@ from .group import (
     gl_generator_inner,
     permutation_generators,
     permute,
+    slot_fits,
     unit_matrix,
 )
 from .trace import EXACT_TOLERANCE
 from .verify import Verification, VerificationRow, verify_symmetries
 
-__all__ = ["EXACT_TOLERANCE", "Kind", "Slot", "Symmetry", "SymmetrySet", "Verification", "VerificationRow", "act", "act_gl", "act_rotation", "gl_charges", "gl_generator_combination", "gl_generator_inner",
-           "exact_defects", "find_symmetries", "generator", "generator_entries", "permutation_generators", "permute", "unit_matrix", "verify_symmetries"]
+__all__ = ["EXACT_TOLERANCE", "ExampleInputError", "Kind", "Slot", "Symmetry", "SymmetrySet", "Verification", "VerificationRow", "act", "act_gl", "act_rotation", "gl_charges", "gl_generator_combination", "gl_generator_inner",
+           "exact_defects", "find_symmetries", "generator", "generator_entries", "permutation_generators", "permute", "slot_fits", "unit_matrix", "verify_symmetries"]

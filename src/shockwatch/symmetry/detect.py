@@ -63,12 +63,16 @@ from torch import Tensor, fx, nn
 from .flow import (GROUPED_PRODUCTS, Consumer, Mode, Producer, Walk, biased_maps, find_producers, is_lookup,
                    linear_inputs_reading, linear_reads, norm_affine_sources, parameter_uses, shape, shape_only,
                    stream_sources, unit_index, walk)
-from .group import (Kind, Slot, Symmetry, SymmetrySet, act, act_gl, act_rotation, permutation_generators, permute,
+from .group import (Kind, Slot, Symmetry, SymmetrySet, act, act_gl, act_rotation, permutation_generators, permute, slot_fits,
                     random_gl_element)
 from .trace import (EXACT_TOLERANCE, Call, ExactEvaluator, TracedModel, TraceError, call_arguments, epsilon_nodes, export_model,
                     packet)
 
-__all__ = ["exact_check", "exact_defects", "find_symmetries"]
+__all__ = ["ExampleInputError", "exact_check", "exact_defects", "find_symmetries"]
+
+
+class ExampleInputError(ValueError):
+    """The model does not run on the example input it was given (a wrong shape, a missing argument)."""
 
 _CHECK_AMOUNT = {Kind.TRANSLATION: 0.5, Kind.SCALE: 0.5, Kind.RESCALE: 0.5}
 
@@ -132,7 +136,7 @@ def _check_input(model: nn.Module, example_input) -> None:
     except Exception as error:  # noqa: BLE001 -- whatever the model raises, the input is what the user can change
         what = (f"shape {tuple(example_input.shape)}" if isinstance(example_input, Tensor)
                 else f"a {type(example_input).__name__}")
-        raise ValueError(f"{type(model).__name__} does not accept the example input ({what}): "
+        raise ExampleInputError(f"{type(model).__name__} does not accept the example input ({what}): "
                          f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:400]) from None
     finally:
         for module, training in modes:
@@ -224,7 +228,7 @@ def _descendant_inputs(root: nn.Module, example_input) -> dict[str, object]:
         with torch.no_grad():
             root(*args, **kwargs)
     except Exception as error:
-        raise ValueError(f"{type(root).__name__} does not accept the example input "
+        raise ExampleInputError(f"{type(root).__name__} does not accept the example input "
                          f"(shape {tuple(getattr(example_input, 'shape', ()))}): {type(error).__name__}: {error}") from None
     finally:
         root.train(was_training)
@@ -1418,8 +1422,7 @@ def _checked(model: nn.Module, traced: TracedModel, candidates: list[Symmetry], 
     """The candidates that keep the float64, eps-free output (relative change < EXACT_TOLERANCE);
     a candidate whose slots do not fit its parameters' shapes (an analysis fault) is refuted unmeasured."""
     shapes = {name: p.shape for name, p in model.named_parameters(remove_duplicate=False)}
-    fits = lambda slot: slot.param in shapes and -len(shapes[slot.param]) <= slot.dim < len(shapes[slot.param]) and (
-        0 <= slot.start < slot.stop <= shapes[slot.param][slot.dim])
+    fits = lambda slot: slot_fits(slot, shapes)
     misfits = [dataclasses.replace(sym, defect=math.inf) for sym in candidates if not all(map(fits, sym.slots))]
     candidates = [sym for sym in candidates if all(map(fits, sym.slots))]
     if not candidates:

@@ -21,7 +21,7 @@ import enum
 import functools
 import math
 import types
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from . import sharded
 
-__all__ = ["Kind", "Slot", "Symmetry", "SymmetrySet", "act", "act_gl", "act_rotation", "generator", "generator_entries", "gl_charges",
+__all__ = ["Kind", "Slot", "Symmetry", "SymmetrySet", "act", "slot_fits", "act_gl", "act_rotation", "generator", "generator_entries", "gl_charges",
            "gl_generator_combination", "gl_generator_inner", "permutation_generators", "permute", "random_gl_element",
            "unit_matrix"]
 
@@ -53,6 +53,13 @@ class Kind(enum.StrEnum):
     def one_parameter(self) -> bool:
         """theta -> exp(amount * generator) theta with a scalar Noether charge."""
         return self in (Kind.TRANSLATION, Kind.SCALE, Kind.RESCALE)
+
+
+def slot_fits(slot: Slot, shapes: Mapping[str, Sequence[int]]) -> bool:
+    """Whether ``slot`` is a block of a parameter in ``shapes`` (name -> shape): the name known, the
+    dimension in range, the block inside it."""
+    shape = shapes.get(slot.param)
+    return shape is not None and -len(shape) <= slot.dim < len(shape) and slot.stop <= shape[slot.dim]
 
 
 @dataclass(frozen=True)
