@@ -195,6 +195,10 @@ def test_report_embeds_every_observable_and_marks_events(tmp_path):
     assert "<td>3</td><td>nonfinite</td>" in page
     missing = CliRunner().invoke(app, ["report", str(tmp_path / "nowhere")])
     assert missing.exit_code == 2 and "run.sqlite" in missing.output
+    (tmp_path / "run" / "report.html").unlink()
+    direct = CliRunner().invoke(app, ["report", str(tmp_path / "run" / "run.sqlite")])  # the store's own path
+    assert direct.exit_code == 0, direct.output
+    assert (tmp_path / "run" / "report.html").read_text() == page
 
 
 def test_scheduled_curvature_is_logged_on_its_steps(tmp_path):

@@ -215,7 +215,7 @@ def test_every_public_method_after_close_raises_one_line(tmp_path):
     monitor = sw.Monitor(model, opt, tmp_path / "run", example_input=x, tensorboard=False)
     monitor.close()
     monitor.close()  # idempotent
-    for call in (lambda: monitor.step(1.0), lambda: monitor.attach(opt), lambda: monitor.__enter__()):
+    for call in (lambda: monitor.step(1.0), lambda: monitor.attach(opt), lambda: monitor.__enter__(), monitor.flush):
         with pytest.raises(RuntimeError, match=r"after close\(\): this monitor is closed") as error:
             call()
         assert "\n" not in str(error.value)

@@ -816,6 +816,7 @@ class Monitor:
         log and give to the warning rules each step's values, in order. Returns them by step ({}
         when nothing was held). Called every ``flush_every`` steps, before the laws are rebuilt, and at
         ``close()``; call it to read the values of the steps so far."""
+        self._check_open("flush")
         pending, self._pending = self._pending, []
         if not pending:
             return {}

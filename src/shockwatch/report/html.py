@@ -51,6 +51,8 @@ def _figure_uri(draw) -> str:
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write ``run_dir/report.html`` (or ``out``) from ``run_dir/run.sqlite``; returns its path."""
     run_dir = Path(run_dir)
+    if run_dir.is_file() and run_dir.name == "run.sqlite":  # the store itself: its folder is the run
+        run_dir = run_dir.parent
     database = run_dir / "run.sqlite"
     if not database.exists():
         raise FileNotFoundError(f"{database} not found: RUN_DIR must be a Monitor's log_dir")
