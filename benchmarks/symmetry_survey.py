@@ -39,6 +39,13 @@ def _images(config: str, model: str, train: bool = False, **fields):
     return built.train(train), {"pixel_values": torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))}
 
 
+def _audio(config: str, model: str, **fields):
+    import transformers
+
+    built = getattr(transformers, model)(getattr(transformers, config)(**fields)).eval()
+    return built, {"input_values": torch.randn(2, 400, generator=torch.Generator().manual_seed(0))}
+
+
 LM = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
 CASES = {
     "gemma": lambda: _causal("GemmaConfig", "GemmaForCausalLM", **LM, num_key_value_heads=1, head_dim=16),
@@ -85,6 +92,11 @@ CASES = {
     "llama4": lambda: _causal("Llama4TextConfig", "Llama4ForCausalLM", hidden_size=32, intermediate_size=32,
                               intermediate_size_mlp=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
                               head_dim=16, num_local_experts=2, num_experts_per_tok=1, interleave_moe_layer_step=2),
+    # a group-normed convolutional feature extractor (a scale per group), added 2026-12-07, later
+    "wav2vec2": lambda: _audio("Wav2Vec2Config", "Wav2Vec2ForCTC", vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
+                               num_attention_heads=2, intermediate_size=64, conv_dim=(8, 8), conv_stride=(5, 2),
+                               conv_kernel=(10, 3), num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=2,
+                               feat_extract_norm="group", do_stable_layer_norm=False, mask_time_prob=0.0),
     # layer scales (a learned per-unit multiplier on each branch), added 2026-12-07
     "dinov2": lambda: _images("Dinov2Config", "Dinov2ForImageClassification", image_size=32, patch_size=8, hidden_size=32,
                               num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, layerscale_value=0.5),

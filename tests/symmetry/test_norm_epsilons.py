@@ -20,7 +20,7 @@ def _conv_then(norm: nn.Module) -> nn.Module:
 
 
 @pytest.mark.parametrize("norm, train, count", [
-    (lambda: nn.GroupNorm(2, 8), False, 1),  # one scale for the whole layer (the per-group ones are not proposed)
+    (lambda: nn.GroupNorm(2, 8), False, 2),  # one scale per group of 4 channels
     (lambda: nn.InstanceNorm2d(8, affine=True), False, 8),  # one per channel: each is normalised alone
     (lambda: nn.BatchNorm2d(8, track_running_stats=False), True, 8),
 ])

@@ -1050,6 +1050,29 @@ def _statistics_of_input(node) -> bool:
     return True
 
 
+def _group_norm(node, value, mode, result):
+    """group_norm(x, G, ...) normalises each sample's channels [g C/G, (g+1) C/G) together: a scale
+    common to the units of a group is absorbed (the units linked to one factor: a scale symmetry per
+    group), a scale that differs inside a group, or reaches part of it, is not."""
+    if mode is not Mode.DIAG:
+        return result.fail(node, "a group norm mixes units") and None
+    index = _units_along(value, 1)
+    groups = node.args[1] if len(node.args) > 1 else None
+    if index is None or not isinstance(groups, int) or groups < 1 or len(index) % groups:
+        return result.fail(node, "a group norm whose channel axis does not carry the units") and None
+    for block in index.reshape(groups, -1):
+        transformed = block >= 0
+        if not bool(transformed.any()):
+            continue
+        if not bool(transformed.all()):
+            return result.fail(node, "a group norm over partly transformed units") and None
+        first = int(block[0])
+        for unit in set(block.tolist()) - {first}:
+            result.links.link(first, unit, False)
+    result.absorbed = True
+    return None
+
+
 def _norm(node, tags, mode, result, traced):
     kind = packet(node)
     x = node.args[0]
@@ -1074,7 +1097,7 @@ def _norm(node, tags, mode, result, traced):
             return None
         return result.fail(node, "a norm over partly transformed units") and None
     if axis is None:
-        return result.fail(node, "a group norm mixes units") and None
+        return _group_norm(node, value, mode, result)
     index = _units_along(value, axis)
     if index is None:
         return result.fail(node, "a norm whose axis does not carry the units") and None
