@@ -21,6 +21,7 @@ import copy
 import inspect
 import io
 import logging
+import math
 import operator
 import re
 import sys
@@ -157,6 +158,13 @@ def export_model(model: nn.Module, example_input, *, training: bool) -> TracedMo
             exported = torch.export.export(wrapped, args, kwargs, strict=False)
     except Exception as error:  # torch.export raises many types; the first line names the operation
         raise TraceError(f"torch.export could not trace {type(model).__name__}: {_blocking(error)}") from None
+    if any(node.target is torch.ops.aten.einsum.default for node in exported.graph.nodes):
+        try:  # einsum as the permutes, reshapes and one matmul the analysis reads
+            with _quiet_torch_logs(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch's own pytree deprecation, at every call
+                exported = exported.run_decompositions({torch.ops.aten.einsum.default: _einsum_by_matmul})
+        except Exception:  # noqa: BLE001 -- the einsum stays, an operation the analysis does not know
+            pass
     signature = exported.graph_signature
     strip = lambda name: name[len("model."):] if name.startswith("model.") else name  # noqa: E731
     # tied weights (an embedding shared with the output head) appear under one of their names:
@@ -291,6 +299,55 @@ def _exact_graph(graph_module: fx.GraphModule) -> tuple[fx.GraphModule, dict[str
                 node.kwargs = {**node.kwargs, "dropout_p": 0.0}
     copied.recompile()
     return copied, record
+
+
+def _einsum_by_matmul(equation: str, operands, path=None):
+    r"""``torch.einsum`` of one or two operands as permutes, reshapes, sums and one matmul:
+
+        C[batch, free_a, free_b] = sum_k A[batch, free_a, k] B[batch, k, free_b],
+
+    labels of one operand absent from the other and from the output summed first, the output
+    permuted to its order. NotImplemented (the einsum kept) for an ellipsis, a repeated label in one
+    operand (a diagonal) or more than two operands."""
+    equation = equation.replace(" ", "")
+    if "..." in equation or "->" not in equation:
+        return NotImplemented
+    inputs, out = equation.split("->")
+    specs = inputs.split(",")
+    if len(specs) != len(operands) or len(specs) > 2 or any(len(set(s)) != len(s) for s in (*specs, out)):
+        return NotImplemented
+    sizes = {label: n for spec, tensor in zip(specs, operands) for label, n in zip(spec, tensor.shape)}
+
+    def kept(tensor, spec: str, keep: set[str]):
+        drop = [i for i, label in enumerate(spec) if label not in keep]
+        return (tensor.sum(dim=drop) if drop else tensor), "".join(label for label in spec if label in keep)
+
+    if len(specs) == 1:
+        tensor, spec = kept(operands[0], specs[0], set(out))
+        return tensor.permute([spec.index(label) for label in out])
+    (a, b), (sa, sb) = operands, specs
+    a, sa = kept(a, sa, set(sb) | set(out))
+    b, sb = kept(b, sb, set(sa) | set(out))
+    batch = [label for label in sa if label in sb and label in out]
+    contracted = [label for label in sa if label in sb and label not in out]
+    free_a, free_b = [label for label in sa if label not in sb], [label for label in sb if label not in sa]
+    size = lambda labels: math.prod(sizes[label] for label in labels)  # noqa: E731
+
+    def arranged(tensor, spec: str, order: list[str], shape: list[int]):  # no permute or reshape that does nothing
+        permutation = [spec.index(label) for label in order]
+        if permutation != sorted(permutation):
+            tensor = tensor.permute(permutation)
+        return tensor if list(tensor.shape) == shape else tensor.reshape(shape)
+
+    leading = [sizes[label] for label in batch]
+    # without batch labels the free labels of a stay as they are: x (..., k) @ W (k, n), a linear map
+    a_shape = leading + ([size(free_a)] if batch else [sizes[label] for label in free_a]) + [size(contracted)]
+    a = arranged(a, sa, batch + free_a + contracted, a_shape)
+    b = arranged(b, sb, batch + contracted + free_b, leading + [size(contracted), size(free_b)])
+    product = torch.matmul(a, b)
+    order = batch + free_a + free_b
+    product = arranged(product, "".join(order), order, [sizes[label] for label in order])
+    return arranged(product, "".join(order), list(out), [sizes[label] for label in out])
 
 
 def epsilon_nodes(graph: fx.Graph) -> dict[str, int]:
