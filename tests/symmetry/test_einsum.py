@@ -68,7 +68,7 @@ def test_heads_and_hidden_units_written_with_einsum():
 
     model = model.double()
     params = {k: v.detach().clone() for k, v in model.named_parameters()}
-    run = lambda p: functional_call(model, p, (ids,)).log_softmax(-1)  # noqa: E731
+    run = lambda p: functional_call(model, p, (ids,)).log_softmax(-1)
     base = run(params)
     generator = torch.Generator().manual_seed(2)
     a = torch.eye(D // HEADS, dtype=torch.float64) + 0.3 * torch.randn(D // HEADS, D // HEADS, dtype=torch.float64,
