@@ -286,9 +286,16 @@ def _candidates(traced: TracedModel, logits: bool) -> tuple[list[Symmetry], dict
 
     scaled: set[str] = set()  # weights that lead (first incoming slot) an emitted scale symmetry
 
+    acting: set[tuple] = set()  # (kind, slots) of what was emitted: one action found by two walks is one symmetry
+
     def emit(sym: Symmetry) -> None:
-        if sym.label not in labels:
+        # a slot reached twice (a map both seeded and reading the units) is acted on once
+        sym = dataclasses.replace(sym, incoming=tuple(dict.fromkeys(sym.incoming)),
+                                  outgoing=tuple(dict.fromkeys(sym.outgoing)))
+        action = (sym.kind, frozenset(sym.incoming), frozenset(sym.outgoing), sym.units)
+        if sym.label not in labels and action not in acting:
             labels.add(sym.label)
+            acting.add(action)
             out.append((where[0], len(out), sym))
             if sym.kind is Kind.SCALE:
                 scaled.add(sym.incoming[0].param)

@@ -481,9 +481,17 @@ def walk(traced: TracedModel, seeds: dict[fx.Node, Tensor], mode: Mode, *, logit
                   gains=gains)
     tags: dict[fx.Node, _Tag] = {node: _Tag(value) for node, value in seeds.items()}
     for node in traced.graph.nodes:
-        if node in seeds or not result.ok:
+        if not result.ok:
             continue
         tagged = [arg for arg in node.all_input_nodes if arg in tags]
+        if node in seeds:
+            kind = packet(node)
+            if tagged and (kind in ("linear", "addmm", "mm", "matmul", "bmm") or kind in _CONV or kind in _CONV_T
+                           or kind in GROUPED_PRODUCTS):
+                # a seeded linear map that reads the units too (a layer applied to its own output):
+                # its columns are a consumer all the same
+                _step(node, tags, mode, result, traced, epsilons)
+            continue
         if not tagged:
             continue
         if node.op == "output":
