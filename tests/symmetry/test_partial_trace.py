@@ -6,6 +6,7 @@ hand in float64."""
 
 import math
 
+import pytest
 import torch
 from torch import nn
 from torch.func import functional_call
@@ -83,3 +84,81 @@ def test_a_parameter_the_example_does_not_use_is_named_so():
     assert reasons["spare.weight"].startswith("not used by the example forward pass")
     assert reasons["spare.bias"].startswith("not used by the example forward pass")
     assert {slot.param for sym in found for slot in sym.slots} >= {"used.weight", "used.bias"}
+
+
+class TwoOutputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.first, self.second = nn.Linear(D, 16), nn.Linear(16, D)
+
+    def forward(self, x):
+        pre = self.first(x)
+        return self.second(torch.relu(pre)), pre
+
+
+class Pair(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.left, self.right = nn.Sequential(nn.Linear(D, 12), nn.ReLU()), nn.Sequential(nn.Linear(D, 12), nn.ReLU())
+        self.right[0] = self.left[0]  # one layer in two children
+
+    def forward(self, x):
+        return self.left(x), self.right(x)
+
+
+class Untraceable(nn.Module):
+    """Its branch on a tensor's value stops torch.export: its children are analysed one by one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.block, self.pair, self.head = TwoOutputs(), Pair(), nn.Linear(D + 16 + 24, 3)
+
+    def forward(self, x):
+        y, pre = self.block(x)
+        if float(y.abs().sum()) > -1.0:
+            y = y * 1.0
+        a, b = self.pair(x)
+        return self.head(torch.cat([y, pre, a, 2.0 * b], -1))
+
+
+def test_a_child_analysed_alone_keeps_every_output_and_no_shared_layer():
+    """The block returns (out, pre) and its caller reads both: a rescale of ``first``'s units with
+    ``second``'s columns changes ``pre`` (by hand in float64: it changes the model's output), and was
+    accepted when only the first output was traced. A layer in two children (``pair.left.0`` is
+    ``pair.right.0``) has uses neither child sees; its rescales were accepted for each child apart (and
+    named ``pair.right.0.weight``, which ``named_parameters`` does not list). Neither is proposed now,
+    and every accepted symmetry names a parameter of the model."""
+    torch.manual_seed(0)
+    model = Untraceable()
+    x = torch.randn(6, D, generator=torch.Generator().manual_seed(1))
+    found = sw.find_symmetries(model, x)
+    assert "<model>" in found.partial
+    names = {name for name, _ in model.named_parameters()}
+    assert all(slot.param in names for sym in found for slot in sym.slots)
+    touched = {slot.param for sym in found for slot in sym.slots}
+    assert not touched & {"block.first.weight", "pair.left.0.weight", "pair.left.0.bias"}
+    model = model.double()
+    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+    moved = {k: v.clone() for k, v in params.items()}
+    moved["block.first.weight"][3] *= 2.0
+    moved["block.first.bias"][3] *= 2.0
+    moved["block.second.weight"][:, 3] /= 2.0
+    run = lambda p: functional_call(model, p, (x.double(),))  # noqa: E731
+    with torch.no_grad():
+        assert float((run(moved) - run(params)).abs().max()) > 1e-3
+
+
+def test_a_model_returning_several_tensors_is_told_which_one_counts():
+    """(logits, aux): the symmetries are the first tensor's; scaling the aux head changes aux, which a
+    loss reading aux would see, so find_symmetries says so (a UserWarning) rather than nothing."""
+    class WithAux(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body, self.head, self.aux = nn.Linear(D, 12), nn.Linear(12, 3), nn.Linear(12, 1)
+
+        def forward(self, x):
+            h = torch.relu(self.body(x))
+            return self.head(h), self.aux(h)
+
+    with pytest.warns(UserWarning, match="returns several tensors"):
+        sw.find_symmetries(WithAux(), torch.randn(4, D))

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Mapping
 
 import torch
@@ -105,7 +106,11 @@ def find_symmetries(model: nn.Module, example_input, *, logits: bool = True, che
     device = next(iter(parameters.values())).device
     rng = torch.get_rng_state()
     try:
-        _check_input(model, example_input)
+        returned = _check_input(model, example_input)
+        if isinstance(returned, (tuple, list)) and sum(isinstance(t, Tensor) and t.is_floating_point()
+                                                       for t in torch.utils._pytree.tree_leaves(returned)) > 1:
+            warnings.warn(f"{type(model).__name__} returns several tensors: these are the symmetries of the first "
+                          "(the output a loss reads); a loss that reads the others too may not keep them", stacklevel=2)
         kept: list[Symmetry] = []
         rejected: list[str] = []
         partial: list[str] = []
@@ -123,16 +128,16 @@ def find_symmetries(model: nn.Module, example_input, *, logits: bool = True, che
                        tuple(sorted(uncovered.items())), epsilons=tuple(sorted(set(epsilons))))
 
 
-def _check_input(model: nn.Module, example_input) -> None:
-    """One forward pass in eval mode, without gradients (no buffer changes; every module's mode put
-    back): an input the model does not take (a wrong shape, a token id past the vocabulary) is one
+def _check_input(model: nn.Module, example_input):
+    """What the model returns in one forward pass in eval mode, without gradients (no buffer changes;
+    every module's mode put back): an input the model does not take (a wrong shape, a token id past the vocabulary) is one
     ValueError here, before the trace, whose fake tensors check neither values nor every shape."""
     modes = [(module, module.training) for module in model.modules()]
     try:
         args, kwargs = call_arguments(model, example_input)
         model.eval()
         with torch.no_grad():
-            model(*args, **kwargs)
+            return model(*args, **kwargs)
     except Exception as error:  # noqa: BLE001 -- whatever the model raises, the input is what the user can change
         what = (f"shape {tuple(example_input.shape)}" if isinstance(example_input, Tensor)
                 else f"a {type(example_input).__name__}")
@@ -147,22 +152,25 @@ def _module_of(param: str) -> str:
     return param.rsplit(".", 1)[0] if "." in param else param
 
 
-def _traced(model: nn.Module, example_input) -> TracedModel:
+def _traced(model: nn.Module, example_input, *, every_output: bool = False) -> TracedModel:
     """``export_model`` in training mode where the model has a batch norm (whose scale symmetry needs
-    batch statistics), in eval mode (dropout off) otherwise."""
+    batch statistics), in eval mode (dropout off) otherwise; ``every_output``: a submodule analysed
+    alone, whose every returned tensor its caller may read."""
     has_batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    return export_model(model, example_input, training=has_batch_norm)
+    return export_model(model, example_input, training=has_batch_norm, every_output=every_output)
 
 
 def _analyse(module: nn.Module, example_input, logits: bool, prefix: str, found: list[Symmetry],
              rejected: list[str], partial: list[str], reasons: dict[str, str], samples: int,
-             inputs: dict | None, epsilons: list[float]) -> None:
+             inputs: dict | None, epsilons: list[float], shared: frozenset[int] = frozenset()) -> None:
     """Trace ``module`` whole and collect its checked symmetries (refuted labels in ``rejected``; the
-    norms' positive epsilons in ``epsilons``); where that fails, its children."""
+    norms' positive epsilons in ``epsilons``); where that fails, its children. ``shared``: the ids of
+    parameters also used outside ``module`` by parts analysed apart (a layer two children share): no
+    symmetry of ``module`` alone may act on them, since it cannot see their other uses."""
     traced = None
     if example_input is not None:
         try:
-            traced = _traced(module, example_input)
+            traced = _traced(module, example_input, every_output=bool(prefix))
         except TraceError as error:
             blocking = str(error)
     else:
@@ -173,6 +181,13 @@ def _analyse(module: nn.Module, example_input, logits: bool, prefix: str, found:
                         if position < len(nodes[name].args) and isinstance(nodes[name].args[position], (int, float))
                         and nodes[name].args[position] > 0)
         candidates, why = _candidates(traced, logits)
+        if shared:
+            outside = {name for name, p in module.named_parameters(remove_duplicate=False) if id(p) in shared}
+            for sym in candidates:
+                for slot in sym.slots:
+                    if slot.param in outside:
+                        why.setdefault(slot.param, "shared with another part of the model, which was analysed apart")
+            candidates = [sym for sym in candidates if not any(slot.param in outside for slot in sym.slots)]
         kept, refuted = _checked(module, traced, candidates, logits, samples)
         found.extend(_prefixed(sym, prefix) for sym in kept)
         rejected.extend(_prefixed(sym, prefix).label for sym in refuted)
@@ -184,6 +199,14 @@ def _analyse(module: nn.Module, example_input, logits: bool, prefix: str, found:
     partial.append(prefix.rstrip(".") or "<model>")
     for name, _ in module.named_parameters(recurse=False):
         reasons.setdefault(prefix + name, blocking)
+    # a parameter in two children (or in a child and this module itself) is used where each cannot see
+    owners: dict[int, set[str]] = {}
+    for name, child in module.named_children():
+        for p in child.parameters():
+            owners.setdefault(id(p), set()).add(name)
+    for p in module.parameters(recurse=False):
+        owners.setdefault(id(p), set()).add("")
+    shared = shared | {key for key, names in owners.items() if len(names) > 1}
     for name, child in module.named_children():
         if not any(True for _ in child.parameters()):
             continue
@@ -194,7 +217,7 @@ def _analyse(module: nn.Module, example_input, logits: bool, prefix: str, found:
                 reasons.setdefault(f"{qualified}.{param}", "never called with a tensor in the example forward pass")
             continue
         _analyse(child, child_input, False, qualified + ".", found, rejected, partial, reasons, samples, inputs,
-                 epsilons)
+                 epsilons, shared)
     # what a child's analysis says stops at the child's edge: name why the child stood alone
     context = (f"{prefix.rstrip('.') or 'the model'} could not be traced whole ({blocking}), so its children "
                "were analysed one by one and no symmetry crosses between them")

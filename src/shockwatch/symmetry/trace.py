@@ -106,14 +106,19 @@ def call_arguments(model: nn.Module, example_input) -> tuple[tuple, dict]:
 
 
 class _Selected(nn.Module):
-    """The model with its output reduced to one tensor (``model_output``)."""
+    """The model with its output reduced to one tensor (``model_output``); ``every``: to every tensor
+    it returns (a submodule traced alone: its caller may read each of them)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, every: bool = False):
         super().__init__()
-        self.model = model
+        self.model, self.every = model, every
 
     def forward(self, *args, **kwargs):
-        return model_output(self.model(*args, **kwargs))
+        out = self.model(*args, **kwargs)
+        if not self.every:
+            return model_output(out)
+        tensors = tuple(leaf for leaf in torch.utils._pytree.tree_leaves(out) if isinstance(leaf, Tensor))
+        return tensors if len(tensors) != 1 else tensors[0]
 
 
 @dataclass(frozen=True, eq=False)
@@ -139,8 +144,9 @@ class TracedModel:
         return flat
 
 
-def export_model(model: nn.Module, example_input, *, training: bool) -> TracedModel:
-    """``model`` traced whole by torch.export (non-strict) on a copy, in train or eval mode.
+def export_model(model: nn.Module, example_input, *, training: bool, every_output: bool = False) -> TracedModel:
+    """``model`` traced whole by torch.export (non-strict) on a copy, in train or eval mode; its output
+    the tensor a loss reads (``model_output``), or with ``every_output`` every tensor it returns.
 
     Raises: TraceError naming the operation that stopped the trace.
     """
@@ -152,7 +158,7 @@ def export_model(model: nn.Module, example_input, *, training: bool) -> TracedMo
         # an autocast region as one opaque higher-order op) and keeps the model's own forward; the
         # symmetries are those of the model's arithmetic, so the copy is traced without it
         shadow.forward = vars(shadow)["_original_forward"]
-    wrapped = _Selected(shadow)
+    wrapped = _Selected(shadow, every_output)
     try:
         with _quiet_torch_logs():
             exported = torch.export.export(wrapped, args, kwargs, strict=False)
@@ -250,6 +256,8 @@ class ExactEvaluator:
         self._order = [node.name for node in self.graph_module.graph.nodes if node.op == "placeholder"]
 
     def __call__(self, params: Mapping[str, Tensor]) -> Tensor:
+        """The output at ``params`` (float64, eps 0); where the trace returns several tensors (a
+        submodule's every output), all of them flattened into one vector."""
         values = []
         user = iter(self.user_inputs)
         for name in self._order:
@@ -263,7 +271,9 @@ class ExactEvaluator:
                 values.append(next(user))
         with torch.no_grad():
             out = self.graph_module(*values)
-        return out[0] if isinstance(out, (tuple, list)) else out
+        if not isinstance(out, (tuple, list)):
+            return out
+        return out[0] if len(out) == 1 else torch.cat([o.reshape(-1) for o in out if isinstance(o, Tensor)])
 
 
 def _exact_graph(graph_module: fx.GraphModule) -> tuple[fx.GraphModule, dict[str, float]]:
