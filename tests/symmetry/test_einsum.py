@@ -1,4 +1,4 @@
-"""Attention and linear maps written with torch.einsum, as research code often is (class and
+"""Attention and linear maps written with torch.einsum, as research code often is, and F.glu (class and
 parameter names of our own). Truth: group elements applied by hand in float64, the log-probabilities
 compared; and torch.einsum itself for the decomposition the analysis reads. Before: einsum was "an
 operation the analysis does not know": no head's GL, no hidden unit (31% of the parameters covered)."""
@@ -89,3 +89,36 @@ def test_heads_and_hidden_units_written_with_einsum():
         assert float((run(moved) - base).abs().max()) < 1e-12 * float(base.abs().max())
         moved["down"][3] *= 2.5
         assert float((run(moved) - base).abs().max()) > 1e-6
+
+
+def test_glu_written_with_the_functional():
+    """F.glu(a(x)) = a_1 * sigmoid(a_2): the value half's units rescale against the next layer's
+    columns, and the (value, gate) pairs permute together. By hand in float64; glu was an unknown
+    operation before (nothing for ``a``)."""
+    class Gated(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(6, 2 * WIDE), nn.Linear(WIDE, 3)
+
+        def forward(self, x):
+            return self.b(nn.functional.glu(self.a(x), -1))
+
+    torch.manual_seed(0)
+    model = Gated()
+    x = torch.randn(5, 6, generator=torch.Generator().manual_seed(1))
+    found = sw.find_symmetries(model, x)
+    assert not found.rejected
+    assert len(found.of_kind(Kind.RESCALE)) == WIDE and len(found.of_kind(Kind.PERMUTATION)) == 1
+    model = model.double()
+    x = x.double()
+    order = torch.randperm(WIDE, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        before = model(x).log_softmax(-1)
+        model.a.weight[4] *= 3.0  # value unit 4 (the gate half, rows WIDE.., untouched)
+        model.a.bias[4] *= 3.0
+        model.b.weight[:, 4] /= 3.0
+        rows = torch.cat([order, order + WIDE])
+        model.a.weight.copy_(model.a.weight[rows])
+        model.a.bias.copy_(model.a.bias[rows])
+        model.b.weight.copy_(model.b.weight[:, order])
+        assert float((model(x).log_softmax(-1) - before).abs().max()) < 1e-13

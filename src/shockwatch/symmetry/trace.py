@@ -164,12 +164,13 @@ def export_model(model: nn.Module, example_input, *, training: bool, every_outpu
             exported = torch.export.export(wrapped, args, kwargs, strict=False)
     except Exception as error:  # torch.export raises many types; the first line names the operation
         raise TraceError(f"torch.export could not trace {type(model).__name__}: {_blocking(error)}") from None
-    if any(node.target is torch.ops.aten.einsum.default for node in exported.graph.nodes):
-        try:  # einsum as the permutes, reshapes and one matmul the analysis reads
+    table = _decompositions()
+    if any(node.target in table for node in exported.graph.nodes):
+        try:  # einsum, glu as the operations the analysis reads
             with _quiet_torch_logs(), warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)  # torch's own pytree deprecation, at every call
-                exported = exported.run_decompositions({torch.ops.aten.einsum.default: _einsum_by_matmul})
-        except Exception:  # noqa: BLE001 -- the einsum stays, an operation the analysis does not know
+                exported = exported.run_decompositions(table)
+        except Exception:  # noqa: BLE001 -- the operation stays, one the analysis does not know
             pass
     signature = exported.graph_signature
     strip = lambda name: name[len("model."):] if name.startswith("model.") else name  # noqa: E731
@@ -309,6 +310,18 @@ def _exact_graph(graph_module: fx.GraphModule) -> tuple[fx.GraphModule, dict[str
                 node.kwargs = {**node.kwargs, "dropout_p": 0.0}
     copied.recompile()
     return copied, record
+
+
+def _decompositions() -> dict:
+    """The operations written out before analysis, each as ones the analysis reads: ``einsum``
+    (``_einsum_by_matmul``) and ``glu`` (``_glu_by_halves``)."""
+    return {torch.ops.aten.einsum.default: _einsum_by_matmul, torch.ops.aten.glu.default: _glu_by_halves}
+
+
+def _glu_by_halves(x: Tensor, dim: int = -1) -> Tensor:
+    """glu(x) = a * sigmoid(b), x = [a | b] split in halves along ``dim`` (``torch.nn.functional.glu``)."""
+    half = x.shape[dim] // 2
+    return x.narrow(dim, 0, half) * torch.sigmoid(x.narrow(dim, half, half))
 
 
 def _einsum_by_matmul(equation: str, operands, path=None):
