@@ -365,11 +365,15 @@ def test_a_structural_candidate_that_fails_the_check_is_rejected():
     assert not any(slot.param.startswith("0.c_fc") for s in syms.of_kind("permutation") for slot in s.slots)
     assert syms.counts()["translation"] == 5
     assert "adds an untransformed tensor" in dict(syms.reasons)["0.c_fc.weight"]
-    # c_proj's outputs (x W + b, the bias added as a parameter) feed only the last linear map: they
-    # permute with its columns, a true symmetry found from the graph (checked exactly)
-    (output,) = syms.of_kind("permutation")
-    assert {slot.param for slot in output.slots} == {"0.c_proj.weight", "0.c_proj.bias", "1.weight"}
-    assert output.defect is not None and output.defect < 1e-12
+    # c_proj's outputs (x W + b, the bias added as a parameter) feed only the last linear map, with
+    # nothing between: any invertible 4 x 4 matrix on them (W, b -> M W, M b) with its inverse on the
+    # last map's columns, a GL(4) bottleneck found from the graph (checked exactly), which holds the
+    # permutation of those units
+    assert not syms.of_kind("permutation")
+    (output,) = syms.of_kind("gl")
+    assert {(slot.param, slot.dim) for slot in output.slots} == {("0.c_proj.weight", 1), ("0.c_proj.bias", 0),
+                                                                ("1.weight", 1)}
+    assert output.unit_count == 4 and output.defect is not None and output.defect < 1e-12
 
 
 def test_weight_decay_inside_the_loss_breaking_is_reported():

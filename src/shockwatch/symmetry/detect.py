@@ -364,7 +364,10 @@ def _candidates(traced: TracedModel, logits: bool) -> tuple[list[Symmetry], dict
         has_scale = False
         if node not in gl_done:
             gl, members, rotated = _walk_gl(run, producer, seed, by_node, gl_done)
-            if gl.ok and (gl.pairs or gl.value_blocks):
+            if gl.ok and not (gl.pairs or gl.value_blocks) and not rotated and len(members) == 1 \
+                    and _emit_bottleneck(gl, producer, emit):
+                gl_done.add(node)
+            elif gl.ok and (gl.pairs or gl.value_blocks):
                 gl_done.update(m.node for m in members)
                 _emit_gl(gl, members, emit, attention)
                 if rotated:  # the rotated dimensions of a partial rotary embedding: their frequency pairs
@@ -936,6 +939,30 @@ def _emit_gl(gl: Walk, members: list[Producer], emit, attention: dict) -> None:
         module = _module_of(incoming[0].param)
         emit(Symmetry(Kind.GL, f"gl/{module}/head{index}/vo", tuple(incoming), tuple(outgoing), units=len(block)))
         attention.setdefault(node, {}).setdefault("vo", []).append((incoming, outgoing))
+
+
+BOTTLENECK_UNITS = 128  # the most units a linear bottleneck's GL is sought for (its d^2 generators)
+
+
+def _emit_bottleneck(gl: Walk, producer: Producer, emit) -> bool:
+    """GL(r) of a linear bottleneck: a map's r output units read only by linear maps, with nothing
+    between but what commutes with any invertible r x r matrix M (a LoRA adapter's A then B, a
+    factorised projection): W_in -> M W_in (its bias likewise), W_out -> W_out M^-1 on the columns
+    reading the units, in their order. Emitted where r <= BOTTLENECK_UNITS and every consumer reads
+    the r units once, as one run in order; returns whether it was."""
+    units = producer.units
+    if not gl.consumers or not 2 <= units <= BOTTLENECK_UNITS:
+        return False
+    outgoing = []
+    for consumer in gl.consumers:
+        runs = _runs(consumer, list(range(units))) or []
+        if len(runs) != 1 or runs[0][1] - runs[0][0] != units \
+                or consumer.columns[runs[0][0]:runs[0][1]].tolist() != list(range(units)):
+            return False
+        outgoing.append(Slot(consumer.weight, consumer.in_dim, *runs[0]))
+    emit(Symmetry(Kind.GL, f"gl/{_module_of(producer.weight)}/bottleneck", tuple(_rows(producer, 0, units)),
+                  tuple(outgoing), units=units))
+    return True
 
 
 def _emit_stream_scale(traced: TracedModel, stream: list[Producer], run, emit) -> None:
