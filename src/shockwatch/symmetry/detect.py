@@ -275,9 +275,9 @@ def _prefixed(sym: Symmetry, prefix: str) -> Symmetry:
 
 
 def _rows(producer: Producer, start: int, stop: int) -> list[Slot]:
-    slots = [Slot(producer.weight, producer.out_dim, start, stop)]
+    slots = [Slot(producer.weight, producer.out_dim, start + producer.offset, stop + producer.offset)]
     if producer.bias is not None:
-        slots.append(Slot(producer.bias, producer.bias_dim, start, stop))
+        slots.append(Slot(producer.bias, producer.bias_dim, start + producer.bias_offset, stop + producer.bias_offset))
     return slots
 
 
@@ -355,11 +355,13 @@ def _candidates(traced: TracedModel, logits: bool) -> tuple[list[Symmetry], dict
         column = torch.randn(along, dtype=torch.float64, generator=generator).expand(out_shape)
         shifted = run({node: column}, Mode.SHIFT, units)
         if shifted.ok and shifted.absorbed:
-            for j in range(_in_size(traced, producer)):
+            whole = shape(_placeholder(traced, producer.weight))[producer.out_dim] == units  # all its rows
+            for j in range(_in_size(traced, producer) if whole else 0):  # a column is every row's
                 emit(Symmetry(Kind.TRANSLATION, f"translation/{module}/column{j}", (Slot(producer.weight, producer.in_dim, j, j + 1),)))
             if producer.bias is not None:
-                emit(Symmetry(Kind.TRANSLATION, f"translation/{module}/bias",
-                              (Slot(producer.bias, producer.bias_dim, 0, units),)))
+                emit(Symmetry(Kind.TRANSLATION, f"translation/{module}/bias{producer.bias_offset or ''}",
+                              (Slot(producer.bias, producer.bias_dim, producer.bias_offset,
+                                    producer.bias_offset + units),)))
         # GL: attention blocks (query/key pairs, value blocks); else a per-unit action
         has_scale = False
         if node not in gl_done:
@@ -1022,13 +1024,18 @@ def _emit_key_biases(attention: dict, producers: list[Producer], run, emit) -> N
         out_shape = shape(producer.node)
         per_unit = [1] * len(out_shape)
         per_unit[producer.axis] = producer.units
+        # the key units among this producer's rows (it may read a slice of its bias: ``offset``)
+        local = sorted(j - producer.bias_offset for j in keys[producer.bias]
+                       if producer.bias_offset <= j < producer.bias_offset + producer.units)
+        if not local:
+            continue
         mask = torch.zeros(producer.units, dtype=torch.float64)
-        mask[sorted(keys[producer.bias])] = 1.0
+        mask[local] = 1.0
         probe = (torch.randn(producer.units, dtype=torch.float64, generator=generator) * mask).reshape(per_unit)
         shifted = run({producer.node: probe.expand(out_shape)}, Mode.SHIFT, producer.units)
         if shifted.ok and shifted.absorbed:
             module = _module_of(producer.weight)
-            for j in sorted(keys[producer.bias]):
+            for j in (producer.bias_offset + unit for unit in local):
                 emit(Symmetry(Kind.TRANSLATION, f"translation/{module}/key_bias{j}",
                               (Slot(producer.bias, producer.bias_dim, j, j + 1),)))
 

@@ -110,6 +110,9 @@ class Producer:
     axis: int  # the output axis that carries the units
     grouped: bool  # a grouped / depthwise convolution: its units share input channels
     bias_dim: int = 0  # the bias's axis of units (1 for the experts' biases, one row per expert)
+    offset: int = 0  # where its rows start in the weight: a linear map reading a slice of them
+    # (nn.MultiheadAttention's in_proj_weight split into query and key/value rows)
+    bias_offset: int = 0  # where its units start in the bias (in_proj_bias split likewise)
 
 
 @dataclass(frozen=True)
@@ -341,6 +344,15 @@ def find_producers(traced: TracedModel, *, shared: bool = False) -> list[Produce
             continue
         weight = _param(weight_arg, traced)
         bias = _param(bias_arg, traced) if bias_arg is not None else None
+        offset = bias_offset = 0
+        if kind == "linear" and weight is None:  # rows of a parameter (one part of a split)
+            rows = _row_slice(weight_arg, traced)
+            if rows is not None:
+                (name, offset), weight = rows, (rows[0], (0, 1))
+        if kind == "linear" and bias_arg is not None and bias is None:  # a block of a bias (in_proj_bias)
+            cut = _row_slice(bias_arg, traced)
+            if cut is not None:
+                (bias_name, bias_offset), bias = cut, (cut[0], (0,))
         if weight is None or (bias_arg is not None and bias is None):
             continue  # a weight or bias computed from parameters (not a parameter itself): not analysed
         name, order = weight
@@ -356,8 +368,41 @@ def find_producers(traced: TracedModel, *, shared: bool = False) -> list[Produce
             node, bias = _expert_bias_added(node, out_shape[-1], shape(weight_arg)[0], uses, traced)
             bias_dim = 1 if bias is not None else 0
         out.append(Producer(node, name, order[dims[0]], order[dims[1]], bias[0] if bias else None, out_shape[-1],
-                            len(out_shape) - 1, False, bias_dim))
+                            len(out_shape) - 1, False, bias_dim, offset, bias_offset))
     return out
+
+
+def _row_slice(node, traced: TracedModel) -> tuple[str, int] | None:
+    """(parameter, first row) where ``node`` is a block of a parameter's rows (dim 0) and nothing
+    else: one part of ``split`` / ``split_with_sizes`` / ``chunk``, or a ``slice``; else None."""
+    if not isinstance(node, fx.Node):
+        return None
+    kind = packet(node)
+    if kind == "getitem" and isinstance(node.args[0], fx.Node) \
+            and packet(node.args[0]) in ("split", "split_with_sizes", "chunk"):
+        source, index = node.args[0], node.args[1]
+        sizes, dim = source.args[1], (source.args[2] if len(source.args) > 2 else source.kwargs.get("dim", 0))
+        whole = shape(source.args[0])
+        if not whole or dim % len(whole) != 0 or not isinstance(index, int):
+            return None
+        if packet(source) == "chunk" and isinstance(sizes, int) and sizes > 0:
+            start = index * -(-whole[0] // sizes)  # chunk(n) pieces of ceil(rows / n)
+        elif isinstance(sizes, int):
+            start = index * sizes
+        elif isinstance(sizes, (list, tuple)) and all(isinstance(n, int) for n in sizes):
+            start = sum(sizes[:index])
+        else:
+            return None
+        found = _param(source.args[0], traced)
+    elif kind == "slice" and len(node.args) >= 3 and node.args[1] % max(len(shape(node) or (1,)), 1) == 0:
+        start = node.args[2] if len(node.args) > 2 and isinstance(node.args[2], int) else 0
+        step = node.args[4] if len(node.args) > 4 else 1
+        found = _param(node.args[0], traced) if step == 1 and start >= 0 else None
+    else:
+        return None
+    if found is None or found[1] != tuple(range(len(found[1]))):
+        return None
+    return found[0], int(start)
 
 
 def _expert_bias_added(node: fx.Node, units: int, experts: int, uses: dict[str, int], traced: TracedModel
