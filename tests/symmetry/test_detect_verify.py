@@ -445,3 +445,29 @@ def test_a_layer_applied_to_its_own_output_is_a_consumer_of_its_units():
         model.twice.bias[13] *= 2.0
         model.head.weight[:, 13] /= 2.0
         assert float((model(other) - before).abs().max()) > 1e-4 * float(before.abs().max())
+
+
+def test_a_forward_taking_one_dict_gets_the_dict():
+    """forward(self, batch) reading batch["feats"]: the example dict is its one argument (its keys name
+    no parameter), where it was passed as keywords and refused. Truth: the hidden units' rescale by
+    hand in float64."""
+    class DictIn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 3)
+
+        def forward(self, batch):
+            return self.b(torch.relu(self.a(batch["feats"])))
+
+    torch.manual_seed(0)
+    model = DictIn()
+    found = sw.find_symmetries(model, {"feats": torch.randn(5, 4)})
+    assert len(found.of_kind(Kind.RESCALE)) == 8 and not found.rejected
+    model = model.double()
+    feats = torch.randn(9, 4, dtype=torch.float64)
+    with torch.no_grad():
+        before = model({"feats": feats})
+        model.a.weight[2] *= 3.0
+        model.a.bias[2] *= 3.0
+        model.b.weight[:, 2] /= 3.0
+        assert float((model({"feats": feats}) - before).abs().max()) < 1e-13

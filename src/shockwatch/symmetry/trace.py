@@ -83,8 +83,9 @@ class Call:
 
 
 def call_arguments(model: nn.Module, example_input) -> tuple[tuple, dict]:
-    """(args, kwargs) for ``model`` from a tensor, a tuple / list (positional), a dict (keyword) or a
-    recorded ``Call``."""
+    """(args, kwargs) for ``model`` from a tensor, a tuple / list (positional), a dict (keyword; or the
+    one positional argument of a ``forward(self, batch)`` that names none of its keys) or a recorded
+    ``Call``."""
     if isinstance(example_input, Call):
         args, kwargs = tuple(example_input.args), dict(example_input.kwargs)
     elif isinstance(example_input, Mapping):
@@ -100,9 +101,23 @@ def call_arguments(model: nn.Module, example_input) -> tuple[tuple, dict]:
         accepted = inspect.signature(model.forward).parameters
     except (TypeError, ValueError):
         accepted = {}
+    if isinstance(example_input, Mapping) and accepted and _takes_one_mapping(accepted, kwargs):
+        args, kwargs = (dict(example_input),), {}  # forward(self, batch): the dict is its one argument
     if "use_cache" in accepted and "use_cache" not in kwargs:
         kwargs["use_cache"] = False  # a Hugging Face cache object does not export
     return args, kwargs
+
+
+def _takes_one_mapping(accepted: Mapping[str, inspect.Parameter], keys: Mapping) -> bool:
+    """Whether a forward with these parameters takes a dict as its one positional argument rather than
+    its keys as keywords: none of the keys is a parameter's name, no ``**kwargs``, and one parameter
+    without a default (``def forward(self, batch)``)."""
+    kinds = [p.kind for p in accepted.values()]
+    if inspect.Parameter.VAR_KEYWORD in kinds or any(key in accepted for key in keys):
+        return False
+    required = [p for p in accepted.values() if p.default is inspect.Parameter.empty
+                and p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    return len(required) == 1
 
 
 class _Selected(nn.Module):
