@@ -61,3 +61,24 @@ def test_a_nonlinearity_in_the_bottleneck_keeps_only_rescales_and_permutations()
     found = sw.find_symmetries(model, torch.randn(8, 6, generator=torch.Generator().manual_seed(1)))
     assert not found.of_kind(Kind.GL) and not found.rejected
     assert len([s for s in found.of_kind(Kind.RESCALE) if s.label.startswith("rescale/first.down")]) == RANK
+
+
+def test_a_depthwise_map_mixes_no_channels():
+    """A depthwise convolution's output channel c reads input channel c alone: no M can mix its
+    outputs (M W is no depthwise weight), so its channels keep their per-channel rescales against
+    the head, and no GL is proposed (one was, refuted by the exact check, and the rescales were lost).
+    Truth: a channel's rescale by hand in float64."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.SiLU(), nn.Conv2d(8, 8, 3, groups=8), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(8, 3))
+    x = torch.randn(4, 3, 9, 9, generator=torch.Generator().manual_seed(1))
+    found = sw.find_symmetries(model, x)
+    assert not found.rejected and not found.of_kind(Kind.GL)
+    assert len([s for s in found.of_kind(Kind.RESCALE) if s.label.startswith("rescale/2/")]) == 8
+    model = model.double()
+    with torch.no_grad():
+        before = model(x.double()).log_softmax(-1)
+        model[2].weight[5] *= 3.0
+        model[2].bias[5] *= 3.0
+        model[5].weight[:, 5] /= 3.0
+        assert float((model(x.double()).log_softmax(-1) - before).abs().max()) < 1e-12

@@ -367,7 +367,7 @@ def _candidates(traced: TracedModel, logits: bool) -> tuple[list[Symmetry], dict
         if node not in gl_done:
             gl, members, rotated = _walk_gl(run, producer, seed, by_node, gl_done)
             if gl.ok and not (gl.pairs or gl.value_blocks) and not rotated and len(members) == 1 \
-                    and _emit_bottleneck(gl, producer, emit):
+                    and _emit_bottleneck(gl, producer, len(shape(_placeholder(traced, producer.weight)) or ()), emit):
                 gl_done.add(node)
             elif gl.ok and (gl.pairs or gl.value_blocks):
                 gl_done.update(m.node for m in members)
@@ -946,14 +946,18 @@ def _emit_gl(gl: Walk, members: list[Producer], emit, attention: dict) -> None:
 BOTTLENECK_UNITS = 128  # the most units a linear bottleneck's GL is sought for (its d^2 generators)
 
 
-def _emit_bottleneck(gl: Walk, producer: Producer, emit) -> bool:
+def _emit_bottleneck(gl: Walk, producer: Producer, rank: int, emit) -> bool:
     """GL(r) of a linear bottleneck: a map's r output units read only by linear maps, with nothing
     between but what commutes with any invertible r x r matrix M (a LoRA adapter's A then B, a
     factorised projection): W_in -> M W_in (its bias likewise), W_out -> W_out M^-1 on the columns
-    reading the units, in their order. Emitted where r <= BOTTLENECK_UNITS and every consumer reads
-    the r units once, as one run in order; returns whether it was."""
+    reading the units, in their order. Emitted where r <= BOTTLENECK_UNITS, the map can mix its
+    outputs (a linear map's 2-d weight or a convolution's, not a grouped or depthwise one, nor the
+    experts' 3-d weights, whose every expert would need its own M) and every consumer reads the r
+    units once, as one run in order; returns whether it was."""
     units = producer.units
-    if not gl.consumers or not 2 <= units <= BOTTLENECK_UNITS:
+    conv = packet(producer.node) in ("conv1d", "conv2d", "conv3d", "convolution", "conv_transpose1d",
+                                     "conv_transpose2d", "conv_transpose3d")
+    if not gl.consumers or not 2 <= units <= BOTTLENECK_UNITS or producer.grouped or not (rank == 2 or conv):
         return False
     outgoing = []
     for consumer in gl.consumers:
