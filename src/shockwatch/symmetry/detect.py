@@ -421,6 +421,7 @@ def _candidates(traced: TracedModel, logits: bool) -> tuple[list[Symmetry], dict
                 note(producer.weight, perm)
     _emit_shared(traced, run, emit, note, uses, stream)
     _emit_recurrent(traced, run, emit, note, uses)
+    _emit_weight_norm_scales(traced, emit, uses)
     for node, axis, params in norm_affine_sources(traced):
         where[0] = position[node]
         size = shape(node)[axis]
@@ -489,6 +490,25 @@ def _emit_shared(traced: TracedModel, run, emit, note, uses: dict[str, int], str
 
 
 _GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}  # gate blocks in a recurrent layer's rows
+
+
+def _emit_weight_norm_scales(traced: TracedModel, emit, uses: dict[str, int]) -> None:
+    """Weight normalisation, W = g v / |v| per slice along ``dim`` (``torch._weight_norm``: nn.utils'
+    weight_norm, old and parametrised): each slice of v scales freely, W and the output unchanged, a
+    scale symmetry per output unit (one for all of v where ``dim`` is -1), where v is read nowhere else."""
+    for node in traced.graph.nodes:
+        if packet(node) != "_weight_norm":
+            continue
+        name = _param_name(traced, node.args[0])  # v itself, as the parameter is stored
+        dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
+        if name is None or uses.get(name) != 1 or not isinstance(dim, int):
+            continue
+        module, size = _module_of(name), shape(node.args[0])
+        if dim == -1:
+            emit(Symmetry(Kind.SCALE, f"scale/{module}/weight_norm", (Slot(name, 0, 0, size[0]),)))
+            continue
+        for i in range(size[dim]):
+            emit(Symmetry(Kind.SCALE, f"scale/{module}/weight_norm{i}", (Slot(name, dim, i, i + 1),)))
 
 
 def _emit_recurrent(traced: TracedModel, run, emit, note, uses: dict[str, int]) -> None:
