@@ -42,3 +42,25 @@ def test_a_scale_in_front_of_the_norm_is_kept_and_its_eps_recorded(norm, train, 
                 params[slot.param].narrow(slot.dim, slot.start, slot.stop - slot.start).mul_(1.5 + 0.5 * k)
         after = model(x)
     assert float((after - before).abs().max()) < 1e-12 * float(before.abs().max())
+
+
+def test_a_group_norms_gain_and_bias_rescale_against_the_next_layer():
+    """After GroupNorm(2, 8) and a ReLU, channel c's gain and bias times a and the next convolution's
+    input channel c over a leave the output unchanged (a > 0 passes the ReLU), as for a batch norm's
+    affine map. By hand in float64; before, a group norm's affine parameters were no source."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.GroupNorm(2, 8), nn.ReLU(), nn.Conv2d(8, 4, 3), nn.Flatten(),
+                          nn.Linear(4 * 5 * 5, 3)).eval()
+    x = torch.randn(4, 3, 9, 9, generator=torch.Generator().manual_seed(1))
+    found = sw.find_symmetries(model, x)
+    assert not found.rejected
+    gains = [sym for sym in found.of_kind(Kind.RESCALE) if sym.incoming[0].param == "1.weight"]
+    assert len(gains) == 8
+    assert {(s.param, s.dim) for s in gains[5].slots} == {("1.weight", 0), ("1.bias", 0), ("3.weight", 1)}
+    model = model.double()
+    with torch.no_grad():
+        before = model(x.double()).log_softmax(-1)
+        model[1].weight[5] *= 2.5
+        model[1].bias[5] *= 2.5
+        model[3].weight[:, 5] /= 2.5
+        assert float((model(x.double()).log_softmax(-1) - before).abs().max()) < 1e-12

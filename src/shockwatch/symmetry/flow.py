@@ -447,18 +447,19 @@ def _bias_added(node: fx.Node, units: int, uses: dict[str, int], traced: TracedM
 
 
 def norm_affine_sources(traced: TracedModel) -> list[tuple[fx.Node, int, list[str]]]:
-    """(node, unit axis, affine parameters) for norms' affine maps: layer_norm / rms_norm / batch_norm
-    with weight (and bias), and a gain parameter that multiplies a tensor directly, w * x, elementwise
+    """(node, unit axis, affine parameters) for norms' affine maps: layer_norm / rms_norm / batch_norm /
+    group_norm with weight (and bias), and a gain parameter that multiplies a tensor directly, w * x, elementwise
     along the last axis (RMSNorm as Hugging Face writes it), used nowhere else."""
     out = []
     uses = parameter_uses(traced)
     for node in traced.graph.nodes:
         kind = packet(node)
-        if kind in _NORM_AXES or kind in _BATCH_NORM:
-            positions = (1, 2) if kind in _BATCH_NORM else ((2, 3) if kind == "layer_norm" else (2,))
+        if kind in _NORM_AXES or kind in _BATCH_NORM or kind == "group_norm":
+            # a group norm's gain and bias (args 2, 3) act per channel (axis 1), as a batch norm's
+            positions = (1, 2) if kind in _BATCH_NORM else ((2, 3) if kind in ("layer_norm", "group_norm") else (2,))
             params = [p[0] for i in positions if len(node.args) > i and (p := _param(node.args[i], traced))]
             if params and all(uses.get(p) == 1 for p in params) and len(node.args) > positions[0] and _param(node.args[positions[0]], traced):
-                out.append((node, 1 if kind in _BATCH_NORM else -1, params))
+                out.append((node, 1 if kind in _BATCH_NORM or kind == "group_norm" else -1, params))
         elif kind == "mul" and len(node.args) == 2:
             for gain, other in ((node.args[0], node.args[1]), (node.args[1], node.args[0])):
                 found = _param(gain, traced)
