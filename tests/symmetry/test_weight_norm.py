@@ -32,3 +32,27 @@ def test_each_row_of_v_scales(normalised):
         before = model(x)
         first[2] *= 3.7
         assert float((model(x) - before).abs().max()) < 1e-13 * float(before.abs().max())
+
+
+def test_the_gains_rescale_against_a_plain_next_layer():
+    """W = g v / |v|: unit i's gain g_i and bias times a, the next (plain) layer's column i over a, through
+    a ReLU, leave the output unchanged (by hand in float64). No permutation of those units is proposed:
+    it would move v's rows with g's, which a slot of g cannot name."""
+    torch.manual_seed(0)
+    model = nn.Sequential(weight_norm(nn.Linear(4, 6)), nn.ReLU(), nn.Linear(6, 3))
+    found = sw.find_symmetries(model, torch.randn(5, 4, generator=torch.Generator().manual_seed(1)))
+    assert not found.rejected
+    gain = "0.parametrizations.weight.original0"
+    rescales = [sym for sym in found.of_kind(Kind.RESCALE) if sym.incoming[0].param == gain]
+    assert len(rescales) == 6
+    assert {(s.param, s.dim) for s in rescales[4].slots} == {(gain, 0), ("0.bias", 0), ("2.weight", 1)}
+    assert not any(slot.param == gain for sym in found.of_kind(Kind.PERMUTATION) for slot in sym.slots)
+    model = model.double()
+    x = torch.randn(9, 4, dtype=torch.float64)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        before = model(x)
+        params[gain][4] *= 2.5
+        params["0.bias"][4] *= 2.5
+        params["2.weight"][:, 4] /= 2.5
+        assert float((model(x) - before).abs().max()) < 1e-13 * float(before.abs().max())

@@ -355,7 +355,8 @@ def _candidates(traced: TracedModel, logits: bool) -> tuple[list[Symmetry], dict
         column = torch.randn(along, dtype=torch.float64, generator=generator).expand(out_shape)
         shifted = run({node: column}, Mode.SHIFT, units)
         if shifted.ok and shifted.absorbed:
-            whole = shape(_placeholder(traced, producer.weight))[producer.out_dim] == units  # all its rows
+            # all its rows (a column is every row's), of the weight itself (not a normalised map's gains)
+            whole = shape(_placeholder(traced, producer.weight))[producer.out_dim] == units and not producer.normalised
             for j in range(_in_size(traced, producer) if whole else 0):  # a column is every row's
                 emit(Symmetry(Kind.TRANSLATION, f"translation/{module}/column{j}", (Slot(producer.weight, producer.in_dim, j, j + 1),)))
             if producer.bias is not None:
@@ -365,11 +366,13 @@ def _candidates(traced: TracedModel, logits: bool) -> tuple[list[Symmetry], dict
         # GL: attention blocks (query/key pairs, value blocks); else a per-unit action
         has_scale = False
         if node not in gl_done:
-            gl, members, rotated = _walk_gl(run, producer, seed, by_node, gl_done)
-            if gl.ok and not (gl.pairs or gl.value_blocks) and not rotated and len(members) == 1 \
+            # a weight-normalised map (rows g v / |v|): only per-unit scales of g act on its rows alone
+            gl, members, rotated = (_walk_gl(run, producer, seed, by_node, gl_done) if not producer.normalised
+                                    else (None, [producer], frozenset()))
+            if gl is not None and gl.ok and not (gl.pairs or gl.value_blocks) and not rotated and len(members) == 1 \
                     and _emit_bottleneck(gl, producer, len(shape(_placeholder(traced, producer.weight)) or ()), emit):
                 gl_done.add(node)
-            elif gl.ok and (gl.pairs or gl.value_blocks):
+            elif gl is not None and gl.ok and (gl.pairs or gl.value_blocks):
                 gl_done.update(m.node for m in members)
                 _emit_gl(gl, members, emit, attention)
                 if rotated:  # the rotated dimensions of a partial rotary embedding: their frequency pairs
@@ -388,16 +391,17 @@ def _candidates(traced: TracedModel, logits: bool) -> tuple[list[Symmetry], dict
                     # a layer scale ended the walk: a branch added to a residual stream is still one
                     # of the stream's producers (its scale and permutation), as without the scale
                     beyond = run({node: seed}, Mode.DIAG, units, gains=False)
-                    if not beyond.ok and "adds an untransformed tensor" in beyond.reason:
+                    if not beyond.ok and "adds an untransformed tensor" in beyond.reason and not producer.normalised:
                         stream.append(producer)
                 if diag.ok and not diag.links.broken:
                     has_scale = _emit_diag(diag, members, emit, label="unit" if len(members) == 1 else "pair", only=only)
-                    _emit_rotations(diag, members, emit)
+                    if not any(m.normalised for m in members):
+                        _emit_rotations(diag, members, emit)
                     if len(members) == 2:  # a query/key pair that only a subgroup of GL keeps (rotary)
                         gl_done.update(m.node for m in members)
                 else:
                     note(producer.weight, diag)
-                    if "adds an untransformed tensor" in diag.reason:
+                    if "adds an untransformed tensor" in diag.reason and not producer.normalised:
                         stream.append(producer)
         # scale of the whole layer
         if not has_scale and producer.weight not in scaled:
@@ -405,7 +409,8 @@ def _candidates(traced: TracedModel, logits: bool) -> tuple[list[Symmetry], dict
             if scalar.ok and scalar.absorbed:
                 emit(Symmetry(Kind.SCALE, f"scale/{module}", tuple(_rows(producer, 0, units))))
         # permutation of units (joint with a gate where the units are multiplied together)
-        if units >= 2 and not producer.grouped and node not in gl_done and node not in perm_done:
+        if units >= 2 and not producer.grouped and not producer.normalised and node not in gl_done \
+                and node not in perm_done:
             perm, members = _walk_with_partner(run, producer, seed, Mode.PERM, by_node, perm_done, same_units=True)
             glu, layout = (None, None) if perm.ok or "differently ordered" not in perm.reason else \
                 _fused_glu(run, producer, Mode.PERM)

@@ -113,6 +113,8 @@ class Producer:
     offset: int = 0  # where its rows start in the weight: a linear map reading a slice of them
     # (nn.MultiheadAttention's in_proj_weight split into query and key/value rows)
     bias_offset: int = 0  # where its units start in the bias (in_proj_bias split likewise)
+    normalised: bool = False  # weight normalisation, rows g v / |v|: ``weight`` names g, whose rows
+    # scale the map's; v's rows move only with them (permutations, GL), which a slot of g cannot say
 
 
 @dataclass(frozen=True)
@@ -331,24 +333,30 @@ def find_producers(traced: TracedModel, *, shared: bool = False) -> list[Produce
             if transposed and (kind not in _CONV_T or _groups(node) != 1):
                 continue  # aten.convolution's transposed form and grouped transposed ones: not analysed
             weight, bias = _param(args[1], traced), (_param(args[2], traced) if len(args) > 2 else None)
-            if weight is None:
+            gains = _normalised_gains(args[1], traced, uses) if weight is None and not transposed else None
+            if weight is None and gains is None:
                 continue
-            name, order = weight
+            name, order = weight if weight is not None else (gains, (0, 1))
             if shared or uses.get(name, 0) != 1:
                 continue
             out_dim, in_dim = (order[1], order[0]) if transposed else (order[0], order[1])
             out.append(Producer(node, name, out_dim, in_dim, bias[0] if bias else None, shape(node)[1], 1,
-                                _groups(node) != 1))
+                                _groups(node) != 1, normalised=gains is not None))
             continue
         else:
             continue
         weight = _param(weight_arg, traced)
         bias = _param(bias_arg, traced) if bias_arg is not None else None
         offset = bias_offset = 0
+        normalised = False
         if kind == "linear" and weight is None:  # rows of a parameter (one part of a split)
             rows = _row_slice(weight_arg, traced)
             if rows is not None:
                 (name, offset), weight = rows, (rows[0], (0, 1))
+        if kind == "linear" and weight is None:  # rows g v / |v| (weight normalisation): g's rows scale them
+            gains = _normalised_gains(weight_arg, traced, uses)
+            if gains is not None:
+                weight, normalised = (gains, (0, 1)), True
         if kind == "linear" and bias_arg is not None and bias is None:  # a block of a bias (in_proj_bias)
             cut = _row_slice(bias_arg, traced)
             if cut is not None:
@@ -368,8 +376,20 @@ def find_producers(traced: TracedModel, *, shared: bool = False) -> list[Produce
             node, bias = _expert_bias_added(node, out_shape[-1], shape(weight_arg)[0], uses, traced)
             bias_dim = 1 if bias is not None else 0
         out.append(Producer(node, name, order[dims[0]], order[dims[1]], bias[0] if bias else None, out_shape[-1],
-                            len(out_shape) - 1, False, bias_dim, offset, bias_offset))
+                            len(out_shape) - 1, False, bias_dim, offset, bias_offset, normalised))
     return out
+
+
+def _normalised_gains(node, traced: TracedModel, uses: dict[str, int]) -> str | None:
+    """g, where ``node`` is ``_weight_norm(v, g, 0)`` (rows g_i v_i / |v_i|) of parameters v and g read
+    nowhere else; else None."""
+    if not isinstance(node, fx.Node) or packet(node) != "_weight_norm" or len(node.args) < 2:
+        return None
+    dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
+    v, g = _param(node.args[0], traced), _param(node.args[1], traced)
+    if dim != 0 or v is None or g is None or uses.get(v[0]) != 1 or uses.get(g[0]) != 1:
+        return None
+    return g[0]
 
 
 def _row_slice(node, traced: TracedModel) -> tuple[str, int] | None:
