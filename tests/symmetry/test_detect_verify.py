@@ -471,3 +471,26 @@ def test_a_forward_taking_one_dict_gets_the_dict():
         model.a.bias[2] *= 3.0
         model.b.weight[:, 2] /= 3.0
         assert float((model({"feats": feats}) - before).abs().max()) < 1e-13
+
+
+def test_verify_says_when_the_model_does_not_run_on_the_batch_in_its_dtype():
+    """A model whose kernel takes no float64 (as torch's grouped product behind Hugging Face's mixtures
+    of experts), verified after .double(): one ExampleInputError naming the model's error and the way
+    out, where the model's own RuntimeError came from deep inside the verification."""
+    class NoDouble(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 3)
+
+        def forward(self, x):
+            if x.dtype == torch.float64:
+                raise RuntimeError("Expected mat_a to be Float32, BFloat16 or Float16 matrix, got Double")
+            return self.b(torch.relu(self.a(x)))
+
+    torch.manual_seed(0)
+    model = NoDouble()
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    syms = sw.find_symmetries(model, x)
+    model = model.double()
+    with pytest.raises(sw.symmetry.ExampleInputError, match="verify in float32"):
+        sw.verify_symmetries(model, F.cross_entropy, (x.double(), y), syms)

@@ -69,7 +69,7 @@ from .group import (Kind, Slot, Symmetry, SymmetrySet, act, act_gl, act_rotation
 from .trace import (EXACT_TOLERANCE, Call, ExactEvaluator, TracedModel, TraceError, call_arguments, epsilon_nodes, export_model,
                     packet)
 
-__all__ = ["ExampleInputError", "exact_check", "exact_defects", "find_symmetries"]
+__all__ = ["ExampleInputError", "check_input", "exact_check", "exact_defects", "find_symmetries"]
 
 
 class ExampleInputError(ValueError):
@@ -106,7 +106,7 @@ def find_symmetries(model: nn.Module, example_input, *, logits: bool = True, che
     device = next(iter(parameters.values())).device
     rng = torch.get_rng_state()
     try:
-        returned = _check_input(model, example_input)
+        returned = check_input(model, example_input)
         if isinstance(returned, (tuple, list)) and sum(isinstance(t, Tensor) and t.is_floating_point()
                                                        for t in torch.utils._pytree.tree_leaves(returned)) > 1:
             warnings.warn(f"{type(model).__name__} returns several tensors: these are the symmetries of the first "
@@ -128,7 +128,7 @@ def find_symmetries(model: nn.Module, example_input, *, logits: bool = True, che
                        tuple(sorted(uncovered.items())), epsilons=tuple(sorted(set(epsilons))))
 
 
-def _check_input(model: nn.Module, example_input):
+def check_input(model: nn.Module, example_input):
     """What the model returns in one forward pass in eval mode, without gradients (no buffer changes;
     every module's mode put back): an input the model does not take (a wrong shape, a token id past the vocabulary) is one
     ValueError here, before the trace, whose fake tensors check neither values nor every shape."""

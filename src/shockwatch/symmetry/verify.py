@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .detect import exact_check
+from .detect import ExampleInputError, check_input, exact_check
 from .group import (Kind, Symmetry, SymmetrySet, act, act_gl, act_rotation, generator, permutation_generators, permute,
                     random_gl_element, unit_matrix)
 from .trace import EXACT_TOLERANCE, TraceError, call_arguments
@@ -122,6 +122,13 @@ def verify_symmetries(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tens
     per kind (all of them where the joint one is not round-off; None: every symmetry alone).
     The global RNG, the model's mode, parameters and buffers are left as they were.
     """
+    try:
+        check_input(model, batch[0])
+    except ExampleInputError as error:
+        double = any(p.dtype == torch.float64 for p in model.parameters())
+        hint = (" (some kernels take no float64, e.g. torch's grouped product behind Hugging Face's mixtures of "
+                "experts: verify in float32; the exact check runs in float64 on its own trace)") if double else ""
+        raise ExampleInputError(f"{error}{hint}") from None
     rng = torch.get_rng_state()
     try:
         result = _verify(model, loss_fn, batch, symmetries, train_mode, seed, hessian_samples, element_samples,
