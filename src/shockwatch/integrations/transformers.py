@@ -32,7 +32,6 @@ how the monitor is kept to ``Monitor``'s contract:
 from __future__ import annotations
 
 import inspect
-import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -47,6 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from ..monitor import Monitor, Schedule
+from ..monitor.monitor import check_log_dir
 from ..symmetry import ExampleInputError
 
 __all__ = ["ShockwatchCallback"]
@@ -75,8 +75,7 @@ class ShockwatchCallback(TrainerCallback):
         self._hook = None
         self._losses: list[Tensor] = []  # the window's micro-batch losses, detached
         self._normalised = False  # the model received num_items_in_batch: losses already over the window
-        self._first_input: dict | None = None  # the first training batch's tensors but labels
-        self._first_labelled: dict | None = None  # and with them (a model whose forward needs labels: T5)
+        self._first_batch: dict | None = None  # the first training batch's tensors, labels included
 
     # ------------------------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model: nn.Module | None = None, **kwargs) -> None:
@@ -84,7 +83,7 @@ class ShockwatchCallback(TrainerCallback):
         if model is None:
             raise ValueError("ShockwatchCallback needs the Trainer's model (the Trainer passes it to callbacks)")
         self._model = model
-        self._losses, self._first_input = [], None
+        self._losses, self._first_batch = [], None
         self._hook = model.register_forward_hook(self._record, with_kwargs=True)
 
     def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs) -> None:
@@ -93,16 +92,17 @@ class ShockwatchCallback(TrainerCallback):
         if optimizer is None:
             raise ValueError("ShockwatchCallback needs the Trainer's optimizer (the Trainer passes it to callbacks)")
         options = dict(self.monitor_kwargs)
-        if options.get("example_input") is not None or options.get("symmetries") is not None or not self._first_input:
+        unlabelled = {key: value for key, value in (self._first_batch or {}).items() if key != "labels"}
+        if options.get("example_input") is not None or options.get("symmetries") is not None or not unlabelled:
             self.monitor = Monitor(self._model, optimizer, self.log_dir, **options)
             return
         # the batch without labels first (the model's own inputs); a model that cannot run without
         # them (an encoder-decoder building its decoder inputs from the labels) gets them too
         try:
-            self.monitor = Monitor(self._model, optimizer, self.log_dir, **options, example_input=self._first_input)
+            self.monitor = Monitor(self._model, optimizer, self.log_dir, **options, example_input=unlabelled)
         except ExampleInputError as without:
             try:
-                self.monitor = Monitor(self._model, optimizer, self.log_dir, **options, example_input=self._first_labelled)
+                self.monitor = Monitor(self._model, optimizer, self.log_dir, **options, example_input=self._first_batch)
             except ExampleInputError:
                 raise ExampleInputError(f"{without} (with the labels too); pass example_input= (the model's inputs) or "
                                         "symmetries= to ShockwatchCallback") from None
@@ -129,9 +129,8 @@ class ShockwatchCallback(TrainerCallback):
             return
         self._losses.append(loss.detach())
         self._normalised = kwargs.get("num_items_in_batch") is not None
-        if self._first_input is None:
-            self._first_labelled = {key: value.detach() for key, value in kwargs.items() if isinstance(value, Tensor)}
-            self._first_input = {key: value for key, value in self._first_labelled.items() if key != "labels"}
+        if self._first_batch is None:
+            self._first_batch = {key: value.detach() for key, value in kwargs.items() if isinstance(value, Tensor)}
 
     def _close(self) -> None:
         if self._hook is not None:
@@ -149,10 +148,7 @@ def _check_options(log_dir, options: dict) -> None:
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise TypeError(f"ShockwatchCallback got {unknown[0]!r}, which Monitor does not take; its options: {', '.join(accepted)}")
-    if not isinstance(log_dir, (str, os.PathLike)) or not str(log_dir):
-        raise TypeError(f"log_dir must be a non-empty path (str or pathlib.Path), got {log_dir!r}")
-    if Path(log_dir).exists() and not Path(log_dir).is_dir():
-        raise NotADirectoryError(f"log_dir {str(log_dir)!r} is a file: give a directory (the run's store goes in it)")
+    check_log_dir(log_dir)
     schedule = options.get("schedule")
     if schedule is not None and not isinstance(schedule, Schedule):
         raise TypeError(f"schedule must be a shockwatch.monitor.Schedule, got {type(schedule).__name__}")

@@ -75,7 +75,7 @@ from .sinks import Sink, TensorBoardSink
 from .store import RunStore
 from .warnings import EarlyWarning, Rule, default_rules
 
-__all__ = ["Monitor", "Schedule"]
+__all__ = ["Monitor", "Schedule", "check_log_dir"]
 
 _QUADRATIC = (Kind.SCALE, Kind.RESCALE)
 _NO_SYMMETRIES = SymmetrySet(())  # the norms-only pass of a model without symmetries
@@ -151,14 +151,20 @@ _dtype, _shape, _device = attrgetter("dtype"), attrgetter("shape"), attrgetter("
 _requires_grad = attrgetter("requires_grad")
 
 
-def _check_types(model, log_dir, *, symmetries, loss_fn, sinks, curvature_tol, flags: dict) -> None:
-    """The constructor's arguments of the wrong type, each refused in one line before anything is built."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+def check_log_dir(log_dir) -> None:
+    """A run's log_dir: a non-empty path (str or PathLike) that is not a file; else one-line TypeError or
+    NotADirectoryError (the Monitor's check, and the Trainer callback's when it is made)."""
     if not isinstance(log_dir, (str, os.PathLike)) or not str(log_dir):
         raise TypeError(f"log_dir must be a non-empty path (str or pathlib.Path), got {log_dir!r}")
     if Path(log_dir).exists() and not Path(log_dir).is_dir():
         raise NotADirectoryError(f"log_dir {str(log_dir)!r} is a file: give a directory (the run's store goes in it)")
+
+
+def _check_types(model, log_dir, *, symmetries, loss_fn, sinks, curvature_tol, flags: dict) -> None:
+    """The constructor's arguments of the wrong type, each refused in one line before anything is built."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_log_dir(log_dir)
     if symmetries is not None and not isinstance(symmetries, SymmetrySet):
         raise TypeError(f"symmetries must be a SymmetrySet (shockwatch.find_symmetries(model, x)), got {type(symmetries).__name__}")
     if loss_fn is not None and not callable(loss_fn):

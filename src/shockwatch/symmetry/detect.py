@@ -63,7 +63,7 @@ from torch import Tensor, fx, nn
 
 from .flow import (GROUPED_PRODUCTS, Consumer, Mode, Producer, Walk, biased_maps, find_producers, is_lookup,
                    linear_inputs_reading, linear_reads, norm_affine_sources, parameter_uses, shape, shape_only,
-                   stream_sources, unit_index, walk)
+                   stream_sources, unit_index, walk, weight_norm_parts)
 from .group import (Kind, Slot, Symmetry, SymmetrySet, act, act_gl, act_rotation, permutation_generators, permute, slot_fits,
                     random_gl_element)
 from .trace import (EXACT_TOLERANCE, Call, ExactEvaluator, TracedModel, TraceError, call_arguments, epsilon_nodes, export_model,
@@ -355,9 +355,10 @@ def _candidates(traced: TracedModel, logits: bool) -> tuple[list[Symmetry], dict
         column = torch.randn(along, dtype=torch.float64, generator=generator).expand(out_shape)
         shifted = run({node: column}, Mode.SHIFT, units)
         if shifted.ok and shifted.absorbed:
-            # all its rows (a column is every row's), of the weight itself (not a normalised map's gains)
+            # a column is every row's: only for a map of all its weight's rows, the weight itself (not a
+            # normalised map's gains)
             whole = shape(_placeholder(traced, producer.weight))[producer.out_dim] == units and not producer.normalised
-            for j in range(_in_size(traced, producer) if whole else 0):  # a column is every row's
+            for j in range(_in_size(traced, producer) if whole else 0):
                 emit(Symmetry(Kind.TRANSLATION, f"translation/{module}/column{j}", (Slot(producer.weight, producer.in_dim, j, j + 1),)))
             if producer.bias is not None:
                 emit(Symmetry(Kind.TRANSLATION, f"translation/{module}/bias{producer.bias_offset or ''}",
@@ -497,25 +498,6 @@ def _emit_shared(traced: TracedModel, run, emit, note, uses: dict[str, int], str
 _GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}  # gate blocks in a recurrent layer's rows
 
 
-def _emit_weight_norm_scales(traced: TracedModel, emit, uses: dict[str, int]) -> None:
-    """Weight normalisation, W = g v / |v| per slice along ``dim`` (``torch._weight_norm``: nn.utils'
-    weight_norm, old and parametrised): each slice of v scales freely, W and the output unchanged, a
-    scale symmetry per output unit (one for all of v where ``dim`` is -1), where v is read nowhere else."""
-    for node in traced.graph.nodes:
-        if packet(node) != "_weight_norm":
-            continue
-        name = _param_name(traced, node.args[0])  # v itself, as the parameter is stored
-        dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
-        if name is None or uses.get(name) != 1 or not isinstance(dim, int):
-            continue
-        module, size = _module_of(name), shape(node.args[0])
-        if dim == -1:
-            emit(Symmetry(Kind.SCALE, f"scale/{module}/weight_norm", (Slot(name, 0, 0, size[0]),)))
-            continue
-        for i in range(size[dim]):
-            emit(Symmetry(Kind.SCALE, f"scale/{module}/weight_norm{i}", (Slot(name, dim, i, i + 1),)))
-
-
 def _emit_recurrent(traced: TracedModel, run, emit, note, uses: dict[str, int]) -> None:
     """The hidden units of torch's recurrent layers (``nn.LSTM``, ``nn.GRU``, ``nn.RNN``: one ATen
     operation holding every layer's weights): permuting the H units of layer l (of one direction, where
@@ -566,6 +548,23 @@ def _emit_recurrent(traced: TracedModel, run, emit, note, uses: dict[str, int]) 
                     suffix = "" if directions == 1 else ("/forward" if direction == 0 else "/backward")
                     emit(Symmetry(Kind.PERMUTATION, f"permutation/{_module_of(w_ih)}/layer{layer}{suffix}",
                                   tuple(incoming), tuple(outgoing), units=size))
+
+
+def _emit_weight_norm_scales(traced: TracedModel, emit, uses: dict[str, int]) -> None:
+    """Weight normalisation, W = g v / |v| per slice along ``dim`` (``torch._weight_norm``: nn.utils'
+    weight_norm, old and parametrised): each slice of v scales freely, W and the output unchanged, a
+    scale symmetry per output unit (one for all of v where ``dim`` is -1), where v is read nowhere else."""
+    for node in traced.graph.nodes:
+        parts = weight_norm_parts(node, traced)
+        if parts is None or uses.get(parts[0]) != 1:
+            continue
+        name, _, dim = parts
+        module, size = _module_of(name), shape(node.args[0])
+        if dim == -1:
+            emit(Symmetry(Kind.SCALE, f"scale/{module}/weight_norm", (Slot(name, 0, 0, size[0]),)))
+            continue
+        for i in range(size[dim]):
+            emit(Symmetry(Kind.SCALE, f"scale/{module}/weight_norm{i}", (Slot(name, dim, i, i + 1),)))
 
 
 def _param_name(traced: TracedModel, node) -> str | None:

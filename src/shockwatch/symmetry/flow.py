@@ -50,7 +50,7 @@ from .trace import TracedModel, packet
 
 __all__ = ["GROUPED_PRODUCTS", "Mode", "Parity", "Producer", "Walk", "biased_maps", "find_producers", "is_lookup",
            "linear_inputs_reading", "linear_reads", "norm_affine_sources", "parameter_uses", "shape_only",
-           "stream_sources", "walk"]
+           "stream_sources", "walk", "weight_norm_parts"]
 
 
 class Mode(enum.Enum):
@@ -360,7 +360,7 @@ def find_producers(traced: TracedModel, *, shared: bool = False) -> list[Produce
         if kind == "linear" and bias_arg is not None and bias is None:  # a block of a bias (in_proj_bias)
             cut = _row_slice(bias_arg, traced)
             if cut is not None:
-                (bias_name, bias_offset), bias = cut, (cut[0], (0,))
+                bias, bias_offset = (cut[0], (0,)), cut[1]
         if weight is None or (bias_arg is not None and bias is None):
             continue  # a weight or bias computed from parameters (not a parameter itself): not analysed
         name, order = weight
@@ -380,16 +380,27 @@ def find_producers(traced: TracedModel, *, shared: bool = False) -> list[Produce
     return out
 
 
-def _normalised_gains(node, traced: TracedModel, uses: dict[str, int]) -> str | None:
-    """g, where ``node`` is ``_weight_norm(v, g, 0)`` (rows g_i v_i / |v_i|) of parameters v and g read
-    nowhere else; else None."""
+def weight_norm_parts(node, traced: TracedModel) -> tuple[str, str | None, int] | None:
+    """(v, g, dim) where ``node`` is ``_weight_norm(v, g, dim)`` (W = g v / |v| per slice along dim:
+    torch.nn.utils' weight_norm, hooked or parametrised) with v a parameter as stored (g None where it
+    is not a parameter); else None."""
     if not isinstance(node, fx.Node) or packet(node) != "_weight_norm" or len(node.args) < 2:
         return None
     dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
     v, g = _param(node.args[0], traced), _param(node.args[1], traced)
-    if dim != 0 or v is None or g is None or uses.get(v[0]) != 1 or uses.get(g[0]) != 1:
+    if v is None or v[1] != tuple(range(len(v[1]))) or not isinstance(dim, int):
         return None
-    return g[0]
+    return v[0], (g[0] if g is not None else None), dim
+
+
+def _normalised_gains(node, traced: TracedModel, uses: dict[str, int]) -> str | None:
+    """g, where ``node`` is ``_weight_norm(v, g, 0)`` (rows g_i v_i / |v_i|) of parameters v and g read
+    nowhere else; else None."""
+    parts = weight_norm_parts(node, traced)
+    if parts is None:
+        return None
+    v, g, dim = parts
+    return g if dim == 0 and g is not None and uses.get(v) == 1 and uses.get(g) == 1 else None
 
 
 def _row_slice(node, traced: TracedModel) -> tuple[str, int] | None:
