@@ -67,7 +67,7 @@ from .flow import (GROUPED_PRODUCTS, Consumer, Mode, Producer, Walk, biased_maps
 from .group import (Kind, Slot, Symmetry, SymmetrySet, act, act_gl, act_rotation, permutation_generators, permute, slot_fits,
                     random_gl_element)
 from .trace import (EXACT_TOLERANCE, Call, ExactEvaluator, TracedModel, TraceError, call_arguments, epsilon_nodes, export_model,
-                    packet)
+                    output_tensors, packet)
 
 __all__ = ["ExampleInputError", "check_input", "exact_check", "exact_defects", "find_symmetries"]
 
@@ -107,8 +107,7 @@ def find_symmetries(model: nn.Module, example_input, *, logits: bool = True, che
     rng = torch.get_rng_state()
     try:
         returned = check_input(model, example_input)
-        if isinstance(returned, (tuple, list)) and sum(isinstance(t, Tensor) and t.is_floating_point()
-                                                       for t in torch.utils._pytree.tree_leaves(returned)) > 1:
+        if isinstance(returned, (tuple, list)) and sum(t.is_floating_point() for t in output_tensors(returned)) > 1:
             warnings.warn(f"{type(model).__name__} returns several tensors: these are the symmetries of the first "
                           "(the output a loss reads); a loss that reads the others too may not keep them", stacklevel=2)
         kept: list[Symmetry] = []

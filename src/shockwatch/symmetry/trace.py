@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, fx, nn
 
-__all__ = ["EXACT_TOLERANCE", "Call", "ExactEvaluator", "TraceError", "TracedModel", "call_arguments", "epsilon_nodes", "export_model",
+__all__ = ["EXACT_TOLERANCE", "Call", "ExactEvaluator", "TraceError", "TracedModel", "call_arguments", "epsilon_nodes", "export_model", "output_tensors",
            "model_output", "packet"]
 
 # Relative output change (max |change| / max |output|) below which a candidate is exact in float64.
@@ -120,6 +120,11 @@ def _takes_one_mapping(accepted: Mapping[str, inspect.Parameter], keys: Mapping)
     return len(required) == 1
 
 
+def output_tensors(out) -> tuple[Tensor, ...]:
+    """Every tensor in what a model returns (a tensor, tuples, dicts, a ``ModelOutput``), in order."""
+    return tuple(leaf for leaf in torch.utils._pytree.tree_leaves(out) if isinstance(leaf, Tensor))
+
+
 class _Selected(nn.Module):
     """The model with its output reduced to one tensor (``model_output``); ``every``: to every tensor
     it returns (a submodule traced alone: its caller may read each of them)."""
@@ -132,7 +137,7 @@ class _Selected(nn.Module):
         out = self.model(*args, **kwargs)
         if not self.every:
             return model_output(out)
-        tensors = tuple(leaf for leaf in torch.utils._pytree.tree_leaves(out) if isinstance(leaf, Tensor))
+        tensors = output_tensors(out)
         return tensors if len(tensors) != 1 else tensors[0]
 
 
