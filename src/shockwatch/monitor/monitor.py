@@ -384,7 +384,7 @@ class Monitor:
                  deferred: bool | None = None, flush_every: int = 64) -> None:
         _check_types(model, log_dir, symmetries=symmetries, loss_fn=loss_fn, sinks=sinks, curvature_tol=curvature_tol,
                      flags={"logits": logits, "raise_on_nonfinite": raise_on_nonfinite, "resume": resume,
-                            "tensorboard": tensorboard, "compile": compile})
+                            "tensorboard": tensorboard, "compile": compile, "curvature_warm": curvature_warm})
         schedule = Schedule() if schedule is None else schedule
         if not isinstance(schedule, Schedule):
             raise TypeError(f"schedule must be a shockwatch.monitor.Schedule, got {type(schedule).__name__}")
@@ -419,8 +419,6 @@ class Monitor:
                              "from this model's parameters (model.parameters())")
         self.model, self.optimizer, self.schedule, self.loss_fn = model, optimizer, schedule, loss_fn
         self.curvature_tol = curvature_tol
-        if not isinstance(curvature_warm, bool):
-            raise TypeError(f"curvature_warm must be True or False, got {curvature_warm!r}")
         self._curvature_warm = curvature_warm
         self._last_curvature = None  # the last curvature sample, whose eigenvectors start the next (curvature_warm)
         self.raise_on_nonfinite, self.log_dir = raise_on_nonfinite, Path(log_dir)
