@@ -76,10 +76,10 @@ class Net(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
-def fit(module, callback, steps, **trainer_kwargs):
+def fit(module, callback, steps, ckpt_path=None, **trainer_kwargs):
     trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, callbacks=[callback], **trainer_kwargs)
-    trainer.fit(module, loader())
+    trainer.fit(module, loader(), ckpt_path=ckpt_path)
     return trainer
 
 
@@ -189,6 +189,27 @@ def test_resuming_from_a_checkpoint(tmp_path):
     means = [(a + b) / 2 for a, b in zip(module.losses[0::2], module.losses[1::2])]
     assert [run["loss"][s] for s in range(7, 13)] == pytest.approx(means, rel=1e-14)
     assert_exact_laws(run, 12)
+
+
+@pytest.mark.filterwarnings("ignore:.*checkpoint that ended before the epoch ended")
+def test_resuming_from_an_earlier_checkpoint_numbers_steps_as_lightning_does(tmp_path):
+    """The store is at step 6, training resumes from the checkpoint of step 3: the steps logged
+    after 3 are replaced by the resumed fit's (the store numbered them 7-9 before, beside the
+    discarded ones), with a "resumed" event. Truth: trainer.global_step and the module's own losses."""
+    first = fit(Net(momentum=0.0), ShockwatchCallback(tmp_path / "run"), 3)
+    first.save_checkpoint(tmp_path / "three.ckpt")
+    fit(Net(momentum=0.0), ShockwatchCallback(tmp_path / "run", resume=True), 6, ckpt_path=tmp_path / "three.ckpt")
+    module = Net(momentum=0.0)
+    trainer = fit(module, ShockwatchCallback(tmp_path / "run", resume=True), 6, ckpt_path=tmp_path / "three.ckpt")
+    assert trainer.global_step == 6
+    run = read_scalars(tmp_path / "run")
+    assert sorted(run["loss"]) == list(range(1, 7))
+    assert [run["loss"][s] for s in range(4, 7)] == pytest.approx(module.losses, rel=1e-14)
+    db = sqlite3.connect(tmp_path / "run" / "run.sqlite")
+    resumed = db.execute("SELECT step, message FROM events WHERE kind = 'resumed'").fetchall()
+    db.close()
+    # the first resume's event went with the steps it began
+    assert [step for step, _ in resumed] == [4] and "3 steps logged after it" in resumed[0][1]
 
 
 class SkipsNonfinite(Net):

@@ -150,3 +150,30 @@ def test_options_are_checked_when_the_callback_is_made(tmp_path):
         ShockwatchCallback(tmp_path / "a", schedule={})
     with pytest.raises(ValueError, match="batch"):
         ShockwatchCallback(tmp_path / "a", schedule=sw.Schedule(curvature=10), loss_fn=lambda out, _: out.loss)
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "run.sqlite").write_bytes(b"")
+    with pytest.raises(FileExistsError, match="resume=True"):  # it once ended trainer.train() after a forward pass
+        ShockwatchCallback(tmp_path / "old")
+    ShockwatchCallback(tmp_path / "old", resume=True)
+
+
+def test_resuming_from_a_checkpoint_numbers_steps_as_the_trainer_does(tmp_path):
+    """8 steps with a checkpoint at 4, then train(resume_from_checkpoint=checkpoint-4) with
+    resume=True: the store's steps are the Trainer's global steps (1-8, not 1-12), those after 4
+    the resumed run's (its logged losses), with a "resumed" event."""
+    def trainer_of(callback):
+        args = transformers.TrainingArguments(
+            output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, max_steps=8, learning_rate=3e-3,
+            logging_steps=1, max_grad_norm=1e9, report_to=[], save_strategy="steps", save_steps=4, use_cpu=True,
+            disable_tqdm=True, dataloader_num_workers=0, seed=0)
+        return transformers.Trainer(model=model_of("gpt2"), args=args, train_dataset=dataset(), callbacks=[callback])
+
+    trainer_of(ShockwatchCallback(tmp_path / "run")).train()
+    trainer = trainer_of(ShockwatchCallback(tmp_path / "run", resume=True))
+    trainer.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-4"))
+    assert trainer.state.global_step == 8
+    scalars, events = read(tmp_path / "run")
+    logged = {entry["step"]: entry["loss"] for entry in trainer.state.log_history if "loss" in entry}
+    assert sorted(scalars["loss"]) == list(range(1, 9))
+    assert [scalars["loss"][s] for s in range(5, 9)] == pytest.approx([logged[s] for s in range(5, 9)], rel=1e-5)
+    assert [step for step, kind in events if kind == "resumed"] == [5]

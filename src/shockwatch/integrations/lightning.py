@@ -77,7 +77,8 @@ class ShockwatchCallback(pl.Callback):
         # start from the optimizer as it is when the monitor is built
         self._close()  # a previous fit's monitor, if a fit ended without on_fit_end
         optimizer = trainer.optimizers[0]
-        kwargs = dict(self.monitor_kwargs)
+        # numbered as Lightning counts (a fit resumed from a checkpoint continues after its step)
+        kwargs = {"start_step": trainer.global_step, **self.monitor_kwargs}
         if kwargs.get("example_input") is None and kwargs.get("symmetries") is None \
                 and pl_module.example_input_array is not None:
             # as Lightning uses it: cast by the precision plugin (64-true, bf16-true), on the module's device

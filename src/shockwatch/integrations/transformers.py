@@ -26,7 +26,10 @@ how the monitor is kept to ``Monitor``'s contract:
   the scheduler not yet stepped: ``mon.step`` is called here), then the scheduler and ``zero_grad``.
 * Steps Accelerate skipped (fp16 overflow) are recorded by the Monitor from what it sees.
 * The store is closed at ``on_train_end``; a later ``train()`` call builds a new Monitor, which
-  refuses to overwrite ``log_dir`` unless ``resume=True`` is passed.
+  refuses to overwrite ``log_dir`` unless ``resume=True`` is passed (an existing run is refused when
+  the callback is made, too). Steps are numbered as the Trainer counts them (``state.global_step``,
+  unless ``start_step`` is given): ``train(resume_from_checkpoint=...)`` with ``resume=True``
+  continues after the checkpoint's step, and the steps logged after it are removed.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ except ImportError:
 import torch
 from torch import Tensor, nn
 
-from ..monitor import Monitor, Schedule
+from ..monitor import Monitor, RunStore, Schedule
 from ..monitor.monitor import check_log_dir
 from ..symmetry import ExampleInputError
 
@@ -91,7 +94,8 @@ class ShockwatchCallback(TrainerCallback):
             return
         if optimizer is None:
             raise ValueError("ShockwatchCallback needs the Trainer's optimizer (the Trainer passes it to callbacks)")
-        options = dict(self.monitor_kwargs)
+        # numbered as the Trainer counts (a run resumed from a checkpoint continues after its step)
+        options = {"start_step": state.global_step, **self.monitor_kwargs}
         unlabelled = {key: value for key, value in (self._first_batch or {}).items() if key != "labels"}
         if options.get("example_input") is not None or options.get("symmetries") is not None or not unlabelled:
             self.monitor = Monitor(self._model, optimizer, self.log_dir, **options)
@@ -149,6 +153,7 @@ def _check_options(log_dir, options: dict) -> None:
     if unknown:
         raise TypeError(f"ShockwatchCallback got {unknown[0]!r}, which Monitor does not take; its options: {', '.join(accepted)}")
     check_log_dir(log_dir)
+    RunStore.check_path(Path(log_dir) / "run.sqlite", resume=options.get("resume", False) is True)
     schedule = options.get("schedule")
     if schedule is not None and not isinstance(schedule, Schedule):
         raise TypeError(f"schedule must be a shockwatch.monitor.Schedule, got {type(schedule).__name__}")

@@ -62,9 +62,16 @@ from ..symmetry import Kind, SymmetrySet, sharded, slot_fits
 from . import laws
 from .blocks import BlockLaws, NoLaw
 
-__all__ = ["ConservationReport", "ConservationTracker", "NoLaw", "size_floor_of"]
+
+__all__ = ["ConservationReport", "ConservationTracker", "NoLaw", "dense", "size_floor_of"]
 
 _KINDS = (Kind.TRANSLATION, Kind.SCALE, Kind.RESCALE)
+
+
+def dense(t: Tensor) -> Tensor:
+    """``t`` as a strided tensor: a sparse gradient (``nn.Embedding(sparse=True)``, SparseAdam's)
+    densified for the per-step sums, a copy on the steps it occurs; a dense tensor is returned as it is."""
+    return t if t.layout is torch.strided else t.to_dense()
 
 
 def _takes_hooks(optimizer) -> bool:
@@ -360,7 +367,7 @@ class ConservationTracker:
         return {name: self._exact(p.detach()) for name, p in self._charged}
 
     def _gradients(self) -> dict[str, Tensor]:
-        return {name: self._exact(p.grad) if p.grad is not None else torch.zeros_like(p, dtype=self._exact(p).dtype)
+        return {name: self._exact(dense(p.grad)) if p.grad is not None else torch.zeros_like(p, dtype=self._exact(p).dtype)
                 for name, p in self._quadratic}
 
     _SETTINGS = ("lr", "weight_decay", "momentum", "dampening", "nesterov")
@@ -589,7 +596,7 @@ class ConservationTracker:
         and param group of each part (see ``blocks``)."""
         blocks, state = self._blocks, self.optimizer.state
         params = {name: self._exact(p.detach()) for name, p in self._block_params}
-        grads = {name: self._exact(p.grad) if p.grad is not None else torch.zeros_like(params[name])
+        grads = {name: self._exact(dense(p.grad)) if p.grad is not None else torch.zeros_like(params[name])
                  for name, p in self._block_params}
         momentum = self.law == "sgd-momentum"
         buffers = self._read_buffers(self._block_params) if momentum else None

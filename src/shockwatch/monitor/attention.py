@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from ..models.gpt import Block, CausalSelfAttention
 from ..symmetry import Kind, SymmetrySet, unit_matrix
-from ._preserved import preserved
+from .._preserved import preserved
 
 __all__ = ["attention_observables", "gl_invariants"]
 

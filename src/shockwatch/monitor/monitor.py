@@ -64,10 +64,11 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from ..mechanics import ConservationTracker, unwrapped_optimizer
+from ..mechanics.tracker import dense
 from ..quotient import horizontal_projector
 from ..symmetry import Kind, SymmetrySet, _native, find_symmetries, sharded
 from ..symmetry.group import FusedSums
-from ._preserved import preserved
+from .._preserved import preserved
 from .attention import attention_observables, gl_invariants
 from .curvature import CURVATURE_PATH, adam_preconditioner, curvature, update_curvature
 from .path_norm import path_norm, path_norm_unsupported
@@ -307,7 +308,10 @@ class Monitor:
     """``mon.step(loss)`` after each ``optimizer.step()`` (before ``zero_grad``); ``close()`` at the end
     (or use it as a context manager).
 
-    ``log_dir`` gets ``run.sqlite`` (the record; an existing run is refused unless ``resume=True``)
+    ``log_dir`` gets ``run.sqlite`` (the record; an existing run is refused unless ``resume=True``,
+    which continues after the store's last step, or after ``start_step``: the optimizer steps already
+    taken, as a checkpoint's global step counts them, the steps logged after it removed; either way a
+    "resumed" event; a new run's first step is ``start_step + 1``)
     and, with ``tensorboard=True``, TensorBoard event files in ``log_dir/tensorboard``; ``sinks`` adds
     others (``MLflowSink``). ``symmetries`` or ``example_input`` (to find them: a tensor, a tuple or a
     dict of inputs as the model takes them) are optional: without either the monitor logs the raw
@@ -381,7 +385,9 @@ class Monitor:
                  curvature_tol: float = 1e-6, curvature_warm: bool = False, compile: bool = False,
                  warnings: Sequence[Rule] | None = None,
                  on_warning: Callable[[EarlyWarning], object] | None = None, controller=None,
-                 deferred: bool | None = None, flush_every: int = 64) -> None:
+                 deferred: bool | None = None, flush_every: int = 64, start_step: int | None = None) -> None:
+        if start_step is not None and (isinstance(start_step, bool) or not isinstance(start_step, int) or start_step < 0):
+            raise ValueError(f"start_step must be None or the optimizer steps already taken (an int >= 0), got {start_step!r}")
         _check_types(model, log_dir, symmetries=symmetries, loss_fn=loss_fn, sinks=sinks, curvature_tol=curvature_tol,
                      flags={"logits": logits, "raise_on_nonfinite": raise_on_nonfinite, "resume": resume,
                             "tensorboard": tensorboard, "compile": compile, "curvature_warm": curvature_warm})
@@ -494,7 +500,7 @@ class Monitor:
             if self.deferred:  # an interpreter that exits without close() still writes the steps held
                 self._at_exit = _flush_at_exit(weakref.WeakMethod(self._exit_flush))
                 atexit.register(self._at_exit)
-            self._step = (self.store.last_step() or 0) if resume else 0
+            self._step = self._resumed(start_step) if resume else (start_step or 0)
             self.sinks = [*([TensorBoardSink(self.log_dir / "tensorboard")] if tensorboard else []), *sinks]
             early, self._early_events = self._early_events, []
             for kind, message in early:
@@ -505,6 +511,23 @@ class Monitor:
         except BaseException:
             self._abandon(created, resume)
             raise
+
+    def _resumed(self, start_step: int | None) -> int:
+        """The step a resumed run continues after: the store's last, or ``start_step`` (a checkpoint's
+        step), the steps logged after it removed (a branch of training the checkpoint discards); a
+        "resumed" event says which."""
+        last = self.store.last_step() or 0
+        if start_step is None or start_step == last:
+            message = f"resumed after step {last}, the store's last"
+        elif start_step < last:
+            removed = self.store.drop_after(start_step)
+            message = (f"resumed after step {start_step} (start_step): the {removed} steps logged after it, up to step "
+                       f"{last}, were removed with their events (training discarded them)")
+        else:
+            message = f"resumed after step {start_step} (start_step): steps {last + 1} to {start_step} were not observed"
+        start = last if start_step is None else start_step
+        self.store.event(start + 1, "resumed", message)
+        return start
 
     def _abandon(self, created: list[Path], resume: bool) -> None:
         """Undo a constructor that failed: the hook removed, the store closed (and, for a new run, its
@@ -543,8 +566,16 @@ class Monitor:
         self._params = [p for _, p in self._named]
         self._named_params = dict(self._named)
         self._group_count = len(self.optimizer.param_groups)
-        held = [p for group in self.optimizer.param_groups for p in group["params"]]
+        held = list({id(p): p for group in self.optimizer.param_groups for p in group["params"]}.values())
         self._frozen_held = [p for p in held if not p.requires_grad]
+        # what else the optimizer steps: a frozen parameter it still holds (its momentum buffer or
+        # weight decay moves it) and parameters outside the model (a learnable temperature, a loss
+        # module's weights); in |g|, |theta| and the update, never in a symmetry. Not under FSDP2,
+        # whose norms are all-reduced from every rank's shards (a replicated tensor would count once a rank)
+        observed = {id(p) for p in self._params}
+        self._outside = [] if any(map(sharded.is_sharded, self._params)) else \
+            [p for p in held if id(p) not in observed]
+        self._outside_before: list[Tensor] = []  # their theta_t, copied before each step
         # the parameters this optimizer steps: one of them changed with no step of it means another
         # optimizer (a new one, not attached) updates them (another optimizer's own parameters may move)
         held_ids = {id(p) for p in held}
@@ -570,10 +601,11 @@ class Monitor:
             # training dynamics, and its charge obeys no conservation law
             kept = tuple(sym for sym in symmetries if not any(slot.param in frozen for slot in sym.slots))
             if len(kept) < len(symmetries):
-                self._event(self._step, "frozen-parameters",
+                # stamped with the first step observed so, as the "rebound" of a mid-run change is
+                self._event(self._step if start else self._step + 1, "frozen-parameters",
                             f"{len(symmetries) - len(kept)} of {len(symmetries)} symmetries act on parameters "
                             f"with requires_grad=False ({', '.join(sorted(frozen)[:3])}{', ...' if len(frozen) > 3 else ''})"
-                            ": left out, as training cannot move along them")
+                            ": left out, as no gradient reaches them and their charges obey no law")
                 symmetries = replace(symmetries, symmetries=kept)
         same_groups = previous is not None and symmetries is not None and \
             [s.label for s in previous] == [s.label for s in symmetries]
@@ -859,7 +891,7 @@ class Monitor:
 
     def _not_stepped(self, value: float) -> dict[str, float]:
         """``step()`` where the optimizer took no step since the last call (see ``step``)."""
-        grads = [p.grad for _, p in self._named if p.grad is not None]
+        grads = [dense(p.grad) for p in self._params + self._outside if p.grad is not None]
         grad_norm = _total_norm(grads) if grads else 0.0
         values = {"loss": value, "grad_norm": grad_norm, "lr": self._lr(None)}
         if list(map(_version, self._stepped_params)) != self._versions:  # something else moved the parameters
@@ -925,7 +957,7 @@ class Monitor:
         return float(total) / dist.get_world_size() if host else total / dist.get_world_size()
 
     def _grads_finite(self) -> bool:
-        return all(bool(torch.isfinite(p.grad).all()) for _, p in self._named if p.grad is not None)
+        return all(bool(torch.isfinite(dense(p.grad)).all()) for _, p in self._named if p.grad is not None)
 
     def _before_step(self, optimizer, args, kwargs):
         """Optimizer step pre-hook: the per-step pass at (theta_t, g_t). Given a closure (Lightning,
@@ -998,8 +1030,12 @@ class Monitor:
             self._pre.update(raw.extra)
         except Exception as error:  # inside optimizer.step(): our error must not end the user's run
             self._fail(step, error)
-            grads = [p.grad for p in self._params if p.grad is not None]
-            self._pre, self._pre_raw = {"grad_norm": _total_norm(grads) if grads else 0.0}, None
+            try:
+                grads = [dense(p.grad) for p in self._params + self._outside if p.grad is not None]
+                grad_norm = _total_norm(grads) if grads else 0.0
+            except Exception:  # noqa: BLE001 -- the event above says what failed; the step goes on
+                grad_norm = math.nan
+            self._pre, self._pre_raw = {"grad_norm": grad_norm}, None
         self._check_finite_before(step, self._pre["grad_norm"])
 
     def _check_finite_before(self, step: int, grad_norm: float) -> None:
@@ -1023,13 +1059,15 @@ class Monitor:
         before, params = self._before, self._params
         # what the copies (and whether sums need float64 ones) depend on, read in C-level maps:
         # unchanged, the copies still fit
-        layout = (list(map(_dtype, params)), list(map(_shape, params)), list(map(_device, params)),
-                  list(map(Tensor.is_contiguous, params)), self._compile)
+        every = params + self._outside
+        layout = (list(map(_dtype, every)), list(map(_shape, every)), list(map(_device, every)),
+                  list(map(Tensor.is_contiguous, every)), self._compile)
         if before is not None and layout == self._copies_layout:
             return before
         self._copies_layout = layout
         # half precision (and anything the C kernel does not take) is summed from float64 copies
-        self._upcast = any(_needs_upcast(p, self._compile) for p in params)
+        self._upcast = any(_needs_upcast(p, self._compile) for p in every)
+        self._outside_before = [torch.empty(p.shape, dtype=p.dtype, device=p.device) for p in self._outside]
         dtype_of = (lambda p: torch.float64) if self._upcast else (lambda p: p.dtype)
         if before is None or len(before) != len(params) or not all(
                 b.dtype == dtype_of(p) and b.shape == p.shape and b.device == p.device for b, p in zip(before, params)):
@@ -1052,7 +1090,7 @@ class Monitor:
         # the parameters themselves, not detached views: every use below is under no_grad, and a
         # detach per parameter is a torch call per parameter per step
         params = self._params
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for _, p in self._named]
+        grads = [dense(p.grad) if p.grad is not None else torch.zeros_like(p) for p in params]
         syms = self.symmetries
         pairs, law = [], self.tracker.law if self.tracker is not None else "none"
         if self._quadratic:
@@ -1072,10 +1110,14 @@ class Monitor:
         if rest:
             torch._foreach_copy_([sharded.local(self._before[i]) for i in rest], [sharded.local(params[i]) for i in rest])
         copy_into = self._before_named if pairs else None
+        outside = self._outside
+        if outside:
+            torch._foreach_copy_(self._outside_before, outside)
+            outside = [dense(p.grad) for p in outside if p.grad is not None]
         if len(pairs) > 1:  # |g|^2 = the (g, g) pair's whole sum plus the parameters no group touches
-            fused = self._sums(pairs, norms=(([grads[i] for i in self._rest], None),), copy_into=copy_into)
+            fused = self._sums(pairs, norms=(([grads[i] for i in self._rest] + outside, None),), copy_into=copy_into)
         else:
-            fused = self._sums(pairs, norms=((grads, None),), copy_into=copy_into)
+            fused = self._sums(pairs, norms=((grads + outside, None),), copy_into=copy_into)
         self._have_before = True  # theta_t is copied (its finiteness is read with the sums)
         extra = {}
         if syms is not None and self.schedule.due("quotient", self._step + 1) and not self._sharded:
@@ -1159,12 +1201,13 @@ class Monitor:
             # |theta|^2 = the (theta, theta) pair's whole sum plus the untouched parameters; the
             # update's grouped part |theta_{t+1} - theta_t| read in the same pass (``moved``)
             named_params = self._named_params
-            rest = [params[i] for i in self._rest]
-            moved_rest = ((rest, [self._before[i] for i in self._rest]),) if have else ()
+            rest = [params[i] for i in self._rest] + self._outside
+            moved_rest = ((rest, [self._before[i] for i in self._rest] + self._outside_before),) if have else ()
             fused = self._sums([(named_params, named_params)], unsigned=True, norms=((rest, None), *moved_rest),
                                moved_from=self._before_named if have else None)
         else:
-            fused = self._sums([], norms=((params, None), *(((params, self._before),) if have else ())))
+            every = params + self._outside
+            fused = self._sums([], norms=((every, None), *(((every, self._before + self._outside_before),) if have else ())))
         if self.deferred and self.tracker is not None and self.symmetries.of_kind(Kind.TRANSLATION):
             translation = (self.symmetries.charges(Kind.TRANSLATION, self._named_params),
                            self.symmetries.charges(Kind.TRANSLATION, self._named_params, absolute=True))

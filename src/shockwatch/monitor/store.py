@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import gc
 import math
+import os
 import sqlite3
 import threading
 import time
@@ -117,8 +118,14 @@ class RunStore:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._writing = _writer_lock(self.path)
-            self._db = sqlite3.connect(self.path, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
+            try:
+                self._db = sqlite3.connect(self.path, check_same_thread=False)
+                self._db.execute("PRAGMA journal_mode=WAL")
+            except sqlite3.OperationalError as error:  # SQLite's own message names neither the path nor why
+                size = len(os.fsencode(self.path.resolve()))
+                why = f"SQLite opens paths of at most 512 bytes, this one has {size}: choose a shorter log_dir" \
+                    if size > 512 else "check that the folder is writable and on a local file system"
+                raise OSError(f"cannot open the run store {str(self.path)!r} ({error}): {why}") from None
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
             self._db.commit()
@@ -324,6 +331,16 @@ class RunStore:
         with self._lock:
             stored = self._db.execute("SELECT MAX(step) FROM scalars").fetchone()[0]
         return max([*pending, *([stored] if stored is not None else [])], default=None)
+
+    def drop_after(self, step: int) -> int:
+        """Remove the rows and events of every step after ``step`` (a run resumed from an earlier
+        checkpoint: training discarded those steps); returns how many steps had rows."""
+        self.flush()
+        with self._lock, self._db:
+            removed = self._db.execute("SELECT COUNT(DISTINCT step) FROM scalars WHERE step > ?", (int(step),)).fetchone()[0]
+            self._db.execute("DELETE FROM scalars WHERE step > ?", (int(step),))
+            self._db.execute("DELETE FROM events WHERE step > ?", (int(step),))
+        return int(removed)
 
     def _stop_writer(self) -> None:
         if self._writer is not None:

@@ -61,6 +61,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, fx, nn
 
+from .._preserved import preserved
 from .flow import (GROUPED_PRODUCTS, Consumer, Mode, Producer, Walk, biased_maps, find_producers, is_lookup,
                    linear_inputs_reading, linear_reads, norm_affine_sources, parameter_uses, shape, shape_only,
                    stream_sources, unit_index, walk, weight_norm_parts)
@@ -131,20 +132,16 @@ def check_input(model: nn.Module, example_input):
     """What the model returns in one forward pass in eval mode, without gradients (no buffer changes;
     every module's mode put back): an input the model does not take (a wrong shape, a token id past the vocabulary) is one
     ValueError here, before the trace, whose fake tensors check neither values nor every shape."""
-    modes = [(module, module.training) for module in model.modules()]
     try:
         args, kwargs = call_arguments(model, example_input)
-        model.eval()
-        with torch.no_grad():
+        with preserved(model), torch.no_grad():  # a forward that writes a buffer (a counter, a cache) too
+            model.eval()
             return model(*args, **kwargs)
     except Exception as error:  # noqa: BLE001 -- whatever the model raises, the input is what the user can change
         what = (f"shape {tuple(example_input.shape)}" if isinstance(example_input, Tensor)
                 else f"a {type(example_input).__name__}")
         raise ExampleInputError(f"{type(model).__name__} does not accept the example input ({what}): "
                          f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:400]) from None
-    finally:
-        for module, training in modes:
-            module.training = training
 
 
 def _module_of(param: str) -> str:

@@ -1,4 +1,4 @@
-"""``preserved(model)``: what a monitor routine may disturb, put back as it was found.
+"""``preserved(model)``: what a routine that runs the model may disturb, put back as it was found.
 
 A routine that runs the model (an attention pass, a Hessian's forward) would otherwise leave the
 global random state advanced (Dropout draws), BatchNorm's running statistics and counters updated

@@ -1,0 +1,215 @@
+"""Setups a new user's loop has that the Monitor first got wrong (a second new-user trial).
+
+Truth: what the optimizer step read and did, measured by hand in float64 around ``optimizer.step()``
+(|g| over every gradient the optimizer holds, |theta_{t+1} - theta_t| over every parameter it holds),
+the steps a checkpoint's training counts, and the model's own buffers."""
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import shockwatch as sw
+from shockwatch.monitor import RunStore
+
+
+def held(optimizer):
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
+def by_hand_step(model_fn, optimizer, loss_of):
+    """One optimizer step; returns (loss, |g|, |theta_{t+1} - theta_t|) over everything the optimizer holds."""
+    optimizer.zero_grad(set_to_none=False)
+    loss = loss_of()
+    loss.backward()
+    params = held(optimizer)
+    grad = math.sqrt(sum(float(p.grad.to_dense().double().square().sum()) for p in params if p.grad is not None))
+    before = [p.detach().double().clone() for p in params]
+    optimizer.step()
+    update = math.sqrt(sum(float((p.detach().double() - b).square().sum()) for p, b in zip(params, before)))
+    return loss, grad, update
+
+
+class SparseBag(nn.Module):
+    """Token embeddings with sparse gradients (``nn.Embedding(sparse=True)``) into a ReLU MLP."""
+
+    def __init__(self):
+        super().__init__()
+        self.table = nn.Embedding(20, 8, sparse=True)
+        self.hidden = nn.Linear(32, 16)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, ids):
+        return self.head(torch.relu(self.hidden(self.table(ids).flatten(1))))
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "sgd-momentum", "adagrad"])
+def test_sparse_gradients_are_observed_not_a_crash(tmp_path, optimizer):
+    """torch's SGD and Adagrad step sparse gradients; the Monitor's pass once raised inside
+    optimizer.step() (a norm of a sparse tensor) and ended the run. Now |g| and the update are
+    those of the densified gradient, and under SGD the rescale law still holds."""
+    torch.manual_seed(0)
+    model = SparseBag()
+    ids, y = torch.randint(0, 20, (6, 4)), torch.randint(0, 5, (6,))
+    make = {"sgd": lambda p: torch.optim.SGD(p, lr=0.1), "sgd-momentum": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
+            "adagrad": lambda p: torch.optim.Adagrad(p, lr=0.1)}[optimizer]
+    opt = make(model.parameters())
+    with sw.Monitor(model, opt, tmp_path / "run", example_input=ids, tensorboard=False) as mon:
+        for _ in range(4):
+            loss, grad, update = by_hand_step(model, opt, lambda: F.cross_entropy(model(ids), y))
+            assert model.table.weight.grad.is_sparse
+            values = mon.step(loss)
+            assert values["grad_norm"] == pytest.approx(grad, rel=1e-6)
+            assert values["update_norm"] == pytest.approx(update, rel=1e-5)
+        if optimizer.startswith("sgd"):
+            assert values["charge_law_error/rescale"] < 1e-5
+    assert not [kind for _, kind, _ in RunStore(tmp_path / "run" / "run.sqlite", read_only=True).events()
+                if kind == "monitor-error"]
+
+
+def test_a_frozen_parameter_the_optimizer_still_moves_is_in_the_update(tmp_path):
+    """A layer frozen mid-run stays in an SGD-momentum optimizer; with zero_grad(set_to_none=False)
+    its zero gradient lets the momentum buffer move it on. The update counted only trainable
+    parameters (0.104 against a true 0.122 in the trial); the event said training cannot move it,
+    and was stamped a step before the "rebound" of the same change."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+    x, y = torch.randn(32, 8), torch.randint(0, 4, (32,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    with sw.Monitor(model, opt, tmp_path / "run", example_input=x, tensorboard=False) as mon:
+        for step in range(1, 9):
+            if step == 5:
+                model[2].requires_grad_(False)
+            before = model[2].weight.detach().clone()
+            loss, grad, update = by_hand_step(model, opt, lambda: F.cross_entropy(model(x), y))
+            values = mon.step(loss)
+            assert values["grad_norm"] == pytest.approx(grad, rel=1e-6)
+            assert values["update_norm"] == pytest.approx(update, rel=1e-5)
+            if step >= 5:
+                assert not torch.equal(model[2].weight, before)  # the frozen layer did move
+    events = RunStore(tmp_path / "run" / "run.sqlite", read_only=True).events()
+    frozen = [step for step, kind, _ in events if kind == "frozen-parameters"]
+    rebound = [step for step, kind, _ in events if kind == "rebound"]
+    assert frozen == rebound == [5]
+
+
+def test_parameters_outside_the_model_count_in_the_step(tmp_path):
+    """A learnable temperature outside the model, in the same optimizer: |g| and the update are
+    those of the step the optimizer took (they left it out: 0.36348 against 0.36752)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    x, y = torch.randn(32, 8), torch.randint(0, 4, (32,))
+    temperature = nn.Parameter(torch.tensor(1.0))
+    opt = torch.optim.SGD([*model.parameters(), temperature], lr=0.5)
+    with sw.Monitor(model, opt, tmp_path / "run", example_input=x, tensorboard=False) as mon:
+        for _ in range(3):
+            loss, grad, update = by_hand_step(model, opt, lambda: F.cross_entropy(model(x) * temperature, y))
+            assert float(temperature.grad) != 0.0
+            values = mon.step(loss)
+            assert values["grad_norm"] == pytest.approx(grad, rel=1e-6)
+            assert values["update_norm"] == pytest.approx(update, rel=1e-5)
+            everything = math.sqrt(sum(float(p.detach().double().square().sum()) for p in held(opt)))
+            assert values["param_norm"] == pytest.approx(everything, rel=1e-6)
+            assert values["charge_law_error/rescale"] < 1e-5  # the temperature is in no symmetry
+
+
+def _train(model, opt, x, y, mon, steps):
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        mon.step(loss)
+        losses.append(loss.item())
+    return losses
+
+
+def test_resuming_from_an_earlier_checkpoint_numbers_steps_as_training_does(tmp_path):
+    """Steps 1-5 logged, training resumed from the checkpoint of step 3: with start_step=3 the
+    store holds steps 1-5 once, 4 and 5 those of the resumed run, and a "resumed" event; the
+    events of the discarded steps go with them. Without start_step the run continues after the
+    store's last step (as before), with the event."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    x, y = torch.randn(32, 8), torch.randint(0, 4, (32,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    path = tmp_path / "run"
+    mon = sw.Monitor(model, opt, path, tensorboard=False)
+    _train(model, opt, x, y, mon, 3)
+    checkpoint = copy.deepcopy((model.state_dict(), opt.state_dict()))
+    _train(model, opt, x, y, mon, 2)
+    mon._event(5, "note", "an event of a discarded step")
+    mon.close()
+    model.load_state_dict(checkpoint[0])
+    opt.load_state_dict(checkpoint[1])
+    mon = sw.Monitor(model, opt, path, tensorboard=False, resume=True, start_step=3)
+    replayed = _train(model, opt, x, y, mon, 2)
+    mon.close()
+    store = RunStore(path / "run.sqlite", read_only=True)
+    steps, losses = store.scalars("loss")
+    assert steps == [1, 2, 3, 4, 5]
+    assert losses[3:] == pytest.approx(replayed, rel=1e-12)
+    events = store.events()
+    assert not [e for e in events if e[1] == "note"]
+    (resumed,) = [e for e in events if e[1] == "resumed"]
+    assert resumed[0] == 4 and "2 steps logged after it" in resumed[2]
+    store.close()
+    with sw.Monitor(model, opt, path, tensorboard=False, resume=True) as mon:
+        _train(model, opt, x, y, mon, 1)
+    store = RunStore(path / "run.sqlite", read_only=True)
+    assert store.scalars("loss")[0] == [1, 2, 3, 4, 5, 6]
+    assert [e[0] for e in store.events() if e[1] == "resumed"] == [4, 6]
+
+
+def test_start_step_numbers_a_new_run_and_is_checked(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3)
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with sw.Monitor(model, opt, tmp_path / "run", tensorboard=False, start_step=10) as mon:
+        _train(model, opt, x, y, mon, 2)
+    assert RunStore(tmp_path / "run" / "run.sqlite", read_only=True).scalars("loss")[0] == [11, 12]
+    for bad in (-1, 2.0, True, "3"):
+        with pytest.raises(ValueError, match="start_step"):
+            sw.Monitor(model, opt, tmp_path / "other", tensorboard=False, start_step=bad)
+    assert not (tmp_path / "other").exists()
+
+
+class Counting(nn.Module):
+    """A forward that writes a buffer of its own (a call counter), beside BatchNorm's statistics."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.norm, self.out = nn.Linear(8, 8), nn.BatchNorm1d(8), nn.Linear(8, 4)
+        self.register_buffer("calls", torch.zeros(()))
+
+    def forward(self, x):
+        self.calls += 1
+        return self.out(torch.relu(self.norm(self.fc(x))))
+
+
+def test_finding_symmetries_leaves_every_buffer_as_it_was(tmp_path):
+    torch.manual_seed(0)
+    model = Counting()
+    x = torch.randn(16, 8) * 3 + 2
+    state = {name: value.clone() for name, value in model.state_dict().items()}
+    sw.find_symmetries(model, x)
+    sw.Monitor(model, torch.optim.SGD(model.parameters(), lr=0.1), tmp_path / "run", example_input=x,
+               tensorboard=False).close()
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, state[name]), name
+    assert model.training
+
+
+def test_a_path_sqlite_cannot_open_is_one_clear_error(tmp_path):
+    """Every component under the OS's 255 bytes, the whole over SQLite's 512: sqlite3 said only
+    "unable to open database file"."""
+    log_dir = tmp_path / ("x" * 240) / ("y" * 240)
+    model = nn.Linear(4, 2)
+    with pytest.raises(OSError, match="at most 512 bytes"):
+        sw.Monitor(model, torch.optim.SGD(model.parameters(), lr=0.1), log_dir, tensorboard=False)
+    assert list(tmp_path.iterdir()) == []
