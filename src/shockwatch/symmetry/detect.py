@@ -158,11 +158,14 @@ def _traced(model: nn.Module, example_input, *, every_output: bool = False) -> T
 
 def _analyse(module: nn.Module, example_input, logits: bool, prefix: str, found: list[Symmetry],
              rejected: list[str], partial: list[str], reasons: dict[str, str], samples: int,
-             inputs: dict | None, epsilons: list[float], shared: frozenset[int] = frozenset()) -> None:
+             inputs: dict | None, epsilons: list[float], shared: frozenset[int] = frozenset(),
+             more: tuple = ()) -> None:
     """Trace ``module`` whole and collect its checked symmetries (refuted labels in ``rejected``; the
     norms' positive epsilons in ``epsilons``); where that fails, its children. ``shared``: the ids of
     parameters also used outside ``module`` by parts analysed apart (a layer two children share): no
-    symmetry of ``module`` alone may act on them, since it cannot see their other uses."""
+    symmetry of ``module`` alone may act on them, since it cannot see their other uses. ``more``: the
+    arguments of the module's other calls in the example forward pass (a child called twice, perhaps
+    in another mode): a symmetry is kept only where the exact check passes at every call."""
     traced = None
     if example_input is not None:
         try:
@@ -185,6 +188,8 @@ def _analyse(module: nn.Module, example_input, logits: bool, prefix: str, found:
                         why.setdefault(slot.param, "shared with another part of the model, which was analysed apart")
             candidates = [sym for sym in candidates if not any(slot.param in outside for slot in sym.slots)]
         kept, refuted = _checked(module, traced, candidates, logits, samples)
+        kept, also = _at_every_call(module, kept, more, samples, why)
+        refuted += also
         found.extend(_prefixed(sym, prefix) for sym in kept)
         rejected.extend(_prefixed(sym, prefix).label for sym in refuted)
         for name, reason in why.items():
@@ -207,13 +212,14 @@ def _analyse(module: nn.Module, example_input, logits: bool, prefix: str, found:
         if not any(True for _ in child.parameters()):
             continue
         qualified = f"{prefix}{name}"
-        child_input = inputs.get(qualified)
+        calls = inputs.get(qualified, [None])
+        child_input = calls[0]
         if child_input is None and not any(True for _ in child.children()):
             for param, _ in child.named_parameters():
                 reasons.setdefault(f"{qualified}.{param}", "never called with a tensor in the example forward pass")
             continue
         _analyse(child, child_input, False, qualified + ".", found, rejected, partial, reasons, samples, inputs,
-                 epsilons, shared)
+                 epsilons, shared, tuple(calls[1:]))
     # what a child's analysis says stops at the child's edge: name why the child stood alone
     context = (f"{prefix.rstrip('.') or 'the model'} could not be traced whole ({blocking}), so its children "
                "were analysed one by one and no symmetry crosses between them")
@@ -225,18 +231,17 @@ def _analyse(module: nn.Module, example_input, logits: bool, prefix: str, found:
             reasons[prefix + name] = f"{reason}; {context}"
 
 
-def _descendant_inputs(root: nn.Module, example_input) -> dict[str, object]:
-    """One forward pass of ``root`` recording each descendant's first call: its single positional
+def _descendant_inputs(root: nn.Module, example_input) -> dict[str, list]:
+    """One forward pass of ``root`` recording each descendant's calls, in order: its single positional
     tensor, else its arguments as they were (``Call``: a Hugging Face attention's hidden states,
-    rotary tables and mask), where any of them is a tensor."""
-    inputs: dict[str, object] = {}
+    rotary tables and mask), or None for a call without a tensor."""
+    inputs: dict[str, list] = {}
 
     def record(name):
         def hook(_module, args, kwargs):
-            single = len(args) == 1 and isinstance(args[0], torch.Tensor) and not any(
-                isinstance(v, torch.Tensor) for v in kwargs.values())
+            single = len(args) == 1 and isinstance(args[0], torch.Tensor) and not kwargs  # a flag too: a Call
             tensors = any(isinstance(leaf, torch.Tensor) for leaf in torch.utils._pytree.tree_leaves((args, kwargs)))
-            inputs.setdefault(name, args[0] if single else Call(args, dict(kwargs)) if tensors else None)
+            inputs.setdefault(name, []).append(args[0] if single else Call(args, dict(kwargs)) if tensors else None)
         return hook
 
     hooks = [module.register_forward_pre_hook(record(name), with_kwargs=True)
@@ -254,6 +259,39 @@ def _descendant_inputs(root: nn.Module, example_input) -> dict[str, object]:
         for hook in hooks:
             hook.remove()
     return inputs
+
+
+_MOST_CALLS = 32  # a module called more often than this in the example pass keeps no symmetry
+
+
+def _at_every_call(module: nn.Module, kept: list[Symmetry], more: tuple, samples: int,
+                   why: dict[str, str]) -> tuple[list[Symmetry], list[Symmetry]]:
+    """``kept`` (checked at a module's first call) checked again at each of its other calls, traced
+    with their own arguments: (those exact at every call, the rest). A call that cannot be traced,
+    or has no tensor, or more than ``_MOST_CALLS`` calls, leaves none (reason in ``why``)."""
+    if not kept or not more:
+        return kept, []
+    if len(more) >= _MOST_CALLS or any(call is None for call in more):
+        reason = (f"called {len(more) + 1} times in the example forward pass (more than {_MOST_CALLS} to check one by one)"
+                  if len(more) >= _MOST_CALLS else "called again without a tensor, which cannot be traced")
+        for sym in kept:
+            for slot in sym.slots:
+                why.setdefault(slot.param, reason)
+        return [], []
+    refuted: list[Symmetry] = []
+    for number, call in enumerate(more, start=2):
+        try:
+            traced = _traced(module, call, every_output=True)
+        except TraceError as error:
+            for sym in kept:
+                for slot in sym.slots:
+                    why.setdefault(slot.param, f"its call {number} in the example forward pass cannot be traced: {error}")
+            return [], refuted
+        kept, wrong = _checked(module, traced, kept, False, samples)
+        refuted += wrong
+        if not kept:
+            break
+    return kept, refuted
 
 
 def _prefixed(sym: Symmetry, prefix: str) -> Symmetry:
@@ -1443,23 +1481,46 @@ def exact_check(model: nn.Module, example_input, symmetries, *, logits: bool = T
     try:
         traced = _traced(model, example_input)
         evaluate = ExactEvaluator(traced, model)
-        found = _measure(evaluate, model, list(symmetries), logits, samples, seed)
-        if anywhere:
-            elsewhere = _measure(evaluate, model, list(symmetries), logits, samples, seed, perturbed=True)
-            found = {label: max(value, elsewhere.get(label, value)) for label, value in found.items()}
+        if not anywhere:
+            return _measure(evaluate, model, list(symmetries), logits, samples, seed), dict(evaluate.epsilons)
+        # at both points, each where it can resolve the tolerance (at the model's parameters anyway
+        # where neither can)
+        here = _measure(evaluate, model, list(symmetries), logits, samples, seed, conditioned=True)
+        elsewhere = _measure(evaluate, model, list(symmetries), logits, samples, seed, perturbed=True, conditioned=True)
+        if here is None and elsewhere is None:
+            here = _measure(evaluate, model, list(symmetries), logits, samples, seed)
+        found = here if elsewhere is None else elsewhere if here is None else \
+            {label: max(value, elsewhere.get(label, value)) for label, value in here.items()}
         return found, dict(evaluate.epsilons)
     finally:
         torch.set_rng_state(rng)
 
 
+# round-off (1e-16 relative) amplified past EXACT_TOLERANCE: a point that sensitive cannot tell a symmetry
+_CONDITION_LIMIT = EXACT_TOLERANCE / 1e-16
+
+
+def _ill_conditioned(output, params: Mapping[str, Tensor], reference: Tensor, seed: int) -> bool:
+    """Whether the output at ``params`` moves by more than ``_CONDITION_LIMIT`` times a relative
+    1e-13 nudge of every parameter: there a true symmetry's round-off alone exceeds the tolerance (at
+    eps 0, a batch norm over 2 samples whose channel is constant up to round-off divides it by ~0)."""
+    noise = torch.Generator().manual_seed(seed + 2)
+    nudged = {name: p * (1 + 1e-13 * torch.randn(p.shape, dtype=torch.float64, generator=noise))
+              for name, p in params.items()}
+    return _relative_change(output(nudged), reference) > 1e-13 * _CONDITION_LIMIT
+
+
 def _measure(evaluate: ExactEvaluator, model: nn.Module, symmetries: list[Symmetry], logits: bool,
-             samples: int | None, seed: int, *, perturbed: bool = False) -> dict[str, float]:
+             samples: int | None, seed: int, *, perturbed: bool = False,
+             conditioned: bool = False) -> dict[str, float] | None:
     """The exact changes of ``exact_defects`` through ``evaluate`` (joint per kind where ``samples``).
     ``perturbed``: at a random point near the model's parameters (each p + 0.2 max(std p, 0.05) z,
     z ~ N(0, 1)) instead of at them: a group acts on every point of parameter space, and at
     initialisation a norm's gains (all 1) and zero biases make many wrong actions on them invisible.
     A point whose output is not finite where the model's is (a lone ReLU unit dead on every sample
-    there, before a norm at eps 0: 0/0) says nothing: the model's own parameters are used then."""
+    there, before a norm at eps 0: 0/0), or that is ill-conditioned (``_ill_conditioned``), says
+    nothing: the model's own parameters are used then. ``conditioned``: None where the point
+    measured at is ill-conditioned (a caller with another point to measure at)."""
     params = {name: p.detach().to(torch.float64, copy=True) for name, p in model.named_parameters()}
     random = torch.Generator().manual_seed(seed)
 
@@ -1473,8 +1534,10 @@ def _measure(evaluate: ExactEvaluator, model: nn.Module, symmetries: list[Symmet
         nearby = {name: p + 0.2 * max(float(p.std()) if p.numel() > 1 else 0.0, 0.05)
                   * torch.randn(p.shape, dtype=torch.float64, generator=noise) for name, p in params.items()}
         there = output(nearby)
-        if bool(torch.isfinite(there)[torch.isfinite(reference)].all()):
+        if bool(torch.isfinite(there)[torch.isfinite(reference)].all()) and not _ill_conditioned(output, nearby, there, seed):
             params, reference = nearby, there
+    if conditioned and _ill_conditioned(output, params, reference, seed):
+        return None
     out: dict[str, float] = {}
     alone = symmetries
     if samples is not None:

@@ -87,7 +87,8 @@ _BINARY = {"add", "sub", "mul", "div", "rsub"}
 _SOFTMAX = {"softmax", "log_softmax", "_softmax", "_log_softmax"}
 _NORM_AXES = {"layer_norm": -1, "rms_norm": -1}
 # per-channel statistics: a batch norm in training mode, an instance norm (per sample) with input statistics
-_BATCH_NORM = {"batch_norm", "_native_batch_norm_legit", "native_batch_norm", "instance_norm"}
+_BATCH_NORM = {"batch_norm", "_native_batch_norm_legit", "_native_batch_norm_legit_functional",
+               "_native_batch_norm_legit_no_training", "native_batch_norm", "instance_norm"}
 _CONV = {"conv1d", "conv2d", "conv3d", "convolution"}
 # transposed convolutions (a decoder's upsampling): weight (in, out / groups, ...), channels on axis 1
 _CONV_T = {"conv_transpose1d", "conv_transpose2d", "conv_transpose3d"}
@@ -468,7 +469,8 @@ def _bias_added(node: fx.Node, units: int, uses: dict[str, int], traced: TracedM
         if kind in ("view", "_unsafe_view", "reshape") and (shape(user) or (None,))[-1] == units:
             end = user
             continue
-        if kind == "add" and len(user.args) == 2 and not user.kwargs:
+        # h + b, or h += b (in place on h, which nothing else reads)
+        if (kind == "add" or kind == "add_" and user.args[0] is end) and len(user.args) == 2 and not user.kwargs:
             other = user.args[1] if user.args[0] is end else user.args[0]
             found = _param(other, traced)
             if found and shape(other) == (units,) and uses.get(found[0], 0) == 1 and shape(user) == shape(end):
@@ -490,6 +492,11 @@ def norm_affine_sources(traced: TracedModel) -> list[tuple[fx.Node, int, list[st
             positions = (1, 2) if kind in _BATCH_NORM else ((2, 3) if kind in ("layer_norm", "group_norm") else (2,))
             params = [p[0] for i in positions if len(node.args) > i and (p := _param(node.args[i], traced))]
             if params and all(uses.get(p) == 1 for p in params) and len(node.args) > positions[0] and _param(node.args[positions[0]], traced):
+                if shape(node) is None:  # (output, statistics...), a functionalised batch norm's: item 0
+                    firsts = [user for user in node.users if packet(user) == "getitem" and user.args[1] == 0]
+                    if len(firsts) != 1:
+                        continue
+                    node = firsts[0]
                 out.append((node, 1 if kind in _BATCH_NORM or kind == "group_norm" else -1, params))
         elif kind == "mul" and len(node.args) == 2:
             for gain, other in ((node.args[0], node.args[1]), (node.args[1], node.args[0])):
@@ -1201,7 +1208,9 @@ def _norm(node, tags, mode, result, traced):
             if found is None:
                 return result.fail(node, "a norm whose gain or bias is computed (not a parameter)") and None
             result.norm_slots.append((found[0], 0, index))
-        return tag
+        # a functionalised batch norm returns (output, statistics...): the units are item 0's, and
+        # reading a statistic (item 1 on) fails, as no walk follows one
+        return _Tag((tag.value,), tag.degree) if isinstance(node.meta.get("val"), (tuple, list)) else tag
     return result.fail(node, "a norm over the units does not commute with a per-unit action") and None
 
 

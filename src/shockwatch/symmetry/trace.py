@@ -46,6 +46,9 @@ EXACT_TOLERANCE = 1e-9
 # a float64 activation has, so x / sqrt(mean x^2 + eps) is degree 0 to round-off), yet an all-zero
 # vector (a padding token's embedding) stays 0 / sqrt(eps) = 0 instead of 0 / 0
 EXACT_EPSILON = 1e-300
+# the largest constant added under a hand-written norm's square root read as its epsilon (the usual
+# 1e-5, 1e-6, TensorFlow ports' 1e-3 are below it)
+EPSILON_LIMIT = 1e-2
 
 
 class TraceError(ValueError):
@@ -186,13 +189,14 @@ def export_model(model: nn.Module, example_input, *, training: bool, every_outpu
         raise TraceError(f"torch.export could not trace {type(model).__name__}: {_blocking(error)}") from None
     table = _decompositions()
     if any(node.target in table for node in exported.graph.nodes):
-        try:  # einsum, glu as the operations the analysis reads
+        try:  # einsum, glu, reshape_as as the operations the analysis reads
             with _quiet_torch_logs(), warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)  # torch's own pytree deprecation, at every call
                 exported = exported.run_decompositions(table)
         except Exception:  # noqa: BLE001 -- the operation stays, one the analysis does not know
             pass
     signature = exported.graph_signature
+    _user_outputs_only(exported.graph_module, signature)
     strip = lambda name: name[len("model."):] if name.startswith("model.") else name  # noqa: E731
     # tied weights (an embedding shared with the output head) appear under one of their names:
     # map every alias to the name named_parameters() reports
@@ -206,6 +210,21 @@ def export_model(model: nn.Module, example_input, *, training: bool, every_outpu
     inputs = tuple(spec.arg.name for spec in signature.input_specs
                    if spec.kind == torch.export.graph_signature.InputKind.USER_INPUT)
     return TracedModel(exported.graph_module, parameters, buffers, constants, inputs, args, kwargs, training)
+
+
+def _user_outputs_only(graph_module: fx.GraphModule, signature) -> None:
+    """The graph made to return the model's outputs alone: a functionalised graph (after
+    ``run_decompositions``) also returns each buffer it updates (BatchNorm's running statistics in
+    training mode), which are no output of the model and move under its symmetries."""
+    kinds = [spec.kind for spec in signature.output_specs]
+    user = [i for i, kind in enumerate(kinds) if kind == torch.export.graph_signature.OutputKind.USER_OUTPUT]
+    if len(user) == len(kinds):
+        return
+    (output,) = [node for node in graph_module.graph.nodes if node.op == "output"]
+    values = output.args[0]
+    output.args = (type(values)(values[i] for i in user),)
+    graph_module.graph.eliminate_dead_code()  # the buffers' updates, read by nothing now
+    graph_module.recompile()
 
 
 def _blocking(error: Exception) -> str:
@@ -334,8 +353,14 @@ def _exact_graph(graph_module: fx.GraphModule) -> tuple[fx.GraphModule, dict[str
 
 def _decompositions() -> dict:
     """The operations written out before analysis, each as ones the analysis reads: ``einsum``
-    (``_einsum_by_matmul``) and ``glu`` (``_glu_by_halves``)."""
-    return {torch.ops.aten.einsum.default: _einsum_by_matmul, torch.ops.aten.glu.default: _glu_by_halves}
+    (``_einsum_by_matmul``), ``glu`` (``_glu_by_halves``) and ``reshape_as``."""
+    return {torch.ops.aten.einsum.default: _einsum_by_matmul, torch.ops.aten.glu.default: _glu_by_halves,
+            torch.ops.aten.reshape_as.default: _reshape_as}
+
+
+def _reshape_as(x: Tensor, other: Tensor) -> Tensor:
+    """``x.reshape_as(other)`` as the reshape it is (``x.reshape(other.shape)``)."""
+    return x.reshape(other.shape)
 
 
 def _glu_by_halves(x: Tensor, dim: int = -1) -> Tensor:
@@ -396,8 +421,11 @@ def _einsum_by_matmul(equation: str, operands, path=None):
 def epsilon_nodes(graph: fx.Graph) -> dict[str, int]:
     """Nodes whose argument at the given position is a normalisation epsilon.
 
-    layer_norm / group_norm / batch_norm / rms_norm carry it as an argument; a hand-written norm
-    adds a positive Python number to a mean / variance right before sqrt, rsqrt or a reciprocal.
+    layer_norm / group_norm / batch_norm / rms_norm carry it as an argument (whatever its size: the
+    model declares it an epsilon, and verification names its size among the breakers); a hand-written
+    norm adds a positive Python number up to ``EPSILON_LIMIT`` to a mean / variance right before sqrt,
+    rsqrt or a reciprocal. A larger constant is part of the function: x rsqrt(mean x^2 + 1) is no
+    norm, and a scale of x no symmetry of it, even approximately.
     """
     found: dict[str, int] = {}
     for node in graph.nodes:
@@ -407,7 +435,8 @@ def epsilon_nodes(graph: fx.Graph) -> dict[str, int]:
         position = _epsilon_position(node) if "norm" in name else None
         if position is not None:
             found[node.name] = position
-        elif name == "add" and len(node.args) == 2 and isinstance(node.args[1], float) and node.args[1] > 0:
+        elif (name == "add" and len(node.args) == 2 and isinstance(node.args[1], float)
+              and 0 < node.args[1] <= EPSILON_LIMIT):
             source = node.args[0]
             users = list(node.users)
             if (isinstance(source, fx.Node) and packet(source) in ("mean", "var", "sum", "var_mean")
