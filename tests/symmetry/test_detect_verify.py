@@ -190,7 +190,10 @@ def test_no_rescale_through_non_homogeneous_activations():
 
 
 def test_residual_branches_are_not_guessed():
-    """A unit read by two consumers (a skip connection) has no per-unit rescale: none is reported."""
+    """h = relu(a x) read by b and by the skip h + b(h): a per-unit rescale of a's rows alone moves the
+    output, so none is proposed alone; with b's rows and columns and head's columns it is the
+    conjugation a -> D a, b -> D b D^-1, head -> head D^-1, which holds (by hand below), and is
+    found since the walk follows both addends (2026-12-07)."""
     class Residual(nn.Module):
         def __init__(self):
             super().__init__()
@@ -203,7 +206,22 @@ def test_residual_branches_are_not_guessed():
     torch.manual_seed(0)
     model = Residual()
     syms = sw.find_symmetries(model, torch.randn(2, 4))
-    assert syms.counts() == {"translation": 5, "scale": 0, "rescale": 0, "permutation": 1, "gl": 0, "rotation": 0}
+    assert syms.counts() == {"translation": 5, "scale": 0, "rescale": 4, "permutation": 1, "gl": 0, "rotation": 0}
+    d = torch.tensor([1.7, 0.6, 1.0, 2.3], dtype=torch.float64)
+    x = torch.randn(3, 4, dtype=torch.float64)
+    model.double()
+    before = model(x)
+    with torch.no_grad():
+        model.a.weight.mul_(d[:, None]), model.a.bias.mul_(d)
+        model.b.weight.mul_(d[:, None] / d[None, :]), model.b.bias.mul_(d)
+        model.head.weight.div_(d[None, :])
+    assert float((model(x) - before).abs().max()) < 1e-12
+    with torch.no_grad():
+        model.a.weight.mul_(2.0)  # a's rows alone
+    assert float((model(x) - before).abs().max()) > 1e-3
+    for sym in syms.of_kind(Kind.RESCALE):
+        assert {(s.param, s.dim) for s in sym.slots} == {("a.weight", 0), ("a.bias", 0), ("b.weight", 0), ("b.bias", 0),
+                                                        ("b.weight", 1), ("head.weight", 1)}
     # the one permutation: h's units, so a's rows, b's rows and columns (b reads h too) and head's columns
     (perm,) = syms.of_kind(Kind.PERMUTATION)
     assert {(s.param, s.dim) for s in perm.slots} == {("a.weight", 0), ("a.bias", 0), ("b.weight", 0), ("b.bias", 0),

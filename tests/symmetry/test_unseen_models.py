@@ -200,3 +200,71 @@ def test_verify_measures_where_the_exact_check_can_resolve_it():
     report = sw.verify_symmetries(model, lambda out, y: F.cross_entropy(out.logits, y),
                                   ({"pixel_values": images[:2]}, torch.tensor([0, 1])), scales, hessian_samples=0)
     assert report.refuted() == []
+
+
+class TimeBlock(nn.Module):
+    """A U-Net block: norm(conv(x) + time_mlp(t)) (GroupNorm of 2 groups, or none)."""
+
+    def __init__(self, norm: bool):
+        super().__init__()
+        self.conv, self.time = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(4, 8)
+        self.norm = nn.GroupNorm(2, 8, eps=0.0) if norm else nn.Identity()
+        self.out = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x, t):
+        return self.out(torch.relu(self.norm(self.conv(x) + self.time(t)[:, :, None, None])))
+
+
+@pytest.mark.parametrize("norm", [True, False])
+def test_a_norm_fed_by_the_sum_of_two_layers(norm):
+    """Both producers' rows of one group scaled together leave the output unchanged by hand (the
+    walk from one producer failed at the add of the other's output, so none was proposed); without
+    the norm no scale is one, and none is proposed."""
+    torch.manual_seed(0)
+    model = TimeBlock(norm)
+    x, t = torch.randn(2, 3, 6, 6), torch.randn(2, 4)
+    found = sw.find_symmetries(model, (x, t), logits=False)
+    scales = found.of_kind(Kind.SCALE)
+    params = dict(model.named_parameters())
+
+    def moved(rows):
+        state = {name: p.detach().double().clone() for name, p in params.items()}
+        before = functional_call(model.double(), state, (x.double(), t.double()))
+        for name, where in rows.items():
+            state[name][where] *= 1.7
+        after = functional_call(model, state, (x.double(), t.double()))
+        model.float()
+        return float((after - before).abs().max() / before.abs().max())
+
+    if not norm:
+        assert scales == ()
+        return
+    expected = [{f"{layer}.{kind}": slice(start, start + 4) for layer in ("conv", "time") for kind in ("weight", "bias")}
+                for start in (0, 4)]
+    assert sorted((scaled_rows(sym) for sym in scales), key=lambda r: r["conv.weight"].start) == expected
+    for rows in expected:
+        assert moved(rows) < 1e-12
+    assert moved({"conv.weight": slice(0, 4), "conv.bias": slice(0, 4)}) > 1e-3  # one producer alone: none
+
+
+class SquaredReLU(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 8), nn.Linear(8, 5)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)).square())
+
+
+def test_squared_relu_units_permute():
+    """``square`` was an operation the permutation walk did not know (``** 2`` and ``h * h`` were)."""
+    torch.manual_seed(0)
+    model, x = SquaredReLU(), torch.randn(4, 6)
+    (perm,) = sw.find_symmetries(model, x).of_kind(Kind.PERMUTATION)
+    assert {slot.param for slot in perm.slots} == {"a.weight", "a.bias", "b.weight"}
+    order = torch.randperm(8, generator=torch.Generator().manual_seed(1))
+    state = {name: p.detach().double() for name, p in model.named_parameters()}
+    moved = {"a.weight": state["a.weight"][order], "a.bias": state["a.bias"][order], "b.weight": state["b.weight"][:, order],
+             "b.bias": state["b.bias"]}
+    before = functional_call(model.double(), state, (x.double(),))
+    assert float((functional_call(model, moved, (x.double(),)) - before).abs().max()) < 1e-12

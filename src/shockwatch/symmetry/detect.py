@@ -432,7 +432,7 @@ def _candidates(traced: TracedModel, logits: bool) -> tuple[list[Symmetry], dict
                     has_scale = _emit_diag(diag, members, emit, label="unit" if len(members) == 1 else "pair", only=only)
                     if not any(m.normalised for m in members):
                         _emit_rotations(diag, members, emit)
-                    if len(members) == 2:  # a query/key pair that only a subgroup of GL keeps (rotary)
+                    if len(members) == 2 and not diag.summed:  # a query/key pair that only a subgroup of GL keeps (rotary)
                         gl_done.update(m.node for m in members)
                 else:
                     note(producer.weight, diag)
@@ -639,11 +639,14 @@ def _walk_with_partner(run, producer: Producer, seed: Tensor, mode: Mode, by_nod
                        same_units: bool = False, masked: frozenset[int] = frozenset()) -> tuple[Walk, list[Producer]]:
     """A walk from ``producer``; where it fails for want of a second producer's output (the key of a
     query, the up projection of a gate), the walk from both together, units numbered one after the
-    other. ``masked``: units left untransformed (-1 in the seeds)."""
+    other; where a scale's walk fails at an add of another producer's output (a U-Net's conv(x) +
+    time_mlp(t) before its norm), both together (the add links each unit with the one it meets).
+    ``masked``: units left untransformed (-1 in the seeds)."""
     result = run({producer.node: _without(seed, masked)}, mode, producer.units)
     if result.ok or result.partner is None:
         return result, [producer]
-    if mode is not Mode.PERM and "without its" not in result.reason:
+    summed = mode is Mode.DIAG and result.reason.startswith("adds an untransformed tensor")
+    if mode is not Mode.PERM and "without its" not in result.reason and not summed:
         return result, [producer]  # scales and GL pair a query with its key only
     partner = _producer_behind(result.partner, by_node)
     if partner is None or partner is producer or partner.node in done or (same_units and partner.units != producer.units):
@@ -652,6 +655,7 @@ def _walk_with_partner(run, producer: Producer, seed: Tensor, mode: Mode, by_nod
     seeds = {producer.node: _without(seed, masked),
              partner.node: _without(unit_index(shape(partner.node), partner.axis, partner.units, offset), masked)}
     joint = run(seeds, mode, producer.units + (0 if same_units else partner.units))
+    joint.summed = summed
     return (joint, [producer, partner]) if joint.ok or joint.blocked else (result, [producer])
 
 

@@ -189,6 +189,7 @@ class Walk:
     failed_at: fx.Node | None = None  # the operation named in ``reason``
     gains: bool = True  # DIAG: whether a per-unit parameter multiplier may compensate the units (``_binary``)
     gained: bool = False  # whether one did
+    summed: bool = False  # DIAG: two producers walked together because their outputs are added (not a query and its key)
 
     def fail(self, node: fx.Node, why: str, partner: fx.Node | None = None) -> Walk:
         if self.ok:
@@ -660,6 +661,8 @@ def _step(node, tags, mode: Mode, result: Walk, traced: TracedModel, epsilons) -
         return tag
     if kind in _DEGREE and mode in (Mode.DIAG, Mode.SCALAR):
         return _Tag(tag.value, degree * _DEGREE[kind])
+    if kind in _DEGREE and mode is Mode.PERM:  # elementwise (a squared ReLU's square): permutes with the units
+        return tag
     if kind in _NONLINEAR:
         if mode is Mode.PERM:
             return tag
