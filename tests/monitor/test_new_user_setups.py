@@ -213,3 +213,66 @@ def test_a_path_sqlite_cannot_open_is_one_clear_error(tmp_path):
     with pytest.raises(OSError, match="at most 512 bytes"):
         sw.Monitor(model, torch.optim.SGD(model.parameters(), lr=0.1), log_dir, tensorboard=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_step_at_learning_rate_zero_with_a_curvature_sample(tmp_path):
+    """A linear warmup from 0 (the first step at lr 0) with a curvature sample every step: the shock
+    forecast -1/(eta lambda_min) divided by zero and ended the run. At eta = 0 nothing moves: no
+    crossing is forecast (inf)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    warmup = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, k / 10))
+    x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
+    with sw.Monitor(model, opt, tmp_path / "run", example_input=x, loss_fn=F.cross_entropy, tensorboard=False,
+                    schedule=sw.Schedule(curvature=1)) as mon:
+        logged = []
+        for _ in range(3):
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            logged.append(mon.step(loss, batch=(x, y)))
+            warmup.step()
+    assert logged[0]["lr"] == 0.0 and logged[0]["shock_steps/raw"] == math.inf
+    assert all("curvature/raw_min" in values for values in logged)
+
+
+@pytest.mark.parametrize("name", ["exp#1", "what?x", "pct%41b"])
+def test_a_run_folder_named_with_url_characters_reads_back(tmp_path, name):
+    """The read-only store opened SQLite's URI "file:<path>?mode=ro" unquoted: a folder named exp#1
+    could not be reported (and an empty file appeared at runs/exp)."""
+    model = nn.Linear(4, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    with sw.Monitor(model, opt, tmp_path / name, tensorboard=False) as mon:
+        _train(model, opt, x, y, mon, 3)
+    store = RunStore(tmp_path / name / "run.sqlite", read_only=True)
+    assert store.scalars("loss")[0] == [1, 2, 3]
+    store.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+def test_a_list_of_rules_reused_for_a_second_run_starts_fresh(tmp_path):
+    """The Monitor ran the rule objects it was given: a second run with the same list kept the first
+    run's history (run 1 warned, an identical run 2 did not). Truth: the spike rule's definition on
+    a constant loss then a jump, the same in both runs."""
+    from shockwatch.monitor.warnings import SigmaSpike
+
+    rules = [SigmaSpike(refractory=100)]
+    model = nn.Linear(4, 3)
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    warned = []
+    for run in ("one", "two"):
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        seen = []
+        with sw.Monitor(model, opt, tmp_path / run, tensorboard=False, warnings=rules, on_warning=seen.append) as mon:
+            for step in range(1, 26):
+                opt.zero_grad()
+                F.cross_entropy(model(x), y).backward()
+                opt.step()
+                mon.step(1.0 if step <= 20 else 5.0)
+        warned.append([w.step for w in seen])
+    assert warned == [[21], [21]]
+    with pytest.raises(TypeError, match="sequence of rules"):
+        sw.Monitor(model, opt, tmp_path / "three", tensorboard=False, warnings=rules[0])

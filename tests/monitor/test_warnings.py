@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import torch
 import pytest
 
 from shockwatch.monitor.warnings import (
@@ -125,13 +126,26 @@ def test_crossing_forecast_and_scale():
     assert [(w.step, w.observable, w.value) for w in found] == [(1, "lr*curvature/raw_max", 3.0)]
 
 
+def test_the_sigma_rule_on_constant_and_offset_losses():
+    """A constant float64 loss (ln 2) read a spread of 1e-8 from E[x^2] - mean^2 and warned at steps 26
+    and 58; noise of 1e-4 on 1e4 gave 959 alarms in 20000 steps (a 6-sigma excursion of a Gaussian has
+    probability 1e-9). Truth: the rule's own definition, mean + 6 std of the window."""
+    assert _run(SigmaSpike(), [math.log(2)] * 300, "loss") == []
+    noise = (1e4 + 1e-4 * torch.randn(20000, dtype=torch.float64, generator=torch.Generator().manual_seed(0))).tolist()
+    assert _run(SigmaSpike(), noise, "loss") == []
+    jump = [math.log(2)] * 50 + [math.log(2) + 1e-3]
+    (found,) = _run(SigmaSpike(), jump, "loss")  # above a constant: any rise is beyond 6 std (OLMo-core's rule)
+    assert found.step == 50 and "constant" in found.message
+
+
 def test_production_spike_detectors_on_hand_made_losses():
     """Truth: each detector's stated rule worked by hand on the curve."""
     base = [1.0 + 0.01 * (-1) ** t for t in range(200)]  # mean 1, std 0.01
     sigma = base[:150] + [1.05] + base[151:170] + [1.2] + base[171:]  # 5 and 20 sigma
     assert [w.step for w in _run(SigmaSpike(), sigma, "loss")] == [170]
-    ratio = [1.0] * 100 + [2.5] * 3 + [1.0] + [2.5] * 4 + [1.0] * 5  # 3 in a row, then 4
-    assert [w.step for w in _run(RatioSpike(), ratio, "loss")] == [107]
+    # 3 in a row, then 4, then 5: LLM Foundry fires when more than its patience 4 are (the 5th)
+    ratio = [1.0] * 100 + [2.5] * 3 + [1.0] + [2.5] * 4 + [1.0] + [2.5] * 5 + [1.0] * 5
+    assert [w.step for w in _run(RatioSpike(), ratio, "loss")] == [113]
     relative = [1.0] * 10 + [2.99] + [1.0] * 10 + [3.2]  # (x - mean) / mean 1.99 then 2.2 (mean 1.0)
     assert [w.step for w in _run(RelativeSpike(), relative, "loss")] == [21]
     largest = [0.5] * 99 + [1.0] + [9.9, 99.5]  # 100 samples seen, largest 1.0; then 9.9 the largest

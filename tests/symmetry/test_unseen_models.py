@@ -268,3 +268,26 @@ def test_squared_relu_units_permute():
              "b.bias": state["b.bias"]}
     before = functional_call(model.double(), state, (x.double(),))
     assert float((functional_call(model, moved, (x.double(),)) - before).abs().max()) < 1e-12
+
+
+def test_a_norm_configured_with_eps_zero_keeps_its_scale():
+    """Hugging Face's RMSNorm adds eps to the mean square by hand; at rms_norm_eps=0 the add of 0.0 was
+    no epsilon, and the residual stream's scale (exact there, by hand below) was not found."""
+    transformers = pytest.importorskip("transformers")
+    counts = []
+    for eps in (0.0, 1e-6):
+        torch.manual_seed(0)
+        config = transformers.LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                          num_attention_heads=2, num_key_value_heads=1, rms_norm_eps=eps)
+        model = transformers.LlamaForCausalLM(config).double()
+        ids = torch.randint(0, 32, (2, 5), generator=torch.Generator().manual_seed(1))
+        found = sw.find_symmetries(model, {"input_ids": ids})
+        counts.append(found.counts())
+        if eps == 0.0:
+            (scale,) = found.of_kind(Kind.SCALE)
+            state = {name: p.detach() for name, p in model.named_parameters()}
+            moved = {**state, **{slot.param: state[slot.param] * 1.7 for slot in scale.incoming}}
+            run = lambda p: functional_call(model, p, (), {"input_ids": ids}).logits.log_softmax(-1)  # noqa: E731
+            # Hugging Face's RMSNorm computes in float32 whatever the model's dtype: float32 round-off
+            assert float((run(moved) - run(state)).abs().max()) < 1e-6
+    assert counts[0] == counts[1] and counts[0][Kind.SCALE.value] == 1

@@ -62,7 +62,8 @@ class Curvature:
     vectors: tuple[np.ndarray, ...] | None = field(default=None, compare=False, repr=False)
 
     def shock_steps(self, lr: float, *, quotient: bool = True) -> float:
-        """tau*/eta = -1/(eta lambda_min) when lambda_min < 0, else math.inf (no crossing forecast).
+        """tau*/eta = -1/(eta lambda_min) when lambda_min < 0 and eta > 0, else math.inf (no crossing
+        forecast: a step at eta = 0, a warmup's first, moves nothing).
 
         With a preconditioner (an optimizer stepping theta' = theta - eta D g, as Adam does with
         D = 1/(sqrt(v_hat) + eps)) the flow along a direction runs at the rate of D H, whose spectrum
@@ -70,7 +71,7 @@ class Curvature:
         steps (eta/sqrt(v_hat), often 1e2-1e4 times eta) would make the forecast that much too long."""
         found = self.preconditioned if self.preconditioned is not None else self
         smallest = found.quotient_min if quotient else found.raw_min
-        return -1.0 / (lr * smallest) if smallest < 0 else math.inf
+        return -1.0 / (lr * smallest) if smallest < 0 and lr > 0 else math.inf
 
 
 def curvature(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], batch: Sequence[Tensor],

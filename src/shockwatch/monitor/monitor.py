@@ -408,6 +408,8 @@ class Monitor:
         if deferred and controller is not None:
             raise ValueError("controller= acts on each step's warnings as it trains, which deferred=True computes only at "
                              "the next flush: pass deferred=False (or flush_every=1)")
+        if isinstance(warnings, Rule):
+            raise TypeError(f"warnings must be a sequence of rules: pass [{type(warnings).__name__}(...)], not the rule alone")
         if warnings is not None and not all(isinstance(rule, Rule) for rule in warnings):
             raise TypeError("warnings must be a sequence of shockwatch.monitor.warnings.Rule (Approach, Crossing, "
                             f"SigmaSpike, ...), got {[type(rule).__name__ for rule in warnings]}")
@@ -454,7 +456,8 @@ class Monitor:
             periods = [every for every in (schedule.curvature, schedule.attention, schedule.update_curvature)
                        if every is not None]
             warnings = default_rules(_unwrap(optimizer), horizon=max(50, 4 * max(periods, default=0)))
-        self.rules, self.on_warning, self.controller = list(warnings), on_warning, controller
+        # each rule from fresh (a list reused for a second run keeps the first run's history otherwise)
+        self.rules, self.on_warning, self.controller = [rule.fresh() for rule in warnings], on_warning, controller
         self._bind_parameters()
         # FSDP2: each rank holds shards only, so every rank computes its part of every sum and the
         # parts are all-reduced (``symmetry.sharded``); rank 0 alone writes
@@ -922,13 +925,13 @@ class Monitor:
                               preconditioner=adam_preconditioner(self.optimizer, self.model),
                               warm=self._last_curvature if self._curvature_warm else None)
             self._last_curvature = found
+            lr = float(self.optimizer.param_groups[0]["lr"])
+            values = {"curvature/raw_max": found.raw_max, "curvature/raw_min": found.raw_min,
+                      "curvature/quotient_max": found.quotient_max, "curvature/quotient_min": found.quotient_min,
+                      "shock_steps/quotient": found.shock_steps(lr), "shock_steps/raw": found.shock_steps(lr, quotient=False)}
         except Exception as error:  # inside a training step: the run goes on without this value
             self._event(self._step, "curvature-failed", f"{type(error).__name__}: {error}"[:500])
             return {}
-        lr = float(self.optimizer.param_groups[0]["lr"])
-        values = {"curvature/raw_max": found.raw_max, "curvature/raw_min": found.raw_min,
-                  "curvature/quotient_max": found.quotient_max, "curvature/quotient_min": found.quotient_min,
-                  "shock_steps/quotient": found.shock_steps(lr), "shock_steps/raw": found.shock_steps(lr, quotient=False)}
         if found.preconditioned is not None:  # Adam: the forecast above is the preconditioned one
             scaled = found.preconditioned
             values.update({"curvature/preconditioned_raw_max": scaled.raw_max,

@@ -113,7 +113,8 @@ class RunStore:
         # one connection, used by this thread and the writer thread in turn
         self._lock = threading.Lock()
         if read_only:
-            self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+            # a URI: the path percent-encoded (a folder named "exp#1" or "what?" is no query or fragment)
+            self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)
             return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)

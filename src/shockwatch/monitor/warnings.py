@@ -402,7 +402,9 @@ class _Detector(Rule):
 class SigmaSpike(_Detector):
     """OLMo-core's rule: x > mean + ``sigmas`` std over the previous ``window`` values (at least
     ``min_samples`` of them); every value enters the window. The mean and variance come from running
-    sums over the window, summed afresh every ``window`` steps (no drift from the subtractions)."""
+    sums over the window of x - K, K the window's mean when they were last summed afresh (every
+    ``window`` steps): E[x^2] - mean^2 of the values themselves cancels catastrophically (a constant
+    loss ln 2 read a spread of 1e-8 and warned)."""
 
     name: str = "spike-sigma"
     window: int = 128
@@ -417,34 +419,42 @@ class SigmaSpike(_Detector):
             raise ValueError(f"need window >= 2, sigmas > 0, 2 <= min_samples <= window; got {self.window}, "
                              f"{self.sigmas}, {self.min_samples}")
         self._seen = deque(maxlen=self.window)
-        self._sums = [0.0, 0.0, 0]  # sum x, sum x^2 over the window; values added since summed afresh
+        # sum (x - K), sum (x - K)^2 over the window; values added since summed afresh; K (None: the first value)
+        self._sums = [0.0, 0.0, 0, None]
 
     def _spike(self, x: float) -> str | None:
         seen, sums = self._seen, self._sums
+        if sums[3] is None:
+            sums[3] = x
+        centre = sums[3]
         count = len(seen)
         found = None
         if count >= self.min_samples:
-            mean = sums[0] / count
-            std = math.sqrt(max(sums[1] / count - mean * mean, 0.0))
+            shift = sums[0] / count
+            mean = centre + shift
+            std = math.sqrt(max(sums[1] / count - shift * shift, 0.0))
             if x > mean + self.sigmas * std:
-                found = f"{(x - mean) / max(std, 1e-300):.1f} sigma above the last {count} steps' mean {mean:.4g}"
+                above = f"{(x - mean) / std:.1f} sigma above" if std > 0 else "above a constant value over"
+                found = f"{above} the last {count} steps' mean {mean:.4g}"
         if count == self.window:  # the oldest value leaves
-            old = seen[0]
+            old = seen[0] - centre
             sums[0] -= old
             sums[1] -= old * old
         seen.append(x)
-        sums[0] += x
-        sums[1] += x * x
+        sums[0] += x - centre
+        sums[1] += (x - centre) ** 2
         sums[2] += 1
         if sums[2] >= self.window:
-            sums[:] = [math.fsum(seen), math.fsum(v * v for v in seen), 0]
+            centre = math.fsum(seen) / len(seen)
+            sums[:] = [math.fsum(v - centre for v in seen), math.fsum((v - centre) ** 2 for v in seen), 0, centre]
         return found
 
 
 @dataclass
 class RatioSpike(_Detector):
     """LLM Foundry's KillLossSpike rule: x > ``multiplier`` times the mean of the last ``window``
-    values that were not outliers (the window full), ``patience`` outliers in a row."""
+    values that were not outliers (the window full), more than ``patience`` outliers in a row (its
+    callback counts them and fires when the count exceeds patience: the 5th at its default 4)."""
 
     name: str = "spike-ratio"
     window: int = 100
@@ -470,10 +480,10 @@ class RatioSpike(_Detector):
             self._run = 0
             return None
         self._run += 1
-        if self._run < self.patience:
+        if self._run <= self.patience:
             return None
         self._run = 0
-        return f"{self.patience} steps in a row above {self.multiplier:g} x the last {self.window} steps' mean {mean:.4g}"
+        return f"{self.patience + 1} steps in a row above {self.multiplier:g} x the last {self.window} steps' mean {mean:.4g}"
 
 
 @dataclass

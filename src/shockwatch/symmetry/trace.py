@@ -436,7 +436,7 @@ def epsilon_nodes(graph: fx.Graph) -> dict[str, int]:
         if position is not None:
             found[node.name] = position
         elif (name == "add" and len(node.args) == 2 and isinstance(node.args[1], float)
-              and 0 < node.args[1] <= EPSILON_LIMIT):
+              and 0 <= node.args[1] <= EPSILON_LIMIT):  # 0: a model configured with eps 0
             source = node.args[0]
             users = list(node.users)
             if (isinstance(source, fx.Node) and packet(source) in ("mean", "var", "sum", "var_mean")
