@@ -107,3 +107,17 @@ def test_hugging_face_build_rejects_a_depth_it_cannot_give():
         build("llama", depth=1)
     with pytest.raises(ValueError, match=r"depth must be in \[1, 32\] for mistral"):
         build("mistral", size="published", depth=40)
+
+
+def test_bad_sizes_paths_and_stores_are_one_line_and_exit_2(tmp_path):
+    """Each of these ended in a traceback (exit 1), or was taken (--batch 0 reported 0% covered)."""
+    (tmp_path / "corrupt").mkdir()
+    (tmp_path / "corrupt" / "run.sqlite").write_text("hello")
+    (tmp_path / "afile").write_text("x")
+    for arguments in (["symmetries", "mlp", "--batch", "0"], ["symmetries", "hf:llama", "--hidden", "0"],
+                      ["symmetries", "hf:gpt2", "--layers", "-1"], ["symmetries", "mlp", "--input-shape", "-1"],
+                      ["report", str(tmp_path / "corrupt")], ["report", str(tmp_path / "afile")],
+                      ["demo", "--out", str(tmp_path / "afile")]):
+        result = runner.invoke(app, arguments)
+        assert result.exit_code == 2, (arguments, result.output)
+        assert "Traceback" not in result.output, arguments

@@ -67,6 +67,9 @@ def demo(
     except ValueError as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(code=2) from None
+    if out.exists() and not out.is_dir():
+        console.print(f"[red]error:[/red] --out {out} is a file: give a folder for the run")
+        raise typer.Exit(code=2)
     target = _free_directory(out)
     if target != out:
         console.print(f"{out} holds a run already: writing {target}")
@@ -133,10 +136,18 @@ def report(run_dir: Path = typer.Argument(..., help="A Monitor's log_dir (holds 
     """
     from .report import write_report
 
+    import sqlite3
+
+    if run_dir.is_file() and run_dir.name != "run.sqlite":
+        console.print(f"[red]error:[/red] {run_dir} is a file: give the run's folder (a Monitor's log_dir) or its run.sqlite")
+        raise typer.Exit(code=2)
     try:
         path = write_report(run_dir)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as error:
         console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(code=2) from None
+    except sqlite3.DatabaseError as error:
+        console.print(f"[red]error:[/red] {run_dir} holds no readable run store ({error})")
         raise typer.Exit(code=2) from None
     console.print(f"wrote {path}")
 
@@ -149,15 +160,15 @@ def symmetries(
                                           "returning an nn.Module (imported from the working directory)."),
     input_shape: str = typer.Option("", help="Shape of one example without the batch axis, e.g. 3,32,32 "
                                              "(needed for module:factory)."),
-    batch: int = typer.Option(8, help="Random examples used to trace and verify."),
-    layers: int = typer.Option(2, help="hf: number of layers (small size)."),
-    hidden: int = typer.Option(64, help="hf: hidden width (small size)."),
-    heads: int = typer.Option(4, help="hf: attention heads (small size)."),
-    kv_heads: int = typer.Option(0, help="hf: key-value heads for llama/qwen2/mistral (0: as many as heads)."),
-    tokens: int = typer.Option(16, help="hf: tokens per example."),
+    batch: int = typer.Option(8, min=1, help="Random examples used to trace and verify."),
+    layers: int = typer.Option(2, min=1, help="hf: number of layers (small size)."),
+    hidden: int = typer.Option(64, min=1, help="hf: hidden width (small size)."),
+    heads: int = typer.Option(4, min=1, help="hf: attention heads (small size)."),
+    kv_heads: int = typer.Option(0, min=0, help="hf: key-value heads for llama/qwen2/mistral (0: as many as heads)."),
+    tokens: int = typer.Option(16, min=1, help="hf: tokens per example."),
     size: str = typer.Option("small", help="hf: 'small' (the options above) or 'published' (the family's "
                                            "smallest published size, e.g. GPT-2 124M)."),
-    depth: int = typer.Option(0, help="hf with --size published: keep this many of the published layers "
+    depth: int = typer.Option(0, min=0, help="hf with --size published: keep this many of the published layers "
                                       "(0: all), e.g. Mistral 7B's width at 1 layer."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON instead of tables."),
 ) -> None:
@@ -200,7 +211,13 @@ def symmetries(
             network, shape, vocabulary = zoo.build(model)
             input_shape = input_shape or ",".join(map(str, shape))
         if not model.startswith("hf:"):
-            shape = tuple(int(part) for part in input_shape.split(","))
+            try:
+                shape = tuple(int(part) for part in input_shape.split(","))
+            except ValueError:
+                shape = ()
+            if not shape or min(shape) < 1:
+                raise ValueError(f"--input-shape must be positive integers separated by commas (e.g. 3,32,32), "
+                                 f"got {input_shape!r}")
             generator = torch.Generator().manual_seed(0)
             inputs = (torch.randint(0, vocabulary, (batch, *shape), generator=generator) if vocabulary
                       else torch.randn((batch, *shape), generator=generator))

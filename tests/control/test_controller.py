@@ -251,3 +251,13 @@ def test_bad_settings_are_refused_in_one_line(tmp_path):
         Controller([SkipStep()])(warning(1))
     with pytest.raises(TypeError, match="controller must be"):
         sw.Monitor(model, opt, tmp_path / "run", controller=object())
+
+
+def test_one_signal_by_name_and_whole_steps():
+    """signals="raw" was taken letter by letter ("got ('r', 'a', 'w')"); fractional hold, rewarm,
+    factor or steps were accepted."""
+    assert Controller([CutLR()], signals="raw").signals == ("raw",)
+    for bad in (lambda: CutLR(0.3, hold=2.5), lambda: CutLR(0.3, rewarm=True), lambda: Accumulate(2.5),
+                lambda: Accumulate(2, steps=1.5)):
+        with pytest.raises(TypeError, match="int"):
+            bad()

@@ -55,6 +55,12 @@ def test_unknown_names_and_scales_raise_one_line_listing_what_is_accepted():
         make_testbed("edge-of-stability", eta_lambda0=1.0)
     with pytest.raises(ValueError):
         make_testbed("grokking-mlp", steps=0)
+    # steps=2.5 was taken (train() then died); bad seeds and a string lr gave torch's own messages
+    for kwargs in ({"steps": 2.5}, {"seed": 1.5}, {"seed": "a"}, {"lr": "0.1"}):
+        with pytest.raises(TypeError, match="must be an? "):
+            make_testbed("edge-of-stability", **kwargs)
+    with pytest.raises(ValueError, match="seed"):
+        make_testbed("edge-of-stability", seed=2**70)
 
 
 @pytest.mark.parametrize("name", TESTBEDS)

@@ -107,3 +107,15 @@ def test_shock_path_follows_rankine_hugoniot():
     assert np.abs(path.position[2:] - c * taus[2:]).max() < 1e-8
     slopes = np.diff(path.position[2:]) / np.diff(taus[2:])
     assert np.abs(slopes - path.speed[3:]).max() < 1e-6
+
+
+def test_a_float64_grid_far_from_zero_is_checked_at_its_own_precision():
+    """The uniformity check allowed 8 float32 ulps of max |x| for any grid: offset by 1e6 (step 0.1),
+    a float64 grid with one node moved half a step passed, and shock_time of the Gaussian (exact 1)
+    read 0.839. Now its own dtype's ulps: refused; the uniform grid there still gives 1."""
+    base = np.linspace(-8, 8, 161)
+    moved = 1e6 + base
+    moved[80] += 0.05
+    with pytest.raises(ValueError, match="uniform"):
+        sw.pde.shock_time(np.exp(-(moved - 1e6) ** 2 / 2), moved)
+    assert sw.pde.shock_time(np.exp(-base ** 2 / 2), 1e6 + base) == pytest.approx(1.0, rel=1e-5)

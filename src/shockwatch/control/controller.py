@@ -81,6 +81,8 @@ class CutLR(Action):
     name = "cut-lr"
 
     def __post_init__(self) -> None:
+        if any(isinstance(n, bool) or not isinstance(n, int) for n in (self.hold, self.rewarm)):
+            raise TypeError(f"CutLR's hold and rewarm count steps: ints, got hold={self.hold!r}, rewarm={self.rewarm!r}")
         if not (0 <= self.factor < 1) or self.hold < 0 or self.rewarm < 0 or (self.hold == 0 and self.rewarm == 0):
             raise ValueError(f"CutLR needs 0 <= factor < 1, hold >= 0, rewarm >= 0, not both 0; got factor={self.factor}, "
                              f"hold={self.hold}, rewarm={self.rewarm}")
@@ -131,6 +133,9 @@ class Accumulate(Action):
     name = "accumulate"
 
     def __post_init__(self) -> None:
+        if any(isinstance(n, bool) or not isinstance(n, int) for n in (self.factor, self.steps)):
+            raise TypeError(f"Accumulate's factor and steps are ints (micro-batches, steps), got factor={self.factor!r}, "
+                            f"steps={self.steps!r}")
         if self.factor < 1 or self.steps < 1:
             raise ValueError(f"Accumulate needs factor >= 1 and steps >= 1; got factor={self.factor}, steps={self.steps}")
 
@@ -206,6 +211,8 @@ class Controller:
                  rules: Sequence[str] | None = None, cooldown: int = 50, budget: int | None = 5,
                  symmetries: SymmetrySet | None = None) -> None:
         self.actions = _check_actions(actions)
+        if isinstance(signals, str):
+            signals = (signals,)  # signals="raw": the one signal, not its letters
         if signals is not None:
             signals = tuple(signals)
             if not signals or any(s not in SIGNALS for s in signals):

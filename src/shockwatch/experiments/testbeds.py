@@ -551,6 +551,14 @@ def make_testbed(name: str, *, seed: int = 0, scale: str = "default", lr: float 
         raise ValueError(f"unknown testbed {name!r}; accepted: {', '.join(TESTBEDS + SPIKE_TESTBEDS)}")
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}; accepted: {', '.join(SCALES)}")
+    for what, value in (("seed", seed), ("steps", steps), ("warmup", warmup), ("batch", batch)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise TypeError(f"{what} must be an int, got {value!r}")
+    if not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be in [0, 2^63), got {seed}")
+    for what, value in (("lr", lr), ("eta_lambda0", eta_lambda0), ("z_loss", z_loss)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise TypeError(f"{what} must be a number, got {value!r}")
     if lr is not None and not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a positive number, got {lr}")
     if steps is not None and steps < 1:

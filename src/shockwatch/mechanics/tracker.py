@@ -620,9 +620,25 @@ class ConservationTracker:
                 entry.update(x=rows[0], g=rows[1], c=rows[2] if momentum else np.zeros_like(rows[0]))
             else:
                 entry["x"] = blocks.sums(block, [(None, grads)])[0]
+            entry["known"] = self._zero_where_none(block, entry, ~has_grad & known)
             inputs[block] = entry
             self._note_blocks(block, entry, settings)
         return inputs
+
+    def _zero_where_none(self, block: str, entry: dict, none: np.ndarray) -> np.ndarray:
+        """Which parts' gradients are known: computed, or None with requires_grad where that means zero
+        (a parameter the forward pass did not use). A gradient set to None by hand after backward (a
+        layer skipped for a step) was not zero: there sum_B X_B = 0, which the law uses, fails over
+        the others (|sum| above 1e-4 of sum |X_B|, float32's rounding far below), and the part is unknown."""
+        known = entry["known"]
+        if not none.any():
+            return known
+        column, x = self._blocks.column[block], entry["x"]
+        width = int(column.max()) + 1
+        total = np.bincount(column, weights=x, minlength=width)
+        size = np.bincount(column, weights=np.abs(x), minlength=width)
+        broken = np.abs(total) > 1e-4 * size
+        return known & ~(none & broken[column])
 
     def _note_blocks(self, block: str, entry: dict, settings: np.ndarray) -> None:
         """``no_law`` entries for the columns followed block by block: frozen blocks (no constraint)
@@ -634,9 +650,9 @@ class ConservationTracker:
         column, labels = self._blocks.column[block], self._blocks.labels[block]
         unknown = ~entry["known"]
         if unknown.any():
-            self._note("symmetry", "a block is frozen (requires_grad=False): its gradient is not computed, so "
-                       "<grad L, xi> = 0 cannot be used and the charge is not conserved; the discrete row is each "
-                       "block's exact bookkeeping with the measured <theta_B, g_B>",
+            self._note("symmetry", "a block is frozen (requires_grad=False) or its gradient was set to None though "
+                       "not zero: its gradient is unknown, so <grad L, xi> = 0 cannot be used and the charge is not "
+                       "conserved; the discrete row is each block's exact bookkeeping with the measured <theta_B, g_B>",
                        {int(g) for g in entry["group"][unknown] if g >= 0}, [labels[i] for i in np.flatnonzero(unknown)])
         moving = entry["moves"]
         rows = settings[np.maximum(entry["group"], 0)]

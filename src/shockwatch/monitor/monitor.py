@@ -1126,10 +1126,13 @@ class Monitor:
         if syms is not None and self.schedule.due("quotient", self._step + 1) and not self._sharded:
             # one projector at theta_t serves the gradient now and the update after the step
             named_params = self._named_params
-            with threadpool_limits(limits=1, user_api="blas"):  # beside torch's threads (curvature.curvature)
-                self._horizontal = horizontal_projector(syms, {name: p.cpu() for name, p in named_params.items()},
-                                                        rtol=1e-7, max_iterations=500)
-            extra["grad_norm/quotient"] = self._horizontal_norm(grads)
+            try:
+                with threadpool_limits(limits=1, user_api="blas"):  # beside torch's threads (curvature.curvature)
+                    self._horizontal = horizontal_projector(syms, {name: p.cpu() for name, p in named_params.items()},
+                                                            rtol=1e-7, max_iterations=500)
+                extra["grad_norm/quotient"] = self._horizontal_norm(grads)
+            except ValueError:  # non-finite parameters (a step that diverged): no projection there; the
+                extra["grad_norm/quotient"] = math.nan  # sums' own check says so, at the step it happened
         return _PreSums(fused, len(pairs), law, extra)
 
     def _pre_values(self, raw: _PreSums) -> None:
@@ -1188,6 +1191,8 @@ class Monitor:
                 return float(np.linalg.norm(self._horizontal(flat)))
         except RuntimeError as error:  # CG did not converge: say so rather than log a wrong norm
             self._event(self._step, "quotient-projection", str(error))
+            return math.nan
+        except ValueError:  # a non-finite vector (a diverged step): the sums' own check reports it
             return math.nan
 
     @torch.no_grad()

@@ -77,9 +77,11 @@ def check_positive(value: float, name: str, *, allow_zero: bool = False) -> floa
 def uniform_step(grid: Tensor, name: str = "grid", *, min_points: int = 3) -> float:
     """The step h of a uniform increasing 1-D grid; raises for anything else.
 
-    Uniform means every step equals the mean step up to 1e-6 h or the rounding of float32
-    coordinates (8 float32 ulps of the largest |x|), whichever is larger: a float32 ``linspace``
-    over [-8, 8] already has steps that differ by ~1e-6 absolute.
+    Uniform means every step equals the mean step up to 1e-6 h or the rounding of the grid's
+    coordinates (8 ulps of the largest |x|: float32's where every coordinate is a float32 number,
+    float64's otherwise), whichever is larger: a float32 ``linspace`` over [-8, 8] already has steps
+    that differ by ~1e-6 absolute. (At float32's ulps a float64 grid offset by 1e6 passed with a node
+    moved half a step.)
     """
     if grid.ndim != 1:
         raise ValueError(f"{name}: expected a 1-D grid, got shape {tuple(grid.shape)}")
@@ -91,7 +93,9 @@ def uniform_step(grid: Tensor, name: str = "grid", *, min_points: int = 3) -> fl
     h = float((g[-1] - g[0]) / (g.numel() - 1))
     if h <= 0 or not bool((steps > 0).all()):
         raise ValueError(f"{name}: must be strictly increasing")
-    tol = max(1e-6 * h, 8 * float(torch.finfo(torch.float32).eps) * float(g.abs().max()))
+    single = bool((g.to(torch.float32).to(torch.float64) == g).all())  # float32 coordinates, whatever the dtype now
+    unit = torch.finfo(torch.float32 if single else torch.float64).eps
+    tol = max(1e-6 * h, 8 * float(unit) * float(g.abs().max()))
     worst = float((steps - h).abs().max())
     if worst > tol:
         raise ValueError(

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from ..symmetry import Kind, Symmetry, SymmetrySet, act_gl, act_rotation, permute, unit_matrix
-from .projection import horizontal_projection
+from .projection import check_vectors, horizontal_projection
 
 __all__ = ["Canonical", "canonical", "gl_invariant", "push_forward", "relu_unit_coordinates"]
 
@@ -83,8 +83,15 @@ def canonical(symmetries: SymmetrySet, params: Mapping[str, Tensor], *, tol: flo
     whose columns the value/output GL moves. Rescale, translation and GL steps each lower
     |theta|^2 within their own orbit, so with overlaps the sweeps descend to the joint balanced
     point (the zero of the joint moment map), where every condition holds at once.
-    Raises: RuntimeError if the conditions do not converge within ``max_sweeps``.
+    A rescale unit with no incoming or no outgoing weight (a zero-initialised head or LoRA B) and a
+    head whose A_in^T A_out is rank-deficient (a zero-initialised output projection) have no balanced
+    point (the group moves them towards it without reaching it, and keeps the degeneracy): they are
+    left as they are, and not counted in the violation.
+    Raises: RuntimeError if the conditions do not converge within ``max_sweeps``; ValueError /
+    TypeError (``SymmetrySet.check_params``) for parameters the set cannot act on (missing, of
+    another model's shapes, not real floating point, not finite).
     """
+    symmetries.check_params(params)
     theta = {name: p.detach().to(torch.float64).clone() for name, p in params.items()}
     factors = {name: torch.ones_like(p) for name, p in theta.items()}
     steps: list[tuple] = []
@@ -118,6 +125,8 @@ def canonical(symmetries: SymmetrySet, params: Mapping[str, Tensor], *, tol: flo
                     slot.view(theta).div_(a)
                     slot.view(factors).div_(a)
         for sym in gl_groups:  # every sweep: balanced is an O(d) orbit, the SVD form fixes a point of it
+            if _gl_degenerate(sym, theta):
+                continue
             matrix = _gl_balancing(sym, theta)
             if float((matrix - torch.eye(len(matrix), dtype=matrix.dtype)).abs().max()) <= 1e-15:
                 continue  # already in the SVD form: g_* needs no step
@@ -172,8 +181,20 @@ def _principal_angle(sym: Symmetry, theta: Mapping[str, Tensor]) -> float:
     return angle + math.pi if float(turned[turned.abs().argmax()]) < 0 else angle
 
 
+def _gl_degenerate(sym: Symmetry, theta: Mapping[str, Tensor]) -> bool:
+    """Whether A_in^T A_out (invariant under the group: (M A_in)^T M^-T A_out) has rank below the
+    head's dimension: no balanced form is a group element there (a zero output projection)."""
+    a_in, a_out = unit_matrix(sym, sym.incoming, theta), unit_matrix(sym, sym.outgoing, theta)
+    singular = torch.linalg.svdvals(a_in.T @ a_out)[:sym.unit_count]
+    scale = float(a_in.norm() * a_out.norm())
+    return len(singular) < sym.unit_count or scale == 0.0 or float(singular.min()) <= 1e-12 * scale
+
+
 def _gl_imbalance(sym: Symmetry, theta: Mapping[str, Tensor]) -> float:
-    """|A_in A_in^T - A_out A_out^T|_F / (|A_in|^2 + |A_out|^2): zero exactly at the balanced form."""
+    """|A_in A_in^T - A_out A_out^T|_F / (|A_in|^2 + |A_out|^2): zero exactly at the balanced form
+    (0 for a degenerate head, which has none)."""
+    if _gl_degenerate(sym, theta):
+        return 0.0
     a_in, a_out = unit_matrix(sym, sym.incoming, theta), unit_matrix(sym, sym.outgoing, theta)
     size = float(a_in.square().sum() + a_out.square().sum())
     return float((a_in @ a_in.T - a_out @ a_out.T).norm()) / size if size > 0 else 0.0
@@ -204,7 +225,7 @@ def _violation(symmetries: SymmetrySet, theta: Mapping[str, Tensor]) -> float:
     for sym in symmetries.of_kind(Kind.RESCALE):
         inner = sum(float(s.view(theta).square().sum()) for s in sym.incoming)
         outer = sum(float(s.view(theta).square().sum()) for s in sym.outgoing)
-        if inner + outer > 0:
+        if inner > 0 and outer > 0:  # one side zero: no balanced point (``canonical``), not counted
             worst = max(worst, abs(inner - outer) / (inner + outer))
     for sym in symmetries.of_kind(Kind.TRANSLATION):
         total = sum(float(s.view(theta).sum()) for s in sym.incoming)
@@ -227,6 +248,7 @@ def push_forward(symmetries: SymmetrySet, params: Mapping[str, Tensor], vectors:
     The drift of Thm 2.2 is b = D Phi grad L. ``point``: a ``canonical(...)`` result for ``params``
     to reuse. Returns float64 tensors for every key of ``vectors``.
     """
+    check_vectors(vectors, params)
     point = point or canonical(symmetries, params)
     moved = point.carry({name: vectors[name] if name in vectors else torch.zeros_like(value)
                          for name, value in point.params.items()})

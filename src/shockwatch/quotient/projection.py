@@ -36,7 +36,7 @@ from torch import Tensor
 
 from ..symmetry import Kind, SymmetrySet, generator, generator_entries, gl_generator_combination, gl_generator_inner, unit_matrix
 
-__all__ = ["HorizontalProjector", "Metric", "OrbitOperator", "horizontal_projection", "horizontal_projector"]
+__all__ = ["HorizontalProjector", "Metric", "OrbitOperator", "check_vectors", "horizontal_projection", "horizontal_projector"]
 
 _KINDS = (Kind.TRANSLATION, Kind.SCALE, Kind.RESCALE)
 
@@ -134,9 +134,13 @@ def horizontal_projection(symmetries: SymmetrySet, params: Mapping[str, Tensor],
         dependent); G the identity ("euclidean") or the GL-invariant metric ("gl-invariant").
     Scheme: preconditioned conjugate gradients, float64, to |J P_H v| <= rtol |J v|.
     Returns float64 tensors for every key of ``vectors``.
-    Raises: RuntimeError if CG does not reach rtol within ``max_iterations``.
+    Raises: RuntimeError if CG does not reach rtol within ``max_iterations``; ValueError / TypeError
+    (``SymmetrySet.check_params``) for parameters the set cannot act on, a vector that names no
+    parameter or is not finite (a blown-up gradient: no iteration would converge).
     """
     metric = Metric(metric)
+    symmetries.check_params(params)
+    check_vectors(vectors, params)
     params = {name: p.detach() for name, p in params.items()}
     operator = OrbitOperator(symmetries, params)
     v = {name: t.detach().to(torch.float64) for name, t in vectors.items()}
@@ -174,6 +178,20 @@ def horizontal_projection(symmetries: SymmetrySet, params: Mapping[str, Tensor],
                            f"(residual {float(residual.norm()) / float(rhs.norm()):.2e})")
     removed = operator.rmatvec(c)
     return {name: t - removed[name] if name in removed else t for name, t in v.items()}
+
+
+def check_vectors(vectors: Mapping[str, Tensor], params: Mapping[str, Tensor]) -> None:
+    """One-line errors for tangent vectors: a key that is no parameter, a shape that is not its
+    parameter's, a value that is not finite."""
+    extra = [name for name in vectors if name not in params]
+    if extra:
+        raise ValueError(f"vectors names {', '.join(map(repr, extra[:3]))}, not among the parameters: give vectors "
+                         "keyed by parameter name")
+    for name, t in vectors.items():
+        if tuple(t.shape) != tuple(params[name].shape):
+            raise ValueError(f"vectors[{name!r}] has shape {tuple(t.shape)}, its parameter {tuple(params[name].shape)}")
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"vectors[{name!r}] is not finite (NaN or inf): a projection of it is not defined")
 
 
 class HorizontalProjector:
@@ -246,7 +264,9 @@ def horizontal_projector(symmetries: SymmetrySet, params: Mapping[str, Tensor], 
         MLP: a quotient Hessian product 1.27x a raw one, against 9.8x with CG; benchmarks/RESULTS.md).
     Otherwise each call is ``horizontal_projection`` (CG to ``rtol``; RuntimeError if it does not
     converge within ``max_iterations``). ``HorizontalProjector.krylov`` serves a Krylov run's vectors.
+    Raises: ValueError / TypeError (``SymmetrySet.check_params``) for parameters the set cannot act on.
     """
+    symmetries.check_params(params)
     params = {name: p.detach().to(torch.float64) for name, p in params.items()}
     names = list(params)
     sizes = [params[name].numel() for name in names]

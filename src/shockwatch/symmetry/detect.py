@@ -1097,7 +1097,8 @@ def _emit_key_biases(attention: dict, producers: list[Producer], run, emit) -> N
             continue
         mask = torch.zeros(producer.units, dtype=torch.float64)
         mask[local] = 1.0
-        probe = (torch.randn(producer.units, dtype=torch.float64, generator=generator) * mask).reshape(per_unit)
+        # integers: the products the walk forms with them are exact in any summation order (``_product``)
+        probe = (torch.randint(1, 9, (producer.units,), generator=generator).to(torch.float64) * mask).reshape(per_unit)
         shifted = run({producer.node: probe.expand(out_shape)}, Mode.SHIFT, producer.units)
         if shifted.ok and shifted.absorbed:
             module = _module_of(producer.weight)
