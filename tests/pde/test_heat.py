@@ -172,6 +172,10 @@ def test_tau_zero_returns_U_and_its_derivative():
     (dict(grid=np.r_[np.linspace(0, 1, 49), 1.5]), "uniform"),
     (dict(grid=np.linspace(1, 0, 50)), "increasing"),
     (dict(nu=1e-6, tau=1e-6, max_nodes=10_000), "does not resolve"),
+    # a fine grid and a wide kernel were told to pass a finer grid or a larger nu*tau (worse, for the second)
+    (dict(U=np.zeros(5000), grid=np.linspace(0, 1, 5000), nu=1e-4, tau=1e-2, max_nodes=4000),
+     "the grid itself has 5000 points"),
+    (dict(tau=1e4, max_nodes=10_000), "pass a smaller nu\*tau"),
 ])
 def test_bad_input_raises_one_clear_line(kwargs, match):
     """Truth: the documented error paths."""

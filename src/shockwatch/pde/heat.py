@@ -187,12 +187,19 @@ def _nodes(U: Tensor, grid: Tensor, h: float, sigma: float, tau: float, domain: 
     count = (n * refine if periodic else (n - 1) * refine + 1) + 2 * extra
     images = 2 * math.ceil(0.5 + reach / period) + 1 if periodic and sigma <= 2 * period else 1
     if count * images > max_nodes:
-        raise ValueError(
-            f"grid step h={h:.3g} does not resolve the kernel width sqrt(nu*tau)={sigma:.3g}"
-            f"{f' (narrowed to {width:.3g} by U curvature)' if stiff > 0 else ''}: the quadrature "
-            f"would need {count * images} nodes > max_nodes={max_nodes}; pass a finer grid, a larger "
-            f"nu*tau or max_nodes, or use hopf_lax for the nu -> 0 limit"
-        )
+        # say which term made the count: the refinement a coarse grid needs, the grid itself, or the
+        # padding of 10 sqrt(nu tau) beyond it
+        own, padding = count - 2 * extra, 2 * extra
+        if refine > 1 and own >= padding:
+            why = (f"grid step h={h:.3g} does not resolve the kernel width sqrt(nu*tau)={sigma:.3g}"
+                   f"{f' (narrowed to {width:.3g} by U curvature)' if stiff > 0 else ''}, so each step is cut in "
+                   f"{refine}; pass a finer grid, a larger nu*tau or max_nodes, or use hopf_lax for the nu -> 0 limit")
+        elif own >= padding:
+            why = f"the grid itself has {n} points; pass a larger max_nodes"
+        else:
+            why = (f"the kernel reaches 10 sqrt(nu*tau) = {reach:.3g} beyond the grid ({padding} padding nodes); pass a "
+                   "smaller nu*tau or a larger max_nodes")
+        raise ValueError(f"the quadrature would need {count * images} nodes > max_nodes={max_nodes}: {why}")
     Uy = _interpolate_cubic(U, h, refine, periodic) if refine > 1 and n >= 4 else U
     if refine > 1 and n < 4:
         raise ValueError(f"grid: at least 4 points are needed to refine the quadrature, got {n}")
