@@ -191,7 +191,7 @@ def test_a_failed_constructor_leaves_nothing_on_disk(tmp_path):
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     other = sw.find_symmetries(sw.models.mlp((4, 7, 3)).double(), x)
     log_dir = tmp_path / "a" / "run"
-    with pytest.raises(ValueError, match="names parameter"):
+    with pytest.raises(ValueError, match="another model"):
         sw.Monitor(model, opt, log_dir, symmetries=sw.find_symmetries(nn.Sequential(nn.Linear(4, 3), nn.ReLU(),
                                                                                      nn.Linear(3, 3), nn.Linear(3, 3)).double(), x))
     assert list(tmp_path.iterdir()) == []

@@ -458,3 +458,12 @@ def test_parameters_and_vectors_that_cannot_be_acted_on_are_one_line_errors():
         horizontal_projection(syms, params, {name: params[name] * math.inf})
     with pytest.raises(ValueError, match="not among the parameters"):
         push_forward(syms, params, {**params, "extra": torch.zeros(3)})
+    # symmetries of a 7-unit layer on a 9-unit one: every slot fits inside, so it was taken silently
+    wider = {k: torch.cat([v, v[:2]]) if k.startswith("0.") else v for k, v in params.items()}
+    with pytest.raises(ValueError, match="another model"):
+        canonical(syms, wider)
+    # charges: a bare KeyError and torch's "Expected a floating point ... Got Long" before
+    with pytest.raises(ValueError, match="lacks 1 parameter"):
+        syms.charges("rescale", {k: v for k, v in params.items() if k != name})
+    with pytest.raises(TypeError, match="torch.int64"):
+        syms.charges("rescale", {k: v.long() for k, v in params.items()})

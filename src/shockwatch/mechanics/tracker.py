@@ -58,7 +58,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..symmetry import Kind, SymmetrySet, sharded, slot_fits
+from ..symmetry import Kind, SymmetrySet, sharded
 from . import laws
 from .blocks import BlockLaws, NoLaw
 
@@ -184,13 +184,9 @@ class ConservationTracker:
                  *, record_every: int = 1, compile: bool = False, keep_history: bool = True,
                  size_floor: float = 1e-6, hook: bool = True) -> None:
         self._named = list(model.named_parameters())  # read every step: named_parameters() is slow
-        shapes = {name: tuple(p.shape) for name, p in model.named_parameters(remove_duplicate=False)}
-        for sym in symmetries:
-            for slot in sym.slots:
-                if not slot_fits(slot, shapes):
-                    raise ValueError(f"symmetry {sym.label} names parameter {slot.param!r} (dim {slot.dim}, "
-                                     f"[{slot.start}, {slot.stop})), which {type(model).__name__} does not have or has "
-                                     f"of another shape: the symmetries were found on another model; find them on this one")
+        # one-line errors for symmetries found on another model (names, shapes or sizes that differ)
+        symmetries.check_params(dict(model.named_parameters(remove_duplicate=False)),
+                                f"{type(model).__name__}'s parameters", finite=False)
         if record_every < 1:
             raise ValueError(f"record_every must be >= 1, got {record_every}")
         if not (isinstance(size_floor, (int, float)) and 0 < size_floor < float("inf")):

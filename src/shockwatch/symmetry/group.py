@@ -485,29 +485,35 @@ class SymmetrySet:
     def of_kind(self, kind: Kind | str) -> tuple[Symmetry, ...]:
         return self._by_kind[Kind(kind)]
 
-    def check_params(self, params: Mapping[str, Tensor], what: str = "params") -> None:
+    def check_params(self, params: Mapping[str, Tensor], what: str = "params", *, finite: bool = True) -> None:
         """Raise, in one line, where ``params`` (name -> tensor) cannot carry this set: a parameter a
-        symmetry names is missing or of a shape its slots do not fit (symmetries found on another
-        model: ValueError), is no real floating-point tensor with values (complex, integer, meta:
-        TypeError), or is not finite (ValueError, with the parameter's name)."""
+        symmetry names is missing or of a shape its slots do not fit, or whose acted-on axis has another
+        size than where the set was found (symmetries found on another model: ValueError), is no real
+        floating-point tensor with values (complex, integer, meta: TypeError), or (``finite``) is not
+        finite (ValueError, with the parameter's name)."""
         names = dict.fromkeys(slot.param for sym in self.symmetries for slot in sym.slots)
         missing = [name for name in names if name not in params]
         if missing:
             raise ValueError(f"{what} lacks {len(missing)} parameter(s) these symmetries act on ({', '.join(missing[:3])}"
-                             f"{', ...' if len(missing) > 3 else ''}): give every parameter of the model they were found on")
+                             f"{', ...' if len(missing) > 3 else ''}): give every parameter of the model they were found on "
+                             "(symmetries found on another model?)")
         shapes = {name: tuple(params[name].shape) for name in names}
         for sym in self.symmetries:
             for slot in sym.slots:
                 if not slot_fits(slot, shapes):
                     raise ValueError(f"{what}[{slot.param!r}] has shape {shapes[slot.param]}, which symmetry {sym.label} "
                                      f"does not fit (dim {slot.dim}, {slot.start}:{slot.stop}): found on another model?")
+        for (name, dim), size in self.sizes:
+            if name in shapes and -len(shapes[name]) <= dim < len(shapes[name]) and shapes[name][dim] != size:
+                raise ValueError(f"{what}[{name!r}] has size {shapes[name][dim]} along dim {dim}, where these symmetries "
+                                 f"were found it had {size}: they belong to another model; find them on this one")
         for name in names:
             tensor = params[name]
             if not isinstance(tensor, Tensor) or not tensor.is_floating_point() or tensor.is_meta:
                 got = type(tensor).__name__ if not isinstance(tensor, Tensor) else \
                     ("a meta tensor" if tensor.is_meta else f"dtype {tensor.dtype}")
                 raise TypeError(f"{what}[{name!r}] must be a real floating-point tensor with values, got {got}")
-            if not bool(torch.isfinite(tensor).all()):
+            if finite and not bool(torch.isfinite(tensor).all()):
                 raise ValueError(f"{what}[{name!r}] is not finite (NaN or inf): no group element or projection is "
                                  "defined there")
 
@@ -531,6 +537,13 @@ class SymmetrySet:
                              "(permutations none, GL a matrix: see gl_charges)")
         if absolute and kind is not Kind.TRANSLATION:
             raise ValueError(f"absolute=True is for translation charges (sum |theta_A|), not {kind.value}")
+        try:
+            return self._charges(kind, params, absolute)
+        except (KeyError, IndexError, RuntimeError, TypeError):
+            self.check_params(params)  # a one-line error where the parameters are what failed (no cost otherwise)
+            raise
+
+    def _charges(self, kind: Kind, params: Mapping[str, Tensor], absolute: bool) -> Tensor:
         plan = self._plans[kind]
         if plan.gathers and sharded.is_sharded(params[plan.gathers[0].param]):
             return self._sharded_charges(kind, params, absolute)
