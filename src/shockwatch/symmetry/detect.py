@@ -271,27 +271,28 @@ def _at_every_call(module: nn.Module, kept: list[Symmetry], more: tuple, samples
     or has no tensor, or more than ``_MOST_CALLS`` calls, leaves none (reason in ``why``)."""
     if not kept or not more:
         return kept, []
-    if len(more) >= _MOST_CALLS or any(call is None for call in more):
-        reason = (f"called {len(more) + 1} times in the example forward pass (more than {_MOST_CALLS} to check one by one)"
-                  if len(more) >= _MOST_CALLS else "called again without a tensor, which cannot be traced")
-        for sym in kept:
-            for slot in sym.slots:
-                why.setdefault(slot.param, reason)
-        return [], []
     refuted: list[Symmetry] = []
-    for number, call in enumerate(more, start=2):
-        try:
-            traced = _traced(module, call, every_output=True)
-        except TraceError as error:
-            for sym in kept:
-                for slot in sym.slots:
-                    why.setdefault(slot.param, f"its call {number} in the example forward pass cannot be traced: {error}")
-            return [], refuted
-        kept, wrong = _checked(module, traced, kept, False, samples)
-        refuted += wrong
-        if not kept:
-            break
-    return kept, refuted
+    reason = None
+    if len(more) >= _MOST_CALLS:
+        reason = f"called {len(more) + 1} times in the example forward pass (more than {_MOST_CALLS} to check one by one)"
+    elif any(call is None for call in more):
+        reason = "called again without a tensor, which cannot be traced"
+    else:
+        for number, call in enumerate(more, start=2):
+            try:
+                traced = _traced(module, call, every_output=True)
+            except TraceError as error:
+                reason = f"its call {number} in the example forward pass cannot be traced: {error}"
+                break
+            kept, wrong = _checked(module, traced, kept, False, samples)
+            refuted += wrong
+            if not kept:
+                break
+    if reason is None:
+        return kept, refuted
+    for slot in (slot for sym in kept for slot in sym.slots):
+        why.setdefault(slot.param, reason)
+    return [], refuted
 
 
 def _prefixed(sym: Symmetry, prefix: str) -> Symmetry:
@@ -1534,14 +1535,15 @@ def _measure(evaluate: ExactEvaluator, model: nn.Module, symmetries: list[Symmet
         return torch.log_softmax(out, dim=-1) if logits else out
 
     reference = output(params)
+    settled = False  # whether the point measured at is known to be well-conditioned
     if perturbed:
         noise = torch.Generator().manual_seed(seed + 1)
         nearby = {name: p + 0.2 * max(float(p.std()) if p.numel() > 1 else 0.0, 0.05)
                   * torch.randn(p.shape, dtype=torch.float64, generator=noise) for name, p in params.items()}
         there = output(nearby)
         if bool(torch.isfinite(there)[torch.isfinite(reference)].all()) and not _ill_conditioned(output, nearby, there, seed):
-            params, reference = nearby, there
-    if conditioned and _ill_conditioned(output, params, reference, seed):
+            params, reference, settled = nearby, there, True
+    if conditioned and not settled and _ill_conditioned(output, params, reference, seed):
         return None
     out: dict[str, float] = {}
     alone = symmetries
