@@ -894,8 +894,7 @@ class Monitor:
 
     def _not_stepped(self, value: float) -> dict[str, float]:
         """``step()`` where the optimizer took no step since the last call (see ``step``)."""
-        grads = [dense(p.grad) for p in self._params + self._outside if p.grad is not None]
-        grad_norm = _total_norm(grads) if grads else 0.0
+        grad_norm = self._held_grad_norm()
         values = {"loss": value, "grad_norm": grad_norm, "lr": self._lr(None)}
         if list(map(_version, self._stepped_params)) != self._versions:  # something else moved the parameters
             message = (f"step {self._step}: the parameters changed but {type(self.optimizer).__name__}, the optimizer "
@@ -958,6 +957,12 @@ class Monitor:
         total = loss.detach().clone().reshape(()) if isinstance(loss, Tensor) else torch.tensor(float(loss))
         dist.all_reduce(total)
         return float(total) / dist.get_world_size() if host else total / dist.get_world_size()
+
+    def _held_grad_norm(self) -> float:
+        """|g| over every gradient the optimizer holds, without the per-step pass (a step it skipped,
+        or the fallback where the pass failed)."""
+        grads = [dense(p.grad) for p in self._params + self._outside if p.grad is not None]
+        return _total_norm(grads) if grads else 0.0
 
     def _grads_finite(self) -> bool:
         return all(bool(torch.isfinite(dense(p.grad)).all()) for _, p in self._named if p.grad is not None)
@@ -1034,8 +1039,7 @@ class Monitor:
         except Exception as error:  # inside optimizer.step(): our error must not end the user's run
             self._fail(step, error)
             try:
-                grads = [dense(p.grad) for p in self._params + self._outside if p.grad is not None]
-                grad_norm = _total_norm(grads) if grads else 0.0
+                grad_norm = self._held_grad_norm()
             except Exception:  # noqa: BLE001 -- the event above says what failed; the step goes on
                 grad_norm = math.nan
             self._pre, self._pre_raw = {"grad_norm": grad_norm}, None
