@@ -125,7 +125,7 @@ def test_the_exact_check_refutes_an_action_invisible_at_initialisation():
         Slot("blocks.0.ln_1.weight", 0, 0, 8), Slot("blocks.0.ln_1.bias", 0, 0, 8)))
     at_init = detect.exact_defects(model, x, [wrong])["wrong"]
     assert at_init < 1e-12  # invisible at the parameters themselves
-    kept, rejected = detect._checked(model, detect._traced(model, x), [heads, wrong], True, None)
+    kept, rejected = detect._checked(model, detect._traced(model, x), [heads, wrong], -1, None)
     assert [sym.label for sym in kept] == [heads.label]
     assert [sym.label for sym in rejected] == ["wrong"] and rejected[0].defect > 1e-6
 

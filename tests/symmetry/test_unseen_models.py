@@ -291,3 +291,68 @@ def test_a_norm_configured_with_eps_zero_keeps_its_scale():
             # Hugging Face's RMSNorm computes in float32 whatever the model's dtype: float32 round-off
             assert float((run(moved) - run(state)).abs().max()) < 1e-6
     assert counts[0] == counts[1] and counts[0][Kind.SCALE.value] == 1
+
+
+class Segmenter(nn.Module):
+    """A segmentation head: per-pixel class scores laid out (batch, classes, H, W), as F.cross_entropy reads them."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.classify = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 5, 1)
+
+    def forward(self, x):
+        return self.classify(torch.relu(self.stem(x)))
+
+
+class ConvLanguageModel(nn.Module):
+    """Token scores laid out (batch, vocabulary, time) by a 1x1 Conv1d over the embedded sequence."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.mix, self.vocab = nn.Embedding(11, 6), nn.Conv1d(6, 6, 3, padding=1), nn.Conv1d(6, 11, 1)
+
+    def forward(self, tokens):
+        return self.vocab(torch.tanh(self.mix(self.embed(tokens).transpose(1, 2))))
+
+
+def _change_over(model, x, name, shift, axis):
+    """Relative change of log_softmax(model(x), axis) in float64 when ``shift`` is added to parameter ``name``."""
+    state = {n: p.detach().double().clone() for n, p in model.named_parameters()}
+    before = functional_call(model, state, (x,)).log_softmax(axis)
+    moved = {**state, name: state[name] + shift}
+    return float((functional_call(model, moved, (x,)).log_softmax(axis) - before).abs().max() / before.abs().max())
+
+
+@pytest.mark.parametrize("make, x, head", [
+    (Segmenter, torch.randn(2, 3, 6, 6, dtype=torch.float64), "classify"),
+    (ConvLanguageModel, torch.randint(0, 11, (2, 7)), "vocab"),
+])
+def test_channel_first_logits_are_translated_along_their_class_axis(make, x, head):
+    torch.manual_seed(0)
+    model = make().double()
+    syms = sw.find_symmetries(model, x, class_dim=1)
+    assert syms.class_dim == 1
+    translations = syms.of_kind(Kind.TRANSLATION)
+    in_channels = getattr(model, head).in_channels
+    # the head's bias and each of its input columns: b + c 1 shifts every class score of a pixel by c
+    assert {s.label for s in translations} == {f"translation/{head}/bias"} | {f"translation/{head}/column{j}"
+                                                                             for j in range(in_channels)}
+    assert _change_over(model, x, f"{head}.bias", 0.7, 1) < 1e-14           # by hand, over the class axis
+    column = torch.zeros_like(getattr(model, head).weight)
+    column[:, 2] = 0.9
+    assert _change_over(model, x, f"{head}.weight", column, 1) < 1e-14
+    assert _change_over(model, x, f"{head}.weight", column, -1) > 1e-3      # the last axis is not the classes
+    # so the default (classes last) claims none, and verify measures the found set over its own axis
+    assert not sw.find_symmetries(model, x).of_kind(Kind.TRANSLATION)
+    loss_target = torch.zeros(sw.symmetry.trace.model_output(model(x)).shape, dtype=torch.long)[:, 0]
+    report = sw.verify_symmetries(model, F.cross_entropy, (x, loss_target), syms)
+    assert not report.refuted() and not report.exact_error and all(map(report.accepted, report.exact))
+
+
+def test_class_dim_errors_are_one_line():
+    model = Segmenter()
+    x = torch.randn(1, 3, 4, 4)
+    with pytest.raises(ValueError, match="class_dim 4 is not an axis of the model's output of shape"):
+        sw.find_symmetries(model, x, class_dim=4)
+    with pytest.raises(TypeError, match="class_dim must be an int"):
+        sw.find_symmetries(model, x, class_dim=True)

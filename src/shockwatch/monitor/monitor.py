@@ -316,7 +316,8 @@ class Monitor:
     others (``MLflowSink``). ``symmetries`` or ``example_input`` (to find them: a tensor, a tuple or a
     dict of inputs as the model takes them) are optional: without either the monitor logs the raw
     observables only and records why. ``logits=False`` for a model whose output is not fed to a
-    softmax (regression): its output head then has no translation symmetry, and none is tracked. Scale
+    softmax (regression): its output head then has no translation symmetry, and none is tracked;
+    ``class_dim=1`` for channel-first logits (a segmentation head's (batch, classes, H, W)). Scale
     symmetries are exact only with the norms' eps at 0: where the model's norms add eps (above 1e-15)
     a "norm-epsilon" event says so, and that breaking shows in gradient_breaking/scale and
     charge_law_error/scale (measured on a LayerNorm MLP, float64: 1e-5 at eps 1e-5, 1e-12 at eps
@@ -380,7 +381,7 @@ class Monitor:
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, log_dir: str | Path, *,
                  symmetries: SymmetrySet | None = None, example_input=None, logits: bool = True,
-                 schedule: Schedule | None = None, loss_fn=None, raise_on_nonfinite: bool = False,
+                 class_dim: int = -1, schedule: Schedule | None = None, loss_fn=None, raise_on_nonfinite: bool = False,
                  resume: bool = False, tensorboard: bool = True, sinks: Sequence[Sink] = (),
                  curvature_tol: float = 1e-6, curvature_warm: bool = False, compile: bool = False,
                  warnings: Sequence[Rule] | None = None,
@@ -481,7 +482,7 @@ class Monitor:
             if writer else []
         try:
             if symmetries is None and example_input is not None:
-                symmetries = find_symmetries(model, example_input, logits=logits)
+                symmetries = find_symmetries(model, example_input, logits=logits, class_dim=class_dim)
             self._all_symmetries = symmetries
             self._bind(start=True)
             why_not = path_norm_unsupported(model) if self._input_shape is not None else "no single-tensor example_input given"

@@ -68,7 +68,7 @@ from .flow import (GROUPED_PRODUCTS, Consumer, Mode, Producer, Walk, biased_maps
 from .group import (Kind, Slot, Symmetry, SymmetrySet, act, act_gl, act_rotation, permutation_generators, permute, slot_fits,
                     random_gl_element)
 from .trace import (EXACT_TOLERANCE, Call, ExactEvaluator, TracedModel, TraceError, call_arguments, epsilon_nodes, export_model,
-                    output_tensors, packet)
+                    model_output, output_tensors, packet)
 
 __all__ = ["ExampleInputError", "check_input", "exact_check", "exact_defects", "find_symmetries"]
 
@@ -79,14 +79,18 @@ class ExampleInputError(ValueError):
 _CHECK_AMOUNT = {Kind.TRANSLATION: 0.5, Kind.SCALE: 0.5, Kind.RESCALE: 0.5}
 
 
-def find_symmetries(model: nn.Module, example_input, *, logits: bool = True, check_samples: int = 4) -> SymmetrySet:
+def find_symmetries(model: nn.Module, example_input, *, logits: bool = True, class_dim: int = -1,
+                    check_samples: int = 4) -> SymmetrySet:
     """The translation, scale, rescale, permutation and GL symmetries of ``model`` (module docstring).
 
     ``example_input``: one batch as the model takes it: a tensor, a tuple of positional inputs, or a
     dict of keyword inputs (``input_ids``, ``attention_mask``, ``pixel_values``). The output may be
     a tensor, a tuple or a ``ModelOutput`` (``.logits`` / ``.last_hidden_state``). ``logits``: the
     output feeds a softmax / cross-entropy (classifiers, language models); False for regression
-    (no translation of the output head). The model is traced on a copy (its parameters, buffers,
+    (no translation of the output head). ``class_dim``: the output's class axis, the one the softmax
+    normalises over (-1 for a classifier's or language model's (..., classes) logits; 1 for
+    channel-first logits, a segmentation head's (batch, classes, H, W) as ``F.cross_entropy`` reads
+    them). The model is traced on a copy (its parameters, buffers,
     mode and the global RNG are left as they were), in training mode when it has a batch norm
     (whose scale symmetry needs batch statistics), else in eval mode (dropout off).
     A model torch.export cannot trace whole is analysed child by child, each child with the input it
@@ -108,6 +112,7 @@ def find_symmetries(model: nn.Module, example_input, *, logits: bool = True, che
     rng = torch.get_rng_state()
     try:
         returned = check_input(model, example_input)
+        classes = class_axis(logits, class_dim, model_output(returned) if logits else None)
         if isinstance(returned, (tuple, list)) and sum(t.is_floating_point() for t in output_tensors(returned)) > 1:
             warnings.warn(f"{type(model).__name__} returns several tensors: these are the symmetries of the first "
                           "(the output a loss reads); a loss that reads the others too may not keep them", stacklevel=2)
@@ -116,7 +121,7 @@ def find_symmetries(model: nn.Module, example_input, *, logits: bool = True, che
         partial: list[str] = []
         reasons: dict[str, str] = {}
         epsilons: list[float] = []
-        _analyse(model, example_input, logits, "", kept, rejected, partial, reasons, check_samples, None, epsilons)
+        _analyse(model, example_input, classes, "", kept, rejected, partial, reasons, check_samples, None, epsilons)
     finally:
         torch.set_rng_state(rng)
     covered = {slot.param for sym in kept for slot in sym.slots}
@@ -125,7 +130,7 @@ def find_symmetries(model: nn.Module, example_input, *, logits: bool = True, che
     unanalysed = tuple(dict.fromkeys(_module_of(name) for name in uncovered if _module_of(name) not in touched))
     sizes = tuple(((name, dim), size) for name, p in parameters.items() for dim, size in enumerate(p.shape))
     return SymmetrySet(tuple(kept), device, unanalysed, sizes, tuple(partial), tuple(rejected),
-                       tuple(sorted(uncovered.items())), epsilons=tuple(sorted(set(epsilons))))
+                       tuple(sorted(uncovered.items())), epsilons=tuple(sorted(set(epsilons))), class_dim=classes)
 
 
 def check_input(model: nn.Module, example_input):
@@ -148,6 +153,18 @@ def _module_of(param: str) -> str:
     return param.rsplit(".", 1)[0] if "." in param else param
 
 
+def class_axis(logits: bool, class_dim: int, output: Tensor | None = None) -> int | None:
+    """The axis the softmax normalises the output over (``class_dim``) where the output is ``logits``,
+    else None. One-line errors for a ``class_dim`` that is not an int or not an axis of ``output``."""
+    if isinstance(class_dim, bool) or not isinstance(class_dim, int):
+        raise TypeError(f"class_dim must be an int, the axis the softmax normalises over (-1, or 1 for channel-first "
+                        f"logits), got {class_dim!r}")
+    if output is not None and not -output.dim() <= class_dim < output.dim():
+        raise ValueError(f"class_dim {class_dim} is not an axis of the model's output of shape {tuple(output.shape)}: "
+                         "-1 for (..., classes) logits, 1 for (batch, classes, ...)")
+    return class_dim if logits else None
+
+
 def _traced(model: nn.Module, example_input, *, every_output: bool = False) -> TracedModel:
     """``export_model`` in training mode where the model has a batch norm (whose scale symmetry needs
     batch statistics), in eval mode (dropout off) otherwise; ``every_output``: a submodule analysed
@@ -156,7 +173,7 @@ def _traced(model: nn.Module, example_input, *, every_output: bool = False) -> T
     return export_model(model, example_input, training=has_batch_norm, every_output=every_output)
 
 
-def _analyse(module: nn.Module, example_input, logits: bool, prefix: str, found: list[Symmetry],
+def _analyse(module: nn.Module, example_input, classes: int | None, prefix: str, found: list[Symmetry],
              rejected: list[str], partial: list[str], reasons: dict[str, str], samples: int,
              inputs: dict | None, epsilons: list[float], shared: frozenset[int] = frozenset(),
              more: tuple = ()) -> None:
@@ -179,7 +196,7 @@ def _analyse(module: nn.Module, example_input, logits: bool, prefix: str, found:
         epsilons.extend(float(nodes[name].args[position]) for name, position in epsilon_nodes(traced.graph).items()
                         if position < len(nodes[name].args) and isinstance(nodes[name].args[position], (int, float))
                         and nodes[name].args[position] > 0)
-        candidates, why = _candidates(traced, logits)
+        candidates, why = _candidates(traced, classes)
         if shared:
             outside = {name for name, p in module.named_parameters(remove_duplicate=False) if id(p) in shared}
             for sym in candidates:
@@ -187,7 +204,7 @@ def _analyse(module: nn.Module, example_input, logits: bool, prefix: str, found:
                     if slot.param in outside:
                         why.setdefault(slot.param, "shared with another part of the model, which was analysed apart")
             candidates = [sym for sym in candidates if not any(slot.param in outside for slot in sym.slots)]
-        kept, refuted = _checked(module, traced, candidates, logits, samples)
+        kept, refuted = _checked(module, traced, candidates, classes, samples)
         kept, also = _at_every_call(module, kept, more, samples, why)
         refuted += also
         found.extend(_prefixed(sym, prefix) for sym in kept)
@@ -218,7 +235,7 @@ def _analyse(module: nn.Module, example_input, logits: bool, prefix: str, found:
             for param, _ in child.named_parameters():
                 reasons.setdefault(f"{qualified}.{param}", "never called with a tensor in the example forward pass")
             continue
-        _analyse(child, child_input, False, qualified + ".", found, rejected, partial, reasons, samples, inputs,
+        _analyse(child, child_input, None, qualified + ".", found, rejected, partial, reasons, samples, inputs,
                  epsilons, shared, tuple(calls[1:]))
     # what a child's analysis says stops at the child's edge: name why the child stood alone
     context = (f"{prefix.rstrip('.') or 'the model'} could not be traced whole ({blocking}), so its children "
@@ -284,7 +301,7 @@ def _at_every_call(module: nn.Module, kept: list[Symmetry], more: tuple, samples
             except TraceError as error:
                 reason = f"its call {number} in the example forward pass cannot be traced: {error}"
                 break
-            kept, wrong = _checked(module, traced, kept, False, samples)
+            kept, wrong = _checked(module, traced, kept, None, samples)
             refuted += wrong
             if not kept:
                 break
@@ -330,7 +347,7 @@ def _runs(consumer: Consumer, wanted: list[int]) -> list[tuple[int, int]] | None
     return runs
 
 
-def _candidates(traced: TracedModel, logits: bool) -> tuple[list[Symmetry], dict[str, str]]:
+def _candidates(traced: TracedModel, classes: int | None) -> tuple[list[Symmetry], dict[str, str]]:
     """Every candidate the graph supports, and for parameters in none of them, why."""
     producers = find_producers(traced)
     by_node = {p.node: p for p in producers}
@@ -372,7 +389,7 @@ def _candidates(traced: TracedModel, logits: bool) -> tuple[list[Symmetry], dict
     uses = parameter_uses(traced)
 
     def run(seeds, mode, units, uses_=uses, gains=True):
-        return walk(traced, seeds, mode, logits=logits, units=units, epsilons=epsilons, uses=uses_, gains=gains)
+        return walk(traced, seeds, mode, classes=classes, units=units, epsilons=epsilons, uses=uses_, gains=gains)
 
     gl_done: set[fx.Node] = set()
     stream: list[Producer] = []  # producers whose output is added to a residual stream
@@ -1461,8 +1478,8 @@ def _spans(slots: list[Slot], heads: int) -> list[Slot] | None:
 # the exact check
 
 
-def exact_defects(model: nn.Module, example_input, symmetries, *, logits: bool = True, seed: int = 0,
-                  samples: int | None = None) -> dict[str, float]:
+def exact_defects(model: nn.Module, example_input, symmetries, *, logits: bool = True, class_dim: int = -1,
+                  seed: int = 0, samples: int | None = None) -> dict[str, float]:
     """label -> relative output change under one finite element of each symmetry's group, measured in
     float64 on the traced graph with every norm epsilon at 0 and dropout off (``trace.ExactEvaluator``).
 
@@ -1473,11 +1490,12 @@ def exact_defects(model: nn.Module, example_input, symmetries, *, logits: bool =
     The model, its mode and the global RNG are left as they were.
     Raises: TraceError where torch.export cannot trace the model whole.
     """
-    return exact_check(model, example_input, symmetries, logits=logits, seed=seed, samples=samples)[0]
+    return exact_check(model, example_input, symmetries, logits=logits, class_dim=class_dim, seed=seed,
+                       samples=samples)[0]
 
 
-def exact_check(model: nn.Module, example_input, symmetries, *, logits: bool = True, seed: int = 0,
-                samples: int | None = None, anywhere: bool = False) -> tuple[dict[str, float], dict[str, float]]:
+def exact_check(model: nn.Module, example_input, symmetries, *, logits: bool = True, class_dim: int = -1,
+                seed: int = 0, samples: int | None = None, anywhere: bool = False) -> tuple[dict[str, float], dict[str, float]]:
     """(``exact_defects``, the epsilons that measurement set to 0: graph node -> the model's value),
     from one trace of the model. ``anywhere``: each change the larger of the one at the model's
     parameters and the one at a random point near them (``_measure(perturbed=True)``): an action that
@@ -1486,15 +1504,16 @@ def exact_check(model: nn.Module, example_input, symmetries, *, logits: bool = T
     rng = torch.get_rng_state()
     try:
         traced = _traced(model, example_input)
+        classes = class_axis(logits, class_dim)
         evaluate = ExactEvaluator(traced, model)
         if not anywhere:
-            return _measure(evaluate, model, list(symmetries), logits, samples, seed), dict(evaluate.epsilons)
+            return _measure(evaluate, model, list(symmetries), classes, samples, seed), dict(evaluate.epsilons)
         # at both points, each where it can resolve the tolerance (at the model's parameters anyway
         # where neither can)
-        here = _measure(evaluate, model, list(symmetries), logits, samples, seed, conditioned=True)
-        elsewhere = _measure(evaluate, model, list(symmetries), logits, samples, seed, perturbed=True, conditioned=True)
+        here = _measure(evaluate, model, list(symmetries), classes, samples, seed, conditioned=True)
+        elsewhere = _measure(evaluate, model, list(symmetries), classes, samples, seed, perturbed=True, conditioned=True)
         if here is None and elsewhere is None:
-            here = _measure(evaluate, model, list(symmetries), logits, samples, seed)
+            here = _measure(evaluate, model, list(symmetries), classes, samples, seed)
         found = here if elsewhere is None else elsewhere if here is None else \
             {label: max(value, elsewhere.get(label, value)) for label, value in here.items()}
         return found, dict(evaluate.epsilons)
@@ -1516,7 +1535,7 @@ def _ill_conditioned(output, params: Mapping[str, Tensor], reference: Tensor, se
     return _relative_change(output(nudged), reference) > 1e-13 * _CONDITION_LIMIT
 
 
-def _measure(evaluate: ExactEvaluator, model: nn.Module, symmetries: list[Symmetry], logits: bool,
+def _measure(evaluate: ExactEvaluator, model: nn.Module, symmetries: list[Symmetry], classes: int | None,
              samples: int | None, seed: int, *, perturbed: bool = False,
              conditioned: bool = False) -> dict[str, float] | None:
     """The exact changes of ``exact_defects`` through ``evaluate`` (joint per kind where ``samples``).
@@ -1530,11 +1549,16 @@ def _measure(evaluate: ExactEvaluator, model: nn.Module, symmetries: list[Symmet
     params = {name: p.detach().to(torch.float64, copy=True) for name, p in model.named_parameters()}
     random = torch.Generator().manual_seed(seed)
 
-    def output(values: Mapping[str, Tensor]) -> Tensor:
-        out = evaluate(values)
-        return torch.log_softmax(out, dim=-1) if logits else out
+    def normalised(out: Tensor) -> Tensor:
+        return torch.log_softmax(out, dim=classes) if classes is not None else out
 
-    reference = output(params)
+    def output(values: Mapping[str, Tensor]) -> Tensor:
+        return normalised(evaluate(values))
+
+    reference = evaluate(params)
+    if classes is not None:
+        class_axis(True, classes, reference)
+    reference = normalised(reference)
     settled = False  # whether the point measured at is known to be well-conditioned
     if perturbed:
         noise = torch.Generator().manual_seed(seed + 1)
@@ -1575,7 +1599,7 @@ def _elements(kind: Kind) -> int:
     return 2 if kind is Kind.PERMUTATION else 1
 
 
-def _checked(model: nn.Module, traced: TracedModel, candidates: list[Symmetry], logits: bool,
+def _checked(model: nn.Module, traced: TracedModel, candidates: list[Symmetry], classes: int | None,
              samples: int) -> tuple[list[Symmetry], list[Symmetry]]:
     """The candidates that keep the float64, eps-free output (relative change < EXACT_TOLERANCE);
     a candidate whose slots do not fit its parameters' shapes (an analysis fault) is refuted unmeasured."""
@@ -1585,7 +1609,7 @@ def _checked(model: nn.Module, traced: TracedModel, candidates: list[Symmetry], 
     candidates = [sym for sym in candidates if all(map(fits, sym.slots))]
     if not candidates:
         return [], misfits
-    measured = _measure(ExactEvaluator(traced, model), model, candidates, logits, samples, 0, perturbed=True)
+    measured = _measure(ExactEvaluator(traced, model), model, candidates, classes, samples, 0, perturbed=True)
     kept, rejected = [], []
     for sym in candidates:
         value = measured.get(sym.label)

@@ -558,7 +558,7 @@ def unit_index(out_shape: tuple[int, ...], axis: int, units: int, offset: int = 
     return (torch.arange(units) + offset).reshape(view).expand(out_shape)
 
 
-def walk(traced: TracedModel, seeds: dict[fx.Node, Tensor], mode: Mode, *, logits: bool, units: int,
+def walk(traced: TracedModel, seeds: dict[fx.Node, Tensor], mode: Mode, *, classes: int | None, units: int,
          epsilons: frozenset[str] = frozenset(), uses: dict[str, int] | None = None, gains: bool = True) -> Walk:
     """Follow ``seeds`` (node -> idx, or probe for SHIFT) forward through the graph (module docstring).
     ``gains=False``: a per-unit parameter multiplier does not end a DIAG walk (what the units meet after it)."""
@@ -580,7 +580,7 @@ def walk(traced: TracedModel, seeds: dict[fx.Node, Tensor], mode: Mode, *, logit
         if not tagged:
             continue
         if node.op == "output":
-            if mode is Mode.SHIFT and logits and _constant_along(tags[tagged[0]].value, -1):
+            if mode is Mode.SHIFT and classes is not None and _constant_along(tags[tagged[0]].value, classes):
                 result.absorbed = True
                 continue
             result.fail(node, "the transformed units reach the model's output")

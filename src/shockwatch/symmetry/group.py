@@ -451,6 +451,9 @@ class SymmetrySet:
     reasons: tuple[tuple[str, str], ...] = ()  # (parameter, why no symmetry covers it) for unanalysed ones
     # the norms' epsilons the exact check set to 0 (scale symmetries hold exactly only there)
     epsilons: tuple[float, ...] = ()
+    # the output's class axis the translations were found along (find_symmetries' class_dim); None
+    # where the output was not taken for logits
+    class_dim: int | None = None
     _plans: dict = field(init=False, repr=False)
     _by_kind: dict = field(init=False, repr=False)
     _unit_plans: dict = field(init=False, repr=False)  # parameter shapes -> _UnitPlan, built on first use
@@ -522,7 +525,7 @@ class SymmetrySet:
 
     def to(self, device: torch.device | str) -> SymmetrySet:
         return SymmetrySet(self.symmetries, torch.device(device), self.unanalysed, self.sizes, self.partial,
-                           self.rejected, self.reasons, self.epsilons)
+                           self.rejected, self.reasons, self.epsilons, self.class_dim)
 
     def charges(self, kind: Kind | str, params: Mapping[str, Tensor], *, absolute: bool = False) -> Tensor:
         """Charges of every symmetry of ``kind``, float64, in ``of_kind`` order.

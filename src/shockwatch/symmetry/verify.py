@@ -23,10 +23,10 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .detect import ExampleInputError, check_input, exact_check
+from .detect import ExampleInputError, check_input, class_axis, exact_check
 from .group import (Kind, Symmetry, SymmetrySet, act, act_gl, act_rotation, generator, permutation_generators, permute,
                     random_gl_element, unit_matrix)
-from .trace import EXACT_TOLERANCE, TraceError, call_arguments
+from .trace import EXACT_TOLERANCE, TraceError, call_arguments, model_output
 
 __all__ = ["Verification", "VerificationRow", "verify_symmetries"]
 
@@ -94,7 +94,7 @@ def verify_symmetries(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tens
                       symmetries: SymmetrySet | Sequence[Symmetry], *, train_mode: bool = True,
                       seed: int = 0, hessian_samples: int = 16, element_samples: int | None = 256,
                       weight_decay: float = 0.0, exact: bool = True, logits: bool | None = None,
-                      exact_samples: int | None = 256) -> Verification:
+                      class_dim: int | None = None, exact_samples: int | None = 256) -> Verification:
     """Loss invariance and gradient orthogonality of each symmetry, measured on ``batch``.
 
     ``batch`` = (inputs, targets); ``loss_fn(model(inputs), targets)`` is the loss; inputs may be a
@@ -117,13 +117,14 @@ def verify_symmetries(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tens
     one. The exact change is the larger of the one at the model's parameters and the one at a random
     point near them, so an action that forgets a tensor whose values hide it here (a norm's gains,
     all 1 at initialisation) is not accepted. ``logits``: compare log-probabilities (default: where
-    the set has translations).
+    the set has translations) over the output's ``class_dim`` axis (default: the axis the set was
+    found with, ``SymmetrySet.class_dim``, else -1).
     ``exact_samples``: symmetries per kind measured exactly one by one, beside one joint measurement
     per kind (all of them where the joint one is not round-off; None: every symmetry alone).
     The global RNG, the model's mode, parameters and buffers are left as they were.
     """
     try:
-        check_input(model, batch[0])
+        returned = check_input(model, batch[0])
     except ExampleInputError as error:
         double = any(p.dtype == torch.float64 for p in model.parameters())
         hint = (" (some kernels take no float64, e.g. torch's grouped product behind Hugging Face's mixtures of "
@@ -141,8 +142,12 @@ def verify_symmetries(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tens
     breakers = {"weight_decay": weight_decay} if weight_decay else {}
     if logits is None:
         logits = any(sym.kind is Kind.TRANSLATION for sym in symmetries)
+    if class_dim is None:
+        found_with = symmetries.class_dim if isinstance(symmetries, SymmetrySet) else None
+        class_dim = -1 if found_with is None else found_with
+    class_axis(logits, class_dim, model_output(returned) if logits else None)
     try:
-        exact_values, epsilons = exact_check(model, inputs, list(symmetries), logits=logits, seed=seed,
+        exact_values, epsilons = exact_check(model, inputs, list(symmetries), logits=logits, class_dim=class_dim, seed=seed,
                                              samples=exact_samples, anywhere=True)
         breakers.update({f"eps:{name}": value for name, value in epsilons.items()})
         error = ""
