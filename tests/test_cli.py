@@ -121,3 +121,39 @@ def test_bad_sizes_paths_and_stores_are_one_line_and_exit_2(tmp_path):
         result = runner.invoke(app, arguments)
         assert result.exit_code == 2, (arguments, result.output)
         assert "Traceback" not in result.output, arguments
+
+
+def _interrupt(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+def test_ctrl_c_says_what_was_kept_and_exits_130(tmp_path, monkeypatch):
+    """Typer alone exits 130 on Ctrl-C without a word; each command now names what it kept."""
+    from shockwatch import experiments, report
+    from shockwatch.experiments import falsifiable_prediction
+
+    monkeypatch.setattr(falsifiable_prediction, "run_testbed", _interrupt)
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo")])
+    assert result.exit_code == 130 and "interrupted: the steps logged so far are in" in result.output, result.output
+    monkeypatch.setattr(experiments.EXPERIMENTS["burgers-shock"], "run", _interrupt)
+    result = runner.invoke(app, ["reproduce", "burgers-shock", "--out", str(tmp_path / "fig")])
+    assert result.exit_code == 130 and "interrupted: nothing was written" in result.output, result.output
+    assert not (tmp_path / "fig").exists()
+    monkeypatch.setattr(report, "write_report", _interrupt)
+    result = runner.invoke(app, ["report", str(tmp_path)])
+    assert result.exit_code == 130 and "interrupted: no report was written" in result.output, result.output
+
+
+def test_symmetries_of_channel_first_logits(tmp_path, monkeypatch):
+    """A segmentation head (batch, 5 classes, H, W) from a factory: with --class-dim 1 its bias and its 8 input
+    columns are translations (a shift common to a pixel's class scores; by hand in
+    tests/symmetry/test_unseen_models.py), verified with the classes moved last for the loss."""
+    (tmp_path / "segnet.py").write_text("from torch import nn\n\ndef make():\n    return nn.Sequential("
+                                        "nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 5, 1))\n")
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["symmetries", "segnet:make", "--input-shape", "3,6,6", "--class-dim", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["counts"]["translation"] == 9 and data["verification"]["translation"]["max_loss_change"] < 1e-5
+    result = runner.invoke(app, ["symmetries", "segnet:make", "--input-shape", "3,6,6", "--class-dim", "4"])
+    assert result.exit_code == 2 and "class_dim 4 is not an axis" in result.output

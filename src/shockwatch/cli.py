@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -16,6 +17,17 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 console = Console(stderr=True, soft_wrap=True)
 
 
+@contextlib.contextmanager
+def _interruptible(kept: str):
+    """Ctrl-C inside: one line saying what was kept (``kept``), and exit status 130 (typer alone exits
+    130 without a word)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        console.print(f"interrupted: {kept}")
+        raise typer.Exit(code=130) from None
+
+
 def _run_experiment(name: str, out: Path, as_json: bool, full: bool = False) -> None:
     module = EXPERIMENTS[name]
     if full and not hasattr(module.Config, "full"):
@@ -23,7 +35,8 @@ def _run_experiment(name: str, out: Path, as_json: bool, full: bool = False) -> 
         raise typer.Exit(code=2)
     config = module.Config.full() if full else module.Config()
     console.print(f"running {name} ...")
-    result = module.run(config, progress=True)
+    with _interruptible(f"nothing was written to {out}"):
+        result = module.run(config, progress=True)
     paths = result.save(out)
     if as_json:
         typer.echo(json.dumps(result.to_json()))
@@ -74,9 +87,13 @@ def demo(
     if target != out:
         console.print(f"{out} holds a run already: writing {target}")
     console.print(f"training {testbed} under the monitor ({config.curvature_samples} curvature samples) ...")
-    with Progress(console=console, transient=True) as bar:
-        outcome = fp.run_testbed(testbed, config, target, bar=bar, tensorboard=True)
-    report = write_report(target)
+    with _interruptible(f"the steps logged so far are in {target / 'run.sqlite'} "
+                        f"(shockwatch report {target} draws them)"):
+        with Progress(console=console, transient=True) as bar:
+            outcome = fp.run_testbed(testbed, config, target, bar=bar, tensorboard=True)
+    with _interruptible(f"the run is complete in {target / 'run.sqlite'}; its report was not written "
+                        f"(shockwatch report {target} writes it)"):
+        report = write_report(target)
     with RunStore(target / "run.sqlite", read_only=True) as store:
         meta, names = store.meta(), store.names()
         law = {n.split("/")[1]: max(store.scalars(n)[1]) for n in names if n.startswith("charge_law_error/")}
@@ -142,7 +159,8 @@ def report(run_dir: Path = typer.Argument(..., help="A Monitor's log_dir (holds 
         console.print(f"[red]error:[/red] {run_dir} is a file: give the run's folder (a Monitor's log_dir) or its run.sqlite")
         raise typer.Exit(code=2)
     try:
-        path = write_report(run_dir)
+        with _interruptible(f"no report was written (an earlier report.html in {run_dir} is as it was)"):
+            path = write_report(run_dir)
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(code=2) from None
@@ -170,6 +188,9 @@ def symmetries(
                                            "smallest published size, e.g. GPT-2 124M)."),
     depth: int = typer.Option(0, min=0, help="hf with --size published: keep this many of the published layers "
                                       "(0: all), e.g. Mistral 7B's width at 1 layer."),
+    class_dim: int = typer.Option(-1, "--class-dim", help="The output's class axis: -1 for (..., classes) logits, "
+                                                         "1 for channel-first ones such as a segmentation head's "
+                                                         "(batch, classes, H, W)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON instead of tables."),
 ) -> None:
     """Find and verify the symmetries of a model: counts per kind and layer, errors, unanalysed modules.
@@ -222,15 +243,15 @@ def symmetries(
             inputs = (torch.randint(0, vocabulary, (batch, *shape), generator=generator) if vocabulary
                       else torch.randn((batch, *shape), generator=generator))
         start = time.perf_counter()
-        found = find_symmetries(network, inputs)
+        found = find_symmetries(network, inputs, class_dim=class_dim)
         timings["find_symmetries_s"] = time.perf_counter() - start
         args, kwargs = call_arguments(network, inputs)
         with torch.no_grad():
-            output_shape = model_output(network.eval()(*args, **kwargs)).shape
+            output_shape = model_output(network.eval()(*args, **kwargs)).movedim(class_dim, -1).shape
         targets = torch.randint(0, output_shape[-1], tuple(output_shape[:-1]), generator=generator)
 
-        def loss(outputs, labels):  # classifiers (batch, classes) and language models (batch, length, vocab)
-            outputs = model_output(outputs)
+        def loss(outputs, labels):  # the classes moved last: classifiers, language models, segmentation heads
+            outputs = model_output(outputs).movedim(class_dim, -1)
             return F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), labels.reshape(-1))
 
         start = time.perf_counter()
@@ -240,6 +261,9 @@ def symmetries(
     except (ValueError, ImportError, AttributeError) as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(code=2) from None
+    except KeyboardInterrupt:
+        console.print("interrupted: nothing was written")
+        raise typer.Exit(code=130) from None
     per_layer: dict[str, dict[str, int]] = {}
     for sym in found:
         layer = sym.label.split("/")[1]

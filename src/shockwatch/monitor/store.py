@@ -113,8 +113,12 @@ class RunStore:
         # one connection, used by this thread and the writer thread in turn
         self._lock = threading.Lock()
         if read_only:
-            # a URI: the path percent-encoded (a folder named "exp#1" or "what?" is no query or fragment)
-            self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)
+            # a URI: the path percent-encoded (a folder named "exp#1" or "what?" is no query or fragment).
+            # A finished run (no writer's lock, no write-ahead log) is read as immutable: SQLite then
+            # leaves no -wal / -shm files beside it, which a read-only connection cannot remove
+            finished = not any(self.path.with_name(self.path.name + suffix).exists() for suffix in ("-wal", "-lock"))
+            query = "mode=ro&immutable=1" if finished else "mode=ro"
+            self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?{query}", uri=True)
             return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,8 @@ One plot per logged observable, in rows: a raw observable on the left beside its
 counterpart on the right (|g| and |P_H g|, |theta| and the path norm, raw and quotient curvature and
 shock forecasts, |W_Q||W_K| and the attention logit maximum), then the observables with no raw
 counterpart (gradient breaking, charge drift, exact-law error, per kind) on the right and those with
-no quotient counterpart on the left. Events (non-finite steps) and the live warnings are marked on
+no quotient counterpart on the left, after a table of every observable's last finite value, minimum
+and maximum. Events (non-finite steps) and the live warnings are marked on
 the loss curve and listed, the warnings in a table of their own (rule, signal, forecast step, lead). Reads the run store only: nothing is recomputed here.
 """
 
@@ -48,6 +49,15 @@ def _figure_uri(draw) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
+def _summary(values) -> str:
+    """Table cells of one observable: steps logged, finite ones, the last finite value, min and max."""
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return f"<td>{len(values)}</td><td>0</td><td></td><td></td><td></td>"
+    return (f"<td>{len(values)}</td><td>{len(finite)}</td><td>{finite[-1]:.6g}</td><td>{min(finite):.6g}</td>"
+            f"<td>{max(finite):.6g}</td>")
+
+
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write ``run_dir/report.html`` (or ``out``) from ``run_dir/run.sqlite``; returns its path."""
     run_dir = Path(run_dir)
@@ -71,7 +81,14 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         steps, values = series[name]
 
         def draw(ax) -> None:
-            ax.plot(steps, values, lw=1.3)
+            line, = ax.plot(steps, values, lw=1.3)
+            # a finite value with no finite neighbour draws no line: a marker (a 1-step run, a point between NaNs)
+            finite = [math.isfinite(v) for v in values]
+            alone = [i for i, ok in enumerate(finite) if ok and not (i > 0 and finite[i - 1])
+                     and not (i + 1 < len(finite) and finite[i + 1])]
+            if alone:
+                ax.plot([steps[i] for i in alone], [values[i] for i in alone], ls="none", marker="o", ms=3,
+                        color=line.get_color())
             if name == "loss":
                 for step in marked:
                     ax.axvline(step, color="red", lw=0.8, ls="--")
@@ -99,6 +116,10 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         f"<tr><td>{w.step}</td><td>{html.escape(w.rule)}</td><td>{w.signal}</td><td>{html.escape(w.observable)}</td>"
         f"<td>{w.value:.4g}</td><td>{'' if w.forecast is None else w.forecast}</td>"
         f"<td>{'' if w.lead is None else w.lead}</td></tr>" for w in raised)
+    summary_rows = "".join(f"<tr><td>{html.escape(name)}</td>{_summary(series[name][1])}</tr>" for name in names)
+    summary = (f"<h2>observables ({len(names)})</h2><table><tr><td>observable</td><td>steps logged</td>"
+               f"<td>finite</td><td>last finite</td><td>min</td><td>max</td></tr>{summary_rows}</table>" if names
+               else "<h2>observables</h2><p>no steps logged</p>")
     meta_rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in sorted(meta.items()))
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>shockwatch report: {html.escape(run_dir.name)}</title>
@@ -107,6 +128,7 @@ table{{border-collapse:collapse}} td{{border:1px solid #ccc;padding:2px 6px;font
 table.plots td{{border:none;vertical-align:top}}</style></head>
 <body><h1>shockwatch report: {html.escape(run_dir.name)}</h1>
 <table>{meta_rows}</table>
+{summary}
 <table class="plots"><tr><th>raw</th><th>symmetry-aware</th></tr>{grid}</table>
 <h2>warnings ({len(raised)})</h2><p>Raised live by the monitor's rules; on the loss curve as dotted lines
 (orange: a quotient signal, purple: a raw one; other events red dashed).</p>
