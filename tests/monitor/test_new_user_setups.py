@@ -276,3 +276,143 @@ def test_a_list_of_rules_reused_for_a_second_run_starts_fresh(tmp_path):
     assert warned == [[21], [21]]
     with pytest.raises(TypeError, match="sequence of rules"):
         sw.Monitor(model, opt, tmp_path / "three", tensorboard=False, warnings=rules[0])
+
+
+def test_parameters_the_optimizer_does_not_hold_are_not_observed(tmp_path):
+    """An optimizer over the head only, the body left trainable: zero_grad never clears the body's
+    gradients, which pile up, and |g| and |theta| counted them (0.660 against 0.073 and 5.01 against
+    1.31 by step 5 in the trial). Truth: |g| and |theta| over what the optimizer holds, by hand."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4))
+    x, y = torch.randn(64, 8), torch.randint(0, 4, (64,))
+    opt = torch.optim.AdamW(model[4].parameters(), lr=1e-2)
+    with sw.Monitor(model, opt, tmp_path / "run", example_input=x, tensorboard=False) as mon:
+        for _ in range(5):
+            loss, grad, update = by_hand_step(model, opt, lambda: F.cross_entropy(model(x), y))
+            values = mon.step(loss)
+            assert values["grad_norm"] == pytest.approx(grad, rel=1e-6)
+            assert values["update_norm"] == pytest.approx(update, rel=1e-5)
+            head = math.sqrt(sum(float(p.detach().double().square().sum()) for p in held(opt)))
+            assert values["param_norm"] == pytest.approx(head, rel=1e-6)
+    assert float(model[0].weight.grad.norm()) > 0  # the body's gradients were there all along
+    events = RunStore(tmp_path / "run" / "run.sqlite", read_only=True).events()
+    assert any(kind == "frozen-parameters" and "in none of the optimizer's param groups" in message
+               for _, kind, message in events)
+
+
+class GeneratorAndCritic(nn.Module):
+    """A generator and a critic in one module, each trained by its own optimizer (a GAN's usual loop)."""
+
+    def __init__(self):
+        super().__init__()
+        self.generator = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 6))
+        self.critic = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 1))
+
+    def forward(self, z):
+        return self.critic(self.generator(z))
+
+
+def test_two_optimizers_over_one_module_each_observe_their_own(tmp_path):
+    """Two monitors, one per optimizer, on one module: each counted the other's parameters in |g| (1.036
+    against 0.167) and kept symmetries acting on them, whose charges the other optimizer moves: the
+    critic's SGD law read 4.5e-2. Truth: |g| by hand over each optimizer's parameters; the exact SGD law
+    (round-off) for the symmetries of the parameters each optimizer steps."""
+    torch.manual_seed(0)
+    model = GeneratorAndCritic()
+    z, real = torch.randn(32, 4), torch.randn(32, 6)
+    generator_opt = torch.optim.SGD(model.generator.parameters(), lr=0.05)
+    critic_opt = torch.optim.SGD(model.critic.parameters(), lr=0.05)
+    syms = sw.find_symmetries(model, z, logits=False)
+    with sw.Monitor(model, generator_opt, tmp_path / "g", symmetries=syms, tensorboard=False) as watch_generator, \
+            sw.Monitor(model, critic_opt, tmp_path / "c", symmetries=syms, tensorboard=False) as watch_critic:
+        for _ in range(4):
+            loss, grad, _ = by_hand_step(model, critic_opt,
+                                         lambda: model.critic(model.generator(z).detach()).mean() - model.critic(real).mean())
+            values = watch_critic.step(loss)
+            assert values["grad_norm"] == pytest.approx(grad, rel=1e-6)
+            assert values["charge_law_error/rescale"] < 1e-5
+            loss, grad, _ = by_hand_step(model, generator_opt, lambda: -model(z).mean())
+            values = watch_generator.step(loss)
+            assert values["grad_norm"] == pytest.approx(grad, rel=1e-6)
+            assert values["charge_law_error/rescale"] < 1e-5
+
+
+def test_an_infinity_is_stored_as_itself(tmp_path):
+    """A step GradScaler skips has |g| = inf: mon.step returned inf, the store read back NaN (every
+    non-finite value went to NULL). SQLite stores +-inf as REAL; only NaN needs NULL."""
+    with RunStore(tmp_path / "run.sqlite") as store:
+        store.log(1, {"grad_norm": math.inf, "loss": math.nan, "low": -math.inf, "fine": 0.25})
+    with RunStore(tmp_path / "run.sqlite", read_only=True) as store:
+        assert store.scalars("grad_norm")[1] == [math.inf] and store.scalars("low")[1] == [-math.inf]
+        assert math.isnan(store.scalars("loss")[1][0]) and store.scalars("fine")[1] == [0.25]
+
+
+def test_symmetries_name_the_parameters_inside_torch_compile(tmp_path):
+    """torch.compile(model) holds the same parameter tensors under '_orig_mod.' names: symmetries found on
+    one were refused for the other ("found on another model?"). Both now name them as the model inside
+    does (the compiled model is never run here: no compiler needed)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 4))
+    compiled = torch.compile(model)
+    x, y = torch.randn(16, 8), torch.randint(0, 4, (16,))
+    on_compiled, on_eager = sw.find_symmetries(compiled, x), sw.find_symmetries(model, x)
+    assert [s.label for s in on_compiled] == [s.label for s in on_eager] and on_eager.counts()["rescale"] == 32
+    assert {slot.param for s in on_compiled for slot in s.slots} == {"0.weight", "0.bias", "2.weight", "2.bias"}
+    for watched, syms, name in ((model, on_compiled, "a"), (compiled, on_eager, "b")):
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        with sw.Monitor(watched, opt, tmp_path / name, symmetries=syms, tensorboard=False) as mon:
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            assert mon.step(loss)["charge_law_error/rescale"] < 1e-5
+    with pytest.raises(ValueError, match="start with '_orig_mod.', a wrapper's"):
+        sw.quotient.canonical(on_eager, {k: v.detach() for k, v in compiled.named_parameters()})
+
+
+def test_norms_are_float64_without_scale_or_rescale_symmetries(tmp_path):
+    """A tanh MLP has no scale or rescale group, so the C kernel (float64) never ran and |g|, |theta| and
+    the update were summed in float32: 1.6e-8 to 4.4e-8 off. Truth: the same sums by hand in float64."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 64), nn.Tanh(), nn.Linear(64, 10))
+    x, y = torch.randn(64, 16), torch.randint(0, 10, (64,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with sw.Monitor(model, opt, tmp_path / "run", example_input=x, tensorboard=False) as mon:
+        assert mon.symmetries.counts()["rescale"] == 0
+        for _ in range(2):
+            loss, grad, update = by_hand_step(model, opt, lambda: F.cross_entropy(model(x), y))
+            values = mon.step(loss)
+            norm = math.sqrt(sum(float(p.detach().double().square().sum()) for p in model.parameters()))
+            assert values["grad_norm"] == pytest.approx(grad, rel=1e-14)
+            assert values["update_norm"] == pytest.approx(update, rel=1e-14)
+            assert values["param_norm"] == pytest.approx(norm, rel=1e-14)
+
+
+def test_weights_edited_between_steps_restart_the_laws(tmp_path):
+    """At lr 0 nothing the optimizer does moves a charge, so the exact law's error is 0 at every step.
+    model.to(bfloat16) and a clip to a box under no_grad (a WGAN critic) between steps moved the charges
+    outside the law, whose error then read 1.8e-3 and 7.6 for the rest of the run. Now the laws start
+    again from the charges after the edit, with a "rebound" event naming it."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 10))
+    x, y = torch.randn(128, 16), torch.randint(0, 10, (128,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    with sw.Monitor(model, opt, tmp_path / "run", example_input=x, tensorboard=False) as mon:
+        for step in range(1, 9):
+            if step == 3:
+                model.to(torch.bfloat16)
+                x = x.bfloat16()
+            if step == 6:
+                with torch.no_grad():
+                    for p in model.parameters():
+                        p.clamp_(-0.05, 0.05)
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x).float(), y)
+            loss.backward()
+            opt.step()
+            values = mon.step(loss)
+            assert values["charge_law_error/rescale"] == 0.0 and values["charge_law_error/translation"] == 0.0
+    events = RunStore(tmp_path / "run" / "run.sqlite", read_only=True).events()
+    rebounds = [(step, message) for step, kind, message in events if kind == "rebound"]
+    assert [step for step, _ in rebounds] == [3, 6]
+    assert all("changed outside optimizer.step()" in message for _, message in rebounds)

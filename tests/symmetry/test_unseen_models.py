@@ -356,3 +356,154 @@ def test_class_dim_errors_are_one_line():
         sw.find_symmetries(model, x, class_dim=4)
     with pytest.raises(TypeError, match="class_dim must be an int"):
         sw.find_symmetries(model, x, class_dim=True)
+
+
+def test_two_wrong_moves_that_undo_each_other_are_each_refuted():
+    """LiLT adds its text and layout attention scores head by head: permuting one stream's heads alone
+    re-pairs them, yet both moved by the same element are exact, and a joint check that moved every
+    permutation of a kind by the same generator accepted three such one-stream permutations (2e-7 to
+    1e-4 by hand). Truth: each accepted permutation applied by hand in float64, at the model's point and
+    at one with query and key weights x10 (a symmetry holds at every point)."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.LiltConfig(vocab_size=96, max_position_embeddings=64, hidden_size=48, intermediate_size=96,
+                                     num_hidden_layers=2, num_attention_heads=4, pad_token_id=0, channel_shrink_ratio=4,
+                                     num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model = transformers.LiltForSequenceClassification(config).eval()
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, 96, (2, 10), generator=generator)
+    box = torch.sort(torch.randint(0, 1000, (2, 10, 2, 2), generator=generator), dim=2)[0].reshape(2, 10, 4)
+    inputs = {"input_ids": ids, "bbox": box}
+    syms = sw.find_symmetries(model, inputs)
+    double = model.double()
+    for module in double.modules():
+        if isinstance(getattr(module, "eps", None), float):
+            module.eps = 0.0
+    params = {n: p.detach() for n, p in double.named_parameters()}
+    larger = {n: p * 10 if n.endswith(("query.weight", "key.weight")) else p for n, p in params.items()}
+    for point in (params, larger):
+        before = functional_call(double, point, kwargs=inputs).logits.log_softmax(-1)
+        for sym in syms.of_kind(Kind.PERMUTATION):
+            for order in sw.symmetry.permutation_generators(sym.unit_count):
+                after = functional_call(double, sw.symmetry.permute(sym, point, order), kwargs=inputs).logits.log_softmax(-1)
+                assert float((after - before).abs().max() / before.abs().max()) < 1e-10, sym.label
+    assert sum(label.endswith("query/heads") for label in syms.rejected) == 4  # one per stream and layer
+
+
+class DroppedInPlace(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.drop, self.head = nn.Dropout(0.5, inplace=True), nn.Linear(8, 5)
+
+    def forward(self, x):
+        return self.head(self.drop(torch.relu(self.bn(self.conv(x))).mean((2, 3))))
+
+
+def test_in_place_dropout_is_off_in_the_exact_check():
+    """A batch norm makes the trace run in training mode, where nn.Dropout(inplace=True) is aten.dropout_;
+    only the out-of-place form was removed, the check's forward was random and every candidate refuted
+    (Hugging Face MobileNetV2: 0 accepted, 6700 refuted). Truth by hand: 8 per-channel scales of the batch
+    norm's input, the head's 8 columns and bias, each exact."""
+    torch.manual_seed(0)
+    model = DroppedInPlace()
+    x = torch.randn(4, 3, 8, 8)
+    syms = sw.find_symmetries(model, x)
+    assert not syms.rejected
+    assert syms.counts()["scale"] == 8 and syms.counts()["translation"] == 9
+    model.drop.p, model.bn.eps = 0.0, 1e-300  # by hand: dropout off, the norm's eps ~0, batch statistics
+    assert moved_by_hand(model, x, shifted={"head.bias": 0.7}) < 1e-14
+    assert moved_by_hand(model, x, scaled={"conv.weight": slice(0, 1)}) < 1e-12
+
+
+class ShuffledPatches(nn.Module):
+    """Draws a random order of its tokens in the forward pass and keeps half (ViTMAE's patch masking)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.hidden, self.head = nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        order = torch.rand(x.shape[:2]).argsort(1)[:, : x.shape[1] // 2]
+        kept = x.gather(1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        return self.head(torch.relu(self.hidden(torch.relu(self.embed(kept)))).mean(1))
+
+
+def test_random_draws_in_the_forward_are_the_same_at_every_exact_evaluation():
+    """The exact check compared outputs drawn with different random orders: every candidate refuted
+    (ViTMAE: 0 accepted, 404 refuted). Truth by hand, the same seed before both forward passes: each
+    unit's rescale (16), the head's translations (8 columns and the bias) exact."""
+    torch.manual_seed(0)
+    model = ShuffledPatches().double()
+    x = torch.randn(2, 6, 4, dtype=torch.float64)
+    before = torch.get_rng_state()
+    syms = sw.find_symmetries(model, x)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert not syms.rejected and syms.counts()["rescale"] == 16 and syms.counts()["translation"] == 9
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    torch.manual_seed(3)
+    reference = functional_call(model, params, (x,)).log_softmax(-1)
+    for sym in syms.of_kind(Kind.RESCALE)[:3]:
+        torch.manual_seed(3)
+        moved = functional_call(model, sw.symmetry.act(sym, params, 0.6), (x,)).log_softmax(-1)
+        assert float((moved - reference).abs().max()) < 1e-14
+
+
+class RoutedByValue(nn.Module):
+    """Rows routed to an adapter by a boolean mask: a size that depends on the data (X-MOD's languages)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.adapter, self.head = nn.Linear(6, 8), nn.Linear(8, 8), nn.Linear(8, 4)
+
+    def forward(self, x, lang):
+        h = torch.relu(self.inp(x))
+        out = torch.zeros_like(h)
+        out[lang == 1] = self.adapter(h[lang == 1])
+        return self.head(h + out)
+
+
+def test_a_size_that_depends_on_the_data_is_a_reason_not_a_crash():
+    torch.manual_seed(0)
+    syms = sw.find_symmetries(RoutedByValue(), (torch.randn(4, 6), torch.tensor([0, 1, 0, 1])))
+    assert "<model>" in syms.partial
+    assert "a size that depends on the data" in dict(syms.reasons)["inp.weight"]
+
+
+class Checkpointed(nn.Module):
+    """A residual MLP block under torch.utils.checkpoint(use_reentrant=True), which runs it under no_grad."""
+
+    def __init__(self, reentrant):
+        super().__init__()
+        self.inp, self.up, self.down, self.head = nn.Linear(8, 16), nn.Linear(16, 32), nn.Linear(32, 16), nn.Linear(16, 4)
+        self.reentrant = reentrant
+
+    def forward(self, x):
+        h = self.inp(x)
+        block = lambda t: self.down(torch.relu(self.up(t)))  # noqa: E731
+        if self.reentrant is None:
+            return self.head(h + block(h))
+        return self.head(h + torch.utils.checkpoint.checkpoint(block, h, use_reentrant=self.reentrant))
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_a_reentrant_activation_checkpoint_hides_nothing():
+    """The reentrant checkpoint's no_grad region was one opaque higher-order op to torch.export: no
+    symmetry at all, the head's translations included. Truth: the plain block's symmetries (the 32 hidden
+    units' rescales and the 16 residual-stream features', the head's 16 columns and bias), and by hand in
+    float64 the head's shift and every rescale (a factor e^0.6 on each unit's incoming weights)."""
+    x = torch.randn(6, 8)
+    found = {}
+    for reentrant in (None, True, False):
+        torch.manual_seed(0)
+        found[reentrant] = sw.find_symmetries(Checkpointed(reentrant), x)
+    assert [s.label for s in found[True]] == [s.label for s in found[None]] == [s.label for s in found[False]]
+    assert found[True].counts()["rescale"] == 48 and found[True].counts()["translation"] == 17
+    torch.manual_seed(0)
+    model = Checkpointed(True).double()
+    assert moved_by_hand(model, x.double(), shifted={"head.bias": 0.7}) < 1e-14
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    before = functional_call(model, params, (x.double(),))
+    for sym in found[True].of_kind(Kind.RESCALE):
+        after = functional_call(model, sw.symmetry.act(sym, params, 0.6), (x.double(),))
+        assert float((after - before).abs().max() / before.abs().max()) < 1e-13, sym.label

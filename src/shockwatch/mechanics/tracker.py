@@ -59,6 +59,7 @@ import torch
 from torch import Tensor, nn
 
 from ..symmetry import Kind, SymmetrySet, sharded
+from ..symmetry.trace import unwrapped_model
 from . import laws
 from .blocks import BlockLaws, NoLaw
 
@@ -183,6 +184,7 @@ class ConservationTracker:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, symmetries: SymmetrySet,
                  *, record_every: int = 1, compile: bool = False, keep_history: bool = True,
                  size_floor: float = 1e-6, hook: bool = True) -> None:
+        model = unwrapped_model(model)  # torch.compile's and DDP's wrappers: the parameters as the symmetries name them
         self._named = list(model.named_parameters())  # read every step: named_parameters() is slow
         # one-line errors for symmetries found on another model (names, shapes or sizes that differ)
         symmetries.check_params(dict(model.named_parameters(remove_duplicate=False)),

@@ -68,6 +68,7 @@ from ..mechanics.tracker import dense
 from ..quotient import horizontal_projector
 from ..symmetry import Kind, SymmetrySet, _native, find_symmetries, sharded
 from ..symmetry.group import FusedSums
+from ..symmetry.trace import unwrapped_model
 from .._preserved import preserved
 from .attention import attention_observables, gl_invariants
 from .curvature import CURVATURE_PATH, adam_preconditioner, curvature, update_curvature
@@ -147,7 +148,6 @@ def _needs_upcast(t: Tensor, compiled: bool) -> bool:
                 and _native.library() is not None)
 
 
-_version = attrgetter("_version")  # bumped by every in-place write: an optimizer's update, p.add_
 _dtype, _shape, _device = attrgetter("dtype"), attrgetter("shape"), attrgetter("device")
 _requires_grad = attrgetter("requires_grad")
 
@@ -330,10 +330,19 @@ class Monitor:
     curvature and attention routines need full parameters on one rank and are off); ``optimizer`` in a wrapper that holds it as ``.optimizer`` (Accelerate's
     AcceleratedOptimizer, Lightning's LightningOptimizer).
 
+    Observed parameters: the model's that ``optimizer`` holds with requires_grad (|g|, |theta| and the
+    update also count what else it holds); a parameter it does not hold (another optimizer's, as in a
+    GAN trained as one module) is in no norm, and the symmetries acting on it are left out as on a
+    frozen one. ``model`` may be ``torch.compile``'d: symmetries are named as in the model inside.
+
     Mid-run changes: a dtype or storage change of the parameters (``model.double()``, ``p.data = ...``)
     rebuilds the per-step plan and the copies of theta_t; a param group added or a parameter frozen or
-    unfrozen, or the parameters moved to another device, rebuilds the laws from the charges at that
-    step (a "rebound" event); a new optimizer is observed once given to ``attach`` (until then
+    unfrozen, the parameters moved to another device, or written between steps outside the optimizer
+    (an in-place edit under ``no_grad`` such as a WGAN critic's clip, ``load_state_dict``, a dtype
+    change) rebuilds the laws from the charges at that step (a "rebound" event). An in-place edit
+    through ``p.data`` (``p.data.clamp_``) bypasses the version counter that tells such writes and is
+    not seen: the laws then carry its jump; write ``with torch.no_grad(): p.clamp_(...)`` instead.
+    A new optimizer is observed once given to ``attach`` (until then
     ``mon.step`` raises, as it does when called with no optimizer step since the last call).
     A constructor that fails leaves no file behind; after ``close()`` every method but ``close``
     raises RuntimeError.
@@ -417,8 +426,9 @@ class Monitor:
         for needs in ("curvature", "update_curvature"):
             if getattr(schedule, needs) is not None and loss_fn is None:
                 raise ValueError(f"schedule.{needs} needs loss_fn=(outputs, targets) -> loss")
-        if isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module  # the same parameter tensors; DDP averages their gradients
+        # DDP's and torch.compile's wrappers: the same parameter tensors (DDP averages their
+        # gradients), named as the symmetries found on the model inside them are
+        model = unwrapped_model(model)
         if not 0 < curvature_tol < 1:
             raise ValueError(f"curvature_tol must be in (0, 1) (Lanczos' relative tolerance), got {curvature_tol}")
         optimizer = _unwrap(optimizer)
@@ -561,16 +571,19 @@ class Monitor:
         self._closed = True
 
     def _bind_parameters(self) -> None:
-        """The parameters observed: those with requires_grad, in the model's order, and what the
-        optimizer holds (to see an added param group or a parameter frozen or unfrozen mid-run)."""
-        self._named = [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
+        """The parameters observed: the model's that this optimizer trains (requires_grad and in one of
+        its param groups; one left out of them has a gradient that nothing clears, and another
+        optimizer may step it), in the model's order, and what else the optimizer holds (to see an
+        added param group or a parameter frozen or unfrozen mid-run)."""
+        held = list({id(p): p for group in self.optimizer.param_groups for p in group["params"]}.values())
+        held_ids = {id(p) for p in held}
+        self._named = [(name, p) for name, p in self.model.named_parameters() if p.requires_grad and id(p) in held_ids]
         self._names = [name for name, _ in self._named]
         # the parameter objects themselves, listed once (every per-step use is under no_grad: no
         # detach per parameter per step)
         self._params = [p for _, p in self._named]
         self._named_params = dict(self._named)
         self._group_count = len(self.optimizer.param_groups)
-        held = list({id(p): p for group in self.optimizer.param_groups for p in group["params"]}.values())
         self._frozen_held = [p for p in held if not p.requires_grad]
         # what else the optimizer steps: a frozen parameter it still holds (its momentum buffer or
         # weight decay moves it) and parameters outside the model (a learnable temperature, a loss
@@ -582,8 +595,7 @@ class Monitor:
         self._outside_before: list[Tensor] = []  # their theta_t, copied before each step
         # the parameters this optimizer steps: one of them changed with no step of it means another
         # optimizer (a new one, not attached) updates them (another optimizer's own parameters may move)
-        held_ids = {id(p) for p in held}
-        self._stepped_params = [p for p in self._params if id(p) in held_ids]
+        self._stepped_params = list(self._params)
         self._before: list[Tensor] | None = None  # theta_t, copied in the pre-step pass
         self._copies_layout: tuple | None = None  # the parameters' dtypes, shapes and devices the copies were made for
         self._upcast = False  # whether the passes sum from float64 copies (set with the copies)
@@ -591,7 +603,12 @@ class Monitor:
         self._have_before = False  # whether _before holds this step's theta_t
         self._quadratic: list[int] = []  # the numbers of scale and rescale groups; [] without any
         self._rest = list(range(len(self._params)))
-        self._versions = list(map(_version, self._stepped_params))
+        self._versions = self._stamps()
+
+    def _stamps(self) -> list[tuple[int, int, torch.dtype]]:
+        """Per parameter this optimizer steps: its version counter (bumped by every in-place write made
+        with autograd's knowledge), its storage and dtype (a ``.data`` or dtype swap)."""
+        return [(p._version, p.data_ptr(), p.dtype) for p in self._stepped_params]
 
     def _bind(self, *, start: bool = False) -> None:
         """What depends on the optimizer and on which parameters train: the symmetries acting on
@@ -599,17 +616,22 @@ class Monitor:
         per-step pass. At the start and again after ``attach`` or a change of trainable parameters."""
         model, optimizer, symmetries = self.model, self.optimizer, self._all_symmetries
         previous = self.symmetries
+        trained = set(self._names)
         frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
-        if symmetries is not None and frozen:
-            # a frozen parameter does not move: a symmetry that acts on it is no symmetry of the
-            # training dynamics, and its charge obeys no conservation law
-            kept = tuple(sym for sym in symmetries if not any(slot.param in frozen for slot in sym.slots))
+        untrained = {name for name, p in model.named_parameters() if p.requires_grad and name not in trained}
+        if symmetries is not None and (frozen or untrained):
+            # a parameter this optimizer does not step moves by no law of its: a symmetry that acts on
+            # it is no symmetry of these training dynamics, and its charge obeys no conservation law
+            kept = tuple(sym for sym in symmetries if not any(slot.param in frozen | untrained for slot in sym.slots))
             if len(kept) < len(symmetries):
+                named = lambda names: f"{', '.join(sorted(names)[:3])}{', ...' if len(names) > 3 else ''}"  # noqa: E731
+                why = " and ".join(part for part in (
+                    f"with requires_grad=False ({named(frozen)})" if frozen else "",
+                    f"in none of the optimizer's param groups ({named(untrained)})" if untrained else "") if part)
                 # stamped with the first step observed so, as the "rebound" of a mid-run change is
                 self._event(self._step if start else self._step + 1, "frozen-parameters",
                             f"{len(symmetries) - len(kept)} of {len(symmetries)} symmetries act on parameters "
-                            f"with requires_grad=False ({', '.join(sorted(frozen)[:3])}{', ...' if len(frozen) > 3 else ''})"
-                            ": left out, as no gradient reaches them and their charges obey no law")
+                            f"{why}: left out, as this optimizer does not step them and their charges obey no law")
                 symmetries = replace(symmetries, symmetries=kept)
         same_groups = previous is not None and symmetries is not None and \
             [s.label for s in previous] == [s.label for s in symmetries]
@@ -773,12 +795,12 @@ class Monitor:
             return self._not_stepped(float(value))
         if self.deferred:
             self._defer(value, pre, raw, settings, batch)
-            self._versions = list(map(_version, self._stepped_params))
+            self._versions = self._stamps()
             if len(self._pending) >= self.flush_every:
                 self.flush()
             return {}
         values = self._finish(value, pre, settings, self._now(batch, settings))
-        self._versions = list(map(_version, self._stepped_params))
+        self._versions = self._stamps()
         return values
 
     def _now(self, batch, settings) -> _Pending:
@@ -897,7 +919,7 @@ class Monitor:
         """``step()`` where the optimizer took no step since the last call (see ``step``)."""
         grad_norm = self._held_grad_norm()
         values = {"loss": value, "grad_norm": grad_norm, "lr": self._lr(None)}
-        if list(map(_version, self._stepped_params)) != self._versions:  # something else moved the parameters
+        if self._stamps() != self._versions:  # something else moved the parameters
             message = (f"step {self._step}: the parameters changed but {type(self.optimizer).__name__}, the optimizer "
                        "this monitor observes, did not step: for a new optimizer call mon.attach(optimizer)")
             self._event(self._step, "optimizer-not-observed", message)
@@ -1022,6 +1044,14 @@ class Monitor:
             # model.to(device) mid-run: the symmetries' index plans follow the parameters
             self._all_symmetries = self._all_symmetries.to(self._params[0].device)
             self._rebind(f"step {step}: the parameters moved to {self._params[0].device}")
+        elif self._stamps() != self._versions and not self._sharded:
+            # written since the last step outside the optimizer (an in-place edit under no_grad such as a
+            # clip to a box, load_state_dict, model.to(dtype)): the laws predicted the charges the
+            # optimizer alone would give, so they start again from the charges now
+            edited = [name for name, stamp, was in zip(self._names, self._stamps(), self._versions) if stamp != was]
+            self._rebind(f"step {step}: {len(edited)} parameter(s) changed outside optimizer.step() since the last step "
+                         f"({', '.join(edited[:3])}{', ...' if len(edited) > 3 else ''}: an in-place edit, "
+                         "load_state_dict or a dtype change)")
         self._inputs_finite = True
         try:
             if self.tracker is not None:  # the settings this step uses, and the inputs of block-by-block laws

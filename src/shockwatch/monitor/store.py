@@ -88,7 +88,7 @@ class RunStore:
     ``close``; ``read_only=True`` readers see them at once). ``background=True``: those writes run on
     a writer thread, so ``log`` never waits for SQLite unless the thread is still writing the other
     half (an error of that thread is raised by the next ``log``, ``flush`` or ``close``, the rows
-    kept in the ring). Non-finite values are stored as NULL (SQLite has no NaN) and read back as NaN.
+    kept in the ring). NaN is stored as NULL (SQLite has no NaN) and read back as NaN; an infinity as itself.
     Every method but ``close`` raises ValueError once the store is closed.
     """
 
@@ -250,7 +250,7 @@ class RunStore:
             names = {i: name for name, i in self._ids.items()}
             with self._db:
                 self._db.executemany("INSERT OR REPLACE INTO scalars VALUES (?, ?, ?)",
-                                     [(int(step), names[int(i)], value if math.isfinite(value) else None)
+                                     [(int(step), names[int(i)], None if math.isnan(value) else value)
                                       for step, i, value in rows])
 
     def flush(self) -> None:

@@ -68,7 +68,7 @@ from .flow import (GROUPED_PRODUCTS, Consumer, Mode, Producer, Walk, biased_maps
 from .group import (Kind, Slot, Symmetry, SymmetrySet, act, act_gl, act_rotation, permutation_generators, permute, slot_fits,
                     random_gl_element)
 from .trace import (EXACT_TOLERANCE, Call, ExactEvaluator, TracedModel, TraceError, call_arguments, epsilon_nodes, export_model,
-                    model_output, output_tensors, packet)
+                    model_output, output_tensors, packet, unwrapped_model)
 
 __all__ = ["ExampleInputError", "check_input", "exact_check", "exact_defects", "find_symmetries"]
 
@@ -105,6 +105,7 @@ def find_symmetries(model: nn.Module, example_input, *, logits: bool = True, cla
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
+    model = unwrapped_model(model)  # torch.compile's and DDP's wrappers: their parameters, named as inside
     parameters = dict(model.named_parameters())
     if not parameters:
         raise ValueError(f"{type(model).__name__} has no parameters: there is nothing to analyse")
@@ -1502,6 +1503,7 @@ def exact_check(model: nn.Module, example_input, symmetries, *, logits: bool = T
     forgets a tensor whose values make it invisible here (gains of 1, zero biases at initialisation)
     is seen there."""
     rng = torch.get_rng_state()
+    model = unwrapped_model(model)
     try:
         traced = _traced(model, example_input)
         classes = class_axis(logits, class_dim)
@@ -1579,11 +1581,12 @@ def _measure(evaluate: ExactEvaluator, model: nn.Module, symmetries: list[Symmet
         for kind, members in by_kind.items():
             touched = {slot.param for sym in members for slot in sym.slots}
             change = 0.0
-            for element in range(_elements(kind)):
-                joint = {k: (v.clone() if k in touched else v) for k, v in params.items()}
-                for sym in members:  # in place on the copies: no copy per symmetry
-                    joint = _moved(sym, joint, random, copy=False, element=element)
-                change = max(change, _relative_change(output(joint), reference))
+            for subset in _separating_subsets(len(members), kind):
+                for element in range(_elements(kind)):
+                    joint = {k: (v.clone() if k in touched else v) for k, v in params.items()}
+                    for index in subset:  # in place on the copies: no copy per symmetry
+                        joint = _moved(members[index], joint, random, copy=False, element=element)
+                    change = max(change, _relative_change(output(joint), reference))
             out[f"joint/{kind.value}"] = change
             step = max(1, len(members) // max(samples, 1))
             alone += members if change > EXACT_TOLERANCE else members[::step][:samples]
@@ -1591,6 +1594,18 @@ def _measure(evaluate: ExactEvaluator, model: nn.Module, symmetries: list[Symmet
         out[sym.label] = max(_relative_change(output(_moved(sym, params, random, element=element)), reference)
                              for element in range(_elements(sym.kind)))
     return out
+
+
+def _separating_subsets(count: int, kind: Kind) -> list[range | list[int]]:
+    """The members (by index) each joint move of a kind moves: all of them, then, for each bit of an
+    index, those whose index has it set, so that any two members are apart in one move. Two wrong
+    candidates can undo each other when moved by the same element (one permutation of the heads of
+    two attention streams that are added head by head: each alone re-pairs them, together they are
+    the true symmetry), and every member of a kind but GL gets the same element (``_moved``). GL's
+    elements are drawn per member: all of them at once suffice."""
+    if kind is Kind.GL or count < 2:
+        return [range(count)]
+    return [range(count)] + [[i for i in range(count) if i >> bit & 1] for bit in range((count - 1).bit_length())]
 
 
 def _elements(kind: Kind) -> int:

@@ -46,7 +46,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, fx
 
-from .trace import TracedModel, packet
+from .trace import DROPOUT, TracedModel, packet
 
 __all__ = ["GROUPED_PRODUCTS", "Mode", "Parity", "Producer", "Walk", "biased_maps", "find_producers", "is_lookup",
            "linear_inputs_reading", "linear_reads", "norm_affine_sources", "parameter_uses", "shape_only",
@@ -66,8 +66,8 @@ def shape(node) -> tuple[int, ...] | None:
     return tuple(int(s) for s in value.shape) if isinstance(value, Tensor) else None
 
 
-_IDENTITY = {"clone", "contiguous", "alias", "detach", "to", "_to_copy", "type_as", "lift_fresh_copy", "dropout",
-             "feature_dropout", "alpha_dropout", "identity"}
+_IDENTITY = {"clone", "contiguous", "alias", "detach", "to", "_to_copy", "type_as", "lift_fresh_copy", "identity",
+             *DROPOUT}
 _SHAPE = {"view", "reshape", "_unsafe_view", "transpose", "t", "permute", "unsqueeze", "squeeze", "expand",
           "expand_as", "flatten", "unflatten", "slice", "select", "narrow", "split", "split_with_sizes", "chunk",
           "unbind", "cat", "stack", "repeat_interleave", "movedim", "swapaxes", "getitem", "repeat"}

@@ -401,9 +401,10 @@ def _units(dims: tuple[tuple[int, ...], ...], vectors: list[tuple[Tensor, Tensor
         if not a:  # an empty list of tensors has norm 0
             totals.append(torch.zeros((), dtype=torch.float64, device=device))
             continue
-        terms = a if b is None else torch._foreach_sub(a, b)
-        # per-tensor norms in the tensors' dtype, combined in float64: sqrt(sum |t|^2)
-        totals.append(torch.stack(torch._foreach_norm(terms)).double().square().sum().sqrt())
+        # a difference (theta_t+1 - theta_t) taken in float64: float32's rounds it to ~1e-10 of |theta|
+        terms = a if b is None else torch._foreach_sub([t.double() for t in a], [t.double() for t in b])
+        # per-tensor norms accumulated in float64 (float32's sum is off by ~1e-8), combined: sqrt(sum |t|^2)
+        totals.append(torch.stack(torch._foreach_norm(terms, 2, dtype=torch.float64)).square().sum().sqrt())
     return (torch.stack(rows).double() if rows else None), torch.stack(totals)
 
 
@@ -435,6 +436,11 @@ def _on_host(sums: FusedSums) -> FusedSums:
 def _from_host(sums: FusedSums) -> FusedSums:
     """``_on_host``'s inverse: every field as a float64 CPU tensor (``fused_sums(host=False)``)."""
     return FusedSums(*(None if a is None else torch.from_numpy(np.asarray(a, dtype=np.float64)) for a in sums))
+
+
+# what wrappers put before a model's parameter names (torch.compile, DistributedDataParallel):
+# symmetries are named on the model inside (``trace.unwrapped_model``)
+_WRAPPER_PREFIXES = ("_orig_mod.", "module.")
 
 
 @dataclass(frozen=True, eq=False)
@@ -497,9 +503,13 @@ class SymmetrySet:
         names = dict.fromkeys(slot.param for sym in self.symmetries for slot in sym.slots)
         missing = [name for name in names if name not in params]
         if missing:
+            wrapped = next((prefix for prefix in _WRAPPER_PREFIXES
+                            if all(prefix + name in params for name in missing)), None)
+            hint = (f"the names given start with {wrapped!r}, a wrapper's (torch.compile: '_orig_mod.', DDP: "
+                    "'module.'): give the wrapped model's named_parameters()" if wrapped is not None
+                    else "give every parameter of the model they were found on (symmetries found on another model?)")
             raise ValueError(f"{what} lacks {len(missing)} parameter(s) these symmetries act on ({', '.join(missing[:3])}"
-                             f"{', ...' if len(missing) > 3 else ''}): give every parameter of the model they were found on "
-                             "(symmetries found on another model?)")
+                             f"{', ...' if len(missing) > 3 else ''}): {hint}")
         shapes = {name: tuple(params[name].shape) for name in names}
         for sym in self.symmetries:
             for slot in sym.slots:
@@ -754,8 +764,9 @@ class SymmetrySet:
         sums = self._scatter(plan, units, totals, len(pairs), size, unsigned)
         sources = [pairs[0][0][name] for name in self.quadratic_params]
         if moved_from is not None:  # before any copy: copy_into may be moved_from
-            steps = torch._foreach_sub(sources, [moved_from[name] for name in self.quadratic_params])
-            sums = sums._replace(moved=torch.stack(torch._foreach_norm(steps)).double().square().sum().sqrt())
+            steps = torch._foreach_sub([t.double() for t in sources],
+                                       [moved_from[name].double() for name in self.quadratic_params])
+            sums = sums._replace(moved=torch.stack(torch._foreach_norm(steps, 2, dtype=torch.float64)).square().sum().sqrt())
         if copy_into is not None:
             torch._foreach_copy_([copy_into[name] for name in self.quadratic_params], sources)
         return _on_host(sums) if host else sums

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, fx, nn
 
-__all__ = ["EXACT_TOLERANCE", "Call", "ExactEvaluator", "TraceError", "TracedModel", "call_arguments", "epsilon_nodes", "export_model", "output_tensors",
+__all__ = ["EXACT_TOLERANCE", "Call", "ExactEvaluator", "TraceError", "TracedModel", "call_arguments", "epsilon_nodes", "export_model", "output_tensors", "unwrapped_model",
            "model_output", "packet"]
 
 # Relative output change (max |change| / max |output|) below which a candidate is exact in float64.
@@ -53,6 +53,19 @@ EPSILON_LIMIT = 1e-2
 
 class TraceError(ValueError):
     """The model could not be traced whole; the message names the blocking operation."""
+
+
+def unwrapped_model(model):
+    """The module a wrapper holds, through every layer of wrapping: torch.compile's ``_orig_mod`` and
+    DistributedDataParallel's ``module`` (the same parameter tensors, named without the wrapper's
+    prefix); anything else as it is."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module) and type(model).__name__ == "OptimizedModule":
+            model = model._orig_mod
+        else:
+            return model
 
 
 def model_output(out) -> Tensor:
@@ -183,7 +196,10 @@ def export_model(model: nn.Module, example_input, *, training: bool, every_outpu
         shadow.forward = vars(shadow)["_original_forward"]
     wrapped = _Selected(shadow, every_output)
     try:
-        with _quiet_torch_logs():
+        # without gradients: a region that turns them off (a reentrant activation checkpoint runs its
+        # function under no_grad) is then no change of mode, which torch.export would keep as one
+        # opaque higher-order op; the values are the same either way
+        with _quiet_torch_logs(), torch.no_grad():
             exported = torch.export.export(wrapped, args, kwargs, strict=False)
     except Exception as error:  # torch.export raises many types; the first line names the operation
         raise TraceError(f"torch.export could not trace {type(model).__name__}: {_blocking(error)}") from None
@@ -195,6 +211,7 @@ def export_model(model: nn.Module, example_input, *, training: bool, every_outpu
                 exported = exported.run_decompositions(table)
         except Exception:  # noqa: BLE001 -- the operation stays, one the analysis does not know
             pass
+    _static_sizes(exported.graph_module, type(model).__name__)
     signature = exported.graph_signature
     _user_outputs_only(exported.graph_module, signature)
     strip = lambda name: name[len("model."):] if name.startswith("model.") else name  # noqa: E731
@@ -210,6 +227,19 @@ def export_model(model: nn.Module, example_input, *, training: bool, every_outpu
     inputs = tuple(spec.arg.name for spec in signature.input_specs
                    if spec.kind == torch.export.graph_signature.InputKind.USER_INPUT)
     return TracedModel(exported.graph_module, parameters, buffers, constants, inputs, args, kwargs, training)
+
+
+def _static_sizes(graph_module: fx.GraphModule, name: str) -> None:
+    """TraceError where a tensor's size depends on the values (``h[mask]``, ``nonzero``): the analysis
+    reads every size as a number, and such a size is a symbol (the operation and its module named)."""
+    for node in graph_module.graph.nodes:
+        value = node.meta.get("val")
+        if isinstance(value, Tensor) and not all(isinstance(size, int) for size in value.shape):
+            modules = [path for path, _ in (node.meta.get("nn_module_stack") or {}).values() if path]
+            inside = modules[-1].removeprefix("model").lstrip(".") if modules else ""
+            raise TraceError(f"torch.export traced {name} with a size that depends on the data ({packet(node)} "
+                             f"gives shape {tuple(value.shape)}{f' in {inside}' if inside else ''}, as h[mask] "
+                             "or nonzero do)")
 
 
 def _user_outputs_only(graph_module: fx.GraphModule, signature) -> None:
@@ -280,7 +310,8 @@ class ExactEvaluator:
     ``__call__(params)`` returns the output for a mapping of parameter name -> tensor (any float
     dtype; used in float64). Buffers, constants and the example input are the model's own, in
     float64. Dropout is off (a mask is not equivariant under a group element; the symmetry holds
-    for every fixed mask only in distribution). ``epsilons``: node -> the epsilon that was zeroed.
+    for every fixed mask only in distribution); other random draws in the forward are the same at
+    every call (one seed, the global generators left as they were). ``epsilons``: node -> the epsilon that was zeroed.
     The graph is copied and rewritten once (dtype arguments to float64, epsilons to 0, metadata
     asserts and dropout removed), then run as generated code.
     """
@@ -309,7 +340,11 @@ class ExactEvaluator:
                 values.append(self.constants[name])
             else:
                 values.append(next(user))
-        with torch.no_grad():
+        # random numbers drawn inside the forward (a random patch mask, noise) are the same at every
+        # call: each runs from one seed, the caller's generators put back after it
+        cuda = sorted({v.device.index or 0 for v in values if isinstance(v, Tensor) and v.is_cuda})
+        with torch.no_grad(), torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(0)
             out = self.graph_module(*values)
         if not isinstance(out, (tuple, list)):
             return out
@@ -339,7 +374,7 @@ def _exact_graph(graph_module: fx.GraphModule) -> tuple[fx.GraphModule, dict[str
             if isinstance(node.kwargs.get(key), (int, float)):
                 record[node.name] = float(node.kwargs[key])
                 node.kwargs = {**node.kwargs, key: EXACT_EPSILON}
-        if name in ("dropout", "feature_dropout", "alpha_dropout"):
+        if name in DROPOUT:
             node.replace_all_uses_with(node.args[0])
             copied.graph.erase_node(node)
         elif name == "scaled_dot_product_attention":
@@ -349,6 +384,11 @@ def _exact_graph(graph_module: fx.GraphModule) -> tuple[fx.GraphModule, dict[str
                 node.kwargs = {**node.kwargs, "dropout_p": 0.0}
     copied.recompile()
     return copied, record
+
+
+# dropout in every form torch.export records (the in-place ones from nn.Dropout(inplace=True))
+DROPOUT = frozenset(f"{base}{suffix}" for base in ("dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropout")
+                    for suffix in ("", "_"))
 
 
 def _decompositions() -> dict:

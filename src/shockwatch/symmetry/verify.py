@@ -26,7 +26,7 @@ from torch.func import functional_call
 from .detect import ExampleInputError, check_input, class_axis, exact_check
 from .group import (Kind, Symmetry, SymmetrySet, act, act_gl, act_rotation, generator, permutation_generators, permute,
                     random_gl_element, unit_matrix)
-from .trace import EXACT_TOLERANCE, TraceError, call_arguments, model_output
+from .trace import EXACT_TOLERANCE, TraceError, call_arguments, model_output, unwrapped_model
 
 __all__ = ["Verification", "VerificationRow", "verify_symmetries"]
 
@@ -123,6 +123,7 @@ def verify_symmetries(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tens
     per kind (all of them where the joint one is not round-off; None: every symmetry alone).
     The global RNG, the model's mode, parameters and buffers are left as they were.
     """
+    model = unwrapped_model(model)  # symmetries are named on the model a torch.compile or DDP wrapper holds
     try:
         returned = check_input(model, batch[0])
     except ExampleInputError as error:
