@@ -302,7 +302,8 @@ def test_resnet_counts_by_hand():
 
 def test_untraceable_model_is_analysed_child_by_child():
     """A data-dependent branch at the top: the children are traced with the inputs they receive;
-    symmetries inside them are found and verified, none across the untraced top is claimed."""
+    symmetries inside them are found and verified, none across the untraced top is claimed. The head,
+    whose output is the model's, keeps its logits' translations (6 columns and the bias)."""
     class Branchy(nn.Module):
         def __init__(self):
             super().__init__()
@@ -318,8 +319,9 @@ def test_untraceable_model_is_analysed_child_by_child():
     x, y = data(4, 3)
     syms = sw.find_symmetries(model, x)
     assert syms.partial == ("<model>",)
-    assert syms.counts() == {"translation": 0, "scale": 0, "rescale": 16, "permutation": 2, "gl": 0, "rotation": 0}
-    assert all(s.incoming[0].param.startswith("body.") for s in syms)
+    assert syms.counts() == {"translation": 7, "scale": 0, "rescale": 16, "permutation": 2, "gl": 0, "rotation": 0}
+    assert all({slot.param.split(".")[0] for slot in s.slots} in ({"body"}, {"head"}) for s in syms)
+    assert {s.label for s in syms.of_kind(Kind.TRANSLATION)} >= {"translation/head/bias", "translation/head/column5"}
     report = sw.verify_symmetries(model, F.cross_entropy, (x, y), syms)
     assert report.max_loss_change() < 1e-10 and report.max_gradient_alignment() < 1e-10
 

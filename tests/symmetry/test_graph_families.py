@@ -200,11 +200,12 @@ def test_false_candidates_are_rejected_on_every_seed(seed):
     model, ids = TinyLM(layers=1).eval(), torch.randint(0, VOCAB, (2, 8))
     defects = exact_defects(model, ids, false_candidates(model), seed=seed)
     assert min(defects.values()) > 1e3 * EXACT_TOLERANCE, defects
-    # a depthwise convolution: its channels are tied to its input channels, so no permutation of the
-    # first convolution's units is proposed, and the hand-made one is refuted
+    # a depthwise convolution: each filter is its channel's, so the first convolution's units permute
+    # only with the depthwise filters along (proposed so), and the hand-made one without them is refuted
     net, images = depthwise_net(), torch.randn(4, 3, 8, 8)
     syms = sw.find_symmetries(net, images)
-    assert not any(s.kind is Kind.PERMUTATION and s.incoming[0].param == "0.weight" for s in syms)
+    through = [s for s in syms if s.kind is Kind.PERMUTATION and s.incoming[0].param == "0.weight"]
+    assert all(any(slot.param == "2.weight" for slot in s.slots) for s in through)
     # conv 0's channels permuted with the columns of the 1x1 convolution, skipping the depthwise filters
     # in between (each filter belongs to one channel, so they would have to move too): false
     false_permutation = Symmetry(Kind.PERMUTATION, "permutation/false/depthwise",
@@ -443,7 +444,8 @@ def test_an_untraceable_model_names_the_line_that_blocks_it(capfd):
     syms = sw.find_symmetries(Branchy(), torch.randn(5, 4))
     assert syms.partial == ("<model>",)
     reasons = dict(syms.reasons)
-    assert set(reasons) == {"a.weight", "a.bias", "b.weight", "b.bias"}
+    assert set(reasons) == {"a.weight", "a.bias"}  # b, the head, keeps its logits' translations
+    assert {slot.param for s in syms for slot in s.slots} == {"b.weight", "b.bias"}
     for reason in reasons.values():
         assert "could not be traced whole" in reason and "data-dependent" in reason
         assert "if h.sum() > 0" in reason and "test_graph_families.py" in reason

@@ -464,10 +464,23 @@ class RoutedByValue(nn.Module):
 
 
 def test_a_size_that_depends_on_the_data_is_a_reason_not_a_crash():
+    """X-MOD's h[lang == i] raised inside the analysis. Now the model is analysed child by child, and the
+    head, whose output is the model's, keeps its 8 column and bias translations (analysed alone it had
+    none): a shift common to the logits, by hand in float64."""
     torch.manual_seed(0)
-    syms = sw.find_symmetries(RoutedByValue(), (torch.randn(4, 6), torch.tensor([0, 1, 0, 1])))
+    model = RoutedByValue().double()
+    inputs = (torch.randn(4, 6, dtype=torch.float64), torch.tensor([0, 1, 0, 1]))
+    syms = sw.find_symmetries(model, inputs)
     assert "<model>" in syms.partial
     assert "a size that depends on the data" in dict(syms.reasons)["inp.weight"]
+    assert {s.label for s in syms.of_kind(Kind.TRANSLATION)} == {"translation/head/bias"} | {
+        f"translation/head/column{j}" for j in range(8)}
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    before = functional_call(model, params, inputs).log_softmax(-1)
+    column = torch.zeros_like(params["head.weight"])
+    column[:, 3] = 0.8
+    after = functional_call(model, {**params, "head.weight": params["head.weight"] + column}, inputs).log_softmax(-1)
+    assert float((after - before).abs().max() / before.abs().max()) < 1e-14
 
 
 class Checkpointed(nn.Module):
@@ -507,3 +520,79 @@ def test_a_reentrant_activation_checkpoint_hides_nothing():
     for sym in found[True].of_kind(Kind.RESCALE):
         after = functional_call(model, sw.symmetry.act(sym, params, 0.6), (x.double(),))
         assert float((after - before).abs().max() / before.abs().max()) < 1e-13, sym.label
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2's block: expand (1x1), depthwise 3x3, project (1x1), batch norms and ReLU6."""
+
+    def __init__(self):
+        super().__init__()
+        self.expand, self.expand_bn = nn.Conv2d(4, 12, 1, bias=False), nn.BatchNorm2d(12)
+        self.depthwise, self.depthwise_bn = nn.Conv2d(12, 12, 3, padding=1, groups=12, bias=False), nn.BatchNorm2d(12)
+        self.project, self.project_bn = nn.Conv2d(12, 4, 1, bias=False), nn.BatchNorm2d(4)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = F.relu6(self.expand_bn(self.expand(x)))
+        h = F.relu6(self.depthwise_bn(self.depthwise(h)))
+        return self.head((x + self.project_bn(self.project(h))).mean((2, 3)))
+
+
+def test_channels_permute_through_a_depthwise_convolution():
+    """A depthwise convolution gives each channel its own filter: permuting the expanded channels
+    permutes the filters along (MobileNet, EfficientNet, ConvNeXt; none was proposed). Truth: the
+    permutation applied by hand in float64, every tensor along the 12 channels moved with one order."""
+    torch.manual_seed(0)
+    model = InvertedResidual()
+    x = torch.randn(4, 4, 6, 6)
+    syms = sw.find_symmetries(model, x)
+    found = [s for s in syms.of_kind(Kind.PERMUTATION) if any(slot.param == "depthwise.weight" for slot in s.slots)]
+    assert len(found) == 1 and not syms.rejected
+    touched = {slot.param for slot in found[0].slots}
+    assert touched == {"expand.weight", "expand_bn.weight", "expand_bn.bias", "depthwise.weight",
+                       "depthwise_bn.weight", "depthwise_bn.bias", "project.weight"}
+    double = model.double()
+    for module in double.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.eps = 1e-300
+    params = {n: p.detach() for n, p in double.named_parameters()}
+    order = torch.randperm(12, generator=torch.Generator().manual_seed(3))
+    moved = {n: (p[:, order] if n == "project.weight" else p[order]) if n in touched else p for n, p in params.items()}
+    before = functional_call(double, params, (x.double(),)).log_softmax(-1)
+    after = functional_call(double, moved, (x.double(),)).log_softmax(-1)
+    assert float((after - before).abs().max() / before.abs().max()) < 1e-13
+
+
+class TokenMixer(nn.Module):
+    """Features into a linear map along the tokens (an MLP-Mixer's token mixing), with or without its bias."""
+
+    def __init__(self, bias):
+        super().__init__()
+        self.features, self.tokens, self.head = nn.Linear(4, 8), nn.Linear(6, 6, bias=bias), nn.Linear(8, 3)
+
+    def forward(self, x):  # x: (batch, 6 tokens, 4)
+        h = torch.relu(self.features(x))
+        return self.head(self.tokens(h.transpose(1, 2)).transpose(1, 2).mean(1))
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_units_pass_a_linear_map_along_another_axis(bias):
+    """A map along the tokens acts on every feature's slice alike: the features' units permute through it,
+    and rescale through it where it adds no bias (a bias b: a (W h) + b is not a (W h + b)). Truth: a
+    unit's rescale by hand in float64 (exact without the bias, 1e-2 with it)."""
+    torch.manual_seed(0)
+    model = TokenMixer(bias).double()
+    x = torch.randn(2, 6, 4, dtype=torch.float64)
+    syms = sw.find_symmetries(model, x)
+    assert syms.counts()["rescale"] == (0 if bias else 8) and not syms.rejected
+    assert any(slot.param == "features.weight" for s in syms.of_kind(Kind.PERMUTATION) for slot in s.slots)
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    moved = dict(params)
+    moved["features.weight"], moved["features.bias"] = params["features.weight"].clone(), params["features.bias"].clone()
+    moved["head.weight"] = params["head.weight"].clone()
+    moved["features.weight"][2] *= 2.0
+    moved["features.bias"][2] *= 2.0
+    moved["head.weight"][:, 2] /= 2.0
+    before = functional_call(model, params, (x,))
+    change = float((functional_call(model, moved, (x,)) - before).abs().max() / before.abs().max())
+    assert (change > 1e-3) if bias else (change < 1e-14)

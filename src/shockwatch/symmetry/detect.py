@@ -177,13 +177,15 @@ def _traced(model: nn.Module, example_input, *, every_output: bool = False) -> T
 def _analyse(module: nn.Module, example_input, classes: int | None, prefix: str, found: list[Symmetry],
              rejected: list[str], partial: list[str], reasons: dict[str, str], samples: int,
              inputs: dict | None, epsilons: list[float], shared: frozenset[int] = frozenset(),
-             more: tuple = ()) -> None:
+             more: tuple = (), heads: Mapping[str, int] | None = None) -> None:
     """Trace ``module`` whole and collect its checked symmetries (refuted labels in ``rejected``; the
     norms' positive epsilons in ``epsilons``); where that fails, its children. ``shared``: the ids of
     parameters also used outside ``module`` by parts analysed apart (a layer two children share): no
     symmetry of ``module`` alone may act on them, since it cannot see their other uses. ``more``: the
     arguments of the module's other calls in the example forward pass (a child called twice, perhaps
-    in another mode): a symmetry is kept only where the exact check passes at every call."""
+    in another mode): a symmetry is kept only where the exact check passes at every call. ``heads``:
+    the descendants whose first call returns the model's output itself (its head, where the model is
+    analysed child by child), by qualified name, with the output's class axis: their output is logits."""
     traced = None
     if example_input is not None:
         try:
@@ -214,7 +216,8 @@ def _analyse(module: nn.Module, example_input, classes: int | None, prefix: str,
             reasons.setdefault(prefix + name, reason)
         return
     if inputs is None:
-        inputs = _descendant_inputs(module, example_input)
+        inputs, returning = _descendant_inputs(module, example_input)
+        heads = {name: classes for name in returning} if classes is not None else {}
     partial.append(prefix.rstrip(".") or "<model>")
     for name, _ in module.named_parameters(recurse=False):
         reasons.setdefault(prefix + name, blocking)
@@ -236,8 +239,8 @@ def _analyse(module: nn.Module, example_input, classes: int | None, prefix: str,
             for param, _ in child.named_parameters():
                 reasons.setdefault(f"{qualified}.{param}", "never called with a tensor in the example forward pass")
             continue
-        _analyse(child, child_input, None, qualified + ".", found, rejected, partial, reasons, samples, inputs,
-                 epsilons, shared, tuple(calls[1:]))
+        _analyse(child, child_input, (heads or {}).get(qualified), qualified + ".", found, rejected, partial, reasons,
+                 samples, inputs, epsilons, shared, tuple(calls[1:]), heads)
     # what a child's analysis says stops at the child's edge: name why the child stood alone
     context = (f"{prefix.rstrip('.') or 'the model'} could not be traced whole ({blocking}), so its children "
                "were analysed one by one and no symmetry crosses between them")
@@ -249,11 +252,18 @@ def _analyse(module: nn.Module, example_input, classes: int | None, prefix: str,
             reasons[prefix + name] = f"{reason}; {context}"
 
 
-def _descendant_inputs(root: nn.Module, example_input) -> dict[str, list]:
+def _descendant_inputs(root: nn.Module, example_input) -> tuple[dict[str, list], list[str]]:
     """One forward pass of ``root`` recording each descendant's calls, in order: its single positional
     tensor, else its arguments as they were (``Call``: a Hugging Face attention's hidden states,
-    rotary tables and mask), or None for a call without a tensor."""
+    rotary tables and mask), or None for a call without a tensor; and the descendants whose first
+    call returned the very tensor ``root`` returns (``model_output``: its head, nothing after it)."""
     inputs: dict[str, list] = {}
+    first_outputs: dict[str, object] = {}
+
+    def returned(name):
+        def hook(_module, _args, output):
+            first_outputs.setdefault(name, output)
+        return hook
 
     def record(name):
         def hook(_module, args, kwargs):
@@ -264,11 +274,12 @@ def _descendant_inputs(root: nn.Module, example_input) -> dict[str, list]:
 
     hooks = [module.register_forward_pre_hook(record(name), with_kwargs=True)
              for name, module in root.named_modules() if name]
+    hooks += [module.register_forward_hook(returned(name)) for name, module in root.named_modules() if name]
     args, kwargs = call_arguments(root, example_input)
     was_training = root.training
     try:
         with torch.no_grad():
-            root(*args, **kwargs)
+            final = root(*args, **kwargs)
     except Exception as error:
         raise ExampleInputError(f"{type(root).__name__} does not accept the example input "
                          f"(shape {tuple(getattr(example_input, 'shape', ()))}): {type(error).__name__}: {error}") from None
@@ -276,7 +287,11 @@ def _descendant_inputs(root: nn.Module, example_input) -> dict[str, list]:
         root.train(was_training)
         for hook in hooks:
             hook.remove()
-    return inputs
+    try:
+        final = model_output(final)
+    except ValueError:
+        return inputs, []
+    return inputs, [name for name, output in first_outputs.items() if output is final]
 
 
 _MOST_CALLS = 32  # a module called more often than this in the example pass keeps no symmetry
@@ -318,8 +333,12 @@ def _prefixed(sym: Symmetry, prefix: str) -> Symmetry:
     if not prefix:
         return sym
     kind, _, rest = sym.label.partition("/")
+    layer, sep, tail = rest.partition("/")
+    # a parameter of the module itself (``_module_of("weight")``: no child's name) names no layer: the module does
+    direct = "." not in layer and not any(slot.param.startswith(layer + ".") for slot in sym.slots)
+    layer = prefix.rstrip(".") if direct else prefix + layer
     slots = lambda slots: tuple(dataclasses.replace(s, param=prefix + s.param) for s in slots)  # noqa: E731
-    return dataclasses.replace(sym, label=f"{kind}/{prefix}{rest}", incoming=slots(sym.incoming),
+    return dataclasses.replace(sym, label=f"{kind}/{layer}{sep}{tail}", incoming=slots(sym.incoming),
                                outgoing=slots(sym.outgoing))
 
 

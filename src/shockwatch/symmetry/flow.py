@@ -1228,10 +1228,55 @@ def _contraction(node, tags, mode, result, traced):
         x, w, bias = args[0], args[1], None
     weight = _param(w, traced) if isinstance(w, fx.Node) else None
     if weight is not None and x in tags and not any(a in tags for a in (w, bias) if isinstance(a, fx.Node)):
+        if mode is Mode.PERM and kind in _CONV and _depthwise(node, tags[x].value):
+            return _depthwise_permutes(node, tags[x], weight, bias, traced, result)
+        if kind == "linear" and mode in (Mode.PERM, Mode.DIAG) and _along_another_axis(tags[x].value):
+            # a map along another axis than the units' (an MLP-Mixer's token mixing): it acts on each
+            # unit's slice alike, so a permutation passes through it, and a scaling where no bias is added
+            if mode is Mode.DIAG and bias is not None:
+                return result.fail(node, "a linear map along another axis adds a bias to the scaled units") and None
+            return _Tag(tags[x].value.narrow(-1, 0, 1).expand(shape(node)), tags[x].degree)
         return _consume(node, tags[x], weight, kind, mode, result)
     if kind in ("matmul", "bmm"):
         return _product(node, tags, mode, result)
     return result.fail(node, "a transformed tensor enters a linear map's weight") and None
+
+
+def _along_another_axis(value: Tensor) -> bool:
+    """Whether the units live on other axes than the last, which a linear map contracts: the tag is
+    the same along the last axis and differs along another (a tag the same everywhere is one unit over
+    every column, which the map's weight must compensate)."""
+    return value.dim() > 1 and bool((value >= 0).any()) and _constant_along(value, -1) \
+        and not all(_constant_along(value, axis) for axis in range(value.dim() - 1))
+
+
+def _depthwise(node, value: Tensor) -> bool:
+    """Whether a convolution gives each input channel its own filter and output channel (groups =
+    in channels = out channels: MobileNet's, EfficientNet's, ConvNeXt's depthwise convolutions)."""
+    channels = value.shape[1] if value.dim() > 1 else 0
+    out = shape(node)
+    return channels > 1 and _groups(node) == channels and out is not None and len(out) > 1 and out[1] == channels
+
+
+def _depthwise_permutes(node, tag, weight, bias, traced, result):
+    """A depthwise convolution: channel c's filter (weight row c) and bias are its own, so a permutation
+    of the channels permutes them along and the output's channels with it."""
+    columns = _units_along(tag.value, 1)
+    if columns is None or bool((columns < 0).any()):
+        return result.fail(node, "a depthwise convolution over part of the units") and None
+    name = weight[0]
+    if result.uses.get(name, 1) != 1:
+        return result.fail(node, "reaches a weight that is also read elsewhere (tied)") and None
+    result.norm_slots.append((name, 0, columns))
+    if isinstance(bias, fx.Node):
+        found = _param(bias, traced)
+        if found is None:
+            return result.fail(node, "a depthwise convolution whose bias is computed (not a parameter)") and None
+        result.norm_slots.append((found[0], 0, columns))
+    out = shape(node)
+    view = [1] * len(out)
+    view[1] = len(columns)
+    return _Tag(columns.reshape(view).expand(out), tag.degree)
 
 
 def _consume(node, tag, weight, kind, mode, result):
