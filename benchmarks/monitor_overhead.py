@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import statistics
 import tempfile
@@ -102,24 +103,26 @@ def main() -> None:
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if args.autocast == "bf16" \
         else contextlib.nullcontext
     if language:
-        def make():  # the decay / no-decay groups of nanoGPT and the HF Trainer (no law for AdamW: drift only)
-            decay = [p for p in model.parameters() if p.ndim >= 2]
-            rest = [p for p in model.parameters() if p.ndim < 2]
+        def make(net):  # the decay / no-decay groups of nanoGPT and the HF Trainer (no law for AdamW: drift only)
+            decay = [p for p in net.parameters() if p.ndim >= 2]
+            rest = [p for p in net.parameters() if p.ndim < 2]
             return torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
                                      lr=3e-4)
 
-        def loss_of():
+        def loss_of(net):
             with autocast():
-                return F.cross_entropy(model(x).logits.reshape(len(y), -1).float(), y)
+                return F.cross_entropy(net(x).logits.reshape(len(y), -1).float(), y)
     else:
-        make = lambda: torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+        make = lambda net: torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
 
-        def loss_of():
+        def loss_of(net):
             with autocast():
-                return F.cross_entropy(model(x), y)
-    # plain steps use their own optimizer: the monitor's pre-step hook lives on ``opt`` only
-    opt, plain_opt, floor_opt = make(), make(), make()
-    params = [p for p in model.parameters() if p.requires_grad]
+                return F.cross_entropy(net(x), y)
+    # the other steps train a copy with their own optimizers: the monitor's pre-step hook lives on
+    # ``opt`` only, and weights another optimizer wrote between its steps would restart its laws
+    twin = copy.deepcopy(model)
+    opt, plain_opt, floor_opt = make(model), make(twin), make(twin)
+    params = [p for p in twin.parameters() if p.requires_grad]
     copies = [torch.empty_like(p) for p in params]
     floor_norms: list = []  # the floor's values, left on the device (no host read)
 
@@ -139,11 +142,12 @@ def main() -> None:
 
         def step() -> None:
             optimizer = opt if monitoring else floor_opt if floor else plain_opt
+            net = model if monitoring else twin
             optimizer.zero_grad()
-            loss = loss_of()
+            loss = loss_of(net)
             loss.backward()
             if itemized:  # the usual hand-written logging: two host reads a step
-                grads = [p.grad for p in model.parameters() if p.grad is not None]
+                grads = [p.grad for p in net.parameters() if p.grad is not None]
                 logged.append((loss.item(), torch.nn.utils.get_total_norm(grads).item()))
             optimizer.step()
             if monitoring:

@@ -416,3 +416,24 @@ def test_weights_edited_between_steps_restart_the_laws(tmp_path):
     rebounds = [(step, message) for step, kind, message in events if kind == "rebound"]
     assert [step for step, _ in rebounds] == [3, 6]
     assert all("changed outside optimizer.step()" in message for _, message in rebounds)
+
+
+def test_a_clip_at_every_step_restarts_the_laws_with_one_event(tmp_path):
+    """A WGAN critic clips its weights after every step: the laws start again at each step (the exact SGD
+    law then holds to round-off over each step), said by one event, not one per step."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+    x = torch.randn(32, 8)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    with sw.Monitor(model, opt, tmp_path / "run", example_input=x, logits=False, tensorboard=False) as mon:
+        for _ in range(6):
+            opt.zero_grad()
+            loss = model(x).mean()
+            loss.backward()
+            opt.step()
+            assert mon.step(loss)["charge_law_error/rescale"] < 1e-5
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.clamp_(-0.1, 0.1)
+    events = RunStore(tmp_path / "run" / "run.sqlite", read_only=True).events()
+    assert [step for step, kind, _ in events if kind == "rebound"] == [2]

@@ -149,6 +149,17 @@ def _needs_upcast(t: Tensor, compiled: bool) -> bool:
 
 
 _dtype, _shape, _device = attrgetter("dtype"), attrgetter("shape"), attrgetter("device")
+
+
+def _holds(new: torch.dtype, old: torch.dtype) -> bool:
+    """Whether every value of floating dtype ``old`` is one of ``new`` (as wide an exponent, as long a
+    mantissa): a conversion that keeps the parameters' values, and with them every charge."""
+    if new == old:
+        return True
+    if not (new.is_floating_point and old.is_floating_point):
+        return False
+    a, b = torch.finfo(new), torch.finfo(old)
+    return a.eps <= b.eps and a.max >= b.max and a.tiny <= b.tiny
 _requires_grad = attrgetter("requires_grad")
 
 
@@ -339,7 +350,8 @@ class Monitor:
     rebuilds the per-step plan and the copies of theta_t; a param group added or a parameter frozen or
     unfrozen, the parameters moved to another device, or written between steps outside the optimizer
     (an in-place edit under ``no_grad`` such as a WGAN critic's clip, ``load_state_dict``, a dtype
-    change) rebuilds the laws from the charges at that step (a "rebound" event). An in-place edit
+    that rounds them such as bfloat16) rebuilds the laws from the charges at that step (a "rebound"
+    event, once while it recurs at every step). An in-place edit
     through ``p.data`` (``p.data.clamp_``) bypasses the version counter that tells such writes and is
     not seen: the laws then carry its jump; write ``with torch.no_grad(): p.clamp_(...)`` instead.
     A new optimizer is observed once given to ``attach`` (until then
@@ -449,6 +461,7 @@ class Monitor:
         self._settings_at_step: list[dict] | None = None  # the param groups' settings the last step used
         self._nonfinite_at = -1  # the step whose non-finite gradient the pre-step hook recorded
         self._failed = False  # whether a pass of this step raised (the laws then start again)
+        self._edited_at = -2  # the last step whose weights were found written outside the optimizer
         self._inputs_finite = True  # whether the pre-step pass's sums (theta, g, momentum buffer) were finite
         self._horizontal = None  # P_H at theta_t on steps the quotient norms are due
         self._unfed: set[str] = set()  # the scheduled routines found due without a batch (an event each, once)
@@ -605,10 +618,17 @@ class Monitor:
         self._rest = list(range(len(self._params)))
         self._versions = self._stamps()
 
-    def _stamps(self) -> list[tuple[int, int, torch.dtype]]:
+    def _stamps(self) -> list[tuple[int, torch.dtype]]:
         """Per parameter this optimizer steps: its version counter (bumped by every in-place write made
-        with autograd's knowledge), its storage and dtype (a ``.data`` or dtype swap)."""
-        return [(p._version, p.data_ptr(), p.dtype) for p in self._stepped_params]
+        with autograd's knowledge) and its dtype (``model.to(dtype)`` swaps the tensor, no version)."""
+        return [(p._version, p.dtype) for p in self._stepped_params]
+
+    def _edited(self) -> list[str]:
+        """The parameters written since the last step by something else than the optimizer: an in-place
+        write, or a dtype that cannot hold every value of the old one (float32 -> bfloat16 rounds;
+        float32 -> float64 and a device or storage move keep every value, and the laws with them)."""
+        return [name for name, (version, dtype), (was, old) in zip(self._names, self._stamps(), self._versions)
+                if version != was or not _holds(dtype, old)]
 
     def _bind(self, *, start: bool = False) -> None:
         """What depends on the optimizer and on which parameters train: the symmetries acting on
@@ -708,14 +728,16 @@ class Monitor:
     def _binding_meta(self) -> dict[str, str]:
         return {"optimizer": type(self.optimizer).__name__, "law": self.tracker.law if self.tracker else "none"}
 
-    def _rebind(self, why: str) -> None:
-        """``_bind`` again mid-run, with an event; where the laws cannot be rebuilt (an error from the
-        tracker) the run goes on with the raw observables, and the event says why. Deferred steps are
-        flushed first, under the laws they were measured for."""
+    def _rebind(self, why: str, *, quiet: bool = False) -> None:
+        """``_bind`` again mid-run, with an event (``quiet``: none, where it succeeds); where the laws
+        cannot be rebuilt (an error from the tracker) the run goes on with the raw observables, and the
+        event says why. Deferred steps are flushed first, under the laws they were measured for."""
         self.flush()
         self._bind_parameters()
         try:
             self._bind()
+            if quiet:
+                return
             message = f"{why}: the laws start again from the charges after step {self._step}"
         except Exception as error:  # inside a training step: an event, never a crash
             self._release_tracker()
@@ -919,7 +941,8 @@ class Monitor:
         """``step()`` where the optimizer took no step since the last call (see ``step``)."""
         grad_norm = self._held_grad_norm()
         values = {"loss": value, "grad_norm": grad_norm, "lr": self._lr(None)}
-        if self._stamps() != self._versions:  # something else moved the parameters
+        if [version for version, _ in self._stamps()] != [version for version, _ in self._versions]:
+            # something else moved the parameters
             message = (f"step {self._step}: the parameters changed but {type(self.optimizer).__name__}, the optimizer "
                        "this monitor observes, did not step: for a new optimizer call mon.attach(optimizer)")
             self._event(self._step, "optimizer-not-observed", message)
@@ -1044,14 +1067,16 @@ class Monitor:
             # model.to(device) mid-run: the symmetries' index plans follow the parameters
             self._all_symmetries = self._all_symmetries.to(self._params[0].device)
             self._rebind(f"step {step}: the parameters moved to {self._params[0].device}")
-        elif self._stamps() != self._versions and not self._sharded:
+        elif not self._sharded and (edited := self._edited()):
             # written since the last step outside the optimizer (an in-place edit under no_grad such as a
             # clip to a box, load_state_dict, model.to(dtype)): the laws predicted the charges the
             # optimizer alone would give, so they start again from the charges now
-            edited = [name for name, stamp, was in zip(self._names, self._stamps(), self._versions) if stamp != was]
+            # written again right after the last such step (a clip every step): the same event holds
             self._rebind(f"step {step}: {len(edited)} parameter(s) changed outside optimizer.step() since the last step "
                          f"({', '.join(edited[:3])}{', ...' if len(edited) > 3 else ''}: an in-place edit, "
-                         "load_state_dict or a dtype change)")
+                         "load_state_dict or a dtype change; not said again while it recurs at every step)",
+                         quiet=self._edited_at == step - 1)
+            self._edited_at = step
         self._inputs_finite = True
         try:
             if self.tracker is not None:  # the settings this step uses, and the inputs of block-by-block laws
