@@ -596,3 +596,27 @@ def test_units_pass_a_linear_map_along_another_axis(bias):
     before = functional_call(model, params, (x,))
     change = float((functional_call(model, moved, (x,)) - before).abs().max() / before.abs().max())
     assert (change > 1e-3) if bias else (change < 1e-14)
+
+
+class Difference(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.plus, self.minus = nn.Linear(4, 3), nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.plus(x) - self.minus(x)
+
+
+def test_wrong_moves_by_an_amount_that_cancel_are_each_measured():
+    """z = P x - Q x: adding c to P's bias and to Q's bias on two of three classes each shifts part of
+    the logits (wrong alone), yet both by the same amount cancel. The joint check moved every member of
+    a kind by one amount, read round-off, and measured only a sample alone: Q's was never measured.
+    Each member now moves by its own amount, so the joint change shows, and every member is measured."""
+    torch.manual_seed(0)
+    model = Difference().double()
+    x = torch.randn(5, 4, dtype=torch.float64)
+    wrong = [sw.Symmetry(Kind.TRANSLATION, f"translation/wrong/{name}", (sw.symmetry.Slot(f"{name}.bias", 0, 0, 2),))
+             for name in ("plus", "minus")]
+    defects = sw.symmetry.exact_defects(model, x, wrong, samples=1)
+    assert defects["joint/translation"] > 1e-3
+    assert defects["translation/wrong/plus"] > 1e-2 and defects["translation/wrong/minus"] > 1e-2

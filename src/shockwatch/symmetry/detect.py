@@ -1604,7 +1604,9 @@ def _measure(evaluate: ExactEvaluator, model: nn.Module, symmetries: list[Symmet
                 for element in range(_elements(kind)):
                     joint = {k: (v.clone() if k in touched else v) for k, v in params.items()}
                     for index in subset:  # in place on the copies: no copy per symmetry
-                        joint = _moved(members[index], joint, random, copy=False, element=element)
+                        # each member of a one-parameter kind (and rotation) by its own amount
+                        size = 0.5 + float(torch.rand((), generator=random)) if kind in _BY_AMOUNT else 1.0
+                        joint = _moved(members[index], joint, random, copy=False, element=element, size=size)
                     change = max(change, _relative_change(output(joint), reference))
             out[f"joint/{kind.value}"] = change
             step = max(1, len(members) // max(samples, 1))
@@ -1615,14 +1617,19 @@ def _measure(evaluate: ExactEvaluator, model: nn.Module, symmetries: list[Symmet
     return out
 
 
+# the kinds whose finite element is an amount (``_moved``): their joint move gives each member its own
+_BY_AMOUNT = frozenset({Kind.TRANSLATION, Kind.SCALE, Kind.RESCALE, Kind.ROTATION})
+
+
 def _separating_subsets(count: int, kind: Kind) -> list[range | list[int]]:
-    """The members (by index) each joint move of a kind moves: all of them, then, for each bit of an
-    index, those whose index has it set, so that any two members are apart in one move. Two wrong
-    candidates can undo each other when moved by the same element (one permutation of the heads of
-    two attention streams that are added head by head: each alone re-pairs them, together they are
-    the true symmetry), and every member of a kind but GL gets the same element (``_moved``). GL's
-    elements are drawn per member: all of them at once suffice."""
-    if kind is Kind.GL or count < 2:
+    """The members (by index) each joint move of a kind moves. Two wrong candidates can undo each other
+    when moved by the same element (one permutation of the heads of two attention streams that are
+    added head by head: each alone re-pairs them, together they are the true symmetry). Members of a
+    kind moved by an amount get amounts of their own, and GL's elements are drawn per member: one move
+    of all of them tells. A permutation's elements are the generators of S_n, the same for every member
+    of its size: all of them, then, for each bit of an index, those whose index has it set, so that any
+    two members are apart in some move (log2 n more moves)."""
+    if kind is not Kind.PERMUTATION or count < 2:
         return [range(count)]
     return [range(count)] + [[i for i in range(count) if i >> bit & 1] for bit in range((count - 1).bit_length())]
 
@@ -1666,17 +1673,19 @@ def _relative_change(moved: Tensor, reference: Tensor) -> float:
     return change if change == change else float("inf")
 
 
-def _moved(sym: Symmetry, values: dict, random: torch.Generator, *, copy: bool = True, element: int = 0) -> dict:
+def _moved(sym: Symmetry, values: dict, random: torch.Generator, *, copy: bool = True, element: int = 0,
+           size: float = 1.0) -> dict:
     """``values`` moved by one finite element of ``sym``'s group (new tensors where touched; without
     ``copy``, in place); for a permutation, generator ``element`` of S_n (``permutation_generators``:
-    a random permutation of two units is the identity half the time, and proves nothing then)."""
+    a random permutation of two units is the identity half the time, and proves nothing then);
+    ``size`` multiplies the amount or angle of a kind moved by one (``_BY_AMOUNT``)."""
     if sym.kind.one_parameter:
-        return act(sym, values, _CHECK_AMOUNT[sym.kind], copy=copy)
+        return act(sym, values, _CHECK_AMOUNT[sym.kind] * size, copy=copy)
     if sym.kind is Kind.PERMUTATION:
         generators = permutation_generators(sym.unit_count)
         if not generators:
             return values if not copy else dict(values)
         return permute(sym, values, generators[element % len(generators)], copy=copy)
     if sym.kind is Kind.ROTATION:
-        return act_rotation(sym, values, 0.5, copy=copy)
+        return act_rotation(sym, values, 0.5 * size, copy=copy)
     return act_gl(sym, values, random_gl_element(sym.unit_count, 0.3, random), copy=copy)
