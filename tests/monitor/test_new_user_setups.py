@@ -437,3 +437,22 @@ def test_a_clip_at_every_step_restarts_the_laws_with_one_event(tmp_path):
                     p.clamp_(-0.1, 0.1)
     events = RunStore(tmp_path / "run" / "run.sqlite", read_only=True).events()
     assert [step for step, kind, _ in events if kind == "rebound"] == [2]
+
+
+def test_writes_before_the_first_step_say_nothing(tmp_path):
+    """DDP broadcasts rank 0's weights into every replica when it wraps the model, in place; a monitor
+    made before the wrap took that for an edit and wrote a "rebound" at step 1. Writes before the first
+    step restart nothing that has begun: no event, and the laws start from the weights the step reads."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    x, y = torch.randn(32, 8), torch.randint(0, 4, (32,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    with sw.Monitor(model, opt, tmp_path / "run", example_input=x, tensorboard=False) as mon:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(1.5)  # as a checkpoint loaded after the monitor was made
+        for _ in range(3):
+            loss, _, _ = by_hand_step(model, opt, lambda: F.cross_entropy(model(x), y))
+            assert mon.step(loss)["charge_law_error/rescale"] < 1e-5
+    events = RunStore(tmp_path / "run" / "run.sqlite", read_only=True).events()
+    assert not [kind for _, kind, _ in events if kind == "rebound"]

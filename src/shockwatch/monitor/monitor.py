@@ -341,6 +341,10 @@ class Monitor:
     curvature and attention routines need full parameters on one rank and are off); ``optimizer`` in a wrapper that holds it as ``.optimizer`` (Accelerate's
     AcceleratedOptimizer, Lightning's LightningOptimizer).
 
+    Under DDP or FSDP2 every rank builds the monitor and calls ``step`` (the loss is averaged over
+    the ranks, a collective: a monitor on rank 0 alone waits for the others until the process
+    group's timeout); rank 0 writes.
+
     Observed parameters: the model's that ``optimizer`` holds with requires_grad (|g|, |theta| and the
     update also count what else it holds); a parameter it does not hold (another optimizer's, as in a
     GAN trained as one module) is in no norm, and the symmetries acting on it are left out as on a
@@ -354,6 +358,10 @@ class Monitor:
     event, once while it recurs at every step). An in-place edit
     through ``p.data`` (``p.data.clamp_``) bypasses the version counter that tells such writes and is
     not seen: the laws then carry its jump; write ``with torch.no_grad(): p.clamp_(...)`` instead.
+    Writes before the first step (DDP's broadcast when it wraps the model, a checkpoint loaded) restart
+    nothing that has begun, and say nothing; weights copied back as they were (an average swapped in
+    for evaluation, then restored) count as a write: the laws start again, harmlessly. Under FSDP2
+    no write between steps is looked for (each rank would have to agree on it).
     A new optimizer is observed once given to ``attach`` (until then
     ``mon.step`` raises, as it does when called with no optimizer step since the last call).
     A constructor that fails leaves no file behind; after ``close()`` every method but ``close``
@@ -462,6 +470,7 @@ class Monitor:
         self._nonfinite_at = -1  # the step whose non-finite gradient the pre-step hook recorded
         self._failed = False  # whether a pass of this step raised (the laws then start again)
         self._edited_at = -2  # the last step whose weights were found written outside the optimizer
+        self._first_step = 1
         self._inputs_finite = True  # whether the pre-step pass's sums (theta, g, momentum buffer) were finite
         self._horizontal = None  # P_H at theta_t on steps the quotient norms are due
         self._unfed: set[str] = set()  # the scheduled routines found due without a batch (an event each, once)
@@ -528,6 +537,7 @@ class Monitor:
                 self._at_exit = _flush_at_exit(weakref.WeakMethod(self._exit_flush))
                 atexit.register(self._at_exit)
             self._step = self._resumed(start_step) if resume else (start_step or 0)
+            self._first_step = self._step + 1  # writes before it (DDP's broadcast at wrapping) change no law yet
             self.sinks = [*([TensorBoardSink(self.log_dir / "tensorboard")] if tensorboard else []), *sinks]
             early, self._early_events = self._early_events, []
             for kind, message in early:
@@ -1075,7 +1085,7 @@ class Monitor:
             self._rebind(f"step {step}: {len(edited)} parameter(s) changed outside optimizer.step() since the last step "
                          f"({', '.join(edited[:3])}{', ...' if len(edited) > 3 else ''}: an in-place edit, "
                          "load_state_dict or a dtype change; not said again while it recurs at every step)",
-                         quiet=self._edited_at == step - 1)
+                         quiet=self._edited_at == step - 1 or step == self._first_step)
             self._edited_at = step
         self._inputs_finite = True
         try:
