@@ -456,3 +456,35 @@ def test_writes_before_the_first_step_say_nothing(tmp_path):
             assert mon.step(loss)["charge_law_error/rescale"] < 1e-5
     events = RunStore(tmp_path / "run" / "run.sqlite", read_only=True).events()
     assert not [kind for _, kind, _ in events if kind == "rebound"]
+
+
+class AuxiliaryHead(nn.Module):
+    """A trunk with a second head used in training mode only (deep supervision): the trace, in eval
+    mode, never sees it, so the trunk's rescales it breaks are found."""
+
+    def __init__(self):
+        super().__init__()
+        self.trunk, self.head, self.aux = nn.Linear(8, 16), nn.Linear(16, 4), nn.Linear(16, 4)
+
+    def forward(self, x):
+        h = torch.relu(self.trunk(x))
+        out = self.head(h)
+        return out + 0.5 * self.aux(h) if self.training else out
+
+
+@pytest.mark.parametrize("aux", [True, False])
+def test_a_loss_that_breaks_the_found_symmetries_is_said(tmp_path, aux):
+    """Training through the auxiliary head breaks the trunk's rescales (gradient breaking 3.9e-2 in the
+    trial): one "symmetry-broken" event. The same loop without it (the model in eval mode) says nothing."""
+    torch.manual_seed(0)
+    model = AuxiliaryHead()
+    x, y = torch.randn(32, 8), torch.randint(0, 4, (32,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with sw.Monitor(model, opt, tmp_path / "run", example_input=x, tensorboard=False) as mon:
+        model.train(aux)
+        for _ in range(3):
+            loss, _, _ = by_hand_step(model, opt, lambda: F.cross_entropy(model(x), y))
+            breaking = mon.step(loss)["gradient_breaking/rescale"]
+            assert (breaking > 1e-3) if aux else (breaking < 1e-5)
+    events = RunStore(tmp_path / "run" / "run.sqlite", read_only=True).events()
+    assert [step for step, kind, _ in events if kind == "symmetry-broken"] == ([1] if aux else [])

@@ -151,6 +151,11 @@ def _needs_upcast(t: Tensor, compiled: bool) -> bool:
 _dtype, _shape, _device = attrgetter("dtype"), attrgetter("shape"), attrgetter("device")
 
 
+# gradient_breaking/rescale of a symmetry of the training loss: ~1e-7 from float32 gradients; past
+# this, the loss the optimizer minimises breaks it ("symmetry-broken" event, once)
+_BROKEN = 1e-3
+
+
 def _holds(new: torch.dtype, old: torch.dtype) -> bool:
     """Whether every value of floating dtype ``old`` is one of ``new`` (as wide an exponent, as long a
     mantissa): a conversion that keeps the parameters' values, and with them every charge."""
@@ -341,6 +346,10 @@ class Monitor:
     curvature and attention routines need full parameters on one rank and are off); ``optimizer`` in a wrapper that holds it as ``.optimizer`` (Accelerate's
     AcceleratedOptimizer, Lightning's LightningOptimizer).
 
+    A training loss that breaks the rescale symmetries found on the traced model (gradient_breaking
+    above 1e-3: a head used in training mode only, a penalty added to the loss) gets one
+    "symmetry-broken" event.
+
     Under DDP or FSDP2 every rank builds the monitor and calls ``step`` (the loss is averaged over
     the ranks, a collective: a monitor on rank 0 alone waits for the others until the process
     group's timeout); rank 0 writes.
@@ -470,6 +479,7 @@ class Monitor:
         self._nonfinite_at = -1  # the step whose non-finite gradient the pre-step hook recorded
         self._failed = False  # whether a pass of this step raised (the laws then start again)
         self._edited_at = -2  # the last step whose weights were found written outside the optimizer
+        self._broken_said = False  # whether the "symmetry-broken" event was written
         self._first_step = 1
         self._inputs_finite = True  # whether the pre-step pass's sums (theta, g, momentum buffer) were finite
         self._horizontal = None  # P_H at theta_t on steps the quotient norms are due
@@ -872,6 +882,15 @@ class Monitor:
         held = [name for name, v in values.items() if isinstance(v, Tensor)]
         if held:
             values.update(zip(held, torch.stack([values[name].double() for name in held]).tolist()))
+        broken = values.get("gradient_breaking/rescale")
+        if broken is not None and broken > _BROKEN and not self._broken_said:
+            self._broken_said = True
+            self._event(self._step, "symmetry-broken",
+                        f"gradient_breaking/rescale {broken:.1e} at step {self._step} (round-off for a symmetry of "
+                        "the training loss): the loss breaks rescale symmetries found on the traced model, through a "
+                        "term or branch the trace did not see (a head used in training mode only, a penalty added "
+                        "to the loss); their charges obey no law (verify_symmetries(train_mode=True) with the "
+                        "training loss tells which)")
         self._write(values)
         return values
 
