@@ -462,3 +462,26 @@ def test_a_gradient_set_to_none_for_one_step(momentum):
     assert torch.allclose(report.empirical["rescale"][-1], by_hand, rtol=1e-12, atol=1e-14)
     assert report.max_rel_error("rescale") < 1e-12
     assert any(entry.law == "symmetry" for entry in tracker.no_law)
+
+
+def test_a_no_law_entry_names_each_symmetry_once():
+    """A norm gain's rescale reads the q, k and v columns, each in the decay group while the gain is in
+    the no-decay one: the block law's "no continuous law" note listed it once per slot (288 labels for
+    96 symmetries on a one-layer Llama). Truth: the entry's labels are the symmetries', each once."""
+    torch.manual_seed(0)
+    hf = sw.models.huggingface.build("llama", layers=1, hidden=32)
+    model = hf.model
+    syms = sw.find_symmetries(model, hf.example_input)
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    rest = [p for p in model.parameters() if p.ndim < 2]
+    opt = torch.optim.SGD([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
+                          lr=0.1, momentum=0.9)
+    tracker = sw.ConservationTracker(model, opt, syms)
+    model(**hf.example_input).logits.sum().backward()
+    opt.step()
+    tracker.update()
+    assert tracker.no_law
+    labels = {sym.label for sym in syms}
+    for entry in tracker.no_law:
+        assert len(entry.labels) == len(set(entry.labels)) and set(entry.labels) <= labels
+    tracker.close()

@@ -338,7 +338,7 @@ class ConservationTracker:
         entry = self._no_law_notes.setdefault((law, reason), (set(), []))
         new_groups = set(groups) - entry[0]
         seen = set(entry[1])
-        new_labels = [label for label in labels if label not in seen]
+        new_labels = [label for label in dict.fromkeys(labels) if label not in seen]  # a label once, however many slots
         if new_groups or new_labels:
             entry[0].update(new_groups)
             entry[1].extend(new_labels)
