@@ -6,6 +6,7 @@ import contextlib
 import json
 import math
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 from rich.console import Console
@@ -17,15 +18,20 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 console = Console(stderr=True, soft_wrap=True)
 
 
+def _interrupted(kept: str) -> NoReturn:
+    """After Ctrl-C: one line saying what was kept (``kept``), and exit status 130 (typer alone exits
+    130 without a word)."""
+    console.print(f"interrupted: {kept}")
+    raise typer.Exit(code=130) from None
+
+
 @contextlib.contextmanager
 def _interruptible(kept: str):
-    """Ctrl-C inside: one line saying what was kept (``kept``), and exit status 130 (typer alone exits
-    130 without a word)."""
+    """Ctrl-C inside: ``_interrupted(kept)``."""
     try:
         yield
     except KeyboardInterrupt:
-        console.print(f"interrupted: {kept}")
-        raise typer.Exit(code=130) from None
+        _interrupted(kept)
 
 
 def _run_experiment(name: str, out: Path, as_json: bool, full: bool = False) -> None:
@@ -262,8 +268,7 @@ def symmetries(
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(code=2) from None
     except KeyboardInterrupt:
-        console.print("interrupted: nothing was written")
-        raise typer.Exit(code=130) from None
+        _interrupted("nothing was written")
     per_layer: dict[str, dict[str, int]] = {}
     for sym in found:
         layer = sym.label.split("/")[1]

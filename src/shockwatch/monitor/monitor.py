@@ -149,6 +149,7 @@ def _needs_upcast(t: Tensor, compiled: bool) -> bool:
 
 
 _dtype, _shape, _device = attrgetter("dtype"), attrgetter("shape"), attrgetter("device")
+_requires_grad = attrgetter("requires_grad")
 
 
 # gradient_breaking/rescale of a symmetry of the training loss: ~1e-7 from float32 gradients; past
@@ -165,7 +166,6 @@ def _holds(new: torch.dtype, old: torch.dtype) -> bool:
         return False
     a, b = torch.finfo(new), torch.finfo(old)
     return a.eps <= b.eps and a.max >= b.max and a.tiny <= b.tiny
-_requires_grad = attrgetter("requires_grad")
 
 
 def check_log_dir(log_dir) -> None:
@@ -480,7 +480,6 @@ class Monitor:
         self._failed = False  # whether a pass of this step raised (the laws then start again)
         self._edited_at = -2  # the last step whose weights were found written outside the optimizer
         self._broken_said = False  # whether the "symmetry-broken" event was written
-        self._first_step = 1
         self._inputs_finite = True  # whether the pre-step pass's sums (theta, g, momentum buffer) were finite
         self._horizontal = None  # P_H at theta_t on steps the quotient norms are due
         self._unfed: set[str] = set()  # the scheduled routines found due without a batch (an event each, once)
@@ -626,9 +625,6 @@ class Monitor:
         self._outside = [] if any(map(sharded.is_sharded, self._params)) else \
             [p for p in held if id(p) not in observed]
         self._outside_before: list[Tensor] = []  # their theta_t, copied before each step
-        # the parameters this optimizer steps: one of them changed with no step of it means another
-        # optimizer (a new one, not attached) updates them (another optimizer's own parameters may move)
-        self._stepped_params = list(self._params)
         self._before: list[Tensor] | None = None  # theta_t, copied in the pre-step pass
         self._copies_layout: tuple | None = None  # the parameters' dtypes, shapes and devices the copies were made for
         self._upcast = False  # whether the passes sum from float64 copies (set with the copies)
@@ -639,9 +635,10 @@ class Monitor:
         self._versions = self._stamps()
 
     def _stamps(self) -> list[tuple[int, torch.dtype]]:
-        """Per parameter this optimizer steps: its version counter (bumped by every in-place write made
-        with autograd's knowledge) and its dtype (``model.to(dtype)`` swaps the tensor, no version)."""
-        return [(p._version, p.dtype) for p in self._stepped_params]
+        """Per parameter this optimizer steps (``_params``): its version counter (bumped by every in-place
+        write made with autograd's knowledge: one changed with no step of this optimizer means something
+        else wrote it) and its dtype (``model.to(dtype)`` swaps the tensor, no version)."""
+        return [(p._version, p.dtype) for p in self._params]
 
     def _edited(self) -> list[str]:
         """The parameters written since the last step by something else than the optimizer: an in-place
@@ -657,13 +654,14 @@ class Monitor:
         model, optimizer, symmetries = self.model, self.optimizer, self._all_symmetries
         previous = self.symmetries
         trained = set(self._names)
-        frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
-        untrained = {name for name, p in model.named_parameters() if p.requires_grad and name not in trained}
-        if symmetries is not None and (frozen or untrained):
+        left_out = {name for name, _ in model.named_parameters()} - trained
+        if symmetries is not None and left_out:
             # a parameter this optimizer does not step moves by no law of its: a symmetry that acts on
             # it is no symmetry of these training dynamics, and its charge obeys no conservation law
-            kept = tuple(sym for sym in symmetries if not any(slot.param in frozen | untrained for slot in sym.slots))
+            kept = tuple(sym for sym in symmetries if not any(slot.param in left_out for slot in sym.slots))
             if len(kept) < len(symmetries):
+                frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+                untrained = left_out - frozen
                 named = lambda names: f"{', '.join(sorted(names)[:3])}{', ...' if len(names) > 3 else ''}"  # noqa: E731
                 why = " and ".join(part for part in (
                     f"with requires_grad=False ({named(frozen)})" if frozen else "",
@@ -1099,8 +1097,8 @@ class Monitor:
         elif not self._sharded and (edited := self._edited()):
             # written since the last step outside the optimizer (an in-place edit under no_grad such as a
             # clip to a box, load_state_dict, model.to(dtype)): the laws predicted the charges the
-            # optimizer alone would give, so they start again from the charges now
-            # written again right after the last such step (a clip every step): the same event holds
+            # optimizer alone would give, so they start again from the charges now; the event is not
+            # written again while it recurs at every step, nor for writes before the first step
             self._rebind(f"step {step}: {len(edited)} parameter(s) changed outside optimizer.step() since the last step "
                          f"({', '.join(edited[:3])}{', ...' if len(edited) > 3 else ''}: an in-place edit, "
                          "load_state_dict or a dtype change; not said again while it recurs at every step)",

@@ -401,10 +401,7 @@ def _units(dims: tuple[tuple[int, ...], ...], vectors: list[tuple[Tensor, Tensor
         if not a:  # an empty list of tensors has norm 0
             totals.append(torch.zeros((), dtype=torch.float64, device=device))
             continue
-        # a difference (theta_t+1 - theta_t) taken in float64: float32's rounds it to ~1e-10 of |theta|
-        terms = a if b is None else torch._foreach_sub([t.double() for t in a], [t.double() for t in b])
-        # per-tensor norms accumulated in float64 (float32's sum is off by ~1e-8), combined: sqrt(sum |t|^2)
-        totals.append(torch.stack(torch._foreach_norm(terms, 2, dtype=torch.float64)).square().sum().sqrt())
+        totals.append(_norm(a, b))
     return (torch.stack(rows).double() if rows else None), torch.stack(totals)
 
 
@@ -431,6 +428,13 @@ class FusedSums(NamedTuple):
 def _on_host(sums: FusedSums) -> FusedSums:
     """Every field of ``sums`` as a float64 NumPy array (``fused_sums(host=True)`` off the C kernel)."""
     return FusedSums(*(None if t is None else t.detach().to("cpu", torch.float64).numpy() for t in sums))
+
+
+def _norm(a: list[Tensor], b: list[Tensor] | None = None) -> Tensor:
+    """sqrt(sum_i |a_i - b_i|^2) (|a| without ``b``), float64 whatever the tensors' dtype: a difference
+    (theta_t+1 - theta_t) in float32 rounds to ~1e-10 of |theta|, and a float32 sum is off by ~1e-8."""
+    terms = a if b is None else torch._foreach_sub([t.double() for t in a], [t.double() for t in b])
+    return torch.stack(torch._foreach_norm(terms, 2, dtype=torch.float64)).square().sum().sqrt()
 
 
 def _from_host(sums: FusedSums) -> FusedSums:
@@ -764,9 +768,7 @@ class SymmetrySet:
         sums = self._scatter(plan, units, totals, len(pairs), size, unsigned)
         sources = [pairs[0][0][name] for name in self.quadratic_params]
         if moved_from is not None:  # before any copy: copy_into may be moved_from
-            steps = torch._foreach_sub([t.double() for t in sources],
-                                       [moved_from[name].double() for name in self.quadratic_params])
-            sums = sums._replace(moved=torch.stack(torch._foreach_norm(steps, 2, dtype=torch.float64)).square().sum().sqrt())
+            sums = sums._replace(moved=_norm(sources, [moved_from[name] for name in self.quadratic_params]))
         if copy_into is not None:
             torch._foreach_copy_([copy_into[name] for name in self.quadratic_params], sources)
         return _on_host(sums) if host else sums
