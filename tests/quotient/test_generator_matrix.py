@@ -51,3 +51,19 @@ def test_the_gl_heads_of_a_transformer():
     params = {name: p.detach() for name, p in model.named_parameters()}
     sparse = generator_matrix(symmetries, params).toarray()
     assert np.allclose(sparse, dense_columns(symmetries, params), rtol=0, atol=1e-15)
+
+
+def test_a_second_point_of_the_same_set_reads_its_own_theta():
+    """The columns' pattern is built once per set and shapes: a call at another theta (and in
+    float32, read in float64) must give that theta's generators, not the first call's."""
+    generator_ = torch.Generator().manual_seed(1)
+    shapes = {"a": (4, 5), "b": (5,)}
+    symmetries = SymmetrySet((Symmetry(Kind.SCALE, "s", (Slot("a", 0, 0, 2), Slot("b", 0, 0, 2))),
+                              Symmetry(Kind.RESCALE, "r", (Slot("a", 0, 2, 3),), (Slot("a", 1, 3, 4),)),
+                              Symmetry(Kind.TRANSLATION, "t", (Slot("b", 0, 1, 4),))))
+    for dtype in (torch.float64, torch.float64, torch.float32):
+        params = {name: torch.randn(shape, generator=generator_, dtype=dtype) for name, shape in shapes.items()}
+        sparse = generator_matrix(symmetries, params).toarray()
+        assert sparse.dtype == np.float64
+        truth = dense_columns(symmetries, {name: p.double() for name, p in params.items()})
+        assert np.array_equal(sparse, truth)

@@ -1,0 +1,77 @@
+"""``horizontal_projector`` inverts the generators' Gram matrix block by block (generators that share no
+parameter entry): checked against the dense projector P = I - J^T (J J^T)^+ J with NumPy's
+pseudo-inverse of the whole Gram matrix (float64), on a convolutional net whose generators fall in
+several blocks, and with dependent generators, where a block is singular."""
+
+import dataclasses
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.sparse.csgraph import connected_components
+from torch import nn
+
+import shockwatch as sw
+from shockwatch.quotient import horizontal_projector
+from shockwatch.quotient.projection import generator_matrix
+from shockwatch.symmetry import Kind, Symmetry
+
+
+def _conv_net():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                          nn.Conv2d(4, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3)).double()
+    x, y = torch.randn(16, 2, 6, 6, dtype=torch.float64), torch.randint(0, 3, (16,))
+    for _ in range(5):  # off the initialisation, where a symmetric start can hide a coupling
+        model.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        with torch.no_grad():
+            for p in model.parameters():
+                p -= 0.1 * p.grad
+    return model.eval(), x
+
+
+def _dense(syms, params):
+    generators = generator_matrix(syms, params).toarray()  # D x K
+    return np.eye(generators.shape[0]) - generators @ np.linalg.pinv(generators.T @ generators) @ generators.T, generators
+
+
+def test_the_projector_of_a_net_with_several_blocks_is_the_dense_one():
+    model, x = _conv_net()
+    syms = sw.find_symmetries(model, x)
+    params = {k: p.detach() for k, p in model.named_parameters()}
+    dense, generators = _dense(syms, params)
+    gram = generators.T @ generators
+    blocks, _ = connected_components(np.abs(gram) > 0, directed=False)
+    assert blocks > 3, blocks  # several blocks, one of them more than a generator
+    assert blocks < generators.shape[1]
+    projector = horizontal_projector(syms, params)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        v = rng.standard_normal(len(dense))
+        out = projector(v)
+        assert np.linalg.norm(out - dense @ v) <= 1e-12 * np.linalg.norm(v)
+        assert np.abs(generators.T @ out).max() <= 1e-12 * np.abs(generators.T @ v).max()
+
+
+def test_dependent_generators_leave_a_singular_block_whose_null_direction_is_dropped():
+    """A scale of the first layer's whole weight and bias added beside its per-unit scales (their
+    sum): G's block there is singular, its null eigenvalue round-off; the projection is still the
+    dense one, and the same as without the dependent generator."""
+    model, x = _conv_net()
+    syms = sw.find_symmetries(model, x)
+    units = [s for s in syms.of_kind(Kind.SCALE) if s.incoming[0].param == "0.weight"]
+    assert len(units) == 4
+    whole = Symmetry(kind=Kind.SCALE, label="scale/0/whole",
+                     incoming=tuple(dataclasses.replace(slot, start=0, stop=4) for slot in units[0].incoming),
+                     outgoing=())
+    doubled = dataclasses.replace(syms, symmetries=syms.symmetries + (whole,))
+    params = {k: p.detach() for k, p in model.named_parameters()}
+    dense, generators = _dense(doubled, params)
+    assert np.linalg.matrix_rank(generators) == generators.shape[1] - 1
+    projector = horizontal_projector(doubled, params)
+    v = np.random.default_rng(1).standard_normal(len(dense))
+    assert np.linalg.norm(projector(v) - dense @ v) <= 1e-12 * np.linalg.norm(v)
+    single = horizontal_projector(syms, params)
+    assert np.linalg.norm(projector(v) - single(v)) <= 1e-12 * np.linalg.norm(v)  # the same orbit directions
