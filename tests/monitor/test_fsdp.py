@@ -181,3 +181,63 @@ def test_a_hugging_face_llama_sharded_layer_by_layer(tmp_path):
         for name, value in got.items():
             assert math.isclose(value, want[name], rel_tol=1e-9, abs_tol=1e-13), (step, name, value, want[name])
         assert want["charge_law_error/rescale"] < 1e-12 and want["charge_law_error/translation"] < 1e-12
+
+
+def edit_worker(rank, world, directory, edit_on=(0, 1)):
+    """The net sharded, SGD at lr 0 (the laws predict no change at all), its weights clipped in place
+    under no_grad after step 4 on the ranks in ``edit_on`` (each rank clips its own shards)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    with gloo_group(rank, world, directory):
+        model, symmetries = setup()
+        mesh = init_device_mesh("cpu", (world,))
+        for module in (model.first, model.second, model.head, model.gate):
+            fully_shard(module, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)
+        x, y = data()
+        monitor = sw.Monitor(model, opt, os.path.join(directory, "run"), symmetries=symmetries,
+                             schedule=sw.Schedule(quotient=None), tensorboard=False)
+        for step in range(1, 8):
+            if step == 5 and rank in edit_on:
+                with torch.no_grad():
+                    for p in model.parameters():
+                        p.clamp_(-0.05, 0.05)
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            monitor.step(loss)
+        monitor.close()
+        torch.save(None, os.path.join(directory, f"rank{rank}.pt"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("edit_on", [(0, 1), (1,)])
+def test_a_write_between_steps_restarts_the_laws_on_every_rank(tmp_path, edit_on):
+    """Truth: at lr 0 the charges do not move but for the clip, so the exact laws hold to round-off once
+    they start again from the clipped charges (unsharded, the same clip leaves them off by O(1) for good
+    without the restart). Also a clip on rank 1's shards alone: rank 0 restarts too (one flag all-reduced)."""
+    spawn_gloo(functools.partial(edit_worker, edit_on=edit_on), tmp_path)
+    store = RunStore(tmp_path / "run" / "run.sqlite", read_only=True)
+    assert [(step, kind) for step, kind, _ in store.events() if kind == "rebound"] == [(5, "rebound")]
+    for kind in ("translation", "scale", "rescale"):
+        errors = store.scalars(f"charge_law_error/{kind}")[1]
+        assert len(errors) == 7 and max(errors) < 1e-12, (kind, errors)
+    drift = store.scalars("charge_drift/rescale")[1]
+    assert max(drift[:4]) < 1e-12 < max(drift[4:])  # the clip moved the charges: there was something to see
+
+
+def test_the_collective_device_follows_the_backend(monkeypatch):
+    """Truth: torch.distributed's backends (NCCL reduces CUDA tensors only; gloo and MPI host ones; the
+    default group pairs a CPU backend with the accelerator's). The accelerator is patched in: no GPU here."""
+    from shockwatch.symmetry.sharded import collective_device
+
+    monkeypatch.setattr(torch.accelerator, "current_accelerator", lambda *a, **k: torch.device("cuda"))
+    monkeypatch.setattr(torch.accelerator, "current_device_index", lambda: 3)
+    assert collective_device("nccl") == torch.device("cuda", 3)
+    for backend in ("gloo", "mpi", "cpu:gloo,cuda:nccl"):
+        assert collective_device(backend) == torch.device("cpu")
+    monkeypatch.setattr(torch.accelerator, "current_accelerator", lambda *a, **k: None)
+    assert collective_device("nccl") == torch.device("cpu")

@@ -490,6 +490,7 @@ class Monitor:
         self._at_exit = None  # deferred: the flush registered with atexit
         self.store, self.sinks, self.tracker, self.symmetries, self._hook = None, [], None, None, None
         self._step = 0
+        self._first_step = 1  # the writer's is set again below, after a resume
         self._all_symmetries = None
         # the path norm needs one tensor input's shape; dict / tuple inputs (Hugging Face) have none
         self._input_shape = tuple(example_input.shape[1:]) if isinstance(example_input, Tensor) else None
@@ -646,6 +647,17 @@ class Monitor:
         float32 -> float64 and a device or storage move keep every value, and the laws with them)."""
         return [name for name, (version, dtype), (was, old) in zip(self._names, self._stamps(), self._versions)
                 if version != was or not _holds(dtype, old)]
+
+    def _edited_anywhere(self) -> list[str]:
+        """``_edited``; under FSDP2, where each rank sees writes to its own shards only, whether any rank
+        saw one (one all-reduce of a flag a step), so that every rank starts the laws again at the same
+        step (their charges are sums over the ranks)."""
+        edited = self._edited()
+        if not self._sharded:
+            return edited
+        if not sharded.all_reduce(np.array([1.0 if edited else 0.0]))[0]:
+            return []
+        return edited or ["(shards of another rank)"]
 
     def _bind(self, *, start: bool = False) -> None:
         """What depends on the optimizer and on which parameters train: the symmetries acting on
@@ -1028,6 +1040,9 @@ class Monitor:
             return loss.item() if isinstance(loss, Tensor) else float(loss)
         # every rank must call this in the same step: it is the one collective of the monitor
         total = loss.detach().clone().reshape(()) if isinstance(loss, Tensor) else torch.tensor(float(loss))
+        device = sharded.collective_device(str(dist.get_backend()))
+        if total.device.type == "cpu" and device.type != "cpu":  # a float or host loss under NCCL alone
+            total = total.to(device)
         dist.all_reduce(total)
         return float(total) / dist.get_world_size() if host else total / dist.get_world_size()
 
@@ -1094,7 +1109,7 @@ class Monitor:
             # model.to(device) mid-run: the symmetries' index plans follow the parameters
             self._all_symmetries = self._all_symmetries.to(self._params[0].device)
             self._rebind(f"step {step}: the parameters moved to {self._params[0].device}")
-        elif not self._sharded and (edited := self._edited()):
+        elif edited := self._edited_anywhere():
             # written since the last step outside the optimizer (an in-place edit under no_grad such as a
             # clip to a box, load_state_dict, model.to(dtype)): the laws predicted the charges the
             # optimizer alone would give, so they start again from the charges now; the event is not

@@ -122,11 +122,31 @@ def localized(symmetries, layouts: Mapping[str, tuple[tuple[int, ...], tuple[int
 
 
 def all_reduce(values: np.ndarray) -> np.ndarray:
-    """The sum over ranks of a float64 vector (one collective; every rank must call it)."""
+    """The sum over ranks of a float64 vector (one collective; every rank must call it), on the device
+    the process group reduces on (``collective_device``)."""
     tensor = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float64))
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(tensor)
+        device = collective_device(str(dist.get_backend()))
+        if device.type == "cpu":
+            dist.all_reduce(tensor)
+        else:
+            moved = tensor.to(device)
+            dist.all_reduce(moved)
+            tensor = moved.cpu()
     return tensor.numpy()
+
+
+def collective_device(backend: str) -> torch.device:
+    """Where a process group with ``backend`` (``dist.get_backend()``) reduces: the CPU for gloo and
+    MPI, or a group with a CPU backend beside its accelerator's ("cpu:gloo,cuda:nccl", what
+    ``init_process_group()`` makes by default); otherwise (``init_process_group("nccl")``, which takes
+    CUDA tensors only) the current accelerator."""
+    if backend in ("gloo", "mpi") or "cpu:" in backend:
+        return torch.device("cpu")
+    accelerator = torch.accelerator.current_accelerator() if hasattr(torch, "accelerator") else None
+    if accelerator is None:
+        return torch.device("cpu")
+    return torch.device(accelerator.type, torch.accelerator.current_device_index())
 
 
 def local_squares(tensors: list[Tensor], minus: list[Tensor] | None = None) -> float:
