@@ -168,6 +168,9 @@ def test_bad_input(tmp_path):
             sw.Schedule(**bad)
     with pytest.raises(ValueError, match="schedule.early must be True or False"):
         sw.Schedule(early=1)
+    for bad in (0, 1.5, -0.1, True, "5%"):
+        with pytest.raises(ValueError, match="schedule.quotient_budget must be a share"):
+            sw.Schedule(quotient_budget=bad)
     with pytest.raises(TypeError, match="Schedule"):
         sw.Monitor(model, opt, tmp_path / "other", schedule={"charges": 1})
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
@@ -405,3 +408,40 @@ def test_a_norm_epsilon_is_named_and_its_breaking_measured(tmp_path):
     assert errors[1e-12] < 1e-9 and errors[1e-5] > 1e3 * errors[1e-12], errors
     assert len(events[1e-5]) == 1 and "eps up to 1e-05" in events[1e-5][0]
     assert len(events[1e-12]) == 1 and "eps up to 1e-12" in events[1e-12][0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("budget", [0.05, None])
+def test_a_costly_quotient_sample_stretches_the_period_within_the_budget(tmp_path, monkeypatch, budget):
+    """A projector that takes 1.1 s (slept) on a model whose steps take milliseconds: by the budget
+    rule (cost > budget x period x step time and > 1 s) the first sample measured against at least 3
+    step times (step 4; step 2 has 1) must stretch the period to a multiple of 2 above 1.1 / (0.05 x 1 s)
+    = 22 steps, so no sample follows within 12 steps; with quotient_budget=None every even step samples."""
+    import time
+
+    from shockwatch.monitor import monitor as monitor_module
+
+    real = monitor_module.horizontal_projector
+
+    def slow(*args, **kwargs):
+        time.sleep(1.1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(monitor_module, "horizontal_projector", slow)
+    model, opt, x, y, first = setup(tmp_path / "first")
+    first.close()
+    steps = 12 if budget else 6
+    monitor = sw.Monitor(model, opt, tmp_path / "run", example_input=x, tensorboard=False,
+                         schedule=sw.Schedule(quotient=2, quotient_budget=budget))
+    train(monitor, model, opt, x, y, steps)
+    monitor.close()
+    store = RunStore(tmp_path / "run" / "run.sqlite", read_only=True)
+    sampled = store.scalars("grad_norm/quotient")[0]
+    events = [(step, message) for step, kind, message in store.events() if kind == "quotient-period"]
+    if budget is None:
+        assert list(sampled) == [2, 4, 6] and not events
+        return
+    assert list(sampled) == [2, 4]
+    assert len(events) == 1 and events[0][0] == 4
+    period = int(events[0][1].split("taken every ")[1].split()[0])
+    assert period % 2 == 0 and period >= 22, events

@@ -174,7 +174,8 @@ def run_testbed(name: str, config: Config, log_dir: Path, *, bar=None, tensorboa
     horizon = max(2 * every, round(config.horizon_fraction * bed.steps))
     adam = type(bed.optimizer) in (torch.optim.Adam, torch.optim.AdamW)
     monitor = Monitor(bed.model, bed.optimizer, log_dir, symmetries=symmetries, example_input=first[0],
-                      loss_fn=bed.loss_fn, schedule=Schedule(quotient=every, curvature=every, early=config.early_samples),
+                      loss_fn=bed.loss_fn,  # the periods as given (the scores compare runs at fixed samples)
+                      schedule=Schedule(quotient=every, curvature=every, early=config.early_samples, quotient_budget=None),
                       tensorboard=tensorboard, curvature_tol=config.curvature_tol, warnings=_rules(stability_threshold(bed.optimizer), horizon, adam))
     advance = step_bar(bar, name, bed.steps)
     with monitor:

@@ -48,7 +48,9 @@ import atexit
 import math
 import os
 import shutil
+import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
@@ -107,12 +109,23 @@ class Schedule:
     # in the first steps (the catapult's loss spike comes within ~10) falls before the first evenly
     # spaced sample; log2(period) samples more
     early: bool = False
+    # the quotient samples' share of the run's time: where one sample costs more than quotient_budget
+    # times the quotient steps between two samples (measured: the sample against the median step of
+    # the run) and more than a second, the monitor stretches the quotient period to a multiple of
+    # ``quotient`` that keeps the share (a "quotient-period" event each time it grows). Measured: a
+    # sample costs 2.1-2.4 steps on a width/4 VGG-11 (kept every 50) and 11 on one GPT-2 layer (its
+    # 24 GL(64) groups take the CG path; every 216 steps then). None: every ``quotient`` steps
+    quotient_budget: float | None = 0.05
 
     def __post_init__(self) -> None:
         if not isinstance(self.early, bool):
             raise ValueError(f"schedule.early must be True or False, got {self.early!r}")
+        budget = self.quotient_budget
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))
+                                   or not 0 < budget <= 1):
+            raise ValueError(f"schedule.quotient_budget must be a share of the run's time in (0, 1] or None, got {budget!r}")
         for entry in fields(self):
-            if entry.name == "early":
+            if entry.name in ("early", "quotient_budget"):
                 continue
             every = getattr(self, entry.name)
             if every is None and entry.name != "charges":
@@ -121,14 +134,17 @@ class Schedule:
                 accepted = "a positive int" + ("" if entry.name == "charges" else " or None")
                 raise ValueError(f"schedule.{entry.name} must be {accepted}, got {every!r}")
 
-    def due(self, name: str, step: int) -> bool:
-        every = getattr(self, name)
-        if every is None:
+    def due(self, name: str, step: int, every: int | None = None) -> bool:
+        """Whether ``name`` is computed at ``step``: at the multiples of its period (``every`` where given:
+        the quotient period a monitor stretched) and, with ``early``, at the powers of two below the
+        scheduled period."""
+        scheduled = getattr(self, name)
+        if scheduled is None:
             return False
-        if step % every == 0:
+        if step % (every or scheduled) == 0:
             return True
         # powers of two below the period (the tracker's charges keep their own period)
-        return self.early and name != "charges" and 0 < step < every and step & (step - 1) == 0
+        return self.early and name != "charges" and 0 < step < scheduled and step & (step - 1) == 0
 
 
 def _total_norm(tensors: list[Tensor]) -> float:
@@ -483,6 +499,15 @@ class Monitor:
         self._inputs_finite = True  # whether the pre-step pass's sums (theta, g, momentum buffer) were finite
         self._horizontal = None  # P_H at theta_t on steps the quotient norms are due
         self._unfed: set[str] = set()  # the scheduled routines found due without a batch (an event each, once)
+        # the quotient period in use (schedule.quotient, stretched by quotient_budget), the step whose
+        # quotient sample is being taken, the seconds it has cost so far, and the run's recent step
+        # times (between mon.step calls, the samples' time taken out) it is weighed against
+        self._quotient_every = schedule.quotient
+        self._quotient_step: int | None = None
+        self._quotient_cost = 0.0
+        self._unaccounted = 0.0  # sample time inside the current step interval
+        self._step_times: deque[float] = deque(maxlen=64)
+        self._last_call: float | None = None
         self._measured = None  # the tracker's per-step inputs, from the pre-step pass
         self._pending: list[_Pending] = []  # deferred steps whose sums are still on the device
         self._pre_raw: _PreSums | None = None  # this step's pre-step sums, deferred
@@ -828,6 +853,10 @@ class Monitor:
                             f"{type(loss).__name__}" + (" (a model output's .loss is None without labels)" if loss is None
                                                         else ""))
         self._step += 1
+        called = time.perf_counter()  # the run's step time, for the quotient budget: since the last call,
+        if self._last_call is not None:  # less the quotient samples taken in between
+            self._step_times.append(called - self._last_call - self._unaccounted)
+        self._last_call, self._unaccounted = called, 0.0
         other_rank = self.rank != 0 and not self._sharded
         if self.deferred and not (other_rank and self.raise_on_nonfinite):
             value = self._mean_loss(loss, host=False)
@@ -848,12 +877,38 @@ class Monitor:
         if self.deferred:
             self._defer(value, pre, raw, settings, batch)
             self._versions = self._stamps()
+            self._stretch()
             if len(self._pending) >= self.flush_every:
                 self.flush()
             return {}
         values = self._finish(value, pre, settings, self._now(batch, settings))
         self._versions = self._stamps()
+        self._stretch()
         return values
+
+    def _spent(self, started: float) -> None:
+        """Count the time since ``started`` (``perf_counter``) to this step's quotient sample."""
+        spent = time.perf_counter() - started
+        self._quotient_cost += spent
+        self._unaccounted += spent
+
+    def _stretch(self) -> None:
+        """After a quotient sample: where it cost more than ``schedule.quotient_budget`` of the run's time
+        over one period (cost > budget x period x median step time) and more than a second, the period
+        grows to the multiple of ``schedule.quotient`` that keeps the share, with a "quotient-period" event."""
+        budget, cost = self.schedule.quotient_budget, self._quotient_cost
+        if self._quotient_step != self._step or budget is None or cost <= 1.0 or len(self._step_times) < 3:
+            return
+        step_time = max(float(np.median(self._step_times)), 1e-9)
+        needed = cost / (budget * step_time)
+        if needed <= self._quotient_every:
+            return
+        base, old = self.schedule.quotient, self._quotient_every
+        self._quotient_every = base * math.ceil(needed / base)
+        self._event(self._step, "quotient-period",
+                    f"a quotient sample took {cost:.3g} s, {cost / step_time:.0f} steps of this run ({step_time * 1e3:.3g} ms "
+                    f"a step): taken every {self._quotient_every} steps from here, not every {old}, to stay within "
+                    f"{budget:.0%} of the run's time (Schedule(quotient_budget=None) keeps every {base})")
 
     def _now(self, batch, settings) -> _Pending:
         """What this step measures on the device after the optimizer step (the post-step pass) and
@@ -914,8 +969,10 @@ class Monitor:
                     self._unfed.add(name)
                     self._event(self._step, "no-batch", f"schedule.{name} is due at step {self._step} but mon.step() got "
                                 "no batch: pass mon.step(loss, batch=(inputs, targets)) (said once)")
-        if self._path_norm and self.schedule.due("quotient", self._step):
+        if self._path_norm and self._quotient_step == self._step:
+            started = time.perf_counter()
             values.update(self._optional("path_norm", lambda: {"path_norm": path_norm(self.model, self._input_shape)}))
+            self._spent(started)
         if self.schedule.due("curvature", self._step) and batch is not None and self.symmetries is not None:
             values.update(self._curvature(batch))
         if (self.schedule.due("update_curvature", self._step) and batch is not None and self.symmetries is not None
@@ -1225,8 +1282,10 @@ class Monitor:
             fused = self._sums(pairs, norms=((grads + outside, None),), copy_into=copy_into)
         self._have_before = True  # theta_t is copied (its finiteness is read with the sums)
         extra = {}
-        if syms is not None and self.schedule.due("quotient", self._step + 1) and not self._sharded:
+        if syms is not None and self.schedule.due("quotient", self._step + 1, self._quotient_every) and not self._sharded:
             # one projector at theta_t serves the gradient now and the update after the step
+            self._quotient_step, self._quotient_cost = self._step + 1, 0.0
+            started = time.perf_counter()
             named_params = self._named_params
             try:
                 with threadpool_limits(limits=1, user_api="blas"):  # beside torch's threads (curvature.curvature)
@@ -1235,6 +1294,7 @@ class Monitor:
                 extra["grad_norm/quotient"] = self._horizontal_norm(grads)
             except ValueError:  # non-finite parameters (a step that diverged): no projection there; the
                 extra["grad_norm/quotient"] = math.nan  # sums' own check says so, at the step it happened
+            self._spent(started)
         return _PreSums(fused, len(pairs), law, extra)
 
     def _pre_values(self, raw: _PreSums) -> None:
@@ -1322,8 +1382,10 @@ class Monitor:
             translation = (self.symmetries.charges(Kind.TRANSLATION, self._named_params),
                            self.symmetries.charges(Kind.TRANSLATION, self._named_params, absolute=True))
         extra = {}
-        if have and self._horizontal is not None and self.schedule.due("quotient", self._step):
+        if have and self._horizontal is not None and self._quotient_step == self._step:
+            started = time.perf_counter()
             extra["update_norm/quotient"] = self._horizontal_norm(torch._foreach_sub(params, self._before))
+            self._spent(started)
         return _PostSums(fused, record, have, translation, extra)
 
     def _post_values(self, raw: _PostSums) -> dict[str, float]:

@@ -7,7 +7,8 @@ Euclidean metric,
 
     P_H v = v - J^T c,    (J J^T) c = J v,
 
-solved by conjugate gradients on the Gram operator J J^T with a Jacobi preconditioner (|xi_k|^2),
+solved by conjugate gradients on the Gram operator J J^T, preconditioned by its diagonal (|xi_k|^2)
+and, on each GL group's d^2 rows, by that group's own block solved exactly (a Sylvester equation),
 matrix-free: J and J^T are one gather / scatter per (parameter, dim, sign) of the SymmetrySet's
 plan, and one d x d product per GL group.
 
@@ -97,12 +98,12 @@ class OrbitOperator:
     def rmatvec(self, coefficients: Tensor) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {}
         blocks = torch.split(coefficients, self.sizes)
+        for sym, part in zip(self.symmetries.of_kind(Kind.GL), blocks[len(_KINDS) + 1:]):
+            gl_generator_combination(sym, self.params, part, into=out)  # summed in place: heads share tensors
         pieces = [self.symmetries.generator_combination(kind, self.params, part)
                   for kind, part in zip(_KINDS, blocks) if part.numel()]
         pieces += [{name: float(c) * dense.double() for name, dense in xi.items()}
                    for xi, c in zip(self._rotation_generators, blocks[len(_KINDS)])]
-        pieces += [gl_generator_combination(sym, self.params, part)
-                   for sym, part in zip(self.symmetries.of_kind(Kind.GL), blocks[len(_KINDS) + 1:])]
         for piece in pieces:
             for name, dense in piece.items():
                 out[name] = out[name] + dense if name in out else dense
@@ -127,6 +128,40 @@ class OrbitOperator:
         return torch.cat(diagonal)
 
 
+    def preconditioner(self) -> Callable[[Tensor], Tensor]:
+        """r -> M^-1 r for CG on the Euclidean Gram matrix J J^T: its diagonal on the one-parameter and
+        rotation rows, and on each GL group's d^2 rows the group's own block solved exactly. That block
+        is M_out (x) I + I (x) M_in (row-major (a, b), M = A A^T of the head's outgoing and incoming
+        slots; checked against J J^T in tests/quotient/test_projector_blocks.py), so its solve is the
+        Sylvester equation M_out X + X M_in = R: X = U [(U^T R V) / (lambda_a + sigma_b)] V^T with
+        M_out = U diag(lambda) U^T, M_in = V diag(sigma) V^T (one eigh of each, d x d, per group). The
+        diagonal alone leaves CG the condition number of A A^T on every head (GPT-2, one layer: hundreds
+        of iterations a projection)."""
+        tiny = torch.finfo(torch.float64).tiny
+        diagonal = self.diagonal().clamp(min=tiny)
+        solvers = []
+        for sym in self.symmetries.of_kind(Kind.GL):
+            a_in = unit_matrix(sym, sym.incoming, self.params).double()
+            a_out = unit_matrix(sym, sym.outgoing, self.params).double()
+            sigma, v = torch.linalg.eigh(a_in @ a_in.T)
+            lam, u = torch.linalg.eigh(a_out @ a_out.T)
+            denominator = lam.unsqueeze(1) + sigma.unsqueeze(0)
+            solvers.append((u, v, denominator.clamp(min=max(float(denominator.max()) * 1e-14, tiny))))
+        head = sum(self.sizes[:len(_KINDS) + 1])
+
+        def apply(residual: Tensor) -> Tensor:
+            out = residual / diagonal
+            offset = head
+            for u, v, denominator in solvers:
+                d = u.shape[0]
+                block = residual[offset:offset + d * d].reshape(d, d)
+                out[offset:offset + d * d] = (u @ ((u.T @ block @ v) / denominator) @ v.T).reshape(-1)
+                offset += d * d
+            return out
+
+        return apply
+
+
 def horizontal_projection(symmetries: SymmetrySet, params: Mapping[str, Tensor], vectors: Mapping[str, Tensor],
                           *, metric: str = "euclidean", rtol: float = 1e-12,
                           max_iterations: int = 10_000) -> dict[str, Tensor]:
@@ -134,7 +169,8 @@ def horizontal_projection(symmetries: SymmetrySet, params: Mapping[str, Tensor],
 
     Equation: P_H v = v - J^T c with (J G J^T) c = J G v (least squares if generators are
         dependent); G the identity ("euclidean") or the GL-invariant metric ("gl-invariant").
-    Scheme: preconditioned conjugate gradients, float64, to |J P_H v| <= rtol |J v|.
+    Scheme: preconditioned conjugate gradients, float64, to |J P_H v| <= rtol |J v| (Euclidean: each GL
+    group's block solved exactly, ``OrbitOperator.preconditioner``; GL-invariant: the diagonal).
     Returns float64 tensors for every key of ``vectors``.
     Raises: RuntimeError if CG does not reach rtol within ``max_iterations``; ValueError / TypeError
     (``SymmetrySet.check_params``) for parameters the set cannot act on, a vector that names no
@@ -143,7 +179,7 @@ def horizontal_projection(symmetries: SymmetrySet, params: Mapping[str, Tensor],
     metric = Metric(metric)
     symmetries.check_params(params)
     check_vectors(vectors, params)
-    params = {name: p.detach() for name, p in params.items()}
+    params = {name: p.detach().to(torch.float64) for name, p in params.items()}  # once, not per iteration
     operator = OrbitOperator(symmetries, params)
     v = {name: t.detach().to(torch.float64) for name, t in vectors.items()}
     # parameters the caller left out take part as zeros (J needs every slot's tensor)
@@ -151,7 +187,11 @@ def horizontal_projection(symmetries: SymmetrySet, params: Mapping[str, Tensor],
     rhs = operator.matvec(_apply_metric(metric, symmetries, params, full))
     if rhs.numel() == 0 or float(rhs.norm()) == 0.0:
         return v
-    diagonal = operator.diagonal().clamp(min=torch.finfo(torch.float64).tiny)
+    if metric is Metric.EUCLIDEAN:
+        precondition = operator.preconditioner()
+    else:  # the GL-invariant metric changes the GL blocks: the diagonal of the Euclidean Gram matrix only
+        diagonal = operator.diagonal().clamp(min=torch.finfo(torch.float64).tiny)
+        precondition = diagonal.reciprocal().mul
 
     def gram(c: Tensor) -> Tensor:
         combination = operator.rmatvec(c)
@@ -160,7 +200,7 @@ def horizontal_projection(symmetries: SymmetrySet, params: Mapping[str, Tensor],
 
     c = torch.zeros_like(rhs)
     residual = rhs.clone()
-    z = residual / diagonal
+    z = precondition(residual)
     direction = z.clone()
     rz = float(residual @ z)
     target = rtol * float(rhs.norm())
@@ -171,7 +211,7 @@ def horizontal_projection(symmetries: SymmetrySet, params: Mapping[str, Tensor],
         step = rz / float(direction @ applied)
         c += step * direction
         residual -= step * applied
-        z = residual / diagonal
+        z = precondition(residual)
         rz_new = float(residual @ z)
         direction = z + (rz_new / rz) * direction
         rz = rz_new

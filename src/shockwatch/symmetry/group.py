@@ -1018,15 +1018,19 @@ def gl_generator_inner(sym: Symmetry, params: Mapping[str, Tensor], vectors: Map
     return v_in @ a_in.T - a_out @ v_out.T
 
 
-def gl_generator_combination(sym: Symmetry, params: Mapping[str, Tensor], coefficients: Tensor) -> dict[str, Tensor]:
-    """sum_ab C_ab xi_{E_ab} = (C A_in, -C^T A_out) scattered back into dense float64 tensors."""
-    out: dict[str, Tensor] = {}
+def gl_generator_combination(sym: Symmetry, params: Mapping[str, Tensor], coefficients: Tensor, *,
+                             into: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+    """sum_ab C_ab xi_{E_ab} = (C A_in, -C^T A_out) scattered back into dense float64 tensors (added
+    into ``into``'s where given: a sum over many groups without a dense tensor per group)."""
+    out: dict[str, Tensor] = {} if into is None else into
     count = sym.unit_count
     c = coefficients.to(torch.float64).reshape(count, count)
     for transform, slots in ((c, sym.incoming), (-c.T, sym.outgoing)):
         for slot in slots:
             theta = params[slot.param].detach()
-            dense = out.setdefault(slot.param, torch.zeros(theta.shape, dtype=torch.float64, device=theta.device))
+            dense = out.get(slot.param)
+            if dense is None:
+                dense = out[slot.param] = torch.zeros(theta.shape, dtype=torch.float64, device=theta.device)
             block = theta.narrow(slot.dim, slot.start, slot.stop - slot.start).movedim(slot.dim, 0)
             moved = (transform @ block.reshape(count, -1).double()).reshape(block.shape)
             dense.narrow(slot.dim, slot.start, slot.stop - slot.start).add_(moved.movedim(0, slot.dim))
