@@ -67,3 +67,22 @@ def test_a_second_point_of_the_same_set_reads_its_own_theta():
         assert sparse.dtype == np.float64
         truth = dense_columns(symmetries, {name: p.double() for name, p in params.items()})
         assert np.array_equal(sparse, truth)
+
+
+def test_a_set_checked_once_still_refuses_parameters_of_another_shape():
+    """check_params remembers the shapes it found every slot to fit: a later call with other shapes
+    (a model of another width under the same names) must still be refused, and one of the same
+    shapes but a wrong size along an acted-on axis too."""
+    import pytest
+
+    symmetries = SymmetrySet((Symmetry(Kind.RESCALE, "r", (Slot("a", 0, 2, 3),), (Slot("b", 0, 3, 4),)),),
+                             sizes=((("a", 0), 4),))
+    fits = {"a": torch.zeros(4, 5), "b": torch.zeros(5)}
+    symmetries.check_params(fits)
+    symmetries.check_params(fits)
+    with pytest.raises(ValueError, match="does not fit"):
+        symmetries.check_params({"a": torch.zeros(4, 5), "b": torch.zeros(3)})
+    with pytest.raises(ValueError, match="where these symmetries were found it had 4"):
+        symmetries.check_params({"a": torch.zeros(6, 5), "b": torch.zeros(5)})
+    with pytest.raises(TypeError, match="real floating-point"):
+        symmetries.check_params({"a": torch.zeros(4, 5, dtype=torch.int64), "b": torch.zeros(5)})

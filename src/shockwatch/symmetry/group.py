@@ -471,6 +471,8 @@ class SymmetrySet:
     _host_plans: dict = field(init=False, repr=False)  # kind -> gathers with NumPy indices (host_charges)
     _localized: dict = field(init=False, repr=False)  # shard layouts -> sharded.Localized (FSDP2)
     _quadratic_params: tuple = field(init=False, repr=False)
+    _param_names: tuple = field(init=False, repr=False)  # every parameter a slot names, in first-seen order
+    _fitted: set = field(init=False, repr=False)  # the (name, shape)s check_params has found every slot to fit
 
     def __post_init__(self) -> None:
         labels = [s.label for s in self.symmetries]
@@ -488,6 +490,9 @@ class SymmetrySet:
         object.__setattr__(self, "_localized", {})
         object.__setattr__(self, "_quadratic_params", tuple(dict.fromkeys(
             g.param for kind in (Kind.SCALE, Kind.RESCALE) for g in plans[kind].gathers)))
+        object.__setattr__(self, "_param_names", tuple(dict.fromkeys(slot.param for sym in self.symmetries
+                                                                     for slot in sym.slots)))
+        object.__setattr__(self, "_fitted", set())
 
     def __iter__(self) -> Iterator[Symmetry]:
         return iter(self.symmetries)
@@ -504,7 +509,7 @@ class SymmetrySet:
         size than where the set was found (symmetries found on another model: ValueError), is no real
         floating-point tensor with values (complex, integer, meta: TypeError), or (``finite``) is not
         finite (ValueError, with the parameter's name)."""
-        names = dict.fromkeys(slot.param for sym in self.symmetries for slot in sym.slots)
+        names = self._param_names
         missing = [name for name in names if name not in params]
         if missing:
             wrapped = next((prefix for prefix in _WRAPPER_PREFIXES
@@ -515,15 +520,19 @@ class SymmetrySet:
             raise ValueError(f"{what} lacks {len(missing)} parameter(s) these symmetries act on ({', '.join(missing[:3])}"
                              f"{', ...' if len(missing) > 3 else ''}): {hint}")
         shapes = {name: tuple(params[name].shape) for name in names}
-        for sym in self.symmetries:
-            for slot in sym.slots:
-                if not slot_fits(slot, shapes):
-                    raise ValueError(f"{what}[{slot.param!r}] has shape {shapes[slot.param]}, which symmetry {sym.label} "
-                                     f"does not fit (dim {slot.dim}, {slot.start}:{slot.stop}): found on another model?")
-        for (name, dim), size in self.sizes:
-            if name in shapes and -len(shapes[name]) <= dim < len(shapes[name]) and shapes[name][dim] != size:
-                raise ValueError(f"{what}[{name!r}] has size {shapes[name][dim]} along dim {dim}, where these symmetries "
-                                 f"were found it had {size}: they belong to another model; find them on this one")
+        key = tuple(shapes.items())
+        if key not in self._fitted:  # the slots' fit depends on the shapes alone: checked once per shapes
+            for sym in self.symmetries:
+                for slot in sym.slots:
+                    if not slot_fits(slot, shapes):
+                        raise ValueError(f"{what}[{slot.param!r}] has shape {shapes[slot.param]}, which symmetry "
+                                         f"{sym.label} does not fit (dim {slot.dim}, {slot.start}:{slot.stop}): found on "
+                                         "another model?")
+            for (name, dim), size in self.sizes:
+                if name in shapes and -len(shapes[name]) <= dim < len(shapes[name]) and shapes[name][dim] != size:
+                    raise ValueError(f"{what}[{name!r}] has size {shapes[name][dim]} along dim {dim}, where these "
+                                     f"symmetries were found it had {size}: they belong to another model; find them on this one")
+            self._fitted.add(key)
         for name in names:
             tensor = params[name]
             if not isinstance(tensor, Tensor) or not tensor.is_floating_point() or tensor.is_meta:
