@@ -136,7 +136,9 @@ def main() -> None:
         example = x[:2, :32] if language else x  # symmetry detection needs a small batch only
         monitor = sw.Monitor(model, opt, Path(directory) / "run", example_input=None if args.raw else example,
                              tensorboard=args.tensorboard,
-                             schedule=sw.Schedule(charges=args.charges, quotient=args.quotient), compile=args.compile)
+                             # --quotient N: a sample every N steps, whatever it costs (this measures that cost)
+                             schedule=sw.Schedule(charges=args.charges, quotient=args.quotient, quotient_budget=None),
+                             compile=args.compile)
         monitoring, itemized, floor = False, False, False
         logged = []  # what the itemized loop logs (kept, as a logger would)
 

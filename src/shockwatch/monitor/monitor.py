@@ -93,7 +93,8 @@ class Schedule:
     update norms and the path norm; curvature: Lanczos on the raw and projected Hessian (needs the
     monitor's ``loss_fn`` and the step's batch); attention: the attention observables (needs the batch);
     update_curvature: the curvature along the last update (needs ``loss_fn`` and the batch).
-    early: the last three also at steps 1, 2, 4, 8, ... below their period.
+    early: the last three also at steps 1, 2, 4, 8, ... below their period. quotient_budget: the most
+    of the run's time the quotient samples may take (the period stretched where one costs more).
     """
 
     charges: int = 1
