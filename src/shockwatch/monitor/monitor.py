@@ -114,7 +114,7 @@ class Schedule:
     # times the quotient steps between two samples (measured: the sample against the median step of
     # the run) and more than a second, the monitor stretches the quotient period to a multiple of
     # ``quotient`` that keeps the share (a "quotient-period" event each time it grows). Measured: a
-    # sample costs 2.1-2.4 steps on a width/4 VGG-11 (kept every 50) and 11 on one GPT-2 layer (its
+    # sample costs 2.1-2.4 steps on a width/4 VGG-11 (kept every 50) and 7-11 on one GPT-2 layer (its
     # 24 GL(64) groups take the CG path; every 216 steps then). None: every ``quotient`` steps
     quotient_budget: float | None = 0.05
 
