@@ -38,7 +38,7 @@ def _run(tmp_path, name: str, *, optimizer: str, steps: int = 23, nonfinite_at: 
         opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=1e-2)
     scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 1.0 / (1 + 0.1 * k))
     monitor = sw.Monitor(model, opt, tmp_path / name, example_input=x, tensorboard=False,
-                         schedule=Schedule(charges=1, quotient=5), warnings=(), **options)
+                         schedule=Schedule(charges=1, quotient=5, quotient_budget=None), warnings=(), **options)
     for step in range(1, steps + 1):
         loss = nn.functional.cross_entropy(model(x), y)
         opt.zero_grad()

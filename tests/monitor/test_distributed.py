@@ -39,7 +39,7 @@ def worker(rank, world, directory):
         x, y = data()
         shard = slice(rank * 16, (rank + 1) * 16)
         monitor = sw.Monitor(ddp, opt, os.path.join(directory, "run"), example_input=x[shard],
-                             schedule=sw.Schedule(quotient=2))
+                             schedule=sw.Schedule(quotient=2, quotient_budget=None))
         local = []
 
         def loss_of():
@@ -66,7 +66,7 @@ def test_two_gloo_ranks_log_once_what_one_process_logs_on_the_full_batch(tmp_pat
 
     model, opt = model_and_optimizer()
     x, y = data()
-    monitor = sw.Monitor(model, opt, tmp_path / "single", example_input=x[:16], schedule=sw.Schedule(quotient=2),
+    monitor = sw.Monitor(model, opt, tmp_path / "single", example_input=x[:16], schedule=sw.Schedule(quotient=2, quotient_budget=None),
                          tensorboard=False)
     train_and_return(monitor, opt, lambda: F.cross_entropy(model(x), y), STEPS)
     single = RunStore(tmp_path / "single" / "run.sqlite", read_only=True)

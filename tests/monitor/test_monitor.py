@@ -323,7 +323,7 @@ def test_the_torch_path_logs_what_the_c_kernel_logs(tmp_path, monkeypatch):
         y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
         monitor = sw.Monitor(model, opt, directory, example_input=x, tensorboard=False,
-                             schedule=sw.Schedule(charges=2, quotient=3))
+                             schedule=sw.Schedule(charges=2, quotient=3, quotient_budget=None))
         with monitor:
             return train(monitor, model, opt, x, y, 7)
 
@@ -414,7 +414,7 @@ def test_a_norm_epsilon_is_named_and_its_breaking_measured(tmp_path):
 @pytest.mark.parametrize("budget", [0.05, None])
 def test_a_costly_quotient_sample_stretches_the_period_within_the_budget(tmp_path, monkeypatch, budget):
     """A projector that takes 1.1 s (slept) on a model whose steps take milliseconds: by the budget
-    rule (cost > budget x period x step time and > 1 s) the first sample measured against at least 3
+    rule (cost > budget x period x step time and > 0.1 s) the first sample measured against at least 3
     step times (step 4; step 2 has 1) must stretch the period to a multiple of 2 above 1.1 / (0.05 x 1 s)
     = 22 steps, so no sample follows within 12 steps; with quotient_budget=None every even step samples."""
     import time

@@ -41,7 +41,7 @@ def test_update_and_quotient_norms_against_dense_projection(tmp_path):
     x = torch.randn(24, 4, dtype=torch.float64)
     y = torch.randint(0, 3, (24,))
     opt = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=0.05)
-    monitor = sw.Monitor(model, opt, tmp_path / "run", example_input=x, schedule=sw.Schedule(quotient=2),
+    monitor = sw.Monitor(model, opt, tmp_path / "run", example_input=x, schedule=sw.Schedule(quotient=2, quotient_budget=None),
                          tensorboard=False)
     for step in range(1, 5):
         opt.zero_grad()
@@ -119,7 +119,7 @@ def run_plain_mlp(tmp_path, steps=6, **kwargs):
     x = torch.randn(16, 4, dtype=torch.float64)
     y = torch.randint(0, 3, (16,))
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    with sw.Monitor(model, opt, tmp_path / "run", example_input=x, schedule=sw.Schedule(quotient=3), **kwargs) as monitor:
+    with sw.Monitor(model, opt, tmp_path / "run", example_input=x, schedule=sw.Schedule(quotient=3, quotient_budget=None), **kwargs) as monitor:
         for _ in range(steps):
             opt.zero_grad()
             loss = F.cross_entropy(model(x), y)

@@ -421,7 +421,7 @@ def test_the_monitor_leaves_rng_modes_buffers_and_parameters_as_it_found_them(tm
     tokens = torch.randint(0, 20, (3, 8))
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     with sw.Monitor(model, opt, tmp_path / "run", symmetries=syms, loss_fn=F.cross_entropy, tensorboard=False,
-                    schedule=sw.Schedule(curvature=1, quotient=1, attention=1)) as monitor:
+                    schedule=sw.Schedule(curvature=1, quotient=1, attention=1, quotient_budget=None)) as monitor:
         for _ in range(2):
             opt.zero_grad()
             loss = F.cross_entropy(model(x), y)
@@ -433,7 +433,7 @@ def test_the_monitor_leaves_rng_modes_buffers_and_parameters_as_it_found_them(tm
     relu = sw.models.mlp((4, 6, 3)).double()
     opt = torch.optim.SGD(relu.parameters(), lr=0.05)
     with sw.Monitor(relu, opt, tmp_path / "relu", example_input=x, tensorboard=False,
-                    schedule=sw.Schedule(quotient=1)) as monitor:
+                    schedule=sw.Schedule(quotient=1, quotient_budget=None)) as monitor:
         opt.zero_grad()
         loss = F.cross_entropy(relu(x), y)
         loss.backward()

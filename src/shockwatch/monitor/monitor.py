@@ -112,10 +112,11 @@ class Schedule:
     early: bool = False
     # the quotient samples' share of the run's time: where one sample costs more than quotient_budget
     # times the quotient steps between two samples (measured: the sample against the median step of
-    # the run) and more than a second, the monitor stretches the quotient period to a multiple of
+    # the run) and more than 0.1 s, the monitor stretches the quotient period to a multiple of
     # ``quotient`` that keeps the share (a "quotient-period" event each time it grows). Measured: a
-    # sample costs 2.1-2.4 steps on a width/4 VGG-11 (kept every 50) and 7-11 on one GPT-2 layer (its
-    # 24 GL(64) groups take the CG path; every 216 steps then). None: every ``quotient`` steps
+    # sample costs 2.1-2.4 steps on a width/4 VGG-11 (at the budget's edge: every 50 or 100) and 7-11
+    # on one GPT-2 layer (its 24 GL(64) groups take the CG path; every 216 steps then). None: every
+    # ``quotient`` steps
     quotient_budget: float | None = 0.05
 
     def __post_init__(self) -> None:
@@ -895,10 +896,11 @@ class Monitor:
 
     def _stretch(self) -> None:
         """After a quotient sample: where it cost more than ``schedule.quotient_budget`` of the run's time
-        over one period (cost > budget x period x median step time) and more than a second, the period
+        over one period (cost > budget x period x median step time) and more than 0.1 s (below it a sample
+        costs at most 2 ms a step at the default period of 50), the period
         grows to the multiple of ``schedule.quotient`` that keeps the share, with a "quotient-period" event."""
         budget, cost = self.schedule.quotient_budget, self._quotient_cost
-        if self._quotient_step != self._step or budget is None or cost <= 1.0 or len(self._step_times) < 3:
+        if self._quotient_step != self._step or budget is None or cost <= 0.1 or len(self._step_times) < 3:
             return
         step_time = max(float(np.median(self._step_times)), 1e-9)
         needed = cost / (budget * step_time)
