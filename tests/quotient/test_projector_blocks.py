@@ -110,3 +110,41 @@ def test_each_gl_group_block_of_the_gram_matrix_is_a_kronecker_sum_and_the_preco
         solved = precondition(torch.from_numpy(residual)).numpy()
         assert np.abs(solved[rows] - c).max() <= 1e-10 * np.abs(c).max()
         start += d * d
+
+
+def test_the_monitors_quotient_update_norm_on_the_cg_path_is_the_dense_projection():
+    """A GPT head of 44 (two GL(44) groups: 4132 generators, above the 4000 of one dense Gram matrix):
+    the monitor's |P_H dtheta| comes from CG with the Sylvester preconditioner. The update has a vertical
+    part (weight decay moves theta along its own scale and GL directions; the gradient of exact
+    symmetries has none). Truth: the same point's projector with the Gram matrix inverted block by
+    block (allowed here by a larger max_dense_entries), itself checked against NumPy's pseudo-inverse."""
+    import tempfile
+
+    from shockwatch.monitor import RunStore
+    from shockwatch.quotient import OrbitOperator
+
+    torch.manual_seed(0)
+    model = sw.models.GPT(sw.models.GPTConfig(n_layer=1, n_head=1, d_model=44, vocab_size=13, block_size=8)).double()
+    tokens = torch.randint(0, 13, (4, 9), generator=torch.Generator().manual_seed(1))
+    x, y = tokens[:, :-1], tokens[:, 1:]
+    syms = sw.find_symmetries(model, x)
+    params = dict(model.named_parameters())
+    assert sum(OrbitOperator(syms, {k: p.detach() for k, p in params.items()}).sizes) ** 2 > 16_000_000
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, weight_decay=0.5)
+    with tempfile.TemporaryDirectory() as directory:
+        monitor = sw.Monitor(model, opt, directory + "/run", symmetries=syms, tensorboard=False,
+                             schedule=sw.Schedule(quotient=2, quotient_budget=None))
+        for step in (1, 2):
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x).reshape(-1, 13), y.reshape(-1))
+            loss.backward()
+            before = {k: p.detach().clone() for k, p in params.items()}
+            opt.step()
+            monitor.step(loss)
+        monitor.close()
+        logged = RunStore(directory + "/run/run.sqlite", read_only=True).scalars("update_norm/quotient")
+    assert list(logged[0]) == [2]
+    moved = torch.cat([(params[k].detach() - theta).reshape(-1) for k, theta in before.items()]).numpy()
+    truth = float(np.linalg.norm(horizontal_projector(syms, before, max_dense_entries=10**9)(moved)))
+    assert truth < 0.99 * float(np.linalg.norm(moved))  # a real vertical part was removed
+    assert abs(logged[1][0] - truth) <= 1e-6 * truth, (logged[1][0], truth)

@@ -312,7 +312,9 @@ def horizontal_projector(symmetries: SymmetrySet, params: Mapping[str, Tensor], 
     Raises: ValueError / TypeError (``SymmetrySet.check_params``) for parameters the set cannot act on.
     """
     symmetries.check_params(params)
-    params = {name: p.detach().to(torch.float64) for name, p in params.items()}
+    # a copy: the projector is at these parameters, also after they move (the monitor projects the
+    # update theta_{t+1} - theta_t at theta_t; float64 parameters would otherwise be held by reference)
+    params = {name: p.detach().to(torch.float64, copy=True) for name, p in params.items()}
     names = list(params)
     sizes = [params[name].numel() for name in names]
     operator = OrbitOperator(symmetries, params)
