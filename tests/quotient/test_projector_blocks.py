@@ -148,3 +148,19 @@ def test_the_monitors_quotient_update_norm_on_the_cg_path_is_the_dense_projectio
     truth = float(np.linalg.norm(horizontal_projector(syms, before, max_dense_entries=10**9)(moved)))
     assert truth < 0.99 * float(np.linalg.norm(moved))  # a real vertical part was removed
     assert abs(logged[1][0] - truth) <= 1e-6 * truth, (logged[1][0], truth)
+
+
+def test_a_set_moved_off_the_host_still_projects_on_it():
+    """The monitor moves its set to the model's device; the projector works on the host (NumPy vectors).
+    A set on the meta device stands in for a GPU here: both paths (one dense Gram matrix, and CG with
+    max_dense_entries=0) must give the host set's projection, not fail on device indices."""
+    torch.manual_seed(0)
+    model = sw.models.GPT(sw.models.GPTConfig(n_layer=1, n_head=2, d_model=8, vocab_size=13, block_size=8)).double()
+    syms = sw.find_symmetries(model, torch.randint(0, 13, (2, 8)))
+    params = {k: p.detach() for k, p in model.named_parameters()}
+    v = np.random.default_rng(4).standard_normal(sum(p.numel() for p in params.values()))
+    truth = horizontal_projector(syms, params)(v)
+    moved = syms.to("meta")
+    for entries in (16_000_000, 0):
+        assert np.linalg.norm(horizontal_projector(moved, params, max_dense_entries=entries, rtol=1e-12)(v) - truth) \
+            <= 1e-9 * np.linalg.norm(v)

@@ -312,9 +312,13 @@ def horizontal_projector(symmetries: SymmetrySet, params: Mapping[str, Tensor], 
     Raises: ValueError / TypeError (``SymmetrySet.check_params``) for parameters the set cannot act on.
     """
     symmetries.check_params(params)
-    # a copy: the projector is at these parameters, also after they move (the monitor projects the
-    # update theta_{t+1} - theta_t at theta_t; float64 parameters would otherwise be held by reference)
-    params = {name: p.detach().to(torch.float64, copy=True) for name, p in params.items()}
+    # a host copy: the projector takes and returns NumPy vectors, and it is at these parameters also
+    # after they move (the monitor projects the update theta_{t+1} - theta_t at theta_t; float64
+    # parameters would otherwise be held by reference); the set's index plans with them, on the host
+    # (a set moved to a GPU with its model: CG gathered host tensors with device indices)
+    params = {name: p.detach().to("cpu", torch.float64, copy=True) for name, p in params.items()}
+    if symmetries.device.type != "cpu":
+        symmetries = symmetries.to("cpu")
     names = list(params)
     sizes = [params[name].numel() for name in names]
     operator = OrbitOperator(symmetries, params)
