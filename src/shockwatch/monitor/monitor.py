@@ -388,7 +388,7 @@ class Monitor:
     Writes before the first step (DDP's broadcast when it wraps the model, a checkpoint loaded) restart
     nothing that has begun, and say nothing; weights copied back as they were (an average swapped in
     for evaluation, then restored) count as a write: the laws start again, harmlessly. Under FSDP2
-    no write between steps is looked for (each rank would have to agree on it).
+    each rank looks at its own shards and one all-reduce of a flag a step makes every rank start again.
     A new optimizer is observed once given to ``attach`` (until then
     ``mon.step`` raises, as it does when called with no optimizer step since the last call).
     A constructor that fails leaves no file behind; after ``close()`` every method but ``close``

@@ -127,7 +127,6 @@ class OrbitOperator:
             diagonal.append((rows_out.unsqueeze(1) + rows_in.unsqueeze(0)).reshape(-1))
         return torch.cat(diagonal)
 
-
     def preconditioner(self) -> Callable[[Tensor], Tensor]:
         """r -> M^-1 r for CG on the Euclidean Gram matrix J J^T: its diagonal on the one-parameter and
         rotation rows, and on each GL group's d^2 rows the group's own block solved exactly. That block
@@ -406,7 +405,7 @@ def generator_matrix(symmetries: SymmetrySet, params: Mapping[str, Tensor]) -> c
             unit = torch.zeros(sym.unit_count ** 2, dtype=torch.float64)
             unit[k] = 1.0
             for name, dense in gl_generator_combination(sym, params, unit).items():
-                flat = dense.reshape(-1).to(torch.float64).numpy()
+                flat = dense.reshape(-1).numpy()  # gl_generator_combination's tensors are float64
                 nonzero = np.flatnonzero(flat)
                 add(column, offsets[name] + nonzero, flat[nonzero])
             column += 1
