@@ -172,6 +172,18 @@ def test_max_ratio_is_numpys_including_nan_and_the_floor():
     poisoned[100] = math.nan
     assert math.isnan(_max_ratio(poisoned, b, denominator)) and math.isnan(_max_ratio(a, b, denominator, math.nan))
     assert _max_ratio(a[:0], b[:0], denominator[:0]) == -math.inf
+    # the per-kind maxima of a step in one call: each segment's own maximum, NaN in its segment only
+    from shockwatch.monitor.monitor import _max_ratios
+
+    starts = np.array([0, 1, 40, 200])
+    bounds = list(starts) + [len(a)]
+    for other, first, scale in ((b, a, 1.0), (None, a, 2.5), (b, poisoned, 1.0)):
+        got = _max_ratios(first, other, denominator, starts, scale)
+        want = [_max_ratio(first[lo:hi], None if other is None else other[lo:hi], denominator[lo:hi], scale)
+                for lo, hi in zip(bounds, bounds[1:])]
+        assert len(got) == 4 and all(g == w or (math.isnan(g) and math.isnan(w)) for g, w in zip(got, want))
+    assert math.isnan(_max_ratios(poisoned, b, denominator, starts)[2])
+    assert not math.isnan(_max_ratios(poisoned, b, denominator, starts)[1])
 
 
 @pytest.mark.parametrize("native", [True, False])
@@ -216,3 +228,33 @@ def test_the_pass_gives_the_same_bits_on_any_number_of_threads():
         for field, want in zip(results[0]._fields, results[0]):
             got = getattr(other, field)
             assert (want is None and got is None) or (got.tobytes() == want.tobytes()), field
+
+
+@needs_compiler
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_monitors_two_passes_over_convolutions(dtype, threads):
+    """The monitor's two calls, which take the kernel's one-loop paths on every tensor, convolutions
+    (K > 1) included: before the step three pairs sharing the gradient, (theta, g), (g, g), (b, g),
+    with the copy of theta; after it (theta, theta) with the move from that copy. Truth: the eager
+    kernel on float64 casts of the same numbers, and the copy bit for bit."""
+    model, example = _model("vgg-bn")
+    syms = sw.find_symmetries(model.to(dtype), example.to(dtype))
+    assert any(model.get_parameter(name).dim() == 4 for name in syms.quadratic_params)  # K = 9 blocks
+    theta, g, b = _inputs(model, dtype)
+    into = {name: torch.full_like(t, float("nan")) for name, t in theta.items()}
+    wide = [{name: t.double() for name, t in mapping.items()} for mapping in (theta, g, b)]
+    before = syms.fused_sums([(theta, g), (g, g), (b, g)], unsigned=True, copy_into=into)
+    want = syms.fused_sums([(wide[0], wide[1]), (wide[1], wide[1]), (wide[2], wide[1])], unsigned=True, native=False)
+    for field in ("signed", "unsigned", "whole"):
+        got, truth = getattr(before, field), getattr(want, field)
+        assert float((got - truth).abs().max()) <= 1e-12 * float(truth.abs().max()), field
+    assert all(torch.equal(into[name], theta[name]) for name in syms.quadratic_params)
+    after = {name: t + 0.01 * g[name] for name, t in theta.items()}
+    wide_after = {name: t.double() for name, t in after.items()}
+    moved = syms.fused_sums([(after, after)], unsigned=True, moved_from=into)
+    want = syms.fused_sums([(wide_after, wide_after)], unsigned=True, native=False)
+    for field in ("signed", "unsigned", "whole"):
+        got, truth = getattr(moved, field), getattr(want, field)
+        assert float((got - truth).abs().max()) <= 1e-12 * float(truth.abs().max()), field
+    step = math.sqrt(sum(float((wide_after[n] - wide[0][n]).square().sum()) for n in syms.quadratic_params))
+    assert math.isclose(float(moved.moved), step, rel_tol=1e-12)

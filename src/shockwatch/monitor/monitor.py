@@ -244,11 +244,23 @@ def _settings_restored(optimizer: torch.optim.Optimizer, settings: list[dict] | 
             group.update(current)
 
 
-def _max_ratio(a: np.ndarray, b: np.ndarray | None, denominator: np.ndarray, scale: float = 1.0) -> float:
-    """max_k |a_k - b_k| / max(denominator_k scale, 1e-300) (b None: |a_k|), NaN if any term is NaN."""
+def _ratios(a: np.ndarray, b: np.ndarray | None, denominator: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    """|a_k - b_k| / max(denominator_k scale, 1e-300) (b None: |a_k|), per k."""
     with np.errstate(invalid="ignore"):
         difference = np.abs(a) if b is None else np.abs(a - b)
-        return float((difference / np.maximum(denominator * scale, 1e-300)).max(initial=-math.inf))
+        return difference / np.maximum(denominator * scale, 1e-300)
+
+
+def _max_ratio(a: np.ndarray, b: np.ndarray | None, denominator: np.ndarray, scale: float = 1.0) -> float:
+    """max_k of ``_ratios``, NaN if any term is NaN (-inf for no k)."""
+    return float(_ratios(a, b, denominator, scale).max(initial=-math.inf))
+
+
+def _max_ratios(a: np.ndarray, b: np.ndarray | None, denominator: np.ndarray, starts: np.ndarray,
+                scale: float = 1.0) -> list[float]:
+    """``_max_ratio`` of each segment [starts[i], starts[i + 1]) (the last to the end; every segment
+    non-empty), from one array operation: the per-kind maxima of a step in one call, not one per kind."""
+    return np.maximum.reduceat(_ratios(a, b, denominator, scale), starts).tolist()
 
 
 def _check_sharded(schedule: Schedule, symmetries, example_input) -> None:
@@ -740,12 +752,20 @@ class Monitor:
             slices = self.tracker.kind_slices
             # the kinds that have groups, with their columns in the tracker's rows
             self._kind_slices = [(kind, columns) for kind, columns in slices.items() if columns.stop > columns.start]
+            self._drift_names = [f"charge_drift/{kind}" for kind, _ in self._kind_slices]
+            self._law_error_names = [f"charge_law_error/{kind}" for kind, _ in self._kind_slices]
             # relative errors over max(size, the tracker's floor): a charge that starts at zero (a
             # zero-initialised bias) has no size of its own to divide by (1e288 before, issue 17)
             self._floors = self.tracker.size_floors
+            # the kinds' columns are adjacent (translation, scale, rescale; an empty kind has none): one
+            # block of columns, cut into the kinds at these offsets
+            self._kind_columns = slice(self._kind_slices[0][1].start, self._kind_slices[-1][1].stop) \
+                if self._kind_slices else slice(0, 0)
+            self._kind_starts = np.array([columns.start - self._kind_columns.start for _, columns in self._kind_slices],
+                                         dtype=np.intp)
             if not same_groups:  # the drift is from the monitor's start while the groups are those
-                self._start_host = {kind: (first[0][columns].copy(), np.maximum(first[1][columns], self._floors[columns]))
-                                    for kind, columns in self._kind_slices}
+                columns = self._kind_columns
+                self._start_host = (first[0][columns].copy(), np.maximum(first[1][columns], self._floors[columns]))
             self._quadratic = [len(symmetries.of_kind(kind)) for kind in _QUADRATIC]
             # scale then rescale: adjacent in the rows
             self._quadratic_columns = slice(slices[Kind.SCALE.value].start, slices[Kind.RESCALE.value].stop)
@@ -756,6 +776,8 @@ class Monitor:
                 ends = np.cumsum(self._quadratic)
                 self._breaking_slices = [(kind, slice(int(end - count), int(end)))
                                          for kind, count, end in zip(_QUADRATIC, self._quadratic, ends) if count]
+                self._breaking_names = [f"gradient_breaking/{kind.value}" for kind, _ in self._breaking_slices]
+                self._breaking_starts = np.array([columns.start for _, columns in self._breaking_slices], dtype=np.intp)
                 touched = set(symmetries.quadratic_params)
                 self._rest = [i for i, name in enumerate(self._names) if name not in touched]
 
@@ -1320,9 +1342,8 @@ class Monitor:
             self._measured = (signed[1], signed[2] if pairs > 2 else None)
         # |xi_k|^2 = the group's size at the tracker's last record: at most Schedule.charges
         # steps old, which only rescales a ratio that is ~0 (exact symmetry) or O(1) (broken)
-        for kind, columns in self._breaking_slices:
-            pre[f"gradient_breaking/{kind.value}"] = _max_ratio(signed[0][columns], None,
-                                                                self._root_sizes[columns], grad_norm)
+        pre.update(zip(self._breaking_names, _max_ratios(signed[0], None, self._root_sizes, self._breaking_starts,
+                                                         grad_norm)))
 
     def _sums(self, pairs, *, unsigned: bool = False, norms=(), copy_into=None, moved_from=None):
         """``SymmetrySet.fused_sums`` (compiled where asked and possible; an empty set without symmetries)."""
@@ -1431,14 +1452,17 @@ class Monitor:
         empirical_all, size_all = rows[0], rows[1]
         if self._quadratic:
             self._root_sizes = np.sqrt(size_all[self._quadratic_columns])
-        # a few vectors of group values: NumPy's per-operation cost is a fraction of torch's
-        for kind, columns in self._kind_slices:
-            empirical = empirical_all[columns]
-            start_charge, start_size = self._start_host[kind]
-            out[f"charge_drift/{kind}"] = _max_ratio(empirical, start_charge, start_size)
-            if len(rows) > 2:  # the discrete law's row
-                out[f"charge_law_error/{kind}"] = _max_ratio(empirical, rows[2][columns],
-                                                             np.maximum(size_all[columns], self._floors[columns]))
+        if not self._kind_slices:
+            return out
+        # every kind's maxima in one NumPy call per quantity (the per-call cost, not the size, is what counts)
+        columns, starts = self._kind_columns, self._kind_starts
+        empirical = empirical_all[columns]
+        start_charge, start_size = self._start_host
+        out.update(zip(self._drift_names, _max_ratios(empirical, start_charge, start_size, starts)))
+        if len(rows) > 2:  # the discrete law's row
+            out.update(zip(self._law_error_names, _max_ratios(empirical, rows[2][columns],
+                                                              np.maximum(size_all[columns], self._floors[columns]),
+                                                              starts)))
         return out
 
     def _control_values(self) -> dict[str, float]:

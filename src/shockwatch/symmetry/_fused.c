@@ -34,11 +34,12 @@
             const int scratch = col[t] >= 0 && K > 1;                                             \
             double *per_ik = 0;                                                                   \
             if (scratch && !(per_ik = calloc((size_t)(n_pairs * n), sizeof(double)))) return 1;   \
-            /* three pairs sharing y (the monitor's pre-step pass: theta, g, b against g), K = 1:   \
-               one loop over the row reads y once and updates the three pairs' units together */    \
-            const int fused3 = n_pairs == 3 && K == 1 && !moved_from && ys[t] == ys[n_tensors + t] \
+            /* three pairs sharing y (the monitor's pre-step pass: theta, g, b against g): one loop \
+               over the row reads y once and updates the three pairs' units (or, K > 1, their      \
+               per-(i, k) rows) together */                                                       \
+            const int fused3 = n_pairs == 3 && !moved_from && ys[t] == ys[n_tensors + t]         \
                                && ys[t] == ys[2 * n_tensors + t];                                 \
-            const int moved1 = n_pairs == 1 && K == 1 && moved_from && xs[t] == ys[t];          \
+            const int moved1 = n_pairs == 1 && moved_from && xs[t] == ys[t];                    \
             for (int64_t o = 0; o < O; ++o) {                                                     \
                 if (fused3) {                                                                     \
                     const TYPE *y = (const TYPE *)ys[t] + o * n;                                  \
@@ -47,7 +48,8 @@
                     const TYPE *x2 = (const TYPE *)xs[2 * n_tensors + t] + o * n;                 \
                     double t0 = 0.0, t1 = 0.0, t2 = 0.0;                                          \
                     if (col[t] >= 0) {                                                            \
-                        double *a0 = out + col[t], *a1 = a0 + stride, *a2 = a1 + stride;          \
+                        double *a0 = scratch ? per_ik : out + col[t];                             \
+                        double *a1 = a0 + (scratch ? n : stride), *a2 = a1 + (scratch ? n : stride); \
                         _Pragma("omp simd reduction(+ : t0, t1, t2)")                             \
                         for (int64_t j = 0; j < n; ++j) {                                         \
                             const double v = (double)y[j];                                        \
@@ -77,7 +79,7 @@
                     const TYPE *m = (const TYPE *)moved_from[t] + o * n;                          \
                     double total = 0.0, d2 = 0.0;                                                 \
                     if (col[t] >= 0) {                                                            \
-                        double *acc = out + col[t];                                               \
+                        double *acc = scratch ? per_ik : out + col[t];                            \
                         _Pragma("omp simd reduction(+ : total, d2)")                              \
                         for (int64_t j = 0; j < n; ++j) {                                         \
                             const double v = (double)x[j], d = v - (double)m[j];                  \
