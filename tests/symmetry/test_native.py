@@ -85,6 +85,14 @@ def test_tensors_the_kernel_does_not_take_fall_back_to_eager():
     assert torch.allclose(syms.fused_sums([(x, strided)]).signed, expected, rtol=1e-12, atol=1e-12)
     mixed = dict(x, **{name: x[name].float()})
     assert torch.allclose(syms.fused_sums([(mixed, y)]).signed, syms.fused_sums([(mixed, y)], native=False).signed)
+    # the same dict, called before and then given another tensor (the kernel remembers the mappings it
+    # checked): the new tensor is checked, not trusted
+    held = dict(x)
+    for swapped in (x[name].float(), x[name].transpose(0, 1).contiguous().transpose(0, 1)):
+        held[name] = x[name]
+        assert torch.equal(syms.fused_sums([(held, y)]).signed, syms.fused_sums([(x, y)]).signed)
+        held[name] = swapped
+        assert torch.equal(syms.fused_sums([(held, y)]).signed, syms.fused_sums([(held, y)], native=False).signed)
     half = {n: t.half() for n, t in x.items()}
     assert torch.allclose(syms.fused_sums([(half, half)]).signed.float(),
                           syms.fused_sums([(half, half)], native=False).signed.float())

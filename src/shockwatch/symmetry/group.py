@@ -20,6 +20,7 @@ import ctypes
 import enum
 import functools
 import math
+import operator
 import types
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -197,10 +198,14 @@ class _NativeLayout:
     row: np.ndarray
     sign: np.ndarray
     cover: np.ndarray
-    # id(tensor) -> (tensor, address, dtype of the call) of tensors already checked (shape, dtype,
-    # device, contiguity) for a call of that dtype
+    # id(mapping) -> (mapping, dtype of the call, addresses, tensors) of mappings whose tensors were
+    # checked (shape, dtype, device, contiguity) for a call of that dtype
     checked: dict = field(default_factory=dict, compare=False, repr=False)
-    arrays: dict = field(default_factory=dict, compare=False, repr=False)  # addresses -> ctypes array
+
+    @functools.cached_property
+    def shape_list(self) -> list[torch.Size]:
+        """``shapes`` as a list, to compare a call's shapes with in one operation."""
+        return list(self.shapes)
 
     @functools.cached_property
     def scatter_arguments(self) -> tuple:
@@ -271,6 +276,10 @@ def _any_sharded(names: tuple[str, ...], pairs, norms) -> bool:
     return any(sharded.is_sharded(a[0]) for a, _ in norms if a)
 
 
+_data_ptr, _shape, _dtype, _is_cpu = Tensor.data_ptr, operator.attrgetter("shape"), operator.attrgetter("dtype"), \
+    operator.attrgetter("is_cpu")
+
+
 def _takes(t: Tensor, dtype: torch.dtype) -> bool:
     """Whether the C kernel can read ``t`` as a flat host array of ``dtype``."""
     return t.dtype == dtype and t.is_cpu and t.is_contiguous()
@@ -284,6 +293,9 @@ def _native_units(layout: _NativeLayout, pairs, norms, copy_into=None, moved_fro
     caller then runs the eager kernel."""
     from . import _native
 
+    def address(array: np.ndarray | None) -> int | None:
+        return None if array is None else _native.address(array)
+
     lib = _native.library()
     if lib is None:
         return None
@@ -291,27 +303,31 @@ def _native_units(layout: _NativeLayout, pairs, norms, copy_into=None, moved_fro
     code = _NATIVE_DTYPES.get(dtype)
     if code is None:
         return None
-    seen: dict[int, list[int]] = {}  # id(mapping) -> its tensors' addresses: a mapping in several pairs is checked once
+    seen: dict[int, list[int] | None] = {}  # id(mapping) -> its tensors' addresses: a mapping in several pairs once
     checked = layout.checked
 
     def addresses(mapping) -> list[int] | None:
-        if id(mapping) not in seen:
-            found = []
-            for name, shape in zip(layout.names, layout.shapes):  # the kernel trusts every shape and layout
-                t = mapping[name]
-                address = t.data_ptr()
-                known = checked.get(id(t))
-                # a tensor object seen before at the same address, dtype and shape: the per-step caller
-                # passes the same parameters, buffers and copies every step, so each is checked once
-                if known is None or known[0] is not t or known[1] != address or known[2] is not dtype:
-                    if t.shape != shape or not _takes(t, dtype):
-                        return None
-                    if len(checked) > 8 * len(layout.names):  # gradients are new tensors every step
-                        checked.clear()
-                    checked[id(t)] = (t, address, dtype)
-                found.append(address)
-            seen[id(mapping)] = found
-        return seen[id(mapping)]
+        """The addresses of ``mapping``'s tensors in ``layout.names`` order, None where the kernel cannot
+        read one (the kernel trusts every shape and layout). Every test is one C-level ``map`` over the
+        tensors, not Python per tensor: a mapping holding the same tensor objects at the same addresses as
+        at its last call (the parameters, their copies, the momentum buffers: every step) was checked
+        then; any other (the gradients, new tensors every step) is checked whole."""
+        key = id(mapping)
+        if key not in seen:
+            tensors = list(map(mapping.__getitem__, layout.names))
+            at = list(map(_data_ptr, tensors))
+            known = checked.get(key)
+            if not (known is not None and known[0] is mapping and known[1] is dtype and known[2] == at
+                    and all(map(operator.is_, tensors, known[3]))):
+                if (list(map(_shape, tensors)) != layout.shape_list or set(map(_dtype, tensors)) != {dtype}
+                        or not all(map(_is_cpu, tensors)) or not all(map(Tensor.is_contiguous, tensors))):
+                    at = None
+                elif len(checked) > 16:  # callers passing new mappings every call: keep it small
+                    checked.clear()
+                if at is not None:
+                    checked[key] = (mapping, dtype, at, tensors)
+            seen[key] = at
+        return seen[key]
 
     xs, ys = [], []
     for x, y in pairs:
@@ -335,19 +351,11 @@ def _native_units(layout: _NativeLayout, pairs, norms, copy_into=None, moved_fro
             numel.append(t.numel())
             a_at.append(t.data_ptr())
             b_at.append(u.data_ptr())
-        squares.append((tuple(numel), tuple(a_at), tuple(b_at) if b is not None else None))
-    arrays = layout.arrays  # the ctypes arrays of a call's addresses, made once per set of addresses
-    if len(arrays) > 64:  # tensors reallocated every step at new addresses: keep it small
-        arrays.clear()
+        squares.append((numel, a_at, b_at if b is not None else None))
 
-    def pointer_array(values, kind=ctypes.c_void_p):
-        if values is None:
-            return None
-        key = (kind, tuple(values))
-        found = arrays.get(key)
-        if found is None:
-            found = arrays[key] = (kind * len(values))(*values)
-        return found
+    def pointer_array(values, kind=np.uintp):
+        """``values`` as a C array (a NumPy array: one conversion, no cache to keep), or None."""
+        return None if values is None else np.array(values, dtype=kind)
 
     # the norms first (few, small tensors, read before the copy), and every array made, so that after the
     # pass, which leaves the caches cold, only the scatter runs (measured: Python after it ran several
@@ -356,17 +364,22 @@ def _native_units(layout: _NativeLayout, pairs, norms, copy_into=None, moved_fro
     if squares:
         totals = np.empty(len(squares))
         for i, (numel, a_at, b_at) in enumerate(squares):
-            totals[i] = lib.sw_sumsq(code, len(numel), pointer_array(numel, ctypes.c_int64), pointer_array(a_at),
-                                     pointer_array(b_at)) if numel else 0.0
+            if not numel:
+                totals[i] = 0.0
+                continue
+            numel, a_at, b_at = (pointer_array(v, kind) for v, kind in ((numel, np.int64), (a_at, np.uintp), (b_at, np.uintp)))
+            totals[i] = lib.sw_sumsq(code, len(numel), address(numel), address(a_at), address(b_at))
         np.sqrt(totals, out=totals)
     units = np.zeros((len(pairs), layout.size))
     scattered = np.zeros((len(pairs), 2 * layout.groups + 1))
     moved = np.zeros(()) if moved_from is not None else None
+    # the arrays are held in locals until the call returns: the addresses stay valid
+    xs, ys, copy_at, moved_at = (pointer_array(v) for v in (xs, ys, copy_at, moved_at))
     if lib.sw_units(code, len(pairs), len(layout.names), layout.blocks, layout.row_offset, layout.col_offset,
-                    pointer_array(xs), pointer_array(ys), units.ctypes.data, layout.size, pointer_array(copy_at),
-                    pointer_array(moved_at), moved.ctypes.data if moved is not None else None, _native.threads()):
+                    address(xs), address(ys), address(units), layout.size, address(copy_at), address(moved_at),
+                    address(moved), _native.threads()):
         return None  # its scratch memory could not be allocated
-    lib.sw_scatter(len(pairs), layout.size, units.ctypes.data, *layout.scatter_arguments, scattered.ctypes.data)
+    lib.sw_scatter(len(pairs), layout.size, address(units), *layout.scatter_arguments, address(scattered))
     return scattered, totals, np.sqrt(moved, out=moved) if moved is not None else None
 
 
