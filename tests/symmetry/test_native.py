@@ -266,3 +266,27 @@ def test_the_monitors_two_passes_over_convolutions(dtype, threads):
         assert float((got - truth).abs().max()) <= 1e-12 * float(truth.abs().max()), field
     step = math.sqrt(sum(float((wide_after[n] - wide[0][n]).square().sum()) for n in syms.quadratic_params))
     assert math.isclose(float(moved.moved), step, rel_tol=1e-12)
+
+
+@needs_compiler
+def test_the_pass_holds_no_tensor_after_it_returns():
+    """The kernel's checks keep nothing: gradients are new tensors every step (``zero_grad()`` sets
+    them to None), and a pass that held them would keep several steps' gradients alive (it kept up to
+    8 before: 8 times the model's gradient memory on the CPU). Truth: a weak reference to each tensor
+    handed to the pass is dead once the caller drops it."""
+    import gc
+    import weakref
+
+    model, example = _model("vgg-bn")
+    syms = sw.find_symmetries(model, example)
+    params = dict(model.named_parameters())
+    refs = []
+    for _ in range(3):
+        grads = {name: torch.randn_like(p) for name, p in params.items()}
+        into = {name: torch.empty_like(p) for name, p in params.items()}
+        syms.fused_sums([(params, grads), (grads, grads)], norms=((list(grads.values()), None),), copy_into=into,
+                        moved_from=into)
+        refs += [weakref.ref(t) for t in (*grads.values(), *into.values())]
+        del grads, into
+    gc.collect()
+    assert not [ref for ref in refs if ref() is not None]

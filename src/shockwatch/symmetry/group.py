@@ -198,10 +198,6 @@ class _NativeLayout:
     row: np.ndarray
     sign: np.ndarray
     cover: np.ndarray
-    # id(mapping) -> (mapping, dtype of the call, addresses, tensors) of mappings whose tensors were
-    # checked (shape, dtype, device, contiguity) for a call of that dtype
-    checked: dict = field(default_factory=dict, compare=False, repr=False)
-
     @functools.cached_property
     def shape_list(self) -> list[torch.Size]:
         """``shapes`` as a list, to compare a call's shapes with in one operation."""
@@ -304,29 +300,17 @@ def _native_units(layout: _NativeLayout, pairs, norms, copy_into=None, moved_fro
     if code is None:
         return None
     seen: dict[int, list[int] | None] = {}  # id(mapping) -> its tensors' addresses: a mapping in several pairs once
-    checked = layout.checked
 
     def addresses(mapping) -> list[int] | None:
         """The addresses of ``mapping``'s tensors in ``layout.names`` order, None where the kernel cannot
-        read one (the kernel trusts every shape and layout). Every test is one C-level ``map`` over the
-        tensors, not Python per tensor: a mapping holding the same tensor objects at the same addresses as
-        at its last call (the parameters, their copies, the momentum buffers: every step) was checked
-        then; any other (the gradients, new tensors every step) is checked whole."""
+        read one (it trusts every shape and layout): checked at every call (no tensor is held past it),
+        each test one C-level ``map`` over the tensors rather than Python per tensor."""
         key = id(mapping)
         if key not in seen:
             tensors = list(map(mapping.__getitem__, layout.names))
-            at = list(map(_data_ptr, tensors))
-            known = checked.get(key)
-            if not (known is not None and known[0] is mapping and known[1] is dtype and known[2] == at
-                    and all(map(operator.is_, tensors, known[3]))):
-                if (list(map(_shape, tensors)) != layout.shape_list or set(map(_dtype, tensors)) != {dtype}
-                        or not all(map(_is_cpu, tensors)) or not all(map(Tensor.is_contiguous, tensors))):
-                    at = None
-                elif len(checked) > 16:  # callers passing new mappings every call: keep it small
-                    checked.clear()
-                if at is not None:
-                    checked[key] = (mapping, dtype, at, tensors)
-            seen[key] = at
+            ok = (list(map(_shape, tensors)) == layout.shape_list and set(map(_dtype, tensors)) == {dtype}
+                  and all(map(_is_cpu, tensors)) and all(map(Tensor.is_contiguous, tensors)))
+            seen[key] = list(map(_data_ptr, tensors)) if ok else None
         return seen[key]
 
     xs, ys = [], []
