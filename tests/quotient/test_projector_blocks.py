@@ -164,3 +164,24 @@ def test_a_set_moved_off_the_host_still_projects_on_it():
     for entries in (16_000_000, 0):
         assert np.linalg.norm(horizontal_projector(moved, params, max_dense_entries=entries, rtol=1e-12)(v) - truth) \
             <= 1e-9 * np.linalg.norm(v)
+
+
+def test_the_cg_projector_serves_many_vectors_from_one_solver():
+    """The CG path (``max_dense_entries=0``) makes its orbit operator and preconditioner once and
+    projects every vector with them: each of three vectors against the dense projector (NumPy's
+    pseudo-inverse); a non-finite vector is refused with ValueError, as by ``horizontal_projection``."""
+    import pytest
+
+    model, x = _conv_net()
+    syms = sw.find_symmetries(model, x)
+    params = {name: p.detach() for name, p in model.named_parameters()}
+    dense, _ = _dense(syms, params)
+    projector = horizontal_projector(syms, params, max_dense_entries=0, rtol=1e-12)
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        v = rng.standard_normal(dense.shape[0])
+        assert np.linalg.norm(projector(v) - dense @ v) <= 1e-9 * np.linalg.norm(v)
+    bad = rng.standard_normal(dense.shape[0])
+    bad[5] = np.nan
+    with pytest.raises(ValueError, match="not finite"):
+        projector(bad)

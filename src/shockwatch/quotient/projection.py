@@ -179,46 +179,62 @@ def horizontal_projection(symmetries: SymmetrySet, params: Mapping[str, Tensor],
     symmetries.check_params(params)
     check_vectors(vectors, params)
     params = {name: p.detach().to(torch.float64) for name, p in params.items()}  # once, not per iteration
-    operator = OrbitOperator(symmetries, params)
     v = {name: t.detach().to(torch.float64) for name, t in vectors.items()}
-    # parameters the caller left out take part as zeros (J needs every slot's tensor)
-    full = {name: v[name] if name in v else torch.zeros_like(p, dtype=torch.float64) for name, p in params.items()}
-    rhs = operator.matvec(_apply_metric(metric, symmetries, params, full))
-    if rhs.numel() == 0 or float(rhs.norm()) == 0.0:
-        return v
-    if metric is Metric.EUCLIDEAN:
-        precondition = operator.preconditioner()
-    else:  # the GL-invariant metric changes the GL blocks: the diagonal of the Euclidean Gram matrix only
-        diagonal = operator.diagonal().clamp(min=torch.finfo(torch.float64).tiny)
-        precondition = diagonal.reciprocal().mul
+    return _horizontal_solver(symmetries, params, metric, rtol, max_iterations)(v)
+
+
+def _horizontal_solver(symmetries: SymmetrySet, params: Mapping[str, Tensor], metric: Metric, rtol: float,
+                       max_iterations: int) -> Callable[[Mapping[str, Tensor]], dict[str, Tensor]]:
+    """``horizontal_projection``'s CG at float64 ``params``, for float64 vectors (checked by the caller):
+    the orbit operator and its preconditioner made once for every vector projected at these parameters
+    (a Krylov run's start, the monitor's gradient and update), not once per vector."""
+    operator = OrbitOperator(symmetries, params)
+    made: list[Callable[[Tensor], Tensor]] = []
+
+    def precondition(residual: Tensor) -> Tensor:
+        if not made:
+            if metric is Metric.EUCLIDEAN:
+                made.append(operator.preconditioner())
+            else:  # the GL-invariant metric changes the GL blocks: the diagonal of the Euclidean Gram matrix only
+                diagonal = operator.diagonal().clamp(min=torch.finfo(torch.float64).tiny)
+                made.append(diagonal.reciprocal().mul)
+        return made[0](residual)
 
     def gram(c: Tensor) -> Tensor:
         combination = operator.rmatvec(c)
         dense = {name: combination.get(name, torch.zeros_like(p, dtype=torch.float64)) for name, p in params.items()}
         return operator.matvec(_apply_metric(metric, symmetries, params, dense))
 
-    c = torch.zeros_like(rhs)
-    residual = rhs.clone()
-    z = precondition(residual)
-    direction = z.clone()
-    rz = float(residual @ z)
-    target = rtol * float(rhs.norm())
-    for _ in range(max_iterations):
-        if float(residual.norm()) <= target:
-            break
-        applied = gram(direction)
-        step = rz / float(direction @ applied)
-        c += step * direction
-        residual -= step * applied
+    def solve(v: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        # parameters the caller left out take part as zeros (J needs every slot's tensor)
+        full = {name: v[name] if name in v else torch.zeros_like(p, dtype=torch.float64) for name, p in params.items()}
+        rhs = operator.matvec(_apply_metric(metric, symmetries, params, full))
+        if rhs.numel() == 0 or float(rhs.norm()) == 0.0:
+            return dict(v)
+        c = torch.zeros_like(rhs)
+        residual = rhs.clone()
         z = precondition(residual)
-        rz_new = float(residual @ z)
-        direction = z + (rz_new / rz) * direction
-        rz = rz_new
-    else:
-        raise RuntimeError(f"horizontal_projection: CG did not reach rtol={rtol} in {max_iterations} iterations "
-                           f"(residual {float(residual.norm()) / float(rhs.norm()):.2e})")
-    removed = operator.rmatvec(c)
-    return {name: t - removed[name] if name in removed else t for name, t in v.items()}
+        direction = z.clone()
+        rz = float(residual @ z)
+        target = rtol * float(rhs.norm())
+        for _ in range(max_iterations):
+            if float(residual.norm()) <= target:
+                break
+            applied = gram(direction)
+            step = rz / float(direction @ applied)
+            c += step * direction
+            residual -= step * applied
+            z = precondition(residual)
+            rz_new = float(residual @ z)
+            direction = z + (rz_new / rz) * direction
+            rz = rz_new
+        else:
+            raise RuntimeError(f"horizontal_projection: CG did not reach rtol={rtol} in {max_iterations} iterations "
+                               f"(residual {float(residual.norm()) / float(rhs.norm()):.2e})")
+        removed = operator.rmatvec(c)
+        return {name: t - removed[name] if name in removed else t for name, t in v.items()}
+
+    return solve
 
 
 def check_vectors(vectors: Mapping[str, Tensor], params: Mapping[str, Tensor]) -> None:
@@ -325,10 +341,13 @@ def horizontal_projector(symmetries: SymmetrySet, params: Mapping[str, Tensor], 
     if count == 0:
         return HorizontalProjector(lambda vector: vector, None, 0)
     if count * count > max_dense_entries:
+        solve = _horizontal_solver(symmetries, params, Metric.EUCLIDEAN, rtol, max_iterations)
+
         def by_cg(vector: np.ndarray) -> np.ndarray:
             pieces = torch.from_numpy(np.ascontiguousarray(vector, dtype=np.float64)).split(sizes)
             unflat = {name: piece.reshape(params[name].shape) for name, piece in zip(names, pieces)}
-            projected = horizontal_projection(symmetries, params, unflat, rtol=rtol, max_iterations=max_iterations)
+            check_vectors(unflat, params)  # a non-finite vector: ValueError, as horizontal_projection
+            projected = solve(unflat)
             return torch.cat([projected[name].reshape(-1) for name in names]).numpy()
 
         def combination(coefficients: np.ndarray) -> np.ndarray:
