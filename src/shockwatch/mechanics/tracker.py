@@ -152,6 +152,7 @@ class ConservationReport:
 
 
 _BLOCKS = ("translation", "quadratic")  # internal state: translation groups; scale then rescale groups
+_BLOCK_KINDS = {"translation": (Kind.TRANSLATION,), "quadratic": (Kind.SCALE, Kind.RESCALE)}
 
 
 def _host(values: Tensor | np.ndarray) -> np.ndarray:
@@ -203,17 +204,23 @@ class ConservationTracker:
         # the uniform law reads one param group per symmetry; those straddling groups (or reading a
         # frozen parameter, or one outside the optimizer) are followed block by block
         parameters = self._parameters = dict(self._named)
+        # per parameter of the set: its param group (-1: none) and whether it is frozen; then per symmetry,
+        # over the parameters it reads, as array reductions (thousands of symmetries: no loop over them)
+        names = symmetries.param_names
+        group_of = np.array([self._group_of_param[name] for name in names], dtype=np.int64)
+        frozen_of = np.array([not parameters[name].requires_grad for name in names], dtype=bool)
         static_split = {}
         group_index = {}
-        for block, syms in self._columns.items():
-            indices, split = [], []
-            for sym in syms:
-                groups = {self._group_of_param[slot.param] for slot in sym.slots}
-                frozen = any(not parameters[slot.param].requires_grad for slot in sym.slots)
-                split.append(len(groups) != 1 or -1 in groups or frozen)
-                indices.append(max(min(groups), 0))
-            group_index[block] = np.array(indices, dtype=np.int64)
-            static_split[block] = np.array(split, dtype=bool)
+        for block, kinds in _BLOCK_KINDS.items():
+            starts, read = symmetries.slot_incidence(kinds)
+            if not len(starts):
+                group_index[block], static_split[block] = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool)
+                continue
+            low, high = np.minimum.reduceat(group_of[read], starts), np.maximum.reduceat(group_of[read], starts)
+            frozen = np.logical_or.reduceat(frozen_of[read], starts)
+            # split: the symmetry reads several param groups, a parameter outside the optimizer, or a frozen one
+            static_split[block] = (low != high) | (low < 0) | frozen
+            group_index[block] = np.maximum(low, 0)
         self._group_index = group_index
         self._translation_params = sorted({slot.param for sym in symmetries.of_kind(Kind.TRANSLATION)
                                            for slot in sym.slots})
@@ -292,8 +299,12 @@ class ConservationTracker:
             return
         lacking = {name for name, p in self._charged if buffer(p) is None and self._group_of_param[name] >= 0
                    and groups[self._group_of_param[name]].get("momentum", 0)}
-        for block, syms in self._columns.items():
-            split[block] |= np.array([any(slot.param in lacking for slot in sym.slots) for sym in syms], dtype=bool)
+        if lacking:
+            lacks = np.array([name in lacking for name in self.symmetries.param_names], dtype=bool)
+            for block, kinds in _BLOCK_KINDS.items():
+                starts, read = self.symmetries.slot_incidence(kinds)
+                if len(starts):
+                    split[block] |= np.logical_or.reduceat(lacks[read], starts)
         params, buffers = self._params(), self._read_buffers()
         rows = _host(self.symmetries.quadratic_sums([(params, buffers), (buffers, buffers)], compile=self._compile))
         self._laws["quadratic"].p, self._laws["quadratic"].b = rows[0].copy(), rows[1].copy()
@@ -533,17 +544,23 @@ class ConservationTracker:
     def _refresh_watch(self) -> None:
         """The parameters read by symmetries still under the one-group law (their gradients are
         checked for None before each step), and which columns read each parameter."""
-        reading: dict[str, dict[str, list[int]]] = {}
-        for block, syms in self._columns.items():
-            for column, sym in enumerate(syms):
-                if self._split[block][column]:
-                    continue
-                for slot in sym.slots:
-                    columns = reading.setdefault(slot.param, {}).setdefault(block, [])
-                    if not columns or columns[-1] != column:
-                        columns.append(column)
-        self._readers = reading
-        self._watch = [(name, self._parameters[name]) for name in reading]
+        names = self.symmetries.param_names
+        by_param: dict[int, dict[str, np.ndarray]] = {}
+        for block, kinds in _BLOCK_KINDS.items():
+            starts, read = self.symmetries.slot_incidence(kinds)
+            if not len(starts):
+                continue
+            column = np.repeat(np.arange(len(starts)), np.diff(np.append(starts, len(read))))
+            kept = ~self._split[block][column]
+            column, param = column[kept], read[kept]
+            order = np.lexsort((column, param))  # by parameter, then column
+            column, param = column[order], param[order]
+            cuts = np.flatnonzero(np.diff(param)) + 1
+            for at, columns in zip(param[np.append(0, cuts)] if len(param) else (), np.split(column, cuts)):
+                by_param.setdefault(int(at), {})[block] = columns
+        # the parameters in the set's first-seen order, each with the columns reading it per block
+        self._readers = {names[i]: by_param[i] for i in sorted(by_param)}
+        self._watch = [(name, self._parameters[name]) for name in self._readers]
         names = dict.fromkeys(param for block in _BLOCKS for param in self._blocks.param[block])
         self._block_params = [(name, self._parameters[name]) for name in names]
 

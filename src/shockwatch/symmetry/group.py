@@ -470,6 +470,7 @@ class SymmetrySet:
     _quadratic_params: tuple = field(init=False, repr=False)
     _param_names: tuple = field(init=False, repr=False)  # every parameter a slot names, in first-seen order
     _fitted: set = field(init=False, repr=False)  # the (name, shape)s check_params has found every slot to fit
+    _incidence: dict = field(init=False, repr=False)  # kinds -> slot_incidence's arrays
 
     def __post_init__(self) -> None:
         labels = [s.label for s in self.symmetries]
@@ -490,12 +491,36 @@ class SymmetrySet:
         object.__setattr__(self, "_param_names", tuple(dict.fromkeys(slot.param for sym in self.symmetries
                                                                      for slot in sym.slots)))
         object.__setattr__(self, "_fitted", set())
+        object.__setattr__(self, "_incidence", {})
 
     def __iter__(self) -> Iterator[Symmetry]:
         return iter(self.symmetries)
 
     def __len__(self) -> int:
         return len(self.symmetries)
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        """Every parameter some slot names, in first-seen order."""
+        return self._param_names
+
+    def slot_incidence(self, kinds: Sequence[Kind | str]) -> tuple[np.ndarray, np.ndarray]:
+        """Which parameters each symmetry of ``kinds`` reads (``of_kind`` order, the kinds in turn), as
+        (starts, params): symmetry i reads ``param_names[params[starts[i]:starts[i + 1]]]`` (the last to
+        the end), each parameter once. For a caller that needs a per-symmetry fact over its parameters
+        (their param group, whether one is frozen) as one array operation (``np.minimum.reduceat``)
+        instead of a Python loop over thousands of symmetries; made once per set and kinds."""
+        key = tuple(Kind(kind) for kind in kinds)
+        found = self._incidence.get(key)
+        if found is None:
+            position = {name: i for i, name in enumerate(self._param_names)}
+            starts, params = [], []
+            for kind in key:
+                for sym in self._by_kind[kind]:
+                    starts.append(len(params))
+                    params.extend(dict.fromkeys(position[slot.param] for slot in sym.slots))
+            found = self._incidence[key] = (np.array(starts, dtype=np.intp), np.array(params, dtype=np.intp))
+        return found
 
     def of_kind(self, kind: Kind | str) -> tuple[Symmetry, ...]:
         return self._by_kind[Kind(kind)]
