@@ -21,8 +21,8 @@ without symmetries (loss and norms only: the floor of any per-step monitor with 
 
 Timing: --pairs N pairs of one plain and one monitored step, interleaved step by step (the machine's
 speed drifts by tens of percent over minutes on a shared VM; interleaving puts both under the same
-drift), each step timed; reported: the ratio of the medians and the median of the per-pair
-differences (the monitor's extra time per step, the number least sensitive to that drift).
+drift), each step timed; reported: the ratio of the medians (with ``ratio_ci95``, its bootstrap interval over
+the pairs) and the median of the per-pair differences (the monitor's extra time per step, the number least sensitive to that drift).
 Beside them, in the same interleaving, the logging most training loops do instead: the plain step,
 then ``loss.item()`` and ``torch.nn.utils.get_total_norm`` of the gradients with ``.item()``
 (``itemized_step_s``, ``itemized_ratio``): a host sync a step on a GPU, one more pass over the
@@ -177,6 +177,9 @@ def main() -> None:
     record = {"model": args.model, "compile": args.compile, "tensorboard": args.tensorboard, "quotient_every": args.quotient, "parameters": sum(p.numel() for p in model.parameters()),
               "plain_step_s": statistics.median(plain), "monitored_step_s": statistics.median(watched),
               "ratio": statistics.median(watched) / statistics.median(plain),
+              # the ratio's spread on this machine: the 2.5 and 97.5 percentiles of the ratio of the
+              # medians over pairs drawn with replacement (a VM's speed moves it by a few percent)
+              "ratio_ci95": bootstrap_ratio(plain, watched),
               # the mean counts what the median leaves out: the run store's ring moved into SQLite
               # every ~4096 rows (milliseconds, once per some hundred steps)
               "ratio_of_means": statistics.fmean(watched) / statistics.fmean(plain),
@@ -200,6 +203,18 @@ def main() -> None:
     out = args.out or Path(__file__).parent / "results" / name
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=1))
+
+
+def bootstrap_ratio(plain: list[float], watched: list[float], draws: int = 2000) -> list[float]:
+    """[2.5, 97.5] percentiles of median(watched) / median(plain) over ``draws`` resamples of the pairs
+    (kept together: both steps of a pair ran under the same machine speed), fixed seed."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    pairs = np.array([plain, watched])
+    picks = rng.integers(0, pairs.shape[1], size=(draws, pairs.shape[1]))
+    ratios = np.median(pairs[1][picks], axis=1) / np.median(pairs[0][picks], axis=1)
+    return [float(v) for v in np.percentile(ratios, [2.5, 97.5])]
 
 
 def sample_costs(model, x, y, symmetries, loss_of, step, synchronize) -> dict[str, float]:
