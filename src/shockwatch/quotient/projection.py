@@ -405,8 +405,7 @@ def generator_matrix(symmetries: SymmetrySet, params: Mapping[str, Tensor]) -> c
     built once per set and shapes (``_one_parameter_pattern``) and each call gathers theta into it."""
     names = list(params)
     offsets = dict(zip(names, np.cumsum([0, *[params[n].numel() for n in names[:-1]]]).tolist()))
-    pattern = _one_parameter_pattern(tuple(sym for kind in (*_KINDS, Kind.ROTATION) for sym in symmetries.of_kind(kind)),
-                                     tuple((name, tuple(params[name].shape)) for name in names))
+    pattern = _pattern_of(symmetries, tuple((name, tuple(params[name].shape)) for name in names))
     values = pattern.factor.copy()
     if len(pattern.read):
         theta = torch.cat([params[name].detach().reshape(-1).to(torch.float64) for name in names]).numpy()
@@ -446,7 +445,23 @@ class _Pattern:
     count: int
 
 
-@functools.lru_cache(maxsize=4)
+_PATTERNS: dict[tuple[int, tuple], tuple[SymmetrySet, _Pattern]] = {}  # (id(set), shapes) -> (set, pattern)
+
+
+def _pattern_of(symmetries: SymmetrySet, shapes: tuple) -> _Pattern:
+    """``_one_parameter_pattern`` of a set at these shapes, kept for the last four (set, shapes): keyed by
+    the set's identity (the set is immutable, and held with its pattern so that its id is not reused),
+    as hashing a tuple of 1642 symmetries costs 2.8 ms, a quotient sample's share of a VGG step."""
+    key = (id(symmetries), shapes)
+    found = _PATTERNS.get(key)
+    if found is None or found[0] is not symmetries:
+        if len(_PATTERNS) >= 4:
+            _PATTERNS.pop(next(iter(_PATTERNS)))
+        one_parameter = tuple(sym for kind in (*_KINDS, Kind.ROTATION) for sym in symmetries.of_kind(kind))
+        found = _PATTERNS[key] = (symmetries, _one_parameter_pattern(one_parameter, shapes))
+    return found[1]
+
+
 def _one_parameter_pattern(symmetries: tuple, shapes: tuple) -> _Pattern:
     """``generator_entries`` evaluated once at theta = (flat index + 2): every such generator is a
     constant (translation: 1) or +-theta at an entry, so a value v with |v| >= 2 reads entry |v| - 2
