@@ -22,7 +22,8 @@ without symmetries (loss and norms only: the floor of any per-step monitor with 
 Timing: --pairs N pairs of one plain and one monitored step, interleaved step by step (the machine's
 speed drifts by tens of percent over minutes on a shared VM; interleaving puts both under the same
 drift), each step timed; reported: the ratio of the medians (with ``ratio_ci95``, its bootstrap interval over
-the pairs) and the median of the per-pair differences (the monitor's extra time per step, the number least sensitive to that drift).
+the pairs) and the median of the per-pair differences (the monitor's extra time per step, the number
+least sensitive to that drift).
 Beside them, in the same interleaving, the logging most training loops do instead: the plain step,
 then ``loss.item()`` and ``torch.nn.utils.get_total_norm`` of the gradients with ``.item()``
 (``itemized_step_s``, ``itemized_ratio``): a host sync a step on a GPU, one more pass over the

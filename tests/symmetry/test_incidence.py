@@ -13,7 +13,8 @@ from shockwatch.symmetry import Kind
 def test_slot_incidence_is_each_symmetrys_distinct_parameters(name):
     torch.manual_seed(0)
     if name == "vgg-bn":
-        model, x = sw.models.vgg("tiny", width_divisor=4, batch_norm=True, image_size=8, hidden=16), torch.randn(2, 3, 8, 8)
+        model = sw.models.vgg("tiny", width_divisor=4, batch_norm=True, image_size=8, hidden=16)
+        x = torch.randn(2, 3, 8, 8)
     else:
         model, x = sw.models.mlp((5, 7, 6, 3)), torch.randn(4, 5)
     syms = sw.find_symmetries(model, x)

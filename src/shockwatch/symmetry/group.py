@@ -351,7 +351,7 @@ def _native_units(layout: _NativeLayout, pairs, norms, copy_into=None, moved_fro
             if not numel:
                 totals[i] = 0.0
                 continue
-            numel, a_at, b_at = (pointer_array(v, kind) for v, kind in ((numel, np.int64), (a_at, np.uintp), (b_at, np.uintp)))
+            numel, a_at, b_at = pointer_array(numel, np.int64), pointer_array(a_at), pointer_array(b_at)
             totals[i] = lib.sw_sumsq(code, len(numel), address(numel), address(a_at), address(b_at))
         np.sqrt(totals, out=totals)
     units = np.zeros((len(pairs), layout.size))
