@@ -514,3 +514,36 @@ def test_verify_says_when_the_model_does_not_run_on_the_batch_in_its_dtype():
     model = model.double()
     with pytest.raises(sw.symmetry.ExampleInputError, match="verify in float32"):
         sw.verify_symmetries(model, F.cross_entropy, (x.double(), y), syms)
+
+
+def test_the_hessian_check_runs_through_fused_attention_and_a_skip_never_reads_as_a_pass(monkeypatch):
+    """A float32 Hugging Face Llama on its default (sdpa) attention: PyTorch's fused CPU attention has
+    no double backward, and the Hessian checks were skipped in silence (0 rows checked, residual
+    read as 0.0). They now run on the math attention kernel: rows checked, with the float32
+    round-off of a true symmetry. Where the second derivative fails (the error the fused kernel
+    raised, injected), ``hessian_error`` says so and the residual is NaN, not 0."""
+    from shockwatch.symmetry import verify
+
+    hf = sw.models.huggingface.build("llama")
+    model, inputs = hf.model, hf.example_input
+    assert getattr(model.config, "_attn_implementation", "sdpa") == "sdpa"
+    ids = inputs["input_ids"]
+
+    def lm_loss(out, targets):
+        return F.cross_entropy(out.logits.reshape(-1, out.logits.shape[-1]), targets.reshape(-1))
+
+    syms = sw.find_symmetries(model, inputs)
+    report = sw.verify_symmetries(model, lm_loss, (inputs, ids), syms, train_mode=False, exact=False)
+    assert sum(row.hessian_residual is not None for row in report.rows) >= 16 and report.hessian_error == ""
+    assert report.max_hessian_residual() < 1e-2, report.worst(3)
+
+    def no_double_backward(*args, **kwargs):
+        raise RuntimeError("derivative for aten::_scaled_dot_product_flash_attention_for_cpu_backward is not implemented")
+
+    monkeypatch.setattr(verify, "_curvature_scale", no_double_backward)
+    mlp = sw.models.mlp((5, 7, 3)).double()
+    x, y = torch.randn(6, 5, dtype=torch.float64), torch.randint(0, 3, (6,))
+    skipped = sw.verify_symmetries(mlp, F.cross_entropy, (x, y), sw.find_symmetries(mlp, x), exact=False)
+    assert "no second derivative" in skipped.hessian_error and "not implemented" in skipped.hessian_error
+    assert math.isnan(skipped.max_hessian_residual()) and all(row.hessian_residual is None for row in skipped.rows)
+    assert skipped.max_loss_change() < 1e-10  # the other checks still ran

@@ -16,12 +16,14 @@ eps, weight decay inside the loss, a norm in eval mode) gives the size of the br
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .detect import ExampleInputError, check_input, class_axis, exact_check
 from .group import (Kind, Symmetry, SymmetrySet, act, act_gl, act_rotation, generator, permutation_generators, permute,
@@ -54,6 +56,7 @@ class Verification:
     breakers: dict[str, float] = field(default_factory=dict)  # known breakers and their size:
     # "eps:<op>" -> the epsilon the model uses there, "weight_decay" -> lambda
     exact_error: str = ""  # why the exact measurement could not run (a model torch.export cannot trace)
+    hessian_error: str = ""  # why the Hessian checks could not run (no double backward through an op)
 
     def accepted(self, label: str) -> bool:
         """True where the exact float64 change is round-off (< EXACT_TOLERANCE): any change the
@@ -81,6 +84,10 @@ class Verification:
         return max(values, default=0.0)
 
     def max_hessian_residual(self, kind: Kind | str | None = None) -> float:
+        """The largest Hessian residual among the checked rows (of ``kind``); NaN where the Hessian
+        checks could not run (``hessian_error`` says why), so that a skipped check never reads as a pass."""
+        if self.hessian_error:
+            return math.nan
         values = [r.hessian_residual for r in self.rows
                   if r.hessian_residual is not None and (kind is None or r.kind == kind)]
         return max(values, default=0.0)
@@ -133,8 +140,11 @@ def verify_symmetries(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tens
         raise ExampleInputError(f"{error}{hint}") from None
     rng = torch.get_rng_state()
     try:
-        result = _verify(model, loss_fn, batch, symmetries, train_mode, seed, hessian_samples, element_samples,
-                         weight_decay)
+        # the Hessian checks differentiate twice: PyTorch's fused attention kernels (flash, memory-efficient,
+        # the CPU's flash) have no double backward, its math one has, so attention runs on it here
+        with sdpa_kernel([SDPBackend.MATH]):
+            result = _verify(model, loss_fn, batch, symmetries, train_mode, seed, hessian_samples, element_samples,
+                             weight_decay)
     finally:
         torch.set_rng_state(rng)
     if not exact:
@@ -154,7 +164,8 @@ def verify_symmetries(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tens
         error = ""
     except (TraceError, ValueError) as failure:
         exact_values, error = {}, str(failure)
-    return Verification(result.rows, result.loss, result.joint_loss_change, exact_values, breakers, error)
+    return Verification(result.rows, result.loss, result.joint_loss_change, exact_values, breakers, error,
+                        result.hessian_error)
 
 
 def _verify(model, loss_fn, batch, symmetries, train_mode, seed, hessian_samples, element_samples,
@@ -187,11 +198,17 @@ def _verify(model, loss_fn, batch, symmetries, train_mode, seed, hessian_samples
         scale = max(abs(base_value), torch.finfo(base.dtype).tiny)
         grad_norm = sum(float(g.detach().square().sum()) for g in grads.values()) ** 0.5
         checked = _spread(symmetries, hessian_samples)
+        hessian_error = ""
         sampled = _spread(symmetries, element_samples) if element_samples is not None else None
+        if checked and not differentiable:  # the gradient carries no graph: an op on the way has no second derivative
+            checked = set()
+            hessian_error = ("no second derivative of the loss: its gradient has no graph (an op marked "
+                             "once-differentiable, or one computed outside autograd)")
         try:
             curvature = _curvature_scale(grads, leaves, differentiable, seed) if checked and differentiable else 0.0
-        except RuntimeError:  # no double backward (e.g. PyTorch's fused CPU attention): skip the Hessian checks
+        except RuntimeError as failure:  # an op with no double backward: the Hessian checks cannot run, and say so
             checked, curvature = set(), 0.0
+            hessian_error = f"no second derivative of the loss: {failure}".splitlines()[0][:300]
         rows = []
         random = torch.Generator().manual_seed(seed)
         for sym in symmetries:
@@ -235,7 +252,7 @@ def _verify(model, loss_fn, batch, symmetries, train_mode, seed, hessian_samples
                 joint[kind.value] = abs(float(loss_at(moved)) - base_value) / scale
     finally:
         model.train(was_training)
-    return Verification(tuple(rows), base_value, joint)
+    return Verification(tuple(rows), base_value, joint, hessian_error=hessian_error)
 
 
 def _verify_gl(sym: Symmetry, params, grads, grad_norm: float, base_value: float, scale: float, loss_at,
