@@ -135,6 +135,8 @@ def test_store_reads_a_live_run_and_refuses_to_overwrite(tmp_path):
         assert reader.scalars("loss")[0] == [1, 2, 3, 4, 5]
         with pytest.raises(PermissionError, match="read_only"):
             reader.log(6, {"loss": 1.0})
+    with pytest.raises(IsADirectoryError, match="run.sqlite"):  # the log_dir, not the store in it (SQLite:
+        RunStore(tmp_path / "run", read_only=True)                # "disk I/O error")
     with pytest.raises(FileExistsError, match="resume=True"):
         sw.Monitor(model, opt, tmp_path / "run")
     monitor.close()

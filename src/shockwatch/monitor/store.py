@@ -162,8 +162,13 @@ class RunStore:
     @staticmethod
     def check_path(path: str | Path, *, resume: bool = False, read_only: bool = False) -> None:
         """Raise what opening ``path`` so would raise about its existence (FileExistsError for a new run
-        over an old one, FileNotFoundError for nothing to read or resume), before anything is written."""
+        over an old one, FileNotFoundError for nothing to read or resume, IsADirectoryError for a folder
+        such as a Monitor's log_dir), before anything is written."""
         path = Path(path)
+        if path.is_dir():  # a Monitor's log_dir: the store is the file in it (SQLite said "disk I/O error")
+            inside = " (the run store in it)" if (path / "run.sqlite").exists() else ""
+            raise IsADirectoryError(f"{path} is a folder: a run store is one file; a Monitor writes it as "
+                                    f"{path / 'run.sqlite'}{inside}: pass that path")
         if read_only or resume:
             if not path.exists():
                 raise FileNotFoundError(f"{path} does not exist: nothing to {'read' if read_only else 'resume'}")
