@@ -160,38 +160,38 @@ def test_the_pass_copies_and_measures_the_move_of_its_first_x(native, threads):
         syms.fused_sums([], moved_from=m)
 
 
-def test_max_ratio_is_numpys_including_nan_and_the_floor():
-    """The monitor's per-kind maxima against a loop over the groups: the floor, NaN propagation, no groups."""
+def test_max_ratios_are_numpys_including_nan_and_the_floor():
+    """The monitor's per-kind maxima (one call per quantity, a segment per kind) against a loop over
+    the groups: the floor, NaN propagation within its own segment only."""
     import math
 
     import numpy as np
 
-    from shockwatch.monitor.monitor import _max_ratio
+    from shockwatch.monitor.monitor import _max_ratios
 
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal(257), rng.standard_normal(257)
     denominator = np.abs(rng.standard_normal(257))
     denominator[3] = 0.0  # the floor 1e-300 applies: a huge but finite ratio
-    for other, scale in ((b, 1.0), (None, 2.5)):
-        expected = max(abs(a[k] - (0.0 if other is None else other[k])) / max(denominator[k] * scale, 1e-300)
-                       for k in range(len(a)))
-        assert _max_ratio(a, other, denominator, scale) == expected
+
+    def truth(first, other, lo, hi, scale):
+        return max(abs(first[k] - (0.0 if other is None else other[k])) / max(denominator[k] * scale, 1e-300)
+                   for k in range(lo, hi))
+
+    for other, scale in ((b, 1.0), (None, 2.5)):  # one segment: the maximum over every group
+        assert _max_ratios(a, other, denominator, np.array([0]), scale) == [truth(a, other, 0, len(a), scale)]
     poisoned = a.copy()
     poisoned[100] = math.nan
-    assert math.isnan(_max_ratio(poisoned, b, denominator)) and math.isnan(_max_ratio(a, b, denominator, math.nan))
-    assert _max_ratio(a[:0], b[:0], denominator[:0]) == -math.inf
-    # the per-kind maxima of a step in one call: each segment's own maximum, NaN in its segment only
-    from shockwatch.monitor.monitor import _max_ratios
-
+    assert math.isnan(_max_ratios(poisoned, b, denominator, np.array([0]))[0])
+    assert math.isnan(_max_ratios(a, b, denominator, np.array([0]), math.nan)[0])
     starts = np.array([0, 1, 40, 200])
     bounds = list(starts) + [len(a)]
-    for other, first, scale in ((b, a, 1.0), (None, a, 2.5), (b, poisoned, 1.0)):
+    for other, first, scale in ((b, a, 1.0), (None, a, 2.5)):
         got = _max_ratios(first, other, denominator, starts, scale)
-        want = [_max_ratio(first[lo:hi], None if other is None else other[lo:hi], denominator[lo:hi], scale)
-                for lo, hi in zip(bounds, bounds[1:])]
-        assert len(got) == 4 and all(g == w or (math.isnan(g) and math.isnan(w)) for g, w in zip(got, want))
-    assert math.isnan(_max_ratios(poisoned, b, denominator, starts)[2])
-    assert not math.isnan(_max_ratios(poisoned, b, denominator, starts)[1])
+        assert got == [truth(first, other, lo, hi, scale) for lo, hi in zip(bounds, bounds[1:])]
+    got = _max_ratios(poisoned, b, denominator, starts)  # NaN in its own segment (100 is in [40, 200)) only
+    assert math.isnan(got[2]) and got[:2] + got[3:] == [truth(poisoned, b, lo, hi, 1.0)
+                                                        for lo, hi in ((0, 1), (1, 40), (200, 257))]
 
 
 @pytest.mark.parametrize("native", [True, False])

@@ -251,15 +251,11 @@ def _ratios(a: np.ndarray, b: np.ndarray | None, denominator: np.ndarray, scale:
         return difference / np.maximum(denominator * scale, 1e-300)
 
 
-def _max_ratio(a: np.ndarray, b: np.ndarray | None, denominator: np.ndarray, scale: float = 1.0) -> float:
-    """max_k of ``_ratios``, NaN if any term is NaN (-inf for no k)."""
-    return float(_ratios(a, b, denominator, scale).max(initial=-math.inf))
-
-
 def _max_ratios(a: np.ndarray, b: np.ndarray | None, denominator: np.ndarray, starts: np.ndarray,
                 scale: float = 1.0) -> list[float]:
-    """``_max_ratio`` of each segment [starts[i], starts[i + 1]) (the last to the end; every segment
-    non-empty), from one array operation: the per-kind maxima of a step in one call, not one per kind."""
+    """max_k of ``_ratios`` over each segment [starts[i], starts[i + 1]) (the last to the end; every
+    segment non-empty), NaN where any term of the segment is NaN, from one array operation: the
+    per-kind maxima of a step in one call, not one per kind."""
     return np.maximum.reduceat(_ratios(a, b, denominator, scale), starts).tolist()
 
 
@@ -751,17 +747,16 @@ class Monitor:
             self._recorded, first = self.tracker.latest_rows()
             slices = self.tracker.kind_slices
             # the kinds that have groups, with their columns in the tracker's rows
-            self._kind_slices = [(kind, columns) for kind, columns in slices.items() if columns.stop > columns.start]
-            self._drift_names = [f"charge_drift/{kind}" for kind, _ in self._kind_slices]
-            self._law_error_names = [f"charge_law_error/{kind}" for kind, _ in self._kind_slices]
+            kind_slices = [(kind, columns) for kind, columns in slices.items() if columns.stop > columns.start]
+            self._drift_names = [f"charge_drift/{kind}" for kind, _ in kind_slices]
+            self._law_error_names = [f"charge_law_error/{kind}" for kind, _ in kind_slices]
             # relative errors over max(size, the tracker's floor): a charge that starts at zero (a
             # zero-initialised bias) has no size of its own to divide by (1e288 before, issue 17)
             self._floors = self.tracker.size_floors
             # the kinds' columns are adjacent (translation, scale, rescale; an empty kind has none): one
             # block of columns, cut into the kinds at these offsets
-            self._kind_columns = slice(self._kind_slices[0][1].start, self._kind_slices[-1][1].stop) \
-                if self._kind_slices else slice(0, 0)
-            self._kind_starts = np.array([columns.start - self._kind_columns.start for _, columns in self._kind_slices],
+            self._kind_columns = slice(kind_slices[0][1].start, kind_slices[-1][1].stop) if kind_slices else slice(0, 0)
+            self._kind_starts = np.array([columns.start - self._kind_columns.start for _, columns in kind_slices],
                                          dtype=np.intp)
             if not same_groups:  # the drift is from the monitor's start while the groups are those
                 columns = self._kind_columns
@@ -774,10 +769,10 @@ class Monitor:
             else:  # each group's size |xi_k|^2 at the last record, for the gradient breaking
                 self._root_sizes = np.sqrt(first[1][self._quadratic_columns])
                 ends = np.cumsum(self._quadratic)
-                self._breaking_slices = [(kind, slice(int(end - count), int(end)))
-                                         for kind, count, end in zip(_QUADRATIC, self._quadratic, ends) if count]
-                self._breaking_names = [f"gradient_breaking/{kind.value}" for kind, _ in self._breaking_slices]
-                self._breaking_starts = np.array([columns.start for _, columns in self._breaking_slices], dtype=np.intp)
+                kinds = [(kind, int(end - count))
+                         for kind, count, end in zip(_QUADRATIC, self._quadratic, ends) if count]
+                self._breaking_names = [f"gradient_breaking/{kind.value}" for kind, _ in kinds]
+                self._breaking_starts = np.array([start for _, start in kinds], dtype=np.intp)
                 touched = set(symmetries.quadratic_params)
                 self._rest = [i for i, name in enumerate(self._names) if name not in touched]
 
@@ -1452,7 +1447,7 @@ class Monitor:
         empirical_all, size_all = rows[0], rows[1]
         if self._quadratic:
             self._root_sizes = np.sqrt(size_all[self._quadratic_columns])
-        if not self._kind_slices:
+        if not self._drift_names:  # no kind has groups
             return out
         # every kind's maxima in one NumPy call per quantity (the per-call cost, not the size, is what counts)
         columns, starts = self._kind_columns, self._kind_starts

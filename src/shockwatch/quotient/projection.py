@@ -180,15 +180,14 @@ def horizontal_projection(symmetries: SymmetrySet, params: Mapping[str, Tensor],
     check_vectors(vectors, params)
     params = {name: p.detach().to(torch.float64) for name, p in params.items()}  # once, not per iteration
     v = {name: t.detach().to(torch.float64) for name, t in vectors.items()}
-    return _horizontal_solver(symmetries, params, metric, rtol, max_iterations)(v)
+    return _horizontal_solver(OrbitOperator(symmetries, params), symmetries, params, metric, rtol, max_iterations)(v)
 
 
-def _horizontal_solver(symmetries: SymmetrySet, params: Mapping[str, Tensor], metric: Metric, rtol: float,
-                       max_iterations: int) -> Callable[[Mapping[str, Tensor]], dict[str, Tensor]]:
-    """``horizontal_projection``'s CG at float64 ``params``, for float64 vectors (checked by the caller):
-    the orbit operator and its preconditioner made once for every vector projected at these parameters
-    (a Krylov run's start, the monitor's gradient and update), not once per vector."""
-    operator = OrbitOperator(symmetries, params)
+def _horizontal_solver(operator: OrbitOperator, symmetries: SymmetrySet, params: Mapping[str, Tensor], metric: Metric,
+                       rtol: float, max_iterations: int) -> Callable[[Mapping[str, Tensor]], dict[str, Tensor]]:
+    """``horizontal_projection``'s CG at float64 ``params`` (``operator`` the orbit operator there), for
+    float64 vectors (checked by the caller): the preconditioner made once for every vector projected at
+    these parameters (a Krylov run's start, the monitor's gradient and update), not once per vector."""
     made: list[Callable[[Tensor], Tensor]] = []
 
     def precondition(residual: Tensor) -> Tensor:
@@ -341,7 +340,7 @@ def horizontal_projector(symmetries: SymmetrySet, params: Mapping[str, Tensor], 
     if count == 0:
         return HorizontalProjector(lambda vector: vector, None, 0)
     if count * count > max_dense_entries:
-        solve = _horizontal_solver(symmetries, params, Metric.EUCLIDEAN, rtol, max_iterations)
+        solve = _horizontal_solver(operator, symmetries, params, Metric.EUCLIDEAN, rtol, max_iterations)
 
         def by_cg(vector: np.ndarray) -> np.ndarray:
             pieces = torch.from_numpy(np.ascontiguousarray(vector, dtype=np.float64)).split(sizes)

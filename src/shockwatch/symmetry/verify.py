@@ -200,10 +200,6 @@ def _verify(model, loss_fn, batch, symmetries, train_mode, seed, hessian_samples
         checked = _spread(symmetries, hessian_samples)
         hessian_error = ""
         sampled = _spread(symmetries, element_samples) if element_samples is not None else None
-        if checked and not differentiable:  # the gradient carries no graph: an op on the way has no second derivative
-            checked = set()
-            hessian_error = ("no second derivative of the loss: its gradient has no graph (an op marked "
-                             "once-differentiable, or one computed outside autograd)")
         try:
             curvature = _curvature_scale(grads, leaves, differentiable, seed) if checked and differentiable else 0.0
         except RuntimeError as failure:  # an op with no double backward: the Hessian checks cannot run, and say so
